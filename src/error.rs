@@ -1,0 +1,232 @@
+//! The crate's one error type.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every failure the crate reports.
+///
+/// Each variant names the file, directory or entry it concerns, so a message
+/// read in a log says where to look. The enum is `#[non_exhaustive]`: match
+/// with a wildcard arm.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file or directory that should exist does not.
+    #[error("not found: {path}")]
+    NotFound {
+        /// The missing path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The operating system refused access.
+    #[error("permission denied while trying to {op} {path}")]
+    PermissionDenied {
+        /// The path that could not be accessed.
+        path: PathBuf,
+        /// What was being done (`"create"`, `"write"`, ...).
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file system has no space (or quota) left.
+    #[error("no space left on device while trying to {op} {path}")]
+    DiskFull {
+        /// The path being written.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// Any other I/O failure.
+    #[error("I/O error while trying to {op} {path}: {source}")]
+    Io {
+        /// The path concerned.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A file is shorter than its header or index says it must be.
+    #[error("{path} is truncated: expected at least {expected} bytes, found {actual}")]
+    Truncated {
+        /// The short file.
+        path: PathBuf,
+        /// Bytes the header promises.
+        expected: u64,
+        /// Bytes present.
+        actual: u64,
+    },
+    /// A file's contents are malformed (bad magic, unparsable header, bad
+    /// checksum, sizes that overflow, ...).
+    #[error("{path} is corrupt: {reason}")]
+    Corrupt {
+        /// The malformed file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The file holds a different element type than the one requested.
+    #[error("{path} holds dtype {found}, but {expected} was requested")]
+    DtypeMismatch {
+        /// The file read.
+        path: PathBuf,
+        /// The numpy dtype string of the requested element type.
+        expected: String,
+        /// The numpy dtype string found in the file.
+        found: String,
+    },
+    /// The file holds an array of a different dimensionality than requested.
+    #[error("{path} holds a {found}-dimensional array, but {expected} dimensions were requested")]
+    DimensionMismatch {
+        /// The file read.
+        path: PathBuf,
+        /// Requested number of dimensions.
+        expected: usize,
+        /// Number of dimensions found.
+        found: usize,
+    },
+    /// Two descriptions of one entry disagree (for example the `.meta.json`
+    /// and the `.npy` header); `path` is the file judged to be at fault.
+    #[error("{path}: {field} is {found}, but {other} says {expected}")]
+    Mismatch {
+        /// The file at fault.
+        path: PathBuf,
+        /// Which field disagrees (`"shape"`, `"dtype"`).
+        field: &'static str,
+        /// The value in the file at fault.
+        found: String,
+        /// The value the other description holds.
+        expected: String,
+        /// The other file.
+        other: PathBuf,
+    },
+    /// A `.meta.json` declares a schema version this crate does not read.
+    #[error("{path}: unsupported schema_version {found} (this crate reads version 1)")]
+    SchemaVersion {
+        /// The metadata file.
+        path: PathBuf,
+        /// The version found, as JSON text.
+        found: String,
+    },
+    /// A `.meta.json` names an entry class this crate does not know.
+    #[error("{path}: unknown lazy_disk_cache_class {class:?}")]
+    UnknownClass {
+        /// The metadata file.
+        path: PathBuf,
+        /// The class named there.
+        class: String,
+    },
+    /// A name is not a valid entry name (see [`EntryName`](crate::EntryName)).
+    #[error("invalid name {name:?}: {rule}")]
+    InvalidName {
+        /// The rejected name.
+        name: String,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
+    /// A budget or size string could not be parsed.
+    #[error("invalid size {input:?}: {reason}")]
+    InvalidSize {
+        /// The rejected text.
+        input: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// No entry with this name exists.
+    #[error("no entry named {name:?} in {path}")]
+    KeyNotFound {
+        /// The entry name.
+        name: String,
+        /// The store directory.
+        path: PathBuf,
+    },
+    /// An entry exists on disk but is missing part of its pair.
+    #[error("entry {name:?} in {path} is incomplete: {reason}")]
+    Incomplete {
+        /// The entry name.
+        name: String,
+        /// The store directory.
+        path: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+    /// Another process holds the store's write lock.
+    #[error("{path} is locked by another writer")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// A write was attempted through a read-only handle or mapping.
+    #[error("{path} is open read-only")]
+    ReadOnly {
+        /// The file or directory.
+        path: PathBuf,
+    },
+    /// An operation needed a file but the array has none (for example
+    /// `load` on an array that was never offloaded).
+    #[error("the array has no file: {reason}")]
+    NoFile {
+        /// Why a file was needed.
+        reason: &'static str,
+    },
+    /// Data handed to the crate does not fit what was declared (for example a
+    /// chunk of the wrong shape given to a streaming writer).
+    #[error("{path}: {reason}")]
+    InvalidInput {
+        /// The file being written.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// Classifies an I/O error, attaching the path and the operation.
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        let path = path.into();
+        match source.kind() {
+            io::ErrorKind::NotFound => Error::NotFound { path, source },
+            io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+                Error::PermissionDenied { path, op, source }
+            }
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+                Error::DiskFull { path, op, source }
+            }
+            _ => Error::Io { path, op, source },
+        }
+    }
+
+    /// A [`Error::Corrupt`] for `path`.
+    pub(crate) fn corrupt(path: &Path, reason: impl Into<String>) -> Self {
+        Error::Corrupt {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether this error means the file or entry does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound { .. } | Error::KeyNotFound { .. })
+    }
+}
+
+/// Adds a path and an operation name to `std::io::Result`s.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, op: &'static str, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, op: &'static str, path: &Path) -> Result<T> {
+        self.map_err(|e| Error::io(op, path, e))
+    }
+}

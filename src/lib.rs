@@ -1,0 +1,9 @@
+//! Disk-backed n-dimensional arrays.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod element;
+mod error;
+
+pub use element::Element;
+pub use error::{Error, Result};
