@@ -7,3 +7,5 @@ mod error;
 
 pub use element::Element;
 pub use error::{Error, Result};
+pub(crate) mod io;
+pub use crate::io::testing as __testing;
