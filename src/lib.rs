@@ -8,4 +8,5 @@ mod error;
 pub use element::Element;
 pub use error::{Error, Result};
 pub(crate) mod io;
+pub(crate) mod mapped;
 pub use crate::io::testing as __testing;

@@ -1,0 +1,56 @@
+//! Memory maps: the only module of the crate that contains `unsafe` code.
+//!
+//! # Soundness contract
+//!
+//! Creating a memory map is `unsafe` because the mapped bytes can change or
+//! disappear underneath safe references if the file is modified or truncated
+//! while mapped. The crate upholds the following, and documents the rest as
+//! outside its guarantee (as `memmap2` does):
+//!
+//! * A published file is never modified in place by the crate, except through
+//!   a read-write map that the user asked for explicitly
+//!   ([`LoadMode::ReadWrite`](crate::LoadMode::ReadWrite)), and only for the
+//!   array that owns that file. Every other overwrite writes a new file and
+//!   renames it over the old name, so an existing map keeps the old inode.
+//! * A map is created over the whole file as it is when mapped; every read
+//!   through it is bounds-checked against the map length, so a file shorter
+//!   than its header promises yields an error, never a read past the end
+//!   (which would raise `SIGBUS`).
+//! * Element slices are produced from mapped bytes only through
+//!   `ndarray-npy`'s checked `ViewElement` casts (type, alignment, length and,
+//!   for `bool`, value validity).
+//!
+//! Outside the guarantee: another program (or another handle of the user's)
+//! truncating or rewriting a file while this crate has it mapped.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::path::Path;
+
+use memmap2::{Mmap, MmapMut, MmapOptions};
+
+use crate::error::{IoContext, Result};
+
+/// Maps `file` read-only.
+pub(crate) fn map_readonly(file: &File, path: &Path) -> Result<Mmap> {
+    // SAFETY: see the module's soundness contract: the crate never modifies a
+    // published file in place, and all access through the map is
+    // bounds-checked against the length captured here.
+    unsafe { MmapOptions::new().map(file) }.ctx("map", path)
+}
+
+/// Maps `file` read-write: writes through the map reach the file.
+pub(crate) fn map_read_write(file: &File, path: &Path) -> Result<MmapMut> {
+    // SAFETY: read-write maps are created only for a file owned by one array,
+    // at the user's explicit request; the crate holds the map behind a lock so
+    // no two mutable views alias. Changes by other programs are outside the
+    // guarantee (module docs).
+    unsafe { MmapOptions::new().map_mut(file) }.ctx("map read-write", path)
+}
+
+/// Maps `file` copy-on-write: writes stay private to the process.
+pub(crate) fn map_copy_on_write(file: &File, path: &Path) -> Result<MmapMut> {
+    // SAFETY: a private map never writes to the file; the file itself is never
+    // modified in place by the crate (module docs).
+    unsafe { MmapOptions::new().map_copy(file) }.ctx("map copy-on-write", path)
+}
