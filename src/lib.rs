@@ -2,11 +2,21 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod array;
+mod config;
 mod element;
 mod error;
+pub(crate) mod io;
+mod map;
+pub(crate) mod mapped;
+mod name;
+pub(crate) mod npy;
 
+pub use array::{ArrayState, DiskBackedArray, ReadGuard, WriteGuard};
+pub use config::{default_chunk_budget, CacheConfig, ConfigOverrides, LoadMode};
 pub use element::Element;
 pub use error::{Error, Result};
-pub(crate) mod io;
-pub(crate) mod mapped;
+pub use name::{EntryName, MAX_NAME_BYTES};
+
+#[doc(hidden)]
 pub use crate::io::testing as __testing;

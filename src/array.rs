@@ -1,0 +1,785 @@
+//! [`DiskBackedArray`]: an ndarray that lives in RAM or in an `.npy` file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use ndarray::{Array, ArrayBase, ArrayView, ArrayViewMut, Data, Dimension, IxDyn};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockUpgradableReadGuard, RwLockWriteGuard};
+
+use crate::config::{CacheConfig, LoadMode};
+use crate::element::Element;
+use crate::error::{Error, Result};
+use crate::io::{self, FileId};
+use crate::map::MappedNpy;
+use crate::npy::{self, NpyInfo};
+
+/// Where an array's data is right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ArrayState {
+    /// Owned in RAM.
+    InMemory,
+    /// Memory-mapped from its `.npy` file with the given mode.
+    Mapped(LoadMode),
+    /// Only in its file; no RAM held.
+    Offloaded,
+}
+
+pub(crate) enum State<T, D> {
+    Owned(Array<T, D>),
+    Mapped(MappedNpy<T, D>),
+    Offloaded,
+}
+
+static TEMP_DIR: Mutex<Weak<tempfile::TempDir>> = Mutex::new(Weak::new());
+static FILE_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The private temporary directory shared by arrays without a location.
+fn shared_temp_dir() -> Result<Arc<tempfile::TempDir>> {
+    let mut slot = TEMP_DIR.lock();
+    if let Some(d) = slot.upgrade() {
+        return Ok(d);
+    }
+    let mut b = tempfile::Builder::new();
+    b.prefix("ndarray-offload-");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(0o700));
+    }
+    let d = Arc::new(
+        b.tempdir()
+            .map_err(|e| Error::io("create", std::env::temp_dir(), e))?,
+    );
+    *slot = Arc::downgrade(&d);
+    Ok(d)
+}
+
+/// An n-dimensional array that is owned in RAM, memory-mapped from its
+/// `.npy` file, or offloaded to that file with no RAM held.
+///
+/// * [`offload`](Self::offload) writes the array to its file atomically
+///   (unique temporary file, `fsync`, rename, directory `fsync`) and frees
+///   the RAM. Offloading a mapped array that was not modified writes nothing.
+/// * [`load`](Self::load) maps the file in a [`LoadMode`]; nothing is read
+///   until the data is touched, and no mode truncates or zeroes the file.
+/// * [`read`](Self::read) and [`write`](Self::write) give scoped guards with
+///   ndarray views, loading an offloaded array on demand; with automatic
+///   offloading on, the array is offloaded again when the last guard that
+///   needed the load ends. Guards hold a lock, so a reader on another thread
+///   never sees its buffer dropped underneath it.
+/// * On drop, the file is deleted when purge-on-drop is on (the default for
+///   files in the private temporary directory), and only if the file at the
+///   path is still the one this array wrote: a newer array's file under the
+///   same name is never deleted.
+///
+/// Every file written is a valid `.npy` that `numpy.load(path,
+/// mmap_mode='r')` reads.
+///
+/// # Examples
+///
+/// ```
+/// use ndarray::Array2;
+/// use ndarray_offload::{ArrayState, DiskBackedArray};
+///
+/// let points = Array2::<f32>::from_shape_fn((1000, 3), |(i, j)| (i * 3 + j) as f32);
+/// let arr = DiskBackedArray::new(points)?;
+/// arr.offload()?;
+/// assert_eq!(arr.state(), ArrayState::Offloaded);
+/// // Reading maps the file back on demand.
+/// let sum: f32 = arr.read()?.view().sum();
+/// assert_eq!(sum, (0..3000).map(|x| x as f32).sum::<f32>());
+/// # Ok::<_, ndarray_offload::Error>(())
+/// ```
+///
+/// # Deadlocks
+///
+/// A guard holds the array's lock: calling [`offload`](Self::offload),
+/// [`load`](Self::load) or [`write`](Self::write) on the same array while
+/// holding a guard on the same thread blocks forever. Drop the guard first.
+pub struct DiskBackedArray<T: Element, D: Dimension> {
+    state: RwLock<State<T, D>>,
+    shape: Vec<usize>,
+    path: PathBuf,
+    /// Identity of the file this array last published or opened.
+    file_id: Mutex<Option<FileId>>,
+    /// Whether the file holds exactly the current data.
+    file_current: AtomicBool,
+    caching: AtomicBool,
+    purge: AtomicBool,
+    automatic: AtomicBool,
+    /// Guards alive whose access triggered a load.
+    readers: AtomicUsize,
+    loaded_on_demand: AtomicBool,
+    config: CacheConfig,
+    _temp: Option<Arc<tempfile::TempDir>>,
+}
+
+impl<T: Element, D: Dimension> fmt::Debug for DiskBackedArray<T, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DiskBackedArray")
+            .field("dtype", &T::dtype())
+            .field("shape", &self.shape)
+            .field("state", &self.state())
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
+    /// Wraps `array` (kept in RAM) with the default [`CacheConfig`]: its file
+    /// will go to a private temporary directory and be deleted on drop.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error if the temporary directory cannot be created.
+    pub fn new(array: Array<T, D>) -> Result<Self> {
+        Self::with_config(array, &CacheConfig::default())
+    }
+
+    /// Wraps `array` with `config`; the file is a new unique name in the
+    /// configured location (created if missing) or the temporary directory.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error if the directory cannot be created.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use ndarray_offload::{CacheConfig, DiskBackedArray};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let config = CacheConfig::default().with_location(dir.path());
+    /// let arr = DiskBackedArray::with_config(array![1i64, 2, 3], &config)?;
+    /// arr.offload()?;
+    /// assert!(arr.path().starts_with(dir.path()));
+    /// # Ok::<_, ndarray_offload::Error>(())
+    /// ```
+    pub fn with_config(array: Array<T, D>, config: &CacheConfig) -> Result<Self> {
+        let n = FILE_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("array-{:x}-{n:x}.npy", std::process::id());
+        match config.location() {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+                Ok(Self::build(array, dir.join(name), config, None))
+            }
+            None => {
+                let tmp = shared_temp_dir()?;
+                let path = tmp.path().join(name);
+                Ok(Self::build(array, path, config, Some(tmp)))
+            }
+        }
+    }
+
+    /// Wraps `array` with an explicit file path (its directory must exist).
+    /// Purge-on-drop defaults to off for an explicit path.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use ndarray_offload::{CacheConfig, DiskBackedArray};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("normals.npy");
+    /// let arr = DiskBackedArray::with_path(array![[0.0f32, 0.0, 1.0]], &path, &CacheConfig::default())?;
+    /// arr.offload()?;
+    /// drop(arr);
+    /// assert!(path.exists()); // kept: explicit paths are not purged by default
+    /// # Ok::<_, ndarray_offload::Error>(())
+    /// ```
+    pub fn with_path(
+        array: Array<T, D>,
+        path: impl AsRef<Path>,
+        config: &CacheConfig,
+    ) -> Result<Self> {
+        Ok(Self::build(array, path.as_ref().to_path_buf(), config, None))
+    }
+
+    fn build(
+        array: Array<T, D>,
+        path: PathBuf,
+        config: &CacheConfig,
+        temp: Option<Arc<tempfile::TempDir>>,
+    ) -> Self {
+        DiskBackedArray {
+            shape: array.shape().to_vec(),
+            state: RwLock::new(State::Owned(array)),
+            path,
+            file_id: Mutex::new(None),
+            file_current: AtomicBool::new(false),
+            caching: AtomicBool::new(config.caching()),
+            purge: AtomicBool::new(config.effective_purge(temp.is_some())),
+            automatic: AtomicBool::new(config.automatic_offloading()),
+            readers: AtomicUsize::new(0),
+            loaded_on_demand: AtomicBool::new(false),
+            config: config.clone(),
+            _temp: temp,
+        }
+    }
+
+    /// Opens an existing `.npy` file as an offloaded array (nothing is mapped
+    /// until it is used). The header is checked now. Purge-on-drop is off
+    /// unless `config` turns it on.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], [`Error::PermissionDenied`], [`Error::Corrupt`]
+    /// (bad magic or header), [`Error::Truncated`] (shorter than the header
+    /// promises), [`Error::DtypeMismatch`], [`Error::DimensionMismatch`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::{array, Ix1};
+    /// use ndarray_offload::{CacheConfig, DiskBackedArray};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("a.npy");
+    /// ndarray_npy::write_npy(&path, &array![1.0f64, 2.0]).unwrap();
+    /// let arr = DiskBackedArray::<f64, Ix1>::open(&path, &CacheConfig::default())?;
+    /// assert_eq!(arr.read()?.view(), array![1.0, 2.0]);
+    /// # Ok::<_, ndarray_offload::Error>(())
+    /// ```
+    pub fn open(path: impl AsRef<Path>, config: &CacheConfig) -> Result<Self> {
+        let path = path.as_ref();
+        let (info, len) = NpyInfo::read(path)?;
+        info.check::<T, D>(len, path)?;
+        let id = FileId::of_path(path);
+        Ok(DiskBackedArray {
+            shape: info.shape,
+            state: RwLock::new(State::Offloaded),
+            path: path.to_path_buf(),
+            file_id: Mutex::new(id),
+            file_current: AtomicBool::new(true),
+            caching: AtomicBool::new(true),
+            purge: AtomicBool::new(config.effective_purge(false)),
+            automatic: AtomicBool::new(config.automatic_offloading()),
+            readers: AtomicUsize::new(0),
+            loaded_on_demand: AtomicBool::new(false),
+            config: config.clone(),
+            _temp: None,
+        })
+    }
+
+    /// Shape of the array (known without loading it).
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether the array has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// numpy dtype string of the element type (`"<f4"`, ...).
+    pub fn dtype(&self) -> String {
+        T::dtype()
+    }
+
+    /// Size of the data in bytes.
+    pub fn nbytes(&self) -> u64 {
+        npy::data_bytes::<T>(&self.shape).unwrap_or(u64::MAX)
+    }
+
+    /// Path of the array's `.npy` file (it exists once the array has been
+    /// offloaded, flushed or loaded).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where the data is now.
+    pub fn state(&self) -> ArrayState {
+        match &*self.state.read() {
+            State::Owned(_) => ArrayState::InMemory,
+            State::Mapped(m) => ArrayState::Mapped(m.mode()),
+            State::Offloaded => ArrayState::Offloaded,
+        }
+    }
+
+    /// Whether the array is offloaded (no RAM held).
+    pub fn is_offloaded(&self) -> bool {
+        matches!(&*self.state.read(), State::Offloaded)
+    }
+
+    /// Bytes of RAM the array holds (0 when mapped or offloaded).
+    pub fn resident_bytes(&self) -> u64 {
+        match &*self.state.read() {
+            State::Owned(_) => self.nbytes(),
+            _ => 0,
+        }
+    }
+
+    /// Whether caching is on (the array may live on disk).
+    pub fn caching(&self) -> bool {
+        self.caching.load(Ordering::Relaxed)
+    }
+
+    /// Whether the file is deleted on drop.
+    pub fn purge_on_drop(&self) -> bool {
+        self.purge.load(Ordering::Relaxed)
+    }
+
+    /// Switches purge-on-drop at run time.
+    pub fn set_purge_on_drop(&self, on: bool) {
+        self.purge.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether scoped accesses re-offload when they end.
+    pub fn automatic_offloading(&self) -> bool {
+        self.automatic.load(Ordering::Relaxed)
+    }
+
+    /// Switches automatic offloading at run time.
+    pub fn set_automatic_offloading(&self, on: bool) {
+        self.automatic.store(on, Ordering::Relaxed);
+    }
+
+    /// Turns caching on: later offloads write the file.
+    pub fn enable_caching(&self) {
+        self.caching.store(true, Ordering::Relaxed);
+    }
+
+    /// Turns caching off: a mapped or offloaded array is copied back into
+    /// RAM, and offload becomes a no-op. The file is left as it is (and is
+    /// still purged on drop if purge-on-drop is on).
+    ///
+    /// # Errors
+    ///
+    /// Errors of loading the file if the array is offloaded.
+    pub fn disable_caching(&self) -> Result<()> {
+        let mut st = self.state.write();
+        let owned = match &*st {
+            State::Owned(_) => None,
+            State::Mapped(m) => Some((m.view().to_owned(), !m.dirty)),
+            State::Offloaded => {
+                let m = MappedNpy::<T, D>::open(&self.path, LoadMode::ReadOnly)?;
+                Some((m.view().to_owned(), true))
+            }
+        };
+        if let Some((a, clean)) = owned {
+            *st = State::Owned(a);
+            self.file_current.store(clean, Ordering::Relaxed);
+        }
+        self.caching.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes the array to its file if the file does not hold the current
+    /// data, and frees the RAM. A no-op when caching is off or the array is
+    /// already offloaded; a mapped array that was not modified writes
+    /// nothing.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors naming the path ([`Error::DiskFull`],
+    /// [`Error::PermissionDenied`], ...). After an error the array is
+    /// unchanged and usable, and the previous file (if any) is untouched.
+    pub fn offload(&self) -> Result<()> {
+        if !self.caching() {
+            return Ok(());
+        }
+        let mut st = self.state.write();
+        self.offload_locked(&mut st)
+    }
+
+    fn offload_locked(&self, st: &mut RwLockWriteGuard<'_, State<T, D>>) -> Result<()> {
+        self.persist_locked(st)?;
+        if !matches!(**st, State::Offloaded) {
+            **st = State::Offloaded;
+            tracing::debug!(path = %self.path.display(), bytes = self.nbytes(), "offloaded");
+        }
+        Ok(())
+    }
+
+    /// Makes the file hold the current data, without changing the state
+    /// (except that a copy-on-write map now maps the new file's data).
+    fn persist_locked(&self, st: &mut RwLockWriteGuard<'_, State<T, D>>) -> Result<()> {
+        match &mut **st {
+            State::Owned(a) => {
+                if !self.file_current.load(Ordering::Relaxed) {
+                    self.publish_view(a.view())?;
+                }
+            }
+            State::Mapped(m) => match m.mode() {
+                LoadMode::ReadWrite => m.flush()?,
+                LoadMode::CopyOnWrite if m.dirty => {
+                    self.publish_view(m.view())?;
+                    m.dirty = false;
+                }
+                _ => {}
+            },
+            State::Offloaded => {}
+        }
+        Ok(())
+    }
+
+    fn publish_view(&self, view: ArrayView<'_, T, D>) -> Result<()> {
+        let budget = self.config.effective_chunk_budget();
+        let private = self._temp.is_some();
+        let id = io::publish(&self.path, private, |w| {
+            npy::write_array(w, &view, budget, &self.path)
+        })?;
+        *self.file_id.lock() = Some(id);
+        self.file_current.store(true, Ordering::Relaxed);
+        tracing::debug!(path = %self.path.display(), bytes = self.nbytes(), "wrote array file");
+        Ok(())
+    }
+
+    /// Writes the current data durably to the file without freeing RAM:
+    /// an in-memory array is published atomically, a read-write map is
+    /// flushed and `fsync`ed, a modified copy-on-write map is published as a
+    /// new file. A no-op when caching is off.
+    ///
+    /// # Errors
+    ///
+    /// As [`offload`](Self::offload).
+    pub fn flush(&self) -> Result<()> {
+        if !self.caching() {
+            return Ok(());
+        }
+        let mut st = self.state.write();
+        self.persist_locked(&mut st)
+    }
+
+    /// Maps the file with `mode`, first writing the current data if the file
+    /// does not hold it. With caching off this is a no-op (the data stays in
+    /// RAM). No mode truncates or zeroes data.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors, and the validation errors of [`open`](Self::open) if the
+    /// file was changed by another program.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use ndarray_offload::{ArrayState, DiskBackedArray, LoadMode};
+    ///
+    /// let arr = DiskBackedArray::new(array![1u8, 2, 3])?;
+    /// arr.load(LoadMode::CopyOnWrite)?;
+    /// arr.write()?.view_mut()[0] = 9; // private to this process until offload
+    /// assert_eq!(arr.state(), ArrayState::Mapped(LoadMode::CopyOnWrite));
+    /// arr.offload()?; // publishes a new file with the edit
+    /// assert_eq!(arr.read()?.view(), array![9u8, 2, 3]);
+    /// # Ok::<_, ndarray_offload::Error>(())
+    /// ```
+    pub fn load(&self, mode: LoadMode) -> Result<()> {
+        if !self.caching() {
+            return Ok(());
+        }
+        let mut st = self.state.write();
+        self.load_locked(&mut st, mode)
+    }
+
+    fn load_locked(&self, st: &mut RwLockWriteGuard<'_, State<T, D>>, mode: LoadMode) -> Result<()> {
+        if let State::Mapped(m) = &**st {
+            if m.mode() == mode {
+                return Ok(());
+            }
+        }
+        self.persist_locked(st)?;
+        let m = MappedNpy::<T, D>::open(&self.path, mode)?;
+        {
+            let mut id = self.file_id.lock();
+            if id.is_none() {
+                *id = Some(m.file_id());
+            }
+        }
+        **st = State::Mapped(m);
+        tracing::debug!(path = %self.path.display(), ?mode, "mapped array file");
+        Ok(())
+    }
+
+    /// A read guard: the data stays where it is until the guard is dropped.
+    /// An offloaded array is mapped on demand with the configured
+    /// [`LoadMode`].
+    ///
+    /// # Errors
+    ///
+    /// Errors of loading the file.
+    pub fn read(&self) -> Result<ReadGuard<'_, T, D>> {
+        let st = self.state.upgradable_read();
+        let (st, loaded) = if matches!(*st, State::Offloaded) {
+            let mut w = RwLockUpgradableReadGuard::upgrade(st);
+            if matches!(*w, State::Offloaded) {
+                self.load_locked(&mut w, self.config.load_mode())?;
+                (RwLockWriteGuard::downgrade(w), true)
+            } else {
+                (RwLockWriteGuard::downgrade(w), false)
+            }
+        } else {
+            (RwLockUpgradableReadGuard::downgrade(st), false)
+        };
+        if loaded {
+            self.loaded_on_demand.store(true, Ordering::Relaxed);
+        }
+        self.readers.fetch_add(1, Ordering::AcqRel);
+        Ok(ReadGuard {
+            array: self,
+            guard: Some(st),
+        })
+    }
+
+    /// A write guard with a mutable view. An offloaded or read-only mapped
+    /// array is first mapped copy-on-write (unless the configured load mode
+    /// is read-write), so the published file is never changed in place
+    /// except through an explicit read-write map.
+    ///
+    /// # Errors
+    ///
+    /// Errors of loading the file.
+    pub fn write(&self) -> Result<WriteGuard<'_, T, D>> {
+        let mut st = self.state.write();
+        let mut loaded = false;
+        match &*st {
+            State::Owned(_) => {}
+            State::Mapped(m) if m.mode() != LoadMode::ReadOnly => {}
+            State::Mapped(_) | State::Offloaded => {
+                loaded = matches!(*st, State::Offloaded);
+                let mode = match self.config.load_mode() {
+                    LoadMode::ReadWrite => LoadMode::ReadWrite,
+                    _ => LoadMode::CopyOnWrite,
+                };
+                self.load_locked(&mut st, mode)?;
+            }
+        }
+        if let State::Owned(_) = &*st {
+            self.file_current.store(false, Ordering::Relaxed);
+        }
+        Ok(WriteGuard {
+            array: self,
+            guard: Some(st),
+            reoffload: loaded && self.automatic_offloading() && self.caching(),
+        })
+    }
+
+    /// Runs `f` on a view of the array (see [`read`](Self::read)) and, with
+    /// automatic offloading on, reports an error of the re-offload.
+    ///
+    /// # Errors
+    ///
+    /// Errors of loading or re-offloading.
+    pub fn with_view<R>(&self, f: impl FnOnce(ArrayView<'_, T, D>) -> R) -> Result<R> {
+        let g = self.read()?;
+        let r = f(g.view());
+        g.finish()?;
+        Ok(r)
+    }
+
+    /// Runs `f` on a mutable view of the array (see [`write`](Self::write)).
+    ///
+    /// # Errors
+    ///
+    /// Errors of loading or re-offloading.
+    pub fn with_view_mut<R>(&self, f: impl FnOnce(ArrayViewMut<'_, T, D>) -> R) -> Result<R> {
+        let mut g = self.write()?;
+        let r = f(g.view_mut());
+        g.finish()?;
+        Ok(r)
+    }
+
+    /// A copy of the data in RAM (loading it if needed).
+    ///
+    /// # Errors
+    ///
+    /// Errors of loading.
+    pub fn to_owned_array(&self) -> Result<Array<T, D>> {
+        self.with_view(|v| v.to_owned())
+    }
+
+    /// Consumes the wrapper and returns the data in RAM. The file is handled
+    /// as on drop.
+    ///
+    /// # Errors
+    ///
+    /// Errors of loading.
+    pub fn into_array(self) -> Result<Array<T, D>> {
+        {
+            let mut st = self.state.write();
+            if let State::Owned(_) = &*st {
+                if let State::Owned(a) = std::mem::replace(&mut *st, State::Offloaded) {
+                    return Ok(a);
+                }
+            }
+        }
+        self.to_owned_array()
+    }
+
+    /// Identity of the file this array owns, if it has written or opened one.
+    pub(crate) fn owned_file_id(&self) -> Option<FileId> {
+        *self.file_id.lock()
+    }
+
+    /// Whether the file holds the current data.
+    pub(crate) fn file_is_current(&self) -> bool {
+        match &*self.state.read() {
+            State::Owned(_) => self.file_current.load(Ordering::Relaxed),
+            State::Mapped(m) => !m.dirty,
+            State::Offloaded => true,
+        }
+    }
+
+    fn end_read(&self) {
+        if self.readers.fetch_sub(1, Ordering::AcqRel) == 1
+            && self.automatic_offloading()
+            && self.caching()
+            && self.loaded_on_demand.load(Ordering::Relaxed)
+        {
+            if let Err(e) = self.reoffload_if_idle() {
+                tracing::warn!(path = %self.path.display(), error = %e, "automatic offload failed");
+            }
+        }
+    }
+
+    fn reoffload_if_idle(&self) -> Result<()> {
+        let mut st = self.state.write();
+        if self.readers.load(Ordering::Acquire) == 0
+            && self.loaded_on_demand.swap(false, Ordering::Relaxed)
+        {
+            self.offload_locked(&mut st)?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates a disk-backed array from any ndarray (copying views).
+impl<T: Element, S: Data<Elem = T>, D: Dimension> TryFrom<&ArrayBase<S, D>>
+    for DiskBackedArray<T, D>
+{
+    type Error = Error;
+    fn try_from(a: &ArrayBase<S, D>) -> Result<Self> {
+        DiskBackedArray::new(a.to_owned())
+    }
+}
+
+impl<T: Element, D: Dimension> Drop for DiskBackedArray<T, D> {
+    fn drop(&mut self) {
+        // Unmap before deleting.
+        *self.state.get_mut() = State::Offloaded;
+        if self.purge.load(Ordering::Relaxed) {
+            if let Some(id) = *self.file_id.get_mut() {
+                if let Err(e) = io::remove_if_same(&self.path, id) {
+                    if !e.is_not_found() {
+                        tracing::warn!(path = %self.path.display(), error = %e, "could not purge array file");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A scoped read access to a [`DiskBackedArray`].
+pub struct ReadGuard<'a, T: Element, D: Dimension> {
+    array: &'a DiskBackedArray<T, D>,
+    guard: Option<RwLockReadGuard<'a, State<T, D>>>,
+}
+
+impl<T: Element, D: Dimension> ReadGuard<'_, T, D> {
+    /// A view of the data.
+    pub fn view(&self) -> ArrayView<'_, T, D> {
+        match &**self.guard.as_ref().expect("guard is live") {
+            State::Owned(a) => a.view(),
+            State::Mapped(m) => m.view(),
+            State::Offloaded => unreachable!("a read guard never sees an offloaded array"),
+        }
+    }
+
+    /// A view with a dynamic number of dimensions.
+    pub fn view_dyn(&self) -> ArrayView<'_, T, IxDyn> {
+        self.view().into_dyn()
+    }
+
+    /// Ends the access, reporting an error of the automatic re-offload.
+    ///
+    /// # Errors
+    ///
+    /// Errors of offloading.
+    pub fn finish(mut self) -> Result<()> {
+        self.guard = None;
+        let a = self.array;
+        std::mem::forget(self);
+        if a.readers.fetch_sub(1, Ordering::AcqRel) == 1
+            && a.automatic_offloading()
+            && a.caching()
+            && a.loaded_on_demand.load(Ordering::Relaxed)
+        {
+            a.reoffload_if_idle()?;
+        }
+        Ok(())
+    }
+}
+
+impl<T: Element, D: Dimension> Drop for ReadGuard<'_, T, D> {
+    fn drop(&mut self) {
+        self.guard = None;
+        self.array.end_read();
+    }
+}
+
+/// A scoped write access to a [`DiskBackedArray`].
+pub struct WriteGuard<'a, T: Element, D: Dimension> {
+    array: &'a DiskBackedArray<T, D>,
+    guard: Option<RwLockWriteGuard<'a, State<T, D>>>,
+    reoffload: bool,
+}
+
+impl<T: Element, D: Dimension> WriteGuard<'_, T, D> {
+    /// A view of the data.
+    pub fn view(&self) -> ArrayView<'_, T, D> {
+        match &**self.guard.as_ref().expect("guard is live") {
+            State::Owned(a) => a.view(),
+            State::Mapped(m) => m.view(),
+            State::Offloaded => unreachable!("a write guard never sees an offloaded array"),
+        }
+    }
+
+    /// A mutable view of the data.
+    pub fn view_mut(&mut self) -> ArrayViewMut<'_, T, D> {
+        match &mut **self.guard.as_mut().expect("guard is live") {
+            State::Owned(a) => a.view_mut(),
+            State::Mapped(m) => m.view_mut().expect("write guards never hold read-only maps"),
+            State::Offloaded => unreachable!("a write guard never sees an offloaded array"),
+        }
+    }
+
+    /// Ends the access, reporting an error of the automatic re-offload.
+    ///
+    /// # Errors
+    ///
+    /// Errors of offloading.
+    pub fn finish(mut self) -> Result<()> {
+        let r = self.end();
+        std::mem::forget(self);
+        r
+    }
+
+    fn end(&mut self) -> Result<()> {
+        let mut g = match self.guard.take() {
+            Some(g) => g,
+            None => return Ok(()),
+        };
+        if self.reoffload {
+            self.array.offload_locked(&mut g)?;
+        }
+        Ok(())
+    }
+}
+
+impl<T: Element, D: Dimension> Drop for WriteGuard<'_, T, D> {
+    fn drop(&mut self) {
+        if let Err(e) = self.end() {
+            tracing::warn!(path = %self.array.path.display(), error = %e, "automatic offload failed");
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! A validated `.npy` file mapped into memory.
+
+use std::fs::{File, OpenOptions};
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, MmapMut};
+use ndarray::{ArrayView, ArrayViewMut, Dimension, IxDyn, ShapeBuilder};
+use ndarray_npy::ViewDataError;
+
+use crate::config::LoadMode;
+use crate::element::Element;
+use crate::error::{Error, IoContext, Result};
+use crate::io::FileId;
+use crate::mapped;
+use crate::npy::NpyInfo;
+
+enum Map {
+    Ro(Mmap),
+    Rw(MmapMut),
+    Cow(MmapMut),
+}
+
+/// An `.npy` file mapped with a [`LoadMode`], its header validated against
+/// `T` and `D`.
+pub(crate) struct MappedNpy<T, D> {
+    map: Map,
+    file: File,
+    path: PathBuf,
+    id: FileId,
+    offset: usize,
+    len: usize,
+    dim: D,
+    fortran: bool,
+    /// Whether the mapped data was changed since it was mapped or flushed.
+    pub(crate) dirty: bool,
+    _t: PhantomData<T>,
+}
+
+fn view_err(e: ViewDataError, path: &Path, expected: u64, actual: u64) -> Error {
+    match e {
+        ViewDataError::MissingBytes(_) => Error::Truncated {
+            path: path.to_path_buf(),
+            expected,
+            actual,
+        },
+        other => Error::corrupt(path, other.to_string()),
+    }
+}
+
+impl<T: Element, D: Dimension> MappedNpy<T, D> {
+    /// Opens and maps `path`, checking the header, the dtype, the number of
+    /// dimensions, the file length and (for `bool`) every value.
+    pub(crate) fn open(path: &Path, mode: LoadMode) -> Result<Self> {
+        let file = match mode {
+            LoadMode::ReadWrite => OpenOptions::new().read(true).write(true).open(path),
+            _ => File::open(path),
+        }
+        .ctx("open", path)?;
+        let meta = file.metadata().ctx("stat", path)?;
+        if !meta.is_file() {
+            return Err(Error::corrupt(path, "not a regular file"));
+        }
+        let file_len = meta.len();
+        let id = FileId::from_meta(&meta);
+        let map = match mode {
+            LoadMode::ReadOnly => Map::Ro(mapped::map_readonly(&file, path)?),
+            LoadMode::ReadWrite => Map::Rw(mapped::map_read_write(&file, path)?),
+            LoadMode::CopyOnWrite => Map::Cow(mapped::map_copy_on_write(&file, path)?),
+        };
+        let bytes: &[u8] = match &map {
+            Map::Ro(m) => m,
+            Map::Rw(m) | Map::Cow(m) => m,
+        };
+        let info = NpyInfo::parse(bytes, path)?;
+        info.check::<T, D>(file_len, path)?;
+        let len: usize = info.shape.iter().product();
+        let expected = info.data_offset as u64 + info.data_len.unwrap_or(0);
+        // Validates alignment, length and element values once.
+        T::bytes_as_slice(&bytes[info.data_offset..], &T::type_descriptor(), len)
+            .map_err(|e| view_err(e, path, expected, file_len))?;
+        let dim = D::from_dimension(&IxDyn(&info.shape)).ok_or_else(|| Error::DimensionMismatch {
+                path: path.to_path_buf(),
+                expected: D::NDIM.unwrap_or(0),
+            found: info.shape.len(),
+        })?;
+        Ok(MappedNpy {
+            map,
+            file,
+            path: path.to_path_buf(),
+            id,
+            offset: info.data_offset,
+            len,
+            dim,
+            fortran: info.fortran,
+            dirty: false,
+            _t: PhantomData,
+        })
+    }
+
+    /// The mode this file is mapped with.
+    pub(crate) fn mode(&self) -> LoadMode {
+        match self.map {
+            Map::Ro(_) => LoadMode::ReadOnly,
+            Map::Rw(_) => LoadMode::ReadWrite,
+            Map::Cow(_) => LoadMode::CopyOnWrite,
+        }
+    }
+
+    /// Identity of the mapped file.
+    pub(crate) fn file_id(&self) -> FileId {
+        self.id
+    }
+
+    /// A view of the mapped array.
+    pub(crate) fn view(&self) -> ArrayView<'_, T, D> {
+        let bytes: &[u8] = match &self.map {
+            Map::Ro(m) => m,
+            Map::Rw(m) | Map::Cow(m) => m,
+        };
+        let data = T::bytes_as_slice(&bytes[self.offset..], &T::type_descriptor(), self.len)
+            .expect("validated when mapped");
+        ArrayView::from_shape(self.dim.clone().set_f(self.fortran), data)
+            .expect("validated when mapped")
+    }
+
+    /// A mutable view; `None` for a read-only map.
+    pub(crate) fn view_mut(&mut self) -> Option<ArrayViewMut<'_, T, D>> {
+        let bytes: &mut [u8] = match &mut self.map {
+            Map::Ro(_) => return None,
+            Map::Rw(m) | Map::Cow(m) => m,
+        };
+        self.dirty = true;
+        let data =
+            T::bytes_as_mut_slice(&mut bytes[self.offset..], &T::type_descriptor(), self.len)
+                .expect("validated when mapped");
+        Some(
+            ArrayViewMut::from_shape(self.dim.clone().set_f(self.fortran), data)
+                .expect("validated when mapped"),
+        )
+    }
+
+    /// For a read-write map: writes dirty pages back and `fsync`s the file.
+    pub(crate) fn flush(&mut self) -> Result<()> {
+        if let Map::Rw(m) = &self.map {
+            if self.dirty {
+                m.flush().ctx("flush map of", &self.path)?;
+                crate::io::sync_file(&self.file, &self.path)?;
+                self.dirty = false;
+            }
+        }
+        Ok(())
+    }
+}
