@@ -11,12 +11,14 @@ mod map;
 pub(crate) mod mapped;
 mod name;
 pub(crate) mod npy;
+mod stream;
 
 pub use array::{ArrayState, DiskBackedArray, ReadGuard, WriteGuard};
 pub use config::{default_chunk_budget, CacheConfig, ConfigOverrides, LoadMode};
 pub use element::Element;
 pub use error::{Error, Result};
 pub use name::{EntryName, MAX_NAME_BYTES};
+pub use stream::{NpyStreamWriter, NpyStreamWriterDyn};
 
 #[doc(hidden)]
 pub use crate::io::testing as __testing;
