@@ -2,3 +2,4 @@
 
 mod array;
 mod common;
+mod numpy;
