@@ -57,6 +57,26 @@ fn shared_temp_dir() -> Result<Arc<tempfile::TempDir>> {
     Ok(d)
 }
 
+/// Arrays at least this large are freed on a background thread after an
+/// offload: unmapping a gigabyte takes tens of milliseconds that the caller
+/// need not wait for (the data is already durable).
+const BACKGROUND_FREE_BYTES: u64 = 64 << 20;
+
+fn release<T: Element, D: Dimension>(old: State<T, D>) {
+    if let State::Owned(a) = old {
+        let bytes = (a.len() * std::mem::size_of::<T>()) as u64;
+        if bytes >= BACKGROUND_FREE_BYTES {
+            let (a, _) = a.into_raw_vec_and_offset();
+            let spawned = std::thread::Builder::new()
+                .name("ndarray-offload-free".into())
+                .spawn(move || drop(a));
+            if let Err(e) = spawned {
+                tracing::debug!(error = %e, "freeing on the calling thread");
+            }
+        }
+    }
+}
+
 /// An n-dimensional array that is owned in RAM, memory-mapped from its
 /// `.npy` file, or offloaded to that file with no RAM held.
 ///
@@ -197,7 +217,12 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         path: impl AsRef<Path>,
         config: &CacheConfig,
     ) -> Result<Self> {
-        Ok(Self::build(array, path.as_ref().to_path_buf(), config, None))
+        Ok(Self::build(
+            array,
+            path.as_ref().to_path_buf(),
+            config,
+            None,
+        ))
     }
 
     fn build(
@@ -395,7 +420,8 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     fn offload_locked(&self, st: &mut RwLockWriteGuard<'_, State<T, D>>) -> Result<()> {
         self.persist_locked(st)?;
         if !matches!(**st, State::Offloaded) {
-            **st = State::Offloaded;
+            let old = std::mem::replace(&mut **st, State::Offloaded);
+            release(old);
             tracing::debug!(path = %self.path.display(), bytes = self.nbytes(), "offloaded");
         }
         Ok(())
@@ -482,7 +508,11 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         self.load_locked(&mut st, mode)
     }
 
-    fn load_locked(&self, st: &mut RwLockWriteGuard<'_, State<T, D>>, mode: LoadMode) -> Result<()> {
+    fn load_locked(
+        &self,
+        st: &mut RwLockWriteGuard<'_, State<T, D>>,
+        mode: LoadMode,
+    ) -> Result<()> {
         if let State::Mapped(m) = &**st {
             if m.mode() == mode {
                 return Ok(());
@@ -748,7 +778,9 @@ impl<T: Element, D: Dimension> WriteGuard<'_, T, D> {
     pub fn view_mut(&mut self) -> ArrayViewMut<'_, T, D> {
         match &mut **self.guard.as_mut().expect("guard is live") {
             State::Owned(a) => a.view_mut(),
-            State::Mapped(m) => m.view_mut().expect("write guards never hold read-only maps"),
+            State::Mapped(m) => m
+                .view_mut()
+                .expect("write guards never hold read-only maps"),
             State::Offloaded => unreachable!("a write guard never sees an offloaded array"),
         }
     }

@@ -79,11 +79,12 @@ impl<T: Element, D: Dimension> MappedNpy<T, D> {
         // Validates alignment, length and element values once.
         T::bytes_as_slice(&bytes[info.data_offset..], &T::type_descriptor(), len)
             .map_err(|e| view_err(e, path, expected, file_len))?;
-        let dim = D::from_dimension(&IxDyn(&info.shape)).ok_or_else(|| Error::DimensionMismatch {
+        let dim =
+            D::from_dimension(&IxDyn(&info.shape)).ok_or_else(|| Error::DimensionMismatch {
                 path: path.to_path_buf(),
                 expected: D::NDIM.unwrap_or(0),
-            found: info.shape.len(),
-        })?;
+                found: info.shape.len(),
+            })?;
         Ok(MappedNpy {
             map,
             file,

@@ -41,10 +41,38 @@ pub const MAX_NAME_BYTES: usize = 200;
 pub struct EntryName(String);
 
 const DEVICES: &[&str] = &[
-    "CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$", "COM0", "COM1", "COM2", "COM3", "COM4",
-    "COM5", "COM6", "COM7", "COM8", "COM9", "LPT0", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5",
-    "LPT6", "LPT7", "LPT8", "LPT9", "COM\u{b9}", "COM\u{b2}", "COM\u{b3}", "LPT\u{b9}",
-    "LPT\u{b2}", "LPT\u{b3}",
+    "CON",
+    "PRN",
+    "AUX",
+    "NUL",
+    "CONIN$",
+    "CONOUT$",
+    "COM0",
+    "COM1",
+    "COM2",
+    "COM3",
+    "COM4",
+    "COM5",
+    "COM6",
+    "COM7",
+    "COM8",
+    "COM9",
+    "LPT0",
+    "LPT1",
+    "LPT2",
+    "LPT3",
+    "LPT4",
+    "LPT5",
+    "LPT6",
+    "LPT7",
+    "LPT8",
+    "LPT9",
+    "COM\u{b9}",
+    "COM\u{b2}",
+    "COM\u{b3}",
+    "LPT\u{b9}",
+    "LPT\u{b2}",
+    "LPT\u{b3}",
 ];
 
 impl EntryName {
@@ -173,7 +201,14 @@ mod tests {
 
     #[test]
     fn accepted_examples() {
-        for n in [".hidden", "a.npy", "tile_0001", "\u{ff23}\u{ff2f}\u{ff2e}", "COM10", "a b"] {
+        for n in [
+            ".hidden",
+            "a.npy",
+            "tile_0001",
+            "\u{ff23}\u{ff2f}\u{ff2e}",
+            "COM10",
+            "a b",
+        ] {
             assert_eq!(rule(n), None, "{n}");
         }
     }

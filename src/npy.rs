@@ -159,7 +159,9 @@ fn header_len_hint(bytes: &[u8]) -> u64 {
 pub(crate) fn data_bytes<T>(shape: &[usize]) -> Option<u64> {
     shape
         .iter()
-        .try_fold(std::mem::size_of::<T>() as u64, |a, &d| a.checked_mul(d as u64))
+        .try_fold(std::mem::size_of::<T>() as u64, |a, &d| {
+            a.checked_mul(d as u64)
+        })
 }
 
 fn write_err(e: WriteDataError, path: &Path) -> Error {
@@ -214,12 +216,16 @@ where
 {
     if a.is_standard_layout() {
         write_header::<T>(w, a.shape(), false, path)?;
-        let s = a.as_slice_memory_order().expect("standard layout is contiguous");
+        let s = a
+            .as_slice_memory_order()
+            .expect("standard layout is contiguous");
         return T::write_slice(s, &mut *w).map_err(|e| write_err(e, path));
     }
     if a.ndim() > 1 && a.t().is_standard_layout() {
         write_header::<T>(w, a.shape(), true, path)?;
-        let s = a.as_slice_memory_order().expect("fortran layout is contiguous");
+        let s = a
+            .as_slice_memory_order()
+            .expect("fortran layout is contiguous");
         return T::write_slice(s, &mut *w).map_err(|e| write_err(e, path));
     }
     write_header::<T>(w, a.shape(), false, path)?;
@@ -271,7 +277,10 @@ fn fast_parse(bytes: &[u8]) -> Option<(String, bool, Vec<usize>, usize)> {
             if bytes.len() < 12 {
                 return None;
             }
-            (u32::from_le_bytes(bytes[8..12].try_into().ok()?) as usize, 12)
+            (
+                u32::from_le_bytes(bytes[8..12].try_into().ok()?) as usize,
+                12,
+            )
         }
         _ => return None,
     };

@@ -41,8 +41,14 @@ fn offload_then_read_round_trips_every_dtype() {
     check(array![[1u64, 2], [3, u64::MAX]]);
     check(array![[1.5f32, -2.0], [f32::MAX, f32::MIN_POSITIVE]]);
     check(array![[1.5f64, -2.0], [f64::INFINITY, 1e-300]]);
-    check(array![[Complex::new(1.0f32, 2.0)], [Complex::new(-3.0, 0.5)]]);
-    check(array![[Complex::new(1.0f64, 2.0)], [Complex::new(-3.0, 0.5)]]);
+    check(array![
+        [Complex::new(1.0f32, 2.0)],
+        [Complex::new(-3.0, 0.5)]
+    ]);
+    check(array![
+        [Complex::new(1.0f64, 2.0)],
+        [Complex::new(-3.0, 0.5)]
+    ]);
 }
 
 #[test]
@@ -70,10 +76,10 @@ fn layouts_round_trip() {
     let base = Array3::<f32>::from_shape_fn((5, 4, 3), |(i, j, k)| (i * 100 + j * 10 + k) as f32);
     let inputs: Vec<Array3<f32>> = vec![
         base.clone(),
-        base.t().to_owned(),                                  // fortran order
-        base.slice(s![..;2, .., 1..]).to_owned(),            // strided copy
-        base.slice(s![..;-1, ..;-2, ..]).to_owned(),         // negative strides
-        base.clone().reversed_axes(),                        // fortran view of owned data
+        base.t().to_owned(),                         // fortran order
+        base.slice(s![..;2, .., 1..]).to_owned(),    // strided copy
+        base.slice(s![..;-1, ..;-2, ..]).to_owned(), // negative strides
+        base.clone().reversed_axes(),                // fortran view of owned data
         {
             let mut v = base.clone();
             v.invert_axis(ndarray::Axis(1));
@@ -82,11 +88,9 @@ fn layouts_round_trip() {
     ];
     for a in inputs {
         // Small chunk budget forces the chunked path for non-contiguous data.
-        let d = DiskBackedArray::with_config(
-            a.clone(),
-            &CacheConfig::default().with_chunk_budget(16),
-        )
-        .unwrap();
+        let d =
+            DiskBackedArray::with_config(a.clone(), &CacheConfig::default().with_chunk_budget(16))
+                .unwrap();
         d.offload().unwrap();
         assert_eq!(d.read().unwrap().view(), a.view());
         let back: Array3<f32> = ndarray_npy::read_npy(d.path()).unwrap();
@@ -118,10 +122,14 @@ fn numpy_fixtures_load() {
             "<f4" => c_bytes::<f32>(&path, |v| v.iter().flat_map(|x| x.to_le_bytes()).collect()),
             "<f8" => c_bytes::<f64>(&path, |v| v.iter().flat_map(|x| x.to_le_bytes()).collect()),
             "<c8" => c_bytes::<Complex<f32>>(&path, |v| {
-                v.iter().flat_map(|x| [x.re.to_le_bytes(), x.im.to_le_bytes()].concat()).collect()
+                v.iter()
+                    .flat_map(|x| [x.re.to_le_bytes(), x.im.to_le_bytes()].concat())
+                    .collect()
             }),
             "<c16" => c_bytes::<Complex<f64>>(&path, |v| {
-                v.iter().flat_map(|x| [x.re.to_le_bytes(), x.im.to_le_bytes()].concat()).collect()
+                v.iter()
+                    .flat_map(|x| [x.re.to_le_bytes(), x.im.to_le_bytes()].concat())
+                    .collect()
             }),
             other => panic!("fixture dtype {other} not covered"),
         };
@@ -216,12 +224,21 @@ fn offloading_an_unmodified_mapped_array_writes_nothing() {
     let inode = ino(d.path());
     let plan = FaultPlan::fail_at(0);
     let _g = install(plan.clone());
-    for mode in [LoadMode::ReadOnly, LoadMode::ReadWrite, LoadMode::CopyOnWrite] {
+    for mode in [
+        LoadMode::ReadOnly,
+        LoadMode::ReadWrite,
+        LoadMode::CopyOnWrite,
+    ] {
         d.load(mode).unwrap();
         assert_eq!(d.read().unwrap().view().sum(), 60.0);
         d.offload().unwrap();
     }
-    assert_eq!(plan.count(), 0, "no file-system operation: {:?}", plan.log());
+    assert_eq!(
+        plan.count(),
+        0,
+        "no file-system operation: {:?}",
+        plan.log()
+    );
     assert_eq!(ino(d.path()), inode);
 }
 
@@ -379,12 +396,21 @@ fn temp_dir_child() {
 #[test]
 fn temporary_directory_is_removed_with_last_array() {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "array::temp_dir_child", "--include-ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "array::temp_dir_child",
+            "--include-ignored",
+            "--nocapture",
+        ])
         .env("NDOFFLOAD_CHILD", "1")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("1 passed"), "{text}");
 }
 
@@ -394,9 +420,24 @@ fn config_helpers() {
     let c = cfg(dir.path());
     let e = c.extend_cache_path("stage").unwrap();
     assert_eq!(e.location().unwrap(), dir.path().join("stage"));
-    assert!(matches!(c.extend_cache_path("../x"), Err(Error::InvalidName { .. })));
-    assert!(matches!(c.extend_cache_path("a/b"), Err(Error::InvalidName { rule: "path separator", .. })));
-    assert_eq!(CacheConfig::default().extend_cache_path("x").unwrap().location(), None);
+    assert!(matches!(
+        c.extend_cache_path("../x"),
+        Err(Error::InvalidName { .. })
+    ));
+    assert!(matches!(
+        c.extend_cache_path("a/b"),
+        Err(Error::InvalidName {
+            rule: "path separator",
+            ..
+        })
+    ));
+    assert_eq!(
+        CacheConfig::default()
+            .extend_cache_path("x")
+            .unwrap()
+            .location(),
+        None
+    );
     let d = DiskBackedArray::with_config(array![1u8], &e).unwrap();
     d.offload().unwrap();
     assert!(d.path().starts_with(dir.path().join("stage")));
@@ -413,8 +454,11 @@ fn write_bytes(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
 
 fn good_npy() -> Vec<u8> {
     let mut v = Vec::new();
-    ndarray_npy::WriteNpyExt::write_npy(&Array1::<f32>::from_iter((0..16).map(|x| x as f32)), &mut v)
-        .unwrap();
+    ndarray_npy::WriteNpyExt::write_npy(
+        &Array1::<f32>::from_iter((0..16).map(|x| x as f32)),
+        &mut v,
+    )
+    .unwrap();
     v
 }
 
@@ -430,9 +474,15 @@ fn typed_errors_for_bad_files() {
         other => panic!("{other:?}"),
     }
     let p = write_bytes(dir.path(), "empty.npy", b"");
-    assert!(matches!(DiskBackedArray::<f32, Ix1>::open(&p, &c), Err(Error::Truncated { .. })));
+    assert!(matches!(
+        DiskBackedArray::<f32, Ix1>::open(&p, &c),
+        Err(Error::Truncated { .. })
+    ));
     let p = write_bytes(dir.path(), "short_header.npy", &good[..20]);
-    assert!(matches!(DiskBackedArray::<f32, Ix1>::open(&p, &c), Err(Error::Truncated { .. })));
+    assert!(matches!(
+        DiskBackedArray::<f32, Ix1>::open(&p, &c),
+        Err(Error::Truncated { .. })
+    ));
     let mut bad = good.clone();
     bad[1] = b'X';
     let p = write_bytes(dir.path(), "magic.npy", &bad);
@@ -447,11 +497,18 @@ fn typed_errors_for_bad_files() {
     let pos = bad.windows(5).position(|w| w == b"shape").unwrap();
     bad[pos] = b'x';
     let p = write_bytes(dir.path(), "header.npy", &bad);
-    assert!(matches!(DiskBackedArray::<f32, Ix1>::open(&p, &c), Err(Error::Corrupt { .. })));
+    assert!(matches!(
+        DiskBackedArray::<f32, Ix1>::open(&p, &c),
+        Err(Error::Corrupt { .. })
+    ));
     // A file shorter than the header promises: an error, never SIGBUS.
     let p = write_bytes(dir.path(), "truncated.npy", &good[..good.len() - 8]);
     match DiskBackedArray::<f32, Ix1>::open(&p, &c) {
-        Err(Error::Truncated { path, expected, actual }) => {
+        Err(Error::Truncated {
+            path,
+            expected,
+            actual,
+        }) => {
             assert_eq!(path, p);
             assert_eq!(expected, good.len() as u64);
             assert_eq!(actual, good.len() as u64 - 8);
@@ -460,13 +517,19 @@ fn typed_errors_for_bad_files() {
     }
     let p = write_bytes(dir.path(), "ok.npy", &good);
     match DiskBackedArray::<f64, Ix1>::open(&p, &c) {
-        Err(Error::DtypeMismatch { expected, found, .. }) => {
+        Err(Error::DtypeMismatch {
+            expected, found, ..
+        }) => {
             assert_eq!((expected.as_str(), found.as_str()), ("<f8", "<f4"))
         }
         other => panic!("{other:?}"),
     }
     match DiskBackedArray::<f32, Ix2>::open(&p, &c) {
-        Err(Error::DimensionMismatch { expected: 2, found: 1, .. }) => {}
+        Err(Error::DimensionMismatch {
+            expected: 2,
+            found: 1,
+            ..
+        }) => {}
         other => panic!("{other:?}"),
     }
     assert!(DiskBackedArray::<f32, IxDyn>::open(&p, &c).is_ok());
@@ -485,7 +548,10 @@ fn typed_errors_for_bad_files() {
     hdr.extend(std::iter::repeat_n(b' ', pad));
     hdr.push(b'\n');
     let p = write_bytes(dir.path(), "overflow.npy", &hdr);
-    assert!(matches!(DiskBackedArray::<f64, Ix2>::open(&p, &c), Err(Error::Corrupt { .. })));
+    assert!(matches!(
+        DiskBackedArray::<f64, Ix2>::open(&p, &c),
+        Err(Error::Corrupt { .. })
+    ));
     // A directory named like a file.
     std::fs::create_dir(dir.path().join("dir.npy")).unwrap();
     assert!(DiskBackedArray::<f64, Ix1>::open(dir.path().join("dir.npy"), &c).is_err());
@@ -537,7 +603,10 @@ fn failed_offload_leaves_array_usable_and_old_file_intact() {
 #[test]
 fn full_disk_is_a_typed_error() {
     let Some(fs) = Tmpfs::mount("1m", "") else {
-        assert!(!crate::common::in_ci() || !crate::common::can_mount(), "CI as root must mount");
+        assert!(
+            !crate::common::in_ci() || !crate::common::can_mount(),
+            "CI as root must mount"
+        );
         eprintln!("skipped: cannot mount a tmpfs");
         return;
     };

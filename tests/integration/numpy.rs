@@ -29,29 +29,53 @@ fn numpy_reads_what_we_write() {
     let mut keep = Vec::new();
 
     let f = Array3::<f32>::from_shape_fn((4, 3, 2), |(i, j, k)| (i * 6 + j * 2 + k) as f32 * 0.5);
-    let inputs_f32 = [f.clone(), f.t().to_owned(), f.slice(ndarray::s![..;-1, .., ..]).to_owned()];
+    let inputs_f32 = [
+        f.clone(),
+        f.t().to_owned(),
+        f.slice(ndarray::s![..;-1, .., ..]).to_owned(),
+    ];
     for a in inputs_f32 {
         let d = DiskBackedArray::with_config(a.clone(), &cfg).unwrap();
         d.offload().unwrap();
         let c = a.as_standard_layout().to_owned();
         let bytes = le_bytes(c.as_slice().unwrap(), |x: f32| x.to_le_bytes().to_vec());
-        expect.push((d.path().display().to_string(), "<f4".into(), a.shape().to_vec(), sha256_hex(&bytes)));
+        expect.push((
+            d.path().display().to_string(),
+            "<f4".into(),
+            a.shape().to_vec(),
+            sha256_hex(&bytes),
+        ));
         keep.push(d);
     }
     let b = Array2::from_shape_fn((3, 5), |(i, j)| (i + j) % 2 == 0);
     let d = DiskBackedArray::with_config(b.clone(), &cfg).unwrap();
     d.offload().unwrap();
     let bytes: Vec<u8> = b.iter().map(|&x| x as u8).collect();
-    expect.push((d.path().display().to_string(), "|b1".into(), vec![3, 5], sha256_hex(&bytes)));
+    expect.push((
+        d.path().display().to_string(),
+        "|b1".into(),
+        vec![3, 5],
+        sha256_hex(&bytes),
+    ));
     let z = ArrayD::<Complex<f64>>::from_elem(IxDyn(&[]), Complex::new(1.5, -2.0));
     let dz = DiskBackedArray::with_config(z, &cfg).unwrap();
     dz.offload().unwrap();
     let bytes = [1.5f64.to_le_bytes(), (-2.0f64).to_le_bytes()].concat();
-    expect.push((dz.path().display().to_string(), "<c16".into(), vec![], sha256_hex(&bytes)));
+    expect.push((
+        dz.path().display().to_string(),
+        "<c16".into(),
+        vec![],
+        sha256_hex(&bytes),
+    ));
     let e = Array2::<u16>::zeros((0, 7));
     let de = DiskBackedArray::with_config(e, &cfg).unwrap();
     de.offload().unwrap();
-    expect.push((de.path().display().to_string(), "<u2".into(), vec![0, 7], sha256_hex(&[])));
+    expect.push((
+        de.path().display().to_string(),
+        "<u2".into(),
+        vec![0, 7],
+        sha256_hex(&[]),
+    ));
 
     let paths: Vec<&str> = expect.iter().map(|e| e.0.as_str()).collect();
     let out = run_python(&py, CHECK, &paths);
@@ -59,7 +83,12 @@ fn numpy_reads_what_we_write() {
     for (p, dtype, shape, sha) in &expect {
         let g = &got[p.as_str()];
         assert_eq!(g[0], dtype.as_str(), "{p}");
-        let gs: Vec<usize> = g[1].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        let gs: Vec<usize> = g[1]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
         assert_eq!(&gs, shape, "{p}");
         assert_eq!(g[2], sha.as_str(), "{p}");
     }
@@ -81,7 +110,8 @@ np.save(d + '/e.npy', np.zeros((0, 2), dtype='|b1'))
 "#;
     run_python(&py, code, &[dir.path().to_str().unwrap()]);
     let c = CacheConfig::default();
-    let expect = ArrayD::from_shape_vec(IxDyn(&[2, 3, 4]), (0..24).map(|x| x as f64).collect()).unwrap();
+    let expect =
+        ArrayD::from_shape_vec(IxDyn(&[2, 3, 4]), (0..24).map(|x| x as f64).collect()).unwrap();
     for name in ["c.npy", "f.npy"] {
         let d = DiskBackedArray::<f64, IxDyn>::open(dir.path().join(name), &c).unwrap();
         assert_eq!(d.read().unwrap().view(), expect.view(), "{name}");
