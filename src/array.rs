@@ -1,6 +1,7 @@
 //! [`DiskBackedArray`]: an ndarray that lives in RAM or in an `.npy` file.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -13,7 +14,10 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::io::{self, FileId};
 use crate::map::MappedNpy;
+use crate::name::EntryName;
 use crate::npy::{self, NpyInfo};
+use crate::store::meta::EntryFlags;
+use crate::store::pair::{self, PairJob, SyncMode};
 
 /// Where an array's data is right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -135,6 +139,20 @@ pub struct DiskBackedArray<T: Element, D: Dimension> {
     loaded_on_demand: AtomicBool,
     config: CacheConfig,
     _temp: Option<Arc<tempfile::TempDir>>,
+    /// Incremented by every write access (to tell whether a persisted
+    /// snapshot is still current).
+    version: AtomicU64,
+    /// For a store entry: the pair this array is published as.
+    pair: Option<PairTarget>,
+}
+
+/// The store entry an array belongs to: offloads publish the whole
+/// `(.npy, .meta.json)` pair.
+pub(crate) struct PairTarget {
+    pub dir: PathBuf,
+    pub name: EntryName,
+    pub meta_path: PathBuf,
+    pub purge: AtomicBool,
 }
 
 impl<T: Element, D: Dimension> fmt::Debug for DiskBackedArray<T, D> {
@@ -244,6 +262,8 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             loaded_on_demand: AtomicBool::new(false),
             config: config.clone(),
             _temp: temp,
+            version: AtomicU64::new(0),
+            pair: None,
         }
     }
 
@@ -288,6 +308,8 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             loaded_on_demand: AtomicBool::new(false),
             config: config.clone(),
             _temp: None,
+            version: AtomicU64::new(0),
+            pair: None,
         })
     }
 
@@ -451,14 +473,76 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
 
     fn publish_view(&self, view: ArrayView<'_, T, D>) -> Result<()> {
         let budget = self.config.effective_chunk_budget();
-        let private = self._temp.is_some();
-        let id = io::publish(&self.path, private, |w| {
-            npy::write_array(w, &view, budget, &self.path)
-        })?;
+        let id = match &self.pair {
+            Some(p) => {
+                let job = self.pair_job(p, view, budget);
+                pair::publish_pairs(&p.dir, vec![job], SyncMode::PerFile)?[0]
+            }
+            None => io::publish(&self.path, self._temp.is_some(), |w| {
+                npy::write_array(w, &view, budget, &self.path)
+            })?,
+        };
         *self.file_id.lock() = Some(id);
         self.file_current.store(true, Ordering::Relaxed);
         tracing::debug!(path = %self.path.display(), bytes = self.nbytes(), "wrote array file");
         Ok(())
+    }
+
+    /// For a store entry, a dtype or dimension disagreement between the
+    /// metadata (already checked against `T` and `D`) and the `.npy` header
+    /// names the metadata file as the one at fault.
+    fn pair_error(&self, e: Error) -> Error {
+        let Some(p) = &self.pair else { return e };
+        match e {
+            Error::DtypeMismatch {
+                path,
+                expected,
+                found,
+            } => Error::Mismatch {
+                path: p.meta_path.clone(),
+                field: "dtype",
+                found: expected,
+                expected: found,
+                other: path,
+            },
+            Error::DimensionMismatch {
+                path,
+                expected,
+                found,
+            } => Error::Mismatch {
+                path: p.meta_path.clone(),
+                field: "number of dimensions",
+                found: expected.to_string(),
+                expected: found.to_string(),
+                other: path,
+            },
+            e => e,
+        }
+    }
+
+    fn pair_job<'v>(&self, p: &'v PairTarget, view: ArrayView<'v, T, D>, budget: u64) -> PairJob<'v>
+    where
+        D: 'v,
+    {
+        PairJob {
+            name: &p.name,
+            shape: self.shape.clone(),
+            dtype: T::dtype(),
+            flags: self.entry_flags(),
+            write_npy: Box::new(move |w, path| npy::write_array(w, &view, budget, path)),
+        }
+    }
+
+    /// The flags recorded in a store entry's metadata.
+    pub(crate) fn entry_flags(&self) -> EntryFlags {
+        EntryFlags {
+            purge_on_drop: self
+                .pair
+                .as_ref()
+                .is_some_and(|p| p.purge.load(Ordering::Relaxed)),
+            automatic_offloading: self.automatic_offloading(),
+            caching: self.caching(),
+        }
     }
 
     /// Writes the current data durably to the file without freeing RAM:
@@ -518,8 +602,24 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
                 return Ok(());
             }
         }
+        let mode = match (&self.pair, mode) {
+            // A store's published files are never written in place.
+            (Some(_), LoadMode::ReadWrite) => LoadMode::CopyOnWrite,
+            _ => mode,
+        };
         self.persist_locked(st)?;
-        let m = MappedNpy::<T, D>::open(&self.path, mode)?;
+        let m = MappedNpy::<T, D>::open(&self.path, mode).map_err(|e| self.pair_error(e))?;
+        if let Some(p) = &self.pair {
+            if m.view().shape() != self.shape.as_slice() {
+                return Err(Error::Mismatch {
+                    path: p.meta_path.clone(),
+                    field: "shape",
+                    found: format!("{:?}", self.shape),
+                    expected: format!("{:?}", m.view().shape()),
+                    other: self.path.clone(),
+                });
+            }
+        }
         {
             let mut id = self.file_id.lock();
             if id.is_none() {
@@ -539,6 +639,11 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     ///
     /// Errors of loading the file.
     pub fn read(&self) -> Result<ReadGuard<'_, T, D>> {
+        self.read_as::<D>()
+    }
+
+    /// A read guard whose views have the dimension `E` (checked by the caller).
+    pub(crate) fn read_as<E: Dimension>(&self) -> Result<ReadGuard<'_, T, D, E>> {
         let st = self.state.upgradable_read();
         let (st, loaded) = if matches!(*st, State::Offloaded) {
             let mut w = RwLockUpgradableReadGuard::upgrade(st);
@@ -558,6 +663,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         Ok(ReadGuard {
             array: self,
             guard: Some(st),
+            _e: PhantomData,
         })
     }
 
@@ -570,7 +676,13 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     ///
     /// Errors of loading the file.
     pub fn write(&self) -> Result<WriteGuard<'_, T, D>> {
+        self.write_as::<D>()
+    }
+
+    /// A write guard whose views have the dimension `E` (checked by the caller).
+    pub(crate) fn write_as<E: Dimension>(&self) -> Result<WriteGuard<'_, T, D, E>> {
         let mut st = self.state.write();
+        self.version.fetch_add(1, Ordering::Relaxed);
         let mut loaded = false;
         match &*st {
             State::Owned(_) => {}
@@ -578,7 +690,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             State::Mapped(_) | State::Offloaded => {
                 loaded = matches!(*st, State::Offloaded);
                 let mode = match self.config.load_mode() {
-                    LoadMode::ReadWrite => LoadMode::ReadWrite,
+                    LoadMode::ReadWrite if self.pair.is_none() => LoadMode::ReadWrite,
                     _ => LoadMode::CopyOnWrite,
                 };
                 self.load_locked(&mut st, mode)?;
@@ -591,6 +703,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             array: self,
             guard: Some(st),
             reoffload: loaded && self.automatic_offloading() && self.caching(),
+            _e: PhantomData,
         })
     }
 
@@ -646,11 +759,6 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         self.to_owned_array()
     }
 
-    /// Identity of the file this array owns, if it has written or opened one.
-    pub(crate) fn owned_file_id(&self) -> Option<FileId> {
-        *self.file_id.lock()
-    }
-
     /// Whether the file holds the current data.
     pub(crate) fn file_is_current(&self) -> bool {
         match &*self.state.read() {
@@ -683,6 +791,111 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     }
 }
 
+impl<T: Element> DiskBackedArray<T, IxDyn> {
+    fn pair_base(
+        state: State<T, IxDyn>,
+        shape: Vec<usize>,
+        dir: &Path,
+        name: &EntryName,
+        flags: EntryFlags,
+        config: &CacheConfig,
+        current: bool,
+    ) -> Self {
+        DiskBackedArray {
+            shape,
+            state: RwLock::new(state),
+            path: dir.join(name.npy_file()),
+            file_id: Mutex::new(None),
+            file_current: AtomicBool::new(current),
+            caching: AtomicBool::new(flags.caching),
+            purge: AtomicBool::new(false),
+            automatic: AtomicBool::new(flags.automatic_offloading),
+            readers: AtomicUsize::new(0),
+            loaded_on_demand: AtomicBool::new(false),
+            config: config.clone(),
+            _temp: None,
+            version: AtomicU64::new(0),
+            pair: Some(PairTarget {
+                dir: dir.to_path_buf(),
+                name: name.clone(),
+                meta_path: dir.join(name.meta_file()),
+                purge: AtomicBool::new(flags.purge_on_drop),
+            }),
+        }
+    }
+
+    /// A new store entry held in RAM (not yet written).
+    pub(crate) fn new_pair(
+        array: ndarray::ArrayD<T>,
+        dir: &Path,
+        name: &EntryName,
+        flags: EntryFlags,
+        config: &CacheConfig,
+    ) -> Self {
+        let shape = array.shape().to_vec();
+        Self::pair_base(State::Owned(array), shape, dir, name, flags, config, false)
+    }
+
+    /// A persisted store entry, offloaded; its files are read when used.
+    pub(crate) fn open_pair(
+        shape: Vec<usize>,
+        dir: &Path,
+        name: &EntryName,
+        flags: EntryFlags,
+        config: &CacheConfig,
+    ) -> Self {
+        Self::pair_base(State::Offloaded, shape, dir, name, flags, config, true)
+    }
+}
+
+impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
+    /// For a store entry whose file is not current: a publish job writing its
+    /// data (taking the read lock while it writes) and the version it
+    /// snapshots. `None` when nothing needs writing.
+    pub(crate) fn batch_job<'s>(&'s self) -> Option<(PairJob<'s>, u64)>
+    where
+        D: 's,
+    {
+        let p = self.pair.as_ref()?;
+        if !self.caching() || self.file_is_current() {
+            return None;
+        }
+        let version = self.version.load(Ordering::Relaxed);
+        let budget = self.config.effective_chunk_budget();
+        let job = PairJob {
+            name: &p.name,
+            shape: self.shape.clone(),
+            dtype: T::dtype(),
+            flags: self.entry_flags(),
+            write_npy: Box::new(move |w, path| {
+                let st = self.state.read();
+                match &*st {
+                    State::Owned(a) => npy::write_array(w, &a.view(), budget, path),
+                    State::Mapped(m) => npy::write_array(w, &m.view(), budget, path),
+                    State::Offloaded => Err(Error::NoFile {
+                        reason: "an offloaded entry has nothing to write",
+                    }),
+                }
+            }),
+        };
+        Some((job, version))
+    }
+
+    /// Records that a batch published this array's data as of `version`.
+    pub(crate) fn mark_published(&self, version: u64, id: FileId) {
+        let mut st = self.state.write();
+        if self.version.load(Ordering::Relaxed) != version {
+            return;
+        }
+        match &mut *st {
+            State::Owned(_) => self.file_current.store(true, Ordering::Relaxed),
+            State::Mapped(m) => m.dirty = false,
+            State::Offloaded => {}
+        }
+        *self.file_id.lock() = Some(id);
+    }
+}
+
 /// Creates a disk-backed array from any ndarray (copying views).
 impl<T: Element, S: Data<Elem = T>, D: Dimension> TryFrom<&ArrayBase<S, D>>
     for DiskBackedArray<T, D>
@@ -709,20 +922,24 @@ impl<T: Element, D: Dimension> Drop for DiskBackedArray<T, D> {
     }
 }
 
-/// A scoped read access to a [`DiskBackedArray`].
-pub struct ReadGuard<'a, T: Element, D: Dimension> {
+/// A scoped read access to a [`DiskBackedArray`] (or to a store entry, whose
+/// views have the dimension `E` it was requested with).
+pub struct ReadGuard<'a, T: Element, D: Dimension, E: Dimension = D> {
     array: &'a DiskBackedArray<T, D>,
     guard: Option<RwLockReadGuard<'a, State<T, D>>>,
+    _e: PhantomData<E>,
 }
 
-impl<T: Element, D: Dimension> ReadGuard<'_, T, D> {
+impl<T: Element, D: Dimension, E: Dimension> ReadGuard<'_, T, D, E> {
     /// A view of the data.
-    pub fn view(&self) -> ArrayView<'_, T, D> {
-        match &**self.guard.as_ref().expect("guard is live") {
+    pub fn view(&self) -> ArrayView<'_, T, E> {
+        let v = match &**self.guard.as_ref().expect("guard is live") {
             State::Owned(a) => a.view(),
             State::Mapped(m) => m.view(),
             State::Offloaded => unreachable!("a read guard never sees an offloaded array"),
-        }
+        };
+        v.into_dimensionality::<E>()
+            .expect("dimension checked when the guard was made")
     }
 
     /// A view with a dynamic number of dimensions.
@@ -750,39 +967,45 @@ impl<T: Element, D: Dimension> ReadGuard<'_, T, D> {
     }
 }
 
-impl<T: Element, D: Dimension> Drop for ReadGuard<'_, T, D> {
+impl<T: Element, D: Dimension, E: Dimension> Drop for ReadGuard<'_, T, D, E> {
     fn drop(&mut self) {
         self.guard = None;
         self.array.end_read();
     }
 }
 
-/// A scoped write access to a [`DiskBackedArray`].
-pub struct WriteGuard<'a, T: Element, D: Dimension> {
+/// A scoped write access to a [`DiskBackedArray`] (or to a store entry, whose
+/// views have the dimension `E` it was requested with).
+pub struct WriteGuard<'a, T: Element, D: Dimension, E: Dimension = D> {
     array: &'a DiskBackedArray<T, D>,
     guard: Option<RwLockWriteGuard<'a, State<T, D>>>,
     reoffload: bool,
+    _e: PhantomData<E>,
 }
 
-impl<T: Element, D: Dimension> WriteGuard<'_, T, D> {
+impl<T: Element, D: Dimension, E: Dimension> WriteGuard<'_, T, D, E> {
     /// A view of the data.
-    pub fn view(&self) -> ArrayView<'_, T, D> {
-        match &**self.guard.as_ref().expect("guard is live") {
+    pub fn view(&self) -> ArrayView<'_, T, E> {
+        let v = match &**self.guard.as_ref().expect("guard is live") {
             State::Owned(a) => a.view(),
             State::Mapped(m) => m.view(),
             State::Offloaded => unreachable!("a write guard never sees an offloaded array"),
-        }
+        };
+        v.into_dimensionality::<E>()
+            .expect("dimension checked when the guard was made")
     }
 
     /// A mutable view of the data.
-    pub fn view_mut(&mut self) -> ArrayViewMut<'_, T, D> {
-        match &mut **self.guard.as_mut().expect("guard is live") {
+    pub fn view_mut(&mut self) -> ArrayViewMut<'_, T, E> {
+        let v = match &mut **self.guard.as_mut().expect("guard is live") {
             State::Owned(a) => a.view_mut(),
             State::Mapped(m) => m
                 .view_mut()
                 .expect("write guards never hold read-only maps"),
             State::Offloaded => unreachable!("a write guard never sees an offloaded array"),
-        }
+        };
+        v.into_dimensionality::<E>()
+            .expect("dimension checked when the guard was made")
     }
 
     /// Ends the access, reporting an error of the automatic re-offload.
@@ -808,7 +1031,7 @@ impl<T: Element, D: Dimension> WriteGuard<'_, T, D> {
     }
 }
 
-impl<T: Element, D: Dimension> Drop for WriteGuard<'_, T, D> {
+impl<T: Element, D: Dimension, E: Dimension> Drop for WriteGuard<'_, T, D, E> {
     fn drop(&mut self) {
         if let Err(e) = self.end() {
             tracing::warn!(path = %self.array.path.display(), error = %e, "automatic offload failed");

@@ -41,6 +41,8 @@ pub enum Op {
     SyncDir,
     /// Removing a file.
     Remove,
+    /// Creating a hard link.
+    Link,
 }
 
 thread_local! {
@@ -48,6 +50,10 @@ thread_local! {
 }
 
 /// Consults the fault plan of the current thread, if any.
+pub(crate) fn check_op(op: Op, path: &Path) -> io::Result<()> {
+    check(op, path)
+}
+
 fn check(op: Op, path: &Path) -> io::Result<()> {
     PLAN.with(|p| match &*p.borrow() {
         Some(plan) => plan.tick(op, path),
@@ -208,6 +214,12 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Creates a hard link `link` to `src`.
+pub(crate) fn hard_link(src: &Path, link: &Path) -> Result<()> {
+    check(Op::Link, link).ctx("link", link)?;
+    fs::hard_link(src, link).ctx("link", link)
+}
+
 /// Removes a file.
 pub(crate) fn remove(path: &Path) -> Result<()> {
     check(Op::Remove, path).ctx("remove", path)?;
@@ -275,6 +287,12 @@ impl TempFile {
             .expect("temp file already committed")
             .get_ref()
             .file
+    }
+
+    /// Flushes buffered bytes to the file (no `fsync`).
+    pub(crate) fn flush(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        self.writer().flush().ctx("write", &path)
     }
 
     /// Flushes buffered bytes and `fsync`s the file.

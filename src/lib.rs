@@ -11,6 +11,7 @@ mod map;
 pub(crate) mod mapped;
 mod name;
 pub(crate) mod npy;
+mod store;
 mod stream;
 
 pub use array::{ArrayState, DiskBackedArray, ReadGuard, WriteGuard};
@@ -18,6 +19,7 @@ pub use config::{default_chunk_budget, CacheConfig, ConfigOverrides, LoadMode};
 pub use element::Element;
 pub use error::{Error, Result};
 pub use name::{EntryName, MAX_NAME_BYTES};
+pub use store::{DiskBackedStore, EntryFlags, EntryInfo, StoreBuilder, StoredArray, LOCK_FILE};
 pub use stream::{NpyStreamWriter, NpyStreamWriterDyn};
 
 #[doc(hidden)]

@@ -3,3 +3,4 @@
 mod array;
 mod common;
 mod numpy;
+mod store;

@@ -1,0 +1,240 @@
+//! The `.meta.json` half of an entry's pair.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// The only schema version this crate reads and writes.
+pub const SCHEMA_VERSION: u64 = 1;
+/// The entry classes this crate knows.
+pub const KNOWN_CLASSES: &[&str] = &["DiskBackedNDArray"];
+
+/// Per-entry flags stored in the metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryFlags {
+    /// `purge_disk_on_gc`: delete the entry's files when the store is closed.
+    pub purge_on_drop: bool,
+    /// `automatic_offloading`: re-offload after each access that loaded it.
+    pub automatic_offloading: bool,
+    /// `enable_caching`: the entry may live on disk.
+    pub caching: bool,
+}
+
+/// Where the temporary `.npy` of an in-flight pair was, so an interrupted
+/// publish can be completed at the next open (see docs/format.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Commit {
+    pub npy_tmp: String,
+    pub npy_ino: u64,
+}
+
+/// A parsed `.meta.json`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub class: String,
+    pub shape: Vec<usize>,
+    pub dtype: String,
+    pub purge: Option<bool>,
+    pub automatic: Option<bool>,
+    pub caching: Option<bool>,
+    pub commit: Option<Commit>,
+}
+
+impl Meta {
+    /// Parses and validates `bytes` read from `path`.
+    pub(crate) fn parse(bytes: &[u8], path: &Path) -> Result<Meta> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| Error::corrupt(path, format!("metadata is not UTF-8: {e}")))?;
+        let v: Value = serde_json::from_str(text)
+            .map_err(|e| Error::corrupt(path, format!("metadata is not valid JSON: {e}")))?;
+        let Value::Object(o) = v else {
+            return Err(Error::corrupt(path, "metadata is not a JSON object"));
+        };
+        let field = |k: &str| -> Result<&Value> {
+            o.get(k)
+                .ok_or_else(|| Error::corrupt(path, format!("metadata has no {k:?} field")))
+        };
+        let version = field("schema_version")?;
+        if version.as_u64() != Some(SCHEMA_VERSION) || !version.is_u64() {
+            return Err(Error::SchemaVersion {
+                path: path.to_path_buf(),
+                found: version.to_string(),
+            });
+        }
+        let class = match field("lazy_disk_cache_class")? {
+            Value::String(s) => s.clone(),
+            other => {
+                return Err(Error::UnknownClass {
+                    path: path.to_path_buf(),
+                    class: other.to_string(),
+                })
+            }
+        };
+        if !KNOWN_CLASSES.contains(&class.as_str()) {
+            return Err(Error::UnknownClass {
+                path: path.to_path_buf(),
+                class,
+            });
+        }
+        let shape = match field("shape")? {
+            Value::Array(a) => a
+                .iter()
+                .map(|x| x.as_u64().and_then(|n| usize::try_from(n).ok()))
+                .collect::<Option<Vec<usize>>>()
+                .ok_or_else(|| {
+                    Error::corrupt(path, "shape is not a list of non-negative integers")
+                })?,
+            _ => return Err(Error::corrupt(path, "shape is not a list")),
+        };
+        let dtype = match field("dtype")? {
+            Value::String(s) => s.clone(),
+            _ => return Err(Error::corrupt(path, "dtype is not a string")),
+        };
+        let flag = |k: &str| -> Result<Option<bool>> {
+            match o.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Bool(b)) => Ok(Some(*b)),
+                Some(_) => Err(Error::corrupt(path, format!("{k} is not a boolean"))),
+            }
+        };
+        let commit = o.get("ndoffload_commit").and_then(parse_commit);
+        Ok(Meta {
+            class,
+            shape,
+            dtype,
+            purge: flag("purge_disk_on_gc")?,
+            automatic: flag("automatic_offloading")?,
+            caching: flag("enable_caching")?,
+            commit,
+        })
+    }
+
+    /// Reads and parses the metadata file at `path`.
+    pub(crate) fn read(path: &Path) -> Result<Meta> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            if e.raw_os_error() == Some(21) {
+                Error::corrupt(path, "is a directory")
+            } else {
+                Error::io("read", path, e)
+            }
+        })?;
+        Meta::parse(&bytes, path)
+    }
+
+    /// The flags, with missing ones taken from `defaults`.
+    pub(crate) fn flags(&self, defaults: EntryFlags) -> EntryFlags {
+        EntryFlags {
+            purge_on_drop: self.purge.unwrap_or(defaults.purge_on_drop),
+            automatic_offloading: self.automatic.unwrap_or(defaults.automatic_offloading),
+            caching: self.caching.unwrap_or(defaults.caching),
+        }
+    }
+}
+
+fn parse_commit(v: &Value) -> Option<Commit> {
+    let o: &Map<String, Value> = v.as_object()?;
+    Some(Commit {
+        npy_tmp: o.get("npy_tmp")?.as_str()?.to_owned(),
+        npy_ino: o.get("npy_ino")?.as_u64()?,
+    })
+}
+
+/// Renders the metadata as GSEGUtils writes it (one line, its field order),
+/// followed by this crate's own `ndoffload_commit` field.
+pub(crate) fn render(
+    shape: &[usize],
+    dtype: &str,
+    flags: EntryFlags,
+    commit: Option<&Commit>,
+) -> String {
+    let mut s = String::with_capacity(256);
+    s.push_str(
+        "{\"schema_version\": 1, \"lazy_disk_cache_class\": \"DiskBackedNDArray\", \"shape\": [",
+    );
+    for (i, d) in shape.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        let _ = write!(s, "{d}");
+    }
+    let _ = write!(
+        s,
+        "], \"dtype\": {}, \"purge_disk_on_gc\": {}, \"automatic_offloading\": {}, \"enable_caching\": {}",
+        Value::String(dtype.to_owned()),
+        flags.purge_on_drop,
+        flags.automatic_offloading,
+        flags.caching
+    );
+    if let Some(c) = commit {
+        let _ = write!(
+            s,
+            ", \"ndoffload_commit\": {{\"npy_tmp\": {}, \"npy_ino\": {}}}",
+            Value::String(c.npy_tmp.clone()),
+            c.npy_ino
+        );
+    }
+    s.push('}');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const F: EntryFlags = EntryFlags {
+        purge_on_drop: true,
+        automatic_offloading: false,
+        caching: true,
+    };
+
+    #[test]
+    fn renders_like_gsegutils() {
+        assert_eq!(
+            render(&[4, 5], "<f4", F, None),
+            r#"{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray", "shape": [4, 5], "dtype": "<f4", "purge_disk_on_gc": true, "automatic_offloading": false, "enable_caching": true}"#
+        );
+        let c = Commit {
+            npy_tmp: ".ndo.x.k.npy.tmp".into(),
+            npy_ino: 42,
+        };
+        let text = render(&[], "|b1", F, Some(&c));
+        let m = Meta::parse(text.as_bytes(), Path::new("k.meta.json")).unwrap();
+        assert_eq!(m.shape, Vec::<usize>::new());
+        assert_eq!(m.commit, Some(c));
+        assert_eq!(m.flags(F), F);
+    }
+
+    #[test]
+    fn schema_and_class_errors_are_distinct_from_missing() {
+        let p = Path::new("k.meta.json");
+        let base = r#""lazy_disk_cache_class": "DiskBackedNDArray", "shape": [1], "dtype": "<f4""#;
+        for v in ["\"1\"", "2", "1.0", "null", "true"] {
+            let t = format!("{{\"schema_version\": {v}, {base}}}");
+            assert!(
+                matches!(
+                    Meta::parse(t.as_bytes(), p),
+                    Err(Error::SchemaVersion { .. })
+                ),
+                "{v}"
+            );
+        }
+        let t = format!("{{{base}}}");
+        assert!(matches!(
+            Meta::parse(t.as_bytes(), p),
+            Err(Error::Corrupt { .. })
+        ));
+        let t = r#"{"schema_version": 1, "lazy_disk_cache_class": "Evil", "shape": [1], "dtype": "<f4"}"#;
+        assert!(matches!(
+            Meta::parse(t.as_bytes(), p),
+            Err(Error::UnknownClass { .. })
+        ));
+        for bad in [&b"[1]"[..], b"\xff\xfe", b"{", b"\"x\""] {
+            assert!(matches!(Meta::parse(bad, p), Err(Error::Corrupt { .. })));
+        }
+        let extra = r#"{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray", "shape": [2], "dtype": "<f4", "future": {"x": 1}}"#;
+        assert!(Meta::parse(extra.as_bytes(), p).is_ok());
+    }
+}

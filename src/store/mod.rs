@@ -1,0 +1,1045 @@
+//! [`DiskBackedStore`]: a crash-safe, persistent map of names to arrays.
+
+pub(crate) mod meta;
+pub(crate) mod pair;
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ndarray::{Array, ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
+use parking_lot::{Mutex, RwLock};
+
+use crate::array::{ArrayState, DiskBackedArray, ReadGuard, WriteGuard};
+use crate::config::{CacheConfig, ConfigOverrides};
+use crate::element::Element;
+use crate::error::{Error, IoContext, Result};
+use crate::io::{self, FileId};
+use crate::name::EntryName;
+
+pub use meta::EntryFlags;
+use meta::Meta;
+use pair::{PairJob, SyncMode};
+
+/// Name of the lock file a writable open holds.
+pub const LOCK_FILE: &str = ".ndoffload.lock";
+
+/// Type-erased operations on a store entry's array.
+pub(crate) trait AnyEntry: Send + Sync {
+    fn offload(&self) -> Result<()>;
+    fn flush(&self) -> Result<()>;
+    fn batch_job(&self) -> Option<(PairJob<'_>, u64)>;
+    fn mark_published(&self, version: u64, id: FileId);
+    fn state(&self) -> ArrayState;
+    fn resident_bytes(&self) -> u64;
+    fn dtype(&self) -> String;
+    fn flags(&self) -> EntryFlags;
+}
+
+impl<T: Element> AnyEntry for DiskBackedArray<T, IxDyn> {
+    fn offload(&self) -> Result<()> {
+        DiskBackedArray::offload(self)
+    }
+    fn flush(&self) -> Result<()> {
+        DiskBackedArray::flush(self)
+    }
+    fn batch_job(&self) -> Option<(PairJob<'_>, u64)> {
+        DiskBackedArray::batch_job(self)
+    }
+    fn mark_published(&self, version: u64, id: FileId) {
+        DiskBackedArray::mark_published(self, version, id)
+    }
+    fn state(&self) -> ArrayState {
+        DiskBackedArray::state(self)
+    }
+    fn resident_bytes(&self) -> u64 {
+        DiskBackedArray::resident_bytes(self)
+    }
+    fn dtype(&self) -> String {
+        T::dtype()
+    }
+    fn flags(&self) -> EntryFlags {
+        self.entry_flags()
+    }
+}
+
+/// A loaded entry: the same array as a typed handle and as trait object.
+#[derive(Clone)]
+struct Loaded {
+    any: Arc<dyn Any + Send + Sync>,
+    ops: Arc<dyn AnyEntry>,
+}
+
+impl Loaded {
+    fn new<T: Element>(a: DiskBackedArray<T, IxDyn>) -> Self {
+        let a = Arc::new(a);
+        Loaded {
+            ops: a.clone(),
+            any: a,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    /// The parsed metadata, once read (entries found at open are read lazily).
+    meta: Option<(String, Vec<usize>, EntryFlags)>,
+    loaded: Option<Loaded>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    read_only: bool,
+    config: CacheConfig,
+    defaults: EntryFlags,
+    entries: RwLock<BTreeMap<EntryName, Arc<Mutex<Slot>>>>,
+    incomplete: RwLock<BTreeMap<EntryName, String>>,
+    _lock: Option<File>,
+}
+
+/// Options for opening a [`DiskBackedStore`].
+///
+/// ## Defaults
+///
+/// | option | default |
+/// |---|---|
+/// | [`read_only`](Self::read_only) | `false`: a writable open, which takes the store's lock |
+/// | [`create`](Self::create) | `true`: create the directory if it does not exist |
+/// | [`entry_config`](Self::entry_config) | [`CacheConfig::default()`] with purge-on-drop off: entries may be offloaded, are not re-offloaded automatically, and are kept when the store is closed |
+///
+/// # Examples
+///
+/// ```
+/// use ndarray_offload::{CacheConfig, StoreBuilder};
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = StoreBuilder::new(dir.path().join("clouds"))
+///     .entry_config(CacheConfig::default().with_automatic_offloading(true))
+///     .open()?;
+/// assert!(store.is_empty());
+/// # Ok::<_, ndarray_offload::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct StoreBuilder {
+    dir: PathBuf,
+    read_only: bool,
+    create: bool,
+    config: CacheConfig,
+}
+
+impl StoreBuilder {
+    /// Options for the store at `dir`.
+    pub fn new(dir: impl AsRef<Path>) -> Self {
+        StoreBuilder {
+            dir: dir.as_ref().to_path_buf(),
+            read_only: false,
+            create: true,
+            config: CacheConfig::default().with_purge_on_drop(false),
+        }
+    }
+
+    /// Opens read-only: nothing is written (the directory may be
+    /// read-only); shares the lock with other read-only opens.
+    pub fn read_only(mut self, on: bool) -> Self {
+        self.read_only = on;
+        self
+    }
+
+    /// Whether a missing directory is created (writable opens only).
+    pub fn create(mut self, on: bool) -> Self {
+        self.create = on;
+        self
+    }
+
+    /// Defaults for entries: caching, automatic offloading, purge-on-drop
+    /// and the chunk budget (its location is ignored: entries live in the
+    /// store directory).
+    pub fn entry_config(mut self, config: CacheConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Opens the store.
+    ///
+    /// A writable open takes an advisory lock on `.ndoffload.lock` (a second
+    /// writable open fails at once with [`Error::Locked`]), completes or
+    /// rolls back publishes a crash interrupted, and removes the crate's
+    /// stray temporary files. Every open lists the entries from the
+    /// directory alone: no array and no metadata is read until used.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] for a missing directory (read-only, or with
+    /// `create(false)`), [`Error::Locked`], I/O errors.
+    pub fn open(self) -> Result<DiskBackedStore> {
+        let dir = self.dir;
+        if !self.read_only && self.create {
+            fs::create_dir_all(&dir).ctx("create directory", &dir)?;
+        }
+        let md = fs::metadata(&dir).ctx("open store", &dir)?;
+        if !md.is_dir() {
+            return Err(Error::corrupt(&dir, "not a directory"));
+        }
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = if self.read_only {
+            match File::open(&lock_path) {
+                Ok(f) => {
+                    match f.try_lock_shared() {
+                        Ok(()) => {}
+                        Err(fs::TryLockError::WouldBlock) => {
+                            return Err(Error::Locked { path: lock_path })
+                        }
+                        Err(fs::TryLockError::Error(e)) => {
+                            return Err(Error::io("lock", &lock_path, e))
+                        }
+                    }
+                    Some(f)
+                }
+                Err(_) => None,
+            }
+        } else {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&lock_path)
+                .ctx("open lock file", &lock_path)?;
+            match f.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
+                Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path, e)),
+            }
+            Some(f)
+        };
+        let mut listing = Listing::read(&dir)?;
+        if !self.read_only && !listing.temps.is_empty() {
+            let rec = pair::recover(&dir, &listing.temps)?;
+            if !rec.completed.is_empty() {
+                tracing::info!(dir = %dir.display(), completed = ?rec.completed, "recovered interrupted operations");
+            }
+            listing = Listing::read(&dir)?;
+        }
+        let defaults = EntryFlags {
+            purge_on_drop: self.config.purge_on_drop().unwrap_or(false),
+            automatic_offloading: self.config.automatic_offloading(),
+            caching: self.config.caching(),
+        };
+        let mut entries = BTreeMap::new();
+        let mut incomplete = BTreeMap::new();
+        for (name, kind) in listing.entries {
+            match kind {
+                Listed::Pair => {
+                    entries.insert(name, Arc::new(Mutex::new(Slot::default())));
+                }
+                Listed::Broken(reason) => {
+                    incomplete.insert(name, reason);
+                }
+            }
+        }
+        Ok(DiskBackedStore {
+            inner: Arc::new(Inner {
+                dir,
+                read_only: self.read_only,
+                config: self.config,
+                defaults,
+                entries: RwLock::new(entries),
+                incomplete: RwLock::new(incomplete),
+                _lock: lock,
+            }),
+        })
+    }
+}
+
+enum Listed {
+    Pair,
+    Broken(String),
+}
+
+/// What a directory listing says, without opening any file.
+struct Listing {
+    entries: BTreeMap<EntryName, Listed>,
+    temps: Vec<String>,
+}
+
+impl Listing {
+    fn read(dir: &Path) -> Result<Listing> {
+        use std::collections::HashMap;
+        // name -> (npy file type, meta file type)
+        let mut seen: HashMap<String, (Option<fs::FileType>, Option<fs::FileType>)> =
+            HashMap::new();
+        let mut temps = Vec::new();
+        for e in fs::read_dir(dir).ctx("list", dir)? {
+            let e = e.ctx("list", dir)?;
+            let Ok(name) = e.file_name().into_string() else {
+                continue;
+            };
+            if io::is_temp_name(&name) {
+                temps.push(name);
+                continue;
+            }
+            let ft = e.file_type().ctx("stat", &e.path())?;
+            if let Some(stem) = name.strip_suffix(".meta.json") {
+                seen.entry(stem.to_owned()).or_default().1 = Some(ft);
+            } else if let Some(stem) = name.strip_suffix(".npy") {
+                seen.entry(stem.to_owned()).or_default().0 = Some(ft);
+            }
+        }
+        let mut entries = BTreeMap::new();
+        for (stem, (npy, meta)) in seen {
+            let Ok(name) = EntryName::new(stem) else {
+                continue;
+            };
+            let kind = match (npy, meta) {
+                (Some(n), Some(m)) if n.is_file() && m.is_file() => Listed::Pair,
+                (Some(n), _) if n.is_dir() => {
+                    Listed::Broken(format!("{} is a directory", name.npy_file()))
+                }
+                (Some(n), _) if n.is_symlink() => Listed::Broken(format!(
+                    "{} is a symbolic link (not followed)",
+                    name.npy_file()
+                )),
+                (_, Some(m)) if m.is_dir() => {
+                    Listed::Broken(format!("{} is a directory", name.meta_file()))
+                }
+                (_, Some(m)) if m.is_symlink() => Listed::Broken(format!(
+                    "{} is a symbolic link (not followed)",
+                    name.meta_file()
+                )),
+                (Some(_), None) => Listed::Broken(format!("{} is missing", name.meta_file())),
+                (None, Some(_)) => Listed::Broken(format!("{} is missing", name.npy_file())),
+                _ => Listed::Broken("not a regular file".into()),
+            };
+            entries.insert(name, kind);
+        }
+        Ok(Listing { entries, temps })
+    }
+}
+
+/// A persistent map of names to arrays, stored as `NAME.npy` +
+/// `NAME.meta.json` pairs that numpy and GSEGUtils read (see
+/// `docs/format.md`).
+///
+/// * [`insert`](Self::insert) keeps an array in RAM; [`flush`](Self::flush),
+///   [`offload`](Self::offload) or [`close`](Self::close) write it;
+///   [`insert_durable`](Self::insert_durable) and
+///   [`insert_batch`](Self::insert_batch) return once it is on disk.
+/// * [`get`](Self::get) returns a typed handle whose views come straight
+///   from RAM or from a memory map: no copy.
+/// * After a crash at any point, every key reads as its complete old or its
+///   complete new value (see `docs/reliability.md`).
+///
+/// The store is `Send + Sync`; clone the handle to share it between threads.
+///
+/// # Examples
+///
+/// ```
+/// use ndarray::{Array2, Ix2};
+/// use ndarray_offload::DiskBackedStore;
+///
+/// let dir = tempfile::tempdir()?;
+/// {
+///     let store = DiskBackedStore::open(dir.path())?;
+///     store.insert_durable("tile_0001", Array2::<f64>::zeros((1000, 3)))?;
+/// }
+/// // A later process:
+/// let store = DiskBackedStore::open(dir.path())?;
+/// let tile = store.get::<f64, Ix2>("tile_0001")?;
+/// assert_eq!(tile.read()?.view().shape(), &[1000, 3]);
+/// # Ok::<_, ndarray_offload::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct DiskBackedStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for DiskBackedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskBackedStore")
+            .field("dir", &self.inner.dir)
+            .field("read_only", &self.inner.read_only)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+/// A summary of one entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EntryInfo {
+    /// The entry's name.
+    pub name: EntryName,
+    /// numpy dtype string.
+    pub dtype: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Where the data is (an entry not used since open is `Offloaded`).
+    pub state: ArrayState,
+    /// Size of the data in bytes.
+    pub nbytes: u64,
+    /// The entry's flags.
+    pub flags: EntryFlags,
+}
+
+impl DiskBackedStore {
+    /// Opens (creating if needed) a writable store at `dir` with default
+    /// options; see [`StoreBuilder`].
+    ///
+    /// # Errors
+    ///
+    /// As [`StoreBuilder::open`].
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        StoreBuilder::new(dir).open()
+    }
+
+    /// Opens the store at `dir` read-only; see [`StoreBuilder::read_only`].
+    ///
+    /// # Errors
+    ///
+    /// As [`StoreBuilder::open`].
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Self> {
+        StoreBuilder::new(dir).read_only(true).open()
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Whether this handle is read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        self.inner.check_writable()
+    }
+
+    fn flags_for(&self, overrides: &ConfigOverrides) -> (EntryFlags, CacheConfig) {
+        let c = self.inner.config.updated(overrides);
+        let d = self.inner.defaults;
+        (
+            EntryFlags {
+                purge_on_drop: overrides.purge_on_drop.unwrap_or(d.purge_on_drop),
+                automatic_offloading: c.automatic_offloading(),
+                caching: c.caching(),
+            },
+            c,
+        )
+    }
+
+    /// Inserts (or replaces) `name` with `array`, kept in RAM until the entry
+    /// is flushed, offloaded or the store is closed. Replacing an entry never
+    /// disturbs readers holding the old value.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] (nothing on disk is touched),
+    /// [`Error::ReadOnly`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::{array, Ix1};
+    /// use ndarray_offload::DiskBackedStore;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = DiskBackedStore::open(dir.path())?;
+    /// store.insert("labels", array![1u8, 0, 1])?;
+    /// store.flush()?; // now durable
+    /// assert_eq!(store.keys()[0].as_str(), "labels");
+    /// # Ok::<_, ndarray_offload::Error>(())
+    /// ```
+    pub fn insert<T: Element, D: Dimension>(
+        &self,
+        name: impl AsRef<str>,
+        array: Array<T, D>,
+    ) -> Result<()> {
+        self.insert_with(name, array, &ConfigOverrides::default())
+    }
+
+    /// [`insert`](Self::insert) with per-entry overrides of the store's
+    /// defaults (caching, automatic offloading, purge on drop), like
+    /// GSEGUtils' `add_data_to_store(..., **overrides)`.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert`](Self::insert).
+    pub fn insert_with<T: Element, D: Dimension>(
+        &self,
+        name: impl AsRef<str>,
+        array: Array<T, D>,
+        overrides: &ConfigOverrides,
+    ) -> Result<()> {
+        self.check_writable()?;
+        let name = EntryName::new(name.as_ref())?;
+        self.insert_entry(name, array.into_dyn(), overrides);
+        Ok(())
+    }
+
+    fn insert_entry<T: Element>(
+        &self,
+        name: EntryName,
+        array: ArrayD<T>,
+        overrides: &ConfigOverrides,
+    ) -> Loaded {
+        let (flags, config) = self.flags_for(overrides);
+        let shape = array.shape().to_vec();
+        let a = DiskBackedArray::new_pair(array, &self.inner.dir, &name, flags, &config);
+        let loaded = Loaded::new(a);
+        let slot = Slot {
+            meta: Some((T::dtype(), shape, flags)),
+            loaded: Some(loaded.clone()),
+        };
+        self.inner.incomplete.write().remove(&name);
+        self.inner
+            .entries
+            .write()
+            .insert(name, Arc::new(Mutex::new(slot)));
+        loaded
+    }
+
+    /// Inserts and writes the entry durably before returning (one atomic
+    /// pair publish: two `fsync`s, two renames, one directory `fsync`).
+    ///
+    /// # Errors
+    ///
+    /// As [`insert`](Self::insert), plus I/O errors. After an I/O error the
+    /// previous pair on disk is byte-identical, no temporary file is left,
+    /// and the new value stays in the store in RAM (a later flush retries).
+    pub fn insert_durable<T: Element, D: Dimension>(
+        &self,
+        name: impl AsRef<str>,
+        array: Array<T, D>,
+    ) -> Result<()> {
+        self.check_writable()?;
+        let name = EntryName::new(name.as_ref())?;
+        let loaded = self.insert_entry(name, array.into_dyn(), &ConfigOverrides::default());
+        loaded.ops.flush()
+    }
+
+    /// Inserts many entries and writes them durably with one round of
+    /// syncs: every temporary file is written, then one `syncfs(2)` of the
+    /// store's file system (Linux; an `fsync` per file elsewhere), then the
+    /// renames and one directory `fsync`.
+    ///
+    /// `syncfs` also flushes other programs' pending writes to the same file
+    /// system, which can make it slower on a busy disk.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] for any name (nothing is inserted); I/O errors
+    /// (entries stay in RAM; pairs already on disk are unchanged).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::Array2;
+    /// use ndarray_offload::DiskBackedStore;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = DiskBackedStore::open(dir.path())?;
+    /// let tiles = (0..100).map(|i| (format!("tile_{i:04}"), Array2::<f64>::zeros((10, 3))));
+    /// store.insert_batch(tiles)?;
+    /// assert_eq!(store.len(), 100);
+    /// # Ok::<_, ndarray_offload::Error>(())
+    /// ```
+    pub fn insert_batch<T, D, N, I>(&self, entries: I) -> Result<()>
+    where
+        T: Element,
+        D: Dimension,
+        N: AsRef<str>,
+        I: IntoIterator<Item = (N, Array<T, D>)>,
+    {
+        self.check_writable()?;
+        let mut named = Vec::new();
+        for (n, a) in entries {
+            named.push((EntryName::new(n.as_ref())?, a));
+        }
+        let loaded: Vec<Loaded> = named
+            .into_iter()
+            .map(|(n, a)| self.insert_entry(n, a.into_dyn(), &ConfigOverrides::default()))
+            .collect();
+        self.inner
+            .publish_batch(loaded.iter().map(|l| l.ops.as_ref()).collect())
+    }
+
+    fn slot(&self, name: &EntryName) -> Result<Arc<Mutex<Slot>>> {
+        if let Some(s) = self.inner.entries.read().get(name) {
+            return Ok(s.clone());
+        }
+        if let Some(reason) = self.inner.incomplete.read().get(name) {
+            return Err(Error::Incomplete {
+                name: name.to_string(),
+                path: self.inner.dir.clone(),
+                reason: reason.clone(),
+            });
+        }
+        Err(Error::KeyNotFound {
+            name: name.to_string(),
+            path: self.inner.dir.clone(),
+        })
+    }
+
+    fn read_meta(
+        &self,
+        name: &EntryName,
+        slot: &mut Slot,
+    ) -> Result<(String, Vec<usize>, EntryFlags)> {
+        if let Some(m) = &slot.meta {
+            return Ok(m.clone());
+        }
+        let path = self.inner.dir.join(name.meta_file());
+        let m = Meta::read(&path)?;
+        let v = (
+            m.dtype.clone(),
+            m.shape.clone(),
+            m.flags(self.inner.defaults),
+        );
+        slot.meta = Some(v.clone());
+        Ok(v)
+    }
+
+    /// The entry `name` as an array of `T` with dimension `D`. Views of the
+    /// handle come from RAM or a memory map without copying; a persisted
+    /// entry is mapped when first read.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyNotFound`], [`Error::Incomplete`], [`Error::DtypeMismatch`]
+    /// / [`Error::DimensionMismatch`] for a wrong `T` / `D`, metadata errors
+    /// ([`Error::SchemaVersion`], [`Error::UnknownClass`], [`Error::Corrupt`]),
+    /// and, when the data is read, [`Error::Mismatch`] if the `.npy` header
+    /// disagrees with the metadata.
+    pub fn get<T: Element, D: Dimension>(
+        &self,
+        name: impl AsRef<str>,
+    ) -> Result<StoredArray<T, D>> {
+        let name = EntryName::new(name.as_ref())?;
+        let slot = self.slot(&name)?;
+        let mut s = slot.lock();
+        let (dtype, shape, flags) = self.read_meta(&name, &mut s)?;
+        let meta_path = || self.inner.dir.join(name.meta_file());
+        if dtype != T::dtype() {
+            return Err(Error::DtypeMismatch {
+                path: meta_path(),
+                expected: T::dtype(),
+                found: dtype,
+            });
+        }
+        if let Some(n) = D::NDIM {
+            if n != shape.len() {
+                return Err(Error::DimensionMismatch {
+                    path: meta_path(),
+                    expected: n,
+                    found: shape.len(),
+                });
+            }
+        }
+        let loaded = match &s.loaded {
+            Some(l) => l.clone(),
+            None => {
+                let (_, config) = self.flags_for(&ConfigOverrides::default());
+                let a = DiskBackedArray::<T, IxDyn>::open_pair(
+                    shape,
+                    &self.inner.dir,
+                    &name,
+                    flags,
+                    &config,
+                );
+                let l = Loaded::new(a);
+                s.loaded = Some(l.clone());
+                l
+            }
+        };
+        let array = loaded
+            .any
+            .downcast::<DiskBackedArray<T, IxDyn>>()
+            .map_err(|_| Error::DtypeMismatch {
+                path: meta_path(),
+                expected: T::dtype(),
+                found: loaded.ops.dtype(),
+            })?;
+        Ok(StoredArray {
+            array,
+            name,
+            _d: PhantomData,
+        })
+    }
+
+    /// Whether an entry named `name` exists (complete pairs only).
+    pub fn contains(&self, name: impl AsRef<str>) -> bool {
+        EntryName::new(name.as_ref())
+            .map(|n| self.inner.entries.read().contains_key(&n))
+            .unwrap_or(false)
+    }
+
+    /// The names of all complete entries, sorted.
+    pub fn keys(&self) -> Vec<EntryName> {
+        self.inner.entries.read().keys().cloned().collect()
+    }
+
+    /// Number of complete entries.
+    pub fn len(&self) -> usize {
+        self.inner.entries.read().len()
+    }
+
+    /// Whether the store has no complete entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Entries on disk that are missing part of their pair (or are not
+    /// regular files), with the reason. They are not listed by
+    /// [`keys`](Self::keys).
+    pub fn incomplete(&self) -> Vec<(EntryName, String)> {
+        self.inner
+            .incomplete
+            .read()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// A summary of the entry `name` (reads its metadata if not yet known;
+    /// never reads the array).
+    ///
+    /// # Errors
+    ///
+    /// As the metadata errors of [`get`](Self::get).
+    pub fn info(&self, name: impl AsRef<str>) -> Result<EntryInfo> {
+        let name = EntryName::new(name.as_ref())?;
+        let slot = self.slot(&name)?;
+        let mut s = slot.lock();
+        let (dtype, shape, flags) = self.read_meta(&name, &mut s)?;
+        let (state, flags) = match &s.loaded {
+            Some(l) => (l.ops.state(), l.ops.flags()),
+            None => (ArrayState::Offloaded, flags),
+        };
+        let nbytes = crate::element::dtype_itemsize(&dtype)
+            .and_then(|size| {
+                shape
+                    .iter()
+                    .try_fold(size as u64, |a, &d| a.checked_mul(d as u64))
+            })
+            .unwrap_or(0);
+        Ok(EntryInfo {
+            name,
+            dtype,
+            shape,
+            state,
+            nbytes,
+            flags,
+        })
+    }
+
+    /// Iterates over the summaries of all complete entries in name order
+    /// (entries whose metadata cannot be read yield their error).
+    pub fn iter(&self) -> impl Iterator<Item = Result<EntryInfo>> + '_ {
+        self.keys().into_iter().map(move |k| self.info(k.as_str()))
+    }
+
+    /// Removes `name` and deletes its files durably. Returns whether it
+    /// existed. Readers holding the entry keep their data.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`], [`Error::ReadOnly`], I/O errors (the entry is
+    /// then still present, on disk and in the store).
+    pub fn remove(&self, name: impl AsRef<str>) -> Result<bool> {
+        self.check_writable()?;
+        let name = EntryName::new(name.as_ref())?;
+        self.inner.remove(&name)
+    }
+
+    fn loaded_entry(&self, name: &str) -> Result<Option<Loaded>> {
+        let name = EntryName::new(name)?;
+        let slot = self.slot(&name)?;
+        let s = slot.lock();
+        Ok(s.loaded.clone())
+    }
+
+    /// Writes every entry whose file does not hold its current data, durably
+    /// and with one round of syncs (see [`insert_batch`](Self::insert_batch)).
+    /// After it returns, a power cut loses nothing written before the call.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ReadOnly`], I/O errors (entries stay in RAM, pairs on disk
+    /// are unchanged or complete).
+    pub fn flush(&self) -> Result<()> {
+        self.inner.flush()
+    }
+
+    /// Persists the entry `name` if needed and frees its RAM; a later read
+    /// maps it back lazily.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::KeyNotFound`], I/O errors (the entry stays in RAM).
+    pub fn offload(&self, name: impl AsRef<str>) -> Result<()> {
+        self.check_writable()?;
+        match self.loaded_entry(name.as_ref())? {
+            Some(l) => l.ops.offload(),
+            None => Ok(()),
+        }
+    }
+
+    /// Offloads each of `names` (persisting them with one round of syncs).
+    ///
+    /// # Errors
+    ///
+    /// As [`offload`](Self::offload).
+    pub fn offload_keys<N: AsRef<str>>(&self, names: &[N]) -> Result<()> {
+        self.check_writable()?;
+        let mut loaded = Vec::new();
+        for n in names {
+            if let Some(l) = self.loaded_entry(n.as_ref())? {
+                loaded.push(l);
+            }
+        }
+        self.offload_loaded(&loaded)
+    }
+
+    /// Offloads every entry (persisting with one round of syncs).
+    ///
+    /// # Errors
+    ///
+    /// As [`offload`](Self::offload).
+    pub fn offload_all(&self) -> Result<()> {
+        self.check_writable()?;
+        let loaded = self.inner.loaded_entries();
+        self.offload_loaded(&loaded)
+    }
+
+    fn offload_loaded(&self, loaded: &[Loaded]) -> Result<()> {
+        self.inner
+            .publish_batch(loaded.iter().map(|l| l.ops.as_ref()).collect())?;
+        for l in loaded {
+            l.ops.offload()?;
+        }
+        Ok(())
+    }
+
+    /// Flushes, deletes the entries whose purge-on-drop flag is set, and
+    /// releases the lock.
+    ///
+    /// # Errors
+    ///
+    /// Errors of [`flush`](Self::flush) and of removing purged entries.
+    pub fn close(self) -> Result<()> {
+        self.inner.finish()
+    }
+
+    /// Total bytes of entries currently held in RAM.
+    pub fn resident_bytes(&self) -> u64 {
+        self.inner
+            .loaded_entries()
+            .iter()
+            .map(|l| l.ops.resident_bytes())
+            .sum()
+    }
+}
+
+impl Inner {
+    fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            Err(Error::ReadOnly {
+                path: self.dir.clone(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn loaded_entries(&self) -> Vec<Loaded> {
+        self.entries
+            .read()
+            .values()
+            .filter_map(|s| s.lock().loaded.clone())
+            .collect()
+    }
+
+    fn publish_batch(&self, arrays: Vec<&dyn AnyEntry>) -> Result<()> {
+        let mut jobs = Vec::new();
+        let mut marks = Vec::new();
+        for a in &arrays {
+            if let Some((job, version)) = a.batch_job() {
+                jobs.push(job);
+                marks.push((*a, version));
+            }
+        }
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let ids = pair::publish_pairs(&self.dir, jobs, SyncMode::FileSystem)?;
+        for ((a, v), id) in marks.into_iter().zip(ids) {
+            a.mark_published(v, id);
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let loaded = self.loaded_entries();
+        self.publish_batch(loaded.iter().map(|l| l.ops.as_ref()).collect())
+    }
+
+    fn remove(&self, name: &EntryName) -> Result<bool> {
+        self.check_writable()?;
+        let mut entries = self.entries.write();
+        let on_disk = fs::symlink_metadata(self.dir.join(name.npy_file())).is_ok()
+            || fs::symlink_metadata(self.dir.join(name.meta_file())).is_ok();
+        let broken = self.incomplete.read().contains_key(name);
+        let existed = entries.contains_key(name) || broken;
+        if on_disk {
+            pair::remove_pair(&self.dir, name)?;
+        }
+        entries.remove(name);
+        self.incomplete.write().remove(name);
+        Ok(existed)
+    }
+
+    /// Flushes and deletes the entries whose purge-on-drop flag is set.
+    fn finish(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.flush()?;
+        let purge: Vec<EntryName> = self
+            .entries
+            .read()
+            .iter()
+            .filter(|(_, s)| {
+                s.lock()
+                    .loaded
+                    .as_ref()
+                    .is_some_and(|l| l.ops.flags().purge_on_drop)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in purge {
+            self.remove(&k)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // `DiskBackedStore::close` is the checked path; here errors can only
+        // be logged.
+        if let Err(e) = self.finish() {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "could not flush the store when dropped");
+        }
+    }
+}
+
+/// A typed handle to a store entry (see [`DiskBackedStore::get`]).
+///
+/// Holding the handle keeps the entry's data alive even if the entry is
+/// replaced or removed from the store.
+pub struct StoredArray<T: Element, D: Dimension> {
+    array: Arc<DiskBackedArray<T, IxDyn>>,
+    name: EntryName,
+    _d: PhantomData<D>,
+}
+
+impl<T: Element, D: Dimension> Clone for StoredArray<T, D> {
+    fn clone(&self) -> Self {
+        StoredArray {
+            array: self.array.clone(),
+            name: self.name.clone(),
+            _d: PhantomData,
+        }
+    }
+}
+
+impl<T: Element, D: Dimension> std::fmt::Debug for StoredArray<T, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredArray")
+            .field("name", &self.name)
+            .field("array", &self.array)
+            .finish()
+    }
+}
+
+impl<T: Element, D: Dimension> StoredArray<T, D> {
+    /// The entry's name.
+    pub fn name(&self) -> &EntryName {
+        &self.name
+    }
+
+    /// A read guard (maps the entry if it is offloaded).
+    ///
+    /// # Errors
+    ///
+    /// Errors of mapping and cross-checking the files.
+    pub fn read(&self) -> Result<ReadGuard<'_, T, IxDyn, D>> {
+        self.array.read_as()
+    }
+
+    /// A write guard. A persisted entry is mapped copy-on-write: the store's
+    /// published file is never changed in place; the edit is published as a
+    /// new pair on flush or offload.
+    ///
+    /// # Errors
+    ///
+    /// Errors of mapping.
+    pub fn write(&self) -> Result<WriteGuard<'_, T, IxDyn, D>> {
+        self.array.write_as()
+    }
+
+    /// Runs `f` on a view.
+    ///
+    /// # Errors
+    ///
+    /// Errors of mapping or of the automatic re-offload.
+    pub fn with_view<R>(&self, f: impl FnOnce(ArrayView<'_, T, D>) -> R) -> Result<R> {
+        let g = self.read()?;
+        let r = f(g.view());
+        g.finish()?;
+        Ok(r)
+    }
+
+    /// Runs `f` on a mutable view.
+    ///
+    /// # Errors
+    ///
+    /// Errors of mapping or of the automatic re-offload.
+    pub fn with_view_mut<R>(&self, f: impl FnOnce(ArrayViewMut<'_, T, D>) -> R) -> Result<R> {
+        let mut g = self.write()?;
+        let r = f(g.view_mut());
+        g.finish()?;
+        Ok(r)
+    }
+
+    /// A copy of the data in RAM.
+    ///
+    /// # Errors
+    ///
+    /// Errors of mapping.
+    pub fn to_owned_array(&self) -> Result<Array<T, D>> {
+        self.with_view(|v| v.to_owned())
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        self.array.shape()
+    }
+
+    /// Where the data is now.
+    pub fn state(&self) -> ArrayState {
+        self.array.state()
+    }
+
+    /// The underlying array (dynamic dimension).
+    pub fn as_array(&self) -> &DiskBackedArray<T, IxDyn> {
+        &self.array
+    }
+}
