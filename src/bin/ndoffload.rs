@@ -1,0 +1,225 @@
+//! `ndoffload`: inspect ndarray-offload stores from the command line.
+//!
+//! ```text
+//! ndoffload ls [--json] [--checksum] DIR
+//! ndoffload verify DIR
+//! ```
+//!
+//! The inspector opens stores read-only and never writes to them.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use ndarray_offload::{inspect_store, EntryReport, Error, InspectOptions};
+
+const USAGE: &str = "usage:
+  ndoffload ls [--json] [--checksum] DIR   list every entry (dtype, shape, state, size, status)
+  ndoffload verify DIR                     read and cross-check every entry; exit 1 if any is bad
+
+Stores are opened read-only; nothing is written.";
+
+struct Args {
+    cmd: String,
+    json: bool,
+    checksum: bool,
+    dir: PathBuf,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let cmd = it.next().ok_or("missing command")?;
+    if cmd == "-h" || cmd == "--help" {
+        return Err(String::new());
+    }
+    if cmd != "ls" && cmd != "verify" {
+        return Err(format!("unknown command {cmd:?}"));
+    }
+    let (mut json, mut checksum, mut dir) = (false, false, None);
+    for a in it {
+        match a.as_str() {
+            "--json" if cmd == "ls" => json = true,
+            "--checksum" if cmd == "ls" => checksum = true,
+            "-h" | "--help" => return Err(String::new()),
+            s if s.starts_with('-') => return Err(format!("unknown option {s:?} for {cmd}")),
+            _ if dir.is_none() => dir = Some(PathBuf::from(a)),
+            _ => return Err(format!("unexpected argument {a:?}")),
+        }
+    }
+    Ok(Args {
+        cmd,
+        json,
+        checksum,
+        dir: dir.ok_or("missing DIR")?,
+    })
+}
+
+fn looks_like_store(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()).any(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n.ends_with(".npy") || n.ends_with(".meta.json") || n == ndarray_offload::LOCK_FILE
+            })
+        })
+        .unwrap_or(false)
+}
+
+fn human_size(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = n as f64;
+    let mut i = 0;
+    while x >= 1024.0 && i < U.len() - 1 {
+        x /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{x:.1} {}", U[i])
+    }
+}
+
+fn json_line(r: &EntryReport, checksum: bool) -> String {
+    let mut o = serde_json::Map::new();
+    o.insert("name".into(), r.name.clone().into());
+    o.insert(
+        "dtype".into(),
+        r.dtype
+            .clone()
+            .map(Into::into)
+            .unwrap_or(serde_json::Value::Null),
+    );
+    o.insert(
+        "shape".into(),
+        r.shape
+            .as_ref()
+            .map(|s| {
+                s.iter()
+                    .map(|&d| serde_json::Value::from(d))
+                    .collect::<Vec<_>>()
+                    .into()
+            })
+            .unwrap_or(serde_json::Value::Null),
+    );
+    o.insert(
+        "state".into(),
+        if r.problem.is_none() {
+            "on disk"
+        } else {
+            "unreadable"
+        }
+        .into(),
+    );
+    o.insert(
+        "nbytes".into(),
+        r.nbytes.map(Into::into).unwrap_or(serde_json::Value::Null),
+    );
+    o.insert("fortran_order".into(), r.fortran_order.into());
+    o.insert("status".into(), r.status().into());
+    if checksum {
+        o.insert(
+            "sha256".into(),
+            r.sha256
+                .clone()
+                .map(Into::into)
+                .unwrap_or(serde_json::Value::Null),
+        );
+    }
+    serde_json::Value::Object(o).to_string()
+}
+
+fn run(args: Args) -> Result<ExitCode, Error> {
+    let read_data = args.cmd == "verify" || args.checksum;
+    let reports = inspect_store(&args.dir, InspectOptions { read_data })?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.cmd == "verify" {
+        let bad: Vec<&EntryReport> = reports.iter().filter(|r| r.problem.is_some()).collect();
+        for r in &bad {
+            let _ = writeln!(out, "{}: {}", r.name, r.status());
+        }
+        if bad.is_empty() {
+            let _ = writeln!(out, "{} entries, all sound", reports.len());
+            return Ok(ExitCode::SUCCESS);
+        }
+        return Ok(ExitCode::from(1));
+    }
+    if args.json {
+        for r in &reports {
+            let _ = writeln!(out, "{}", json_line(r, args.checksum));
+        }
+    } else {
+        let _ = writeln!(
+            out,
+            "{:<24} {:<6} {:<18} {:<10} {:>10}  {}{}",
+            "NAME",
+            "DTYPE",
+            "SHAPE",
+            "STATE",
+            "SIZE",
+            "STATUS",
+            if args.checksum { "  SHA256" } else { "" }
+        );
+        for r in &reports {
+            let shape = r
+                .shape
+                .as_ref()
+                .map(|s| format!("{s:?}"))
+                .unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                out,
+                "{:<24} {:<6} {:<18} {:<10} {:>10}  {}{}",
+                r.name,
+                r.dtype.as_deref().unwrap_or("-"),
+                shape,
+                if r.problem.is_none() {
+                    "on disk"
+                } else {
+                    "unreadable"
+                },
+                r.nbytes.map(human_size).unwrap_or_else(|| "-".into()),
+                r.status(),
+                r.sha256
+                    .as_ref()
+                    .map(|s| format!("  {s}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(msg) => {
+            if msg.is_empty() {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("ndoffload: {msg}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if !args.dir.is_dir() {
+        eprintln!("ndoffload: {}: no such directory", args.dir.display());
+        return ExitCode::from(2);
+    }
+    if !looks_like_store(&args.dir) {
+        eprintln!(
+            "ndoffload: {}: not a store (no .npy, .meta.json or {} files)",
+            args.dir.display(),
+            ndarray_offload::LOCK_FILE
+        );
+        return ExitCode::from(2);
+    }
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ndoffload: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Checking a store directory without knowing its element types: what the
+//! `ndoffload` inspector uses.
+
+use std::path::Path;
+
+use ndarray::{ArrayView, IxDyn};
+use sha2::{Digest, Sha256};
+
+use crate::element::dtype_itemsize;
+use crate::error::{Error, IoContext, Result};
+use crate::mapped;
+use crate::npy::NpyInfo;
+use crate::store::meta::Meta;
+use crate::store::DiskBackedStore;
+
+/// What the inspector found for one entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EntryReport {
+    /// The entry's name.
+    pub name: String,
+    /// numpy dtype string, when readable.
+    pub dtype: Option<String>,
+    /// Shape, when readable.
+    pub shape: Option<Vec<usize>>,
+    /// Bytes of data, when known.
+    pub nbytes: Option<u64>,
+    /// Whether the data is in Fortran order.
+    pub fortran_order: bool,
+    /// `None` when the entry is sound, otherwise what is wrong.
+    pub problem: Option<String>,
+    /// SHA-256 (hex) of the values in C order, element bytes in the file's
+    /// byte order (`hashlib.sha256(np.ascontiguousarray(a).tobytes())`).
+    pub sha256: Option<String>,
+}
+
+impl EntryReport {
+    /// `"ok"`, or the problem.
+    pub fn status(&self) -> &str {
+        self.problem.as_deref().unwrap_or("ok")
+    }
+}
+
+/// How thoroughly to inspect.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InspectOptions {
+    /// Read every array: compute its checksum and check its values (`bool`
+    /// bytes must be 0 or 1).
+    pub read_data: bool,
+}
+
+/// Inspects every entry of the store at `dir`, complete or not, in name
+/// order. Opens the store read-only: nothing is written.
+///
+/// # Errors
+///
+/// Errors opening the store ([`Error::NotFound`], [`Error::Locked`], ...).
+/// Problems with single entries are reported in their [`EntryReport`].
+///
+/// # Examples
+///
+/// ```
+/// use ndarray::array;
+/// use ndarray_offload::{inspect_store, DiskBackedStore, InspectOptions};
+///
+/// let dir = tempfile::tempdir()?;
+/// DiskBackedStore::open(dir.path())?.insert_durable("a", array![1u8, 2])?;
+/// let reports = inspect_store(dir.path(), InspectOptions { read_data: true })?;
+/// assert_eq!(reports[0].status(), "ok");
+/// assert_eq!(reports[0].dtype.as_deref(), Some("|u1"));
+/// # Ok::<_, ndarray_offload::Error>(())
+/// ```
+pub fn inspect_store(dir: &Path, opts: InspectOptions) -> Result<Vec<EntryReport>> {
+    let store = DiskBackedStore::open_read_only(dir)?;
+    let mut out: Vec<EntryReport> = store
+        .keys()
+        .iter()
+        .map(|k| inspect_entry(dir, k.as_str(), opts))
+        .collect();
+    for (name, reason) in store.incomplete() {
+        out.push(EntryReport {
+            name: name.to_string(),
+            dtype: None,
+            shape: None,
+            nbytes: None,
+            fortran_order: false,
+            problem: Some(format!("incomplete: {reason}")),
+            sha256: None,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+fn inspect_entry(dir: &Path, name: &str, opts: InspectOptions) -> EntryReport {
+    let mut r = EntryReport {
+        name: name.to_owned(),
+        dtype: None,
+        shape: None,
+        nbytes: None,
+        fortran_order: false,
+        problem: None,
+        sha256: None,
+    };
+    if let Err(e) = check_entry(dir, name, opts, &mut r) {
+        r.problem = Some(e.to_string());
+    }
+    r
+}
+
+fn check_entry(dir: &Path, name: &str, opts: InspectOptions, r: &mut EntryReport) -> Result<()> {
+    let meta_path = dir.join(format!("{name}.meta.json"));
+    let npy_path = dir.join(format!("{name}.npy"));
+    let meta = Meta::read(&meta_path)?;
+    r.dtype = Some(meta.dtype.clone());
+    r.shape = Some(meta.shape.clone());
+    let (info, len) = NpyInfo::read(&npy_path)?;
+    r.fortran_order = info.fortran;
+    r.nbytes = info.data_len;
+    if info.descr != meta.dtype {
+        return Err(Error::Mismatch {
+            path: meta_path,
+            field: "dtype",
+            found: meta.dtype,
+            expected: info.descr,
+            other: npy_path,
+        });
+    }
+    if info.shape != meta.shape {
+        return Err(Error::Mismatch {
+            path: meta_path,
+            field: "shape",
+            found: format!("{:?}", meta.shape),
+            expected: format!("{:?}", info.shape),
+            other: npy_path,
+        });
+    }
+    let Some(itemsize) = dtype_itemsize(&info.descr) else {
+        return Err(Error::corrupt(
+            &npy_path,
+            format!("unsupported dtype {}", info.descr),
+        ));
+    };
+    info.check_len(len, &npy_path)?;
+    if opts.read_data {
+        let file = std::fs::File::open(&npy_path).ctx("open", &npy_path)?;
+        let map = mapped::map_readonly(&file, &npy_path)?;
+        let end = info.data_offset as u64 + info.data_len.unwrap_or(0);
+        let data = map
+            .get(info.data_offset..end as usize)
+            .ok_or_else(|| Error::Truncated {
+                path: npy_path.clone(),
+                expected: end,
+                actual: map.len() as u64,
+            })?;
+        if info.descr == "|b1" {
+            if let Some(pos) = data.iter().position(|&b| b > 1) {
+                return Err(Error::corrupt(
+                    &npy_path,
+                    format!("element {pos} is not a valid bool (byte {})", data[pos]),
+                ));
+            }
+        }
+        r.sha256 = Some(c_order_sha256(data, &info.shape, itemsize, info.fortran));
+    }
+    Ok(())
+}
+
+/// SHA-256 of array data in C order, whatever order it is stored in.
+pub(crate) fn c_order_sha256(
+    data: &[u8],
+    shape: &[usize],
+    itemsize: usize,
+    fortran: bool,
+) -> String {
+    let mut h = Sha256::new();
+    if !fortran || shape.len() < 2 {
+        h.update(data);
+    } else {
+        // Fortran data read in C order is the transposed array: view it with
+        // the axes reversed (keeping each element's bytes together) and walk
+        // it in logical order.
+        let mut dims: Vec<usize> = shape.iter().rev().copied().collect();
+        dims.push(itemsize);
+        let v = ArrayView::from_shape(IxDyn(&dims), data).expect("length checked");
+        let n = shape.len();
+        let mut perm: Vec<usize> = (0..n).rev().collect();
+        perm.push(n);
+        let v = v.permuted_axes(IxDyn(&perm));
+        let mut buf = Vec::with_capacity(1 << 16);
+        for &b in v.iter() {
+            buf.push(b);
+            if buf.len() == buf.capacity() {
+                h.update(&buf);
+                buf.clear();
+            }
+        }
+        h.update(&buf);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fortran_checksum_equals_c_checksum() {
+        let a = ndarray::Array3::<u16>::from_shape_fn((2, 3, 4), |(i, j, k)| {
+            (i * 100 + j * 10 + k) as u16
+        });
+        let c: Vec<u8> = a.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let f = a.t().as_standard_layout().to_owned(); // data of `a` in Fortran order
+        let fbytes: Vec<u8> = f.iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(
+            c_order_sha256(&fbytes, &[2, 3, 4], 2, true),
+            c_order_sha256(&c, &[2, 3, 4], 2, false)
+        );
+    }
+}

@@ -1,0 +1,136 @@
+//! The `ndoffload` inspector.
+
+use std::process::Command;
+
+use ndarray::{array, Array2};
+use ndarray_offload::DiskBackedStore;
+
+use crate::common::{numpy_python, run_python, sha256_hex};
+
+fn ndoffload(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ndoffload"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn listing(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn ls_json_checksum_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let pts = Array2::<f32>::from_shape_fn((4, 3), |(i, j)| (i * 3 + j) as f32);
+    {
+        let s = DiskBackedStore::open(dir.path()).unwrap();
+        s.insert("pts", pts.clone()).unwrap();
+        s.insert("fort", pts.t().to_owned()).unwrap();
+        s.insert("flags", array![true, false]).unwrap();
+        s.close().unwrap();
+    }
+    let before = listing(dir.path());
+    let d = dir.path().to_str().unwrap();
+
+    let (code, out, _) = ndoffload(&["ls", d]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("pts") && out.contains("<f4") && out.contains("[4, 3]"),
+        "{out}"
+    );
+
+    let (code, out, _) = ndoffload(&["ls", "--json", "--checksum", d]);
+    assert_eq!(code, 0);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let pts_line = lines.iter().find(|l| l["name"] == "pts").unwrap();
+    assert_eq!(pts_line["dtype"], "<f4");
+    assert_eq!(pts_line["shape"], serde_json::json!([4, 3]));
+    assert_eq!(pts_line["status"], "ok");
+    let c: Vec<u8> = pts.iter().flat_map(|x| x.to_le_bytes()).collect();
+    assert_eq!(pts_line["sha256"], sha256_hex(&c).as_str());
+    let fort_line = lines.iter().find(|l| l["name"] == "fort").unwrap();
+    let t: Vec<u8> = pts
+        .t()
+        .as_standard_layout()
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    assert_eq!(fort_line["sha256"], sha256_hex(&t).as_str());
+
+    if let Some(py) = numpy_python() {
+        let code = r#"
+import sys, hashlib, numpy as np
+for k in sys.argv[2:]:
+    a = np.load(sys.argv[1] + '/' + k + '.npy')
+    print(k, hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest())
+"#;
+        let py_out = run_python(&py, code, &[d, "pts", "fort", "flags"]);
+        for l in py_out.lines() {
+            let (k, h) = l.split_once(' ').unwrap();
+            let line = lines.iter().find(|x| x["name"] == k).unwrap();
+            assert_eq!(line["sha256"], h, "{k}");
+        }
+    }
+
+    let (code, out, _) = ndoffload(&["verify", d]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(listing(dir.path()), before, "the inspector never writes");
+
+    // Break two entries.
+    std::fs::write(dir.path().join("flags.npy"), b"\x93NUMPY garbage").unwrap();
+    std::fs::remove_file(dir.path().join("fort.meta.json")).unwrap();
+    let (code, out, _) = ndoffload(&["verify", d]);
+    assert_eq!(code, 1);
+    let bad: Vec<&str> = out.lines().collect();
+    assert_eq!(bad.len(), 2, "{out}");
+    assert!(bad.iter().any(|l| l.starts_with("flags: ")), "{out}");
+    assert!(
+        bad.iter()
+            .any(|l| l.starts_with("fort: ") && l.contains("incomplete")),
+        "{out}"
+    );
+    let (code, out, _) = ndoffload(&["ls", "--json", d]);
+    assert_eq!(code, 0);
+    assert!(out
+        .lines()
+        .any(|l| l.contains("\"name\":\"flags\"") && !l.contains("\"status\":\"ok\"")));
+}
+
+#[test]
+fn clear_messages_for_bad_directories() {
+    let (code, _, err) = ndoffload(&["ls", "/nonexistent/store"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no such directory"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"x").unwrap();
+    let (code, _, err) = ndoffload(&["verify", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not a store"), "{err}");
+    let (code, _, err) = ndoffload(&["frobnicate"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown command"), "{err}");
+    let (code, out, _) = ndoffload(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("ndoffload ls"));
+}
