@@ -69,7 +69,7 @@ fn throughput(reps: usize, mib: usize) {
         // Allocate the array before settling, so both timed steps start
         // from the same page-cache state; alternate which goes first.
         let d = DiskBackedArray::with_config(a.clone(), &cfg).unwrap();
-        let mut raw_step = || {
+        let raw_step = || {
             settle(dir.path(), &bytes);
             let raw = raw_publish(dir.path(), &bytes);
             fs::remove_file(dir.path().join("raw.npy")).unwrap();

@@ -115,7 +115,7 @@ fn release<T: Element, D: Dimension>(old: State<T, D>) {
 /// // Reading maps the file back on demand.
 /// let sum: f32 = arr.read()?.view().sum();
 /// assert_eq!(sum, (0..3000).map(|x| x as f32).sum::<f32>());
-/// # Ok::<_, ndarray_offload::Error>(())
+/// # Ok::<_, Box<dyn std::error::Error>>(())
 /// ```
 ///
 /// # Deadlocks
@@ -195,7 +195,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     /// let arr = DiskBackedArray::with_config(array![1i64, 2, 3], &config)?;
     /// arr.offload()?;
     /// assert!(arr.path().starts_with(dir.path()));
-    /// # Ok::<_, ndarray_offload::Error>(())
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
     pub fn with_config(array: Array<T, D>, config: &CacheConfig) -> Result<Self> {
         let n = FILE_COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -228,7 +228,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     /// arr.offload()?;
     /// drop(arr);
     /// assert!(path.exists()); // kept: explicit paths are not purged by default
-    /// # Ok::<_, ndarray_offload::Error>(())
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
     pub fn with_path(
         array: Array<T, D>,
@@ -288,7 +288,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     /// ndarray_npy::write_npy(&path, &array![1.0f64, 2.0]).unwrap();
     /// let arr = DiskBackedArray::<f64, Ix1>::open(&path, &CacheConfig::default())?;
     /// assert_eq!(arr.read()?.view(), array![1.0, 2.0]);
-    /// # Ok::<_, ndarray_offload::Error>(())
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
     pub fn open(path: impl AsRef<Path>, config: &CacheConfig) -> Result<Self> {
         let path = path.as_ref();
@@ -582,7 +582,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     /// assert_eq!(arr.state(), ArrayState::Mapped(LoadMode::CopyOnWrite));
     /// arr.offload()?; // publishes a new file with the edit
     /// assert_eq!(arr.read()?.view(), array![9u8, 2, 3]);
-    /// # Ok::<_, ndarray_offload::Error>(())
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
     pub fn load(&self, mode: LoadMode) -> Result<()> {
         if !self.caching() {

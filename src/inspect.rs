@@ -68,7 +68,7 @@ pub struct InspectOptions {
 /// let reports = inspect_store(dir.path(), InspectOptions { read_data: true })?;
 /// assert_eq!(reports[0].status(), "ok");
 /// assert_eq!(reports[0].dtype.as_deref(), Some("|u1"));
-/// # Ok::<_, ndarray_offload::Error>(())
+/// # Ok::<_, Box<dyn std::error::Error>>(())
 /// ```
 pub fn inspect_store(dir: &Path, opts: InspectOptions) -> Result<Vec<EntryReport>> {
     let store = DiskBackedStore::open_read_only(dir)?;

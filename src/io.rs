@@ -289,10 +289,13 @@ impl TempFile {
             .file
     }
 
-    /// Flushes buffered bytes to the file (no `fsync`).
-    pub(crate) fn flush(&mut self) -> Result<()> {
+    /// Flushes buffered bytes and closes the file (no `fsync`: the caller
+    /// syncs the whole file system). The file stays until renamed or dropped.
+    pub(crate) fn flush_and_close(&mut self) -> Result<()> {
         let path = self.path.clone();
-        self.writer().flush().ctx("write", &path)
+        self.writer().flush().ctx("write", &path)?;
+        self.writer = None;
+        Ok(())
     }
 
     /// Flushes buffered bytes and `fsync`s the file.
@@ -305,6 +308,7 @@ impl TempFile {
     /// Renames the temporary file to `target` (the caller syncs the
     /// directory). On success the file is no longer removed on drop.
     pub(crate) fn rename_to(mut self, target: &Path) -> Result<()> {
+        self.writer = None;
         rename(&self.path, target)?;
         self.writer = None;
         self.path = PathBuf::new();

@@ -1,4 +1,51 @@
-//! Disk-backed n-dimensional arrays.
+//! Disk-backed n-dimensional arrays for programs that hold more array data
+//! than fits in RAM, and that must not lose it when they crash.
+//!
+//! Every file this crate writes is a plain `.npy` that
+//! `numpy.load(path, mmap_mode='r')` reads, published atomically (unique
+//! temporary file, `fsync`, rename, directory `fsync`).
+//!
+//! # Which type for which task
+//!
+//! | task | reach for |
+//! |---|---|
+//! | keep one large array in RAM or on disk, map it back on demand | [`DiskBackedArray`] |
+//! | choose where files go, caching, automatic offloading, purge-on-drop | [`CacheConfig`], [`ConfigOverrides`] |
+//! | a persistent, crash-safe map of names to arrays (numpy- and GSEGUtils-readable) | [`DiskBackedStore`], [`StoreBuilder`] |
+//! | read a stored array without copying | [`DiskBackedStore::get`] → [`StoredArray::read`] |
+//! | write many entries durably with one round of syncs | [`DiskBackedStore::insert_batch`] |
+//! | write an array larger than RAM chunk by chunk | [`NpyStreamWriter`] |
+//! | check a store without knowing its dtypes (what `ndoffload` does) | [`inspect_store`] |
+//! | validate an entry name before using it | [`EntryName`] |
+//!
+//! # Example
+//!
+//! ```
+//! use ndarray::{Array2, Ix2};
+//! use ndarray_offload::{DiskBackedArray, DiskBackedStore, LoadMode};
+//!
+//! // One array: offload it, then read it back through a memory map.
+//! let points = Array2::<f32>::from_shape_fn((10_000, 3), |(i, j)| (i + j) as f32);
+//! let arr = DiskBackedArray::new(points)?;
+//! arr.offload()?; // RAM freed; data in a private temporary .npy
+//! let n = arr.read()?.view().nrows();
+//! assert_eq!(n, 10_000);
+//!
+//! // A store: entries survive the process and open in numpy.
+//! let dir = tempfile::tempdir()?;
+//! let store = DiskBackedStore::open(dir.path())?;
+//! store.insert_durable("normals", Array2::<f32>::zeros((10_000, 3)))?;
+//! let normals = store.get::<f32, Ix2>("normals")?;
+//! assert_eq!(normals.read()?.view().shape(), &[10_000, 3]);
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Errors and guarantees
+//!
+//! Every fallible call returns [`Error`], whose variants name the file or
+//! entry concerned. Bad files are reported as errors, never as panics or
+//! `SIGBUS`. What survives a crash, and which test shows it, is written in
+//! `docs/reliability.md`; the on-disk format is in `docs/format.md`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

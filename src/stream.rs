@@ -34,7 +34,7 @@ use crate::npy;
 /// }
 /// let arr = w.finish_array(&CacheConfig::default())?;
 /// assert_eq!(arr.read()?.view().sum(), 6.0);
-/// # Ok::<_, ndarray_offload::Error>(())
+/// # Ok::<_, Box<dyn std::error::Error>>(())
 /// ```
 pub struct NpyStreamWriter<T: Element, D: Dimension> {
     tmp: TempFile,

@@ -153,13 +153,12 @@ fn run(args: Args) -> Result<ExitCode, Error> {
     } else {
         let _ = writeln!(
             out,
-            "{:<24} {:<6} {:<18} {:<10} {:>10}  {}{}",
+            "{:<24} {:<6} {:<18} {:<10} {:>10}  STATUS{}",
             "NAME",
             "DTYPE",
             "SHAPE",
             "STATE",
             "SIZE",
-            "STATUS",
             if args.checksum { "  SHA256" } else { "" }
         );
         for r in &reports {

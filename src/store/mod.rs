@@ -120,7 +120,7 @@ struct Inner {
 ///     .entry_config(CacheConfig::default().with_automatic_offloading(true))
 ///     .open()?;
 /// assert!(store.is_empty());
-/// # Ok::<_, ndarray_offload::Error>(())
+/// # Ok::<_, Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug)]
 pub struct StoreBuilder {
@@ -349,7 +349,7 @@ impl Listing {
 /// let store = DiskBackedStore::open(dir.path())?;
 /// let tile = store.get::<f64, Ix2>("tile_0001")?;
 /// assert_eq!(tile.read()?.view().shape(), &[1000, 3]);
-/// # Ok::<_, ndarray_offload::Error>(())
+/// # Ok::<_, Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
 pub struct DiskBackedStore {
@@ -451,7 +451,7 @@ impl DiskBackedStore {
     /// store.insert("labels", array![1u8, 0, 1])?;
     /// store.flush()?; // now durable
     /// assert_eq!(store.keys()[0].as_str(), "labels");
-    /// # Ok::<_, ndarray_offload::Error>(())
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
     pub fn insert<T: Element, D: Dimension>(
         &self,
@@ -545,7 +545,7 @@ impl DiskBackedStore {
     /// let tiles = (0..100).map(|i| (format!("tile_{i:04}"), Array2::<f64>::zeros((10, 3))));
     /// store.insert_batch(tiles)?;
     /// assert_eq!(store.len(), 100);
-    /// # Ok::<_, ndarray_offload::Error>(())
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
     pub fn insert_batch<T, D, N, I>(&self, entries: I) -> Result<()>
     where

@@ -29,13 +29,17 @@ use crate::error::{Error, IoContext, Result};
 use crate::io::{self, FileId, SeamFile, TempFile};
 use crate::name::EntryName;
 
+/// Writes an entry's `.npy` bytes to the temporary file (the path is the
+/// final one, for error messages).
+pub(crate) type WriteNpy<'a> = Box<dyn FnOnce(&mut BufWriter<SeamFile>, &Path) -> Result<()> + 'a>;
+
 /// One pair to publish.
 pub(crate) struct PairJob<'a> {
     pub name: &'a EntryName,
     pub shape: Vec<usize>,
     pub dtype: String,
     pub flags: EntryFlags,
-    pub write_npy: Box<dyn FnOnce(&mut BufWriter<SeamFile>, &Path) -> Result<()> + 'a>,
+    pub write_npy: WriteNpy<'a>,
 }
 
 struct Staged {
@@ -69,10 +73,11 @@ pub(crate) fn publish_pairs(
         (job.write_npy)(npy.writer(), &target)?;
         if per_file {
             npy.flush_and_sync()?;
-        } else {
-            npy.flush()?;
         }
         let id = FileId::of_file(npy.file(), npy.path())?;
+        if !per_file {
+            npy.flush_and_close()?;
+        }
         let commit = Commit {
             npy_tmp: file_name(npy.path()),
             npy_ino: id.ino(),
@@ -83,7 +88,7 @@ pub(crate) fn publish_pairs(
         if per_file {
             m.flush_and_sync()?;
         } else {
-            m.flush()?;
+            m.flush_and_close()?;
         }
         staged.push(Staged { npy, meta: m, id });
         names.push(job.name);
