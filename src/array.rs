@@ -18,6 +18,7 @@ use crate::name::EntryName;
 use crate::npy::{self, NpyInfo};
 use crate::store::meta::EntryFlags;
 use crate::store::pair::{self, PairJob, SyncMode};
+use crate::store::Account;
 
 /// Where an array's data is right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -153,6 +154,10 @@ pub(crate) struct PairTarget {
     pub name: EntryName,
     pub meta_path: PathBuf,
     pub purge: AtomicBool,
+    /// The store's accounting of resident bytes, while the entry belongs to
+    /// the store.
+    pub account: Arc<Account>,
+    pub attached: AtomicBool,
 }
 
 impl<T: Element, D: Dimension> fmt::Debug for DiskBackedArray<T, D> {
@@ -416,6 +421,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         if let Some((a, clean)) = owned {
             *st = State::Owned(a);
             self.file_current.store(clean, Ordering::Relaxed);
+            self.account(self.nbytes() as i64);
         }
         self.caching.store(false, Ordering::Relaxed);
         Ok(())
@@ -443,6 +449,9 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         self.persist_locked(st)?;
         if !matches!(**st, State::Offloaded) {
             let old = std::mem::replace(&mut **st, State::Offloaded);
+            if matches!(old, State::Owned(_)) {
+                self.account(-(self.nbytes() as i64));
+            }
             release(old);
             tracing::debug!(path = %self.path.display(), bytes = self.nbytes(), "offloaded");
         }
@@ -530,6 +539,50 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             dtype: T::dtype(),
             flags: self.entry_flags(),
             write_npy: Box::new(move |w, path| npy::write_array(w, &view, budget, path)),
+        }
+    }
+
+    /// Adds `delta` to the store's resident bytes (store entries only, while
+    /// they belong to the store). Called with the state lock held.
+    fn account(&self, delta: i64) {
+        if let Some(p) = &self.pair {
+            if p.attached.load(Ordering::Relaxed) {
+                p.account.add_resident(delta);
+            }
+        }
+    }
+
+    /// Takes a store entry out of the store's accounting (it was replaced
+    /// or removed; a reader may still hold it).
+    pub(crate) fn detach(&self) {
+        let st = self.state.read();
+        if let Some(p) = &self.pair {
+            if p.attached.swap(false, Ordering::Relaxed) && matches!(*st, State::Owned(_)) {
+                p.account.add_resident(-(self.nbytes() as i64));
+            }
+        }
+    }
+
+    /// Offloads unless a guard is alive (never blocks). Returns whether the
+    /// array's RAM was freed.
+    pub(crate) fn try_offload(&self) -> Result<bool> {
+        if !self.caching() {
+            return Ok(false);
+        }
+        match self.state.try_write() {
+            Some(mut st) => {
+                let was_owned = matches!(*st, State::Owned(_));
+                self.offload_locked(&mut st)?;
+                Ok(was_owned)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Tells the store a guard ended (it may resume evicting).
+    fn released(&self) {
+        if let Some(p) = &self.pair {
+            p.account.guard_released();
         }
     }
 
@@ -759,6 +812,13 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         self.to_owned_array()
     }
 
+    /// Whether the array has a file (it was written, opened or mapped).
+    pub(crate) fn has_file(&self) -> bool {
+        self.file_id.lock().is_some()
+            || !matches!(&*self.state.read(), State::Owned(_))
+            || self.file_current.load(Ordering::Relaxed)
+    }
+
     /// Whether the file holds the current data.
     pub(crate) fn file_is_current(&self) -> bool {
         match &*self.state.read() {
@@ -792,6 +852,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
 }
 
 impl<T: Element> DiskBackedArray<T, IxDyn> {
+    #[allow(clippy::too_many_arguments)]
     fn pair_base(
         state: State<T, IxDyn>,
         shape: Vec<usize>,
@@ -800,6 +861,7 @@ impl<T: Element> DiskBackedArray<T, IxDyn> {
         flags: EntryFlags,
         config: &CacheConfig,
         current: bool,
+        account: Arc<Account>,
     ) -> Self {
         DiskBackedArray {
             shape,
@@ -820,6 +882,8 @@ impl<T: Element> DiskBackedArray<T, IxDyn> {
                 name: name.clone(),
                 meta_path: dir.join(name.meta_file()),
                 purge: AtomicBool::new(flags.purge_on_drop),
+                account,
+                attached: AtomicBool::new(true),
             }),
         }
     }
@@ -831,9 +895,21 @@ impl<T: Element> DiskBackedArray<T, IxDyn> {
         name: &EntryName,
         flags: EntryFlags,
         config: &CacheConfig,
+        account: Arc<Account>,
     ) -> Self {
         let shape = array.shape().to_vec();
-        Self::pair_base(State::Owned(array), shape, dir, name, flags, config, false)
+        let a = Self::pair_base(
+            State::Owned(array),
+            shape,
+            dir,
+            name,
+            flags,
+            config,
+            false,
+            account,
+        );
+        a.account(a.nbytes() as i64);
+        a
     }
 
     /// A persisted store entry, offloaded; its files are read when used.
@@ -843,8 +919,18 @@ impl<T: Element> DiskBackedArray<T, IxDyn> {
         name: &EntryName,
         flags: EntryFlags,
         config: &CacheConfig,
+        account: Arc<Account>,
     ) -> Self {
-        Self::pair_base(State::Offloaded, shape, dir, name, flags, config, true)
+        Self::pair_base(
+            State::Offloaded,
+            shape,
+            dir,
+            name,
+            flags,
+            config,
+            true,
+            account,
+        )
     }
 }
 
@@ -857,7 +943,18 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         D: 's,
     {
         let p = self.pair.as_ref()?;
-        if !self.caching() || self.file_is_current() {
+        if !self.caching() {
+            return None;
+        }
+        // The read lock is held until the job has written its data, so the
+        // entry cannot be offloaded or changed in between.
+        let st = self.state.read();
+        let current = match &*st {
+            State::Owned(_) => self.file_current.load(Ordering::Relaxed),
+            State::Mapped(m) => !m.dirty,
+            State::Offloaded => true,
+        };
+        if current {
             return None;
         }
         let version = self.version.load(Ordering::Relaxed);
@@ -867,15 +964,10 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             shape: self.shape.clone(),
             dtype: T::dtype(),
             flags: self.entry_flags(),
-            write_npy: Box::new(move |w, path| {
-                let st = self.state.read();
-                match &*st {
-                    State::Owned(a) => npy::write_array(w, &a.view(), budget, path),
-                    State::Mapped(m) => npy::write_array(w, &m.view(), budget, path),
-                    State::Offloaded => Err(Error::NoFile {
-                        reason: "an offloaded entry has nothing to write",
-                    }),
-                }
+            write_npy: Box::new(move |w, path| match &*st {
+                State::Owned(a) => npy::write_array(w, &a.view(), budget, path),
+                State::Mapped(m) => npy::write_array(w, &m.view(), budget, path),
+                State::Offloaded => unreachable!("checked under the same lock"),
             }),
         };
         Some((job, version))
@@ -956,14 +1048,17 @@ impl<T: Element, D: Dimension, E: Dimension> ReadGuard<'_, T, D, E> {
         self.guard = None;
         let a = self.array;
         std::mem::forget(self);
-        if a.readers.fetch_sub(1, Ordering::AcqRel) == 1
+        let r = if a.readers.fetch_sub(1, Ordering::AcqRel) == 1
             && a.automatic_offloading()
             && a.caching()
             && a.loaded_on_demand.load(Ordering::Relaxed)
         {
-            a.reoffload_if_idle()?;
-        }
-        Ok(())
+            a.reoffload_if_idle()
+        } else {
+            Ok(())
+        };
+        a.released();
+        r
     }
 }
 
@@ -971,6 +1066,7 @@ impl<T: Element, D: Dimension, E: Dimension> Drop for ReadGuard<'_, T, D, E> {
     fn drop(&mut self) {
         self.guard = None;
         self.array.end_read();
+        self.array.released();
     }
 }
 
@@ -1015,7 +1111,9 @@ impl<T: Element, D: Dimension, E: Dimension> WriteGuard<'_, T, D, E> {
     /// Errors of offloading.
     pub fn finish(mut self) -> Result<()> {
         let r = self.end();
+        let a = self.array;
         std::mem::forget(self);
+        a.released();
         r
     }
 
@@ -1036,5 +1134,6 @@ impl<T: Element, D: Dimension, E: Dimension> Drop for WriteGuard<'_, T, D, E> {
         if let Err(e) = self.end() {
             tracing::warn!(path = %self.array.path.display(), error = %e, "automatic offload failed");
         }
+        self.array.released();
     }
 }

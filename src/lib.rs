@@ -50,6 +50,7 @@
 #![warn(missing_docs)]
 
 mod array;
+mod budget;
 mod config;
 mod element;
 mod error;
@@ -59,15 +60,18 @@ mod map;
 pub(crate) mod mapped;
 mod name;
 pub(crate) mod npy;
+mod stats;
 mod store;
 mod stream;
 
 pub use array::{ArrayState, DiskBackedArray, ReadGuard, WriteGuard};
+pub use budget::{ByteSize, SystemPressure};
 pub use config::{default_chunk_budget, CacheConfig, ConfigOverrides, LoadMode};
 pub use element::Element;
 pub use error::{Error, Result};
 pub use inspect::{inspect_store, EntryReport, InspectOptions};
 pub use name::{EntryName, MAX_NAME_BYTES};
+pub use stats::StoreStats;
 pub use store::{DiskBackedStore, EntryFlags, EntryInfo, StoreBuilder, StoredArray, LOCK_FILE};
 pub use stream::{NpyStreamWriter, NpyStreamWriterDyn};
 

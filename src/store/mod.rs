@@ -4,21 +4,26 @@ pub(crate) mod meta;
 pub(crate) mod pair;
 
 use std::any::Any;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::Weak;
+use std::time::{Duration, Instant};
 
 use ndarray::{Array, ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 use parking_lot::{Mutex, RwLock};
 
 use crate::array::{ArrayState, DiskBackedArray, ReadGuard, WriteGuard};
+use crate::budget::{available_memory, ByteSize, Lru, SystemPressure};
 use crate::config::{CacheConfig, ConfigOverrides};
 use crate::element::Element;
 use crate::error::{Error, IoContext, Result};
 use crate::io::{self, FileId};
 use crate::name::EntryName;
+use crate::stats::{Counters, StoreStats};
 
 pub use meta::EntryFlags;
 use meta::Meta;
@@ -37,6 +42,10 @@ pub(crate) trait AnyEntry: Send + Sync {
     fn resident_bytes(&self) -> u64;
     fn dtype(&self) -> String;
     fn flags(&self) -> EntryFlags;
+    fn try_offload(&self) -> Result<bool>;
+    fn detach(&self);
+    fn nbytes(&self) -> u64;
+    fn is_persisted(&self) -> bool;
 }
 
 impl<T: Element> AnyEntry for DiskBackedArray<T, IxDyn> {
@@ -63,6 +72,51 @@ impl<T: Element> AnyEntry for DiskBackedArray<T, IxDyn> {
     }
     fn flags(&self) -> EntryFlags {
         self.entry_flags()
+    }
+    fn try_offload(&self) -> Result<bool> {
+        DiskBackedArray::try_offload(self)
+    }
+    fn detach(&self) {
+        DiskBackedArray::detach(self)
+    }
+    fn nbytes(&self) -> u64 {
+        DiskBackedArray::nbytes(self)
+    }
+    fn is_persisted(&self) -> bool {
+        self.has_file()
+    }
+}
+
+/// The store's accounting of resident bytes, shared with its entries.
+pub(crate) struct Account {
+    resident: AtomicU64,
+    /// Set while the budget is exceeded because entries are pinned.
+    over: AtomicBool,
+    store: Weak<Inner>,
+}
+
+impl Account {
+    pub(crate) fn add_resident(&self, delta: i64) {
+        if delta >= 0 {
+            self.resident.fetch_add(delta as u64, Ordering::Relaxed);
+        } else {
+            self.resident
+                .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+        }
+    }
+
+    fn resident(&self) -> u64 {
+        self.resident.load(Ordering::Relaxed)
+    }
+
+    /// A guard on an entry ended: if the budget was left exceeded because of
+    /// pinned entries, evict now.
+    pub(crate) fn guard_released(&self) {
+        if self.over.load(Ordering::Relaxed) {
+            if let Some(inner) = self.store.upgrade() {
+                inner.enforce_budget();
+            }
+        }
     }
 }
 
@@ -98,6 +152,14 @@ struct Inner {
     entries: RwLock<BTreeMap<EntryName, Arc<Mutex<Slot>>>>,
     incomplete: RwLock<BTreeMap<EntryName, String>>,
     _lock: Option<File>,
+    account: Arc<Account>,
+    budget: Option<u64>,
+    pressure: Option<SystemPressure>,
+    lru: Mutex<Lru>,
+    evicting: Mutex<()>,
+    last_pressure_check: Mutex<Option<Instant>>,
+    counters: Counters,
+    inflight: Mutex<HashMap<EntryName, Arc<Mutex<()>>>>,
 }
 
 /// Options for opening a [`DiskBackedStore`].
@@ -128,6 +190,8 @@ pub struct StoreBuilder {
     read_only: bool,
     create: bool,
     config: CacheConfig,
+    budget: Option<u64>,
+    pressure: Option<SystemPressure>,
 }
 
 impl StoreBuilder {
@@ -138,7 +202,38 @@ impl StoreBuilder {
             read_only: false,
             create: true,
             config: CacheConfig::default().with_purge_on_drop(false),
+            budget: None,
+            pressure: None,
         }
+    }
+
+    /// Caps the bytes of entry data held in RAM: when an insert takes the
+    /// store over the budget, least-recently-used entries are offloaded
+    /// (written first if needed, then freed) until it is under. Eviction
+    /// never loses data, and never takes an entry from under a live guard.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray_offload::{ByteSize, StoreBuilder};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = StoreBuilder::new(dir.path())
+    ///     .memory_budget("512MiB".parse::<ByteSize>()?)
+    ///     .open()?;
+    /// assert_eq!(store.stats().budget, Some(512 << 20));
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn memory_budget(mut self, budget: impl Into<ByteSize>) -> Self {
+        self.budget = Some(budget.into().bytes());
+        self
+    }
+
+    /// Offloads on host-wide memory pressure (off by default): see
+    /// [`SystemPressure`].
+    pub fn system_pressure(mut self, pressure: SystemPressure) -> Self {
+        self.pressure = Some(pressure);
+        self
     }
 
     /// Opens read-only: nothing is written (the directory may be
@@ -240,8 +335,9 @@ impl StoreBuilder {
                 }
             }
         }
+        let (budget, pressure) = (self.budget, self.pressure);
         Ok(DiskBackedStore {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|weak| Inner {
                 dir,
                 read_only: self.read_only,
                 config: self.config,
@@ -249,6 +345,18 @@ impl StoreBuilder {
                 entries: RwLock::new(entries),
                 incomplete: RwLock::new(incomplete),
                 _lock: lock,
+                account: Arc::new(Account {
+                    resident: AtomicU64::new(0),
+                    over: AtomicBool::new(false),
+                    store: weak.clone(),
+                }),
+                budget,
+                pressure,
+                lru: Mutex::new(Lru::default()),
+                evicting: Mutex::new(()),
+                last_pressure_check: Mutex::new(None),
+                counters: Counters::default(),
+                inflight: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -477,6 +585,7 @@ impl DiskBackedStore {
         self.check_writable()?;
         let name = EntryName::new(name.as_ref())?;
         self.insert_entry(name, array.into_dyn(), overrides);
+        self.inner.enforce_budget();
         Ok(())
     }
 
@@ -488,17 +597,33 @@ impl DiskBackedStore {
     ) -> Loaded {
         let (flags, config) = self.flags_for(overrides);
         let shape = array.shape().to_vec();
-        let a = DiskBackedArray::new_pair(array, &self.inner.dir, &name, flags, &config);
+        let a = DiskBackedArray::new_pair(
+            array,
+            &self.inner.dir,
+            &name,
+            flags,
+            &config,
+            self.inner.account.clone(),
+        );
         let loaded = Loaded::new(a);
         let slot = Slot {
             meta: Some((T::dtype(), shape, flags)),
             loaded: Some(loaded.clone()),
         };
         self.inner.incomplete.write().remove(&name);
-        self.inner
+        let old = self
+            .inner
             .entries
             .write()
-            .insert(name, Arc::new(Mutex::new(slot)));
+            .insert(name.clone(), Arc::new(Mutex::new(slot)));
+        if let Some(old) = old {
+            if let Some(l) = &old.lock().loaded {
+                l.ops.detach();
+            }
+        }
+        if flags.caching {
+            self.inner.lru.lock().touch(&name);
+        }
         loaded
     }
 
@@ -518,7 +643,9 @@ impl DiskBackedStore {
         self.check_writable()?;
         let name = EntryName::new(name.as_ref())?;
         let loaded = self.insert_entry(name, array.into_dyn(), &ConfigOverrides::default());
-        loaded.ops.flush()
+        let r = loaded.ops.flush();
+        self.inner.enforce_budget();
+        r
     }
 
     /// Inserts many entries and writes them durably with one round of
@@ -578,6 +705,7 @@ impl DiskBackedStore {
                 reason: reason.clone(),
             });
         }
+        Counters::add(&self.inner.counters.misses);
         Err(Error::KeyNotFound {
             name: name.to_string(),
             path: self.inner.dir.clone(),
@@ -649,12 +777,20 @@ impl DiskBackedStore {
                     &name,
                     flags,
                     &config,
+                    self.inner.account.clone(),
                 );
                 let l = Loaded::new(a);
                 s.loaded = Some(l.clone());
                 l
             }
         };
+        drop(s);
+        if loaded.ops.state() == ArrayState::Offloaded {
+            Counters::add(&self.inner.counters.loads);
+        } else {
+            Counters::add(&self.inner.counters.hits);
+            self.inner.lru.lock().touch_if_present(&name);
+        }
         let array = loaded
             .any
             .downcast::<DiskBackedArray<T, IxDyn>>()
@@ -783,7 +919,7 @@ impl DiskBackedStore {
     pub fn offload(&self, name: impl AsRef<str>) -> Result<()> {
         self.check_writable()?;
         match self.loaded_entry(name.as_ref())? {
-            Some(l) => l.ops.offload(),
+            Some(l) => self.offload_loaded(std::slice::from_ref(&l)),
             None => Ok(()),
         }
     }
@@ -819,7 +955,11 @@ impl DiskBackedStore {
         self.inner
             .publish_batch(loaded.iter().map(|l| l.ops.as_ref()).collect())?;
         for l in loaded {
+            let was = l.ops.state() == ArrayState::InMemory;
             l.ops.offload()?;
+            if was && l.ops.state() == ArrayState::Offloaded {
+                Counters::add(&self.inner.counters.offloads);
+            }
         }
         Ok(())
     }
@@ -834,13 +974,178 @@ impl DiskBackedStore {
         self.inner.finish()
     }
 
+    /// A snapshot of the store's statistics.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::{array, Ix1};
+    /// use ndarray_offload::DiskBackedStore;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = DiskBackedStore::open(dir.path())?;
+    /// store.insert("a", array![1.0f64, 2.0])?;
+    /// store.get::<f64, Ix1>("a")?;
+    /// let _ = store.get::<f64, Ix1>("b");
+    /// let s = store.stats();
+    /// assert_eq!((s.hits, s.misses, s.bytes_resident), (1, 1, 16));
+    /// println!("{s}");
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.inner.counters;
+        let mut st = StoreStats {
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            loads: c.loads.load(Ordering::Relaxed),
+            computes: c.computes.load(Ordering::Relaxed),
+            offloads: c.offloads.load(Ordering::Relaxed),
+            evictions: c.evictions.load(Ordering::Relaxed),
+            over_budget_events: c.over_budget.load(Ordering::Relaxed),
+            bytes_resident: self.inner.account.resident(),
+            budget: self.inner.budget,
+            ..Default::default()
+        };
+        let slots: Vec<(EntryName, Arc<Mutex<Slot>>)> = self
+            .inner
+            .entries
+            .read()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (name, slot) in slots {
+            let s = slot.lock();
+            match &s.loaded {
+                Some(l) => {
+                    if l.ops.state() == ArrayState::InMemory {
+                        st.entries_resident += 1;
+                    }
+                    if l.ops.is_persisted() {
+                        st.entries_on_disk += 1;
+                        st.bytes_on_disk += l.ops.nbytes();
+                    }
+                }
+                None => {
+                    st.entries_on_disk += 1;
+                    let nbytes = s.meta.as_ref().and_then(|(d, shape, _)| {
+                        crate::element::dtype_itemsize(d).and_then(|size| {
+                            shape
+                                .iter()
+                                .try_fold(size as u64, |a, &x| a.checked_mul(x as u64))
+                        })
+                    });
+                    st.bytes_on_disk += nbytes.unwrap_or_else(|| {
+                        let p = self.inner.dir.join(name.npy_file());
+                        fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+                    });
+                }
+            }
+        }
+        st
+    }
+
+    /// Resets the counters (hits, misses, loads, computes, offloads,
+    /// evictions, over-budget events).
+    pub fn reset_stats(&self) {
+        self.inner.counters.reset();
+    }
+
+    /// Offloads least-recently-used entries until the store is within its
+    /// memory budget (this also happens after every insert and whenever a
+    /// guard ends while the store is over budget).
+    pub fn enforce_budget(&self) {
+        self.inner.enforce_budget();
+    }
+
+    /// The entry `name`, computed by `compute`, stored and returned if it
+    /// does not exist. Concurrent callers for one missing name compute it
+    /// once; the others wait and get the stored value.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get) and [`insert`](Self::insert).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::{Array1, Ix1};
+    /// use ndarray_offload::DiskBackedStore;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = DiskBackedStore::open(dir.path())?;
+    /// let a = store.get_or_compute::<f32, Ix1, _>("ramp", || Array1::linspace(0.0, 1.0, 5))?;
+    /// let b = store.get_or_compute::<f32, Ix1, _>("ramp", || unreachable!())?;
+    /// assert_eq!(a.to_owned_array()?, b.to_owned_array()?);
+    /// assert_eq!(store.stats().computes, 1);
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get_or_compute<T, D, F>(
+        &self,
+        name: impl AsRef<str>,
+        compute: F,
+    ) -> Result<StoredArray<T, D>>
+    where
+        T: Element,
+        D: Dimension,
+        F: FnOnce() -> Array<T, D>,
+    {
+        self.try_get_or_compute(name, || Ok::<_, Error>(compute()))
+    }
+
+    /// [`get_or_compute`](Self::get_or_compute) with a fallible computation;
+    /// its error is returned as it is and nothing is stored.
+    ///
+    /// # Errors
+    ///
+    /// The computation's error, or the store's (converted with `From`).
+    pub fn try_get_or_compute<T, D, F, E>(
+        &self,
+        name: impl AsRef<str>,
+        compute: F,
+    ) -> Result<StoredArray<T, D>, E>
+    where
+        T: Element,
+        D: Dimension,
+        F: FnOnce() -> Result<Array<T, D>, E>,
+        E: From<Error>,
+    {
+        let name = EntryName::new(name.as_ref())?;
+        if self.inner.entries.read().contains_key(&name) {
+            return Ok(self.get(name.as_str())?);
+        }
+        let gate = self
+            .inner
+            .inflight
+            .lock()
+            .entry(name.clone())
+            .or_default()
+            .clone();
+        let result = {
+            let _g = gate.lock();
+            if self.inner.entries.read().contains_key(&name) {
+                self.get(name.as_str()).map_err(E::from)
+            } else {
+                Counters::add(&self.inner.counters.misses);
+                Counters::add(&self.inner.counters.computes);
+                match compute() {
+                    Ok(a) => self
+                        .insert(name.as_str(), a)
+                        .and_then(|()| self.get(name.as_str()))
+                        .map_err(E::from),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let mut inflight = self.inner.inflight.lock();
+        if Arc::strong_count(&gate) <= 2 {
+            inflight.remove(&name);
+        }
+        result
+    }
+
     /// Total bytes of entries currently held in RAM.
     pub fn resident_bytes(&self) -> u64 {
-        self.inner
-            .loaded_entries()
-            .iter()
-            .map(|l| l.ops.resident_bytes())
-            .sum()
+        self.inner.account.resident()
     }
 }
 
@@ -900,9 +1205,82 @@ impl Inner {
         if on_disk {
             pair::remove_pair(&self.dir, name)?;
         }
-        entries.remove(name);
+        if let Some(old) = entries.remove(name) {
+            if let Some(l) = &old.lock().loaded {
+                l.ops.detach();
+            }
+        }
+        self.lru.lock().remove(name);
         self.incomplete.write().remove(name);
         Ok(existed)
+    }
+
+    /// The resident-bytes limit in force now: the budget, or the system
+    /// pressure target when available memory is low (checked at most every
+    /// 100 ms).
+    fn limit(&self) -> Option<u64> {
+        let mut limit = self.budget;
+        if let Some(p) = self.pressure {
+            let mut last = self.last_pressure_check.lock();
+            let due = last.is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
+            if due {
+                *last = Some(Instant::now());
+                if available_memory().is_some_and(|a| a < p.min_available) {
+                    limit = Some(limit.map_or(p.target_resident, |b| b.min(p.target_resident)));
+                }
+            }
+        }
+        limit
+    }
+
+    /// Offloads least-recently-used entries until the resident bytes are
+    /// within the limit. Entries pinned by a live guard are skipped; if only
+    /// pinned entries remain, the event is counted and eviction resumes when
+    /// a guard ends.
+    fn enforce_budget(&self) {
+        if self.read_only {
+            return;
+        }
+        let Some(limit) = self.limit() else { return };
+        if self.account.resident() <= limit {
+            self.account.over.store(false, Ordering::Relaxed);
+            return;
+        }
+        let _g = self.evicting.lock();
+        let order = self.lru.lock().oldest_first();
+        for name in order {
+            if self.account.resident() <= limit {
+                break;
+            }
+            let slot = self.entries.read().get(&name).cloned();
+            let loaded = slot.and_then(|s| s.lock().loaded.clone());
+            let Some(l) = loaded else {
+                self.lru.lock().remove(&name);
+                continue;
+            };
+            let bytes = l.ops.resident_bytes();
+            match l.ops.try_offload() {
+                Ok(true) => {
+                    Counters::add(&self.counters.evictions);
+                    self.lru.lock().remove(&name);
+                    tracing::debug!(name = name.as_str(), bytes, "evicted");
+                }
+                Ok(false) => {
+                    if l.ops.state() != ArrayState::InMemory || !l.ops.flags().caching {
+                        self.lru.lock().remove(&name);
+                    }
+                    // else: pinned by a live guard; keep it for later.
+                }
+                Err(e) => {
+                    tracing::warn!(name = name.as_str(), error = %e, "eviction failed; the entry stays in RAM");
+                }
+            }
+        }
+        let over = self.account.resident() > limit;
+        if over {
+            Counters::add(&self.counters.over_budget);
+        }
+        self.account.over.store(over, Ordering::Relaxed);
     }
 
     /// Flushes and deletes the entries whose purge-on-drop flag is set.

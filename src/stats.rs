@@ -1,0 +1,127 @@
+//! Store statistics: counters that cost nothing on the hot path and a
+//! snapshot type to print.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::budget::ByteSize;
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub loads: AtomicU64,
+    pub offloads: AtomicU64,
+    pub evictions: AtomicU64,
+    pub over_budget: AtomicU64,
+    pub computes: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(c: &AtomicU64) {
+        c.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn reset(&self) {
+        for c in [
+            &self.hits,
+            &self.misses,
+            &self.loads,
+            &self.offloads,
+            &self.evictions,
+            &self.over_budget,
+            &self.computes,
+        ] {
+            c.store(0, Relaxed);
+        }
+    }
+}
+
+/// A snapshot of a store's statistics ([`DiskBackedStore::stats`](crate::DiskBackedStore::stats)).
+///
+/// Lookups (`get`, `get_or_compute`) count as a *hit* when the entry's data
+/// was already in memory (in RAM or mapped), a *load* when it had to be
+/// mapped from its file, and a *miss* when the entry did not exist.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreStats {
+    /// Lookups served from memory.
+    pub hits: u64,
+    /// Lookups of absent entries (including computations by `get_or_compute`).
+    pub misses: u64,
+    /// Lookups that mapped the entry from disk.
+    pub loads: u64,
+    /// Values computed by `get_or_compute`.
+    pub computes: u64,
+    /// Entries offloaded on request.
+    pub offloads: u64,
+    /// Entries offloaded by the memory budget (or system pressure).
+    pub evictions: u64,
+    /// Times the budget stayed exceeded because every resident entry was in
+    /// use (pinned by a live guard).
+    pub over_budget_events: u64,
+    /// Bytes of entry data held in RAM.
+    pub bytes_resident: u64,
+    /// Bytes of entry data in the store's files.
+    pub bytes_on_disk: u64,
+    /// Entries held in RAM.
+    pub entries_resident: u64,
+    /// Entries with a file on disk.
+    pub entries_on_disk: u64,
+    /// The memory budget, if any.
+    pub budget: Option<u64>,
+}
+
+impl StoreStats {
+    /// Hits over all lookups (0 when there were none).
+    pub fn hit_rate(&self) -> f64 {
+        let n = self.hits + self.misses + self.loads;
+        if n == 0 {
+            0.0
+        } else {
+            self.hits as f64 / n as f64
+        }
+    }
+}
+
+impl fmt::Display for StoreStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "store statistics")?;
+        writeln!(
+            f,
+            "  lookups    {:>10}   hit rate {:>6.1}%",
+            self.hits + self.misses + self.loads,
+            self.hit_rate() * 100.0
+        )?;
+        writeln!(f, "  hits       {:>10}", self.hits)?;
+        writeln!(f, "  loads      {:>10}   (mapped from disk)", self.loads)?;
+        writeln!(
+            f,
+            "  misses     {:>10}   ({} computed)",
+            self.misses, self.computes
+        )?;
+        writeln!(f, "  offloads   {:>10}", self.offloads)?;
+        writeln!(f, "  evictions  {:>10}", self.evictions)?;
+        writeln!(
+            f,
+            "  over budget{:>10}   (everything resident was pinned)",
+            self.over_budget_events
+        )?;
+        let budget = self
+            .budget
+            .map(|b| ByteSize(b).to_string())
+            .unwrap_or_else(|| "none".into());
+        writeln!(
+            f,
+            "  resident   {:>10}   in {} entries (budget {budget})",
+            ByteSize(self.bytes_resident).to_string(),
+            self.entries_resident
+        )?;
+        write!(
+            f,
+            "  on disk    {:>10}   in {} entries",
+            ByteSize(self.bytes_on_disk).to_string(),
+            self.entries_on_disk
+        )
+    }
+}
