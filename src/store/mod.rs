@@ -153,7 +153,8 @@ struct Inner {
     incomplete: RwLock<BTreeMap<EntryName, String>>,
     _lock: Option<File>,
     account: Arc<Account>,
-    budget: Option<u64>,
+    /// The budget in bytes (`u64::MAX`: none).
+    budget: AtomicU64,
     pressure: Option<SystemPressure>,
     lru: Mutex<Lru>,
     evicting: Mutex<()>,
@@ -350,7 +351,7 @@ impl StoreBuilder {
                     over: AtomicBool::new(false),
                     store: weak.clone(),
                 }),
-                budget,
+                budget: AtomicU64::new(budget.unwrap_or(u64::MAX)),
                 pressure,
                 lru: Mutex::new(Lru::default()),
                 evicting: Mutex::new(()),
@@ -1003,7 +1004,7 @@ impl DiskBackedStore {
             evictions: c.evictions.load(Ordering::Relaxed),
             over_budget_events: c.over_budget.load(Ordering::Relaxed),
             bytes_resident: self.inner.account.resident(),
-            budget: self.inner.budget,
+            budget: self.inner.budget(),
             ..Default::default()
         };
         let slots: Vec<(EntryName, Arc<Mutex<Slot>>)> = self
@@ -1048,6 +1049,13 @@ impl DiskBackedStore {
     /// evictions, over-budget events).
     pub fn reset_stats(&self) {
         self.inner.counters.reset();
+    }
+
+    /// Changes the memory budget (`None`: no budget) and enforces it.
+    pub fn set_memory_budget(&self, budget: Option<ByteSize>) {
+        let b = budget.map_or(u64::MAX, |b| b.bytes().min(u64::MAX - 1));
+        self.inner.budget.store(b, Ordering::Relaxed);
+        self.inner.enforce_budget();
     }
 
     /// Offloads least-recently-used entries until the store is within its
@@ -1215,11 +1223,16 @@ impl Inner {
         Ok(existed)
     }
 
+    fn budget(&self) -> Option<u64> {
+        let b = self.budget.load(Ordering::Relaxed);
+        (b != u64::MAX).then_some(b)
+    }
+
     /// The resident-bytes limit in force now: the budget, or the system
     /// pressure target when available memory is low (checked at most every
     /// 100 ms).
     fn limit(&self) -> Option<u64> {
-        let mut limit = self.budget;
+        let mut limit = self.budget();
         if let Some(p) = self.pressure {
             let mut last = self.last_pressure_check.lock();
             let due = last.is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
