@@ -819,14 +819,6 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             || self.file_current.load(Ordering::Relaxed)
     }
 
-    /// Whether the file holds the current data.
-    pub(crate) fn file_is_current(&self) -> bool {
-        match &*self.state.read() {
-            State::Owned(_) => self.file_current.load(Ordering::Relaxed),
-            State::Mapped(m) => !m.dirty,
-            State::Offloaded => true,
-        }
-    }
 
     fn end_read(&self) {
         if self.readers.fetch_sub(1, Ordering::AcqRel) == 1
