@@ -419,9 +419,11 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             }
         };
         if let Some((a, clean)) = owned {
+            if matches!(*st, State::Offloaded) {
+                self.account(self.nbytes() as i64);
+            }
             *st = State::Owned(a);
             self.file_current.store(clean, Ordering::Relaxed);
-            self.account(self.nbytes() as i64);
         }
         self.caching.store(false, Ordering::Relaxed);
         Ok(())
@@ -446,12 +448,18 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     }
 
     fn offload_locked(&self, st: &mut RwLockWriteGuard<'_, State<T, D>>) -> Result<()> {
-        self.persist_locked(st)?;
+        self.offload_locked_with(st, SyncMode::PerFile)
+    }
+
+    fn offload_locked_with(
+        &self,
+        st: &mut RwLockWriteGuard<'_, State<T, D>>,
+        sync: SyncMode,
+    ) -> Result<()> {
+        self.persist_locked_with(st, sync)?;
         if !matches!(**st, State::Offloaded) {
             let old = std::mem::replace(&mut **st, State::Offloaded);
-            if matches!(old, State::Owned(_)) {
-                self.account(-(self.nbytes() as i64));
-            }
+            self.account(-(self.nbytes() as i64));
             release(old);
             tracing::debug!(path = %self.path.display(), bytes = self.nbytes(), "offloaded");
         }
@@ -461,16 +469,24 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     /// Makes the file hold the current data, without changing the state
     /// (except that a copy-on-write map now maps the new file's data).
     fn persist_locked(&self, st: &mut RwLockWriteGuard<'_, State<T, D>>) -> Result<()> {
+        self.persist_locked_with(st, SyncMode::PerFile)
+    }
+
+    fn persist_locked_with(
+        &self,
+        st: &mut RwLockWriteGuard<'_, State<T, D>>,
+        sync: SyncMode,
+    ) -> Result<()> {
         match &mut **st {
             State::Owned(a) => {
                 if !self.file_current.load(Ordering::Relaxed) {
-                    self.publish_view(a.view())?;
+                    self.publish_view(a.view(), sync)?;
                 }
             }
             State::Mapped(m) => match m.mode() {
                 LoadMode::ReadWrite => m.flush()?,
                 LoadMode::CopyOnWrite if m.dirty => {
-                    self.publish_view(m.view())?;
+                    self.publish_view(m.view(), sync)?;
                     m.dirty = false;
                 }
                 _ => {}
@@ -480,12 +496,16 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         Ok(())
     }
 
-    fn publish_view(&self, view: ArrayView<'_, T, D>) -> Result<()> {
+    fn publish_view(&self, view: ArrayView<'_, T, D>, sync: SyncMode) -> Result<()> {
         let budget = self.config.effective_chunk_budget();
         let id = match &self.pair {
             Some(p) => {
                 let job = self.pair_job(p, view, budget);
-                pair::publish_pairs(&p.dir, vec![job], SyncMode::PerFile)?[0]
+                let id = pair::publish_pairs(&p.dir, vec![job], sync)?[0];
+                if sync == SyncMode::Spill {
+                    p.account.mark_dir_unsynced();
+                }
+                id
             }
             None => io::publish(&self.path, self._temp.is_some(), |w| {
                 npy::write_array(w, &view, budget, &self.path)
@@ -542,8 +562,9 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         }
     }
 
-    /// Adds `delta` to the store's resident bytes (store entries only, while
-    /// they belong to the store). Called with the state lock held.
+    /// Adds `delta` to the store's resident bytes, the bytes held in RAM or
+    /// mapped (store entries only, while they belong to the store). Called
+    /// with the state lock held.
     fn account(&self, delta: i64) {
         if let Some(p) = &self.pair {
             if p.attached.load(Ordering::Relaxed) {
@@ -557,23 +578,24 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     pub(crate) fn detach(&self) {
         let st = self.state.read();
         if let Some(p) = &self.pair {
-            if p.attached.swap(false, Ordering::Relaxed) && matches!(*st, State::Owned(_)) {
+            if p.attached.swap(false, Ordering::Relaxed) && !matches!(*st, State::Offloaded) {
                 p.account.add_resident(-(self.nbytes() as i64));
             }
         }
     }
 
-    /// Offloads unless a guard is alive (never blocks). Returns whether the
-    /// array's RAM was freed.
+    /// Spills the array (as `offload`, but a store entry's directory is not
+    /// synced: see `SyncMode::Spill`) unless a guard is alive (never
+    /// blocks). Returns whether the array's RAM or map was released.
     pub(crate) fn try_offload(&self) -> Result<bool> {
         if !self.caching() {
             return Ok(false);
         }
         match self.state.try_write() {
             Some(mut st) => {
-                let was_owned = matches!(*st, State::Owned(_));
-                self.offload_locked(&mut st)?;
-                Ok(was_owned)
+                let was_in_memory = !matches!(*st, State::Offloaded);
+                self.offload_locked_with(&mut st, SyncMode::Spill)?;
+                Ok(was_in_memory)
             }
             None => Ok(false),
         }
@@ -678,6 +700,9 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             if id.is_none() {
                 *id = Some(m.file_id());
             }
+        }
+        if matches!(**st, State::Offloaded) {
+            self.account(self.nbytes() as i64);
         }
         **st = State::Mapped(m);
         tracing::debug!(path = %self.path.display(), ?mode, "mapped array file");
@@ -818,7 +843,6 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             || !matches!(&*self.state.read(), State::Owned(_))
             || self.file_current.load(Ordering::Relaxed)
     }
-
 
     fn end_read(&self) {
         if self.readers.fetch_sub(1, Ordering::AcqRel) == 1

@@ -165,13 +165,6 @@ impl Lru {
         self.by_tick.insert(self.next, name.clone());
     }
 
-    /// Marks `name` as used now if it is tracked.
-    pub(crate) fn touch_if_present(&mut self, name: &EntryName) {
-        if self.tick_of.contains_key(name) {
-            self.touch(name);
-        }
-    }
-
     /// Stops tracking `name`.
     pub(crate) fn remove(&mut self, name: &EntryName) {
         if let Some(t) = self.tick_of.remove(name) {
@@ -235,7 +228,6 @@ mod tests {
         l.touch(&n("b"));
         l.touch(&n("c"));
         l.touch(&n("a"));
-        l.touch_if_present(&n("zz"));
         assert_eq!(l.oldest_first(), vec![n("b"), n("c"), n("a")]);
         l.remove(&n("c"));
         assert_eq!(l.oldest_first(), vec![n("b"), n("a")]);

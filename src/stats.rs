@@ -60,11 +60,11 @@ pub struct StoreStats {
     /// Times the budget stayed exceeded because every resident entry was in
     /// use (pinned by a live guard).
     pub over_budget_events: u64,
-    /// Bytes of entry data held in RAM.
+    /// Bytes of entry data held in RAM or mapped (what the budget limits).
     pub bytes_resident: u64,
     /// Bytes of entry data in the store's files.
     pub bytes_on_disk: u64,
-    /// Entries held in RAM.
+    /// Entries held in RAM or mapped.
     pub entries_resident: u64,
     /// Entries with a file on disk.
     pub entries_on_disk: u64,

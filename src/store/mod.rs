@@ -90,6 +90,8 @@ impl<T: Element> AnyEntry for DiskBackedArray<T, IxDyn> {
 /// The store's accounting of resident bytes, shared with its entries.
 pub(crate) struct Account {
     resident: AtomicU64,
+    /// Set when a spill renamed files without syncing the directory.
+    dir_unsynced: AtomicBool,
     /// Set while the budget is exceeded because entries are pinned.
     over: AtomicBool,
     store: Weak<Inner>,
@@ -109,11 +111,18 @@ impl Account {
         self.resident.load(Ordering::Relaxed)
     }
 
-    /// A guard on an entry ended: if the budget was left exceeded because of
-    /// pinned entries, evict now.
+    pub(crate) fn mark_dir_unsynced(&self) {
+        self.dir_unsynced.store(true, Ordering::Release);
+    }
+
+    /// A guard on an entry ended: if the store is over its budget (because
+    /// entries were pinned, or because the access mapped an entry), evict
+    /// now.
     pub(crate) fn guard_released(&self) {
-        if self.over.load(Ordering::Relaxed) {
-            if let Some(inner) = self.store.upgrade() {
+        if let Some(inner) = self.store.upgrade() {
+            if self.over.load(Ordering::Relaxed)
+                || inner.budget().is_some_and(|b| self.resident() > b)
+            {
                 inner.enforce_budget();
             }
         }
@@ -208,9 +217,10 @@ impl StoreBuilder {
         }
     }
 
-    /// Caps the bytes of entry data held in RAM: when an insert takes the
-    /// store over the budget, least-recently-used entries are offloaded
-    /// (written first if needed, then freed) until it is under. Eviction
+    /// Caps the bytes of entry data held in RAM or mapped: when an insert or
+    /// a read takes the store over the budget, least-recently-used entries
+    /// are offloaded (written first if needed, then freed or unmapped) until
+    /// it is under. Eviction
     /// never loses data, and never takes an entry from under a live guard.
     ///
     /// # Examples
@@ -348,6 +358,7 @@ impl StoreBuilder {
                 _lock: lock,
                 account: Arc::new(Account {
                     resident: AtomicU64::new(0),
+                    dir_unsynced: AtomicBool::new(false),
                     over: AtomicBool::new(false),
                     store: weak.clone(),
                 }),
@@ -790,7 +801,10 @@ impl DiskBackedStore {
             Counters::add(&self.inner.counters.loads);
         } else {
             Counters::add(&self.inner.counters.hits);
-            self.inner.lru.lock().touch_if_present(&name);
+        }
+        if loaded.ops.flags().caching {
+            // Mapped entries count against the budget too: track them all.
+            self.inner.lru.lock().touch(&name);
         }
         let array = loaded
             .any
@@ -1018,7 +1032,7 @@ impl DiskBackedStore {
             let s = slot.lock();
             match &s.loaded {
                 Some(l) => {
-                    if l.ops.state() == ArrayState::InMemory {
+                    if l.ops.state() != ArrayState::Offloaded {
                         st.entries_resident += 1;
                     }
                     if l.ops.is_persisted() {
@@ -1200,7 +1214,15 @@ impl Inner {
             return Ok(());
         }
         let loaded = self.loaded_entries();
-        self.publish_batch(loaded.iter().map(|l| l.ops.as_ref()).collect())
+        self.publish_batch(loaded.iter().map(|l| l.ops.as_ref()).collect())?;
+        // Spills renamed files without syncing the directory.
+        if self.account.dir_unsynced.swap(false, Ordering::AcqRel) {
+            if let Err(e) = io::sync_dir(&self.dir) {
+                self.account.mark_dir_unsynced();
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     fn remove(&self, name: &EntryName) -> Result<bool> {
@@ -1279,7 +1301,7 @@ impl Inner {
                     tracing::debug!(name = name.as_str(), bytes, "evicted");
                 }
                 Ok(false) => {
-                    if l.ops.state() != ArrayState::InMemory || !l.ops.flags().caching {
+                    if l.ops.state() == ArrayState::Offloaded || !l.ops.flags().caching {
                         self.lru.lock().remove(&name);
                     }
                     // else: pinned by a live guard; keep it for later.

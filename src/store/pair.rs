@@ -51,11 +51,16 @@ struct Staged {
 /// How the temporary files of a publish are made durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SyncMode {
-    /// `fsync` each file.
+    /// `fsync` each file, `fsync` the directory after the renames.
     PerFile,
-    /// One `syncfs` on the store's file system (Linux); `fsync` each file
-    /// elsewhere.
+    /// One `syncfs` on the store's file system (Linux; `fsync` each file
+    /// elsewhere), `fsync` the directory after the renames.
     FileSystem,
+    /// As `FileSystem`, but the directory is not synced: the new pair is
+    /// complete and its data durable, but the renames may not survive a
+    /// crash (the key then reads as its old value). Used for spills; the
+    /// store syncs the directory on its next flush.
+    Spill,
 }
 
 /// Publishes every job; returns the new `.npy` identities in job order.
@@ -65,6 +70,7 @@ pub(crate) fn publish_pairs(
     sync: SyncMode,
 ) -> Result<Vec<FileId>> {
     let per_file = sync == SyncMode::PerFile || !cfg!(target_os = "linux");
+    let dir_sync = sync != SyncMode::Spill;
     let mut staged = Vec::with_capacity(jobs.len());
     let mut names = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -108,7 +114,11 @@ pub(crate) fn publish_pairs(
             s.npy.rename_to(&npy_path)?;
             s.meta.rename_to(&meta_path)?;
         }
-        io::sync_dir(dir)
+        if dir_sync {
+            io::sync_dir(dir)
+        } else {
+            Ok(())
+        }
     })();
     match result {
         Ok(()) => {

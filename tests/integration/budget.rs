@@ -228,7 +228,7 @@ proptest! {
                 .keys()
                 .iter()
                 .map(|k| s.info(k.as_str()).unwrap())
-                .filter(|i| i.state == ArrayState::InMemory)
+                .filter(|i| i.state != ArrayState::Offloaded)
                 .map(|i| i.nbytes)
                 .sum();
             let st = s.stats();
