@@ -78,6 +78,9 @@ fn release<T: Element, D: Dimension>(old: State<T, D>) {
             if let Err(e) = spawned {
                 tracing::debug!(error = %e, "freeing on the calling thread");
             }
+        } else {
+            drop(a);
+            crate::mapped::note_freed(bytes);
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Memory maps: the only module of the crate that contains `unsafe` code.
+//! Memory maps (and one allocator call): the only module of the crate that
+//! contains `unsafe` code.
 //!
 //! # Soundness contract
 //!
@@ -54,3 +55,39 @@ pub(crate) fn map_copy_on_write(file: &File, path: &Path) -> Result<MmapMut> {
     // modified in place by the crate (module docs).
     unsafe { MmapOptions::new().map_copy(file) }.ctx("map copy-on-write", path)
 }
+
+/// Bytes freed since the allocator last returned free memory to the system.
+static FREED_SINCE_TRIM: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Notes that `bytes` of array data were freed.
+pub(crate) fn note_freed(bytes: u64) {
+    FREED_SINCE_TRIM.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// glibc keeps freed blocks of up to 32 MiB inside its heap (its mmap
+/// threshold adapts upwards), so memory released by offloading stays in the
+/// process's resident set until the program allocates again. When eviction
+/// is driven by reads (mapped data replacing arrays in RAM), nothing will
+/// reuse it: once 32 MiB have been freed, return free pages to the system.
+/// Inserts do not trim: the caller's next array reuses the freed block, and
+/// trimming would only make it fault the pages back in.
+pub(crate) fn trim_if_due() {
+    use std::sync::atomic::Ordering;
+    const TRIM_EVERY: u64 = 32 << 20;
+    if FREED_SINCE_TRIM.load(Ordering::Relaxed) >= TRIM_EVERY {
+        FREED_SINCE_TRIM.store(0, Ordering::Relaxed);
+        trim_heap();
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: `malloc_trim` has no preconditions; it only gives free pages
+    // of the allocator's heaps back to the kernel and is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}

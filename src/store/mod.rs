@@ -124,6 +124,7 @@ impl Account {
                 || inner.budget().is_some_and(|b| self.resident() > b)
             {
                 inner.enforce_budget();
+                crate::mapped::trim_if_due();
             }
         }
     }

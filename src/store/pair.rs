@@ -69,7 +69,7 @@ pub(crate) fn publish_pairs(
     jobs: Vec<PairJob<'_>>,
     sync: SyncMode,
 ) -> Result<Vec<FileId>> {
-    let per_file = sync == SyncMode::PerFile || !cfg!(target_os = "linux");
+    let per_file = sync != SyncMode::FileSystem || !cfg!(target_os = "linux");
     let dir_sync = sync != SyncMode::Spill;
     let mut staged = Vec::with_capacity(jobs.len());
     let mut names = Vec::with_capacity(jobs.len());
