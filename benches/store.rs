@@ -1,7 +1,8 @@
 //! Store benchmarks, each against a raw reference measured in the same run.
 //!
 //! ```text
-//! cargo bench --bench store
+//! cargo bench --bench store                 # everything
+//! cargo bench --bench store -- batch get    # only some parts
 //! ```
 //!
 //! * durable insert of 1,000 point clouds (1000 x 3 f64) vs a raw two-file
@@ -85,25 +86,62 @@ fn durable_inserts(n: usize) {
     );
 }
 
+/// Raw reference for a batch: every temporary pair written and closed, one
+/// `syncfs`, the renames, one directory fsync.
+fn raw_batch(dir: &Path, tag: usize, npys: &[Vec<u8>], meta: &[u8]) -> Duration {
+    let t = Instant::now();
+    let mut renames = Vec::with_capacity(npys.len() * 2);
+    for (j, npy) in npys.iter().enumerate() {
+        for (name, bytes) in [(format!("r{tag}_{j}.npy"), npy.as_slice()), (format!("r{tag}_{j}.meta.json"), meta)] {
+            let tmp = dir.join(format!(".{name}.tmp"));
+            let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp).unwrap();
+            f.write_all(bytes).unwrap();
+            renames.push((tmp, dir.join(name)));
+        }
+    }
+    let d = File::open(dir).unwrap();
+    #[cfg(target_os = "linux")]
+    rustix::fs::syncfs(&d).unwrap();
+    for (a, b) in renames {
+        fs::rename(a, b).unwrap();
+    }
+    d.sync_all().unwrap();
+    t.elapsed()
+}
+
 fn batched_inserts(n: usize, batch: usize) {
     let dir = bench_dir();
+    let raw_dir = bench_dir();
     let store = DiskBackedStore::open(dir.path()).unwrap();
     let clouds: Vec<Array2<f64>> = (0..batch).map(cloud).collect();
-    let t = Instant::now();
+    let npys: Vec<Vec<u8>> = clouds.iter().map(npy_bytes).collect();
+    let meta = br#"{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray", "shape": [1000, 3], "dtype": "<f8", "purge_disk_on_gc": false, "automatic_offloading": false, "enable_caching": true}"#;
+    let (mut ours, mut raw) = (Duration::ZERO, Duration::ZERO);
     let mut done = 0;
     while done < n {
-        let items = clouds
+        let tag = done / batch;
+        // Interleave the reference and the crate, alternating which is first.
+        if tag % 2 == 0 {
+            raw += raw_batch(raw_dir.path(), tag, &npys, meta);
+        }
+        let items: Vec<_> = clouds
             .iter()
             .enumerate()
-            .map(|(j, a)| (format!("b{}_{j}", done / batch), a.clone()));
+            .map(|(j, a)| (format!("b{tag}_{j}"), a.clone()))
+            .collect();
+        let t = Instant::now();
         store.insert_batch(items).unwrap();
+        ours += t.elapsed();
         store.offload_all().unwrap();
+        if tag % 2 == 1 {
+            raw += raw_batch(raw_dir.path(), tag, &npys, meta);
+        }
         done += batch;
     }
-    let el = t.elapsed().as_secs_f64();
+    let (o, r) = (done as f64 / ours.as_secs_f64(), done as f64 / raw.as_secs_f64());
     println!(
-        "batched durable insert: {done} clouds in {el:.2} s = {:.0} entries/s (batches of {batch})",
-        done as f64 / el
+        "batched durable insert ({done} clouds, batches of {batch}): raw batched publish {r:.0} pairs/s, ours {o:.0} entries/s, ratio {:.3}",
+        o / r
     );
 }
 
@@ -178,8 +216,18 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100_000);
-    durable_inserts(1000);
-    batched_inserts(10_000, 1000);
-    gets(1000);
-    reopen(reopen_n);
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let run = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    if run("durable") {
+        durable_inserts(1000);
+    }
+    if run("batch") {
+        batched_inserts(10_000, 1000);
+    }
+    if run("get") {
+        gets(1000);
+    }
+    if run("reopen") {
+        reopen(reopen_n);
+    }
 }

@@ -500,10 +500,9 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     }
 
     fn publish_view(&self, view: ArrayView<'_, T, D>, sync: SyncMode) -> Result<()> {
-        let budget = self.config.effective_chunk_budget();
         let id = match &self.pair {
             Some(p) => {
-                let job = self.pair_job(p, view, budget);
+                let job = self.pair_job(p, view);
                 let id = pair::publish_pairs(&p.dir, vec![job], sync)?[0];
                 if sync == SyncMode::Spill {
                     p.account.mark_dir_unsynced();
@@ -511,7 +510,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
                 id
             }
             None => io::publish(&self.path, self._temp.is_some(), |w| {
-                npy::write_array(w, &view, budget, &self.path)
+                npy::write_array(w, &view, &self.config, &self.path)
             })?,
         };
         *self.file_id.lock() = Some(id);
@@ -552,7 +551,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         }
     }
 
-    fn pair_job<'v>(&self, p: &'v PairTarget, view: ArrayView<'v, T, D>, budget: u64) -> PairJob<'v>
+    fn pair_job<'v>(&'v self, p: &'v PairTarget, view: ArrayView<'v, T, D>) -> PairJob<'v>
     where
         D: 'v,
     {
@@ -561,7 +560,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             shape: self.shape.clone(),
             dtype: T::dtype(),
             flags: self.entry_flags(),
-            write_npy: Box::new(move |w, path| npy::write_array(w, &view, budget, path)),
+            write_npy: Box::new(move |w, path| npy::write_array(w, &view, &self.config, path)),
         }
     }
 
@@ -977,15 +976,15 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             return None;
         }
         let version = self.version.load(Ordering::Relaxed);
-        let budget = self.config.effective_chunk_budget();
+        let config = &self.config;
         let job = PairJob {
             name: &p.name,
             shape: self.shape.clone(),
             dtype: T::dtype(),
             flags: self.entry_flags(),
             write_npy: Box::new(move |w, path| match &*st {
-                State::Owned(a) => npy::write_array(w, &a.view(), budget, path),
-                State::Mapped(m) => npy::write_array(w, &m.view(), budget, path),
+                State::Owned(a) => npy::write_array(w, &a.view(), config, path),
+                State::Mapped(m) => npy::write_array(w, &m.view(), config, path),
                 State::Offloaded => unreachable!("checked under the same lock"),
             }),
         };

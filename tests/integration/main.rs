@@ -6,3 +6,4 @@ mod cli;
 mod common;
 mod numpy;
 mod store;
+mod crash;
