@@ -92,9 +92,16 @@ fn raw_batch(dir: &Path, tag: usize, npys: &[Vec<u8>], meta: &[u8]) -> Duration 
     let t = Instant::now();
     let mut renames = Vec::with_capacity(npys.len() * 2);
     for (j, npy) in npys.iter().enumerate() {
-        for (name, bytes) in [(format!("r{tag}_{j}.npy"), npy.as_slice()), (format!("r{tag}_{j}.meta.json"), meta)] {
+        for (name, bytes) in [
+            (format!("r{tag}_{j}.npy"), npy.as_slice()),
+            (format!("r{tag}_{j}.meta.json"), meta),
+        ] {
             let tmp = dir.join(format!(".{name}.tmp"));
-            let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp).unwrap();
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .unwrap();
             f.write_all(bytes).unwrap();
             renames.push((tmp, dir.join(name)));
         }
@@ -138,7 +145,10 @@ fn batched_inserts(n: usize, batch: usize) {
         }
         done += batch;
     }
-    let (o, r) = (done as f64 / ours.as_secs_f64(), done as f64 / raw.as_secs_f64());
+    let (o, r) = (
+        done as f64 / ours.as_secs_f64(),
+        done as f64 / raw.as_secs_f64(),
+    );
     println!(
         "batched durable insert ({done} clouds, batches of {batch}): raw batched publish {r:.0} pairs/s, ours {o:.0} entries/s, ratio {:.3}",
         o / r
@@ -216,7 +226,10 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100_000);
-    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let run = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     if run("durable") {
         durable_inserts(1000);

@@ -699,6 +699,11 @@ impl DiskBackedStore {
         for (n, a) in entries {
             named.push((EntryName::new(n.as_ref())?, a));
         }
+        // A name given twice: the later array wins (as with repeated inserts).
+        let mut seen = std::collections::HashSet::new();
+        named.reverse();
+        named.retain(|(n, _)| seen.insert(n.clone()));
+        named.reverse();
         let loaded: Vec<Loaded> = named
             .into_iter()
             .map(|(n, a)| self.insert_entry(n, a.into_dyn(), &ConfigOverrides::default()))

@@ -139,83 +139,103 @@ pub(crate) fn publish_pairs(
     }
 }
 
-/// Hard links to the pair being replaced.
+/// Hard links to the pair being replaced: for each final path, the backup
+/// link, or `None` when there was no file (rolling back then removes what
+/// the publish renamed there).
 struct Backup {
-    npy: Option<(PathBuf, PathBuf)>,
-    meta: Option<(PathBuf, PathBuf)>,
+    npy: (PathBuf, Option<PathBuf>),
+    meta: (PathBuf, Option<PathBuf>),
 }
 
 impl Backup {
     fn take(dir: &Path, name: &EntryName, npy: &Path, meta: &Path) -> Result<Backup> {
-        let link = |src: &Path, tag: String| -> Result<Option<(PathBuf, PathBuf)>> {
+        let link = |src: &Path, tag: String| -> Result<Option<PathBuf>> {
             if fs::symlink_metadata(src).is_err() {
                 return Ok(None);
             }
             let b = dir.join(io::temp_name(&tag));
             io::hard_link(src, &b)?;
-            Ok(Some((src.to_path_buf(), b)))
+            Ok(Some(b))
         };
         let npy_b = link(npy, format!("{}.bak", name.npy_file()))?;
         let meta_b = match link(meta, format!("{}.bak", name.meta_file())) {
             Ok(m) => m,
             Err(e) => {
-                if let Some((_, b)) = &npy_b {
+                if let Some(b) = &npy_b {
                     let _ = fs::remove_file(b);
                 }
                 return Err(e);
             }
         };
         Ok(Backup {
-            npy: npy_b,
-            meta: meta_b,
+            npy: (npy.to_path_buf(), npy_b),
+            meta: (meta.to_path_buf(), meta_b),
         })
     }
 
     fn discard(self) {
-        for (_, b) in [self.npy, self.meta].into_iter().flatten() {
+        for b in [self.npy.1, self.meta.1].into_iter().flatten() {
             let _ = fs::remove_file(b);
         }
     }
 
+    /// Puts the old pair back (the caller holds the store's write lock, so
+    /// whatever is at the final paths was put there by this publish).
     fn restore(self) {
-        for (orig, b) in [self.meta, self.npy].into_iter().flatten() {
-            // Renaming a hard link onto another link of the same file does
-            // nothing (POSIX), so a pair that was not replaced yet only needs
-            // its backup removed.
-            if FileId::of_path(&orig) == FileId::of_path(&b) {
-                let _ = fs::remove_file(&b);
-            } else {
-                let _ = fs::rename(&b, &orig);
+        for (orig, backup) in [self.meta, self.npy] {
+            match backup {
+                // Renaming a hard link onto another link of the same file
+                // does nothing (POSIX), so a file that was not replaced yet
+                // only needs its backup removed.
+                Some(b) if FileId::of_path(&orig) == FileId::of_path(&b) => {
+                    let _ = fs::remove_file(&b);
+                }
+                Some(b) => {
+                    let _ = fs::rename(&b, &orig);
+                }
+                None => {
+                    let _ = fs::remove_file(&orig);
+                }
             }
         }
     }
 }
 
-/// Removes a pair: the metadata is renamed to a tombstone first, so a crash
-/// leaves either the whole pair or a tombstone that the next open completes.
+/// Removes a pair: both files are renamed to tombstones (the metadata
+/// first), the directory is synced, then the tombstones are deleted. An
+/// error before the directory sync completes renames them back, so the pair
+/// is left as it was; a crash leaves tombstones that the next open completes.
 pub(crate) fn remove_pair(dir: &Path, name: &EntryName) -> Result<()> {
     let npy_path = dir.join(name.npy_file());
     let meta_path = dir.join(name.meta_file());
-    let has_meta = fs::symlink_metadata(&meta_path).is_ok();
-    if !has_meta {
-        io::remove(&npy_path)?;
-        return io::sync_dir(dir);
-    }
-    let tomb = dir.join(io::temp_name(&format!("{}.del", name.meta_file())));
-    io::rename(&meta_path, &tomb)?;
-    let r = {
-        let _g = io::OWNERSHIP.lock();
-        match io::remove(&npy_path) {
-            Err(e) if !e.is_not_found() => Err(e),
-            _ => Ok(()),
+    let mut moved: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(2);
+    let result = (|| -> Result<()> {
+        for (path, file) in [(&meta_path, name.meta_file()), (&npy_path, name.npy_file())] {
+            if fs::symlink_metadata(path).is_err() {
+                continue;
+            }
+            let tomb = dir.join(io::temp_name(&format!("{file}.del")));
+            let _g = io::OWNERSHIP.lock();
+            io::rename(path, &tomb)?;
+            moved.push((path.clone(), tomb));
         }
-    };
-    if let Err(e) = r {
-        let _ = fs::rename(&tomb, &meta_path);
-        return Err(e);
+        io::sync_dir(dir)
+    })();
+    match result {
+        Ok(()) => {
+            for (_, tomb) in moved {
+                let _ = fs::remove_file(tomb);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            for (path, tomb) in moved.into_iter().rev() {
+                let _ = fs::rename(&tomb, &path);
+            }
+            let _ = io::sync_dir(dir);
+            Err(e)
+        }
     }
-    let _ = io::remove(&tomb);
-    io::sync_dir(dir)
 }
 
 fn file_name(p: &Path) -> String {
@@ -265,8 +285,11 @@ pub(crate) fn recover(dir: &Path, temps: &[String]) -> Result<Recovery> {
         let Some(tag) = temp_tag(t) else { continue };
         if let Some(meta_name) = tag.strip_suffix(".del") {
             if let Some(key) = meta_name.strip_suffix(".meta.json") {
-                if fs::symlink_metadata(dir.join(meta_name)).is_err() {
-                    let _ = io::remove(&dir.join(format!("{key}.npy")));
+                let npy = dir.join(format!("{key}.npy"));
+                if fs::symlink_metadata(dir.join(meta_name)).is_err()
+                    && fs::symlink_metadata(&npy).is_ok()
+                {
+                    io::remove(&npy)?;
                 }
                 rec.completed.push(format!("removal of {key}"));
             }

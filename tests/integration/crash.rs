@@ -19,7 +19,9 @@ const KEYS: usize = 6;
 
 fn value(seed: u64, n: u64) -> Array1<i64> {
     let len = ((seed.wrapping_mul(31) ^ n.wrapping_mul(7919)) % 3000) as usize;
-    Array1::from_shape_fn(len, |i| (seed as i64) * 1_000_003 + (n as i64) * 7 + i as i64)
+    Array1::from_shape_fn(len, |i| {
+        (seed as i64) * 1_000_003 + (n as i64) * 7 + i as i64
+    })
 }
 
 fn digest(a: &Array1<i64>) -> String {
@@ -43,13 +45,23 @@ impl Rng {
 #[test]
 #[ignore = "run in a child process by kill_during_random_operations"]
 fn crash_child() {
-    let (Ok(dir), Ok(seed)) = (std::env::var("NDOFFLOAD_CRASH_DIR"), std::env::var("NDOFFLOAD_CRASH_SEED")) else {
+    let (Ok(dir), Ok(seed)) = (
+        std::env::var("NDOFFLOAD_CRASH_DIR"),
+        std::env::var("NDOFFLOAD_CRASH_SEED"),
+    ) else {
         return;
     };
     let seed: u64 = seed.parse().unwrap();
     let dir = Path::new(&dir);
-    let store = StoreBuilder::new(dir.join("store")).memory_budget(40_000u64).open().unwrap();
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("log")).unwrap();
+    let store = StoreBuilder::new(dir.join("store"))
+        .memory_budget(40_000u64)
+        .open()
+        .unwrap();
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("log"))
+        .unwrap();
     let mut say = |line: String| {
         log.write_all(line.as_bytes()).unwrap();
         log.sync_data().unwrap();
@@ -126,7 +138,10 @@ fn acceptable(log: &str) -> BTreeMap<String, Vec<String>> {
 
 #[test]
 fn kill_during_random_operations() {
-    let kills: u64 = std::env::var("NDOFFLOAD_CRASH_KILLS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    let kills: u64 = std::env::var("NDOFFLOAD_CRASH_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut rng = Rng(0x5EED);
@@ -134,7 +149,13 @@ fn kill_during_random_operations() {
     let (mut ops_started, mut interrupted) = (0usize, 0usize);
     for round in 0..kills {
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash::crash_child", "--include-ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash::crash_child",
+                "--include-ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("NDOFFLOAD_CRASH_DIR", dir.path())
             .env("NDOFFLOAD_CRASH_SEED", (round + 1).to_string())
             .stdout(Stdio::null())
@@ -146,7 +167,11 @@ fn kill_during_random_operations() {
         child.wait().unwrap();
 
         let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
-        ops_started += log.lines().filter(|l| l.starts_with("B ")).count().saturating_sub(KEYS);
+        ops_started += log
+            .lines()
+            .filter(|l| l.starts_with("B "))
+            .count()
+            .saturating_sub(KEYS);
         interrupted += usize::from(!log.ends_with("E\n"));
         let ok = acceptable(&log);
         let store_dir = dir.path().join("store");
@@ -154,15 +179,26 @@ fn kill_during_random_operations() {
             continue;
         }
         let store = DiskBackedStore::open(&store_dir).unwrap();
-        assert!(temp_files(&store_dir).is_empty(), "round {round}: temp files survived open");
-        assert!(store.incomplete().is_empty(), "round {round}: {:?}", store.incomplete());
+        assert!(
+            temp_files(&store_dir).is_empty(),
+            "round {round}: temp files survived open"
+        );
+        assert!(
+            store.incomplete().is_empty(),
+            "round {round}: {:?}",
+            store.incomplete()
+        );
         for (k, allowed) in &ok {
             let got = match store.get::<i64, Ix1>(k) {
                 Ok(h) => digest(&h.to_owned_array().unwrap()),
                 Err(e) if e.is_not_found() => "-".to_string(),
                 Err(e) => panic!("round {round}: {k}: {e}"),
             };
-            assert!(allowed.contains(&got), "round {round}: {k} holds {got}, expected one of {allowed:?}\nlog tail: {}", log.lines().rev().take(6).collect::<Vec<_>>().join(" | "));
+            assert!(
+                allowed.contains(&got),
+                "round {round}: {k} holds {got}, expected one of {allowed:?}\nlog tail: {}",
+                log.lines().rev().take(6).collect::<Vec<_>>().join(" | ")
+            );
             checked_keys += 1;
         }
         drop(store);
@@ -170,7 +206,10 @@ fn kill_during_random_operations() {
         // confirmed values are its starting point.
         let mut fresh = String::new();
         for (k, allowed) in &ok {
-            let got = match DiskBackedStore::open_read_only(&store_dir).unwrap().get::<i64, Ix1>(k) {
+            let got = match DiskBackedStore::open_read_only(&store_dir)
+                .unwrap()
+                .get::<i64, Ix1>(k)
+            {
                 Ok(h) => digest(&h.to_owned_array().unwrap()),
                 Err(_) => "-".into(),
             };
@@ -181,5 +220,8 @@ fn kill_during_random_operations() {
     }
     eprintln!("{kills} kills, {ops_started} operations started, {interrupted} killed mid-operation, {checked_keys} key checks");
     assert!(checked_keys > 0);
-    assert!(ops_started as u64 >= kills, "the children did too little work to test anything");
+    assert!(
+        ops_started as u64 >= kills,
+        "the children did too little work to test anything"
+    );
 }

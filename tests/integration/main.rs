@@ -4,6 +4,7 @@ mod array;
 mod budget;
 mod cli;
 mod common;
+mod crash;
+mod faults;
 mod numpy;
 mod store;
-mod crash;
