@@ -1356,6 +1356,11 @@ impl Drop for Inner {
         if let Err(e) = self.finish() {
             tracing::warn!(dir = %self.dir.display(), error = %e, "could not flush the store when dropped");
         }
+        // Unlock explicitly: closing our descriptor would leave the lock held
+        // while a child process forked meanwhile still has a copy of it.
+        if let Some(f) = &self._lock {
+            let _ = f.unlock();
+        }
     }
 }
 
