@@ -4,9 +4,14 @@
 
 mod element;
 mod error;
+pub mod pack;
 
 pub use element::Element;
 pub use error::{Error, Result};
+pub use pack::{
+    ArrayInfo, Compression, EntryInfo, PackArray, PackEntry, PackKey, PackReader, PackSet,
+    PackWriter, Sample, ShardWriter, VerifyReport,
+};
 pub(crate) mod io;
 pub(crate) mod mapped;
 pub use crate::io::testing as __testing;

@@ -1,0 +1,778 @@
+//! The pack writer: append keyed arrays and samples, commit in `finish()`.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use ndarray::{ArrayBase, Data, Dimension};
+use serde_json::Value;
+
+use super::codec::{self, Compression};
+use super::format::{self, ArrayRec, EntryRec, Trailer, ALIGN, ENTRY_ARRAY, ENTRY_SAMPLE};
+use super::key::PackKey;
+use super::sample::Sample;
+use crate::element::{dtype_itemsize, Element};
+use crate::error::{Error, IoContext, Result};
+use crate::io::{parent_dir, sync_dir, TempFile};
+
+/// Hasher for keys that are already 64-bit hashes.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+const NONE: u32 = u32::MAX;
+static ZEROS: [u8; ALIGN as usize] = [0; ALIGN as usize];
+
+/// Counts and checksums bytes on their way to the file.
+struct Counter<'a, W: Write> {
+    inner: &'a mut W,
+    crc: crc32fast::Hasher,
+    n: u64,
+}
+
+impl<W: Write> Write for Counter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.inner.write_all(buf)?;
+        self.crc.update(buf);
+        self.n += buf.len() as u64;
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes many keyed arrays and samples into one pack file.
+///
+/// Entries are appended in order (that is the pack's *file order*); each
+/// payload starts at a 64-byte aligned offset so it can be viewed in place.
+/// Nothing is visible at the target path until [`finish`](PackWriter::finish)
+/// writes the index, `fsync`s and atomically renames the file into place; a
+/// writer dropped before that removes its temporary file and leaves nothing
+/// behind.
+///
+/// The index (about 100 bytes per entry plus keys, names and metadata) is
+/// kept in memory until `finish`; the array data is streamed to the file.
+///
+/// # Examples
+///
+/// ```
+/// use ndarray::{array, Array2};
+/// use ndarray_offload::{PackReader, PackWriter};
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("tiles.pack");
+/// let mut w = PackWriter::create(&path)?;
+/// w.append("tile_0", &Array2::<f32>::zeros((128, 3)))?;
+/// w.append(17u64, &array![1i64, 2, 3])?;
+/// w.finish()?;
+///
+/// let r = PackReader::open(&path)?;
+/// let v = r.get::<i64, ndarray::Ix1>(17u64)?;
+/// assert_eq!(v, array![1i64, 2, 3]);
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// ```
+pub struct PackWriter {
+    path: PathBuf,
+    tmp: Option<TempFile>,
+    pos: u64,
+    compression: Compression,
+    entries: Vec<EntryRec>,
+    arrays: Vec<ArrayRec>,
+    dims: Vec<u64>,
+    heap: Vec<u8>,
+    hashes: Vec<u64>,
+    first_by_hash: HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
+    next_same: Vec<u32>,
+    poisoned: bool,
+    raw: Vec<u8>,
+    packed: Vec<u8>,
+}
+
+impl std::fmt::Debug for PackWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackWriter")
+            .field("path", &self.path)
+            .field("entries", &self.entries.len())
+            .field("bytes", &self.pos)
+            .field("compression", &self.compression)
+            .finish()
+    }
+}
+
+/// Type-erased view of one array to be written.
+pub(crate) struct ArrayIn<'a> {
+    name: &'a str,
+    dtype: &'a str,
+    shape: &'a [usize],
+    payload: Payload<'a>,
+}
+
+enum Payload<'a> {
+    Bytes(&'a [u8]),
+    Typed(&'a dyn Fn(&mut dyn Write) -> io::Result<()>),
+}
+
+impl PackWriter {
+    /// Starts a pack that [`finish`](PackWriter::finish) will publish at
+    /// `path`. The data goes to a uniquely named temporary file in the same
+    /// directory.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors creating the temporary file ([`Error::NotFound`] if the
+    /// directory does not exist, [`Error::PermissionDenied`], ...).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let w = ndarray_offload::PackWriter::create(dir.path().join("a.pack"))?;
+    /// drop(w); // unfinished: nothing is left behind
+    /// assert_eq!(std::fs::read_dir(dir.path())?.count(), 0);
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn create(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let mut tmp = TempFile::create(parent_dir(&path), "pack", false)?;
+        let tpath = tmp.path().to_path_buf();
+        tmp.writer()
+            .write_all(&format::encode_preamble())
+            .ctx("write", &tpath)?;
+        Ok(PackWriter {
+            path,
+            tmp: Some(tmp),
+            pos: format::PREAMBLE_LEN,
+            compression: Compression::None,
+            entries: Vec::new(),
+            arrays: Vec::new(),
+            dims: Vec::new(),
+            heap: Vec::new(),
+            hashes: Vec::new(),
+            first_by_hash: HashMap::default(),
+            next_same: Vec::new(),
+            poisoned: false,
+            raw: Vec::new(),
+            packed: Vec::new(),
+        })
+    }
+
+    /// Sets the compression of the entries appended from now on
+    /// (default: [`Compression::None`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] if the codec's cargo feature is disabled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray_offload::{Compression, PackWriter};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let mut w = PackWriter::create(dir.path().join("a.pack"))?;
+    /// w.set_compression(Compression::None)?;
+    /// assert_eq!(w.compression(), Compression::None);
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_compression(&mut self, c: Compression) -> Result<()> {
+        codec::check_available(c, &self.path)?;
+        self.compression = c;
+        Ok(())
+    }
+
+    /// The compression used for the next entries.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let w = ndarray_offload::PackWriter::create(dir.path().join("a.pack"))?;
+    /// assert_eq!(w.compression(), ndarray_offload::Compression::None);
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
+    /// Number of entries appended so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let mut w = ndarray_offload::PackWriter::create(dir.path().join("a.pack"))?;
+    /// w.append(1u64, &ndarray::array![1u8])?;
+    /// assert_eq!(w.len(), 1);
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no entry was appended yet.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let w = ndarray_offload::PackWriter::create(dir.path().join("a.pack"))?;
+    /// assert!(w.is_empty());
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether `key` was already appended.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let mut w = ndarray_offload::PackWriter::create(dir.path().join("a.pack"))?;
+    /// w.append("a", &ndarray::array![1u8])?;
+    /// assert!(w.contains("a"));
+    /// assert!(!w.contains("b"));
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn contains<'k>(&self, key: impl Into<PackKey<'k>>) -> bool {
+        let key = key.into();
+        self.find(&key, key.hash64())
+    }
+
+    /// The path the pack will be published at.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let w = ndarray_offload::PackWriter::create(dir.path().join("a.pack"))?;
+    /// assert!(w.path().ends_with("a.pack"));
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn find(&self, key: &PackKey<'_>, h: u64) -> bool {
+        let mut i = match self.first_by_hash.get(&h) {
+            Some(&i) => i,
+            None => return false,
+        };
+        let kind = key.kind();
+        key.with_bytes(|kb| {
+            while i != NONE {
+                let e = &self.entries[i as usize];
+                let s = e.key_off as usize;
+                if e.key_kind == kind && &self.heap[s..s + e.key_len as usize] == kb {
+                    return true;
+                }
+                i = self.next_same[i as usize];
+            }
+            false
+        })
+    }
+
+    /// Appends one array under `key`, without metadata.
+    ///
+    /// The array is written in C order whatever its memory layout; it is
+    /// stored with the compression set by
+    /// [`set_compression`](PackWriter::set_compression).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] if `key` was already appended (nothing is
+    /// written, and the writer stays usable); I/O errors while writing, after
+    /// which the writer refuses further appends and `finish`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// let dir = tempfile::tempdir()?;
+    /// let mut w = ndarray_offload::PackWriter::create(dir.path().join("a.pack"))?;
+    /// w.append("a", &array![[1.0f32, 2.0], [3.0, 4.0]])?;
+    /// assert!(w.append("a", &array![1u8]).is_err()); // duplicate key
+    /// w.finish()?;
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn append<'k, T, S, D>(
+        &mut self,
+        key: impl Into<PackKey<'k>>,
+        array: &ArrayBase<S, D>,
+    ) -> Result<()>
+    where
+        T: Element,
+        S: Data<Elem = T>,
+        D: Dimension,
+    {
+        self.append_array(key.into(), array, None)
+    }
+
+    /// Appends one array under `key` with a JSON metadata value.
+    ///
+    /// # Errors
+    ///
+    /// As [`append`](PackWriter::append).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use serde_json::json;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("a.pack");
+    /// let mut w = ndarray_offload::PackWriter::create(&path)?;
+    /// w.append_with_meta(5u64, &array![1u8, 2], &json!({"label": "cat"}))?;
+    /// w.finish()?;
+    /// let r = ndarray_offload::PackReader::open(&path)?;
+    /// assert_eq!(r.entry(5u64)?.meta()?, Some(json!({"label": "cat"})));
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn append_with_meta<'k, T, S, D>(
+        &mut self,
+        key: impl Into<PackKey<'k>>,
+        array: &ArrayBase<S, D>,
+        meta: &Value,
+    ) -> Result<()>
+    where
+        T: Element,
+        S: Data<Elem = T>,
+        D: Dimension,
+    {
+        self.append_array(key.into(), array, Some(meta))
+    }
+
+    fn append_array<T, S, D>(
+        &mut self,
+        key: PackKey<'_>,
+        array: &ArrayBase<S, D>,
+        meta: Option<&Value>,
+    ) -> Result<()>
+    where
+        T: Element,
+        S: Data<Elem = T>,
+        D: Dimension,
+    {
+        let dtype = T::dtype();
+        let std = array.as_standard_layout();
+        let slice: &[T] = std.as_slice().unwrap_or(&[]);
+        let write = |w: &mut dyn Write| {
+            T::write_slice(slice, w).map_err(|e| match e {
+                ndarray_npy::WriteDataError::Io(e) => e,
+                other => io::Error::other(other.to_string()),
+            })
+        };
+        let a = ArrayIn {
+            name: "",
+            dtype: &dtype,
+            shape: array.shape(),
+            payload: Payload::Typed(&write),
+        };
+        self.append_entry(key, ENTRY_ARRAY, std::slice::from_ref(&a), meta)
+    }
+
+    /// Appends a [`Sample`] (its named arrays and metadata) as one entry.
+    ///
+    /// # Errors
+    ///
+    /// As [`append`](PackWriter::append).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::{array, Array2};
+    /// use ndarray_offload::{PackReader, PackWriter, Sample};
+    /// use serde_json::json;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("samples.pack");
+    /// let s = Sample::new()
+    ///     .with_array("image", &Array2::<u8>::zeros((8, 8)))?
+    ///     .with_array("label", &array![2i64])?
+    ///     .with_meta(json!({"id": 0}));
+    /// let mut w = PackWriter::create(&path)?;
+    /// w.append_sample(0u64, &s)?;
+    /// w.finish()?;
+    ///
+    /// let r = PackReader::open(&path)?;
+    /// assert_eq!(r.entry(0u64)?.to_sample()?, s);
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn append_sample<'k>(
+        &mut self,
+        key: impl Into<PackKey<'k>>,
+        sample: &Sample,
+    ) -> Result<()> {
+        let ins: Vec<ArrayIn<'_>> = sample
+            .arrays
+            .iter()
+            .map(|a| ArrayIn {
+                name: &a.name,
+                dtype: &a.dtype,
+                shape: &a.shape,
+                payload: Payload::Bytes(&a.bytes),
+            })
+            .collect();
+        self.append_entry(key.into(), ENTRY_SAMPLE, &ins, sample.meta.as_ref())
+    }
+
+    fn invalid(&self, reason: String) -> Error {
+        Error::InvalidInput {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    fn append_entry(
+        &mut self,
+        key: PackKey<'_>,
+        entry_kind: u8,
+        arrays: &[ArrayIn<'_>],
+        meta: Option<&Value>,
+    ) -> Result<()> {
+        if self.poisoned || self.tmp.is_none() {
+            return Err(self.invalid("the pack writer failed earlier and cannot continue".into()));
+        }
+        let h = key.hash64();
+        if self.find(&key, h) {
+            return Err(self.invalid(format!("duplicate key {key:?}")));
+        }
+        if self.entries.len() >= u32::MAX as usize - 1
+            || self.arrays.len() + arrays.len() >= u32::MAX as usize - 1
+        {
+            return Err(self.invalid("a pack holds at most 2^32 - 2 entries and arrays".into()));
+        }
+        // Validate everything before writing a byte, so that a refused
+        // entry leaves the writer usable.
+        let mut recs = Vec::with_capacity(arrays.len());
+        for a in arrays {
+            let dt = format::encode_dtype(a.dtype)
+                .filter(|_| dtype_itemsize(a.dtype).is_some())
+                .ok_or_else(|| {
+                    self.invalid(format!("dtype {} cannot be stored in a pack", a.dtype))
+                })?;
+            if a.shape.len() > format::MAX_NDIM {
+                return Err(self.invalid(format!(
+                    "{} dimensions (a pack stores at most {})",
+                    a.shape.len(),
+                    format::MAX_NDIM
+                )));
+            }
+            if u32::try_from(a.name.len()).is_err() {
+                return Err(self.invalid("array name too long".into()));
+            }
+            recs.push(dt);
+        }
+        let meta_text = match meta {
+            Some(v) => Some(
+                serde_json::to_vec(v)
+                    .map_err(|e| self.invalid(format!("metadata is not serialisable: {e}")))?,
+            ),
+            None => None,
+        };
+        if meta_text
+            .as_ref()
+            .is_some_and(|m| u32::try_from(m.len()).is_err())
+        {
+            return Err(self.invalid("metadata larger than 4 GiB".into()));
+        }
+        let key_len = key.with_bytes(|b| b.len());
+        if u32::try_from(key_len).is_err() {
+            return Err(self.invalid("key larger than 4 GiB".into()));
+        }
+
+        let first_array = self.arrays.len() as u32;
+        let n_arrays = arrays.len() as u32;
+        let comp = self.compression;
+        for (a, dtype) in arrays.iter().zip(recs) {
+            let rec = match self.write_payload(a, comp) {
+                Ok((data_off, stored_len, crc)) => {
+                    let name_off = self.heap.len() as u64;
+                    self.heap.extend_from_slice(a.name.as_bytes());
+                    let dims_off = self.dims.len() as u64;
+                    self.dims.extend(a.shape.iter().map(|&d| d as u64));
+                    ArrayRec {
+                        data_off,
+                        stored_len,
+                        dims_off,
+                        name_off,
+                        name_len: a.name.len() as u32,
+                        crc,
+                        dtype,
+                        compression: comp.code(),
+                        ndim: a.shape.len() as u8,
+                    }
+                }
+                Err(e) => {
+                    self.poisoned = true;
+                    return Err(e);
+                }
+            };
+            self.arrays.push(rec);
+        }
+        let key_off = self.heap.len() as u64;
+        key.with_bytes(|b| self.heap.extend_from_slice(b));
+        let meta_off = self.heap.len() as u64;
+        let (meta_len, meta_crc) = match &meta_text {
+            Some(m) => {
+                self.heap.extend_from_slice(m);
+                (m.len() as u32, crc32fast::hash(m))
+            }
+            None => (0, 0),
+        };
+        let idx = self.entries.len() as u32;
+        self.entries.push(EntryRec {
+            key_off,
+            meta_off,
+            key_len: key_len as u32,
+            meta_len,
+            meta_crc,
+            first_array,
+            n_arrays,
+            key_kind: key.kind(),
+            entry_kind,
+        });
+        self.hashes.push(h);
+        let prev = self.first_by_hash.insert(h, idx).unwrap_or(NONE);
+        self.next_same.push(prev);
+        Ok(())
+    }
+
+    /// Writes one payload at the next aligned offset; returns
+    /// `(offset, stored length, crc32)`.
+    fn write_payload(&mut self, a: &ArrayIn<'_>, comp: Compression) -> Result<(u64, u64, u32)> {
+        let itemsize = dtype_itemsize(a.dtype).unwrap_or(1) as u64;
+        let numel = a
+            .shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .and_then(|n| n.checked_mul(itemsize))
+            .ok_or_else(|| self.invalid("array size overflows".into()))?;
+        let tmp = self.tmp.as_mut().expect("checked by the caller");
+        let tpath = tmp.path().to_path_buf();
+        let w = tmp.writer();
+        let pad = format::align_up(self.pos, ALIGN).expect("file offsets fit in u64") - self.pos;
+        w.write_all(&ZEROS[..pad as usize]).ctx("write", &tpath)?;
+        let data_off = self.pos + pad;
+        let (stored_len, crc) = if comp == Compression::None {
+            let mut c = Counter {
+                inner: w,
+                crc: crc32fast::Hasher::new(),
+                n: 0,
+            };
+            match &a.payload {
+                Payload::Bytes(b) => c.write_all(b),
+                Payload::Typed(f) => f(&mut c),
+            }
+            .ctx("write", &tpath)?;
+            (c.n, c.crc.finalize())
+        } else {
+            self.raw.clear();
+            match &a.payload {
+                Payload::Bytes(b) => self.raw.extend_from_slice(b),
+                Payload::Typed(f) => f(&mut self.raw).ctx("encode", &tpath)?,
+            }
+            codec::compress(comp, &self.raw, &mut self.packed, &self.path)?;
+            w.write_all(&self.packed).ctx("write", &tpath)?;
+            (self.packed.len() as u64, crc32fast::hash(&self.packed))
+        };
+        if comp == Compression::None && stored_len != numel {
+            return Err(self.invalid(format!(
+                "array {:?} encoded to {stored_len} bytes, expected {numel}",
+                a.name
+            )));
+        }
+        self.pos = data_off + stored_len;
+        Ok((data_off, stored_len, crc))
+    }
+
+    /// Writes the index and trailer, `fsync`s, and atomically publishes the
+    /// pack at its path (replacing any file there), then `fsync`s the
+    /// directory.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors; on error nothing is published and the temporary file is
+    /// removed. Also an [`Error::InvalidInput`] if an earlier append failed
+    /// with an I/O error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("empty.pack");
+    /// ndarray_offload::PackWriter::create(&path)?.finish()?;
+    /// assert_eq!(ndarray_offload::PackReader::open(&path)?.len(), 0);
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn finish(mut self) -> Result<()> {
+        let tmp = self.prepare()?;
+        let dir = parent_dir(&self.path).to_path_buf();
+        tmp.rename_to(&self.path)?;
+        sync_dir(&dir)
+    }
+
+    /// Writes the index and trailer and `fsync`s the temporary file, without
+    /// publishing it (used by the shard writer to publish a set together).
+    pub(crate) fn prepare(&mut self) -> Result<TempFile> {
+        if self.poisoned {
+            return Err(
+                self.invalid("the pack writer failed earlier and cannot be finished".into())
+            );
+        }
+        let mut tmp = self
+            .tmp
+            .take()
+            .ok_or_else(|| self.invalid("the pack writer was already finished".into()))?;
+        let tpath = tmp.path().to_path_buf();
+        let n = self.entries.len() as u64;
+        let index_off = format::align_up(self.pos, ALIGN).expect("file offsets fit in u64");
+
+        // Hash order (ties broken by entry index) and key order.
+        let mut by_hash: Vec<(u64, u32)> = self
+            .hashes
+            .iter()
+            .enumerate()
+            .map(|(i, &h)| (h, i as u32))
+            .collect();
+        by_hash.sort_unstable();
+        let heap = &self.heap;
+        let entries = &self.entries;
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        let key_of = |i: u32| {
+            let e = &entries[i as usize];
+            let s = e.key_off as usize;
+            (e.key_kind, &heap[s..s + e.key_len as usize])
+        };
+        order.sort_by(|&a, &b| {
+            let (ka, ba) = key_of(a);
+            let (kb, bb) = key_of(b);
+            ka.cmp(&kb).then_with(|| {
+                if ka == format::KEY_U64 {
+                    le_u64(ba).cmp(&le_u64(bb))
+                } else {
+                    ba.cmp(bb)
+                }
+            })
+        });
+
+        let w = tmp.writer();
+        let mut c = Counter {
+            inner: w,
+            crc: crc32fast::Hasher::new(),
+            n: 0,
+        };
+        let pad = index_off - self.pos;
+        // Padding before the index is not part of the index checksum.
+        c.inner
+            .write_all(&ZEROS[..pad as usize])
+            .ctx("write", &tpath)?;
+        let r: io::Result<()> = (|| {
+            let mut buf = Vec::with_capacity(1 << 16);
+            let flush = |buf: &mut Vec<u8>, c: &mut Counter<'_, _>, force: bool| {
+                if force || buf.len() >= 1 << 16 {
+                    c.write_all(buf)?;
+                    buf.clear();
+                }
+                io::Result::Ok(())
+            };
+            for e in &self.entries {
+                buf.extend_from_slice(&e.encode());
+                flush(&mut buf, &mut c, false)?;
+            }
+            for a in &self.arrays {
+                buf.extend_from_slice(&a.encode());
+                flush(&mut buf, &mut c, false)?;
+            }
+            for (h, _) in &by_hash {
+                buf.extend_from_slice(&h.to_le_bytes());
+                flush(&mut buf, &mut c, false)?;
+            }
+            for (_, i) in &by_hash {
+                buf.extend_from_slice(&i.to_le_bytes());
+                flush(&mut buf, &mut c, false)?;
+            }
+            if n % 2 == 1 {
+                buf.extend_from_slice(&[0; 4]);
+            }
+            for i in &order {
+                buf.extend_from_slice(&i.to_le_bytes());
+                flush(&mut buf, &mut c, false)?;
+            }
+            if n % 2 == 1 {
+                buf.extend_from_slice(&[0; 4]);
+            }
+            for (h, _) in by_hash.iter().step_by(format::FENCE_STRIDE as usize) {
+                buf.extend_from_slice(&h.to_le_bytes());
+                flush(&mut buf, &mut c, false)?;
+            }
+            for d in &self.dims {
+                buf.extend_from_slice(&d.to_le_bytes());
+                flush(&mut buf, &mut c, false)?;
+            }
+            flush(&mut buf, &mut c, true)?;
+            c.write_all(&self.heap)
+        })();
+        r.ctx("write", &tpath)?;
+        let index_crc = c.crc.finalize();
+        let index_len = c.n;
+        let l = format::layout(
+            index_off,
+            n,
+            self.arrays.len() as u64,
+            self.dims.len() as u64,
+            self.heap.len() as u64,
+        )
+        .expect("index sizes fit in u64");
+        debug_assert_eq!(l[7], index_off + index_len);
+        let t = Trailer {
+            file_len: l[7] + format::TRAILER_LEN,
+            n_entries: n,
+            n_arrays: self.arrays.len() as u64,
+            n_dims: self.dims.len() as u64,
+            index_off,
+            arrays_off: l[0],
+            hashes_off: l[1],
+            slots_off: l[2],
+            order_off: l[3],
+            fence_off: l[4],
+            dims_off: l[5],
+            heap_off: l[6],
+            heap_len: self.heap.len() as u64,
+            index_crc,
+        };
+        tmp.writer().write_all(&t.encode()).ctx("write", &tpath)?;
+        tmp.flush_and_sync()?;
+        Ok(tmp)
+    }
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut x = [0u8; 8];
+    let n = b.len().min(8);
+    x[..n].copy_from_slice(&b[..n]);
+    u64::from_le_bytes(x)
+}
