@@ -3,7 +3,7 @@
 //! Everything here is a pure function over byte slices: encoders used by the
 //! writer, and decoders used by the reader that validate every field they
 //! return. No decoder indexes a slice in a way that can panic: fixed-size
-//! records are taken as arrays, and every range is checked with `get`.
+//! fields are taken as arrays, and every range is checked with `get`.
 
 use std::path::Path;
 
@@ -21,14 +21,20 @@ pub(crate) const PREAMBLE_LEN: u64 = 64;
 pub(crate) const TRAILER_LEN: u64 = 128;
 /// Alignment of every payload and of the index region.
 pub(crate) const ALIGN: u64 = 64;
-/// Size of one entry record.
-pub(crate) const ENTRY_LEN: u64 = 40;
-/// Size of one array record.
-pub(crate) const ARRAY_LEN: u64 = 48;
-/// One fence hash is kept for every `FENCE_STRIDE` sorted hashes.
-pub(crate) const FENCE_STRIDE: u64 = 512;
+/// Alignment of entry descriptors.
+pub(crate) const DESC_ALIGN: u64 = 8;
+/// Fixed part of an entry descriptor.
+pub(crate) const DESC_HEAD: usize = 24;
+/// Size of one array record inside a descriptor.
+pub(crate) const ARRAY_REC: usize = 32;
+/// Size of one leaf record of the hash index: `(hash, descriptor offset)`.
+pub(crate) const LEAF_REC: u64 = 16;
+/// Fan-out of the hash index: each fence level keeps every `STRIDE`-th key
+/// of the level below, and the top level (the root) has at most `STRIDE`
+/// keys.
+pub(crate) const STRIDE: u64 = 256;
 /// Size of the dtype field of an array record.
-pub(crate) const DTYPE_LEN: usize = 6;
+pub(crate) const DTYPE_LEN: usize = 8;
 /// Largest number of dimensions of one array.
 pub(crate) const MAX_NDIM: usize = 64;
 
@@ -73,34 +79,26 @@ pub(crate) fn align_up(n: u64, a: u64) -> Option<u64> {
     Some(n.checked_add(a - 1)? & !(a - 1))
 }
 
-fn u32_at<const N: usize>(b: &[u8; N], o: usize) -> u32 {
-    let mut x = [0u8; 4];
-    x.copy_from_slice(&b[o..o + 4]);
-    u32::from_le_bytes(x)
-}
-
-fn u64_at<const N: usize>(b: &[u8; N], o: usize) -> u64 {
+/// Reads the little-endian `u64` at byte offset `o` of `b`.
+pub(crate) fn le64(b: &[u8], o: usize) -> Option<u64> {
+    let s = b.get(o..o.checked_add(8)?)?;
     let mut x = [0u8; 8];
-    x.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(x)
-}
-
-/// Reads the little-endian `u64` at element `i` of a section of `u64`s.
-pub(crate) fn u64_in(section: &[u8], i: u64) -> Option<u64> {
-    let o = usize::try_from(i.checked_mul(8)?).ok()?;
-    let b = section.get(o..o.checked_add(8)?)?;
-    let mut x = [0u8; 8];
-    x.copy_from_slice(b);
+    x.copy_from_slice(s);
     Some(u64::from_le_bytes(x))
 }
 
-/// Reads the little-endian `u32` at element `i` of a section of `u32`s.
-pub(crate) fn u32_in(section: &[u8], i: u64) -> Option<u32> {
-    let o = usize::try_from(i.checked_mul(4)?).ok()?;
-    let b = section.get(o..o.checked_add(4)?)?;
+/// Reads the little-endian `u32` at byte offset `o` of `b`.
+pub(crate) fn le32(b: &[u8], o: usize) -> Option<u32> {
+    let s = b.get(o..o.checked_add(4)?)?;
     let mut x = [0u8; 4];
-    x.copy_from_slice(b);
+    x.copy_from_slice(s);
     Some(u32::from_le_bytes(x))
+}
+
+/// Reads the little-endian `u16` at byte offset `o` of `b`.
+pub(crate) fn le16(b: &[u8], o: usize) -> Option<u16> {
+    let s = b.get(o..o.checked_add(2)?)?;
+    Some(u16::from_le_bytes([s[0], s[1]]))
 }
 
 /// The preamble: magic, version, zero padding.
@@ -111,69 +109,82 @@ pub(crate) fn encode_preamble() -> [u8; PREAMBLE_LEN as usize] {
     p
 }
 
-/// Checks the preamble of a mapped file.
-pub(crate) fn check_preamble(b: &[u8; PREAMBLE_LEN as usize], path: &Path) -> Result<()> {
-    if b[..8] != MAGIC {
-        return Err(Error::corrupt(path, "not a pack file (bad magic)"));
+fn unsupported_version(path: &Path, version: u32) -> Error {
+    Error::Unsupported {
+        path: path.to_path_buf(),
+        reason: format!("pack format version {version} (this crate reads version {VERSION})"),
     }
-    let version = u32_at(b, 8);
-    if version != VERSION {
-        return Err(Error::Unsupported {
-            path: path.to_path_buf(),
-            reason: format!("pack format version {version} (this crate reads version {VERSION})"),
-        });
-    }
-    if b[12..].iter().any(|&x| x != 0) {
-        return Err(Error::corrupt(
-            path,
-            "non-zero reserved bytes in the preamble",
-        ));
-    }
-    Ok(())
 }
 
-/// The fixed-size trailer: where every section of the index lies.
+/// Checks the preamble.
+pub(crate) fn check_preamble(b: &[u8], path: &Path) -> Result<()> {
+    if b.get(..8) != Some(&MAGIC[..]) {
+        return Err(Error::corrupt(path, "not a pack file (bad magic)"));
+    }
+    let version = le32(b, 8).unwrap_or(0);
+    if version != VERSION {
+        return Err(unsupported_version(path, version));
+    }
+    match b.get(12..PREAMBLE_LEN as usize) {
+        Some(rest) if rest.iter().all(|&x| x == 0) => Ok(()),
+        _ => Err(Error::corrupt(
+            path,
+            "non-zero reserved bytes in the preamble",
+        )),
+    }
+}
+
+/// Number of keys in each fence level for `n` entries: level 1 keeps every
+/// `STRIDE`-th leaf hash, level `k+1` every `STRIDE`-th key of level `k`,
+/// until a level has at most `STRIDE` keys. Empty when `n <= STRIDE` (the
+/// leaf level is then the root).
+pub(crate) fn fence_levels(n: u64) -> Vec<u64> {
+    let mut levels = Vec::new();
+    let mut len = n;
+    while len > STRIDE {
+        len = len.div_ceil(STRIDE);
+        levels.push(len);
+    }
+    levels
+}
+
+/// Byte offsets of the index sections for an index starting at `index_off`:
+/// `[seq, order, leaf, fence levels (level 1 first)..., trailer]`.
+pub(crate) struct Layout {
+    pub seq: u64,
+    pub order: u64,
+    pub leaf: u64,
+    /// `(offset, key count)` of each fence level, level 1 first.
+    pub levels: Vec<(u64, u64)>,
+    pub trailer: u64,
+}
+
+pub(crate) fn layout(index_off: u64, n: u64) -> Option<Layout> {
+    let seq = index_off;
+    let order = seq.checked_add(n.checked_mul(8)?)?;
+    let leaf = order.checked_add(n.checked_mul(8)?)?;
+    let mut at = leaf.checked_add(n.checked_mul(LEAF_REC)?)?;
+    let mut levels = Vec::new();
+    for len in fence_levels(n) {
+        levels.push((at, len));
+        at = at.checked_add(len.checked_mul(8)?)?;
+    }
+    Some(Layout {
+        seq,
+        order,
+        leaf,
+        levels,
+        trailer: at,
+    })
+}
+
+/// The fixed-size trailer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub(crate) struct Trailer {
     pub file_len: u64,
     pub n_entries: u64,
-    pub n_arrays: u64,
-    pub n_dims: u64,
     pub index_off: u64,
-    pub arrays_off: u64,
-    pub hashes_off: u64,
-    pub slots_off: u64,
-    pub order_off: u64,
-    pub fence_off: u64,
-    pub dims_off: u64,
-    pub heap_off: u64,
-    pub heap_len: u64,
     pub index_crc: u32,
-}
-
-/// Section offsets implied by the counts, for an index starting at
-/// `index_off`: `[arrays, hashes, slots, order, fence, dims, heap, end]`.
-pub(crate) fn layout(
-    index_off: u64,
-    n_entries: u64,
-    n_arrays: u64,
-    n_dims: u64,
-    heap_len: u64,
-) -> Option<[u64; 8]> {
-    let arrays = index_off.checked_add(n_entries.checked_mul(ENTRY_LEN)?)?;
-    let hashes = arrays.checked_add(n_arrays.checked_mul(ARRAY_LEN)?)?;
-    let slots = hashes.checked_add(n_entries.checked_mul(8)?)?;
-    let order = slots.checked_add(align_up(n_entries.checked_mul(4)?, 8)?)?;
-    let fence = order.checked_add(align_up(n_entries.checked_mul(4)?, 8)?)?;
-    let dims = fence.checked_add(fence_len(n_entries).checked_mul(8)?)?;
-    let heap = dims.checked_add(n_dims.checked_mul(8)?)?;
-    let end = heap.checked_add(heap_len)?;
-    Some([arrays, hashes, slots, order, fence, dims, heap, end])
-}
-
-/// Number of fence hashes for `n` entries.
-pub(crate) fn fence_len(n: u64) -> u64 {
-    n.div_ceil(FENCE_STRIDE)
 }
 
 impl Trailer {
@@ -182,24 +193,11 @@ impl Trailer {
         b[..8].copy_from_slice(&TRAILER_MAGIC);
         b[8..12].copy_from_slice(&VERSION.to_le_bytes());
         // 12..16: flags, zero in version 1.
-        let words = [
-            self.file_len,
-            self.n_entries,
-            self.n_arrays,
-            self.n_dims,
-            self.index_off,
-            self.arrays_off,
-            self.hashes_off,
-            self.slots_off,
-            self.order_off,
-            self.fence_off,
-            self.dims_off,
-            self.heap_off,
-            self.heap_len,
-        ];
-        for (i, w) in words.iter().enumerate() {
-            b[16 + 8 * i..24 + 8 * i].copy_from_slice(&w.to_le_bytes());
-        }
+        b[16..24].copy_from_slice(&self.file_len.to_le_bytes());
+        b[24..32].copy_from_slice(&self.n_entries.to_le_bytes());
+        b[32..40].copy_from_slice(&self.index_off.to_le_bytes());
+        b[40..44].copy_from_slice(&(STRIDE as u32).to_le_bytes());
+        // 44..120: reserved, zero.
         b[120..124].copy_from_slice(&self.index_crc.to_le_bytes());
         let crc = crc32fast::hash(&b[..124]);
         b[124..128].copy_from_slice(&crc.to_le_bytes());
@@ -207,50 +205,27 @@ impl Trailer {
     }
 
     /// Decodes and validates a trailer read from the last 128 bytes of a
-    /// file of `actual_len` bytes.
-    pub(crate) fn decode(
-        b: &[u8; TRAILER_LEN as usize],
-        actual_len: u64,
-        path: &Path,
-    ) -> Result<Self> {
-        if b[..8] != TRAILER_MAGIC {
+    /// file of `actual_len` bytes; returns it with the index layout.
+    pub(crate) fn decode(b: &[u8], actual_len: u64, path: &Path) -> Result<(Self, Layout)> {
+        if b.len() != TRAILER_LEN as usize || b[..8] != TRAILER_MAGIC {
             return Err(Error::corrupt(
                 path,
                 "no pack trailer at the end of the file (truncated, or never finished)",
             ));
         }
-        let stored_crc = u32_at(b, 124);
+        let stored_crc = le32(b, 124).unwrap_or(0);
         if crc32fast::hash(&b[..124]) != stored_crc {
             return Err(Error::corrupt(path, "trailer checksum mismatch"));
         }
-        let version = u32_at(b, 8);
+        let version = le32(b, 8).unwrap_or(0);
         if version != VERSION {
-            return Err(Error::Unsupported {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "pack format version {version} (this crate reads version {VERSION})"
-                ),
-            });
+            return Err(unsupported_version(path, version));
         }
-        if u32_at(b, 12) != 0 {
-            return Err(Error::corrupt(path, "unknown trailer flags"));
-        }
-        let w = |i: usize| u64_at(b, 16 + 8 * i);
         let t = Trailer {
-            file_len: w(0),
-            n_entries: w(1),
-            n_arrays: w(2),
-            n_dims: w(3),
-            index_off: w(4),
-            arrays_off: w(5),
-            hashes_off: w(6),
-            slots_off: w(7),
-            order_off: w(8),
-            fence_off: w(9),
-            dims_off: w(10),
-            heap_off: w(11),
-            heap_len: w(12),
-            index_crc: u32_at(b, 120),
+            file_len: le64(b, 16).unwrap_or(0),
+            n_entries: le64(b, 24).unwrap_or(0),
+            index_off: le64(b, 32).unwrap_or(0),
+            index_crc: le32(b, 120).unwrap_or(0),
         };
         if t.file_len > actual_len {
             return Err(Error::Truncated {
@@ -259,146 +234,194 @@ impl Trailer {
                 actual: actual_len,
             });
         }
+        let bad = |what: String| Err(Error::corrupt(path, format!("trailer: {what}")));
         if t.file_len != actual_len {
-            return Err(Error::corrupt(
-                path,
-                format!(
-                    "trailer records {} bytes but the file has {actual_len}",
-                    t.file_len
-                ),
+            return bad(format!(
+                "records {} bytes but the file has {actual_len}",
+                t.file_len
             ));
         }
-        let bad = |what: &str| Err(Error::corrupt(path, format!("trailer: {what}")));
-        if t.n_entries > u64::from(u32::MAX) || t.n_arrays > u64::from(u32::MAX) {
-            return bad("too many entries");
+        if le32(b, 12) != Some(0) || b[44..120].iter().any(|&x| x != 0) {
+            return bad("unknown flags or non-zero reserved bytes".into());
+        }
+        if le32(b, 40) != Some(STRIDE as u32) {
+            return bad("unexpected index fan-out".into());
         }
         if t.index_off < PREAMBLE_LEN || t.index_off % ALIGN != 0 {
-            return bad("misaligned index offset");
+            return bad("misaligned index offset".into());
         }
-        let Some(l) = layout(t.index_off, t.n_entries, t.n_arrays, t.n_dims, t.heap_len) else {
-            return bad("section sizes overflow");
+        let Some(l) = layout(t.index_off, t.n_entries) else {
+            return bad("index sizes overflow".into());
         };
-        let found = [
-            t.arrays_off,
-            t.hashes_off,
-            t.slots_off,
-            t.order_off,
-            t.fence_off,
-            t.dims_off,
-            t.heap_off,
-        ];
-        if found != l[..7] {
-            return bad("section offsets disagree with the counts");
+        if l.trailer.checked_add(TRAILER_LEN) != Some(t.file_len) {
+            return bad("the index does not end where the trailer starts".into());
         }
-        if l[7].checked_add(TRAILER_LEN) != Some(t.file_len) {
-            return bad("index does not end where the trailer starts");
-        }
-        Ok(t)
-    }
-
-    /// Start of the trailer (end of the index).
-    pub(crate) fn trailer_off(&self) -> u64 {
-        self.file_len - TRAILER_LEN
+        Ok((t, l))
     }
 }
 
-/// One entry record (40 bytes): a key, optional metadata, and a run of
-/// array records.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub(crate) struct EntryRec {
-    pub key_off: u64,
-    pub meta_off: u64,
-    pub key_len: u32,
-    pub meta_len: u32,
-    pub meta_crc: u32,
-    pub first_array: u32,
-    pub n_arrays: u32,
-    pub key_kind: u8,
-    pub entry_kind: u8,
-}
-
-impl EntryRec {
-    pub(crate) fn encode(&self) -> [u8; ENTRY_LEN as usize] {
-        let mut b = [0u8; ENTRY_LEN as usize];
-        b[0..8].copy_from_slice(&self.key_off.to_le_bytes());
-        b[8..16].copy_from_slice(&self.meta_off.to_le_bytes());
-        b[16..20].copy_from_slice(&self.key_len.to_le_bytes());
-        b[20..24].copy_from_slice(&self.meta_len.to_le_bytes());
-        b[24..28].copy_from_slice(&self.meta_crc.to_le_bytes());
-        b[28..32].copy_from_slice(&self.first_array.to_le_bytes());
-        b[32..36].copy_from_slice(&self.n_arrays.to_le_bytes());
-        b[36] = self.key_kind;
-        b[37] = self.entry_kind;
-        b
-    }
-
-    pub(crate) fn decode(b: &[u8; ENTRY_LEN as usize]) -> Self {
-        EntryRec {
-            key_off: u64_at(b, 0),
-            meta_off: u64_at(b, 8),
-            key_len: u32_at(b, 16),
-            meta_len: u32_at(b, 20),
-            meta_crc: u32_at(b, 24),
-            first_array: u32_at(b, 28),
-            n_arrays: u32_at(b, 32),
-            key_kind: b[36],
-            entry_kind: b[37],
-        }
-    }
-
-    /// Reserved bytes that must be zero.
-    pub(crate) fn reserved_ok(b: &[u8; ENTRY_LEN as usize]) -> bool {
-        b[38] == 0 && b[39] == 0
-    }
-}
-
-/// One array record (48 bytes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub(crate) struct ArrayRec {
+/// One array of an entry, as the writer describes it.
+pub(crate) struct ArrayDesc<'a> {
     pub data_off: u64,
     pub stored_len: u64,
-    pub dims_off: u64,
-    pub name_off: u64,
-    pub name_len: u32,
     pub crc: u32,
-    pub dtype: [u8; DTYPE_LEN],
     pub compression: u8,
-    pub ndim: u8,
+    pub dtype: [u8; DTYPE_LEN],
+    pub name: &'a str,
+    pub shape: &'a [usize],
 }
 
-impl ArrayRec {
-    pub(crate) fn encode(&self) -> [u8; ARRAY_LEN as usize] {
-        let mut b = [0u8; ARRAY_LEN as usize];
-        b[0..8].copy_from_slice(&self.data_off.to_le_bytes());
-        b[8..16].copy_from_slice(&self.stored_len.to_le_bytes());
-        b[16..24].copy_from_slice(&self.dims_off.to_le_bytes());
-        b[24..32].copy_from_slice(&self.name_off.to_le_bytes());
-        b[32..36].copy_from_slice(&self.name_len.to_le_bytes());
-        b[36..40].copy_from_slice(&self.crc.to_le_bytes());
-        b[40..46].copy_from_slice(&self.dtype);
-        b[46] = self.compression;
-        b[47] = self.ndim;
-        b
+/// Appends an entry descriptor to `out` (which must start 8-aligned in the
+/// file); the descriptor's length is a multiple of 8.
+///
+/// Layout: `u32 len, u32 crc (of bytes 8..len), u8 key kind, u8 entry kind,
+/// u16 array count, u32 key length, u32 metadata length, u32 reserved`, then
+/// one 32-byte record per array, then all dimensions (`u64` each), then the
+/// key bytes, the array names, the metadata JSON, and zero padding.
+pub(crate) fn encode_desc(
+    out: &mut Vec<u8>,
+    key_kind: u8,
+    entry_kind: u8,
+    key: &[u8],
+    meta: &[u8],
+    arrays: &[ArrayDesc<'_>],
+) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; 8]);
+    out.push(key_kind);
+    out.push(entry_kind);
+    out.extend_from_slice(&(arrays.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    for a in arrays {
+        out.extend_from_slice(&a.data_off.to_le_bytes());
+        out.extend_from_slice(&a.stored_len.to_le_bytes());
+        out.extend_from_slice(&a.crc.to_le_bytes());
+        out.extend_from_slice(&(a.name.len() as u16).to_le_bytes());
+        out.push(a.compression);
+        out.push(a.shape.len() as u8);
+        out.extend_from_slice(&a.dtype);
     }
-
-    pub(crate) fn decode(b: &[u8; ARRAY_LEN as usize]) -> Self {
-        let mut dtype = [0u8; DTYPE_LEN];
-        dtype.copy_from_slice(&b[40..46]);
-        ArrayRec {
-            data_off: u64_at(b, 0),
-            stored_len: u64_at(b, 8),
-            dims_off: u64_at(b, 16),
-            name_off: u64_at(b, 24),
-            name_len: u32_at(b, 32),
-            crc: u32_at(b, 36),
-            dtype,
-            compression: b[46],
-            ndim: b[47],
+    for a in arrays {
+        for &d in a.shape {
+            out.extend_from_slice(&(d as u64).to_le_bytes());
         }
     }
+    out.extend_from_slice(key);
+    for a in arrays {
+        out.extend_from_slice(a.name.as_bytes());
+    }
+    out.extend_from_slice(meta);
+    let len = (out.len() - start).next_multiple_of(DESC_ALIGN as usize);
+    out.resize(start + len, 0);
+    out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    let crc = crc32fast::hash(&out[start + 8..start + len]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Encodes a numpy dtype string into the 6-byte field, if it fits.
+/// A decoded, checksum-verified entry descriptor borrowing from the map.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Desc<'a> {
+    pub key_kind: u8,
+    pub entry_kind: u8,
+    pub n_arrays: u16,
+    pub key: &'a [u8],
+    pub meta: &'a [u8],
+    pub recs: &'a [u8],
+    pub dims: &'a [u8],
+    pub names: &'a [u8],
+    pub len: u64,
+}
+
+/// One decoded array record (fields not yet checked against the file).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ArrayRec<'a> {
+    pub data_off: u64,
+    pub stored_len: u64,
+    pub crc: u32,
+    pub name_len: u16,
+    pub compression: u8,
+    pub ndim: u8,
+    pub dtype: &'a [u8; DTYPE_LEN],
+}
+
+/// Decodes the descriptor at the start of `b` (which extends at most to the
+/// end of the data region), verifying its checksum. Errors are reasons.
+pub(crate) fn decode_desc(b: &[u8]) -> std::result::Result<Desc<'_>, String> {
+    let len = le32(b, 0).ok_or("descriptor outside the data region")? as usize;
+    if len < DESC_HEAD || len % DESC_ALIGN as usize != 0 {
+        return Err(format!("bad descriptor length {len}"));
+    }
+    let d = b.get(..len).ok_or("descriptor runs past the data region")?;
+    let crc = le32(d, 4).unwrap_or(0);
+    if crc32fast::hash(&d[8..]) != crc {
+        return Err("descriptor checksum mismatch".into());
+    }
+    let key_kind = d[8];
+    let entry_kind = d[9];
+    let n_arrays = le16(d, 10).unwrap_or(0);
+    let key_len = le32(d, 12).unwrap_or(0) as usize;
+    let meta_len = le32(d, 16).unwrap_or(0) as usize;
+    if le32(d, 20) != Some(0) {
+        return Err("non-zero reserved descriptor bytes".into());
+    }
+    match (key_kind, key_len) {
+        (KEY_U64, 8) | (KEY_STR, _) => {}
+        _ => return Err("bad key kind or length".into()),
+    }
+    match (entry_kind, n_arrays) {
+        (ENTRY_ARRAY, 1) | (ENTRY_SAMPLE, _) => {}
+        _ => return Err("bad entry kind".into()),
+    }
+    let recs_end = DESC_HEAD.saturating_add((n_arrays as usize).saturating_mul(ARRAY_REC));
+    let recs = d.get(DESC_HEAD..recs_end).ok_or("array records overrun")?;
+    let mut ndims = 0usize;
+    let mut names_len = 0usize;
+    for i in 0..n_arrays as usize {
+        let r = &recs[i * ARRAY_REC..];
+        names_len += le16(r, 20).unwrap_or(0) as usize;
+        ndims += r[23] as usize;
+    }
+    let dims_end = recs_end.saturating_add(ndims.saturating_mul(8));
+    let dims = d.get(recs_end..dims_end).ok_or("dimensions overrun")?;
+    let key_end = dims_end.saturating_add(key_len);
+    let key = d.get(dims_end..key_end).ok_or("key overruns")?;
+    let names_end = key_end.saturating_add(names_len);
+    let names = d.get(key_end..names_end).ok_or("names overrun")?;
+    let meta = d
+        .get(names_end..names_end.saturating_add(meta_len))
+        .ok_or("metadata overruns")?;
+    Ok(Desc {
+        key_kind,
+        entry_kind,
+        n_arrays,
+        key,
+        meta,
+        recs,
+        dims,
+        names,
+        len: len as u64,
+    })
+}
+
+impl<'a> Desc<'a> {
+    /// Array record `i` (`i < n_arrays`).
+    pub(crate) fn rec(&self, i: usize) -> Option<ArrayRec<'a>> {
+        let r = self.recs.get(i * ARRAY_REC..(i + 1) * ARRAY_REC)?;
+        Some(ArrayRec {
+            data_off: le64(r, 0)?,
+            stored_len: le64(r, 8)?,
+            crc: le32(r, 16)?,
+            name_len: le16(r, 20)?,
+            compression: r[22],
+            ndim: r[23],
+            dtype: r[24..32].try_into().ok()?,
+        })
+    }
+}
+
+/// Encodes a numpy dtype string into the 8-byte field, if it fits.
 pub(crate) fn encode_dtype(s: &str) -> Option<[u8; DTYPE_LEN]> {
     let b = s.as_bytes();
     if b.is_empty() || b.len() > DTYPE_LEN || !b.iter().all(|c| c.is_ascii_graphic()) {
@@ -409,7 +432,7 @@ pub(crate) fn encode_dtype(s: &str) -> Option<[u8; DTYPE_LEN]> {
     Some(out)
 }
 
-/// Decodes the 6-byte dtype field (ASCII, zero-padded at the end).
+/// Decodes the dtype field (ASCII, zero-padded at the end).
 pub(crate) fn decode_dtype(b: &[u8; DTYPE_LEN]) -> Option<&str> {
     let n = b.iter().position(|&c| c == 0).unwrap_or(DTYPE_LEN);
     if n == 0 || b[n..].iter().any(|&c| c != 0) {
@@ -424,57 +447,63 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_round_trip() {
-        let e = EntryRec {
-            key_off: 1,
-            meta_off: 2,
-            key_len: 3,
-            meta_len: 4,
-            meta_crc: 5,
-            first_array: 6,
-            n_arrays: 7,
-            key_kind: 1,
-            entry_kind: 1,
-        };
-        assert_eq!(EntryRec::decode(&e.encode()), e);
-        let a = ArrayRec {
-            data_off: 64,
-            stored_len: 9,
-            dims_off: 10,
-            name_off: 11,
-            name_len: 12,
-            crc: 13,
-            dtype: encode_dtype("<c16").unwrap(),
-            compression: 2,
-            ndim: 3,
-        };
-        assert_eq!(ArrayRec::decode(&a.encode()), a);
-        assert_eq!(decode_dtype(&a.dtype), Some("<c16"));
+    fn descriptor_round_trip() {
+        let mut out = vec![0u8; 8];
+        let shape = [2usize, 3];
+        let arrays = [
+            ArrayDesc {
+                data_off: 64,
+                stored_len: 24,
+                crc: 7,
+                compression: COMP_NONE,
+                dtype: encode_dtype("<f4").unwrap(),
+                name: "xyz",
+                shape: &shape,
+            },
+            ArrayDesc {
+                data_off: 128,
+                stored_len: 1,
+                crc: 8,
+                compression: COMP_LZ4,
+                dtype: encode_dtype("|u1").unwrap(),
+                name: "",
+                shape: &[],
+            },
+        ];
+        encode_desc(&mut out, KEY_STR, ENTRY_SAMPLE, b"key", b"{}", &arrays);
+        assert_eq!(out.len() % 8, 0);
+        let d = decode_desc(&out[8..]).unwrap();
+        assert_eq!(
+            (d.key, d.meta, d.names),
+            (&b"key"[..], &b"{}"[..], &b"xyz"[..])
+        );
+        assert_eq!(d.n_arrays, 2);
+        let r = d.rec(0).unwrap();
+        assert_eq!((r.data_off, r.stored_len, r.crc, r.ndim), (64, 24, 7, 2));
+        assert_eq!(decode_dtype(r.dtype), Some("<f4"));
+        assert_eq!(le64(d.dims, 8), Some(3));
+        // Any flipped bit is caught by the checksum or the bounds.
+        for i in 8..out.len() {
+            let mut c = out.clone();
+            c[i] ^= 0x10;
+            assert!(decode_desc(&c[8..]).is_err(), "flip at {i}");
+        }
     }
 
     #[test]
     fn trailer_round_trip_and_checks() {
-        let [arrays_off, hashes_off, slots_off, order_off, fence_off, dims_off, heap_off, end] =
-            layout(128, 3, 4, 5, 17).unwrap();
+        let n = 70_000;
+        let l = layout(128, n).unwrap();
+        assert_eq!(l.levels.iter().map(|l| l.1).collect::<Vec<_>>(), [274, 2]);
         let t = Trailer {
-            file_len: end + TRAILER_LEN,
-            n_entries: 3,
-            n_arrays: 4,
-            n_dims: 5,
+            file_len: l.trailer + TRAILER_LEN,
+            n_entries: n,
             index_off: 128,
-            arrays_off,
-            hashes_off,
-            slots_off,
-            order_off,
-            fence_off,
-            dims_off,
-            heap_off,
-            heap_len: 17,
             index_crc: 99,
         };
         let b = t.encode();
         let p = Path::new("x.pack");
-        assert_eq!(Trailer::decode(&b, t.file_len, p).unwrap(), t);
+        assert_eq!(Trailer::decode(&b, t.file_len, p).unwrap().0, t);
         assert!(matches!(
             Trailer::decode(&b, t.file_len - 1, p),
             Err(Error::Truncated { .. })
@@ -488,10 +517,20 @@ mod tests {
     }
 
     #[test]
-    fn hash_is_stable() {
-        // Pinned values: other readers (python/ndoffload_pack.py) compute
-        // the same function.
-        assert_eq!(key_hash(KEY_STR, b""), key_hash(KEY_STR, b""));
-        assert_ne!(key_hash(KEY_STR, b"a"), key_hash(KEY_U64, b"a"));
+    fn levels() {
+        assert!(fence_levels(0).is_empty());
+        assert!(fence_levels(256).is_empty());
+        assert_eq!(fence_levels(257), [2]);
+        assert_eq!(fence_levels(1_000_000), [3907, 16]);
+    }
+
+    #[test]
+    fn hash_is_pinned() {
+        // Other readers (python/ndoffload_pack.py) compute the same function.
+        assert_eq!(key_hash(KEY_STR, b"tile_0001"), 0x4cb0_4eae_e593_5bf2);
+        assert_eq!(
+            key_hash(KEY_U64, &7u64.to_le_bytes()),
+            0x2a59_d254_0a4d_ed6c
+        );
     }
 }

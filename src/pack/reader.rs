@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::fs::File;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -12,14 +11,17 @@ use serde_json::Value;
 
 use super::codec::{self, Compression};
 use super::format::{
-    self, ArrayRec, EntryRec, Trailer, ALIGN, ARRAY_LEN, ENTRY_ARRAY, ENTRY_LEN, ENTRY_SAMPLE,
-    FENCE_STRIDE, KEY_STR, KEY_U64, PREAMBLE_LEN, TRAILER_LEN,
+    self, Desc, Layout, Trailer, ALIGN, ENTRY_SAMPLE, KEY_U64, LEAF_REC, PREAMBLE_LEN, STRIDE,
+    TRAILER_LEN,
 };
 use super::key::PackKey;
 use super::sample::{check_type, decode_owned, Sample, SampleArray};
 use crate::element::{dtype_itemsize, Element};
 use crate::error::{Error, IoContext, Result};
 use crate::mapped::map_readonly;
+
+/// Largest tail read at open: the trailer plus the root of the hash index.
+const TAIL_READ: u64 = STRIDE * LEAF_REC + TRAILER_LEN;
 
 /// A pack opened for reading: the file is memory-mapped and only its
 /// fixed-size preamble and trailer are read at open, whatever the number of
@@ -69,16 +71,12 @@ use crate::mapped::map_readonly;
 /// ```
 pub struct PackReader {
     path: PathBuf,
+    file: File,
     map: Mmap,
     t: Trailer,
-    entries: Range<usize>,
-    arrays: Range<usize>,
-    hashes: Range<usize>,
-    slots: Range<usize>,
-    order: Range<usize>,
-    fence: Range<usize>,
-    dims: Range<usize>,
-    heap: Range<usize>,
+    layout: Layout,
+    /// The top level of the hash index, read with the trailer at open.
+    root: Vec<u8>,
 }
 
 impl fmt::Debug for PackReader {
@@ -86,16 +84,9 @@ impl fmt::Debug for PackReader {
         f.debug_struct("PackReader")
             .field("path", &self.path)
             .field("entries", &self.t.n_entries)
-            .field("arrays", &self.t.n_arrays)
             .field("bytes", &self.t.file_len)
             .finish()
     }
-}
-
-fn range(a: u64, len: u64) -> Range<usize> {
-    // Offsets were validated against the file length, which fits in usize
-    // because the whole file is mapped.
-    a as usize..(a + len) as usize
 }
 
 impl PackReader {
@@ -121,7 +112,8 @@ impl PackReader {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).ctx("open", &path)?;
-        let len = file.metadata().ctx("stat", &path)?.len();
+        let map = map_readonly(&file, &path)?;
+        let len = map.len() as u64;
         let min = PREAMBLE_LEN + TRAILER_LEN;
         if len < min {
             return Err(Error::Truncated {
@@ -130,39 +122,31 @@ impl PackReader {
                 actual: len,
             });
         }
-        if usize::try_from(len).is_err() {
-            return Err(Error::corrupt(&path, "file too large to map"));
+        // One positioned read brings the trailer and the root of the hash
+        // index; nothing else is read until a lookup.
+        let tail_len = TAIL_READ.min(len);
+        let mut tail = vec![0u8; tail_len as usize];
+        read_at(&file, &map, &mut tail, len - tail_len).ctx("read", &path)?;
+        if tail_len == len {
+            format::check_preamble(&tail, &path)?;
         }
-        let map = map_readonly(&file, &path)?;
-        if map.len() as u64 != len {
-            return Err(Error::corrupt(
-                &path,
-                "file changed size while being opened",
-            ));
-        }
-        let pre: &[u8; PREAMBLE_LEN as usize] = map
-            .get(..PREAMBLE_LEN as usize)
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| Error::corrupt(&path, "short preamble"))?;
-        format::check_preamble(pre, &path)?;
-        let tb: &[u8; TRAILER_LEN as usize] = map
-            .get((len - TRAILER_LEN) as usize..)
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| Error::corrupt(&path, "short trailer"))?;
-        let t = Trailer::decode(tb, len, &path)?;
-        let ne = t.n_entries;
+        let (t, layout) = Trailer::decode(&tail[(tail_len - TRAILER_LEN) as usize..], len, &path)?;
+        let root_start = match layout.levels.last() {
+            Some(&(off, _)) => off,
+            None => layout.leaf,
+        };
+        let root_len = layout.trailer - root_start;
+        let root = tail
+            .get((tail_len - TRAILER_LEN - root_len) as usize..(tail_len - TRAILER_LEN) as usize)
+            .ok_or_else(|| Error::corrupt(&path, "hash index root too large"))?
+            .to_vec();
         Ok(PackReader {
-            entries: range(t.index_off, ne * ENTRY_LEN),
-            arrays: range(t.arrays_off, t.n_arrays * ARRAY_LEN),
-            hashes: range(t.hashes_off, ne * 8),
-            slots: range(t.slots_off, ne * 4),
-            order: range(t.order_off, ne * 4),
-            fence: range(t.fence_off, format::fence_len(ne) * 8),
-            dims: range(t.dims_off, t.n_dims * 8),
-            heap: range(t.heap_off, t.heap_len),
             path,
+            file,
             map,
             t,
+            layout,
+            root,
         })
     }
 
@@ -233,143 +217,132 @@ impl PackReader {
         Error::corrupt(&self.path, reason)
     }
 
-    fn sec(&self, r: &Range<usize>) -> &[u8] {
-        self.map.get(r.clone()).unwrap_or(&[])
+    /// The `u64` at byte offset `off` of the file, through the map.
+    fn map_u64(&self, off: u64) -> Result<u64> {
+        usize::try_from(off)
+            .ok()
+            .and_then(|o| format::le64(&self.map, o))
+            .ok_or_else(|| self.corrupt(format!("read outside the file at {off}")))
     }
 
-    fn heap_slice(&self, off: u64, len: u64) -> Option<&[u8]> {
-        let heap = self.sec(&self.heap);
-        let s = usize::try_from(off).ok()?;
-        let e = s.checked_add(usize::try_from(len).ok()?)?;
-        heap.get(s..e)
+    /// Positioned read of `buf.len()` bytes at `off` (not through the map, so
+    /// that a cold lookup does not fault in index pages one by one).
+    fn pread(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        read_at(&self.file, &self.map, buf, off).ctx("read", &self.path)
     }
 
-    /// Decodes and validates entry record `i`.
-    fn entry_rec(&self, i: u64) -> Result<EntryRec> {
-        let b: &[u8; ENTRY_LEN as usize] = i
-            .checked_mul(ENTRY_LEN)
-            .and_then(|o| {
-                let o = usize::try_from(o).ok()?;
-                self.sec(&self.entries).get(o..o + ENTRY_LEN as usize)
-            })
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| self.corrupt(format!("entry #{i} is outside the index")))?;
-        let e = EntryRec::decode(b);
-        let bad = |what: &str| Err(self.corrupt(format!("entry #{i}: {what}")));
-        if !EntryRec::reserved_ok(b) {
-            return bad("non-zero reserved bytes");
+    /// The descriptor at `off`, checksum-verified.
+    fn desc_at(&self, off: u64) -> Result<Desc<'_>> {
+        let end = self.t.index_off;
+        if off % format::DESC_ALIGN != 0 || off < PREAMBLE_LEN || off >= end {
+            return Err(self.corrupt(format!("entry descriptor offset {off} is invalid")));
         }
-        match e.key_kind {
-            KEY_U64 if e.key_len == 8 => {}
-            KEY_STR => {}
-            _ => return bad("bad key kind or length"),
-        }
-        match e.entry_kind {
-            ENTRY_ARRAY if e.n_arrays == 1 => {}
-            ENTRY_SAMPLE => {}
-            _ => return bad("bad entry kind"),
-        }
-        if self.heap_slice(e.key_off, u64::from(e.key_len)).is_none()
-            || self.heap_slice(e.meta_off, u64::from(e.meta_len)).is_none()
-        {
-            return bad("key or metadata outside the heap");
-        }
-        if u64::from(e.first_array) + u64::from(e.n_arrays) > self.t.n_arrays {
-            return bad("array records out of range");
-        }
-        Ok(e)
-    }
-
-    fn key_of(&self, e: &EntryRec, i: u64) -> Result<PackKey<'_>> {
         let b = self
-            .heap_slice(e.key_off, u64::from(e.key_len))
-            .ok_or_else(|| self.corrupt(format!("entry #{i}: key outside the heap")))?;
-        Ok(match e.key_kind {
+            .map
+            .get(off as usize..end as usize)
+            .ok_or_else(|| self.corrupt("data region outside the file"))?;
+        format::decode_desc(b)
+            .map_err(|r| self.corrupt(format!("entry descriptor at offset {off}: {r}")))
+    }
+
+    fn make_entry(&self, off: u64) -> Result<PackEntry<'_>> {
+        let desc = self.desc_at(off)?;
+        let key = match desc.key_kind {
             KEY_U64 => {
                 let mut x = [0u8; 8];
-                if b.len() != 8 {
-                    return Err(self.corrupt(format!("entry #{i}: bad integer key")));
-                }
-                x.copy_from_slice(b);
+                x.copy_from_slice(desc.key.get(..8).unwrap_or(&[0; 8]));
                 PackKey::U64(u64::from_le_bytes(x))
             }
             _ => PackKey::Str(
-                std::str::from_utf8(b)
-                    .map_err(|_| self.corrupt(format!("entry #{i}: key is not UTF-8")))?
+                std::str::from_utf8(desc.key)
+                    .map_err(|_| {
+                        self.corrupt(format!(
+                            "entry descriptor at offset {off}: key is not UTF-8"
+                        ))
+                    })?
                     .into(),
             ),
-        })
-    }
-
-    fn make_entry(&self, i: u64) -> Result<PackEntry<'_>> {
-        let rec = self.entry_rec(i)?;
-        let key = self.key_of(&rec, i)?;
+        };
         Ok(PackEntry {
             r: self,
-            index: i as usize,
-            rec,
+            off,
+            desc,
             key,
         })
     }
 
-    /// The index of the entry holding `key`, if any.
+    /// The descriptor offset of the entry holding `key`, if any.
+    ///
+    /// The root level is in memory; each fence level below it costs one
+    /// positioned read of at most 2 KiB, and the leaf one of at most 4 KiB
+    /// (two reads in all at a million entries).
     fn find(&self, key: &PackKey<'_>) -> Result<Option<u64>> {
         let n = self.t.n_entries;
         if n == 0 {
             return Ok(None);
         }
         let h = key.hash64();
-        let fence = self.sec(&self.fence);
-        let hashes = self.sec(&self.hashes);
-        let slots = self.sec(&self.slots);
-        let oob = || self.corrupt("index lookup outside its section");
-        // First fence hash >= h.
-        let (mut lo, mut hi) = (0u64, format::fence_len(n));
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if format::u64_in(fence, mid).ok_or_else(oob)? < h {
-                lo = mid + 1;
-            } else {
-                hi = mid;
+        let levels = &self.layout.levels;
+        let mut block = [0u8; (STRIDE * LEAF_REC) as usize];
+        let (recs, leaf_lo): (&[u8], u64) = if levels.is_empty() {
+            (&self.root, 0)
+        } else {
+            let mut lb = lower_bound(&self.root, 8, h);
+            for k in (1..levels.len()).rev() {
+                let (off, len) = levels[k - 1];
+                let (lo, hi) = self.child_range(lb, len)?;
+                let bytes = &mut block[..((hi - lo) * 8) as usize];
+                self.pread(bytes, off + lo * 8)?;
+                lb = lo + lower_bound(bytes, 8, h);
             }
-        }
-        // The first hash >= h lies in ((j-1)*S, j*S].
-        let j = lo;
-        let (mut lo, mut hi) = (
-            if j == 0 {
-                0
-            } else {
-                (j - 1) * FENCE_STRIDE + 1
-            },
-            (j * FENCE_STRIDE).min(n),
-        );
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if format::u64_in(hashes, mid).ok_or_else(oob)? < h {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
+            let (lo, hi) = self.child_range(lb, n)?;
+            let m = ((hi - lo) * LEAF_REC) as usize;
+            self.pread(&mut block[..m], self.layout.leaf + lo * LEAF_REC)?;
+            (&block[..m], lo)
+        };
+        let in_block = (recs.len() / LEAF_REC as usize) as u64;
+        let mut i = lower_bound(recs, LEAF_REC as usize, h);
         let kind = key.kind();
-        let mut i = lo;
-        while i < n && format::u64_in(hashes, i).ok_or_else(oob)? == h {
-            let slot = u64::from(format::u32_in(slots, i).ok_or_else(oob)?);
-            if slot >= n {
-                return Err(self.corrupt(format!("hash slot #{i} points past the entries")));
+        loop {
+            let (hh, off) = if i < in_block {
+                let o = (i * LEAF_REC) as usize;
+                (format::le64(recs, o), format::le64(recs, o + 8))
+            } else if leaf_lo + i < n {
+                // Equal hashes continue past the block (rare).
+                let mut r = [0u8; LEAF_REC as usize];
+                self.pread(&mut r, self.layout.leaf + (leaf_lo + i) * LEAF_REC)?;
+                (format::le64(&r, 0), format::le64(&r, 8))
+            } else {
+                break;
+            };
+            let (Some(hh), Some(off)) = (hh, off) else {
+                return Err(self.corrupt("hash index record out of range"));
+            };
+            if hh != h {
+                break;
             }
-            let e = self.entry_rec(slot)?;
-            if e.key_kind == kind {
-                let stored = self
-                    .heap_slice(e.key_off, u64::from(e.key_len))
-                    .ok_or_else(oob)?;
-                if key.with_bytes(|b| b == stored) {
-                    return Ok(Some(slot));
-                }
+            let d = self.desc_at(off)?;
+            if d.key_kind == kind && key.with_bytes(|b| b == d.key) {
+                return Ok(Some(off));
             }
             i += 1;
         }
         Ok(None)
+    }
+
+    /// The range `[lo, hi)` of a level of `below` keys that holds the lower
+    /// bound, given the lower bound `lb` in the level above.
+    fn child_range(&self, lb: u64, below: u64) -> Result<(u64, u64)> {
+        let lo = if lb == 0 {
+            0
+        } else {
+            (lb - 1).saturating_mul(STRIDE).saturating_add(1)
+        };
+        let hi = lb.saturating_mul(STRIDE).min(below);
+        if lo > hi || hi - lo >= STRIDE {
+            return Err(self.corrupt("hash index fence out of range"));
+        }
+        Ok((lo, hi))
     }
 
     /// Whether the pack holds `key`.
@@ -418,7 +391,7 @@ impl PackReader {
     pub fn entry<'k>(&self, key: impl Into<PackKey<'k>>) -> Result<PackEntry<'_>> {
         let key = key.into();
         match self.find(&key)? {
-            Some(i) => self.make_entry(i),
+            Some(off) => self.make_entry(off),
             None => Err(Error::KeyNotFound {
                 name: key.to_string(),
                 path: self.path.clone(),
@@ -540,7 +513,7 @@ impl PackReader {
                 reason: format!("entry index {index} out of range (pack has {})", self.len()),
             });
         }
-        self.make_entry(index as u64)
+        self.make_entry(self.map_u64(self.layout.seq + 8 * index as u64)?)
     }
 
     /// `n` consecutive entries in file order starting at `start`, each of
@@ -575,7 +548,7 @@ impl PackReader {
     pub fn read(&self, start: usize, n: usize) -> Result<Vec<PackEntry<'_>>> {
         match start.checked_add(n) {
             Some(end) if end as u64 <= self.t.n_entries => {
-                (start..end).map(|i| self.make_entry(i as u64)).collect()
+                (start..end).map(|i| self.entry_at(i)).collect()
             }
             _ => Err(Error::InvalidInput {
                 path: self.path.clone(),
@@ -604,7 +577,7 @@ impl PackReader {
     /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Result<PackEntry<'_>>> + '_ {
-        (0..self.len()).map(move |i| self.make_entry(i as u64))
+        (0..self.len()).map(move |i| self.entry_at(i))
     }
 
     /// All entries in key order: integer keys ascending, then string keys
@@ -628,14 +601,8 @@ impl PackReader {
     /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
     pub fn iter_by_key(&self) -> impl ExactSizeIterator<Item = Result<PackEntry<'_>>> + '_ {
-        (0..self.len()).map(move |i| {
-            let i = i as u64;
-            let slot = format::u32_in(self.sec(&self.order), i)
-                .map(u64::from)
-                .filter(|&s| s < self.t.n_entries)
-                .ok_or_else(|| self.corrupt(format!("key order #{i} points past the entries")))?;
-            self.make_entry(slot)
-        })
+        (0..self.len())
+            .map(move |i| self.make_entry(self.map_u64(self.layout.order + 8 * i as u64)?))
     }
 
     /// A description of every entry in file order, for inspection tools.
@@ -683,92 +650,145 @@ impl PackReader {
     /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
     pub fn verify(&self) -> Result<VerifyReport> {
+        format::check_preamble(
+            self.map.get(..PREAMBLE_LEN as usize).unwrap_or(&[]),
+            &self.path,
+        )?;
         let index = self
             .map
-            .get(self.t.index_off as usize..self.t.trailer_off() as usize)
+            .get(self.t.index_off as usize..self.layout.trailer as usize)
             .ok_or_else(|| self.corrupt("index outside the file"))?;
         if crc32fast::hash(index) != self.t.index_crc {
             return Err(self.corrupt("index checksum mismatch"));
         }
         let n = self.t.n_entries;
-        let hashes = self.sec(&self.hashes);
-        let slots = self.sec(&self.slots);
-        let oob = || self.corrupt("index section too short");
-        let mut seen = vec![false; n as usize];
-        let mut prev = 0u64;
+        let mut report = VerifyReport {
+            entries: n,
+            ..VerifyReport::default()
+        };
+        // File order: descriptors and payloads ascending, never overlapping.
+        let mut end_prev = PREAMBLE_LEN;
+        for e in self.iter() {
+            let e = e?;
+            for a in e.arrays() {
+                let a = a?;
+                if a.data_off < end_prev {
+                    return Err(
+                        self.corrupt(format!("{}: payload overlaps the previous data", a.what()))
+                    );
+                }
+                end_prev = a.data_off + a.stored_len;
+                a.check_crc()?;
+                if a.compression != Compression::None {
+                    a.decoded_bytes()?;
+                }
+                report.arrays += 1;
+                report.payload_bytes += a.stored_len;
+            }
+            if e.off < end_prev {
+                return Err(
+                    self.corrupt(format!("entry {:?}: descriptor overlaps its data", e.key))
+                );
+            }
+            end_prev = e.off + e.desc.len;
+            e.meta()?;
+        }
+        // Hash index: sorted leaf whose records name real entries by their
+        // key's hash; every fence level samples the level below.
+        let seq_has = |off: u64| -> Result<bool> {
+            let (mut lo, mut hi) = (0u64, n);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                let v = self.map_u64(self.layout.seq + 8 * mid)?;
+                match v.cmp(&off) {
+                    std::cmp::Ordering::Less => lo = mid + 1,
+                    std::cmp::Ordering::Greater => hi = mid,
+                    std::cmp::Ordering::Equal => return Ok(true),
+                }
+            }
+            Ok(false)
+        };
+        let mut prev: Option<(u64, u64)> = None;
         for i in 0..n {
-            let h = format::u64_in(hashes, i).ok_or_else(oob)?;
-            if i > 0 && h < prev {
+            let at = self.layout.leaf + i * LEAF_REC;
+            let rec = (self.map_u64(at)?, self.map_u64(at + 8)?);
+            if prev.is_some_and(|p| p >= rec) {
                 return Err(self.corrupt(format!("hash index not sorted at #{i}")));
             }
-            if i % FENCE_STRIDE == 0
-                && format::u64_in(self.sec(&self.fence), i / FENCE_STRIDE) != Some(h)
-            {
-                return Err(self.corrupt(format!("fence disagrees with hash #{i}")));
+            prev = Some(rec);
+            if !seq_has(rec.1)? {
+                return Err(self.corrupt(format!("hash index #{i} names no entry")));
             }
-            prev = h;
-            let slot = format::u32_in(slots, i).ok_or_else(oob)? as usize;
-            if slot as u64 >= n || std::mem::replace(&mut seen[slot], true) {
-                return Err(self.corrupt(format!("hash slot #{i} is invalid or repeated")));
-            }
-            let e = self.entry_rec(slot as u64)?;
-            let k = self.key_of(&e, slot as u64)?;
-            if k.hash64() != h {
+            let e = self.make_entry(rec.1)?;
+            if e.key.hash64() != rec.0 {
                 return Err(
-                    self.corrupt(format!("entry {k:?}: stored hash does not match its key"))
+                    self.corrupt(format!("entry {:?}: indexed under the wrong hash", e.key))
                 );
             }
         }
-        seen.iter_mut().for_each(|s| *s = false);
+        let mut below = (self.layout.leaf, LEAF_REC);
+        for (k, &(off, len)) in self.layout.levels.iter().enumerate() {
+            for m in 0..len {
+                if self.map_u64(off + 8 * m)? != self.map_u64(below.0 + below.1 * m * STRIDE)? {
+                    return Err(self.corrupt(format!(
+                        "hash index fence level {} disagrees at #{m}",
+                        k + 1
+                    )));
+                }
+            }
+            below = (off, 8);
+        }
+        // Key order: strictly increasing keys (so no duplicates), each a
+        // real entry.
         let mut prev_key: Option<PackKey<'_>> = None;
-        for e in self.iter_by_key() {
+        for (i, e) in self.iter_by_key().enumerate() {
             let e = e?;
-            if std::mem::replace(&mut seen[e.index], true) {
-                return Err(self.corrupt("key order repeats an entry"));
+            if !seq_has(e.off)? {
+                return Err(self.corrupt(format!("key order #{i} names no entry")));
             }
             if prev_key.as_ref().is_some_and(|p| *p >= e.key) {
                 return Err(
                     self.corrupt(format!("key order wrong or duplicate key at {:?}", e.key))
                 );
             }
-            prev_key = Some(e.key.clone());
-        }
-        let mut report = VerifyReport {
-            entries: n,
-            ..VerifyReport::default()
-        };
-        let mut end_prev = PREAMBLE_LEN;
-        let mut next_array = 0u64;
-        for e in self.iter() {
-            let e = e?;
-            if u64::from(e.rec.first_array) != next_array {
-                return Err(self.corrupt(format!(
-                    "entry {:?}: array records not in file order",
-                    e.key
-                )));
-            }
-            next_array += u64::from(e.rec.n_arrays);
-            e.meta()?;
-            for a in e.arrays() {
-                let a = a?;
-                if a.rec.data_off < end_prev {
-                    return Err(
-                        self.corrupt(format!("{}: payload overlaps the previous one", a.what()))
-                    );
-                }
-                end_prev = a.rec.data_off + a.rec.stored_len;
-                a.check_crc()?;
-                if a.compression != Compression::None {
-                    a.decoded_bytes()?;
-                }
-                report.arrays += 1;
-                report.payload_bytes += a.rec.stored_len;
-            }
-        }
-        if next_array != self.t.n_arrays {
-            return Err(self.corrupt("array records not all used by entries"));
+            prev_key = Some(e.key);
         }
         Ok(report)
+    }
+}
+
+/// Index of the first record (of `rec` bytes, starting with a `u64` hash)
+/// whose hash is `>= h`, or the record count.
+fn lower_bound(recs: &[u8], rec: usize, h: u64) -> u64 {
+    let (mut lo, mut hi) = (0usize, recs.len() / rec);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if format::le64(recs, mid * rec).unwrap_or(u64::MAX) < h {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo as u64
+}
+
+/// Fills `buf` from `off` of `file` (`map` is the same file, used where
+/// positioned reads are not available).
+fn read_at(file: &File, map: &Mmap, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let _ = map;
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, off)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        let src = usize::try_from(off)
+            .ok()
+            .and_then(|o| map.get(o..o.checked_add(buf.len())?))
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(src);
+        Ok(())
     }
 }
 
@@ -818,8 +838,8 @@ pub struct VerifyReport {
 #[derive(Clone)]
 pub struct PackEntry<'a> {
     r: &'a PackReader,
-    index: usize,
-    rec: EntryRec,
+    off: u64,
+    desc: Desc<'a>,
     key: PackKey<'a>,
 }
 
@@ -827,8 +847,8 @@ impl fmt::Debug for PackEntry<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PackEntry")
             .field("key", &self.key)
-            .field("index", &self.index)
-            .field("arrays", &self.rec.n_arrays)
+            .field("arrays", &self.desc.n_arrays)
+            .field("meta_len", &self.desc.meta.len())
             .finish()
     }
 }
@@ -843,15 +863,6 @@ impl<'a> PackEntry<'a> {
         &self.key
     }
 
-    /// The entry's position in file order.
-    ///
-    /// # Examples
-    ///
-    /// See [`PackReader::entry_at`].
-    pub fn index(&self) -> usize {
-        self.index
-    }
-
     /// Whether the entry was written as a [`Sample`] (named arrays), rather
     /// than a single array.
     ///
@@ -859,7 +870,7 @@ impl<'a> PackEntry<'a> {
     ///
     /// See [`PackEntry`].
     pub fn is_sample(&self) -> bool {
-        self.rec.entry_kind == ENTRY_SAMPLE
+        self.desc.entry_kind == ENTRY_SAMPLE
     }
 
     /// Number of arrays in the entry (1 for a plain entry).
@@ -868,7 +879,7 @@ impl<'a> PackEntry<'a> {
     ///
     /// See [`PackEntry::arrays`].
     pub fn len(&self) -> usize {
-        self.rec.n_arrays as usize
+        usize::from(self.desc.n_arrays)
     }
 
     /// Whether the entry holds no array (a sample of metadata only).
@@ -886,7 +897,7 @@ impl<'a> PackEntry<'a> {
     /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
     pub fn is_empty(&self) -> bool {
-        self.rec.n_arrays == 0
+        self.desc.n_arrays == 0
     }
 
     /// Whether the entry carries metadata.
@@ -895,39 +906,29 @@ impl<'a> PackEntry<'a> {
     ///
     /// See [`PackWriter::append_with_meta`](crate::PackWriter::append_with_meta).
     pub fn has_meta(&self) -> bool {
-        self.rec.meta_len > 0
+        !self.desc.meta.is_empty()
     }
 
-    /// The metadata value, parsed after its checksum is verified.
+    /// The metadata value, parsed (its bytes are covered by the entry
+    /// descriptor's checksum, verified when the entry was looked up).
     ///
     /// # Errors
     ///
-    /// [`Error::Corrupt`] if the checksum does not match or the text is not
-    /// JSON.
+    /// [`Error::Corrupt`] if the text is not JSON.
     ///
     /// # Examples
     ///
     /// See [`PackWriter::append_with_meta`](crate::PackWriter::append_with_meta).
     pub fn meta(&self) -> Result<Option<Value>> {
-        if self.rec.meta_len == 0 {
+        if self.desc.meta.is_empty() {
             return Ok(None);
         }
-        let b = self
-            .r
-            .heap_slice(self.rec.meta_off, u64::from(self.rec.meta_len))
-            .ok_or_else(|| {
+        serde_json::from_slice(self.desc.meta)
+            .map(Some)
+            .map_err(|e| {
                 self.r
-                    .corrupt(format!("entry {:?}: metadata outside the heap", self.key))
-            })?;
-        if crc32fast::hash(b) != self.rec.meta_crc {
-            return Err(self
-                .r
-                .corrupt(format!("entry {:?}: metadata checksum mismatch", self.key)));
-        }
-        serde_json::from_slice(b).map(Some).map_err(|e| {
-            self.r
-                .corrupt(format!("entry {:?}: metadata: {e}", self.key))
-        })
+                    .corrupt(format!("entry {:?}: metadata: {e}", self.key))
+            })
     }
 
     /// The entry's arrays, in the order they were written.
@@ -951,8 +952,15 @@ impl<'a> PackEntry<'a> {
     /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
     pub fn arrays(&self) -> impl ExactSizeIterator<Item = Result<PackArray<'a>>> + '_ {
-        (0..self.rec.n_arrays)
-            .map(move |i| self.array_rec(u64::from(self.rec.first_array) + u64::from(i)))
+        let (mut dim_at, mut name_at) = (0usize, 0usize);
+        (0..self.len()).map(move |i| {
+            let a = self.make_array(i, dim_at, name_at);
+            if let Some(rec) = self.desc.rec(i) {
+                dim_at += usize::from(rec.ndim) * 8;
+                name_at += usize::from(rec.name_len);
+            }
+            a
+        })
     }
 
     /// The array called `name` (a plain entry's array is called `""`).
@@ -997,16 +1005,16 @@ impl<'a> PackEntry<'a> {
     /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
     pub fn single(&self) -> Result<PackArray<'a>> {
-        if self.rec.n_arrays != 1 {
+        if self.desc.n_arrays != 1 {
             return Err(Error::InvalidInput {
                 path: self.r.path.clone(),
                 reason: format!(
                     "entry {:?} holds {} arrays; pick one with array(name)",
-                    self.key, self.rec.n_arrays
+                    self.key, self.desc.n_arrays
                 ),
             });
         }
-        self.array_rec(u64::from(self.rec.first_array))
+        self.make_array(0, 0, 0)
     }
 
     /// The entry's only array, typed: a view when uncompressed, decoded when
@@ -1078,9 +1086,8 @@ impl<'a> PackEntry<'a> {
     pub fn info(&self) -> Result<EntryInfo> {
         Ok(EntryInfo {
             key: self.key.clone().into_owned(),
-            index: self.index,
             is_sample: self.is_sample(),
-            meta_len: u64::from(self.rec.meta_len),
+            meta_len: self.desc.meta.len() as u64,
             arrays: self
                 .arrays()
                 .map(|a| {
@@ -1089,7 +1096,7 @@ impl<'a> PackEntry<'a> {
                         dtype: a.dtype.to_string(),
                         shape: a.shape.clone(),
                         compression: a.compression,
-                        stored_len: a.rec.stored_len,
+                        stored_len: a.stored_len,
                         raw_len: a.raw_len as u64,
                     })
                 })
@@ -1097,39 +1104,31 @@ impl<'a> PackEntry<'a> {
         })
     }
 
-    fn array_rec(&self, j: u64) -> Result<PackArray<'a>> {
+    /// Array `i`, whose dimensions start at byte `dim_at` of the
+    /// descriptor's dimensions and whose name at byte `name_at` of its names.
+    fn make_array(&self, i: usize, dim_at: usize, name_at: usize) -> Result<PackArray<'a>> {
         let r = self.r;
-        let bad = |what: String| r.corrupt(format!("entry {:?}: array #{j}: {what}", self.key));
-        let b: &[u8; ARRAY_LEN as usize] = j
-            .checked_mul(ARRAY_LEN)
-            .and_then(|o| {
-                let o = usize::try_from(o).ok()?;
-                r.sec(&r.arrays).get(o..o + ARRAY_LEN as usize)
-            })
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| bad("record outside the index".into()))?;
-        let rec = ArrayRec::decode(b);
-        let dt: &'a [u8; format::DTYPE_LEN] = b[40..46]
-            .try_into()
-            .map_err(|_| bad("bad dtype field".into()))?;
-        let dtype = format::decode_dtype(dt).ok_or_else(|| bad("bad dtype field".into()))?;
+        let bad = |what: String| r.corrupt(format!("entry {:?}: array #{i}: {what}", self.key));
+        let rec = self
+            .desc
+            .rec(i)
+            .ok_or_else(|| bad("record missing".into()))?;
+        let dtype = format::decode_dtype(rec.dtype).ok_or_else(|| bad("bad dtype field".into()))?;
         let itemsize =
             dtype_itemsize(dtype).ok_or_else(|| bad(format!("unknown dtype {dtype:?}")))?;
-        let ndim = rec.ndim as u64;
-        if ndim as usize > format::MAX_NDIM
-            || rec
-                .dims_off
-                .checked_add(ndim)
-                .is_none_or(|e| e > r.t.n_dims)
-        {
-            return Err(bad("shape outside the index".into()));
+        let ndim = usize::from(rec.ndim);
+        if ndim > format::MAX_NDIM {
+            return Err(bad("too many dimensions".into()));
         }
-        let dims = r.sec(&r.dims);
-        let mut shape = Vec::with_capacity(ndim as usize);
+        let dims = self
+            .desc
+            .dims
+            .get(dim_at..dim_at + ndim * 8)
+            .ok_or_else(|| bad("shape outside the descriptor".into()))?;
+        let mut shape = Vec::with_capacity(ndim);
         let mut numel: u64 = 1;
         for k in 0..ndim {
-            let d = format::u64_in(dims, rec.dims_off + k)
-                .ok_or_else(|| bad("shape outside the index".into()))?;
+            let d = format::le64(dims, k * 8).unwrap_or(0);
             numel = numel
                 .checked_mul(d)
                 .ok_or_else(|| bad("array size overflows".into()))?;
@@ -1142,12 +1141,13 @@ impl<'a> PackEntry<'a> {
             .ok_or_else(|| bad("array size overflows".into()))?;
         let compression = Compression::from_code(rec.compression)
             .ok_or_else(|| bad(format!("unknown compression code {}", rec.compression)))?;
+        // A payload lies in the data region, before its own descriptor.
         if rec.data_off % ALIGN != 0
             || rec.data_off < PREAMBLE_LEN
             || rec
                 .data_off
                 .checked_add(rec.stored_len)
-                .is_none_or(|e| e > r.t.index_off)
+                .is_none_or(|e| e > self.off)
         {
             return Err(bad("payload outside the data region".into()));
         }
@@ -1157,13 +1157,15 @@ impl<'a> PackEntry<'a> {
                 rec.stored_len
             )));
         }
-        let name = r
-            .heap_slice(rec.name_off, u64::from(rec.name_len))
+        let name = self
+            .desc
+            .names
+            .get(name_at..name_at + usize::from(rec.name_len))
             .and_then(|b| std::str::from_utf8(b).ok())
             .ok_or_else(|| bad("bad name".into()))?;
         let data = r
             .map
-            .get(range(rec.data_off, rec.stored_len))
+            .get(rec.data_off as usize..(rec.data_off + rec.stored_len) as usize)
             .ok_or_else(|| bad("payload outside the file".into()))?;
         Ok(PackArray {
             r,
@@ -1174,7 +1176,9 @@ impl<'a> PackEntry<'a> {
             compression,
             raw_len,
             data,
-            rec,
+            crc: rec.crc,
+            data_off: rec.data_off,
+            stored_len: rec.stored_len,
         })
     }
 }
@@ -1206,7 +1210,9 @@ pub struct PackArray<'a> {
     compression: Compression,
     raw_len: usize,
     data: &'a [u8],
-    rec: ArrayRec,
+    crc: u32,
+    data_off: u64,
+    stored_len: u64,
 }
 
 impl fmt::Debug for PackArray<'_> {
@@ -1291,7 +1297,7 @@ impl<'a> PackArray<'a> {
     /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
     pub fn stored_len(&self) -> u64 {
-        self.rec.stored_len
+        self.stored_len
     }
 
     /// Bytes of the decoded elements (shape × item size).
@@ -1323,7 +1329,7 @@ impl<'a> PackArray<'a> {
     }
 
     fn check_crc(&self) -> Result<()> {
-        if crc32fast::hash(self.data) != self.rec.crc {
+        if crc32fast::hash(self.data) != self.crc {
             return Err(self
                 .r
                 .corrupt(format!("{}: payload checksum mismatch", self.what())));
@@ -1436,8 +1442,6 @@ impl<'a> PackArray<'a> {
 pub struct EntryInfo {
     /// The key.
     pub key: PackKey<'static>,
-    /// Position in file order.
-    pub index: usize,
     /// Whether it was written as a sample.
     pub is_sample: bool,
     /// Bytes of JSON metadata (0: none).

@@ -9,7 +9,7 @@ use ndarray::{ArrayBase, Data, Dimension};
 use serde_json::Value;
 
 use super::codec::{self, Compression};
-use super::format::{self, ArrayRec, EntryRec, Trailer, ALIGN, ENTRY_ARRAY, ENTRY_SAMPLE};
+use super::format::{self, ArrayDesc, Trailer, ALIGN, DESC_ALIGN, ENTRY_ARRAY, ENTRY_SAMPLE};
 use super::key::PackKey;
 use super::sample::Sample;
 use crate::element::{dtype_itemsize, Element};
@@ -97,16 +97,26 @@ pub struct PackWriter {
     tmp: Option<TempFile>,
     pos: u64,
     compression: Compression,
-    entries: Vec<EntryRec>,
-    arrays: Vec<ArrayRec>,
-    dims: Vec<u64>,
-    heap: Vec<u8>,
-    hashes: Vec<u64>,
+    /// Per entry, in file order.
+    entries: Vec<EntryMem>,
+    /// Key bytes of every entry.
+    keys: Vec<u8>,
     first_by_hash: HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
-    next_same: Vec<u32>,
     poisoned: bool,
     raw: Vec<u8>,
     packed: Vec<u8>,
+    desc: Vec<u8>,
+}
+
+/// What the writer keeps in memory per entry until `finish`.
+struct EntryMem {
+    hash: u64,
+    desc_off: u64,
+    key_off: u64,
+    key_len: u32,
+    /// Next entry with the same hash (`NONE` ends the chain).
+    next_same: u32,
+    key_kind: u8,
 }
 
 impl std::fmt::Debug for PackWriter {
@@ -165,15 +175,12 @@ impl PackWriter {
             pos: format::PREAMBLE_LEN,
             compression: Compression::None,
             entries: Vec::new(),
-            arrays: Vec::new(),
-            dims: Vec::new(),
-            heap: Vec::new(),
-            hashes: Vec::new(),
+            keys: Vec::new(),
             first_by_hash: HashMap::default(),
-            next_same: Vec::new(),
             poisoned: false,
             raw: Vec::new(),
             packed: Vec::new(),
+            desc: Vec::new(),
         })
     }
 
@@ -285,10 +292,10 @@ impl PackWriter {
             while i != NONE {
                 let e = &self.entries[i as usize];
                 let s = e.key_off as usize;
-                if e.key_kind == kind && &self.heap[s..s + e.key_len as usize] == kb {
+                if e.key_kind == kind && &self.keys[s..s + e.key_len as usize] == kb {
                     return true;
                 }
-                i = self.next_same[i as usize];
+                i = e.next_same;
             }
             false
         })
@@ -460,14 +467,15 @@ impl PackWriter {
         if self.find(&key, h) {
             return Err(self.invalid(format!("duplicate key {key:?}")));
         }
-        if self.entries.len() >= u32::MAX as usize - 1
-            || self.arrays.len() + arrays.len() >= u32::MAX as usize - 1
-        {
-            return Err(self.invalid("a pack holds at most 2^32 - 2 entries and arrays".into()));
+        if self.entries.len() >= NONE as usize - 1 {
+            return Err(self.invalid("a pack holds at most 2^32 - 2 entries".into()));
+        }
+        if arrays.len() > usize::from(u16::MAX) {
+            return Err(self.invalid("a sample holds at most 65535 arrays".into()));
         }
         // Validate everything before writing a byte, so that a refused
         // entry leaves the writer usable.
-        let mut recs = Vec::with_capacity(arrays.len());
+        let mut dtypes = Vec::with_capacity(arrays.len());
         for a in arrays {
             let dt = format::encode_dtype(a.dtype)
                 .filter(|_| dtype_itemsize(a.dtype).is_some())
@@ -481,84 +489,82 @@ impl PackWriter {
                     format::MAX_NDIM
                 )));
             }
-            if u32::try_from(a.name.len()).is_err() {
-                return Err(self.invalid("array name too long".into()));
+            if a.name.len() > usize::from(u16::MAX) {
+                return Err(self.invalid("array name longer than 65535 bytes".into()));
             }
-            recs.push(dt);
+            dtypes.push(dt);
         }
         let meta_text = match meta {
-            Some(v) => Some(
-                serde_json::to_vec(v)
-                    .map_err(|e| self.invalid(format!("metadata is not serialisable: {e}")))?,
-            ),
-            None => None,
+            Some(v) => serde_json::to_vec(v)
+                .map_err(|e| self.invalid(format!("metadata is not serialisable: {e}")))?,
+            None => Vec::new(),
         };
-        if meta_text
-            .as_ref()
-            .is_some_and(|m| u32::try_from(m.len()).is_err())
-        {
-            return Err(self.invalid("metadata larger than 4 GiB".into()));
-        }
         let key_len = key.with_bytes(|b| b.len());
-        if u32::try_from(key_len).is_err() {
-            return Err(self.invalid("key larger than 4 GiB".into()));
+        if u32::try_from(meta_text.len()).is_err() || u32::try_from(key_len).is_err() {
+            return Err(self.invalid("key or metadata larger than 4 GiB".into()));
         }
 
-        let first_array = self.arrays.len() as u32;
-        let n_arrays = arrays.len() as u32;
         let comp = self.compression;
-        for (a, dtype) in arrays.iter().zip(recs) {
-            let rec = match self.write_payload(a, comp) {
-                Ok((data_off, stored_len, crc)) => {
-                    let name_off = self.heap.len() as u64;
-                    self.heap.extend_from_slice(a.name.as_bytes());
-                    let dims_off = self.dims.len() as u64;
-                    self.dims.extend(a.shape.iter().map(|&d| d as u64));
-                    ArrayRec {
-                        data_off,
-                        stored_len,
-                        dims_off,
-                        name_off,
-                        name_len: a.name.len() as u32,
-                        crc,
-                        dtype,
-                        compression: comp.code(),
-                        ndim: a.shape.len() as u8,
-                    }
-                }
+        let mut placed = Vec::with_capacity(arrays.len());
+        for a in arrays {
+            match self.write_payload(a, comp) {
+                Ok(p) => placed.push(p),
                 Err(e) => {
                     self.poisoned = true;
                     return Err(e);
                 }
-            };
-            self.arrays.push(rec);
-        }
-        let key_off = self.heap.len() as u64;
-        key.with_bytes(|b| self.heap.extend_from_slice(b));
-        let meta_off = self.heap.len() as u64;
-        let (meta_len, meta_crc) = match &meta_text {
-            Some(m) => {
-                self.heap.extend_from_slice(m);
-                (m.len() as u32, crc32fast::hash(m))
             }
-            None => (0, 0),
-        };
-        let idx = self.entries.len() as u32;
-        self.entries.push(EntryRec {
-            key_off,
-            meta_off,
-            key_len: key_len as u32,
-            meta_len,
-            meta_crc,
-            first_array,
-            n_arrays,
-            key_kind: key.kind(),
-            entry_kind,
+        }
+        let descs: Vec<ArrayDesc<'_>> = arrays
+            .iter()
+            .zip(dtypes)
+            .zip(&placed)
+            .map(|((a, dtype), &(data_off, stored_len, crc))| ArrayDesc {
+                data_off,
+                stored_len,
+                crc,
+                compression: comp.code(),
+                dtype,
+                name: a.name,
+                shape: a.shape,
+            })
+            .collect();
+        let mut desc = std::mem::take(&mut self.desc);
+        desc.clear();
+        let pad =
+            format::align_up(self.pos, DESC_ALIGN).expect("file offsets fit in u64") - self.pos;
+        desc.resize(pad as usize, 0);
+        key.with_bytes(|kb| {
+            format::encode_desc(&mut desc, key.kind(), entry_kind, kb, &meta_text, &descs)
         });
-        self.hashes.push(h);
-        let prev = self.first_by_hash.insert(h, idx).unwrap_or(NONE);
-        self.next_same.push(prev);
+        let r = self.write_raw(&desc);
+        self.desc = desc;
+        if let Err(e) = r {
+            self.poisoned = true;
+            return Err(e);
+        }
+        let desc_off = self.pos + pad;
+        self.pos += self.desc.len() as u64;
+
+        let idx = self.entries.len() as u32;
+        let key_off = self.keys.len() as u64;
+        key.with_bytes(|b| self.keys.extend_from_slice(b));
+        let next_same = self.first_by_hash.insert(h, idx).unwrap_or(NONE);
+        self.entries.push(EntryMem {
+            hash: h,
+            desc_off,
+            key_off,
+            key_len: key_len as u32,
+            next_same,
+            key_kind: key.kind(),
+        });
         Ok(())
+    }
+
+    fn write_raw(&mut self, b: &[u8]) -> Result<()> {
+        let tmp = self.tmp.as_mut().expect("checked by the caller");
+        let tpath = tmp.path().to_path_buf();
+        tmp.writer().write_all(b).ctx("write", &tpath)
     }
 
     /// Writes one payload at the next aligned offset; returns
@@ -594,6 +600,13 @@ impl PackWriter {
             match &a.payload {
                 Payload::Bytes(b) => self.raw.extend_from_slice(b),
                 Payload::Typed(f) => f(&mut self.raw).ctx("encode", &tpath)?,
+            }
+            if self.raw.len() as u64 != numel {
+                return Err(self.invalid(format!(
+                    "array {:?} encoded to {} bytes, expected {numel}",
+                    a.name,
+                    self.raw.len()
+                )));
             }
             codec::compress(comp, &self.raw, &mut self.packed, &self.path)?;
             w.write_all(&self.packed).ctx("write", &tpath)?;
@@ -651,21 +664,16 @@ impl PackWriter {
         let n = self.entries.len() as u64;
         let index_off = format::align_up(self.pos, ALIGN).expect("file offsets fit in u64");
 
-        // Hash order (ties broken by entry index) and key order.
-        let mut by_hash: Vec<(u64, u32)> = self
-            .hashes
-            .iter()
-            .enumerate()
-            .map(|(i, &h)| (h, i as u32))
-            .collect();
-        by_hash.sort_unstable();
-        let heap = &self.heap;
+        // Hash order (ties broken by file position) and key order.
+        let mut leaf: Vec<(u64, u64)> = self.entries.iter().map(|e| (e.hash, e.desc_off)).collect();
+        leaf.sort_unstable();
+        let keys = &self.keys;
         let entries = &self.entries;
         let mut order: Vec<u32> = (0..n as u32).collect();
         let key_of = |i: u32| {
             let e = &entries[i as usize];
             let s = e.key_off as usize;
-            (e.key_kind, &heap[s..s + e.key_len as usize])
+            (e.key_kind, &keys[s..s + e.key_len as usize])
         };
         order.sort_by(|&a, &b| {
             let (ka, ba) = key_of(a);
@@ -678,90 +686,61 @@ impl PackWriter {
                 }
             })
         });
+        let layout = format::layout(index_off, n).expect("index sizes fit in u64");
 
         let w = tmp.writer();
+        // Padding before the index is not part of the index checksum.
+        w.write_all(&ZEROS[..(index_off - self.pos) as usize])
+            .ctx("write", &tpath)?;
         let mut c = Counter {
             inner: w,
             crc: crc32fast::Hasher::new(),
             n: 0,
         };
-        let pad = index_off - self.pos;
-        // Padding before the index is not part of the index checksum.
-        c.inner
-            .write_all(&ZEROS[..pad as usize])
-            .ctx("write", &tpath)?;
         let r: io::Result<()> = (|| {
             let mut buf = Vec::with_capacity(1 << 16);
-            let flush = |buf: &mut Vec<u8>, c: &mut Counter<'_, _>, force: bool| {
-                if force || buf.len() >= 1 << 16 {
+            let put = |buf: &mut Vec<u8>, c: &mut Counter<'_, _>, bytes: &[u8]| {
+                buf.extend_from_slice(bytes);
+                if buf.len() >= 1 << 16 {
                     c.write_all(buf)?;
                     buf.clear();
                 }
                 io::Result::Ok(())
             };
             for e in &self.entries {
-                buf.extend_from_slice(&e.encode());
-                flush(&mut buf, &mut c, false)?;
+                put(&mut buf, &mut c, &e.desc_off.to_le_bytes())?;
             }
-            for a in &self.arrays {
-                buf.extend_from_slice(&a.encode());
-                flush(&mut buf, &mut c, false)?;
+            for &i in &order {
+                put(
+                    &mut buf,
+                    &mut c,
+                    &entries[i as usize].desc_off.to_le_bytes(),
+                )?;
             }
-            for (h, _) in &by_hash {
-                buf.extend_from_slice(&h.to_le_bytes());
-                flush(&mut buf, &mut c, false)?;
+            for (h, off) in &leaf {
+                put(&mut buf, &mut c, &h.to_le_bytes())?;
+                put(&mut buf, &mut c, &off.to_le_bytes())?;
             }
-            for (_, i) in &by_hash {
-                buf.extend_from_slice(&i.to_le_bytes());
-                flush(&mut buf, &mut c, false)?;
+            let mut level: Vec<u64> = leaf.iter().map(|l| l.0).collect();
+            for _ in &layout.levels {
+                level = level
+                    .iter()
+                    .copied()
+                    .step_by(format::STRIDE as usize)
+                    .collect();
+                for h in &level {
+                    put(&mut buf, &mut c, &h.to_le_bytes())?;
+                }
             }
-            if n % 2 == 1 {
-                buf.extend_from_slice(&[0; 4]);
-            }
-            for i in &order {
-                buf.extend_from_slice(&i.to_le_bytes());
-                flush(&mut buf, &mut c, false)?;
-            }
-            if n % 2 == 1 {
-                buf.extend_from_slice(&[0; 4]);
-            }
-            for (h, _) in by_hash.iter().step_by(format::FENCE_STRIDE as usize) {
-                buf.extend_from_slice(&h.to_le_bytes());
-                flush(&mut buf, &mut c, false)?;
-            }
-            for d in &self.dims {
-                buf.extend_from_slice(&d.to_le_bytes());
-                flush(&mut buf, &mut c, false)?;
-            }
-            flush(&mut buf, &mut c, true)?;
-            c.write_all(&self.heap)
+            c.write_all(&buf)
         })();
         r.ctx("write", &tpath)?;
         let index_crc = c.crc.finalize();
-        let index_len = c.n;
-        let l = format::layout(
-            index_off,
-            n,
-            self.arrays.len() as u64,
-            self.dims.len() as u64,
-            self.heap.len() as u64,
-        )
-        .expect("index sizes fit in u64");
-        debug_assert_eq!(l[7], index_off + index_len);
+        debug_assert_eq!(index_off + c.n, layout.trailer);
         let t = Trailer {
-            file_len: l[7] + format::TRAILER_LEN,
+            file_len: layout.trailer + format::TRAILER_LEN,
             n_entries: n,
-            n_arrays: self.arrays.len() as u64,
-            n_dims: self.dims.len() as u64,
             index_off,
-            arrays_off: l[0],
-            hashes_off: l[1],
-            slots_off: l[2],
-            order_off: l[3],
-            fence_off: l[4],
-            dims_off: l[5],
-            heap_off: l[6],
-            heap_len: self.heap.len() as u64,
             index_crc,
         };
         tmp.writer().write_all(&t.encode()).ctx("write", &tpath)?;
