@@ -21,11 +21,6 @@ use std::time::{Duration, Instant};
 use ndarray::{Array1, Ix1};
 use ndarray_offload::{PackReader, PackWriter};
 
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn pct(v: &[Duration], p: f64) -> Duration {
     // v is sorted
     v[((v.len() - 1) as f64 * p) as usize]
@@ -64,40 +59,53 @@ fn warm(path: &Path) {
     let _ = black_box(fs::read(path).unwrap().len());
 }
 
-fn lookup_bench(dir: &Path, n: u64, reps: usize) -> (Duration, Duration, Duration) {
+struct Lookup {
+    /// open + lookup + view, until the view is in hand.
+    view: Vec<Duration>,
+    /// The same plus dropping the reader (munmap + close).
+    cycle: Vec<Duration>,
+    /// lookup + view on a reader that stays open.
+    open_reader: Vec<Duration>,
+}
+
+fn lookup_bench(dir: &Path, n: u64, reps: usize) -> Lookup {
     let path = dir.join(format!("lookup-{n}.pack"));
     build(&path, n, 16);
     warm(&path);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ n);
-    let mut times = Vec::with_capacity(reps);
     let keys: Vec<String> = (0..reps).map(|_| key(rng.next() % n)).collect();
     // A few untimed rounds first.
     for k in keys.iter().take(100) {
         let r = PackReader::open(&path).unwrap();
         black_box(r.view::<f32, Ix1>(k.as_str()).unwrap()[3]);
     }
+    let mut out = Lookup {
+        view: Vec::with_capacity(reps),
+        cycle: Vec::with_capacity(reps),
+        open_reader: Vec::with_capacity(reps),
+    };
     for k in &keys {
         let t = Instant::now();
         let r = PackReader::open(&path).unwrap();
         let v = r.view::<f32, Ix1>(k.as_str()).unwrap();
         black_box(v[3]);
+        out.view.push(t.elapsed());
         drop(r);
-        times.push(t.elapsed());
+        out.cycle.push(t.elapsed());
     }
-    // Lookup + view alone on an open reader.
     let r = PackReader::open(&path).unwrap();
-    let mut warm_times = Vec::with_capacity(reps);
     for k in &keys {
         let t = Instant::now();
         let v = r.view::<f32, Ix1>(k.as_str()).unwrap();
         black_box(v[3]);
-        warm_times.push(t.elapsed());
+        out.open_reader.push(t.elapsed());
     }
-    let m = median(&mut times);
-    let p99 = pct(&times, 0.99);
-    let wm = median(&mut warm_times);
+    drop(r);
     fs::remove_file(&path).unwrap();
-    (m, p99, wm)
+    out.view.sort();
+    out.cycle.sort();
+    out.open_reader.sort();
+    out
 }
 
 fn scratch(dir: &Path, bytes: u64) {
@@ -163,26 +171,25 @@ fn main() {
     let big: u64 = if quick { 20_000 } else { 1_000_000 };
     let reps = if quick { 2_000 } else { 20_000 };
 
-    println!("== (a) open + lookup + view of one entry (file in page cache) ==");
-    let (m1, p1, w1) = lookup_bench(&dir, 1_000, reps);
-    let (m2, p2, w2) = lookup_bench(&dir, big, reps);
     println!(
-        "{:>10} entries: open+lookup+view median {:7.2} us  p99 {:7.2} us | lookup+view on an open reader {:6.3} us",
-        1_000,
-        us(m1),
-        us(p1),
-        us(w1)
+        "== (a) open + lookup + view of one entry (file in page cache), {reps} random keys =="
     );
+    let small = lookup_bench(&dir, 1_000, reps);
+    let large = lookup_bench(&dir, big, reps);
+    for (n, l) in [(1_000, &small), (big, &large)] {
+        println!(
+            "{n:>9} entries: open+lookup+view median {:6.2} us (p90 {:6.2}) | with close (munmap) {:6.2} us (p90 {:6.2}) | lookup+view on an open reader {:5.2} us",
+            us(l.view[reps / 2]),
+            us(pct(&l.view, 0.9)),
+            us(l.cycle[reps / 2]),
+            us(pct(&l.cycle, 0.9)),
+            us(l.open_reader[reps / 2]),
+        );
+    }
     println!(
-        "{:>10} entries: open+lookup+view median {:7.2} us  p99 {:7.2} us | lookup+view on an open reader {:6.3} us",
-        big,
-        us(m2),
-        us(p2),
-        us(w2)
-    );
-    println!(
-        "ratio {big}/1000 entries (median open+lookup+view): {:.2}x",
-        m2.as_secs_f64() / m1.as_secs_f64()
+        "ratio {big} / 1000 entries, median open+lookup+view: {:.2}x (with close {:.2}x)",
+        large.view[reps / 2].as_secs_f64() / small.view[reps / 2].as_secs_f64(),
+        large.cycle[reps / 2].as_secs_f64() / small.cycle[reps / 2].as_secs_f64(),
     );
 
     println!();

@@ -1,9 +1,11 @@
 //! The pack writer: append keyed arrays and samples, commit in `finish()`.
 
+use std::any::TypeId;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::io::{self, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use ndarray::{ArrayBase, Data, Dimension};
 use serde_json::Value;
@@ -14,7 +16,7 @@ use super::key::PackKey;
 use super::sample::Sample;
 use crate::element::{dtype_itemsize, Element};
 use crate::error::{Error, IoContext, Result};
-use crate::io::{parent_dir, sync_dir, TempFile};
+use crate::io::{parent_dir, sync_dir, sync_file, SeamFile, TempFile};
 
 /// Hasher for keys that are already 64-bit hashes.
 #[derive(Default)]
@@ -95,6 +97,7 @@ impl<W: Write> Write for Counter<'_, W> {
 pub struct PackWriter {
     path: PathBuf,
     tmp: Option<TempFile>,
+    tmp_path: PathBuf,
     pos: u64,
     compression: Compression,
     /// Per entry, in file order.
@@ -106,6 +109,115 @@ pub struct PackWriter {
     raw: Vec<u8>,
     packed: Vec<u8>,
     desc: Vec<u8>,
+    placed: Vec<(u64, u64, u32)>,
+    dtypes: Vec<(TypeId, Option<([u8; format::DTYPE_LEN], usize)>)>,
+    /// Whether `first_by_hash` holds every entry. Until a key arrives out
+    /// of order (per key kind), keys are known to be increasing and
+    /// duplicates are ruled out by comparing with the last key, without
+    /// touching a hash table.
+    indexed: bool,
+    /// While not indexed: entry indices of each key kind, keys increasing.
+    by_kind: [Vec<u32>; 2],
+    /// Output not yet handed to the file (see `Chunked`).
+    chunk: Vec<u8>,
+    /// Background flushing of what is written so far.
+    syncer: Option<Syncer>,
+    /// `pos` at which the next background flush is requested.
+    next_sync: u64,
+}
+
+/// Size of the writer's own output buffer: payloads are gathered into
+/// 1 MiB writes (the temporary file's buffer is only 64 KiB).
+const CHUNK: usize = 1 << 20;
+
+/// Gathers small writes into `CHUNK`-sized ones.
+struct Chunked<'a> {
+    buf: &'a mut Vec<u8>,
+    inner: &'a mut BufWriter<SeamFile>,
+}
+
+impl Chunked<'_> {
+    fn flush_buf(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.inner.write_all(self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+impl Write for Chunked<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.write_all(b)?;
+        Ok(b.len())
+    }
+    fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
+        if self.buf.len() + b.len() > CHUNK {
+            self.flush_buf()?;
+        }
+        if b.len() >= CHUNK {
+            self.inner.write_all(b)
+        } else {
+            self.buf.extend_from_slice(b);
+            Ok(())
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_buf()?;
+        self.inner.flush()
+    }
+}
+
+/// Bytes written between two background flushes.
+const SYNC_EVERY: u64 = 64 << 20;
+
+/// A thread that `fsync`s the temporary file whenever asked, so the disk
+/// writes back the first bytes while later ones are still being produced
+/// and `finish` only waits for the tail (what `bytes_per_sync` does in
+/// RocksDB). Requests made while a flush runs are merged into one.
+struct Syncer {
+    tx: Option<mpsc::SyncSender<()>>,
+    handle: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Syncer {
+    fn start(file: std::fs::File, path: PathBuf) -> Self {
+        let (tx, rx) = mpsc::sync_channel::<()>(1);
+        let handle = std::thread::Builder::new()
+            .name("ndarray-offload pack sync".into())
+            .spawn(move || {
+                for () in rx {
+                    sync_file(&file, &path)?;
+                }
+                Ok(())
+            })
+            .ok();
+        Syncer {
+            tx: handle.as_ref().map(|_| tx),
+            handle,
+        }
+    }
+
+    fn request(&self) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(());
+        }
+    }
+
+    /// Stops the thread and returns the first error it met.
+    fn stop(&mut self) -> Result<()> {
+        self.tx = None;
+        match self.handle.take().map(|h| h.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) | None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
 }
 
 /// What the writer keeps in memory per entry until `finish`.
@@ -172,6 +284,7 @@ impl PackWriter {
         Ok(PackWriter {
             path,
             tmp: Some(tmp),
+            tmp_path: tpath,
             pos: format::PREAMBLE_LEN,
             compression: Compression::None,
             entries: Vec::new(),
@@ -181,6 +294,13 @@ impl PackWriter {
             raw: Vec::new(),
             packed: Vec::new(),
             desc: Vec::new(),
+            placed: Vec::new(),
+            dtypes: Vec::new(),
+            indexed: false,
+            by_kind: [Vec::new(), Vec::new()],
+            chunk: Vec::with_capacity(CHUNK),
+            syncer: None,
+            next_sync: SYNC_EVERY,
         })
     }
 
@@ -282,23 +402,59 @@ impl PackWriter {
         &self.path
     }
 
+    /// The stored key bytes of entry `i`.
+    fn key_at(&self, i: u32) -> &[u8] {
+        let e = &self.entries[i as usize];
+        let s = e.key_off as usize;
+        &self.keys[s..s + e.key_len as usize]
+    }
+
+    /// Compares the key of entry `i` (of the same kind) with `key`.
+    fn cmp_key(&self, i: u32, key: &PackKey<'_>) -> std::cmp::Ordering {
+        let stored = self.key_at(i);
+        match key {
+            PackKey::U64(k) => le_u64(stored).cmp(k),
+            PackKey::Str(s) => stored.cmp(s.as_bytes()),
+        }
+    }
+
     fn find(&self, key: &PackKey<'_>, h: u64) -> bool {
+        let kind = key.kind();
+        if !self.indexed {
+            let list = &self.by_kind[usize::from(kind)];
+            return list.binary_search_by(|&i| self.cmp_key(i, key)).is_ok();
+        }
         let mut i = match self.first_by_hash.get(&h) {
             Some(&i) => i,
             None => return false,
         };
-        let kind = key.kind();
         key.with_bytes(|kb| {
             while i != NONE {
                 let e = &self.entries[i as usize];
-                let s = e.key_off as usize;
-                if e.key_kind == kind && &self.keys[s..s + e.key_len as usize] == kb {
+                if e.key_kind == kind && self.key_at(i) == kb {
                     return true;
                 }
                 i = e.next_same;
             }
             false
         })
+    }
+
+    /// Whether `key` is greater than every key of its kind so far.
+    fn is_new_max(&self, key: &PackKey<'_>) -> bool {
+        self.by_kind[usize::from(key.kind())]
+            .last()
+            .is_none_or(|&i| self.cmp_key(i, key).is_lt())
+    }
+
+    /// Switches duplicate detection to the hash table.
+    fn build_index(&mut self) {
+        self.first_by_hash.reserve(self.entries.len());
+        for (i, e) in self.entries.iter_mut().enumerate() {
+            e.next_same = self.first_by_hash.insert(e.hash, i as u32).unwrap_or(NONE);
+        }
+        self.indexed = true;
+        self.by_kind = [Vec::new(), Vec::new()];
     }
 
     /// Appends one array under `key`, without metadata.
@@ -383,7 +539,8 @@ impl PackWriter {
         S: Data<Elem = T>,
         D: Dimension,
     {
-        let dtype = T::dtype();
+        let (dt, dt_len) = self.dtype_of::<T>()?;
+        let dtype = std::str::from_utf8(&dt[..dt_len]).unwrap_or("");
         let std = array.as_standard_layout();
         let slice: &[T] = std.as_slice().unwrap_or(&[]);
         let write = |w: &mut dyn Write| {
@@ -394,7 +551,7 @@ impl PackWriter {
         };
         let a = ArrayIn {
             name: "",
-            dtype: &dtype,
+            dtype,
             shape: array.shape(),
             payload: Payload::Typed(&write),
         };
@@ -446,6 +603,23 @@ impl PackWriter {
         self.append_entry(key.into(), ENTRY_SAMPLE, &ins, sample.meta.as_ref())
     }
 
+    /// `T::dtype()` as stored in a pack, computed once per element type.
+    fn dtype_of<T: Element>(&mut self) -> Result<([u8; format::DTYPE_LEN], usize)> {
+        let id = TypeId::of::<T>();
+        let d = match self.dtypes.iter().find(|(t, _)| *t == id) {
+            Some((_, d)) => *d,
+            None => {
+                let s = T::dtype();
+                let d = format::encode_dtype(&s)
+                    .filter(|_| dtype_itemsize(&s).is_some())
+                    .map(|b| (b, s.len()));
+                self.dtypes.push((id, d));
+                d
+            }
+        };
+        d.ok_or_else(|| self.invalid(format!("dtype {} cannot be stored in a pack", T::dtype())))
+    }
+
     fn invalid(&self, reason: String) -> Error {
         Error::InvalidInput {
             path: self.path.clone(),
@@ -464,8 +638,13 @@ impl PackWriter {
             return Err(self.invalid("the pack writer failed earlier and cannot continue".into()));
         }
         let h = key.hash64();
-        if self.find(&key, h) {
-            return Err(self.invalid(format!("duplicate key {key:?}")));
+        if self.indexed || !self.is_new_max(&key) {
+            if !self.indexed {
+                self.build_index();
+            }
+            if self.find(&key, h) {
+                return Err(self.invalid(format!("duplicate key {key:?}")));
+            }
         }
         if self.entries.len() >= NONE as usize - 1 {
             return Err(self.invalid("a pack holds at most 2^32 - 2 entries".into()));
@@ -475,13 +654,10 @@ impl PackWriter {
         }
         // Validate everything before writing a byte, so that a refused
         // entry leaves the writer usable.
-        let mut dtypes = Vec::with_capacity(arrays.len());
         for a in arrays {
-            let dt = format::encode_dtype(a.dtype)
-                .filter(|_| dtype_itemsize(a.dtype).is_some())
-                .ok_or_else(|| {
-                    self.invalid(format!("dtype {} cannot be stored in a pack", a.dtype))
-                })?;
+            if format::encode_dtype(a.dtype).is_none() || dtype_itemsize(a.dtype).is_none() {
+                return Err(self.invalid(format!("dtype {} cannot be stored in a pack", a.dtype)));
+            }
             if a.shape.len() > format::MAX_NDIM {
                 return Err(self.invalid(format!(
                     "{} dimensions (a pack stores at most {})",
@@ -492,7 +668,6 @@ impl PackWriter {
             if a.name.len() > usize::from(u16::MAX) {
                 return Err(self.invalid("array name longer than 65535 bytes".into()));
             }
-            dtypes.push(dt);
         }
         let meta_text = match meta {
             Some(v) => serde_json::to_vec(v)
@@ -505,7 +680,8 @@ impl PackWriter {
         }
 
         let comp = self.compression;
-        let mut placed = Vec::with_capacity(arrays.len());
+        let mut placed = std::mem::take(&mut self.placed);
+        placed.clear();
         for a in arrays {
             match self.write_payload(a, comp) {
                 Ok(p) => placed.push(p),
@@ -515,20 +691,27 @@ impl PackWriter {
                 }
             }
         }
-        let descs: Vec<ArrayDesc<'_>> = arrays
-            .iter()
-            .zip(dtypes)
-            .zip(&placed)
-            .map(|((a, dtype), &(data_off, stored_len, crc))| ArrayDesc {
+        let make = |i: usize| {
+            let (a, &(data_off, stored_len, crc)) = (&arrays[i], &placed[i]);
+            ArrayDesc {
                 data_off,
                 stored_len,
                 crc,
                 compression: comp.code(),
-                dtype,
+                dtype: format::encode_dtype(a.dtype).unwrap_or_default(),
                 name: a.name,
                 shape: a.shape,
-            })
-            .collect();
+            }
+        };
+        let one;
+        let many: Vec<ArrayDesc<'_>>;
+        let descs: &[ArrayDesc<'_>] = if arrays.len() == 1 {
+            one = [make(0)];
+            &one
+        } else {
+            many = (0..arrays.len()).map(make).collect();
+            &many
+        };
         let mut desc = std::mem::take(&mut self.desc);
         desc.clear();
         let pad =
@@ -539,17 +722,27 @@ impl PackWriter {
         });
         let r = self.write_raw(&desc);
         self.desc = desc;
+        self.placed = placed;
         if let Err(e) = r {
             self.poisoned = true;
             return Err(e);
         }
         let desc_off = self.pos + pad;
         self.pos += self.desc.len() as u64;
+        if self.pos >= self.next_sync {
+            self.next_sync = self.pos + SYNC_EVERY;
+            self.background_sync();
+        }
 
         let idx = self.entries.len() as u32;
         let key_off = self.keys.len() as u64;
         key.with_bytes(|b| self.keys.extend_from_slice(b));
-        let next_same = self.first_by_hash.insert(h, idx).unwrap_or(NONE);
+        let next_same = if self.indexed {
+            self.first_by_hash.insert(h, idx).unwrap_or(NONE)
+        } else {
+            self.by_kind[usize::from(key.kind())].push(idx);
+            NONE
+        };
         self.entries.push(EntryMem {
             hash: h,
             desc_off,
@@ -563,8 +756,34 @@ impl PackWriter {
 
     fn write_raw(&mut self, b: &[u8]) -> Result<()> {
         let tmp = self.tmp.as_mut().expect("checked by the caller");
-        let tpath = tmp.path().to_path_buf();
-        tmp.writer().write_all(b).ctx("write", &tpath)
+        Chunked {
+            buf: &mut self.chunk,
+            inner: tmp.writer(),
+        }
+        .write_all(b)
+        .ctx("write", &self.tmp_path)
+    }
+
+    /// Pushes buffered bytes to the file and asks the background thread to
+    /// flush them to disk.
+    fn background_sync(&mut self) {
+        let Some(tmp) = self.tmp.as_mut() else { return };
+        let mut w = Chunked {
+            buf: &mut self.chunk,
+            inner: tmp.writer(),
+        };
+        if w.flush().is_err() {
+            return; // the next write reports the error
+        }
+        if self.syncer.is_none() {
+            match tmp.file().try_clone() {
+                Ok(f) => self.syncer = Some(Syncer::start(f, self.tmp_path.clone())),
+                Err(_) => return,
+            }
+        }
+        if let Some(s) = &self.syncer {
+            s.request();
+        }
     }
 
     /// Writes one payload at the next aligned offset; returns
@@ -578,10 +797,13 @@ impl PackWriter {
             .and_then(|n| n.checked_mul(itemsize))
             .ok_or_else(|| self.invalid("array size overflows".into()))?;
         let tmp = self.tmp.as_mut().expect("checked by the caller");
-        let tpath = tmp.path().to_path_buf();
-        let w = tmp.writer();
+        let tpath = &self.tmp_path;
+        let w = &mut Chunked {
+            buf: &mut self.chunk,
+            inner: tmp.writer(),
+        };
         let pad = format::align_up(self.pos, ALIGN).expect("file offsets fit in u64") - self.pos;
-        w.write_all(&ZEROS[..pad as usize]).ctx("write", &tpath)?;
+        w.write_all(&ZEROS[..pad as usize]).ctx("write", tpath)?;
         let data_off = self.pos + pad;
         let (stored_len, crc) = if comp == Compression::None {
             let mut c = Counter {
@@ -593,13 +815,13 @@ impl PackWriter {
                 Payload::Bytes(b) => c.write_all(b),
                 Payload::Typed(f) => f(&mut c),
             }
-            .ctx("write", &tpath)?;
+            .ctx("write", tpath)?;
             (c.n, c.crc.finalize())
         } else {
             self.raw.clear();
             match &a.payload {
                 Payload::Bytes(b) => self.raw.extend_from_slice(b),
-                Payload::Typed(f) => f(&mut self.raw).ctx("encode", &tpath)?,
+                Payload::Typed(f) => f(&mut self.raw).ctx("encode", tpath)?,
             }
             if self.raw.len() as u64 != numel {
                 return Err(self.invalid(format!(
@@ -609,7 +831,7 @@ impl PackWriter {
                 )));
             }
             codec::compress(comp, &self.raw, &mut self.packed, &self.path)?;
-            w.write_all(&self.packed).ctx("write", &tpath)?;
+            w.write_all(&self.packed).ctx("write", tpath)?;
             (self.packed.len() as u64, crc32fast::hash(&self.packed))
         };
         if comp == Compression::None && stored_len != numel {
@@ -688,6 +910,12 @@ impl PackWriter {
         });
         let layout = format::layout(index_off, n).expect("index sizes fit in u64");
 
+        Chunked {
+            buf: &mut self.chunk,
+            inner: tmp.writer(),
+        }
+        .flush_buf()
+        .ctx("write", &tpath)?;
         let w = tmp.writer();
         // Padding before the index is not part of the index checksum.
         w.write_all(&ZEROS[..(index_off - self.pos) as usize])
@@ -744,6 +972,9 @@ impl PackWriter {
             index_crc,
         };
         tmp.writer().write_all(&t.encode()).ctx("write", &tpath)?;
+        if let Some(mut s) = self.syncer.take() {
+            s.stop()?;
+        }
         tmp.flush_and_sync()?;
         Ok(tmp)
     }
