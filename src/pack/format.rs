@@ -247,7 +247,7 @@ impl Trailer {
         if le32(b, 40) != Some(STRIDE as u32) {
             return bad("unexpected index fan-out".into());
         }
-        if t.index_off < PREAMBLE_LEN || t.index_off % ALIGN != 0 {
+        if t.index_off < PREAMBLE_LEN || !t.index_off.is_multiple_of(ALIGN) {
             return bad("misaligned index offset".into());
         }
         let Some(l) = layout(t.index_off, t.n_entries) else {
@@ -350,7 +350,7 @@ pub(crate) struct ArrayRec<'a> {
 /// end of the data region), verifying its checksum. Errors are reasons.
 pub(crate) fn decode_desc(b: &[u8]) -> std::result::Result<Desc<'_>, String> {
     let len = le32(b, 0).ok_or("descriptor outside the data region")? as usize;
-    if len < DESC_HEAD || len % DESC_ALIGN as usize != 0 {
+    if len < DESC_HEAD || !len.is_multiple_of(DESC_ALIGN as usize) {
         return Err(format!("bad descriptor length {len}"));
     }
     let d = b.get(..len).ok_or("descriptor runs past the data region")?;

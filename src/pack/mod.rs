@@ -29,7 +29,7 @@
 //! use ndarray::{array, Array2, Ix2};
 //! use ndarray_offload::{PackReader, PackWriter};
 //!
-//! let dir = tempfile::tempdir()?;
+//! let dir = tempfile::tempdir().unwrap();
 //! let path = dir.path().join("tiles.pack");
 //!
 //! let mut w = PackWriter::create(&path)?;

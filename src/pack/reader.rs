@@ -57,7 +57,7 @@ const TAIL_READ: u64 = STRIDE * LEAF_REC + TRAILER_LEN;
 /// use ndarray::{array, Ix2};
 /// use ndarray_offload::{PackReader, PackWriter};
 ///
-/// let dir = tempfile::tempdir()?;
+/// let dir = tempfile::tempdir().unwrap();
 /// let path = dir.path().join("a.pack");
 /// let mut w = PackWriter::create(&path)?;
 /// w.append("xyz", &array![[1.0f32, 2.0, 3.0]])?;
@@ -103,11 +103,11 @@ impl PackReader {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
-    /// std::fs::write(&path, b"not a pack")?;
+    /// std::fs::write(&path, b"not a pack").unwrap();
     /// assert!(ndarray_offload::PackReader::open(&path).is_err());
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
@@ -155,11 +155,11 @@ impl PackReader {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
     /// ndarray_offload::PackWriter::create(&path)?.finish()?;
     /// assert_eq!(ndarray_offload::PackReader::open(&path)?.path(), path);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn path(&self) -> &Path {
         &self.path
@@ -170,13 +170,13 @@ impl PackReader {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
     /// let mut w = ndarray_offload::PackWriter::create(&path)?;
     /// w.append(1u64, &ndarray::array![0u8])?;
     /// w.finish()?;
     /// assert_eq!(ndarray_offload::PackReader::open(&path)?.len(), 1);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn len(&self) -> usize {
         self.t.n_entries as usize
@@ -187,11 +187,11 @@ impl PackReader {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
     /// ndarray_offload::PackWriter::create(&path)?.finish()?;
     /// assert!(ndarray_offload::PackReader::open(&path)?.is_empty());
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn is_empty(&self) -> bool {
         self.t.n_entries == 0
@@ -202,12 +202,12 @@ impl PackReader {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
     /// ndarray_offload::PackWriter::create(&path)?.finish()?;
     /// let r = ndarray_offload::PackReader::open(&path)?;
-    /// assert_eq!(r.file_len(), std::fs::metadata(&path)?.len());
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// assert_eq!(r.file_len(), std::fs::metadata(&path).unwrap().len());
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn file_len(&self) -> u64 {
         self.t.file_len
@@ -234,7 +234,7 @@ impl PackReader {
     /// The descriptor at `off`, checksum-verified.
     fn desc_at(&self, off: u64) -> Result<Desc<'_>> {
         let end = self.t.index_off;
-        if off % format::DESC_ALIGN != 0 || off < PREAMBLE_LEN || off >= end {
+        if !off.is_multiple_of(format::DESC_ALIGN) || off < PREAMBLE_LEN || off >= end {
             return Err(self.corrupt(format!("entry descriptor offset {off} is invalid")));
         }
         let b = self
@@ -354,7 +354,7 @@ impl PackReader {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
     /// let mut w = ndarray_offload::PackWriter::create(&path)?;
     /// w.append("a", &ndarray::array![0u8])?;
@@ -362,7 +362,7 @@ impl PackReader {
     /// let r = ndarray_offload::PackReader::open(&path)?;
     /// assert!(r.contains("a")?);
     /// assert!(!r.contains(0u64)?);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn contains<'k>(&self, key: impl Into<PackKey<'k>>) -> Result<bool> {
         Ok(self.find(&key.into())?.is_some())
@@ -378,7 +378,7 @@ impl PackReader {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
     /// let mut w = ndarray_offload::PackWriter::create(&path)?;
     /// w.append("a", &ndarray::array![0u8])?;
@@ -386,7 +386,7 @@ impl PackReader {
     /// let r = ndarray_offload::PackReader::open(&path)?;
     /// assert_eq!(r.entry("a")?.key().as_str(), Some("a"));
     /// assert!(r.entry("b").unwrap_err().is_not_found());
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn entry<'k>(&self, key: impl Into<PackKey<'k>>) -> Result<PackEntry<'_>> {
         let key = key.into();
@@ -414,7 +414,7 @@ impl PackReader {
     ///
     /// ```
     /// use ndarray::{array, Ix1};
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
     /// let mut w = ndarray_offload::PackWriter::create(&path)?;
     /// w.append(7u64, &array![1.5f64, 2.5])?;
@@ -422,7 +422,7 @@ impl PackReader {
     /// let r = ndarray_offload::PackReader::open(&path)?;
     /// assert_eq!(r.get::<f64, Ix1>(7u64)?, array![1.5, 2.5]);
     /// assert!(r.get::<f32, Ix1>(7u64).is_err()); // wrong dtype
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn get<'k, T: Element, D: Dimension>(
         &self,
@@ -442,14 +442,14 @@ impl PackReader {
     ///
     /// ```
     /// use ndarray::{array, Ix1};
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
     /// let mut w = ndarray_offload::PackWriter::create(&path)?;
     /// w.append(7u64, &array![1u16, 2])?;
     /// w.finish()?;
     /// let r = ndarray_offload::PackReader::open(&path)?;
     /// assert_eq!(r.get_verified::<u16, Ix1>(7u64)?, array![1u16, 2]);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn get_verified<'k, T: Element, D: Dimension>(
         &self,
@@ -469,7 +469,7 @@ impl PackReader {
     ///
     /// ```
     /// use ndarray::{array, Ix2};
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
     /// let mut w = ndarray_offload::PackWriter::create(&path)?;
     /// w.append("m", &array![[1i32, 2], [3, 4]])?;
@@ -477,7 +477,7 @@ impl PackReader {
     /// let r = ndarray_offload::PackReader::open(&path)?;
     /// let v = r.view::<i32, Ix2>("m")?;
     /// assert_eq!(v.sum(), 10);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn view<'k, T: Element, D: Dimension>(
         &self,
@@ -496,7 +496,7 @@ impl PackReader {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
     /// let mut w = ndarray_offload::PackWriter::create(&path)?;
     /// w.append("b", &ndarray::array![0u8])?;
@@ -504,7 +504,7 @@ impl PackReader {
     /// w.finish()?;
     /// let r = ndarray_offload::PackReader::open(&path)?;
     /// assert_eq!(r.entry_at(0)?.key().as_str(), Some("b"));
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn entry_at(&self, index: usize) -> Result<PackEntry<'_>> {
         if index as u64 >= self.t.n_entries {
@@ -529,7 +529,7 @@ impl PackReader {
     ///
     /// ```
     /// use ndarray::{array, Ix1};
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
     /// let mut w = ndarray_offload::PackWriter::create(&path)?;
     /// for i in 0..10u64 {
@@ -543,7 +543,7 @@ impl PackReader {
     ///     .map(|e| e.get::<f32, Ix1>().map(|a| a[0]))
     ///     .collect::<Result<_, _>>()?;
     /// assert_eq!(firsts, [4.0, 5.0, 6.0]);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn read(&self, start: usize, n: usize) -> Result<Vec<PackEntry<'_>>> {
         match start.checked_add(n) {
@@ -565,7 +565,7 @@ impl PackReader {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
     /// let mut w = ndarray_offload::PackWriter::create(&path)?;
     /// w.append("z", &ndarray::array![0u8])?;
@@ -574,7 +574,7 @@ impl PackReader {
     /// let r = ndarray_offload::PackReader::open(&path)?;
     /// let keys: Vec<String> = r.iter().map(|e| e.map(|e| e.key().to_string())).collect::<Result<_, _>>()?;
     /// assert_eq!(keys, ["z", "a"]);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Result<PackEntry<'_>>> + '_ {
         (0..self.len()).map(move |i| self.entry_at(i))
@@ -587,7 +587,7 @@ impl PackReader {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
     /// let mut w = ndarray_offload::PackWriter::create(&path)?;
     /// w.append("b", &ndarray::array![0u8])?;
@@ -598,7 +598,7 @@ impl PackReader {
     /// let r = ndarray_offload::PackReader::open(&path)?;
     /// let keys: Vec<String> = r.iter_by_key().map(|e| e.map(|e| e.key().to_string())).collect::<Result<_, _>>()?;
     /// assert_eq!(keys, ["2", "10", "a", "b"]);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn iter_by_key(&self) -> impl ExactSizeIterator<Item = Result<PackEntry<'_>>> + '_ {
         (0..self.len())
@@ -610,7 +610,7 @@ impl PackReader {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
     /// let mut w = ndarray_offload::PackWriter::create(&path)?;
     /// w.append("a", &ndarray::Array2::<f32>::zeros((2, 3)))?;
@@ -620,7 +620,7 @@ impl PackReader {
     /// assert_eq!(infos[0].arrays[0].dtype, "<f4");
     /// assert_eq!(infos[0].arrays[0].shape, [2, 3]);
     /// println!("{}", infos[0]);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn list(&self) -> impl ExactSizeIterator<Item = Result<EntryInfo>> + '_ {
         self.iter().map(|e| e?.info())
@@ -640,14 +640,14 @@ impl PackReader {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
     /// let mut w = ndarray_offload::PackWriter::create(&path)?;
     /// w.append("a", &ndarray::array![1u8, 2, 3])?;
     /// w.finish()?;
     /// let report = ndarray_offload::PackReader::open(&path)?.verify()?;
     /// assert_eq!(report.entries, 1);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn verify(&self) -> Result<VerifyReport> {
         format::check_preamble(
@@ -797,12 +797,12 @@ fn read_at(file: &File, map: &Mmap, buf: &mut [u8], off: u64) -> std::io::Result
 /// # Examples
 ///
 /// ```
-/// let dir = tempfile::tempdir()?;
+/// let dir = tempfile::tempdir().unwrap();
 /// let path = dir.path().join("a.pack");
 /// ndarray_offload::PackWriter::create(&path)?.finish()?;
 /// let r = ndarray_offload::PackReader::open(&path)?.verify()?;
 /// assert_eq!((r.entries, r.arrays, r.payload_bytes), (0, 0, 0));
-/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// # Ok::<_, ndarray_offload::Error>(())
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -824,7 +824,7 @@ pub struct VerifyReport {
 /// use ndarray::{array, Ix1};
 /// use ndarray_offload::{PackReader, PackWriter, Sample};
 ///
-/// let dir = tempfile::tempdir()?;
+/// let dir = tempfile::tempdir().unwrap();
 /// let path = dir.path().join("a.pack");
 /// let mut w = PackWriter::create(&path)?;
 /// w.append_sample("s", &Sample::new().with_array("x", &array![1u8, 2])?)?;
@@ -833,7 +833,7 @@ pub struct VerifyReport {
 /// let e = r.entry("s")?;
 /// assert!(e.is_sample());
 /// assert_eq!(e.array("x")?.get::<u8, Ix1>()?, array![1u8, 2]);
-/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// # Ok::<_, ndarray_offload::Error>(())
 /// ```
 #[derive(Clone)]
 pub struct PackEntry<'a> {
@@ -888,13 +888,13 @@ impl<'a> PackEntry<'a> {
     ///
     /// ```
     /// use ndarray_offload::{PackReader, PackWriter, Sample};
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
     /// let mut w = PackWriter::create(&path)?;
     /// w.append_sample(1u64, &Sample::new().with_meta(serde_json::json!(1)))?;
     /// w.finish()?;
     /// assert!(PackReader::open(&path)?.entry(1u64)?.is_empty());
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn is_empty(&self) -> bool {
         self.desc.n_arrays == 0
@@ -938,7 +938,7 @@ impl<'a> PackEntry<'a> {
     /// ```
     /// use ndarray::array;
     /// use ndarray_offload::{PackReader, PackWriter, Sample};
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
     /// let s = Sample::new().with_array("a", &array![1u8])?.with_array("b", &array![2.0f32])?;
     /// let mut w = PackWriter::create(&path)?;
@@ -949,7 +949,7 @@ impl<'a> PackEntry<'a> {
     /// assert_eq!(e.len(), 2);
     /// let names: Vec<String> = e.arrays().map(|a| a.map(|a| a.name().to_string())).collect::<Result<_, _>>()?;
     /// assert_eq!(names, ["a", "b"]);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn arrays(&self) -> impl ExactSizeIterator<Item = Result<PackArray<'a>>> + '_ {
         let (mut dim_at, mut name_at) = (0usize, 0usize);
@@ -995,14 +995,14 @@ impl<'a> PackEntry<'a> {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
     /// let mut w = ndarray_offload::PackWriter::create(&path)?;
     /// w.append("a", &ndarray::array![1u32])?;
     /// w.finish()?;
     /// let r = ndarray_offload::PackReader::open(&path)?;
     /// assert_eq!(r.entry("a")?.single()?.dtype(), "<u4");
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn single(&self) -> Result<PackArray<'a>> {
         if self.desc.n_arrays != 1 {
@@ -1142,7 +1142,7 @@ impl<'a> PackEntry<'a> {
         let compression = Compression::from_code(rec.compression)
             .ok_or_else(|| bad(format!("unknown compression code {}", rec.compression)))?;
         // A payload lies in the data region, before its own descriptor.
-        if rec.data_off % ALIGN != 0
+        if !rec.data_off.is_multiple_of(ALIGN)
             || rec.data_off < PREAMBLE_LEN
             || rec
                 .data_off
@@ -1189,7 +1189,7 @@ impl<'a> PackEntry<'a> {
 ///
 /// ```
 /// use ndarray::{array, Ix1};
-/// let dir = tempfile::tempdir()?;
+/// let dir = tempfile::tempdir().unwrap();
 /// let path = dir.path().join("a.pack");
 /// let mut w = ndarray_offload::PackWriter::create(&path)?;
 /// w.append("a", &array![1i16, 2, 3])?;
@@ -1198,7 +1198,7 @@ impl<'a> PackEntry<'a> {
 /// let a = r.entry("a")?.single()?;
 /// assert_eq!((a.dtype(), a.shape()), ("<i2", &[3usize][..]));
 /// assert_eq!(a.get::<i16, Ix1>()?, array![1i16, 2, 3]);
-/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// # Ok::<_, ndarray_offload::Error>(())
 /// ```
 #[derive(Clone)]
 pub struct PackArray<'a> {
@@ -1268,14 +1268,14 @@ impl<'a> PackArray<'a> {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
     /// let mut w = ndarray_offload::PackWriter::create(&path)?;
     /// w.append("a", &ndarray::array![1u8])?;
     /// w.finish()?;
     /// let r = ndarray_offload::PackReader::open(&path)?;
     /// assert_eq!(r.entry("a")?.single()?.compression(), ndarray_offload::Compression::None);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn compression(&self) -> Compression {
         self.compression
@@ -1286,7 +1286,7 @@ impl<'a> PackArray<'a> {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
     /// let mut w = ndarray_offload::PackWriter::create(&path)?;
     /// w.append("a", &ndarray::array![1u32, 2])?;
@@ -1294,7 +1294,7 @@ impl<'a> PackArray<'a> {
     /// let r = ndarray_offload::PackReader::open(&path)?;
     /// let a = r.entry("a")?.single()?;
     /// assert_eq!((a.stored_len(), a.raw_len()), (8, 8));
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn stored_len(&self) -> u64 {
         self.stored_len
@@ -1315,14 +1315,14 @@ impl<'a> PackArray<'a> {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
     /// let mut w = ndarray_offload::PackWriter::create(&path)?;
     /// w.append("a", &ndarray::array![1u8, 2])?;
     /// w.finish()?;
     /// let r = ndarray_offload::PackReader::open(&path)?;
     /// assert_eq!(r.entry("a")?.single()?.stored_bytes(), [1, 2]);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn stored_bytes(&self) -> &'a [u8] {
         self.data
@@ -1365,14 +1365,14 @@ impl<'a> PackArray<'a> {
     ///
     /// ```
     /// use ndarray::{array, Ix1};
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
     /// let mut w = ndarray_offload::PackWriter::create(&path)?;
     /// w.append("a", &array![true, false])?;
     /// w.finish()?;
     /// let r = ndarray_offload::PackReader::open(&path)?;
     /// assert_eq!(r.entry("a")?.single()?.view::<bool, Ix1>()?, array![true, false]);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn view<T: Element, D: Dimension>(&self) -> Result<ArrayView<'a, T, D>> {
         let dim = check_type::<T, D>(self.dtype, &self.shape, &self.r.path)?;

@@ -49,7 +49,7 @@ struct Manifest {
 /// use ndarray::{array, Ix1};
 /// use ndarray_offload::{PackKey, PackSet, Sample, ShardWriter};
 ///
-/// let dir = tempfile::tempdir()?;
+/// let dir = tempfile::tempdir().unwrap();
 /// let stream = (0..100u64).map(|i| {
 ///     let s = Sample::new().with_array("x", &array![i as f32]).unwrap();
 ///     (PackKey::from(i), s)
@@ -299,7 +299,7 @@ impl PackSet {
     ///
     /// ```
     /// use ndarray_offload::{PackKey, Sample, ShardWriter};
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let stream = (0..10u64).map(|i| (PackKey::from(i), Sample::new()));
     /// let set = ShardWriter::new(dir.path(), "s").shards(3).write(stream)?;
     /// let sizes: Vec<usize> = set.shards().iter().map(|s| s.len()).collect();
@@ -325,7 +325,7 @@ impl PackSet {
     ///
     /// ```
     /// use ndarray_offload::{PackKey, Sample, ShardWriter};
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let set = ShardWriter::new(dir.path(), "e").write(std::iter::empty::<(PackKey, Sample)>())?;
     /// assert!(set.is_empty());
     /// # Ok::<_, ndarray_offload::Error>(())
@@ -344,7 +344,7 @@ impl PackSet {
     ///
     /// ```
     /// use ndarray_offload::{PackKey, Sample, ShardWriter};
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let stream = (0..10u64).map(|i| (PackKey::from(i), Sample::new()));
     /// let set = ShardWriter::new(dir.path(), "s").shards(3).write(stream)?;
     /// assert_eq!(set.entry(7u64)?.key(), &PackKey::from(7u64));
@@ -385,7 +385,7 @@ impl PackSet {
     ///
     /// ```
     /// use ndarray_offload::{PackKey, Sample, ShardWriter};
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let stream = (0..10u64).map(|i| (PackKey::from(i), Sample::new()));
     /// ShardWriter::new(dir.path(), "s").write(stream)?.verify()?;
     /// # Ok::<_, ndarray_offload::Error>(())

@@ -82,7 +82,7 @@ impl<W: Write> Write for Counter<'_, W> {
 /// use ndarray::{array, Array2};
 /// use ndarray_offload::{PackReader, PackWriter};
 ///
-/// let dir = tempfile::tempdir()?;
+/// let dir = tempfile::tempdir().unwrap();
 /// let path = dir.path().join("tiles.pack");
 /// let mut w = PackWriter::create(&path)?;
 /// w.append("tile_0", &Array2::<f32>::zeros((128, 3)))?;
@@ -92,7 +92,7 @@ impl<W: Write> Write for Counter<'_, W> {
 /// let r = PackReader::open(&path)?;
 /// let v = r.get::<i64, ndarray::Ix1>(17u64)?;
 /// assert_eq!(v, array![1i64, 2, 3]);
-/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// # Ok::<_, ndarray_offload::Error>(())
 /// ```
 pub struct PackWriter {
     path: PathBuf,
@@ -110,7 +110,7 @@ pub struct PackWriter {
     packed: Vec<u8>,
     desc: Vec<u8>,
     placed: Vec<(u64, u64, u32)>,
-    dtypes: Vec<(TypeId, Option<([u8; format::DTYPE_LEN], usize)>)>,
+    dtypes: Vec<(TypeId, Option<StoredDtype>)>,
     /// Whether `first_by_hash` holds every entry. Until a key arrives out
     /// of order (per key kind), keys are known to be increasing and
     /// duplicates are ruled out by comparing with the last key, without
@@ -167,6 +167,9 @@ impl Write for Chunked<'_> {
         self.inner.flush()
     }
 }
+
+/// A dtype as stored (zero-padded) and its length.
+type StoredDtype = ([u8; format::DTYPE_LEN], usize);
 
 /// Bytes written between two background flushes.
 const SYNC_EVERY: u64 = 64 << 20;
@@ -268,11 +271,11 @@ impl PackWriter {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let w = ndarray_offload::PackWriter::create(dir.path().join("a.pack"))?;
     /// drop(w); // unfinished: nothing is left behind
-    /// assert_eq!(std::fs::read_dir(dir.path())?.count(), 0);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn create(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
@@ -316,11 +319,11 @@ impl PackWriter {
     /// ```
     /// use ndarray_offload::{Compression, PackWriter};
     ///
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let mut w = PackWriter::create(dir.path().join("a.pack"))?;
     /// w.set_compression(Compression::None)?;
     /// assert_eq!(w.compression(), Compression::None);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn set_compression(&mut self, c: Compression) -> Result<()> {
         codec::check_available(c, &self.path)?;
@@ -333,10 +336,10 @@ impl PackWriter {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let w = ndarray_offload::PackWriter::create(dir.path().join("a.pack"))?;
     /// assert_eq!(w.compression(), ndarray_offload::Compression::None);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn compression(&self) -> Compression {
         self.compression
@@ -347,11 +350,11 @@ impl PackWriter {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let mut w = ndarray_offload::PackWriter::create(dir.path().join("a.pack"))?;
     /// w.append(1u64, &ndarray::array![1u8])?;
     /// assert_eq!(w.len(), 1);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -362,10 +365,10 @@ impl PackWriter {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let w = ndarray_offload::PackWriter::create(dir.path().join("a.pack"))?;
     /// assert!(w.is_empty());
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
@@ -376,12 +379,12 @@ impl PackWriter {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let mut w = ndarray_offload::PackWriter::create(dir.path().join("a.pack"))?;
     /// w.append("a", &ndarray::array![1u8])?;
     /// assert!(w.contains("a"));
     /// assert!(!w.contains("b"));
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn contains<'k>(&self, key: impl Into<PackKey<'k>>) -> bool {
         let key = key.into();
@@ -393,10 +396,10 @@ impl PackWriter {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let w = ndarray_offload::PackWriter::create(dir.path().join("a.pack"))?;
     /// assert!(w.path().ends_with("a.pack"));
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn path(&self) -> &Path {
         &self.path
@@ -473,12 +476,12 @@ impl PackWriter {
     ///
     /// ```
     /// use ndarray::array;
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let mut w = ndarray_offload::PackWriter::create(dir.path().join("a.pack"))?;
     /// w.append("a", &array![[1.0f32, 2.0], [3.0, 4.0]])?;
     /// assert!(w.append("a", &array![1u8]).is_err()); // duplicate key
     /// w.finish()?;
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn append<'k, T, S, D>(
         &mut self,
@@ -505,14 +508,14 @@ impl PackWriter {
     /// use ndarray::array;
     /// use serde_json::json;
     ///
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
     /// let mut w = ndarray_offload::PackWriter::create(&path)?;
     /// w.append_with_meta(5u64, &array![1u8, 2], &json!({"label": "cat"}))?;
     /// w.finish()?;
     /// let r = ndarray_offload::PackReader::open(&path)?;
     /// assert_eq!(r.entry(5u64)?.meta()?, Some(json!({"label": "cat"})));
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn append_with_meta<'k, T, S, D>(
         &mut self,
@@ -571,7 +574,7 @@ impl PackWriter {
     /// use ndarray_offload::{PackReader, PackWriter, Sample};
     /// use serde_json::json;
     ///
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("samples.pack");
     /// let s = Sample::new()
     ///     .with_array("image", &Array2::<u8>::zeros((8, 8)))?
@@ -583,7 +586,7 @@ impl PackWriter {
     ///
     /// let r = PackReader::open(&path)?;
     /// assert_eq!(r.entry(0u64)?.to_sample()?, s);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn append_sample<'k>(
         &mut self,
@@ -604,7 +607,7 @@ impl PackWriter {
     }
 
     /// `T::dtype()` as stored in a pack, computed once per element type.
-    fn dtype_of<T: Element>(&mut self) -> Result<([u8; format::DTYPE_LEN], usize)> {
+    fn dtype_of<T: Element>(&mut self) -> Result<StoredDtype> {
         let id = TypeId::of::<T>();
         let d = match self.dtypes.iter().find(|(t, _)| *t == id) {
             Some((_, d)) => *d,
@@ -718,7 +721,7 @@ impl PackWriter {
             format::align_up(self.pos, DESC_ALIGN).expect("file offsets fit in u64") - self.pos;
         desc.resize(pad as usize, 0);
         key.with_bytes(|kb| {
-            format::encode_desc(&mut desc, key.kind(), entry_kind, kb, &meta_text, &descs)
+            format::encode_desc(&mut desc, key.kind(), entry_kind, kb, &meta_text, descs)
         });
         let r = self.write_raw(&desc);
         self.desc = desc;
@@ -857,11 +860,11 @@ impl PackWriter {
     /// # Examples
     ///
     /// ```
-    /// let dir = tempfile::tempdir()?;
+    /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("empty.pack");
     /// ndarray_offload::PackWriter::create(&path)?.finish()?;
     /// assert_eq!(ndarray_offload::PackReader::open(&path)?.len(), 0);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn finish(mut self) -> Result<()> {
         let tmp = self.prepare()?;

@@ -339,11 +339,13 @@ fn compressed_entries_decode_and_verify() {
     let path = dir.path().join("c.pack");
     let a = Array2::<f64>::from_shape_fn((64, 64), |(i, j)| ((i * j) % 7) as f64);
     let mut w = PackWriter::create(&path).unwrap();
-    let mut codecs = vec![];
-    #[cfg(feature = "lz4")]
-    codecs.push(Compression::Lz4);
-    #[cfg(feature = "zstd")]
-    codecs.push(Compression::Zstd(3));
+    let codecs: Vec<Compression> = [
+        (cfg!(feature = "lz4"), Compression::Lz4),
+        (cfg!(feature = "zstd"), Compression::Zstd(3)),
+    ]
+    .into_iter()
+    .filter_map(|(on, c)| on.then_some(c))
+    .collect();
     for (i, c) in codecs.iter().enumerate() {
         w.set_compression(*c).unwrap();
         w.append(i as u64, &a).unwrap();
