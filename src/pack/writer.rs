@@ -892,25 +892,8 @@ impl PackWriter {
         // Hash order (ties broken by file position) and key order.
         let mut leaf: Vec<(u64, u64)> = self.entries.iter().map(|e| (e.hash, e.desc_off)).collect();
         leaf.sort_unstable();
-        let keys = &self.keys;
+        let order = key_order(&self.entries, &self.keys);
         let entries = &self.entries;
-        let mut order: Vec<u32> = (0..n as u32).collect();
-        let key_of = |i: u32| {
-            let e = &entries[i as usize];
-            let s = e.key_off as usize;
-            (e.key_kind, &keys[s..s + e.key_len as usize])
-        };
-        order.sort_by(|&a, &b| {
-            let (ka, ba) = key_of(a);
-            let (kb, bb) = key_of(b);
-            ka.cmp(&kb).then_with(|| {
-                if ka == format::KEY_U64 {
-                    le_u64(ba).cmp(&le_u64(bb))
-                } else {
-                    ba.cmp(bb)
-                }
-            })
-        });
         let layout = format::layout(index_off, n).expect("index sizes fit in u64");
 
         Chunked {
@@ -981,6 +964,65 @@ impl PackWriter {
         tmp.flush_and_sync()?;
         Ok(tmp)
     }
+}
+
+/// Entry indices sorted by key: integer keys ascending, then string keys by
+/// their bytes.
+///
+/// Sorts `(kind, 8-byte prefix, index)` integers first, the prefix of a
+/// string key being the 8 bytes after the prefix common to all string keys
+/// (so `tile_00000017` and `tile_00000018` differ in it); only runs of
+/// equal prefixes are then compared byte by byte.
+fn key_order(entries: &[EntryMem], keys: &[u8]) -> Vec<u32> {
+    let key_of = |e: &EntryMem| {
+        let s = e.key_off as usize;
+        &keys[s..s + e.key_len as usize]
+    };
+    let mut common: Option<&[u8]> = None;
+    for e in entries.iter().filter(|e| e.key_kind == format::KEY_STR) {
+        let k = key_of(e);
+        common = Some(match common {
+            None => k,
+            Some(c) => {
+                let n = c.iter().zip(k).take_while(|(a, b)| a == b).count();
+                &c[..n]
+            }
+        });
+    }
+    let skip = common.map_or(0, <[u8]>::len);
+    let prefix = |e: &EntryMem| -> u64 {
+        let k = key_of(e);
+        if e.key_kind == format::KEY_U64 {
+            return le_u64(k);
+        }
+        let mut b = [0u8; 8];
+        let tail = k.get(skip..).unwrap_or(&[]);
+        let n = tail.len().min(8);
+        b[..n].copy_from_slice(&tail[..n]);
+        u64::from_be_bytes(b)
+    };
+    let mut tagged: Vec<u128> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (u128::from(e.key_kind) << 96) | (u128::from(prefix(e)) << 32) | i as u128)
+        .collect();
+    tagged.sort_unstable();
+    let mut order: Vec<u32> = tagged.iter().map(|&t| t as u32).collect();
+    // Resolve runs of equal (kind, prefix) by comparing whole keys.
+    let mut start = 0;
+    while start < tagged.len() {
+        let mut end = start + 1;
+        while end < tagged.len() && tagged[end] >> 32 == tagged[start] >> 32 {
+            end += 1;
+        }
+        if end - start > 1 {
+            order[start..end].sort_unstable_by(|&a, &b| {
+                key_of(&entries[a as usize]).cmp(key_of(&entries[b as usize]))
+            });
+        }
+        start = end;
+    }
+    order
 }
 
 fn le_u64(b: &[u8]) -> u64 {

@@ -603,6 +603,32 @@ mod props {
         }
 
         #[test]
+        fn key_order_matches_sorted_keys(
+            strs in proptest::collection::btree_set("[ab\\x00\\x7f-\\x{ff}]{0,12}", 0..200),
+            ints in proptest::collection::btree_set(any::<u64>(), 0..50),
+        ) {
+            let dir = tmp();
+            let path = dir.path().join("o.pack");
+            let mut keys: Vec<PackKey<'static>> = strs.iter().cloned().map(PackKey::from).collect();
+            keys.extend(ints.iter().copied().map(PackKey::from));
+            // Append in a scrambled order.
+            keys.reverse();
+            let third = keys.len() / 3;
+            keys.rotate_left(third);
+            let mut w = PackWriter::create(&path).unwrap();
+            for k in &keys {
+                w.append(k, &array![0u8]).unwrap();
+            }
+            w.finish().unwrap();
+            let r = PackReader::open(&path).unwrap();
+            r.verify().unwrap();
+            let got: Vec<PackKey<'static>> =
+                r.iter_by_key().map(|e| e.unwrap().key().clone().into_owned()).collect();
+            keys.sort();
+            prop_assert_eq!(got, keys);
+        }
+
+        #[test]
         fn random_packs_round_trip(
             arrays in proptest::collection::vec(
                 (proptest::collection::vec(0usize..4, 0..4), any::<bool>(), any::<bool>()),
