@@ -671,6 +671,9 @@ impl PackWriter {
             if a.name.len() > usize::from(u16::MAX) {
                 return Err(self.invalid("array name longer than 65535 bytes".into()));
             }
+            if byte_len(a).is_none() {
+                return Err(self.invalid(format!("array {:?}: size overflows", a.name)));
+            }
         }
         let meta_text = match meta {
             Some(v) => serde_json::to_vec(v)
@@ -792,13 +795,7 @@ impl PackWriter {
     /// Writes one payload at the next aligned offset; returns
     /// `(offset, stored length, crc32)`.
     fn write_payload(&mut self, a: &ArrayIn<'_>, comp: Compression) -> Result<(u64, u64, u32)> {
-        let itemsize = dtype_itemsize(a.dtype).unwrap_or(1) as u64;
-        let numel = a
-            .shape
-            .iter()
-            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
-            .and_then(|n| n.checked_mul(itemsize))
-            .ok_or_else(|| self.invalid("array size overflows".into()))?;
+        let numel = byte_len(a).ok_or_else(|| self.invalid("array size overflows".into()))?;
         let tmp = self.tmp.as_mut().expect("checked by the caller");
         let tpath = &self.tmp_path;
         let w = &mut Chunked {
@@ -966,6 +963,15 @@ impl PackWriter {
     }
 }
 
+/// Bytes of an array's elements, if that fits in `u64`.
+fn byte_len(a: &ArrayIn<'_>) -> Option<u64> {
+    let itemsize = dtype_itemsize(a.dtype)? as u64;
+    a.shape
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d as u64))?
+        .checked_mul(itemsize)
+}
+
 /// Entry indices sorted by key: integer keys ascending, then string keys by
 /// their bytes.
 ///
@@ -1030,4 +1036,15 @@ fn le_u64(b: &[u8]) -> u64 {
     let n = b.len().min(8);
     x[..n].copy_from_slice(&b[..n]);
     u64::from_le_bytes(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writer_is_send() {
+        fn check<T: Send>() {}
+        check::<PackWriter>();
+    }
 }
