@@ -9,7 +9,7 @@ pub mod pack;
 pub use element::Element;
 pub use error::{Error, Result};
 pub use pack::{
-    ArrayInfo, Compression, EntryInfo, PackArray, PackEntry, PackKey, PackReader, PackSet,
+    Compression, PackArray, PackArrayInfo, PackEntry, PackEntryInfo, PackKey, PackReader, PackSet,
     PackWriter, Sample, ShardWriter, VerifyReport,
 };
 pub(crate) mod io;

@@ -54,7 +54,7 @@ mod writer;
 
 pub use codec::Compression;
 pub use key::PackKey;
-pub use reader::{ArrayInfo, EntryInfo, PackArray, PackEntry, PackReader, VerifyReport};
+pub use reader::{PackArray, PackArrayInfo, PackEntry, PackEntryInfo, PackReader, VerifyReport};
 pub use sample::Sample;
 pub use shard::{PackSet, ShardWriter};
 pub use writer::PackWriter;

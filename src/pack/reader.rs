@@ -622,7 +622,7 @@ impl PackReader {
     /// println!("{}", infos[0]);
     /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
-    pub fn list(&self) -> impl ExactSizeIterator<Item = Result<EntryInfo>> + '_ {
+    pub fn list(&self) -> impl ExactSizeIterator<Item = Result<PackEntryInfo>> + '_ {
         self.iter().map(|e| e?.info())
     }
 
@@ -1083,15 +1083,15 @@ impl<'a> PackEntry<'a> {
     /// # Examples
     ///
     /// See [`PackReader::list`].
-    pub fn info(&self) -> Result<EntryInfo> {
-        Ok(EntryInfo {
+    pub fn info(&self) -> Result<PackEntryInfo> {
+        Ok(PackEntryInfo {
             key: self.key.clone().into_owned(),
             is_sample: self.is_sample(),
             meta_len: self.desc.meta.len() as u64,
             arrays: self
                 .arrays()
                 .map(|a| {
-                    a.map(|a| ArrayInfo {
+                    a.map(|a| PackArrayInfo {
                         name: a.name.to_string(),
                         dtype: a.dtype.to_string(),
                         shape: a.shape.clone(),
@@ -1439,7 +1439,7 @@ impl<'a> PackArray<'a> {
 /// See [`PackReader::list`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct EntryInfo {
+pub struct PackEntryInfo {
     /// The key.
     pub key: PackKey<'static>,
     /// Whether it was written as a sample.
@@ -1447,10 +1447,10 @@ pub struct EntryInfo {
     /// Bytes of JSON metadata (0: none).
     pub meta_len: u64,
     /// Its arrays.
-    pub arrays: Vec<ArrayInfo>,
+    pub arrays: Vec<PackArrayInfo>,
 }
 
-impl EntryInfo {
+impl PackEntryInfo {
     /// Whether the entry carries metadata.
     ///
     /// # Examples
@@ -1468,7 +1468,7 @@ impl EntryInfo {
 /// See [`PackReader::list`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct ArrayInfo {
+pub struct PackArrayInfo {
     /// Name within the entry (`""` for a plain entry).
     pub name: String,
     /// numpy dtype string.
@@ -1483,7 +1483,7 @@ pub struct ArrayInfo {
     pub raw_len: u64,
 }
 
-impl fmt::Display for EntryInfo {
+impl fmt::Display for PackEntryInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.key {
             PackKey::U64(k) => write!(f, "{k}")?,
