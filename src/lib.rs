@@ -9,8 +9,8 @@ pub mod pack;
 pub use element::Element;
 pub use error::{Error, Result};
 pub use pack::{
-    Compression, PackArray, PackArrayInfo, PackEntry, PackEntryInfo, PackKey, PackReader,
-    PackSet, PackWriter, Sample, ShardWriter, VerifyReport,
+    Compression, PackArray, PackArrayInfo, PackEntry, PackEntryInfo, PackKey, PackReader, PackSet,
+    PackWriter, Sample, ShardWriter, VerifyReport,
 };
 pub(crate) mod io;
 pub(crate) mod mapped;
