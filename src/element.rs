@@ -9,7 +9,14 @@ use ndarray_npy::{ReadableElement, ViewElement, ViewMutElement, WritableElement}
 /// `i8`..`i64`, `u8`..`u64`, `f32`, `f64`, and `num_complex::Complex<f32>` /
 /// `Complex<f64>`. There is nothing to implement by hand.
 pub trait Element:
-    WritableElement + ReadableElement + ViewElement + ViewMutElement + Clone + Send + Sync + 'static
+    WritableElement
+    + ReadableElement
+    + ViewElement
+    + ViewMutElement
+    + Clone
+    + Send
+    + Sync
+    + 'static
 {
     /// The numpy dtype string of this type (`"<f4"`, `"|u1"`, `"|b1"`, ...).
     fn dtype() -> String {

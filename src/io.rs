@@ -99,10 +99,7 @@ pub mod testing {
             self.log.lock().push((op, path.to_path_buf()));
             if n == self.fail_at.load(Ordering::Relaxed) {
                 let kind = self.kind.lock().unwrap_or(io::ErrorKind::Other);
-                return Err(io::Error::new(
-                    kind,
-                    format!("injected fault at {op:?} #{n}"),
-                ));
+                return Err(io::Error::new(kind, format!("injected fault at {op:?} #{n}")));
             }
             Ok(())
         }
@@ -269,12 +266,7 @@ impl TempFile {
 
     /// The underlying file.
     pub(crate) fn file(&self) -> &File {
-        &self
-            .writer
-            .as_ref()
-            .expect("temp file already committed")
-            .get_ref()
-            .file
+        &self.writer.as_ref().expect("temp file already committed").get_ref().file
     }
 
     /// Flushes buffered bytes and `fsync`s the file.
