@@ -135,6 +135,19 @@ pub(crate) fn compress(c: Compression, raw: &[u8], out: &mut Vec<u8>, path: &Pat
     }
 }
 
+/// Whether zstd accepts `level`.
+pub(crate) fn zstd_level_ok(level: i32) -> bool {
+    #[cfg(feature = "zstd")]
+    {
+        zstd::compression_level_range().contains(&level)
+    }
+    #[cfg(not(feature = "zstd"))]
+    {
+        let _ = level;
+        true
+    }
+}
+
 /// Checks at write time that `c` is usable in this build.
 pub(crate) fn check_available(c: Compression, path: &Path) -> Result<()> {
     if c.is_available() {

@@ -312,7 +312,8 @@ impl PackWriter {
     ///
     /// # Errors
     ///
-    /// [`Error::Unsupported`] if the codec's cargo feature is disabled.
+    /// [`Error::Unsupported`] if the codec's cargo feature is disabled;
+    /// [`Error::InvalidInput`] for a zstd level zstd does not accept.
     ///
     /// # Examples
     ///
@@ -327,6 +328,11 @@ impl PackWriter {
     /// ```
     pub fn set_compression(&mut self, c: Compression) -> Result<()> {
         codec::check_available(c, &self.path)?;
+        if let Compression::Zstd(level) = c {
+            if !codec::zstd_level_ok(level) {
+                return Err(self.invalid(format!("zstd level {level} is out of range")));
+            }
+        }
         self.compression = c;
         Ok(())
     }

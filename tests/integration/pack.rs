@@ -355,6 +355,11 @@ fn compressed_entries_decode_and_verify() {
         )
         .unwrap();
     }
+    #[cfg(feature = "zstd")]
+    assert!(matches!(
+        w.set_compression(Compression::Zstd(1000)),
+        Err(Error::InvalidInput { .. })
+    ));
     w.set_compression(Compression::None).unwrap();
     w.append("raw", &a).unwrap();
     w.finish().unwrap();
@@ -480,6 +485,32 @@ fn shard_writer_refuses_duplicates_and_publishes_nothing() {
         .unwrap_err();
     assert!(matches!(err, Error::InvalidInput { .. }));
     assert!(entries_in(dir.path()).is_empty());
+}
+
+#[test]
+fn one_reader_serves_many_threads() {
+    let dir = tmp();
+    let path = dir.path().join("t.pack");
+    let mut w = PackWriter::create(&path).unwrap();
+    for i in 0..5000u64 {
+        w.append(i, &Array1::<u64>::from_elem(8, i)).unwrap();
+    }
+    w.finish().unwrap();
+    let r = std::sync::Arc::new(PackReader::open(&path).unwrap());
+    let handles: Vec<_> = (0..4u64)
+        .map(|t| {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                for i in (t..5000).step_by(4) {
+                    let v = r.get::<u64, Ix1>(i).unwrap();
+                    assert!(v.is_view() && v.iter().all(|&x| x == i));
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
 }
 
 fn small_pack(dir: &Path) -> PathBuf {
