@@ -10,7 +10,8 @@
 //! Run with `cargo bench --bench pack` (add `--features lz4,zstd` if you
 //! like; compression is not used here). Set `PACK_BENCH_DIR` to choose the
 //! directory (default: a temporary directory under the system's).
-//! `PACK_BENCH_QUICK=1` shrinks the run for a smoke test.
+//! `PACK_BENCH_QUICK=1` shrinks the run for a smoke test; `PACK_BENCH_PART=a`
+//! or `=b` runs one part only.
 
 use std::fs::{self, File};
 use std::hint::black_box;
@@ -178,12 +179,21 @@ fn main() {
     };
     let big: u64 = if quick { 20_000 } else { 1_000_000 };
     let reps = if quick { 2_000 } else { 20_000 };
+    let part = std::env::var("PACK_BENCH_PART").unwrap_or_default();
+    if part != "b" {
+        lookup_part(&dir, big, reps);
+    }
+    if part != "a" {
+        write_part(&dir, big, quick);
+    }
+}
 
+fn lookup_part(dir: &Path, big: u64, reps: usize) {
     println!(
         "== (a) open + lookup + view of one entry (file in page cache), {reps} random keys =="
     );
-    let small = lookup_bench(&dir, 1_000, reps);
-    let large = lookup_bench(&dir, big, reps);
+    let small = lookup_bench(dir, 1_000, reps);
+    let large = lookup_bench(dir, big, reps);
     for (n, l) in [(1_000, &small), (big, &large)] {
         println!(
             "{n:>9} entries: open+lookup+view median {:6.2} us (p90 {:6.2}) | with close (munmap) {:6.2} us (p90 {:6.2}) | lookup+view on an open reader {:5.2} us",
@@ -199,8 +209,9 @@ fn main() {
         large.view[reps / 2].as_secs_f64() / small.view[reps / 2].as_secs_f64(),
         large.cycle[reps / 2].as_secs_f64() / small.cycle[reps / 2].as_secs_f64(),
     );
+}
 
-    println!();
+fn write_part(dir: &Path, big: u64, quick: bool) {
     println!("== (b) writing {big} small arrays vs raw sequential write + fsync ==");
     let elems: usize = std::env::var("PACK_BENCH_ELEMS")
         .ok()
@@ -213,12 +224,12 @@ fn main() {
     let rounds = if quick { 2 } else { 5 };
     let (mut ratios_file, mut ratios_payload) = (Vec::new(), Vec::new());
     for round in 0..rounds {
-        scratch(&dir, payload + payload / 2);
-        let (tp, file_len) = pack_write(&dir, big, &arrays, None);
-        scratch(&dir, payload + payload / 2);
-        let tr = raw_write(&dir, file_len);
-        scratch(&dir, payload + payload / 2);
-        let trp = raw_write(&dir, payload);
+        scratch(dir, payload + payload / 2);
+        let (tp, file_len) = pack_write(dir, big, &arrays, None);
+        scratch(dir, payload + payload / 2);
+        let tr = raw_write(dir, file_len);
+        scratch(dir, payload + payload / 2);
+        let trp = raw_write(dir, payload);
         let rf = tr.as_secs_f64() / tp.as_secs_f64();
         let rp = trp.as_secs_f64() / tp.as_secs_f64();
         println!(
@@ -240,10 +251,10 @@ fn main() {
     }
     let mut shuffled = Vec::new();
     for _ in 0..rounds.min(3) {
-        scratch(&dir, payload + payload / 2);
-        let (tp, file_len) = pack_write(&dir, big, &arrays, Some(&keys));
-        scratch(&dir, payload + payload / 2);
-        let tr = raw_write(&dir, file_len);
+        scratch(dir, payload + payload / 2);
+        let (tp, file_len) = pack_write(dir, big, &arrays, Some(&keys));
+        scratch(dir, payload + payload / 2);
+        let tr = raw_write(dir, file_len);
         shuffled.push(tr.as_secs_f64() / tp.as_secs_f64());
         println!(
             "shuffled string keys: pack {:.3} s ({file_len} bytes) | raw same bytes {:.3} s -> {:.2}x",
