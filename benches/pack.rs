@@ -12,6 +12,28 @@
 //! directory (default: a temporary directory under the system's).
 //! `PACK_BENCH_QUICK=1` shrinks the run for a smoke test; `PACK_BENCH_PART=a`
 //! or `=b` runs one part only.
+//!
+//! Figures on the project's 2-core VM (ext4 without a journal, file in page
+//! cache for (a)); medians, and the spread over several runs while other
+//! work shared the machine:
+//!
+//! | | 1,000 entries | 1,000,000 entries |
+//! |---|---|---|
+//! | open + lookup + view | 10.3-11 us (up to 16 under load) | 14.7-16.6 us (up to 21 under load) |
+//! | the same plus dropping the reader (munmap, close) | 16-17.5 us | 22-25 us |
+//! | lookup + view on an open reader | 1.2 us | 2.6-3.8 us |
+//!
+//! Where the time goes: opening, mapping and unmapping the file and the one
+//! page fault the view needs cost about 12 us of kernel time on this VM
+//! (each first touch of a mapped page costs 3-6 us); the pack's own work is
+//! the 4 KiB tail read at open and, at a million entries, two positioned
+//! reads of 2 and 4 KiB.
+//!
+//! Writing 1,000,000 arrays of 256 `f32` (1.18 GB file): 0.95-1.09x the
+//! speed of a raw write + fsync of the same number of bytes (median of 5
+//! rounds, four separate runs), 0.78-0.89x of a raw write of the payload
+//! bytes alone; with the same arrays under shuffled string keys,
+//! 0.66-0.91x.
 
 use std::fs::{self, File};
 use std::hint::black_box;
