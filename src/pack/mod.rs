@@ -17,11 +17,13 @@
 //!
 //! The layout (format version 1) is described byte by byte in
 //! `docs/pack-format.md`; `python/ndoffload_pack.py` reads it with numpy
-//! alone. In short: a 64-byte preamble, the 64-byte aligned payloads in
-//! write order, the index (fixed-size entry and array records, the key
-//! hashes sorted with a fence of every 512th hash, the key order, shapes and
-//! a heap of keys, names and metadata), and a 128-byte trailer with a
-//! checksum. Opening reads the preamble and the trailer only.
+//! alone. In short: a 64-byte preamble; for each entry, its 64-byte aligned
+//! payloads followed by a checksummed descriptor (key, dtypes, shapes,
+//! names, offsets, payload checksums, metadata); the index (descriptor
+//! offsets in file order and in key order, and `(key hash, offset)` records
+//! sorted by hash under fence levels of fan-out 256); and a 128-byte
+//! trailer with a checksum. Opening reads the trailer and the root of the
+//! hash index in one read of at most 4 KiB, whatever the entry count.
 //!
 //! # Examples
 //!

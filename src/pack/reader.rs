@@ -23,24 +23,30 @@ use crate::mapped::map_readonly;
 /// Largest tail read at open: the trailer plus the root of the hash index.
 const TAIL_READ: u64 = STRIDE * LEAF_REC + TRAILER_LEN;
 
-/// A pack opened for reading: the file is memory-mapped and only its
-/// fixed-size preamble and trailer are read at open, whatever the number of
-/// entries.
+/// A pack opened for reading: the file is memory-mapped, and open reads
+/// only the fixed-size trailer and the root of the hash index (one read of
+/// at most 4 KiB), whatever the number of entries.
 ///
-/// Lookups search the sorted key-hash index inside the map (a fence of every
-/// 512th hash, then one block of hashes), so a lookup touches a handful of
-/// pages. Uncompressed arrays come back as views into the map, without
-/// copying; compressed ones are decoded into owned arrays (both as a
-/// [`CowArray`]).
+/// A lookup searches the hash index level by level with positioned reads of
+/// at most 4 KiB (none up to 256 entries, one up to 65,536, two up to
+/// 16.7 million), then reads the entry's descriptor, which sits right after
+/// the entry's data, through the map. Positioned reads rather than the map
+/// are used for the index because, on a freshly opened map, each page touched
+/// costs a page fault several times dearer than a small read.
+/// Uncompressed arrays come back as views into the map, without copying;
+/// compressed ones are decoded into owned arrays (both as a [`CowArray`]).
 ///
 /// `PackReader` is `Send + Sync`: share it between threads by reference or in
 /// an `Arc`.
 ///
 /// # Integrity
 ///
-/// Open checks the preamble, the trailer's checksum and that every index
-/// section lies inside the file. Every record is bounds-checked when used,
-/// and a compressed payload's checksum is verified before it is decoded.
+/// Open checks the trailer's checksum and version and that every index
+/// section lies inside the file (and the preamble, for files of up to
+/// 4 KiB; [`verify`](PackReader::verify) always checks it). Every entry
+/// descriptor is checksum-verified whenever it is read, every record is
+/// bounds-checked when used, and a compressed payload's checksum is verified
+/// before it is decoded.
 /// [`get_verified`](PackReader::get_verified) also checks the checksum of an
 /// uncompressed payload, and [`verify`](PackReader::verify) checks
 /// everything. A truncated or corrupted pack yields [`Error::Corrupt`] or
