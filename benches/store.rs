@@ -128,7 +128,7 @@ fn batched_inserts(n: usize, batch: usize) {
     while done < n {
         let tag = done / batch;
         // Interleave the reference and the crate, alternating which is first.
-        if tag % 2 == 0 {
+        if tag.is_multiple_of(2) {
             raw += raw_batch(raw_dir.path(), tag, &npys, meta);
         }
         let items: Vec<_> = clouds
@@ -140,7 +140,7 @@ fn batched_inserts(n: usize, batch: usize) {
         store.insert_batch(items).unwrap();
         ours += t.elapsed();
         store.offload_all().unwrap();
-        if tag % 2 == 1 {
+        if !tag.is_multiple_of(2) {
             raw += raw_batch(raw_dir.path(), tag, &npys, meta);
         }
         done += batch;

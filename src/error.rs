@@ -188,6 +188,15 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A well-formed file uses something this build cannot handle: a newer
+    /// format version, or a compression whose cargo feature is disabled.
+    #[error("{path}: unsupported: {reason}")]
+    Unsupported {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is unsupported, and how to get support for it.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -61,6 +61,7 @@ mod map;
 pub(crate) mod mapped;
 mod name;
 pub(crate) mod npy;
+pub mod pack;
 mod stats;
 mod store;
 mod stream;
@@ -73,6 +74,10 @@ pub use error::{Error, Result};
 pub use inspect::{inspect_store, EntryReport, InspectOptions};
 pub use key::KeyHasher;
 pub use name::{EntryName, MAX_NAME_BYTES};
+pub use pack::{
+    Compression, PackArray, PackArrayInfo, PackEntry, PackEntryInfo, PackKey, PackReader, PackSet,
+    PackWriter, Sample, ShardWriter, VerifyReport,
+};
 pub use stats::StoreStats;
 pub use store::{DiskBackedStore, EntryFlags, EntryInfo, StoreBuilder, StoredArray, LOCK_FILE};
 pub use stream::{NpyStreamWriter, NpyStreamWriterDyn};

@@ -7,4 +7,5 @@ mod common;
 mod crash;
 mod faults;
 mod numpy;
+mod pack;
 mod store;
