@@ -2,7 +2,7 @@
 
 A *pack* is one file holding many keyed arrays and samples, written by the
 Rust crate ``ndarray-offload`` (``PackWriter``). This module reads **pack
-format version 1**, described byte by byte in ``docs/pack-format.md``; it
+format version 1**, described byte by byte in ``docs/format.md, section "Pack file format"``; it
 refuses any other version.
 
 Usage::

@@ -166,6 +166,94 @@ fn check_entry(dir: &Path, name: &str, opts: InspectOptions, r: &mut EntryReport
     Ok(())
 }
 
+/// Inspects every array of the pack at `path`, in file order. Each array is
+/// one report, named `KEY` for a plain entry and `KEY/NAME` for an array of
+/// a sample. With `read_data`, each payload's checksum is verified (and
+/// compressed payloads decoded) and the SHA-256 of its values computed.
+///
+/// # Errors
+///
+/// Errors opening the pack ([`Error::NotFound`], [`Error::Corrupt`], ...).
+/// Problems with single entries are reported in their [`EntryReport`].
+///
+/// # Examples
+///
+/// ```
+/// use ndarray::array;
+/// use ndarray_offload::{inspect_pack, InspectOptions, PackWriter};
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("tiles.pack");
+/// let mut w = PackWriter::create(&path)?;
+/// w.append("t0", &array![[1.0f32, 2.0, 3.0]])?;
+/// w.finish()?;
+/// let reports = inspect_pack(&path, InspectOptions { read_data: true })?;
+/// assert_eq!(reports[0].name, "t0");
+/// assert_eq!(reports[0].status(), "ok");
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// ```
+pub fn inspect_pack(path: &Path, opts: InspectOptions) -> Result<Vec<EntryReport>> {
+    let reader = crate::pack::PackReader::open(path)?;
+    let mut out = Vec::with_capacity(reader.len());
+    for (i, entry) in reader.iter().enumerate() {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                out.push(EntryReport {
+                    name: format!("#{i}"),
+                    dtype: None,
+                    shape: None,
+                    nbytes: None,
+                    fortran_order: false,
+                    problem: Some(e.to_string()),
+                    sha256: None,
+                });
+                continue;
+            }
+        };
+        let key = match entry.key() {
+            crate::pack::PackKey::U64(k) => k.to_string(),
+            crate::pack::PackKey::Str(s) => s.to_string(),
+        };
+        for array in entry.arrays() {
+            let mut r = EntryReport {
+                name: key.clone(),
+                dtype: None,
+                shape: None,
+                nbytes: None,
+                fortran_order: false,
+                problem: None,
+                sha256: None,
+            };
+            match array {
+                Err(e) => r.problem = Some(e.to_string()),
+                Ok(a) => {
+                    if entry.is_sample() {
+                        r.name = format!("{key}/{}", a.name());
+                    }
+                    r.dtype = Some(a.dtype().to_owned());
+                    r.shape = Some(a.shape().to_vec());
+                    r.nbytes = Some(a.raw_len() as u64);
+                    if opts.read_data {
+                        let checked = a.check_crc().and_then(|()| a.decoded_bytes());
+                        match checked {
+                            Ok(bytes) => {
+                                if a.dtype() == "|b1" && bytes.iter().any(|&b| b > 1) {
+                                    r.problem = Some("a bool value is neither 0 nor 1".into());
+                                }
+                                r.sha256 = Some(c_order_sha256(&bytes, a.shape(), 1, false));
+                            }
+                            Err(e) => r.problem = Some(e.to_string()),
+                        }
+                    }
+                }
+            }
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
 /// SHA-256 of array data in C order, whatever order it is stored in.
 pub(crate) fn c_order_sha256(
     data: &[u8],

@@ -71,7 +71,7 @@ pub use budget::{ByteSize, SystemPressure};
 pub use config::{default_chunk_budget, CacheConfig, ConfigOverrides, LoadMode};
 pub use element::Element;
 pub use error::{Error, Result};
-pub use inspect::{inspect_store, EntryReport, InspectOptions};
+pub use inspect::{inspect_pack, inspect_store, EntryReport, InspectOptions};
 pub use key::KeyHasher;
 pub use name::{EntryName, MAX_NAME_BYTES};
 pub use pack::{

@@ -1,23 +1,24 @@
 //! `ndoffload`: inspect ndarray-offload stores from the command line.
 //!
 //! ```text
-//! ndoffload ls [--json] [--checksum] DIR
-//! ndoffload verify DIR
+//! ndoffload ls [--json] [--checksum] DIR|PACK
+//! ndoffload verify DIR|PACK
 //! ```
 //!
-//! The inspector opens stores read-only and never writes to them.
+//! The inspector opens stores and packs read-only and never writes to them.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ndarray_offload::{inspect_store, EntryReport, Error, InspectOptions};
+use ndarray_offload::{inspect_pack, inspect_store, EntryReport, Error, InspectOptions};
 
 const USAGE: &str = "usage:
-  ndoffload ls [--json] [--checksum] DIR   list every entry (dtype, shape, state, size, status)
-  ndoffload verify DIR                     read and cross-check every entry; exit 1 if any is bad
+  ndoffload ls [--json] [--checksum] DIR|PACK   list every entry (dtype, shape, state, size, status)
+  ndoffload verify DIR|PACK                     read and cross-check every entry; exit 1 if any is bad
 
-Stores are opened read-only; nothing is written.";
+DIR is a store directory, PACK a pack file. Both are opened read-only;
+nothing is written.";
 
 struct Args {
     cmd: String,
@@ -50,7 +51,7 @@ fn parse() -> Result<Args, String> {
         cmd,
         json,
         checksum,
-        dir: dir.ok_or("missing DIR")?,
+        dir: dir.ok_or("missing DIR or PACK")?,
     })
 }
 
@@ -81,7 +82,7 @@ fn human_size(n: u64) -> String {
     }
 }
 
-fn json_line(r: &EntryReport, checksum: bool) -> String {
+fn json_line(r: &EntryReport, checksum: bool, state_ok: &str) -> String {
     let mut o = serde_json::Map::new();
     o.insert("name".into(), r.name.clone().into());
     o.insert(
@@ -132,7 +133,14 @@ fn json_line(r: &EntryReport, checksum: bool) -> String {
 
 fn run(args: Args) -> Result<ExitCode, Error> {
     let read_data = args.cmd == "verify" || args.checksum;
-    let reports = inspect_store(&args.dir, InspectOptions { read_data })?;
+    let opts = InspectOptions { read_data };
+    let is_pack = args.dir.is_file();
+    let reports = if is_pack {
+        inspect_pack(&args.dir, opts)?
+    } else {
+        inspect_store(&args.dir, opts)?
+    };
+    let state_ok = if is_pack { "in pack" } else { "on disk" };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.cmd == "verify" {
@@ -148,7 +156,7 @@ fn run(args: Args) -> Result<ExitCode, Error> {
     }
     if args.json {
         for r in &reports {
-            let _ = writeln!(out, "{}", json_line(r, args.checksum));
+            let _ = writeln!(out, "{}", json_line(r, args.checksum, state_ok));
         }
     } else {
         let _ = writeln!(
@@ -202,11 +210,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if !args.dir.is_dir() {
-        eprintln!("ndoffload: {}: no such directory", args.dir.display());
+    if !args.dir.exists() {
+        eprintln!(
+            "ndoffload: {}: no such file or directory",
+            args.dir.display()
+        );
         return ExitCode::from(2);
     }
-    if !looks_like_store(&args.dir) {
+    if args.dir.is_dir() && !looks_like_store(&args.dir) {
         eprintln!(
             "ndoffload: {}: not a store (no .npy, .meta.json or {} files)",
             args.dir.display(),

@@ -1,4 +1,4 @@
-//! Byte layout of a pack file, format version 1 (`docs/pack-format.md`).
+//! Byte layout of a pack file, format version 1 (`docs/format.md, section "Pack file format"`).
 //!
 //! Everything here is a pure function over byte slices: encoders used by the
 //! writer, and decoders used by the reader that validate every field they

@@ -16,7 +16,7 @@
 //! | write a stream of samples into several packs in parallel | [`ShardWriter`], read back with [`PackSet`] |
 //!
 //! The layout (format version 1) is described byte by byte in
-//! `docs/pack-format.md`; `python/ndoffload_pack.py` reads it with numpy
+//! `docs/format.md, section "Pack file format"`; `python/ndoffload_pack.py` reads it with numpy
 //! alone. In short: a 64-byte preamble; for each entry, its 64-byte aligned
 //! payloads followed by a checksummed descriptor (key, dtypes, shapes,
 //! names, offsets, payload checksums, metadata); the index (descriptor

@@ -1334,7 +1334,7 @@ impl<'a> PackArray<'a> {
         self.data
     }
 
-    fn check_crc(&self) -> Result<()> {
+    pub(crate) fn check_crc(&self) -> Result<()> {
         if crc32fast::hash(self.data) != self.crc {
             return Err(self
                 .r
@@ -1345,7 +1345,7 @@ impl<'a> PackArray<'a> {
 
     /// Decoded element bytes (the caller has verified the checksum, or the
     /// codec does it here for compressed payloads).
-    fn decoded_bytes(&self) -> Result<Vec<u8>> {
+    pub(crate) fn decoded_bytes(&self) -> Result<Vec<u8>> {
         if self.compression != Compression::None {
             self.check_crc()?;
         }

@@ -121,7 +121,7 @@ for k in sys.argv[2:]:
 fn clear_messages_for_bad_directories() {
     let (code, _, err) = ndoffload(&["ls", "/nonexistent/store"]);
     assert_eq!(code, 2);
-    assert!(err.contains("no such directory"), "{err}");
+    assert!(err.contains("no such file or directory"), "{err}");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("notes.txt"), b"x").unwrap();
     let (code, _, err) = ndoffload(&["verify", dir.path().to_str().unwrap()]);
@@ -133,4 +133,55 @@ fn clear_messages_for_bad_directories() {
     let (code, out, _) = ndoffload(&["--help"]);
     assert_eq!(code, 0);
     assert!(out.contains("ndoffload ls"));
+}
+
+#[test]
+fn packs_are_listed_and_verified() {
+    use ndarray_offload::{PackWriter, Sample};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiles.pack");
+    let a = Array2::<f32>::from_shape_fn((5, 3), |(i, j)| (i * 3 + j) as f32);
+    let mut w = PackWriter::create(&path).unwrap();
+    w.append("t0", &a).unwrap();
+    w.append_sample(
+        "s1",
+        &Sample::new()
+            .with_array("xyz", &a)
+            .unwrap()
+            .with_array("label", &array![1u8, 0])
+            .unwrap(),
+    )
+    .unwrap();
+    w.finish().unwrap();
+    let p = path.to_str().unwrap();
+    let (code, out, err) = ndoffload(&["ls", "--json", "--checksum", p]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let c: Vec<u8> = a.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let t0 = lines.iter().find(|l| l["name"] == "t0").unwrap();
+    assert_eq!(t0["sha256"], sha256_hex(&c).as_str());
+    assert_eq!(t0["shape"], serde_json::json!([5, 3]));
+    assert!(lines
+        .iter()
+        .any(|l| l["name"] == "s1/label" && l["dtype"] == "|u1"));
+    let (code, out, _) = ndoffload(&["verify", p]);
+    assert_eq!(code, 0, "{out}");
+    // Corrupt the first payload byte (t0's data starts at offset 64):
+    // verify names the entry and fails.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[64] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let (code, out, err) = ndoffload(&["verify", p]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.starts_with("t0: ") && out.contains("checksum"), "{out}");
+    let junk = dir.path().join("junk.pack");
+    std::fs::write(&junk, b"not a pack").unwrap();
+    let (code, _, err) = ndoffload(&["ls", junk.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("junk.pack"), "{err}");
 }
