@@ -107,7 +107,7 @@ fn json_line(r: &EntryReport, checksum: bool, state_ok: &str) -> String {
     o.insert(
         "state".into(),
         if r.problem.is_none() {
-            "on disk"
+            state_ok
         } else {
             "unreadable"
         }
