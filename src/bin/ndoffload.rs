@@ -182,7 +182,7 @@ fn run(args: Args) -> Result<ExitCode, Error> {
                 r.dtype.as_deref().unwrap_or("-"),
                 shape,
                 if r.problem.is_none() {
-                    "on disk"
+                    state_ok
                 } else {
                     "unreadable"
                 },
