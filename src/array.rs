@@ -707,7 +707,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             self.account(self.nbytes() as i64);
         }
         **st = State::Mapped(m);
-        tracing::debug!(path = %self.path.display(), ?mode, "mapped array file");
+        tracing::debug!(path = %self.path.display(), bytes = self.nbytes(), ?mode, "loaded (mapped)");
         Ok(())
     }
 

@@ -237,3 +237,40 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn system_pressure_offloads_down_to_the_target() {
+    use ndarray_offload::SystemPressure;
+    let dir = tempfile::tempdir().unwrap();
+    // A threshold no machine meets: the store is always under pressure.
+    let s = StoreBuilder::new(dir.path())
+        .system_pressure(SystemPressure {
+            min_available: u64::MAX,
+            target_resident: 16_000,
+        })
+        .open()
+        .unwrap();
+    for k in ["a", "b", "c", "d"] {
+        s.insert(k, entry(1.0)).unwrap();
+        // Pressure is checked at most every 100 ms.
+        std::thread::sleep(std::time::Duration::from_millis(110));
+        s.enforce_budget();
+    }
+    let st = s.stats();
+    assert!(st.bytes_resident <= 16_000, "{st}");
+    assert!(st.evictions >= 2, "{st}");
+    assert_eq!(st.budget, None);
+    // A threshold no machine falls under: nothing is offloaded.
+    let dir2 = tempfile::tempdir().unwrap();
+    let s = StoreBuilder::new(dir2.path())
+        .system_pressure(SystemPressure {
+            min_available: 0,
+            target_resident: 0,
+        })
+        .open()
+        .unwrap();
+    for k in ["a", "b"] {
+        s.insert(k, entry(1.0)).unwrap();
+    }
+    assert_eq!(s.stats().evictions, 0);
+}
