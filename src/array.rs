@@ -794,7 +794,16 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     ///
     /// Errors of loading or re-offloading.
     pub fn with_view<R>(&self, f: impl FnOnce(ArrayView<'_, T, D>) -> R) -> Result<R> {
-        let g = self.read()?;
+        self.with_view_as::<D, R>(f)
+    }
+
+    /// [`with_view`](Self::with_view) with views of dimension `E` (checked by
+    /// the caller).
+    pub(crate) fn with_view_as<E: Dimension, R>(
+        &self,
+        f: impl FnOnce(ArrayView<'_, T, E>) -> R,
+    ) -> Result<R> {
+        let g = self.read_as::<E>()?;
         let r = f(g.view());
         g.finish()?;
         Ok(r)
@@ -806,7 +815,16 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     ///
     /// Errors of loading or re-offloading.
     pub fn with_view_mut<R>(&self, f: impl FnOnce(ArrayViewMut<'_, T, D>) -> R) -> Result<R> {
-        let mut g = self.write()?;
+        self.with_view_mut_as::<D, R>(f)
+    }
+
+    /// [`with_view_mut`](Self::with_view_mut) with views of dimension `E`
+    /// (checked by the caller).
+    pub(crate) fn with_view_mut_as<E: Dimension, R>(
+        &self,
+        f: impl FnOnce(ArrayViewMut<'_, T, E>) -> R,
+    ) -> Result<R> {
+        let mut g = self.write_as::<E>()?;
         let r = f(g.view_mut());
         g.finish()?;
         Ok(r)
@@ -846,16 +864,20 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             || self.file_current.load(Ordering::Relaxed)
     }
 
-    fn end_read(&self) {
-        if self.readers.fetch_sub(1, Ordering::AcqRel) == 1
+    /// A read guard ended: the last reader of an array that was loaded on
+    /// demand re-offloads it (with automatic offloading on).
+    fn end_read(&self) -> Result<()> {
+        let r = if self.readers.fetch_sub(1, Ordering::AcqRel) == 1
             && self.automatic_offloading()
             && self.caching()
             && self.loaded_on_demand.load(Ordering::Relaxed)
         {
-            if let Err(e) = self.reoffload_if_idle() {
-                tracing::warn!(path = %self.path.display(), error = %e, "automatic offload failed");
-            }
-        }
+            self.reoffload_if_idle()
+        } else {
+            Ok(())
+        };
+        self.released();
+        r
     }
 
     fn reoffload_if_idle(&self) -> Result<()> {
@@ -1066,25 +1088,16 @@ impl<T: Element, D: Dimension, E: Dimension> ReadGuard<'_, T, D, E> {
         self.guard = None;
         let a = self.array;
         std::mem::forget(self);
-        let r = if a.readers.fetch_sub(1, Ordering::AcqRel) == 1
-            && a.automatic_offloading()
-            && a.caching()
-            && a.loaded_on_demand.load(Ordering::Relaxed)
-        {
-            a.reoffload_if_idle()
-        } else {
-            Ok(())
-        };
-        a.released();
-        r
+        a.end_read()
     }
 }
 
 impl<T: Element, D: Dimension, E: Dimension> Drop for ReadGuard<'_, T, D, E> {
     fn drop(&mut self) {
         self.guard = None;
-        self.array.end_read();
-        self.array.released();
+        if let Err(e) = self.array.end_read() {
+            tracing::warn!(path = %self.array.path.display(), error = %e, "automatic offload failed");
+        }
     }
 }
 

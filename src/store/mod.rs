@@ -1425,10 +1425,7 @@ impl<T: Element, D: Dimension> StoredArray<T, D> {
     ///
     /// Errors of mapping or of the automatic re-offload.
     pub fn with_view<R>(&self, f: impl FnOnce(ArrayView<'_, T, D>) -> R) -> Result<R> {
-        let g = self.read()?;
-        let r = f(g.view());
-        g.finish()?;
-        Ok(r)
+        self.array.with_view_as::<D, R>(f)
     }
 
     /// Runs `f` on a mutable view.
@@ -1437,10 +1434,7 @@ impl<T: Element, D: Dimension> StoredArray<T, D> {
     ///
     /// Errors of mapping or of the automatic re-offload.
     pub fn with_view_mut<R>(&self, f: impl FnOnce(ArrayViewMut<'_, T, D>) -> R) -> Result<R> {
-        let mut g = self.write()?;
-        let r = f(g.view_mut());
-        g.finish()?;
-        Ok(r)
+        self.array.with_view_mut_as::<D, R>(f)
     }
 
     /// A copy of the data in RAM.
