@@ -631,7 +631,9 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     ///
     /// As [`offload`](Self::offload).
     pub fn flush(&self) -> Result<()> {
-        if !self.caching() {
+        // A store entry is persisted whatever its caching flag (which only
+        // decides whether it may leave RAM).
+        if !self.caching() && self.pair.is_none() {
             return Ok(());
         }
         let mut st = self.state.write();
@@ -983,9 +985,6 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         D: 's,
     {
         let p = self.pair.as_ref()?;
-        if !self.caching() {
-            return None;
-        }
         // The read lock is held until the job has written its data, so the
         // entry cannot be offloaded or changed in between.
         let st = self.state.read();

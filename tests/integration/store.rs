@@ -207,6 +207,29 @@ fn per_entry_overrides_are_recorded() {
 }
 
 #[test]
+fn entries_with_caching_off_stay_in_ram_but_are_persisted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = DiskBackedStore::open(dir.path()).unwrap();
+    let o = ConfigOverrides {
+        caching: Some(false),
+        ..Default::default()
+    };
+    s.insert_with("ram", array![1u8, 2, 3], &o).unwrap();
+    s.offload("ram").unwrap();
+    assert_eq!(s.info("ram").unwrap().state, ArrayState::InMemory);
+    s.flush().unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("ram.meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["enable_caching"], false);
+    drop(s);
+    let s = DiskBackedStore::open(dir.path()).unwrap();
+    assert_eq!(
+        s.get::<u8, Ix1>("ram").unwrap().to_owned_array().unwrap(),
+        array![1, 2, 3]
+    );
+}
+
+#[test]
 fn batch_insert_is_durable_and_complete() {
     let dir = tempfile::tempdir().unwrap();
     let s = DiskBackedStore::open(dir.path()).unwrap();
