@@ -89,11 +89,17 @@ struct Lookup {
     cycle: Vec<Duration>,
     /// lookup + view on a reader that stays open.
     open_reader: Vec<Duration>,
+    /// Phases of `view`: open alone, then open + `entry` (index reads and
+    /// the descriptor, whose page the first touch of the map faults in).
+    open: Vec<Duration>,
+    entry: Vec<Duration>,
+    /// Size of the pack file.
+    bytes: u64,
 }
 
-fn lookup_bench(dir: &Path, n: u64, reps: usize) -> Lookup {
+fn lookup_bench(dir: &Path, n: u64, elems: usize, reps: usize) -> Lookup {
     let path = dir.join(format!("lookup-{n}.pack"));
-    build(&path, n, 16);
+    build(&path, n, elems);
     warm(&path);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ n);
     let keys: Vec<String> = (0..reps).map(|_| key(rng.next() % n)).collect();
@@ -106,11 +112,17 @@ fn lookup_bench(dir: &Path, n: u64, reps: usize) -> Lookup {
         view: Vec::with_capacity(reps),
         cycle: Vec::with_capacity(reps),
         open_reader: Vec::with_capacity(reps),
+        open: Vec::with_capacity(reps),
+        entry: Vec::with_capacity(reps),
+        bytes: fs::metadata(&path).unwrap().len(),
     };
     for k in &keys {
         let t = Instant::now();
         let r = PackReader::open(&path).unwrap();
-        let v = r.view::<f32, Ix1>(k.as_str()).unwrap();
+        out.open.push(t.elapsed());
+        let e = r.entry(k.as_str()).unwrap();
+        out.entry.push(t.elapsed());
+        let v = e.single().unwrap().view::<f32, Ix1>().unwrap();
         black_box(v[3]);
         out.view.push(t.elapsed());
         drop(r);
@@ -128,6 +140,8 @@ fn lookup_bench(dir: &Path, n: u64, reps: usize) -> Lookup {
     out.view.sort();
     out.cycle.sort();
     out.open_reader.sort();
+    out.open.sort();
+    out.entry.sort();
     out
 }
 
@@ -214,16 +228,27 @@ fn lookup_part(dir: &Path, big: u64, reps: usize) {
     println!(
         "== (a) open + lookup + view of one entry (file in page cache), {reps} random keys =="
     );
-    let small = lookup_bench(dir, 1_000, reps);
-    let large = lookup_bench(dir, big, reps);
-    for (n, l) in [(1_000, &small), (big, &large)] {
+    let small = lookup_bench(dir, 1_000, 16, reps);
+    let large = lookup_bench(dir, big, 16, reps);
+    // Control: 1,000 entries in a file as large as the big pack (arrays of
+    // about 1/1000 of its size), to tell entry-count effects from file-size
+    // effects (page tables and page-cache metadata of a large mapping).
+    let control = lookup_bench(dir, 1_000, (large.bytes / 1_000 / 4) as usize, reps);
+    for (n, l) in [(1_000, &small), (big, &large), (1_000, &control)] {
         println!(
-            "{n:>9} entries: open+lookup+view median {:6.2} us (p90 {:6.2}) | with close (munmap) {:6.2} us (p90 {:6.2}) | lookup+view on an open reader {:5.2} us",
+            "{n:>9} entries, {:>4} MB: open+lookup+view median {:6.2} us (p90 {:6.2}) | with close (munmap) {:6.2} us (p90 {:6.2}) | lookup+view on an open reader {:5.2} us",
+            l.bytes / 1_000_000,
             us(l.view[reps / 2]),
             us(pct(&l.view, 0.9)),
             us(l.cycle[reps / 2]),
             us(pct(&l.cycle, 0.9)),
             us(l.open_reader[reps / 2]),
+        );
+        println!(
+            "{:>9}                   phases (medians): open {:5.2} us, open+entry {:5.2} us",
+            "",
+            us(l.open[reps / 2]),
+            us(l.entry[reps / 2]),
         );
     }
     println!(

@@ -31,8 +31,9 @@ pub(crate) const ARRAY_REC: usize = 32;
 pub(crate) const LEAF_REC: u64 = 16;
 /// Target number of leaf records per bucket of the hash index directory:
 /// the writer uses the smallest power of two `B >= n / BUCKET_TARGET`
-/// buckets, so a bucket holds between 64 and 128 records on average.
-pub(crate) const BUCKET_TARGET: u64 = 128;
+/// buckets, so a bucket holds between 8 and 16 records (128 to 256 bytes)
+/// on average.
+pub(crate) const BUCKET_TARGET: u64 = 16;
 /// Most leaf records a lookup reads in one positioned read (8 KiB); a
 /// larger bucket (only possible with many keys whose hashes share their
 /// top bits) is binary-searched instead.
@@ -508,7 +509,7 @@ mod tests {
     fn trailer_round_trip_and_checks() {
         let n = 70_000;
         let l = layout(128, n, bucket_count(n)).unwrap();
-        assert_eq!((l.dir, l.buckets), (128 + 32 * n, 1024));
+        assert_eq!((l.dir, l.buckets), (128 + 32 * n, 8192));
         let t = Trailer {
             file_len: l.trailer + TRAILER_LEN,
             n_entries: n,
@@ -560,10 +561,10 @@ mod tests {
     #[test]
     fn buckets() {
         assert_eq!(bucket_count(0), 1);
-        assert_eq!(bucket_count(128), 1);
-        assert_eq!(bucket_count(129), 2);
-        assert_eq!(bucket_count(1_000), 8);
-        assert_eq!(bucket_count(1_000_000), 8192);
+        assert_eq!(bucket_count(16), 1);
+        assert_eq!(bucket_count(17), 2);
+        assert_eq!(bucket_count(1_000), 64);
+        assert_eq!(bucket_count(1_000_000), 65_536);
         assert_eq!(bucket_of(u64::MAX, 1), 0);
         assert_eq!(bucket_of(u64::MAX, 2), 1);
         assert_eq!(bucket_of(0x8000_0000_0000_0000, 8192), 4096);

@@ -21,8 +21,8 @@
 //! payloads followed by a checksummed descriptor (key, dtypes, shapes,
 //! names, offsets, payload checksums, metadata); the index (descriptor
 //! offsets in file order and in key order, and `(key hash, offset)` records
-//! sorted by hash, with a directory of hash buckets of about 128 records
-//! each); and a 128-byte trailer with a checksum. Opening reads the trailer
+//! sorted by hash, with a directory of hash buckets of 8 to 16 records on
+//! average); and a 128-byte trailer with a checksum. Opening reads the trailer
 //! in one read of 4 KiB, and a lookup makes two small positioned reads
 //! (two directory slots, then one bucket), whatever the entry count.
 //!

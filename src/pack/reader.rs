@@ -30,7 +30,7 @@ const TAIL_READ: u64 = 4096;
 ///
 /// A lookup costs the same at any number of entries: one positioned read of
 /// 16 bytes from the hash index's bucket directory, one positioned read of
-/// that bucket's leaf records (128 on average, at most 8 KiB), then the
+/// that bucket's leaf records (8 to 16 on average, at most 8 KiB), then the
 /// entry's descriptor, which sits right after the entry's data, through the
 /// map. Positioned reads rather than the map are used for the index because,
 /// on a freshly opened map, each page touched costs a page fault several
@@ -296,8 +296,15 @@ impl PackReader {
         };
         let leaf = self.layout.leaf;
         if hi - lo <= MAX_BUCKET_READ {
-            let mut block = [0u8; (MAX_BUCKET_READ * LEAF_REC) as usize];
-            let recs = &mut block[..((hi - lo) * LEAF_REC) as usize];
+            let len = ((hi - lo) * LEAF_REC) as usize;
+            let mut small = [0u8; 64 * LEAF_REC as usize];
+            let mut large = Vec::new();
+            let recs = if len <= small.len() {
+                &mut small[..len]
+            } else {
+                large.resize(len, 0);
+                &mut large[..]
+            };
             self.pread(recs, leaf + lo * LEAF_REC)?;
             let mut o = lower_bound(recs, LEAF_REC as usize, h) as usize * LEAF_REC as usize;
             while let (Some(hh), Some(off)) = (format::le64(recs, o), format::le64(recs, o + 8)) {
@@ -1543,7 +1550,7 @@ mod tests {
     #[test]
     fn a_lookup_is_two_reads_at_any_size() {
         let dir = tempfile::tempdir().unwrap();
-        for n in [1usize, 2, 128, 129, 1_000, 70_000] {
+        for n in [1usize, 2, 16, 17, 1_000, 70_000] {
             let path = dir.path().join(format!("{n}.pack"));
             let keys: Vec<String> = (0..n).map(|i| format!("tile_{i:08}")).collect();
             write(&path, &keys);
@@ -1566,17 +1573,17 @@ mod tests {
 
     #[test]
     fn an_oversized_bucket_is_searched_through_the_map() {
-        // 1,000 keys whose hashes all fall in bucket 0 of 8.
+        // 1,000 keys whose hashes all fall in bucket 0 of 64.
         let keys: Vec<String> = (0..)
             .map(|i| format!("k{i}"))
-            .filter(|k| format::bucket_of(PackKey::from(k.as_str()).hash64(), 8) == 0)
+            .filter(|k| format::bucket_of(PackKey::from(k.as_str()).hash64(), 64) == 0)
             .take(1_000)
             .collect();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("skewed.pack");
         write(&path, &keys);
         let r = PackReader::open(&path).unwrap();
-        assert_eq!(r.layout.buckets, 8);
+        assert_eq!(r.layout.buckets, 64);
         for (i, k) in keys.iter().enumerate().step_by(7) {
             let before = preads(&r);
             assert_eq!(r.get::<u32, ndarray::Ix1>(k.as_str()).unwrap()[0], i as u32);

@@ -169,9 +169,9 @@ fn unfinished_writer_leaves_nothing_and_finish_replaces_atomically() {
 #[test]
 fn lookups_at_every_index_shape() {
     // Sizes around the bucket-count boundaries of the hash index (one
-    // bucket per 128 entries, rounded up to a power of two).
+    // bucket per 16 entries, rounded up to a power of two).
     for n in [
-        0u64, 1, 2, 127, 128, 129, 256, 257, 1_024, 1_025, 65_536, 65_537, 70_000,
+        0u64, 1, 2, 15, 16, 17, 32, 33, 1_024, 1_025, 65_536, 65_537, 70_000,
     ] {
         let dir = tmp();
         let path = dir.path().join("a.pack");
@@ -592,11 +592,11 @@ fn bucket_directory_is_consistent_and_checked() {
     let t = bytes.len() - 128;
     let buckets = le64_at(&bytes, t + T_BUCKETS);
     let dir_off = le64_at(&bytes, t + T_DIR_OFF) as usize;
-    // 3,000 / 128 rounded up to a power of two.
-    assert_eq!(buckets, 32);
+    // 3,000 / 16 rounded up to a power of two.
+    assert_eq!(buckets, 256);
     assert_eq!(dir_off + 8 * (buckets as usize + 1), t);
     // dir[b] is the first leaf record of bucket b: the records between
-    // dir[b] and dir[b+1] are exactly those whose top 5 hash bits are b.
+    // dir[b] and dir[b+1] are exactly those whose top 8 hash bits are b.
     let leaf = dir_off - 16 * n as usize;
     let slot = |b: usize| le64_at(&bytes, dir_off + 8 * b);
     assert_eq!((slot(0), slot(buckets as usize)), (0, n));
@@ -604,7 +604,7 @@ fn bucket_directory_is_consistent_and_checked() {
         assert!(slot(b) <= slot(b + 1));
         for i in slot(b)..slot(b + 1) {
             let h = le64_at(&bytes, leaf + 16 * i as usize);
-            assert_eq!(h >> 59, b as u64);
+            assert_eq!(h >> 56, b as u64);
         }
     }
     PackReader::open(&path).unwrap().verify().unwrap();
@@ -947,7 +947,7 @@ print(json.dumps(out))
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"));
 
-    // A pack with several buckets (1,000 entries, 8 buckets); then the same
+    // A pack with several buckets (1,000 entries, 64 buckets); then the same
     // with one directory slot off by one and every checksum resealed.
     let many = dir.path().join("many.pack");
     let mut w = PackWriter::create(&many).unwrap();
@@ -975,7 +975,7 @@ print(json.dumps(out))
     let mut bytes = std::fs::read(&many).unwrap();
     let t = bytes.len() - 128;
     let dir_off = le64_at(&bytes, t + T_DIR_OFF) as usize;
-    assert_eq!(le64_at(&bytes, t + T_BUCKETS), 8);
+    assert_eq!(le64_at(&bytes, t + T_BUCKETS), 64);
     bytes[dir_off + 8 * 3] ^= 1;
     reseal(&mut bytes);
     std::fs::write(&bad, &bytes).unwrap();
