@@ -13,27 +13,39 @@
 //! `PACK_BENCH_QUICK=1` shrinks the run for a smoke test; `PACK_BENCH_PART=a`
 //! or `=b` runs one part only.
 //!
-//! Figures on the project's 2-core VM (ext4 without a journal, file in page
-//! cache for (a)); medians, and the spread over several runs while other
-//! work shared the machine:
+//! Part (a) also times a control: 1,000 entries of arrays large enough
+//! that the file is as large as the 1,000,000-entry pack.
 //!
-//! | | 1,000 entries | 1,000,000 entries |
-//! |---|---|---|
-//! | open + lookup + view | 10.3-11 us (up to 16 under load) | 14.7-16.6 us (up to 21 under load) |
-//! | the same plus dropping the reader (munmap, close) | 16-17.5 us | 22-25 us |
-//! | lookup + view on an open reader | 1.2 us | 2.6-3.8 us |
+//! Figures on the project's 2-core VM (ext4 without a journal, file in page
+//! cache for (a)), pack format version 2 (bucket directory); medians of two
+//! runs while other work shared the machine:
+//!
+//! | | 1,000 entries (0.2 MB) | 1,000,000 entries (224 MB) | 1,000 entries (224 MB) |
+//! |---|---|---|---|
+//! | open + lookup + view | 10.5 us | 13.6-14.2 us | 15.6-15.7 us |
+//! | the same plus dropping the reader (munmap, close) | 16.5-16.6 us | 20.8-21.2 us | 23.4-23.8 us |
+//! | of which open | 6.4 us | 6.6-6.7 us | 6.7 us |
+//! | of which open + entry (index, descriptor) | 10.1-10.2 us | 13.2-13.8 us | 12.6-12.7 us |
+//! | lookup + view on an open reader | 1.5 us | 2.1-2.8 us | 1.6 us |
 //!
 //! Where the time goes: opening, mapping and unmapping the file and the one
-//! page fault the view needs cost about 12 us of kernel time on this VM
-//! (each first touch of a mapped page costs 3-6 us); the pack's own work is
-//! the 4 KiB tail read at open and, at a million entries, two positioned
-//! reads of 2 and 4 KiB.
+//! page fault the view needs cost about 12 us of kernel time on this VM; the
+//! pack's own work is the 4 KiB tail read at open and, at any entry count,
+//! two positioned reads (16 bytes of the bucket directory, then one bucket
+//! of 128-256 bytes). The lookup makes the same reads at 1,000 and
+//! 1,000,000 entries; what remains of the difference comes with the file's
+//! size, not its entry count (the 1,000-entry control pack as large as the
+//! million-entry one is as slow): in `perf`, the fault of a fresh map of the
+//! large file allocates and clears a page table, which the small file's
+//! does not, and the large file's page-cache metadata and index pages are
+//! cold in the CPU caches. (Format version 1, with fence levels, measured
+//! 10.3-11 us and 14.7-16.6 us.)
 //!
 //! Writing 1,000,000 arrays of 256 `f32` (1.18 GB file): 0.95-1.09x the
 //! speed of a raw write + fsync of the same number of bytes (median of 5
-//! rounds, four separate runs), 0.78-0.89x of a raw write of the payload
-//! bytes alone; with the same arrays under shuffled string keys,
-//! 0.66-0.91x.
+//! rounds, five separate runs; 1.09x with format version 2), 0.78-0.96x of
+//! a raw write of the payload bytes alone; with the same arrays under
+//! shuffled string keys, 0.66-0.91x (0.79x with version 2).
 
 use std::fs::{self, File};
 use std::hint::black_box;
