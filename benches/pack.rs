@@ -13,27 +13,39 @@
 //! `PACK_BENCH_QUICK=1` shrinks the run for a smoke test; `PACK_BENCH_PART=a`
 //! or `=b` runs one part only.
 //!
-//! Figures on the project's 2-core VM (ext4 without a journal, file in page
-//! cache for (a)); medians, and the spread over several runs while other
-//! work shared the machine:
+//! Part (a) also times a control: 1,000 entries of arrays large enough
+//! that the file is as large as the 1,000,000-entry pack.
 //!
-//! | | 1,000 entries | 1,000,000 entries |
-//! |---|---|---|
-//! | open + lookup + view | 10.3-11 us (up to 16 under load) | 14.7-16.6 us (up to 21 under load) |
-//! | the same plus dropping the reader (munmap, close) | 16-17.5 us | 22-25 us |
-//! | lookup + view on an open reader | 1.2 us | 2.6-3.8 us |
+//! Figures on the project's 2-core VM (ext4 without a journal, file in page
+//! cache for (a)), pack format version 2 (bucket directory); medians of two
+//! runs while other work shared the machine:
+//!
+//! | | 1,000 entries (0.2 MB) | 1,000,000 entries (224 MB) | 1,000 entries (224 MB) |
+//! |---|---|---|---|
+//! | open + lookup + view | 10.5 us | 13.6-14.2 us | 15.6-15.7 us |
+//! | the same plus dropping the reader (munmap, close) | 16.5-16.6 us | 20.8-21.2 us | 23.4-23.8 us |
+//! | of which open | 6.4 us | 6.6-6.7 us | 6.7 us |
+//! | of which open + entry (index, descriptor) | 10.1-10.2 us | 13.2-13.8 us | 12.6-12.7 us |
+//! | lookup + view on an open reader | 1.5 us | 2.1-2.8 us | 1.6 us |
 //!
 //! Where the time goes: opening, mapping and unmapping the file and the one
-//! page fault the view needs cost about 12 us of kernel time on this VM
-//! (each first touch of a mapped page costs 3-6 us); the pack's own work is
-//! the 4 KiB tail read at open and, at a million entries, two positioned
-//! reads of 2 and 4 KiB.
+//! page fault the view needs cost about 12 us of kernel time on this VM; the
+//! pack's own work is the 4 KiB tail read at open and, at any entry count,
+//! two positioned reads (16 bytes of the bucket directory, then one bucket
+//! of 128-256 bytes). The lookup makes the same reads at 1,000 and
+//! 1,000,000 entries; what remains of the difference comes with the file's
+//! size, not its entry count (the 1,000-entry control pack as large as the
+//! million-entry one is as slow): in `perf`, the fault of a fresh map of the
+//! large file allocates and clears a page table, which the small file's
+//! does not, and the large file's page-cache metadata and index pages are
+//! cold in the CPU caches. (Format version 1, with fence levels, measured
+//! 10.3-11 us and 14.7-16.6 us.)
 //!
 //! Writing 1,000,000 arrays of 256 `f32` (1.18 GB file): 0.95-1.09x the
 //! speed of a raw write + fsync of the same number of bytes (median of 5
-//! rounds, four separate runs), 0.78-0.89x of a raw write of the payload
-//! bytes alone; with the same arrays under shuffled string keys,
-//! 0.66-0.91x.
+//! rounds, five separate runs; 1.09x with format version 2), 0.78-0.96x of
+//! a raw write of the payload bytes alone; with the same arrays under
+//! shuffled string keys, 0.66-0.91x (0.79x with version 2).
 
 use std::fs::{self, File};
 use std::hint::black_box;
@@ -89,11 +101,17 @@ struct Lookup {
     cycle: Vec<Duration>,
     /// lookup + view on a reader that stays open.
     open_reader: Vec<Duration>,
+    /// Phases of `view`: open alone, then open + `entry` (index reads and
+    /// the descriptor, whose page the first touch of the map faults in).
+    open: Vec<Duration>,
+    entry: Vec<Duration>,
+    /// Size of the pack file.
+    bytes: u64,
 }
 
-fn lookup_bench(dir: &Path, n: u64, reps: usize) -> Lookup {
+fn lookup_bench(dir: &Path, n: u64, elems: usize, reps: usize) -> Lookup {
     let path = dir.join(format!("lookup-{n}.pack"));
-    build(&path, n, 16);
+    build(&path, n, elems);
     warm(&path);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ n);
     let keys: Vec<String> = (0..reps).map(|_| key(rng.next() % n)).collect();
@@ -106,11 +124,17 @@ fn lookup_bench(dir: &Path, n: u64, reps: usize) -> Lookup {
         view: Vec::with_capacity(reps),
         cycle: Vec::with_capacity(reps),
         open_reader: Vec::with_capacity(reps),
+        open: Vec::with_capacity(reps),
+        entry: Vec::with_capacity(reps),
+        bytes: fs::metadata(&path).unwrap().len(),
     };
     for k in &keys {
         let t = Instant::now();
         let r = PackReader::open(&path).unwrap();
-        let v = r.view::<f32, Ix1>(k.as_str()).unwrap();
+        out.open.push(t.elapsed());
+        let e = r.entry(k.as_str()).unwrap();
+        out.entry.push(t.elapsed());
+        let v = e.single().unwrap().view::<f32, Ix1>().unwrap();
         black_box(v[3]);
         out.view.push(t.elapsed());
         drop(r);
@@ -128,6 +152,8 @@ fn lookup_bench(dir: &Path, n: u64, reps: usize) -> Lookup {
     out.view.sort();
     out.cycle.sort();
     out.open_reader.sort();
+    out.open.sort();
+    out.entry.sort();
     out
 }
 
@@ -214,16 +240,27 @@ fn lookup_part(dir: &Path, big: u64, reps: usize) {
     println!(
         "== (a) open + lookup + view of one entry (file in page cache), {reps} random keys =="
     );
-    let small = lookup_bench(dir, 1_000, reps);
-    let large = lookup_bench(dir, big, reps);
-    for (n, l) in [(1_000, &small), (big, &large)] {
+    let small = lookup_bench(dir, 1_000, 16, reps);
+    let large = lookup_bench(dir, big, 16, reps);
+    // Control: 1,000 entries in a file as large as the big pack (arrays of
+    // about 1/1000 of its size), to tell entry-count effects from file-size
+    // effects (page tables and page-cache metadata of a large mapping).
+    let control = lookup_bench(dir, 1_000, (large.bytes / 1_000 / 4) as usize, reps);
+    for (n, l) in [(1_000, &small), (big, &large), (1_000, &control)] {
         println!(
-            "{n:>9} entries: open+lookup+view median {:6.2} us (p90 {:6.2}) | with close (munmap) {:6.2} us (p90 {:6.2}) | lookup+view on an open reader {:5.2} us",
+            "{n:>9} entries, {:>4} MB: open+lookup+view median {:6.2} us (p90 {:6.2}) | with close (munmap) {:6.2} us (p90 {:6.2}) | lookup+view on an open reader {:5.2} us",
+            l.bytes / 1_000_000,
             us(l.view[reps / 2]),
             us(pct(&l.view, 0.9)),
             us(l.cycle[reps / 2]),
             us(pct(&l.cycle, 0.9)),
             us(l.open_reader[reps / 2]),
+        );
+        println!(
+            "{:>9}                   phases (medians): open {:5.2} us, open+entry {:5.2} us",
+            "",
+            us(l.open[reps / 2]),
+            us(l.entry[reps / 2]),
         );
     }
     println!(

@@ -2,8 +2,9 @@
 
 A *pack* is one file holding many keyed arrays and samples, written by the
 Rust crate ``ndarray-offload`` (``PackWriter``). This module reads **pack
-format version 1**, described byte by byte in ``docs/format.md, section "Pack file format"``; it
-refuses any other version.
+format version 2**, described byte by byte in ``docs/format.md, section "Pack file format"``; it
+refuses any other version (version 1 packs, with a layered hash index, must
+be rewritten by a current ``PackWriter``).
 
 Usage::
 
@@ -42,13 +43,12 @@ import zlib
 import numpy as np
 
 #: The pack format version this module reads.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 MAGIC = b"NDOPACK\0"
 TRAILER_MAGIC = b"NDOTRAIL"
 PREAMBLE_LEN = 64
 TRAILER_LEN = 128
-STRIDE = 256
 LEAF_REC = 16
 DESC_HEAD = 24
 ARRAY_REC = 32
@@ -85,14 +85,6 @@ def key_hash(key):
     h = (h * 0xC4CEB9FE1A85EC53) & _M64
     h ^= h >> 33
     return h
-
-
-def _fence_levels(n):
-    levels = []
-    while n > STRIDE:
-        n = -(-n // STRIDE)
-        levels.append(n)
-    return levels
 
 
 def _decompress(code, data, raw_len, what):
@@ -184,7 +176,8 @@ def read_pack(path, verify=True):
     """Reads every entry of the pack at ``path`` into a dict (file order).
 
     With ``verify`` (the default), checks the trailer, index, descriptor and
-    payload CRC-32 checksums and that every key is indexed under its hash,
+    payload CRC-32 checksums, that every key is indexed under its hash and
+    that the bucket directory matches the hash-sorted leaf,
     raising ``PackError`` on any mismatch.
     """
     with open(path, "rb") as f:
@@ -200,16 +193,16 @@ def read_pack(path, verify=True):
         raise PackError(f"{path}: no trailer (truncated, or never finished)")
     if zlib.crc32(mm[t : t + 124]) != struct.unpack_from("<I", mm, t + 124)[0]:
         raise PackError(f"{path}: trailer checksum mismatch")
-    (tversion, _flags, file_len, n, index_off, stride) = struct.unpack_from("<IIQQQI", mm, t + 8)
+    (tversion, _flags, file_len, n, index_off, buckets, dir_off) = struct.unpack_from(
+        "<IIQQQQQ", mm, t + 8
+    )
     if version != FORMAT_VERSION or tversion != FORMAT_VERSION:
         raise PackError(f"{path}: pack format version {tversion}; this reader reads {FORMAT_VERSION}")
-    if file_len != size or stride != STRIDE:
+    if file_len != size or buckets < 1 or buckets & (buckets - 1):
         raise PackError(f"{path}: trailer does not match the file")
     seq = index_off
     leaf = seq + 16 * n
-    fence = leaf + LEAF_REC * n
-    levels = _fence_levels(n)
-    if fence + 8 * sum(levels) != t:
+    if dir_off != leaf + LEAF_REC * n or dir_off + 8 * (buckets + 1) != t:
         raise PackError(f"{path}: index layout does not match the trailer")
     if verify:
         (index_crc,) = struct.unpack_from("<I", mm, t + 120)
@@ -234,6 +227,20 @@ def read_pack(path, verify=True):
         for h, off in recs.tolist():
             if off not in by_off or key_hash(by_off[off]) != h:
                 raise PackError(f"{path}: hash index does not match the entries")
+    if verify:
+        # The bucket directory: dir[b] is the number of leaf records whose
+        # hash's top log2(buckets) bits are < b.
+        directory = np.frombuffer(mm, dtype="<u8", count=buckets + 1, offset=dir_off)
+        bits = buckets.bit_length() - 1
+        hashes = np.frombuffer(mm, dtype="<u8", count=2 * n, offset=leaf)[0::2]
+        if bits:
+            bucket = (hashes >> np.uint64(64 - bits)).astype(np.int64)
+        else:
+            bucket = np.zeros(n, dtype=np.int64)
+        counts = np.bincount(bucket, minlength=buckets)
+        expected = np.concatenate([[0], np.cumsum(counts)]).astype(np.uint64)
+        if len(expected) != buckets + 1 or np.any(directory != expected):
+            raise PackError(f"{path}: hash index bucket directory does not match the leaf")
     return out
 
 

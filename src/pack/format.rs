@@ -1,4 +1,4 @@
-//! Byte layout of a pack file, format version 1 (`docs/format.md, section "Pack file format"`).
+//! Byte layout of a pack file, format version 2 (`docs/format.md, section "Pack file format"`).
 //!
 //! Everything here is a pure function over byte slices: encoders used by the
 //! writer, and decoders used by the reader that validate every field they
@@ -14,7 +14,7 @@ pub(crate) const MAGIC: [u8; 8] = *b"NDOPACK\0";
 /// Magic bytes at the start of the trailer (the last 128 bytes).
 pub(crate) const TRAILER_MAGIC: [u8; 8] = *b"NDOTRAIL";
 /// The format version this crate writes and reads.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 /// Size of the preamble at the start of the file.
 pub(crate) const PREAMBLE_LEN: u64 = 64;
 /// Size of the trailer at the end of the file.
@@ -29,10 +29,15 @@ pub(crate) const DESC_HEAD: usize = 24;
 pub(crate) const ARRAY_REC: usize = 32;
 /// Size of one leaf record of the hash index: `(hash, descriptor offset)`.
 pub(crate) const LEAF_REC: u64 = 16;
-/// Fan-out of the hash index: each fence level keeps every `STRIDE`-th key
-/// of the level below, and the top level (the root) has at most `STRIDE`
-/// keys.
-pub(crate) const STRIDE: u64 = 256;
+/// Target number of leaf records per bucket of the hash index directory:
+/// the writer uses the smallest power of two `B >= n / BUCKET_TARGET`
+/// buckets, so a bucket holds between 8 and 16 records (128 to 256 bytes)
+/// on average.
+pub(crate) const BUCKET_TARGET: u64 = 16;
+/// Most leaf records a lookup reads in one positioned read (8 KiB); a
+/// larger bucket (only possible with many keys whose hashes share their
+/// top bits) is binary-searched instead.
+pub(crate) const MAX_BUCKET_READ: u64 = 512;
 /// Size of the dtype field of an array record.
 pub(crate) const DTYPE_LEN: usize = 8;
 /// Largest number of dimensions of one array.
@@ -134,47 +139,44 @@ pub(crate) fn check_preamble(b: &[u8], path: &Path) -> Result<()> {
     }
 }
 
-/// Number of keys in each fence level for `n` entries: level 1 keeps every
-/// `STRIDE`-th leaf hash, level `k+1` every `STRIDE`-th key of level `k`,
-/// until a level has at most `STRIDE` keys. Empty when `n <= STRIDE` (the
-/// leaf level is then the root).
-pub(crate) fn fence_levels(n: u64) -> Vec<u64> {
-    let mut levels = Vec::new();
-    let mut len = n;
-    while len > STRIDE {
-        len = len.div_ceil(STRIDE);
-        levels.push(len);
-    }
-    levels
+/// Number of buckets of the hash index directory the writer uses for `n`
+/// entries: the smallest power of two `>= n / BUCKET_TARGET`, at least 1.
+pub(crate) fn bucket_count(n: u64) -> u64 {
+    n.div_ceil(BUCKET_TARGET).max(1).next_power_of_two()
+}
+
+/// The bucket of hash `h` among `buckets` (a power of two): the top
+/// `log2(buckets)` bits of `h`.
+pub(crate) fn bucket_of(h: u64, buckets: u64) -> u64 {
+    h.checked_shr(64 - buckets.trailing_zeros()).unwrap_or(0)
 }
 
 /// Byte offsets of the index sections for an index starting at `index_off`:
-/// `[seq, order, leaf, fence levels (level 1 first)..., trailer]`.
+/// `[seq, order, leaf, dir, trailer]`.
+#[derive(Debug)]
 pub(crate) struct Layout {
     pub seq: u64,
     pub order: u64,
     pub leaf: u64,
-    /// `(offset, key count)` of each fence level, level 1 first.
-    pub levels: Vec<(u64, u64)>,
+    /// The bucket directory: `buckets + 1` u64 leaf indices.
+    pub dir: u64,
+    pub buckets: u64,
     pub trailer: u64,
 }
 
-pub(crate) fn layout(index_off: u64, n: u64) -> Option<Layout> {
+pub(crate) fn layout(index_off: u64, n: u64, buckets: u64) -> Option<Layout> {
     let seq = index_off;
     let order = seq.checked_add(n.checked_mul(8)?)?;
     let leaf = order.checked_add(n.checked_mul(8)?)?;
-    let mut at = leaf.checked_add(n.checked_mul(LEAF_REC)?)?;
-    let mut levels = Vec::new();
-    for len in fence_levels(n) {
-        levels.push((at, len));
-        at = at.checked_add(len.checked_mul(8)?)?;
-    }
+    let dir = leaf.checked_add(n.checked_mul(LEAF_REC)?)?;
+    let trailer = dir.checked_add(buckets.checked_add(1)?.checked_mul(8)?)?;
     Some(Layout {
         seq,
         order,
         leaf,
-        levels,
-        trailer: at,
+        dir,
+        buckets,
+        trailer,
     })
 }
 
@@ -184,6 +186,10 @@ pub(crate) struct Trailer {
     pub file_len: u64,
     pub n_entries: u64,
     pub index_off: u64,
+    /// Number of buckets of the hash index directory (a power of two).
+    pub buckets: u64,
+    /// Offset of the bucket directory.
+    pub dir_off: u64,
     pub index_crc: u32,
 }
 
@@ -192,12 +198,13 @@ impl Trailer {
         let mut b = [0u8; TRAILER_LEN as usize];
         b[..8].copy_from_slice(&TRAILER_MAGIC);
         b[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        // 12..16: flags, zero in version 1.
+        // 12..16: flags, zero in version 2.
         b[16..24].copy_from_slice(&self.file_len.to_le_bytes());
         b[24..32].copy_from_slice(&self.n_entries.to_le_bytes());
         b[32..40].copy_from_slice(&self.index_off.to_le_bytes());
-        b[40..44].copy_from_slice(&(STRIDE as u32).to_le_bytes());
-        // 44..120: reserved, zero.
+        b[40..48].copy_from_slice(&self.buckets.to_le_bytes());
+        b[48..56].copy_from_slice(&self.dir_off.to_le_bytes());
+        // 56..120: reserved, zero.
         b[120..124].copy_from_slice(&self.index_crc.to_le_bytes());
         let crc = crc32fast::hash(&b[..124]);
         b[124..128].copy_from_slice(&crc.to_le_bytes());
@@ -225,6 +232,8 @@ impl Trailer {
             file_len: le64(b, 16).unwrap_or(0),
             n_entries: le64(b, 24).unwrap_or(0),
             index_off: le64(b, 32).unwrap_or(0),
+            buckets: le64(b, 40).unwrap_or(0),
+            dir_off: le64(b, 48).unwrap_or(0),
             index_crc: le32(b, 120).unwrap_or(0),
         };
         if t.file_len > actual_len {
@@ -241,18 +250,24 @@ impl Trailer {
                 t.file_len
             ));
         }
-        if le32(b, 12) != Some(0) || b[44..120].iter().any(|&x| x != 0) {
+        if le32(b, 12) != Some(0) || b[56..120].iter().any(|&x| x != 0) {
             return bad("unknown flags or non-zero reserved bytes".into());
         }
-        if le32(b, 40) != Some(STRIDE as u32) {
-            return bad("unexpected index fan-out".into());
+        if !t.buckets.is_power_of_two() {
+            return bad(format!(
+                "hash index bucket count {} is not a power of two",
+                t.buckets
+            ));
         }
         if t.index_off < PREAMBLE_LEN || !t.index_off.is_multiple_of(ALIGN) {
             return bad("misaligned index offset".into());
         }
-        let Some(l) = layout(t.index_off, t.n_entries) else {
+        let Some(l) = layout(t.index_off, t.n_entries, t.buckets) else {
             return bad("index sizes overflow".into());
         };
+        if t.dir_off != l.dir {
+            return bad("the bucket directory does not follow the leaf".into());
+        }
         if l.trailer.checked_add(TRAILER_LEN) != Some(t.file_len) {
             return bad("the index does not end where the trailer starts".into());
         }
@@ -493,12 +508,14 @@ mod tests {
     #[test]
     fn trailer_round_trip_and_checks() {
         let n = 70_000;
-        let l = layout(128, n).unwrap();
-        assert_eq!(l.levels.iter().map(|l| l.1).collect::<Vec<_>>(), [274, 2]);
+        let l = layout(128, n, bucket_count(n)).unwrap();
+        assert_eq!((l.dir, l.buckets), (128 + 32 * n, 8192));
         let t = Trailer {
             file_len: l.trailer + TRAILER_LEN,
             n_entries: n,
             index_off: 128,
+            buckets: l.buckets,
+            dir_off: l.dir,
             index_crc: 99,
         };
         let b = t.encode();
@@ -514,14 +531,44 @@ mod tests {
             Trailer::decode(&c, t.file_len, p),
             Err(Error::Corrupt { .. })
         ));
+        // With a valid checksum: version 1 is refused by name, a bucket
+        // count that is not a power of two or a misplaced directory is
+        // corrupt.
+        let recrc = |mut c: [u8; TRAILER_LEN as usize]| {
+            let crc = crc32fast::hash(&c[..124]);
+            c[124..].copy_from_slice(&crc.to_le_bytes());
+            c
+        };
+        let mut c = b;
+        c[8..12].copy_from_slice(&1u32.to_le_bytes());
+        match Trailer::decode(&recrc(c), t.file_len, p) {
+            Err(Error::Unsupported { path, reason }) => {
+                assert_eq!(path, p);
+                assert!(reason.contains("version 1"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        for (at, v) in [(40, 1000u64), (40, 512), (48, l.dir + 8)] {
+            let mut c = b;
+            c[at..at + 8].copy_from_slice(&v.to_le_bytes());
+            assert!(matches!(
+                Trailer::decode(&recrc(c), t.file_len, p),
+                Err(Error::Corrupt { .. })
+            ));
+        }
     }
 
     #[test]
-    fn levels() {
-        assert!(fence_levels(0).is_empty());
-        assert!(fence_levels(256).is_empty());
-        assert_eq!(fence_levels(257), [2]);
-        assert_eq!(fence_levels(1_000_000), [3907, 16]);
+    fn buckets() {
+        assert_eq!(bucket_count(0), 1);
+        assert_eq!(bucket_count(16), 1);
+        assert_eq!(bucket_count(17), 2);
+        assert_eq!(bucket_count(1_000), 64);
+        assert_eq!(bucket_count(1_000_000), 65_536);
+        assert_eq!(bucket_of(u64::MAX, 1), 0);
+        assert_eq!(bucket_of(u64::MAX, 2), 1);
+        assert_eq!(bucket_of(0x8000_0000_0000_0000, 8192), 4096);
+        assert_eq!(bucket_of(u64::MAX, 1 << 63), (1 << 63) - 1);
     }
 
     #[test]

@@ -15,15 +15,16 @@
 //! | list entries or check every checksum (inspection tools) | [`PackReader::list`] / [`PackReader::verify`] |
 //! | write a stream of samples into several packs in parallel | [`ShardWriter`], read back with [`PackSet`] |
 //!
-//! The layout (format version 1) is described byte by byte in
+//! The layout (format version 2) is described byte by byte in
 //! `docs/format.md, section "Pack file format"`; `python/ndoffload_pack.py` reads it with numpy
 //! alone. In short: a 64-byte preamble; for each entry, its 64-byte aligned
 //! payloads followed by a checksummed descriptor (key, dtypes, shapes,
 //! names, offsets, payload checksums, metadata); the index (descriptor
 //! offsets in file order and in key order, and `(key hash, offset)` records
-//! sorted by hash under fence levels of fan-out 256); and a 128-byte
-//! trailer with a checksum. Opening reads the trailer and the root of the
-//! hash index in one read of at most 4 KiB, whatever the entry count.
+//! sorted by hash, with a directory of hash buckets of 8 to 16 records on
+//! average); and a 128-byte trailer with a checksum. Opening reads the trailer
+//! in one read of 4 KiB, and a lookup makes two small positioned reads
+//! (two directory slots, then one bucket), whatever the entry count.
 //!
 //! # Examples
 //!

@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use super::codec::{self, Compression};
 use super::format::{
-    self, Desc, Layout, Trailer, ALIGN, ENTRY_SAMPLE, KEY_U64, LEAF_REC, PREAMBLE_LEN, STRIDE,
-    TRAILER_LEN,
+    self, Desc, Layout, Trailer, ALIGN, ENTRY_SAMPLE, KEY_U64, LEAF_REC, MAX_BUCKET_READ,
+    PREAMBLE_LEN, TRAILER_LEN,
 };
 use super::key::PackKey;
 use super::sample::{check_type, decode_owned, Sample, SampleArray};
@@ -20,19 +20,21 @@ use crate::element::{dtype_itemsize, Element};
 use crate::error::{Error, IoContext, Result};
 use crate::mapped::map_readonly;
 
-/// Largest tail read at open: the trailer plus the root of the hash index.
-const TAIL_READ: u64 = STRIDE * LEAF_REC + TRAILER_LEN;
+/// Tail read at open: one page holding the trailer (and, for a small file,
+/// the preamble too).
+const TAIL_READ: u64 = 4096;
 
 /// A pack opened for reading: the file is memory-mapped, and open reads
-/// only the fixed-size trailer and the root of the hash index (one read of
-/// at most 4 KiB), whatever the number of entries.
+/// only the last 4 KiB of the file, for its fixed-size trailer, whatever
+/// the number of entries.
 ///
-/// A lookup searches the hash index level by level with positioned reads of
-/// at most 4 KiB (none up to 256 entries, one up to 65,536, two up to
-/// 16.7 million), then reads the entry's descriptor, which sits right after
-/// the entry's data, through the map. Positioned reads rather than the map
-/// are used for the index because, on a freshly opened map, each page touched
-/// costs a page fault several times dearer than a small read.
+/// A lookup costs the same at any number of entries: one positioned read of
+/// 16 bytes from the hash index's bucket directory, one positioned read of
+/// that bucket's leaf records (8 to 16 on average, at most 8 KiB), then the
+/// entry's descriptor, which sits right after the entry's data, through the
+/// map. Positioned reads rather than the map are used for the index because,
+/// on a freshly opened map, each page touched costs a page fault several
+/// times dearer than a small read.
 /// Uncompressed arrays come back as views into the map, without copying;
 /// compressed ones are decoded into owned arrays (both as a [`CowArray`]).
 ///
@@ -81,8 +83,9 @@ pub struct PackReader {
     map: Mmap,
     t: Trailer,
     layout: Layout,
-    /// The top level of the hash index, read with the trailer at open.
-    root: Vec<u8>,
+    /// Positioned reads made so far (tests check a lookup's cost with it).
+    #[cfg(test)]
+    preads: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for PackReader {
@@ -104,7 +107,8 @@ impl PackReader {
     /// I/O errors opening or mapping the file; [`Error::Truncated`] if the
     /// file is shorter than its trailer says; [`Error::Corrupt`] for a bad
     /// magic, trailer checksum or section layout; [`Error::Unsupported`] for
-    /// a newer format version.
+    /// any format version other than 2 (packs written by earlier releases,
+    /// format version 1, must be rewritten).
     ///
     /// # Examples
     ///
@@ -128,8 +132,8 @@ impl PackReader {
                 actual: len,
             });
         }
-        // One positioned read brings the trailer and the root of the hash
-        // index; nothing else is read until a lookup.
+        // One positioned read brings the trailer; nothing else is read until
+        // a lookup.
         let tail_len = TAIL_READ.min(len);
         let mut tail = vec![0u8; tail_len as usize];
         read_at(&file, &map, &mut tail, len - tail_len).ctx("read", &path)?;
@@ -137,22 +141,14 @@ impl PackReader {
             format::check_preamble(&tail, &path)?;
         }
         let (t, layout) = Trailer::decode(&tail[(tail_len - TRAILER_LEN) as usize..], len, &path)?;
-        let root_start = match layout.levels.last() {
-            Some(&(off, _)) => off,
-            None => layout.leaf,
-        };
-        let root_len = layout.trailer - root_start;
-        let root = tail
-            .get((tail_len - TRAILER_LEN - root_len) as usize..(tail_len - TRAILER_LEN) as usize)
-            .ok_or_else(|| Error::corrupt(&path, "hash index root too large"))?
-            .to_vec();
         Ok(PackReader {
             path,
             file,
             map,
             t,
             layout,
-            root,
+            #[cfg(test)]
+            preads: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -234,6 +230,9 @@ impl PackReader {
     /// Positioned read of `buf.len()` bytes at `off` (not through the map, so
     /// that a cold lookup does not fault in index pages one by one).
     fn pread(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        #[cfg(test)]
+        self.preads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         read_at(&self.file, &self.map, buf, off).ctx("read", &self.path)
     }
 
@@ -279,74 +278,85 @@ impl PackReader {
 
     /// The descriptor offset of the entry holding `key`, if any.
     ///
-    /// The root level is in memory; each fence level below it costs one
-    /// positioned read of at most 2 KiB, and the leaf one of at most 4 KiB
-    /// (two reads in all at a million entries).
+    /// Two positioned reads whatever the number of entries: the key's
+    /// bucket's two directory slots (16 bytes), then that bucket's leaf
+    /// records (at most `MAX_BUCKET_READ`, 8 KiB). Records with equal hashes
+    /// are in the same bucket, so the scan never leaves it.
     fn find(&self, key: &PackKey<'_>) -> Result<Option<u64>> {
         let n = self.t.n_entries;
         if n == 0 {
             return Ok(None);
         }
         let h = key.hash64();
-        let levels = &self.layout.levels;
-        let mut block = [0u8; (STRIDE * LEAF_REC) as usize];
-        let (recs, leaf_lo): (&[u8], u64) = if levels.is_empty() {
-            (&self.root, 0)
-        } else {
-            let mut lb = lower_bound(&self.root, 8, h);
-            for k in (1..levels.len()).rev() {
-                let (off, len) = levels[k - 1];
-                let (lo, hi) = self.child_range(lb, len)?;
-                let bytes = &mut block[..((hi - lo) * 8) as usize];
-                self.pread(bytes, off + lo * 8)?;
-                lb = lo + lower_bound(bytes, 8, h);
-            }
-            let (lo, hi) = self.child_range(lb, n)?;
-            let m = ((hi - lo) * LEAF_REC) as usize;
-            self.pread(&mut block[..m], self.layout.leaf + lo * LEAF_REC)?;
-            (&block[..m], lo)
-        };
-        let in_block = (recs.len() / LEAF_REC as usize) as u64;
-        let mut i = lower_bound(recs, LEAF_REC as usize, h);
+        let (lo, hi) = self.bucket(format::bucket_of(h, self.layout.buckets))?;
         let kind = key.kind();
-        loop {
-            let (hh, off) = if i < in_block {
-                let o = (i * LEAF_REC) as usize;
-                (format::le64(recs, o), format::le64(recs, o + 8))
-            } else if leaf_lo + i < n {
-                // Equal hashes continue past the block (rare).
-                let mut r = [0u8; LEAF_REC as usize];
-                self.pread(&mut r, self.layout.leaf + (leaf_lo + i) * LEAF_REC)?;
-                (format::le64(&r, 0), format::le64(&r, 8))
-            } else {
-                break;
-            };
-            let (Some(hh), Some(off)) = (hh, off) else {
-                return Err(self.corrupt("hash index record out of range"));
-            };
-            if hh != h {
-                break;
-            }
+        let is_key = |off: u64| -> Result<bool> {
             let d = self.desc_at(off)?;
-            if d.key_kind == kind && key.with_bytes(|b| b == d.key) {
-                return Ok(Some(off));
+            Ok(d.key_kind == kind && key.with_bytes(|b| b == d.key))
+        };
+        let leaf = self.layout.leaf;
+        if hi - lo <= MAX_BUCKET_READ {
+            let len = ((hi - lo) * LEAF_REC) as usize;
+            let mut small = [0u8; 64 * LEAF_REC as usize];
+            let mut large = Vec::new();
+            let recs = if len <= small.len() {
+                &mut small[..len]
+            } else {
+                large.resize(len, 0);
+                &mut large[..]
+            };
+            self.pread(recs, leaf + lo * LEAF_REC)?;
+            let mut o = lower_bound(recs, LEAF_REC as usize, h) as usize * LEAF_REC as usize;
+            while let (Some(hh), Some(off)) = (format::le64(recs, o), format::le64(recs, o + 8)) {
+                if hh != h {
+                    break;
+                }
+                if is_key(off)? {
+                    return Ok(Some(off));
+                }
+                o += LEAF_REC as usize;
             }
-            i += 1;
+        } else {
+            // An oversized bucket (many hashes sharing their top bits):
+            // binary search through the map.
+            let (mut a, mut e) = (lo, hi);
+            while a < e {
+                let mid = a + (e - a) / 2;
+                if self.map_u64(leaf + mid * LEAF_REC)? < h {
+                    a = mid + 1;
+                } else {
+                    e = mid;
+                }
+            }
+            for i in a..hi {
+                if self.map_u64(leaf + i * LEAF_REC)? != h {
+                    break;
+                }
+                let off = self.map_u64(leaf + i * LEAF_REC + 8)?;
+                if is_key(off)? {
+                    return Ok(Some(off));
+                }
+            }
         }
         Ok(None)
     }
 
-    /// The range `[lo, hi)` of a level of `below` keys that holds the lower
-    /// bound, given the lower bound `lb` in the level above.
-    fn child_range(&self, lb: u64, below: u64) -> Result<(u64, u64)> {
-        let lo = if lb == 0 {
-            0
-        } else {
-            (lb - 1).saturating_mul(STRIDE).saturating_add(1)
-        };
-        let hi = lb.saturating_mul(STRIDE).min(below);
-        if lo > hi || hi - lo >= STRIDE {
-            return Err(self.corrupt("hash index fence out of range"));
+    /// The leaf index range `[lo, hi)` of bucket `b`, from one positioned
+    /// read of two directory slots, bounds-checked.
+    fn bucket(&self, b: u64) -> Result<(u64, u64)> {
+        let mut slots = [0u8; 16];
+        if b >= self.layout.buckets {
+            return Err(self.corrupt(format!("hash index bucket {b} out of range")));
+        }
+        self.pread(&mut slots, self.layout.dir + 8 * b)?;
+        let (lo, hi) = (
+            format::le64(&slots, 0).unwrap_or(u64::MAX),
+            format::le64(&slots, 8).unwrap_or(u64::MAX),
+        );
+        if lo > hi || hi > self.t.n_entries {
+            return Err(self.corrupt(format!(
+                "hash index bucket {b} has an invalid range {lo}..{hi}"
+            )));
         }
         Ok((lo, hi))
     }
@@ -700,7 +710,7 @@ impl PackReader {
             e.meta()?;
         }
         // Hash index: sorted leaf whose records name real entries by their
-        // key's hash; every fence level samples the level below.
+        // key's hash; the bucket directory delimits the leaf's buckets.
         let seq_has = |off: u64| -> Result<bool> {
             let (mut lo, mut hi) = (0u64, n);
             while lo < hi {
@@ -732,17 +742,19 @@ impl PackReader {
                 );
             }
         }
-        let mut below = (self.layout.leaf, LEAF_REC);
-        for (k, &(off, len)) in self.layout.levels.iter().enumerate() {
-            for m in 0..len {
-                if self.map_u64(off + 8 * m)? != self.map_u64(below.0 + below.1 * m * STRIDE)? {
-                    return Err(self.corrupt(format!(
-                        "hash index fence level {} disagrees at #{m}",
-                        k + 1
-                    )));
-                }
+        let buckets = self.layout.buckets;
+        let mut at = 0u64;
+        for b in 0..=buckets {
+            while at < n
+                && format::bucket_of(self.map_u64(self.layout.leaf + at * LEAF_REC)?, buckets) < b
+            {
+                at += 1;
             }
-            below = (off, 8);
+            if self.map_u64(self.layout.dir + 8 * b)? != at {
+                return Err(self.corrupt(format!(
+                    "hash index bucket directory disagrees with the leaf at bucket {b}"
+                )));
+            }
         }
         // Key order: strictly increasing keys (so no duplicates), each a
         // real entry.
@@ -1521,5 +1533,63 @@ mod tests {
         fn check<T: Send + Sync>() {}
         check::<PackReader>();
         check::<PackEntry<'static>>();
+    }
+
+    fn preads(r: &PackReader) -> u64 {
+        r.preads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn write(path: &Path, keys: &[String]) {
+        let mut w = crate::PackWriter::create(path).unwrap();
+        for (i, k) in keys.iter().enumerate() {
+            w.append(k.as_str(), &ndarray::array![i as u32]).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    #[test]
+    fn a_lookup_is_two_reads_at_any_size() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in [1usize, 2, 16, 17, 1_000, 70_000] {
+            let path = dir.path().join(format!("{n}.pack"));
+            let keys: Vec<String> = (0..n).map(|i| format!("tile_{i:08}")).collect();
+            write(&path, &keys);
+            let r = PackReader::open(&path).unwrap();
+            assert_eq!(r.layout.buckets, format::bucket_count(n as u64));
+            for (i, k) in keys.iter().enumerate().step_by((n / 200).max(1)) {
+                let before = preads(&r);
+                assert_eq!(r.get::<u32, ndarray::Ix1>(k.as_str()).unwrap()[0], i as u32);
+                assert_eq!(preads(&r) - before, 2, "n={n} key {k}");
+            }
+            let before = preads(&r);
+            assert!(!r.contains("absent").unwrap());
+            assert!(!r.contains(n as u64).unwrap());
+            assert_eq!(preads(&r) - before, 4, "n={n}");
+            if n <= 1_000 {
+                r.verify().unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn an_oversized_bucket_is_searched_through_the_map() {
+        // 1,000 keys whose hashes all fall in bucket 0 of 64.
+        let keys: Vec<String> = (0..)
+            .map(|i| format!("k{i}"))
+            .filter(|k| format::bucket_of(PackKey::from(k.as_str()).hash64(), 64) == 0)
+            .take(1_000)
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("skewed.pack");
+        write(&path, &keys);
+        let r = PackReader::open(&path).unwrap();
+        assert_eq!(r.layout.buckets, 64);
+        for (i, k) in keys.iter().enumerate().step_by(7) {
+            let before = preads(&r);
+            assert_eq!(r.get::<u32, ndarray::Ix1>(k.as_str()).unwrap()[0], i as u32);
+            assert_eq!(preads(&r) - before, 1);
+        }
+        assert!(!r.contains("absent").unwrap());
+        r.verify().unwrap();
     }
 }

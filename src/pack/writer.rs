@@ -897,7 +897,8 @@ impl PackWriter {
         leaf.sort_unstable();
         let order = key_order(&self.entries, &self.keys);
         let entries = &self.entries;
-        let layout = format::layout(index_off, n).expect("index sizes fit in u64");
+        let buckets = format::bucket_count(n);
+        let layout = format::layout(index_off, n, buckets).expect("index sizes fit in u64");
 
         Chunked {
             buf: &mut self.chunk,
@@ -938,16 +939,14 @@ impl PackWriter {
                 put(&mut buf, &mut c, &h.to_le_bytes())?;
                 put(&mut buf, &mut c, &off.to_le_bytes())?;
             }
-            let mut level: Vec<u64> = leaf.iter().map(|l| l.0).collect();
-            for _ in &layout.levels {
-                level = level
-                    .iter()
-                    .copied()
-                    .step_by(format::STRIDE as usize)
-                    .collect();
-                for h in &level {
-                    put(&mut buf, &mut c, &h.to_le_bytes())?;
+            // Bucket directory: dir[b] is the index of the first leaf
+            // record whose hash is in bucket b or a later one.
+            let mut at = 0usize;
+            for b in 0..=buckets {
+                while at < leaf.len() && format::bucket_of(leaf[at].0, buckets) < b {
+                    at += 1;
                 }
+                put(&mut buf, &mut c, &(at as u64).to_le_bytes())?;
             }
             c.write_all(&buf)
         })();
@@ -958,6 +957,8 @@ impl PackWriter {
             file_len: layout.trailer + format::TRAILER_LEN,
             n_entries: n,
             index_off,
+            buckets,
+            dir_off: layout.dir,
             index_crc,
         };
         tmp.writer().write_all(&t.encode()).ctx("write", &tpath)?;

@@ -168,9 +168,10 @@ fn unfinished_writer_leaves_nothing_and_finish_replaces_atomically() {
 
 #[test]
 fn lookups_at_every_index_shape() {
-    // Sizes around the fan-out boundaries of the hash index.
+    // Sizes around the bucket-count boundaries of the hash index (one
+    // bucket per 16 entries, rounded up to a power of two).
     for n in [
-        0u64, 1, 2, 255, 256, 257, 511, 512, 513, 65_536, 65_537, 70_000,
+        0u64, 1, 2, 15, 16, 17, 32, 33, 1_024, 1_025, 65_536, 65_537, 70_000,
     ] {
         let dir = tmp();
         let path = dir.path().join("a.pack");
@@ -196,7 +197,7 @@ fn lookups_at_every_index_shape() {
         }
         assert!(!r.contains(n + 1).unwrap());
         assert!(!r.contains("absent").unwrap());
-        if n <= 513 {
+        if n <= 1_025 {
             r.verify().unwrap();
         }
     }
@@ -557,6 +558,111 @@ fn exercise(path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// Byte offsets of the trailer fields used below (docs/format.md).
+const T_INDEX_OFF: usize = 32;
+const T_BUCKETS: usize = 40;
+const T_DIR_OFF: usize = 48;
+const T_INDEX_CRC: usize = 120;
+
+fn le64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+/// Recomputes the index and trailer checksums of a pack image.
+fn reseal(b: &mut [u8]) {
+    let t = b.len() - 128;
+    let index_off = le64_at(b, t + T_INDEX_OFF) as usize;
+    let crc = crc32fast::hash(&b[index_off..t]);
+    b[t + T_INDEX_CRC..t + T_INDEX_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32fast::hash(&b[t..t + 124]);
+    b[t + 124..].copy_from_slice(&crc.to_le_bytes());
+}
+
+#[test]
+fn bucket_directory_is_consistent_and_checked() {
+    let dir = tmp();
+    let path = dir.path().join("a.pack");
+    let n = 3_000u64;
+    let mut w = PackWriter::create(&path).unwrap();
+    for i in 0..n {
+        w.append(i, &array![i]).unwrap();
+    }
+    w.finish().unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let t = bytes.len() - 128;
+    let buckets = le64_at(&bytes, t + T_BUCKETS);
+    let dir_off = le64_at(&bytes, t + T_DIR_OFF) as usize;
+    // 3,000 / 16 rounded up to a power of two.
+    assert_eq!(buckets, 256);
+    assert_eq!(dir_off + 8 * (buckets as usize + 1), t);
+    // dir[b] is the first leaf record of bucket b: the records between
+    // dir[b] and dir[b+1] are exactly those whose top 8 hash bits are b.
+    let leaf = dir_off - 16 * n as usize;
+    let slot = |b: usize| le64_at(&bytes, dir_off + 8 * b);
+    assert_eq!((slot(0), slot(buckets as usize)), (0, n));
+    for b in 0..buckets as usize {
+        assert!(slot(b) <= slot(b + 1));
+        for i in slot(b)..slot(b + 1) {
+            let h = le64_at(&bytes, leaf + 16 * i as usize);
+            assert_eq!(h >> 56, b as u64);
+        }
+    }
+    PackReader::open(&path).unwrap().verify().unwrap();
+
+    // A directory slot moved by one, with every checksum made to match:
+    // verify() finds the disagreement; lookups stay typed.
+    let bad = dir.path().join("bad.pack");
+    for (b, delta) in [(1usize, 1i64), (7, -1), (buckets as usize, -1), (0, 1)] {
+        let mut c = bytes.clone();
+        let v = (slot(b) as i64 + delta) as u64;
+        c[dir_off + 8 * b..dir_off + 8 * b + 8].copy_from_slice(&v.to_le_bytes());
+        reseal(&mut c);
+        std::fs::write(&bad, &c).unwrap();
+        let r = PackReader::open(&bad).unwrap();
+        match r.verify() {
+            Err(Error::Corrupt { path, reason }) => {
+                assert_eq!(path, bad);
+                assert!(reason.contains("bucket directory"), "{reason}");
+            }
+            other => panic!("slot {b}: {other:?}"),
+        }
+        for i in 0..n {
+            match r.get::<u64, Ix1>(i) {
+                Ok(a) => assert_eq!(a[0], i),
+                Err(Error::Corrupt { .. } | Error::KeyNotFound { .. }) => {}
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    }
+    // A slot past the leaf is refused by the lookup itself.
+    let mut c = bytes.clone();
+    c[dir_off + 8..dir_off + 16].copy_from_slice(&(n + 1).to_le_bytes());
+    reseal(&mut c);
+    std::fs::write(&bad, &c).unwrap();
+    let r = PackReader::open(&bad).unwrap();
+    assert!((0..n).any(|i| matches!(r.get::<u64, Ix1>(i), Err(Error::Corrupt { .. }))));
+}
+
+#[test]
+fn format_version_1_is_refused_by_name() {
+    let dir = tmp();
+    let path = small_pack(dir.path());
+    let mut b = std::fs::read(&path).unwrap();
+    let t = b.len() - 128;
+    b[8..12].copy_from_slice(&1u32.to_le_bytes());
+    b[t + 8..t + 12].copy_from_slice(&1u32.to_le_bytes());
+    reseal(&mut b);
+    let old = dir.path().join("old.pack");
+    std::fs::write(&old, &b).unwrap();
+    match PackReader::open(&old) {
+        Err(Error::Unsupported { path, reason }) => {
+            assert_eq!(path, old);
+            assert!(reason.contains("version 1"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn truncation_at_every_length_is_a_typed_error() {
     let dir = tmp();
@@ -778,7 +884,7 @@ print(json.dumps(out))
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["version"], 1);
+    assert_eq!(v["version"], 2);
     assert_eq!(
         v["keys"],
         json!([
@@ -840,6 +946,42 @@ print(json.dumps(out))
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"));
+
+    // A pack with several buckets (1,000 entries, 64 buckets); then the same
+    // with one directory slot off by one and every checksum resealed.
+    let many = dir.path().join("many.pack");
+    let mut w = PackWriter::create(&many).unwrap();
+    for i in 0..1_000u64 {
+        w.append(i, &array![i]).unwrap();
+    }
+    w.finish().unwrap();
+    let count = "import sys; sys.path.insert(0, sys.argv[1]); from ndoffload_pack import read_pack; p = read_pack(sys.argv[2]); assert sorted(p) == list(range(1000)) and all(int(v[0]) == k for k, v in p.items()); print(len(p))";
+    let run = |path: &Path| {
+        std::process::Command::new(&python)
+            .arg("-c")
+            .arg(count)
+            .arg(&py_dir)
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let out = run(&many);
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1000");
+    let mut bytes = std::fs::read(&many).unwrap();
+    let t = bytes.len() - 128;
+    let dir_off = le64_at(&bytes, t + T_DIR_OFF) as usize;
+    assert_eq!(le64_at(&bytes, t + T_BUCKETS), 64);
+    bytes[dir_off + 8 * 3] ^= 1;
+    reseal(&mut bytes);
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = run(&bad);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bucket directory"));
 }
 
 /// Fails every file-system operation of a pack write in turn, through the
