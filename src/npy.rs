@@ -41,6 +41,17 @@ impl NpyInfo {
                 data_len,
             });
         }
+        // The parser allocates the header length the preamble declares
+        // (up to 4 GiB for NPY 2.0) before reading it: refuse a header that
+        // cannot be complete first.
+        let declared = header_len_hint(bytes);
+        if bytes.starts_with(b"\x93NUMPY") && declared > bytes.len() as u64 {
+            return Err(Error::Truncated {
+                path: path.to_path_buf(),
+                expected: declared,
+                actual: bytes.len() as u64,
+            });
+        }
         let mut reader = bytes;
         let header = Header::from_reader(&mut reader).map_err(|e| match e {
             ReadHeaderError::Io(_) => Error::Truncated {
@@ -135,6 +146,13 @@ impl NpyInfo {
         let mut buf = Vec::with_capacity(256);
         file.take(4096).read_to_end(&mut buf).ctx("read", path)?;
         let hint = header_len_hint(&buf);
+        if buf.starts_with(b"\x93NUMPY") && hint > len {
+            return Err(Error::Truncated {
+                path: path.to_path_buf(),
+                expected: hint,
+                actual: len,
+            });
+        }
         if hint > buf.len() as u64 && hint <= len {
             // A long (format 2.0) header: read all of it.
             buf.clear();
