@@ -52,6 +52,7 @@ impl<T: Element, D: Dimension> MappedNpy<T, D> {
     /// Opens and maps `path`, checking the header, the dtype, the number of
     /// dimensions, the file length and (for `bool`) every value.
     pub(crate) fn open(path: &Path, mode: LoadMode) -> Result<Self> {
+        crate::npy::ensure_regular_file(path)?;
         let file = match mode {
             LoadMode::ReadWrite => OpenOptions::new().read(true).write(true).open(path),
             _ => File::open(path),
