@@ -161,6 +161,10 @@ pub(crate) struct PairTarget {
     /// the store.
     pub account: Arc<Account>,
     pub attached: AtomicBool,
+    /// Set when an access mapped the entry from its file without the store
+    /// seeing it (through a handle kept from an earlier `get`, after an
+    /// eviction): the store tracks the entry again when the access ends.
+    pub loaded_unseen: AtomicBool,
 }
 
 impl<T: Element, D: Dimension> fmt::Debug for DiskBackedArray<T, D> {
@@ -603,8 +607,23 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         }
     }
 
+    /// A store entry mapped by an access the store did not see goes back
+    /// into the store's least-recently-used order, so that the budget can
+    /// evict it again. Called without the state lock.
+    fn note_loaded(&self) {
+        if let Some(p) = &self.pair {
+            if p.loaded_unseen.swap(false, Ordering::Relaxed)
+                && p.attached.load(Ordering::Relaxed)
+                && self.caching()
+            {
+                p.account.touch(&p.name);
+            }
+        }
+    }
+
     /// Tells the store a guard ended (it may resume evicting).
     fn released(&self) {
+        self.note_loaded();
         if let Some(p) = &self.pair {
             p.account.guard_released();
         }
@@ -667,8 +686,12 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         if !self.caching() {
             return Ok(());
         }
-        let mut st = self.state.write();
-        self.load_locked(&mut st, mode)
+        let r = {
+            let mut st = self.state.write();
+            self.load_locked(&mut st, mode)
+        };
+        self.note_loaded();
+        r
     }
 
     fn load_locked(
@@ -707,6 +730,9 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         }
         if matches!(**st, State::Offloaded) {
             self.account(self.nbytes() as i64);
+            if let Some(p) = &self.pair {
+                p.loaded_unseen.store(true, Ordering::Relaxed);
+            }
         }
         **st = State::Mapped(m);
         tracing::debug!(path = %self.path.display(), bytes = self.nbytes(), ?mode, "loaded (mapped)");
@@ -926,6 +952,7 @@ impl<T: Element> DiskBackedArray<T, IxDyn> {
                 purge: AtomicBool::new(flags.purge_on_drop),
                 account,
                 attached: AtomicBool::new(true),
+                loaded_unseen: AtomicBool::new(false),
             }),
         }
     }

@@ -115,6 +115,14 @@ impl Account {
         self.dir_unsynced.store(true, Ordering::Release);
     }
 
+    /// Puts `name` back into the least-recently-used order (it was mapped
+    /// by an access the store did not see).
+    pub(crate) fn touch(&self, name: &EntryName) {
+        if let Some(inner) = self.store.upgrade() {
+            inner.lru.lock().touch(name);
+        }
+    }
+
     /// A guard on an entry ended: if the store is over its budget (because
     /// entries were pinned, or because the access mapped an entry), evict
     /// now.
