@@ -3,11 +3,20 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use ndarray::{Array, ArrayBase, ArrayView, ArrayViewMut, Data, Dimension, IxDyn};
-use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockUpgradableReadGuard, RwLockWriteGuard};
+use parking_lot::Mutex;
+// Reads never queue behind a waiting writer: the store takes short read
+// locks on entries (to flush or detach them) that the calling thread may
+// already hold a read guard on, while another thread waits to write; a fair
+// lock would deadlock there. A writer waits until no reader holds the lock.
+use parking_lot::{
+    RecursiveRwLock as RwLock, RecursiveRwLockReadGuard as RwLockReadGuard,
+    RecursiveRwLockUpgradableReadGuard as RwLockUpgradableReadGuard,
+    RecursiveRwLockWriteGuard as RwLockWriteGuard,
+};
 
 use crate::config::{CacheConfig, LoadMode};
 use crate::element::Element;
@@ -36,6 +45,31 @@ pub(crate) enum State<T, D> {
     Owned(Array<T, D>),
     Mapped(MappedNpy<T, D>),
     Offloaded,
+}
+
+impl<T: Element, D: Dimension> State<T, D> {
+    /// The public state, encoded for `DiskBackedArray::kind`.
+    fn code(&self) -> u8 {
+        match self {
+            State::Owned(_) => 0,
+            State::Mapped(m) => match m.mode() {
+                LoadMode::ReadOnly => 1,
+                LoadMode::ReadWrite => 2,
+                LoadMode::CopyOnWrite => 3,
+            },
+            State::Offloaded => 4,
+        }
+    }
+}
+
+fn decode_state(code: u8) -> ArrayState {
+    match code {
+        0 => ArrayState::InMemory,
+        1 => ArrayState::Mapped(LoadMode::ReadOnly),
+        2 => ArrayState::Mapped(LoadMode::ReadWrite),
+        3 => ArrayState::Mapped(LoadMode::CopyOnWrite),
+        _ => ArrayState::Offloaded,
+    }
 }
 
 static TEMP_DIR: Mutex<Weak<tempfile::TempDir>> = Mutex::new(Weak::new());
@@ -125,10 +159,23 @@ fn release<T: Element, D: Dimension>(old: State<T, D>) {
 /// # Deadlocks
 ///
 /// A guard holds the array's lock: calling [`offload`](Self::offload),
-/// [`load`](Self::load) or [`write`](Self::write) on the same array while
-/// holding a guard on the same thread blocks forever. Drop the guard first.
+/// [`load`](Self::load), [`flush`](Self::flush) or [`write`](Self::write) on
+/// the same array while holding a guard on the same thread blocks forever.
+/// Drop the guard first. For a store entry the same holds for the store's
+/// [`offload`](crate::DiskBackedStore::offload) and
+/// [`offload_all`](crate::DiskBackedStore::offload_all), and, while holding
+/// a *write* guard on the entry, for [`flush`](crate::DiskBackedStore::flush)
+/// and for replacing or removing that entry. Everything else never waits for
+/// a guard held by the calling thread: [`state`](Self::state), the store's
+/// `stats`, `info` and `get`, inserting other entries (which may evict), and,
+/// with a read guard, `flush` and replacing or removing the entry.
 pub struct DiskBackedArray<T: Element, D: Dimension> {
     state: RwLock<State<T, D>>,
+    /// The state's kind (`State::code`), written under the state's write
+    /// lock whenever the state changes: queries of where the data is never
+    /// wait for the lock, which a guard may hold (even on the querying
+    /// thread).
+    kind: AtomicU8,
     shape: Vec<usize>,
     path: PathBuf,
     /// Identity of the file this array last published or opened.
@@ -264,6 +311,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         DiskBackedArray {
             shape: array.shape().to_vec(),
             state: RwLock::new(State::Owned(array)),
+            kind: AtomicU8::new(0),
             path,
             file_id: Mutex::new(None),
             file_current: AtomicBool::new(false),
@@ -310,6 +358,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         Ok(DiskBackedArray {
             shape: info.shape,
             state: RwLock::new(State::Offloaded),
+            kind: AtomicU8::new(4),
             path: path.to_path_buf(),
             file_id: Mutex::new(id),
             file_current: AtomicBool::new(true),
@@ -357,25 +406,29 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     }
 
     /// Where the data is now.
+    ///
+    /// Never waits for a guard (also one held by the calling thread).
     pub fn state(&self) -> ArrayState {
-        match &*self.state.read() {
-            State::Owned(_) => ArrayState::InMemory,
-            State::Mapped(m) => ArrayState::Mapped(m.mode()),
-            State::Offloaded => ArrayState::Offloaded,
-        }
+        decode_state(self.kind.load(Ordering::Acquire))
     }
 
     /// Whether the array is offloaded (no RAM held).
     pub fn is_offloaded(&self) -> bool {
-        matches!(&*self.state.read(), State::Offloaded)
+        self.state() == ArrayState::Offloaded
     }
 
     /// Bytes of RAM the array holds (0 when mapped or offloaded).
     pub fn resident_bytes(&self) -> u64 {
-        match &*self.state.read() {
-            State::Owned(_) => self.nbytes(),
+        match self.state() {
+            ArrayState::InMemory => self.nbytes(),
             _ => 0,
         }
+    }
+
+    /// Replaces the state (the caller holds the write lock) and its kind.
+    fn set_state(&self, st: &mut State<T, D>, new: State<T, D>) -> State<T, D> {
+        self.kind.store(new.code(), Ordering::Release);
+        std::mem::replace(st, new)
     }
 
     /// Whether caching is on (the array may live on disk).
@@ -429,7 +482,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             if matches!(*st, State::Offloaded) {
                 self.account(self.nbytes() as i64);
             }
-            *st = State::Owned(a);
+            self.set_state(&mut st, State::Owned(a));
             self.file_current.store(clean, Ordering::Relaxed);
         }
         self.caching.store(false, Ordering::Relaxed);
@@ -465,7 +518,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     ) -> Result<()> {
         self.persist_locked_with(st, sync)?;
         if !matches!(**st, State::Offloaded) {
-            let old = std::mem::replace(&mut **st, State::Offloaded);
+            let old = self.set_state(st, State::Offloaded);
             self.account(-(self.nbytes() as i64));
             release(old);
             tracing::debug!(path = %self.path.display(), bytes = self.nbytes(), "offloaded");
@@ -582,6 +635,8 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     /// Takes a store entry out of the store's accounting (it was replaced
     /// or removed; a reader may still hold it).
     pub(crate) fn detach(&self) {
+        // The detaching thread may hold a read guard on this entry
+        // (replacing an entry with a value computed from it).
         let st = self.state.read();
         if let Some(p) = &self.pair {
             if p.attached.swap(false, Ordering::Relaxed) && !matches!(*st, State::Offloaded) {
@@ -734,7 +789,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
                 p.loaded_unseen.store(true, Ordering::Relaxed);
             }
         }
-        **st = State::Mapped(m);
+        self.set_state(st, State::Mapped(m));
         tracing::debug!(path = %self.path.display(), bytes = self.nbytes(), ?mode, "loaded (mapped)");
         Ok(())
     }
@@ -877,7 +932,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         {
             let mut st = self.state.write();
             if let State::Owned(_) = &*st {
-                if let State::Owned(a) = std::mem::replace(&mut *st, State::Offloaded) {
+                if let State::Owned(a) = self.set_state(&mut st, State::Offloaded) {
                     return Ok(a);
                 }
             }
@@ -888,7 +943,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     /// Whether the array has a file (it was written, opened or mapped).
     pub(crate) fn has_file(&self) -> bool {
         self.file_id.lock().is_some()
-            || !matches!(&*self.state.read(), State::Owned(_))
+            || self.state() != ArrayState::InMemory
             || self.file_current.load(Ordering::Relaxed)
     }
 
@@ -933,6 +988,7 @@ impl<T: Element> DiskBackedArray<T, IxDyn> {
     ) -> Self {
         DiskBackedArray {
             shape,
+            kind: AtomicU8::new(state.code()),
             state: RwLock::new(state),
             path: dir.join(name.npy_file()),
             file_id: Mutex::new(None),
@@ -1013,7 +1069,8 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     {
         let p = self.pair.as_ref()?;
         // The read lock is held until the job has written its data, so the
-        // entry cannot be offloaded or changed in between.
+        // entry cannot be offloaded or changed in between (the flushing
+        // thread may hold a read guard on it: see the lock's import).
         let st = self.state.read();
         let current = match &*st {
             State::Owned(_) => self.file_current.load(Ordering::Relaxed),
@@ -1040,17 +1097,40 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     }
 
     /// Records that a batch published this array's data as of `version`.
+    ///
+    /// Never waits for a guard: the flushing thread may hold one on this
+    /// entry. A read lock excludes writers, which is all the version check
+    /// needs; clearing a map's dirty flag needs the write lock, and when a
+    /// guard holds the entry the mark is skipped (the next flush writes the
+    /// entry again).
     pub(crate) fn mark_published(&self, version: u64, id: FileId) {
-        let mut st = self.state.write();
-        if self.version.load(Ordering::Relaxed) != version {
-            return;
+        {
+            let st = self.state.read();
+            if self.version.load(Ordering::Relaxed) != version {
+                return;
+            }
+            match &*st {
+                State::Owned(_) => {
+                    self.file_current.store(true, Ordering::Relaxed);
+                    *self.file_id.lock() = Some(id);
+                    return;
+                }
+                State::Offloaded => {
+                    *self.file_id.lock() = Some(id);
+                    return;
+                }
+                State::Mapped(_) => {}
+            }
         }
-        match &mut *st {
-            State::Owned(_) => self.file_current.store(true, Ordering::Relaxed),
-            State::Mapped(m) => m.dirty = false,
-            State::Offloaded => {}
+        if let Some(mut st) = self.state.try_write() {
+            if self.version.load(Ordering::Relaxed) != version {
+                return;
+            }
+            if let State::Mapped(m) = &mut *st {
+                m.dirty = false;
+            }
+            *self.file_id.lock() = Some(id);
         }
-        *self.file_id.lock() = Some(id);
     }
 }
 
@@ -1068,6 +1148,7 @@ impl<T: Element, D: Dimension> Drop for DiskBackedArray<T, D> {
     fn drop(&mut self) {
         // Unmap before deleting.
         *self.state.get_mut() = State::Offloaded;
+        *self.kind.get_mut() = 4;
         if self.purge.load(Ordering::Relaxed) {
             if let Some(id) = *self.file_id.get_mut() {
                 if let Err(e) = io::remove_if_same(&self.path, id) {
