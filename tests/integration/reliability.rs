@@ -2120,6 +2120,24 @@ fn fresh_value(t: usize, n: u64, rng: &mut Rng) -> Array1<i64> {
     Array1::from_shape_fn(len, |i| (t as i64) << 40 | (n as i64) << 12 | i as i64)
 }
 
+/// A short description of a value for assertion messages.
+fn summary(v: &[i64]) -> String {
+    match (v.first(), v.last()) {
+        (Some(a), Some(b)) => format!("{} values {a:#x}..{b:#x}", v.len()),
+        _ => "empty".into(),
+    }
+}
+
+/// Compares a value read from the store with the model, printing summaries.
+fn same(got: &[i64], want: &[i64], ctx: &str) {
+    assert!(
+        got == want,
+        "{ctx}: store has {}, model {}",
+        summary(got),
+        summary(want)
+    );
+}
+
 #[derive(Default)]
 struct Counts {
     /// `get` and `get_or_compute` calls made.
@@ -2159,9 +2177,13 @@ fn worker(
                 model.insert(k, v.to_vec());
             }
             3 | 4 => match (get(&k), model.get(&k)) {
-                (Ok(h), Some(v)) => assert_eq!(&h.to_owned_array().unwrap().to_vec(), v, "{ctx}"),
+                (Ok(h), Some(v)) => same(&h.to_owned_array().unwrap().to_vec(), v, &ctx),
                 (Err(Error::KeyNotFound { .. }), None) => {}
-                (r, v) => panic!("{ctx}: get gave {:?} with model {v:?}", r.map(drop)),
+                (r, v) => panic!(
+                    "{ctx}: get gave {:?} with model {:?}",
+                    r.map(drop),
+                    v.map(|v| summary(v))
+                ),
             },
             5 => {
                 if let Some(v) = model.get_mut(&k) {
@@ -2197,7 +2219,7 @@ fn worker(
                 counts.gets.fetch_add(1, Ordering::Relaxed);
                 let h = s.get_or_compute::<i64, Ix1, _>(&k, || v.clone()).unwrap();
                 let expect = model.entry(k).or_insert_with(|| v.to_vec()).clone();
-                assert_eq!(h.to_owned_array().unwrap().to_vec(), expect, "{ctx}");
+                same(&h.to_owned_array().unwrap().to_vec(), &expect, &ctx);
             }
             11 => {
                 // Another thread's key: it may be replaced, removed or
@@ -2254,7 +2276,11 @@ fn worker(
                     s.flush().unwrap();
                     let derived = g.view().mapv(|x| x + 2);
                     s.insert(&k, derived.clone()).unwrap();
-                    assert_eq!(g.view().to_vec(), v, "{ctx}: the reader keeps its value");
+                    same(
+                        &g.view().to_vec(),
+                        &v,
+                        &format!("{ctx}: the reader keeps its value"),
+                    );
                     drop(g);
                     model.insert(k, derived.to_vec());
                 }
@@ -2277,9 +2303,17 @@ fn worker(
     for j in 0..OWN_KEYS {
         let k = own_key(t, j);
         match (get(&k), model.get(&k)) {
-            (Ok(h), Some(v)) => assert_eq!(&h.to_owned_array().unwrap().to_vec(), v, "end: {k}"),
+            (Ok(h), Some(v)) => same(
+                &h.to_owned_array().unwrap().to_vec(),
+                v,
+                &format!("end: {k}"),
+            ),
             (Err(Error::KeyNotFound { .. }), None) => {}
-            (r, v) => panic!("end: {k}: {:?} with model {v:?}", r.map(drop)),
+            (r, v) => panic!(
+                "end: {k}: {:?} with model {:?}",
+                r.map(drop),
+                v.map(|v| summary(v))
+            ),
         }
     }
     model
@@ -2344,17 +2378,22 @@ fn concurrent_mixed_operations_under_a_small_budget() {
 
     for (k, v) in &all {
         let got = s.get::<i64, Ix1>(k).unwrap().to_owned_array().unwrap();
-        assert_eq!(&got.to_vec(), v, "{k}");
+        same(&got.to_vec(), v, k);
     }
     s.flush().unwrap();
     drop(s);
     let s = DiskBackedStore::open(&dir).unwrap();
-    assert_eq!(s.len(), all.len());
+    let keys: Vec<String> = s.keys().iter().map(|k| k.to_string()).collect();
+    assert_eq!(
+        keys,
+        all.keys().cloned().collect::<Vec<_>>(),
+        "after reopen"
+    );
     assert!(s.incomplete().is_empty());
     assert!(temp_files(&dir).is_empty());
     for (k, v) in &all {
         let got = s.get::<i64, Ix1>(k).unwrap().to_owned_array().unwrap();
-        assert_eq!(&got.to_vec(), v, "after reopen: {k}");
+        same(&got.to_vec(), v, &format!("after reopen: {k}"));
     }
     eprintln!(
         "concurrency: {THREADS} threads for {secs} s: {} operations ({} with guards held across store calls), {gets} lookups, {} entries at the end; {}",
