@@ -20,7 +20,7 @@ use parking_lot::{
 
 use crate::config::{CacheConfig, LoadMode};
 use crate::element::Element;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::io::{self, FileId};
 use crate::map::MappedNpy;
 use crate::name::EntryName;
@@ -208,6 +208,15 @@ pub(crate) struct PairTarget {
     /// the store.
     pub account: Arc<Account>,
     pub attached: AtomicBool,
+    /// Whether the entry may publish into the store's files: set by the
+    /// store once the entry it replaces was detached, cleared when this one
+    /// is detached. Checked again at the rename, under `io::OWNERSHIP`, so
+    /// that a replaced entry never overwrites its successor's files.
+    pub publish: AtomicBool,
+    /// For a detached entry whose data was in its file: that file, kept
+    /// open, so that the entry reads its own data after its name was given
+    /// to another entry or removed.
+    pub pinned: Mutex<Option<std::fs::File>>,
     /// Set when an access mapped the entry from its file without the store
     /// seeing it (through a handle kept from an earlier `get`, after an
     /// eviction): the store tracks the entry again when the access ends.
@@ -474,7 +483,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             State::Owned(_) => None,
             State::Mapped(m) => Some((m.view().to_owned(), !m.dirty)),
             State::Offloaded => {
-                let m = MappedNpy::<T, D>::open(&self.path, LoadMode::ReadOnly)?;
+                let m = self.open_map(LoadMode::ReadOnly)?;
                 Some((m.view().to_owned(), true))
             }
         };
@@ -516,7 +525,13 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         st: &mut RwLockWriteGuard<'_, State<T, D>>,
         sync: SyncMode,
     ) -> Result<()> {
-        self.persist_locked_with(st, sync)?;
+        if self.detached() {
+            // No file of its own to write to: the data stays where it is.
+            return Ok(());
+        }
+        if !self.persist_locked_with(st, sync)? {
+            return Ok(());
+        }
         if !matches!(**st, State::Offloaded) {
             let old = self.set_state(st, State::Offloaded);
             self.account(-(self.nbytes() as i64));
@@ -528,7 +543,9 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
 
     /// Makes the file hold the current data, without changing the state
     /// (except that a copy-on-write map now maps the new file's data).
-    fn persist_locked(&self, st: &mut RwLockWriteGuard<'_, State<T, D>>) -> Result<()> {
+    /// Returns whether the file holds the data: a store entry that may not
+    /// publish (detached, or not yet allowed) writes nothing.
+    fn persist_locked(&self, st: &mut RwLockWriteGuard<'_, State<T, D>>) -> Result<bool> {
         self.persist_locked_with(st, SyncMode::PerFile)
     }
 
@@ -536,31 +553,47 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         &self,
         st: &mut RwLockWriteGuard<'_, State<T, D>>,
         sync: SyncMode,
-    ) -> Result<()> {
-        match &mut **st {
+    ) -> Result<bool> {
+        Ok(match &mut **st {
             State::Owned(a) => {
-                if !self.file_current.load(Ordering::Relaxed) {
-                    self.publish_view(a.view(), sync)?;
-                }
+                self.file_current.load(Ordering::Relaxed) || self.publish_view(a.view(), sync)?
             }
             State::Mapped(m) => match m.mode() {
-                LoadMode::ReadWrite => m.flush()?,
-                LoadMode::CopyOnWrite if m.dirty => {
-                    self.publish_view(m.view(), sync)?;
-                    m.dirty = false;
+                LoadMode::ReadWrite => {
+                    m.flush()?;
+                    true
                 }
-                _ => {}
+                LoadMode::CopyOnWrite if m.dirty => {
+                    let written = self.publish_view(m.view(), sync)?;
+                    if written {
+                        m.dirty = false;
+                    }
+                    written
+                }
+                _ => true,
             },
-            State::Offloaded => {}
-        }
-        Ok(())
+            State::Offloaded => true,
+        })
     }
 
-    fn publish_view(&self, view: ArrayView<'_, T, D>, sync: SyncMode) -> Result<()> {
+    /// Whether this array was a store entry and was detached from its store
+    /// (replaced, removed, or the store was closed).
+    fn detached(&self) -> bool {
+        self.pair
+            .as_ref()
+            .is_some_and(|p| !p.attached.load(Ordering::Acquire))
+    }
+
+    fn publish_view(&self, view: ArrayView<'_, T, D>, sync: SyncMode) -> Result<bool> {
         let id = match &self.pair {
             Some(p) => {
+                if !p.publish.load(Ordering::Acquire) {
+                    return Ok(false);
+                }
                 let job = self.pair_job(p, view);
-                let id = pair::publish_pairs(&p.dir, vec![job], sync)?[0];
+                let Some(id) = pair::publish_pairs(&p.dir, vec![job], sync)?[0] else {
+                    return Ok(false);
+                };
                 if sync == SyncMode::Spill {
                     p.account.mark_dir_unsynced();
                 }
@@ -573,7 +606,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         *self.file_id.lock() = Some(id);
         self.file_current.store(true, Ordering::Relaxed);
         tracing::debug!(path = %self.path.display(), bytes = self.nbytes(), "wrote array file");
-        Ok(())
+        Ok(true)
     }
 
     /// For a store entry, a dtype or dimension disagreement between the
@@ -617,6 +650,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             shape: self.shape.clone(),
             dtype: T::dtype(),
             flags: self.entry_flags(),
+            publish: &p.publish,
             write_npy: Box::new(move |w, path| npy::write_array(w, &view, &self.config, path)),
         }
     }
@@ -632,17 +666,100 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         }
     }
 
-    /// Takes a store entry out of the store's accounting (it was replaced
-    /// or removed; a reader may still hold it).
-    pub(crate) fn detach(&self) {
+    /// Takes a store entry out of its store (it was replaced or removed,
+    /// or the store was closed; a handle may still hold it): it stops
+    /// publishing into the store's files and counting against its budget,
+    /// and, with `keep`, keeps its file open (see [`pin`](Self::pin)) so
+    /// that it goes on reading its own data. Its data then stays where it
+    /// is: offloading it does nothing.
+    pub(crate) fn detach(&self, keep: bool) {
         // The detaching thread may hold a read guard on this entry
         // (replacing an entry with a value computed from it).
         let st = self.state.read();
-        if let Some(p) = &self.pair {
-            if p.attached.swap(false, Ordering::Relaxed) && !matches!(*st, State::Offloaded) {
-                p.account.add_resident(-(self.nbytes() as i64));
+        let Some(p) = &self.pair else { return };
+        if keep {
+            self.pin_locked(&st);
+        }
+        let was_attached = {
+            // With `enable_publish` and the renames of `publish_pairs`.
+            let _g = io::OWNERSHIP.lock();
+            p.publish.store(false, Ordering::Release);
+            p.attached.swap(false, Ordering::AcqRel)
+        };
+        if was_attached && !matches!(*st, State::Offloaded) {
+            p.account.add_resident(-(self.nbytes() as i64));
+        }
+    }
+
+    /// Keeps the store entry's file open if the entry's data is (or is
+    /// mapped from) the file now at its name; used after the entry is
+    /// detached. Called before a removal deletes the file.
+    pub(crate) fn pin(&self) {
+        let st = self.state.read();
+        self.pin_locked(&st);
+    }
+
+    fn pin_locked(&self, st: &State<T, D>) {
+        let Some(p) = &self.pair else { return };
+        if matches!(st, State::Owned(_)) {
+            return;
+        }
+        let mut pinned = p.pinned.lock();
+        if pinned.is_some() {
+            return;
+        }
+        let Some(own) = *self.file_id.lock() else {
+            return;
+        };
+        if let Ok(f) = std::fs::File::open(&self.path) {
+            if f.metadata().is_ok_and(|m| FileId::from_meta(&m) == own) {
+                *pinned = Some(f);
             }
         }
+    }
+
+    /// Closes the file [`pin`](Self::pin) kept (the removal failed).
+    pub(crate) fn unpin(&self) {
+        if let Some(p) = &self.pair {
+            *p.pinned.lock() = None;
+        }
+    }
+
+    /// Stops a store entry from publishing (it is being removed; undone by
+    /// [`enable_publish`](Self::enable_publish) if the removal fails).
+    pub(crate) fn stop_publish(&self) {
+        if let Some(p) = &self.pair {
+            let _g = io::OWNERSHIP.lock();
+            p.publish.store(false, Ordering::Release);
+        }
+    }
+
+    /// Lets a new store entry publish (the entry it replaces is detached).
+    pub(crate) fn enable_publish(&self) {
+        if let Some(p) = &self.pair {
+            // Not if it was itself replaced meanwhile (see `detach`).
+            let _g = io::OWNERSHIP.lock();
+            if p.attached.load(Ordering::Acquire) {
+                p.publish.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Maps the array's file; a detached store entry maps the file it kept
+    /// (its name may now hold another entry's data, or nothing).
+    fn open_map(&self, mode: LoadMode) -> Result<MappedNpy<T, D>> {
+        if let Some(p) = self.pair.as_ref().filter(|_| self.detached()) {
+            return match &*p.pinned.lock() {
+                Some(f) => {
+                    let f = f.try_clone().ctx("reopen", &self.path)?;
+                    MappedNpy::from_file(f, &self.path, mode)
+                }
+                None => Err(Error::NoFile {
+                    reason: "the store entry was replaced or removed, and its data was not kept",
+                }),
+            };
+        }
+        MappedNpy::open(&self.path, mode)
     }
 
     /// Spills the array (as `offload`, but a store entry's directory is not
@@ -656,7 +773,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             Some(mut st) => {
                 let was_in_memory = !matches!(*st, State::Offloaded);
                 self.offload_locked_with(&mut st, SyncMode::Spill)?;
-                Ok(was_in_memory)
+                Ok(was_in_memory && matches!(*st, State::Offloaded))
             }
             None => Ok(false),
         }
@@ -711,7 +828,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             return Ok(());
         }
         let mut st = self.state.write();
-        self.persist_locked(&mut st)
+        self.persist_locked(&mut st).map(drop)
     }
 
     /// Maps the file with `mode`, first writing the current data if the file
@@ -764,8 +881,12 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             (Some(_), LoadMode::ReadWrite) => LoadMode::CopyOnWrite,
             _ => mode,
         };
-        self.persist_locked(st)?;
-        let m = MappedNpy::<T, D>::open(&self.path, mode).map_err(|e| self.pair_error(e))?;
+        if !self.persist_locked(st)? {
+            // The data could not be written (a detached store entry): it
+            // stays in RAM.
+            return Ok(());
+        }
+        let m = self.open_map(mode).map_err(|e| self.pair_error(e))?;
         if let Some(p) = &self.pair {
             if m.view().shape() != self.shape.as_slice() {
                 return Err(Error::Mismatch {
@@ -986,12 +1107,21 @@ impl<T: Element> DiskBackedArray<T, IxDyn> {
         current: bool,
         account: Arc<Account>,
     ) -> Self {
+        let path = dir.join(name.npy_file());
+        // A persisted entry's data is the file at its name now: remember
+        // which one, so that it can be kept when the name is reused.
+        let (file_id, publish) = if current {
+            (FileId::of_path(&path), true)
+        } else {
+            // A new entry publishes once the entry it replaces is detached.
+            (None, false)
+        };
         DiskBackedArray {
             shape,
             kind: AtomicU8::new(state.code()),
             state: RwLock::new(state),
-            path: dir.join(name.npy_file()),
-            file_id: Mutex::new(None),
+            path,
+            file_id: Mutex::new(file_id),
             file_current: AtomicBool::new(current),
             caching: AtomicBool::new(flags.caching),
             purge: AtomicBool::new(false),
@@ -1008,6 +1138,8 @@ impl<T: Element> DiskBackedArray<T, IxDyn> {
                 purge: AtomicBool::new(flags.purge_on_drop),
                 account,
                 attached: AtomicBool::new(true),
+                publish: AtomicBool::new(publish),
+                pinned: Mutex::new(None),
                 loaded_unseen: AtomicBool::new(false),
             }),
         }
@@ -1068,6 +1200,9 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         D: 's,
     {
         let p = self.pair.as_ref()?;
+        if !p.publish.load(Ordering::Acquire) {
+            return None;
+        }
         // The read lock is held until the job has written its data, so the
         // entry cannot be offloaded or changed in between (the flushing
         // thread may hold a read guard on it: see the lock's import).
@@ -1087,6 +1222,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             shape: self.shape.clone(),
             dtype: T::dtype(),
             flags: self.entry_flags(),
+            publish: &p.publish,
             write_npy: Box::new(move |w, path| match &*st {
                 State::Owned(a) => npy::write_array(w, &a.view(), config, path),
                 State::Mapped(m) => npy::write_array(w, &m.view(), config, path),

@@ -58,6 +58,12 @@ impl<T: Element, D: Dimension> MappedNpy<T, D> {
             _ => File::open(path),
         }
         .ctx("open", path)?;
+        Self::from_file(file, path, mode)
+    }
+
+    /// Maps an open `file` (named `path` in errors) as [`open`](Self::open)
+    /// does.
+    pub(crate) fn from_file(file: File, path: &Path, mode: LoadMode) -> Result<Self> {
         let meta = file.metadata().ctx("stat", path)?;
         if !meta.is_file() {
             return Err(Error::corrupt(path, "not a regular file"));
