@@ -213,6 +213,9 @@ pub(crate) struct PairTarget {
     /// is detached. Checked again at the rename, under `io::OWNERSHIP`, so
     /// that a replaced entry never overwrites its successor's files.
     pub publish: AtomicBool,
+    /// The newest version of the entry's data renamed into its files (see
+    /// `PairJob::published`).
+    pub published: AtomicU64,
     /// For a detached entry whose data was in its file: that file, kept
     /// open, so that the entry reads its own data after its name was given
     /// to another entry or removed.
@@ -651,6 +654,9 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             dtype: T::dtype(),
             flags: self.entry_flags(),
             publish: &p.publish,
+            // Called under the write lock: the current version.
+            version: self.version.load(Ordering::Relaxed),
+            published: &p.published,
             write_npy: Box::new(move |w, path| npy::write_array(w, &view, &self.config, path)),
         }
     }
@@ -1139,6 +1145,7 @@ impl<T: Element> DiskBackedArray<T, IxDyn> {
                 account,
                 attached: AtomicBool::new(true),
                 publish: AtomicBool::new(publish),
+                published: AtomicU64::new(0),
                 pinned: Mutex::new(None),
                 loaded_unseen: AtomicBool::new(false),
             }),
@@ -1223,6 +1230,8 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             dtype: T::dtype(),
             flags: self.entry_flags(),
             publish: &p.publish,
+            version,
+            published: &p.published,
             write_npy: Box::new(move |w, path| match &*st {
                 State::Owned(a) => npy::write_array(w, &a.view(), config, path),
                 State::Mapped(m) => npy::write_array(w, &m.view(), config, path),

@@ -23,7 +23,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::meta::{self, Commit, EntryFlags, Meta};
 use crate::error::{Error, IoContext, Result};
@@ -43,6 +43,12 @@ pub(crate) struct PairJob<'a> {
     /// Whether the entry may still publish (it was not replaced or removed
     /// meanwhile): checked at the rename, under `io::OWNERSHIP`.
     pub publish: &'a AtomicBool,
+    /// The entry's version whose data this job writes, and the newest
+    /// version of the entry renamed into place so far: an older snapshot
+    /// (a flush that wrote its files before an offload published newer
+    /// data) is never renamed over a newer one.
+    pub version: u64,
+    pub published: &'a AtomicU64,
     pub write_npy: WriteNpy<'a>,
 }
 
@@ -103,7 +109,7 @@ pub(crate) fn publish_pairs(
             m.flush_and_close()?;
         }
         staged.push(Staged { npy, meta: m, id });
-        names.push((job.name, job.publish));
+        names.push((job.name, job.publish, job.version, job.published));
     }
     if !per_file {
         syncfs(dir)?;
@@ -111,11 +117,13 @@ pub(crate) fn publish_pairs(
     let mut backups: Vec<Backup> = Vec::with_capacity(staged.len());
     let mut ids: Vec<Option<FileId>> = staged.iter().map(|s| Some(s.id)).collect();
     let result = (|| -> Result<()> {
-        for (i, (s, &(name, publish))) in staged.into_iter().zip(&names).enumerate() {
+        for (i, (s, &(name, publish, version, published))) in
+            staged.into_iter().zip(&names).enumerate()
+        {
             let npy_path = dir.join(name.npy_file());
             let meta_path = dir.join(name.meta_file());
             let _g = io::OWNERSHIP.lock();
-            if !publish.load(Ordering::Acquire) {
+            if !publish.load(Ordering::Acquire) || version < published.load(Ordering::Acquire) {
                 ids[i] = None;
                 continue; // dropping `s` removes its temporary files
             }
@@ -123,6 +131,7 @@ pub(crate) fn publish_pairs(
             backups.push(b);
             s.npy.rename_to(&npy_path)?;
             s.meta.rename_to(&meta_path)?;
+            published.fetch_max(version, Ordering::AcqRel);
         }
         if dir_sync {
             io::sync_dir(dir)
