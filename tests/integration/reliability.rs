@@ -19,7 +19,7 @@
 //! Environment variables for longer runs:
 //!
 //! * `NDOFFLOAD_PROPTEST_CASES`: cases of every property test here
-//!   (defaults: 32 for the model, 256 for the random-bytes tests);
+//!   (defaults: 64 for the model, 256 for the random-bytes tests);
 //! * `NDOFFLOAD_CONCURRENCY_SECS`: duration of the concurrency test
 //!   (default 2).
 
@@ -667,8 +667,13 @@ impl Model {
                     // Still the store's entry: the store sees the edit.
                     self.edited(&k, *delta);
                 } else {
-                    // A detached handle: only its own value changes.
-                    self.held[i].val = self.held[i].val.edited(*delta);
+                    // A detached handle: only its array changes (which every
+                    // handle kept from the same generation shares).
+                    for h in &mut self.held {
+                        if h.key == k && h.gen == g {
+                            h.val = h.val.edited(*delta);
+                        }
+                    }
                 }
             }
             Op::Reopen(close, budget) => {
@@ -781,7 +786,7 @@ fn run_model(ops: &[Op], budget: Option<u64>) {
 }
 
 proptest! {
-    #![proptest_config(config(cases(32)))]
+    #![proptest_config(config(cases(64)))]
 
     /// Random operation sequences against a map.
     #[test]
@@ -853,6 +858,17 @@ fn model_fixed_sequences() {
                 Read(0),
             ],
             Some(50),
+        ),
+        // Two handles of one detached entry share its edits.
+        (
+            vec![
+                InsertDurable(3, i(&[0])),
+                Hold(3),
+                Hold(3),
+                Reopen(false, None),
+                WriteHeld(0, 1),
+            ],
+            None,
         ),
         // Everything evicted at once under a zero budget.
         (
