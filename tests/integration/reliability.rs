@@ -2464,10 +2464,21 @@ fn concurrent_store_calls_while_holding_a_guard() {
     assert_eq!(g.view()[0], 10.0, "the reader keeps its value");
     drop(g);
     drop(hx);
+    // A read guard on y while removing y.
+    let hy = s.get::<f64, Ix1>("y").unwrap();
+    let g = hy.read().unwrap();
+    assert!(s.remove("y").unwrap());
+    assert_eq!(g.view()[0], 2.0, "the reader keeps its value");
+    drop(g);
+    assert_eq!(
+        hy.to_owned_array().unwrap(),
+        v(2.0),
+        "and so does the handle"
+    );
     s.flush().unwrap();
     drop(s);
     let s = DiskBackedStore::open(dir.path()).unwrap();
     let x = s.get::<f64, Ix1>("x").unwrap().to_owned_array().unwrap();
     assert_eq!(x, v(6.0));
-    assert_eq!(s.len(), 4);
+    assert_eq!(s.len(), 3);
 }
