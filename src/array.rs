@@ -3,15 +3,24 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use ndarray::{Array, ArrayBase, ArrayView, ArrayViewMut, Data, Dimension, IxDyn};
-use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockUpgradableReadGuard, RwLockWriteGuard};
+use parking_lot::Mutex;
+// Reads never queue behind a waiting writer: the store takes short read
+// locks on entries (to flush or detach them) that the calling thread may
+// already hold a read guard on, while another thread waits to write; a fair
+// lock would deadlock there. A writer waits until no reader holds the lock.
+use parking_lot::{
+    RecursiveRwLock as RwLock, RecursiveRwLockReadGuard as RwLockReadGuard,
+    RecursiveRwLockUpgradableReadGuard as RwLockUpgradableReadGuard,
+    RecursiveRwLockWriteGuard as RwLockWriteGuard,
+};
 
 use crate::config::{CacheConfig, LoadMode};
 use crate::element::Element;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::io::{self, FileId};
 use crate::map::MappedNpy;
 use crate::name::EntryName;
@@ -36,6 +45,31 @@ pub(crate) enum State<T, D> {
     Owned(Array<T, D>),
     Mapped(MappedNpy<T, D>),
     Offloaded,
+}
+
+impl<T: Element, D: Dimension> State<T, D> {
+    /// The public state, encoded for `DiskBackedArray::kind`.
+    fn code(&self) -> u8 {
+        match self {
+            State::Owned(_) => 0,
+            State::Mapped(m) => match m.mode() {
+                LoadMode::ReadOnly => 1,
+                LoadMode::ReadWrite => 2,
+                LoadMode::CopyOnWrite => 3,
+            },
+            State::Offloaded => 4,
+        }
+    }
+}
+
+fn decode_state(code: u8) -> ArrayState {
+    match code {
+        0 => ArrayState::InMemory,
+        1 => ArrayState::Mapped(LoadMode::ReadOnly),
+        2 => ArrayState::Mapped(LoadMode::ReadWrite),
+        3 => ArrayState::Mapped(LoadMode::CopyOnWrite),
+        _ => ArrayState::Offloaded,
+    }
 }
 
 static TEMP_DIR: Mutex<Weak<tempfile::TempDir>> = Mutex::new(Weak::new());
@@ -125,10 +159,23 @@ fn release<T: Element, D: Dimension>(old: State<T, D>) {
 /// # Deadlocks
 ///
 /// A guard holds the array's lock: calling [`offload`](Self::offload),
-/// [`load`](Self::load) or [`write`](Self::write) on the same array while
-/// holding a guard on the same thread blocks forever. Drop the guard first.
+/// [`load`](Self::load), [`flush`](Self::flush) or [`write`](Self::write) on
+/// the same array while holding a guard on the same thread blocks forever.
+/// Drop the guard first. For a store entry the same holds for the store's
+/// [`offload`](crate::DiskBackedStore::offload) and
+/// [`offload_all`](crate::DiskBackedStore::offload_all), and, while holding
+/// a *write* guard on the entry, for [`flush`](crate::DiskBackedStore::flush)
+/// and for replacing or removing that entry. Everything else never waits for
+/// a guard held by the calling thread: [`state`](Self::state), the store's
+/// `stats`, `info` and `get`, inserting other entries (which may evict), and,
+/// with a read guard, `flush` and replacing or removing the entry.
 pub struct DiskBackedArray<T: Element, D: Dimension> {
     state: RwLock<State<T, D>>,
+    /// The state's kind (`State::code`), written under the state's write
+    /// lock whenever the state changes: queries of where the data is never
+    /// wait for the lock, which a guard may hold (even on the querying
+    /// thread).
+    kind: AtomicU8,
     shape: Vec<usize>,
     path: PathBuf,
     /// Identity of the file this array last published or opened.
@@ -161,6 +208,22 @@ pub(crate) struct PairTarget {
     /// the store.
     pub account: Arc<Account>,
     pub attached: AtomicBool,
+    /// Whether the entry may publish into the store's files: set by the
+    /// store once the entry it replaces was detached, cleared when this one
+    /// is detached. Checked again at the rename, under `io::OWNERSHIP`, so
+    /// that a replaced entry never overwrites its successor's files.
+    pub publish: AtomicBool,
+    /// The newest version of the entry's data renamed into its files (see
+    /// `PairJob::published`).
+    pub published: AtomicU64,
+    /// For a detached entry whose data was in its file: that file, kept
+    /// open, so that the entry reads its own data after its name was given
+    /// to another entry or removed.
+    pub pinned: Mutex<Option<std::fs::File>>,
+    /// Set when an access mapped the entry from its file without the store
+    /// seeing it (through a handle kept from an earlier `get`, after an
+    /// eviction): the store tracks the entry again when the access ends.
+    pub loaded_unseen: AtomicBool,
 }
 
 impl<T: Element, D: Dimension> fmt::Debug for DiskBackedArray<T, D> {
@@ -260,6 +323,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         DiskBackedArray {
             shape: array.shape().to_vec(),
             state: RwLock::new(State::Owned(array)),
+            kind: AtomicU8::new(0),
             path,
             file_id: Mutex::new(None),
             file_current: AtomicBool::new(false),
@@ -306,6 +370,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         Ok(DiskBackedArray {
             shape: info.shape,
             state: RwLock::new(State::Offloaded),
+            kind: AtomicU8::new(4),
             path: path.to_path_buf(),
             file_id: Mutex::new(id),
             file_current: AtomicBool::new(true),
@@ -353,25 +418,29 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     }
 
     /// Where the data is now.
+    ///
+    /// Never waits for a guard (also one held by the calling thread).
     pub fn state(&self) -> ArrayState {
-        match &*self.state.read() {
-            State::Owned(_) => ArrayState::InMemory,
-            State::Mapped(m) => ArrayState::Mapped(m.mode()),
-            State::Offloaded => ArrayState::Offloaded,
-        }
+        decode_state(self.kind.load(Ordering::Acquire))
     }
 
     /// Whether the array is offloaded (no RAM held).
     pub fn is_offloaded(&self) -> bool {
-        matches!(&*self.state.read(), State::Offloaded)
+        self.state() == ArrayState::Offloaded
     }
 
     /// Bytes of RAM the array holds (0 when mapped or offloaded).
     pub fn resident_bytes(&self) -> u64 {
-        match &*self.state.read() {
-            State::Owned(_) => self.nbytes(),
+        match self.state() {
+            ArrayState::InMemory => self.nbytes(),
             _ => 0,
         }
+    }
+
+    /// Replaces the state (the caller holds the write lock) and its kind.
+    fn set_state(&self, st: &mut State<T, D>, new: State<T, D>) -> State<T, D> {
+        self.kind.store(new.code(), Ordering::Release);
+        std::mem::replace(st, new)
     }
 
     /// Whether caching is on (the array may live on disk).
@@ -417,7 +486,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             State::Owned(_) => None,
             State::Mapped(m) => Some((m.view().to_owned(), !m.dirty)),
             State::Offloaded => {
-                let m = MappedNpy::<T, D>::open(&self.path, LoadMode::ReadOnly)?;
+                let m = self.open_map(LoadMode::ReadOnly)?;
                 Some((m.view().to_owned(), true))
             }
         };
@@ -425,7 +494,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             if matches!(*st, State::Offloaded) {
                 self.account(self.nbytes() as i64);
             }
-            *st = State::Owned(a);
+            self.set_state(&mut st, State::Owned(a));
             self.file_current.store(clean, Ordering::Relaxed);
         }
         self.caching.store(false, Ordering::Relaxed);
@@ -459,9 +528,15 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         st: &mut RwLockWriteGuard<'_, State<T, D>>,
         sync: SyncMode,
     ) -> Result<()> {
-        self.persist_locked_with(st, sync)?;
+        if self.detached() {
+            // No file of its own to write to: the data stays where it is.
+            return Ok(());
+        }
+        if !self.persist_locked_with(st, sync)? {
+            return Ok(());
+        }
         if !matches!(**st, State::Offloaded) {
-            let old = std::mem::replace(&mut **st, State::Offloaded);
+            let old = self.set_state(st, State::Offloaded);
             self.account(-(self.nbytes() as i64));
             release(old);
             tracing::debug!(path = %self.path.display(), bytes = self.nbytes(), "offloaded");
@@ -471,7 +546,9 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
 
     /// Makes the file hold the current data, without changing the state
     /// (except that a copy-on-write map now maps the new file's data).
-    fn persist_locked(&self, st: &mut RwLockWriteGuard<'_, State<T, D>>) -> Result<()> {
+    /// Returns whether the file holds the data: a store entry that may not
+    /// publish (detached, or not yet allowed) writes nothing.
+    fn persist_locked(&self, st: &mut RwLockWriteGuard<'_, State<T, D>>) -> Result<bool> {
         self.persist_locked_with(st, SyncMode::PerFile)
     }
 
@@ -479,31 +556,47 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         &self,
         st: &mut RwLockWriteGuard<'_, State<T, D>>,
         sync: SyncMode,
-    ) -> Result<()> {
-        match &mut **st {
+    ) -> Result<bool> {
+        Ok(match &mut **st {
             State::Owned(a) => {
-                if !self.file_current.load(Ordering::Relaxed) {
-                    self.publish_view(a.view(), sync)?;
-                }
+                self.file_current.load(Ordering::Relaxed) || self.publish_view(a.view(), sync)?
             }
             State::Mapped(m) => match m.mode() {
-                LoadMode::ReadWrite => m.flush()?,
-                LoadMode::CopyOnWrite if m.dirty => {
-                    self.publish_view(m.view(), sync)?;
-                    m.dirty = false;
+                LoadMode::ReadWrite => {
+                    m.flush()?;
+                    true
                 }
-                _ => {}
+                LoadMode::CopyOnWrite if m.dirty => {
+                    let written = self.publish_view(m.view(), sync)?;
+                    if written {
+                        m.dirty = false;
+                    }
+                    written
+                }
+                _ => true,
             },
-            State::Offloaded => {}
-        }
-        Ok(())
+            State::Offloaded => true,
+        })
     }
 
-    fn publish_view(&self, view: ArrayView<'_, T, D>, sync: SyncMode) -> Result<()> {
+    /// Whether this array was a store entry and was detached from its store
+    /// (replaced, removed, or the store was closed).
+    fn detached(&self) -> bool {
+        self.pair
+            .as_ref()
+            .is_some_and(|p| !p.attached.load(Ordering::Acquire))
+    }
+
+    fn publish_view(&self, view: ArrayView<'_, T, D>, sync: SyncMode) -> Result<bool> {
         let id = match &self.pair {
             Some(p) => {
+                if !p.publish.load(Ordering::Acquire) {
+                    return Ok(false);
+                }
                 let job = self.pair_job(p, view);
-                let id = pair::publish_pairs(&p.dir, vec![job], sync)?[0];
+                let Some(id) = pair::publish_pairs(&p.dir, vec![job], sync)?[0] else {
+                    return Ok(false);
+                };
                 if sync == SyncMode::Spill {
                     p.account.mark_dir_unsynced();
                 }
@@ -516,7 +609,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         *self.file_id.lock() = Some(id);
         self.file_current.store(true, Ordering::Relaxed);
         tracing::debug!(path = %self.path.display(), bytes = self.nbytes(), "wrote array file");
-        Ok(())
+        Ok(true)
     }
 
     /// For a store entry, a dtype or dimension disagreement between the
@@ -560,6 +653,10 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             shape: self.shape.clone(),
             dtype: T::dtype(),
             flags: self.entry_flags(),
+            publish: &p.publish,
+            // Called under the write lock: the current version.
+            version: self.version.load(Ordering::Relaxed),
+            published: &p.published,
             write_npy: Box::new(move |w, path| npy::write_array(w, &view, &self.config, path)),
         }
     }
@@ -575,15 +672,100 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         }
     }
 
-    /// Takes a store entry out of the store's accounting (it was replaced
-    /// or removed; a reader may still hold it).
-    pub(crate) fn detach(&self) {
+    /// Takes a store entry out of its store (it was replaced or removed,
+    /// or the store was closed; a handle may still hold it): it stops
+    /// publishing into the store's files and counting against its budget,
+    /// and, with `keep`, keeps its file open (see [`pin`](Self::pin)) so
+    /// that it goes on reading its own data. Its data then stays where it
+    /// is: offloading it does nothing.
+    pub(crate) fn detach(&self, keep: bool) {
+        // The detaching thread may hold a read guard on this entry
+        // (replacing an entry with a value computed from it).
         let st = self.state.read();
-        if let Some(p) = &self.pair {
-            if p.attached.swap(false, Ordering::Relaxed) && !matches!(*st, State::Offloaded) {
-                p.account.add_resident(-(self.nbytes() as i64));
+        let Some(p) = &self.pair else { return };
+        if keep {
+            self.pin_locked(&st);
+        }
+        let was_attached = {
+            // With `enable_publish` and the renames of `publish_pairs`.
+            let _g = io::OWNERSHIP.lock();
+            p.publish.store(false, Ordering::Release);
+            p.attached.swap(false, Ordering::AcqRel)
+        };
+        if was_attached && !matches!(*st, State::Offloaded) {
+            p.account.add_resident(-(self.nbytes() as i64));
+        }
+    }
+
+    /// Keeps the store entry's file open if the entry's data is (or is
+    /// mapped from) the file now at its name; used after the entry is
+    /// detached. Called before a removal deletes the file.
+    pub(crate) fn pin(&self) {
+        let st = self.state.read();
+        self.pin_locked(&st);
+    }
+
+    fn pin_locked(&self, st: &State<T, D>) {
+        let Some(p) = &self.pair else { return };
+        if matches!(st, State::Owned(_)) {
+            return;
+        }
+        let mut pinned = p.pinned.lock();
+        if pinned.is_some() {
+            return;
+        }
+        let Some(own) = *self.file_id.lock() else {
+            return;
+        };
+        if let Ok(f) = std::fs::File::open(&self.path) {
+            if f.metadata().is_ok_and(|m| FileId::from_meta(&m) == own) {
+                *pinned = Some(f);
             }
         }
+    }
+
+    /// Closes the file [`pin`](Self::pin) kept (the removal failed).
+    pub(crate) fn unpin(&self) {
+        if let Some(p) = &self.pair {
+            *p.pinned.lock() = None;
+        }
+    }
+
+    /// Stops a store entry from publishing (it is being removed; undone by
+    /// [`enable_publish`](Self::enable_publish) if the removal fails).
+    pub(crate) fn stop_publish(&self) {
+        if let Some(p) = &self.pair {
+            let _g = io::OWNERSHIP.lock();
+            p.publish.store(false, Ordering::Release);
+        }
+    }
+
+    /// Lets a new store entry publish (the entry it replaces is detached).
+    pub(crate) fn enable_publish(&self) {
+        if let Some(p) = &self.pair {
+            // Not if it was itself replaced meanwhile (see `detach`).
+            let _g = io::OWNERSHIP.lock();
+            if p.attached.load(Ordering::Acquire) {
+                p.publish.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Maps the array's file; a detached store entry maps the file it kept
+    /// (its name may now hold another entry's data, or nothing).
+    fn open_map(&self, mode: LoadMode) -> Result<MappedNpy<T, D>> {
+        if let Some(p) = self.pair.as_ref().filter(|_| self.detached()) {
+            return match &*p.pinned.lock() {
+                Some(f) => {
+                    let f = f.try_clone().ctx("reopen", &self.path)?;
+                    MappedNpy::from_file(f, &self.path, mode)
+                }
+                None => Err(Error::NoFile {
+                    reason: "the store entry was replaced or removed, and its data was not kept",
+                }),
+            };
+        }
+        MappedNpy::open(&self.path, mode)
     }
 
     /// Spills the array (as `offload`, but a store entry's directory is not
@@ -597,14 +779,29 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             Some(mut st) => {
                 let was_in_memory = !matches!(*st, State::Offloaded);
                 self.offload_locked_with(&mut st, SyncMode::Spill)?;
-                Ok(was_in_memory)
+                Ok(was_in_memory && matches!(*st, State::Offloaded))
             }
             None => Ok(false),
         }
     }
 
+    /// A store entry mapped by an access the store did not see goes back
+    /// into the store's least-recently-used order, so that the budget can
+    /// evict it again. Called without the state lock.
+    fn note_loaded(&self) {
+        if let Some(p) = &self.pair {
+            if p.loaded_unseen.swap(false, Ordering::Relaxed)
+                && p.attached.load(Ordering::Relaxed)
+                && self.caching()
+            {
+                p.account.touch(&p.name);
+            }
+        }
+    }
+
     /// Tells the store a guard ended (it may resume evicting).
     fn released(&self) {
+        self.note_loaded();
         if let Some(p) = &self.pair {
             p.account.guard_released();
         }
@@ -637,7 +834,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             return Ok(());
         }
         let mut st = self.state.write();
-        self.persist_locked(&mut st)
+        self.persist_locked(&mut st).map(drop)
     }
 
     /// Maps the file with `mode`, first writing the current data if the file
@@ -667,8 +864,12 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         if !self.caching() {
             return Ok(());
         }
-        let mut st = self.state.write();
-        self.load_locked(&mut st, mode)
+        let r = {
+            let mut st = self.state.write();
+            self.load_locked(&mut st, mode)
+        };
+        self.note_loaded();
+        r
     }
 
     fn load_locked(
@@ -686,8 +887,12 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             (Some(_), LoadMode::ReadWrite) => LoadMode::CopyOnWrite,
             _ => mode,
         };
-        self.persist_locked(st)?;
-        let m = MappedNpy::<T, D>::open(&self.path, mode).map_err(|e| self.pair_error(e))?;
+        if !self.persist_locked(st)? {
+            // The data could not be written (a detached store entry): it
+            // stays in RAM.
+            return Ok(());
+        }
+        let m = self.open_map(mode).map_err(|e| self.pair_error(e))?;
         if let Some(p) = &self.pair {
             if m.view().shape() != self.shape.as_slice() {
                 return Err(Error::Mismatch {
@@ -707,8 +912,11 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         }
         if matches!(**st, State::Offloaded) {
             self.account(self.nbytes() as i64);
+            if let Some(p) = &self.pair {
+                p.loaded_unseen.store(true, Ordering::Relaxed);
+            }
         }
-        **st = State::Mapped(m);
+        self.set_state(st, State::Mapped(m));
         tracing::debug!(path = %self.path.display(), bytes = self.nbytes(), ?mode, "loaded (mapped)");
         Ok(())
     }
@@ -851,7 +1059,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         {
             let mut st = self.state.write();
             if let State::Owned(_) = &*st {
-                if let State::Owned(a) = std::mem::replace(&mut *st, State::Offloaded) {
+                if let State::Owned(a) = self.set_state(&mut st, State::Offloaded) {
                     return Ok(a);
                 }
             }
@@ -862,7 +1070,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     /// Whether the array has a file (it was written, opened or mapped).
     pub(crate) fn has_file(&self) -> bool {
         self.file_id.lock().is_some()
-            || !matches!(&*self.state.read(), State::Owned(_))
+            || self.state() != ArrayState::InMemory
             || self.file_current.load(Ordering::Relaxed)
     }
 
@@ -905,11 +1113,21 @@ impl<T: Element> DiskBackedArray<T, IxDyn> {
         current: bool,
         account: Arc<Account>,
     ) -> Self {
+        let path = dir.join(name.npy_file());
+        // A persisted entry's data is the file at its name now: remember
+        // which one, so that it can be kept when the name is reused.
+        let (file_id, publish) = if current {
+            (FileId::of_path(&path), true)
+        } else {
+            // A new entry publishes once the entry it replaces is detached.
+            (None, false)
+        };
         DiskBackedArray {
             shape,
+            kind: AtomicU8::new(state.code()),
             state: RwLock::new(state),
-            path: dir.join(name.npy_file()),
-            file_id: Mutex::new(None),
+            path,
+            file_id: Mutex::new(file_id),
             file_current: AtomicBool::new(current),
             caching: AtomicBool::new(flags.caching),
             purge: AtomicBool::new(false),
@@ -926,6 +1144,10 @@ impl<T: Element> DiskBackedArray<T, IxDyn> {
                 purge: AtomicBool::new(flags.purge_on_drop),
                 account,
                 attached: AtomicBool::new(true),
+                publish: AtomicBool::new(publish),
+                published: AtomicU64::new(0),
+                pinned: Mutex::new(None),
+                loaded_unseen: AtomicBool::new(false),
             }),
         }
     }
@@ -985,8 +1207,12 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         D: 's,
     {
         let p = self.pair.as_ref()?;
+        if !p.publish.load(Ordering::Acquire) {
+            return None;
+        }
         // The read lock is held until the job has written its data, so the
-        // entry cannot be offloaded or changed in between.
+        // entry cannot be offloaded or changed in between (the flushing
+        // thread may hold a read guard on it: see the lock's import).
         let st = self.state.read();
         let current = match &*st {
             State::Owned(_) => self.file_current.load(Ordering::Relaxed),
@@ -1003,6 +1229,9 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             shape: self.shape.clone(),
             dtype: T::dtype(),
             flags: self.entry_flags(),
+            publish: &p.publish,
+            version,
+            published: &p.published,
             write_npy: Box::new(move |w, path| match &*st {
                 State::Owned(a) => npy::write_array(w, &a.view(), config, path),
                 State::Mapped(m) => npy::write_array(w, &m.view(), config, path),
@@ -1013,17 +1242,40 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     }
 
     /// Records that a batch published this array's data as of `version`.
+    ///
+    /// Never waits for a guard: the flushing thread may hold one on this
+    /// entry. A read lock excludes writers, which is all the version check
+    /// needs; clearing a map's dirty flag needs the write lock, and when a
+    /// guard holds the entry the mark is skipped (the next flush writes the
+    /// entry again).
     pub(crate) fn mark_published(&self, version: u64, id: FileId) {
-        let mut st = self.state.write();
-        if self.version.load(Ordering::Relaxed) != version {
-            return;
+        {
+            let st = self.state.read();
+            if self.version.load(Ordering::Relaxed) != version {
+                return;
+            }
+            match &*st {
+                State::Owned(_) => {
+                    self.file_current.store(true, Ordering::Relaxed);
+                    *self.file_id.lock() = Some(id);
+                    return;
+                }
+                State::Offloaded => {
+                    *self.file_id.lock() = Some(id);
+                    return;
+                }
+                State::Mapped(_) => {}
+            }
         }
-        match &mut *st {
-            State::Owned(_) => self.file_current.store(true, Ordering::Relaxed),
-            State::Mapped(m) => m.dirty = false,
-            State::Offloaded => {}
+        if let Some(mut st) = self.state.try_write() {
+            if self.version.load(Ordering::Relaxed) != version {
+                return;
+            }
+            if let State::Mapped(m) = &mut *st {
+                m.dirty = false;
+            }
+            *self.file_id.lock() = Some(id);
         }
-        *self.file_id.lock() = Some(id);
     }
 }
 
@@ -1041,6 +1293,7 @@ impl<T: Element, D: Dimension> Drop for DiskBackedArray<T, D> {
     fn drop(&mut self) {
         // Unmap before deleting.
         *self.state.get_mut() = State::Offloaded;
+        *self.kind.get_mut() = 4;
         if self.purge.load(Ordering::Relaxed) {
             if let Some(id) = *self.file_id.get_mut() {
                 if let Err(e) = io::remove_if_same(&self.path, id) {

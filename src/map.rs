@@ -52,11 +52,18 @@ impl<T: Element, D: Dimension> MappedNpy<T, D> {
     /// Opens and maps `path`, checking the header, the dtype, the number of
     /// dimensions, the file length and (for `bool`) every value.
     pub(crate) fn open(path: &Path, mode: LoadMode) -> Result<Self> {
+        crate::npy::ensure_regular_file(path)?;
         let file = match mode {
             LoadMode::ReadWrite => OpenOptions::new().read(true).write(true).open(path),
             _ => File::open(path),
         }
         .ctx("open", path)?;
+        Self::from_file(file, path, mode)
+    }
+
+    /// Maps an open `file` (named `path` in errors) as [`open`](Self::open)
+    /// does.
+    pub(crate) fn from_file(file: File, path: &Path, mode: LoadMode) -> Result<Self> {
         let meta = file.metadata().ctx("stat", path)?;
         if !meta.is_file() {
             return Err(Error::corrupt(path, "not a regular file"));

@@ -41,6 +41,17 @@ impl NpyInfo {
                 data_len,
             });
         }
+        // The parser allocates the header length the preamble declares
+        // (up to 4 GiB for NPY 2.0) before reading it: refuse a header that
+        // cannot be complete first.
+        let declared = header_len_hint(bytes);
+        if bytes.starts_with(b"\x93NUMPY") && declared > bytes.len() as u64 {
+            return Err(Error::Truncated {
+                path: path.to_path_buf(),
+                expected: declared,
+                actual: bytes.len() as u64,
+            });
+        }
         let mut reader = bytes;
         let header = Header::from_reader(&mut reader).map_err(|e| match e {
             ReadHeaderError::Io(_) => Error::Truncated {
@@ -130,11 +141,23 @@ impl NpyInfo {
     /// Reads and parses the header of the file at `path`.
     pub(crate) fn read(path: &Path) -> Result<(Self, u64)> {
         use std::io::Read;
+        ensure_regular_file(path)?;
         let file = std::fs::File::open(path).ctx("open", path)?;
-        let len = file.metadata().ctx("stat", path)?.len();
+        let md = file.metadata().ctx("stat", path)?;
+        if !md.is_file() {
+            return Err(Error::corrupt(path, "not a regular file"));
+        }
+        let len = md.len();
         let mut buf = Vec::with_capacity(256);
         file.take(4096).read_to_end(&mut buf).ctx("read", path)?;
         let hint = header_len_hint(&buf);
+        if buf.starts_with(b"\x93NUMPY") && hint > len {
+            return Err(Error::Truncated {
+                path: path.to_path_buf(),
+                expected: hint,
+                actual: len,
+            });
+        }
         if hint > buf.len() as u64 && hint <= len {
             // A long (format 2.0) header: read all of it.
             buf.clear();
@@ -142,6 +165,17 @@ impl NpyInfo {
             file.take(hint).read_to_end(&mut buf).ctx("read", path)?;
         }
         Ok((Self::parse(&buf, path)?, len))
+    }
+}
+
+/// Refuses anything but a regular file before it is opened: opening a FIFO
+/// for reading blocks until a writer comes, and a directory cannot be read.
+pub(crate) fn ensure_regular_file(path: &Path) -> Result<()> {
+    let md = std::fs::metadata(path).ctx("stat", path)?;
+    if md.is_file() {
+        Ok(())
+    } else {
+        Err(Error::corrupt(path, "not a regular file"))
     }
 }
 

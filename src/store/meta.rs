@@ -93,6 +93,19 @@ impl Meta {
             Value::String(s) => s.clone(),
             _ => return Err(Error::corrupt(path, "dtype is not a string")),
         };
+        // A handle is made from the metadata alone: its element count and
+        // byte size must be representable, as for an .npy header.
+        let itemsize = crate::element::dtype_itemsize(&dtype).unwrap_or(1) as u64;
+        let fits = shape
+            .iter()
+            .try_fold(itemsize, |acc, &d| acc.checked_mul(d as u64))
+            .is_some_and(|n| n <= isize::MAX as u64);
+        if !fits {
+            return Err(Error::corrupt(
+                path,
+                format!("shape {shape:?} overflows the addressable size"),
+            ));
+        }
         let flag = |k: &str| -> Result<Option<bool>> {
             match o.get(k) {
                 None | Some(Value::Null) => Ok(None),

@@ -43,7 +43,11 @@ pub(crate) trait AnyEntry: Send + Sync {
     fn dtype(&self) -> String;
     fn flags(&self) -> EntryFlags;
     fn try_offload(&self) -> Result<bool>;
-    fn detach(&self);
+    fn detach(&self, keep: bool);
+    fn pin(&self);
+    fn unpin(&self);
+    fn enable_publish(&self);
+    fn stop_publish(&self);
     fn nbytes(&self) -> u64;
     fn is_persisted(&self) -> bool;
 }
@@ -76,8 +80,20 @@ impl<T: Element> AnyEntry for DiskBackedArray<T, IxDyn> {
     fn try_offload(&self) -> Result<bool> {
         DiskBackedArray::try_offload(self)
     }
-    fn detach(&self) {
-        DiskBackedArray::detach(self)
+    fn detach(&self, keep: bool) {
+        DiskBackedArray::detach(self, keep)
+    }
+    fn pin(&self) {
+        DiskBackedArray::pin(self)
+    }
+    fn unpin(&self) {
+        DiskBackedArray::unpin(self)
+    }
+    fn enable_publish(&self) {
+        DiskBackedArray::enable_publish(self)
+    }
+    fn stop_publish(&self) {
+        DiskBackedArray::stop_publish(self)
     }
     fn nbytes(&self) -> u64 {
         DiskBackedArray::nbytes(self)
@@ -113,6 +129,14 @@ impl Account {
 
     pub(crate) fn mark_dir_unsynced(&self) {
         self.dir_unsynced.store(true, Ordering::Release);
+    }
+
+    /// Puts `name` back into the least-recently-used order (it was mapped
+    /// by an access the store did not see).
+    pub(crate) fn touch(&self, name: &EntryName) {
+        if let Some(inner) = self.store.upgrade() {
+            inner.lru.lock().touch(name);
+        }
     }
 
     /// A guard on an entry ended: if the store is over its budget (because
@@ -152,6 +176,9 @@ struct Slot {
     /// The parsed metadata, once read (entries found at open are read lazily).
     meta: Option<(String, Vec<usize>, EntryFlags)>,
     loaded: Option<Loaded>,
+    /// The slot was replaced or removed from the map: a lookup that found
+    /// it just before looks again.
+    retired: bool,
 }
 
 struct Inner {
@@ -622,6 +649,7 @@ impl DiskBackedStore {
         let slot = Slot {
             meta: Some((T::dtype(), shape, flags)),
             loaded: Some(loaded.clone()),
+            retired: false,
         };
         self.inner.incomplete.write().remove(&name);
         let old = self
@@ -630,10 +658,15 @@ impl DiskBackedStore {
             .write()
             .insert(name.clone(), Arc::new(Mutex::new(slot)));
         if let Some(old) = old {
-            if let Some(l) = &old.lock().loaded {
-                l.ops.detach();
+            let mut old = old.lock();
+            old.retired = true;
+            if let Some(l) = &old.loaded {
+                // A handle may hold the old entry: it keeps its data.
+                l.ops.detach(true);
             }
         }
+        // Only now may the new entry's files replace the old entry's.
+        loaded.ops.enable_publish();
         if flags.caching {
             self.inner.lru.lock().touch(&name);
         }
@@ -765,44 +798,50 @@ impl DiskBackedStore {
         name: impl AsRef<str>,
     ) -> Result<StoredArray<T, D>> {
         let name = EntryName::new(name.as_ref())?;
-        let slot = self.slot(&name)?;
-        let mut s = slot.lock();
-        let (dtype, shape, flags) = self.read_meta(&name, &mut s)?;
         let meta_path = || self.inner.dir.join(name.meta_file());
-        if dtype != T::dtype() {
-            return Err(Error::DtypeMismatch {
-                path: meta_path(),
-                expected: T::dtype(),
-                found: dtype,
-            });
-        }
-        if let Some(n) = D::NDIM {
-            if n != shape.len() {
-                return Err(Error::DimensionMismatch {
+        let loaded = loop {
+            let slot = self.slot(&name)?;
+            let mut s = slot.lock();
+            if s.retired {
+                // Replaced or removed since it was looked up.
+                continue;
+            }
+            let (dtype, shape, flags) = self.read_meta(&name, &mut s)?;
+            if dtype != T::dtype() {
+                return Err(Error::DtypeMismatch {
                     path: meta_path(),
-                    expected: n,
-                    found: shape.len(),
+                    expected: T::dtype(),
+                    found: dtype,
                 });
             }
-        }
-        let loaded = match &s.loaded {
-            Some(l) => l.clone(),
-            None => {
-                let (_, config) = self.flags_for(&ConfigOverrides::default());
-                let a = DiskBackedArray::<T, IxDyn>::open_pair(
-                    shape,
-                    &self.inner.dir,
-                    &name,
-                    flags,
-                    &config,
-                    self.inner.account.clone(),
-                );
-                let l = Loaded::new(a);
-                s.loaded = Some(l.clone());
-                l
+            if let Some(n) = D::NDIM {
+                if n != shape.len() {
+                    return Err(Error::DimensionMismatch {
+                        path: meta_path(),
+                        expected: n,
+                        found: shape.len(),
+                    });
+                }
             }
+            let loaded = match &s.loaded {
+                Some(l) => l.clone(),
+                None => {
+                    let (_, config) = self.flags_for(&ConfigOverrides::default());
+                    let a = DiskBackedArray::<T, IxDyn>::open_pair(
+                        shape,
+                        &self.inner.dir,
+                        &name,
+                        flags,
+                        &config,
+                        self.inner.account.clone(),
+                    );
+                    let l = Loaded::new(a);
+                    s.loaded = Some(l.clone());
+                    l
+                }
+            };
+            break loaded;
         };
-        drop(s);
         if loaded.ops.state() == ArrayState::Offloaded {
             Counters::add(&self.inner.counters.loads);
         } else {
@@ -1210,7 +1249,9 @@ impl Inner {
         }
         let ids = pair::publish_pairs(&self.dir, jobs, SyncMode::FileSystem)?;
         for ((a, v), id) in marks.into_iter().zip(ids) {
-            a.mark_published(v, id);
+            if let Some(id) = id {
+                a.mark_published(v, id);
+            }
         }
         Ok(())
     }
@@ -1238,12 +1279,29 @@ impl Inner {
             || fs::symlink_metadata(self.dir.join(name.meta_file())).is_ok();
         let broken = self.incomplete.read().contains_key(name);
         let existed = entries.contains_key(name) || broken;
+        // A handle may hold the entry: it keeps the file it reads from open
+        // before the file is deleted. A publish of the entry still in flight
+        // (a flush that took it before the removal) must not bring the files
+        // back.
+        let loaded = entries.get(name).and_then(|s| s.lock().loaded.clone());
+        if let Some(l) = &loaded {
+            l.ops.pin();
+            l.ops.stop_publish();
+        }
         if on_disk {
-            pair::remove_pair(&self.dir, name)?;
+            if let Err(e) = pair::remove_pair(&self.dir, name) {
+                if let Some(l) = &loaded {
+                    l.ops.unpin();
+                    l.ops.enable_publish();
+                }
+                return Err(e);
+            }
         }
         if let Some(old) = entries.remove(name) {
-            if let Some(l) = &old.lock().loaded {
-                l.ops.detach();
+            let mut old = old.lock();
+            old.retired = true;
+            if let Some(l) = &old.loaded {
+                l.ops.detach(true);
             }
         }
         self.lru.lock().remove(name);
@@ -1356,6 +1414,15 @@ impl Drop for Inner {
         if let Err(e) = self.finish() {
             tracing::warn!(dir = %self.dir.display(), error = %e, "could not flush the store when dropped");
         }
+        // Handles that outlive the store keep their data and never write
+        // into the directory again (another process may own it now).
+        for slot in self.entries.get_mut().values() {
+            if let Some(l) = &slot.lock().loaded {
+                // Only the slot holds an entry nobody else uses (`any` and
+                // `ops` are two counts of the same allocation).
+                l.ops.detach(Arc::strong_count(&l.any) > 2);
+            }
+        }
         // Unlock explicitly: closing our descriptor would leave the lock held
         // while a child process forked meanwhile still has a copy of it.
         if let Some(f) = &self._lock {
@@ -1367,7 +1434,11 @@ impl Drop for Inner {
 /// A typed handle to a store entry (see [`DiskBackedStore::get`]).
 ///
 /// Holding the handle keeps the entry's data alive even if the entry is
-/// replaced or removed from the store.
+/// replaced or removed from the store, or the store is closed: the handle
+/// is then *detached*. It reads the data it held (from RAM, or from its
+/// file, which it keeps open), and a write through it changes only that
+/// copy: a detached entry never writes into the store's directory again
+/// (flushing or offloading it does nothing).
 pub struct StoredArray<T: Element, D: Dimension> {
     array: Arc<DiskBackedArray<T, IxDyn>>,
     name: EntryName,

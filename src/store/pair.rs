@@ -23,6 +23,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::meta::{self, Commit, EntryFlags, Meta};
 use crate::error::{Error, IoContext, Result};
@@ -39,6 +40,15 @@ pub(crate) struct PairJob<'a> {
     pub shape: Vec<usize>,
     pub dtype: String,
     pub flags: EntryFlags,
+    /// Whether the entry may still publish (it was not replaced or removed
+    /// meanwhile): checked at the rename, under `io::OWNERSHIP`.
+    pub publish: &'a AtomicBool,
+    /// The entry's version whose data this job writes, and the newest
+    /// version of the entry renamed into place so far: an older snapshot
+    /// (a flush that wrote its files before an offload published newer
+    /// data) is never renamed over a newer one.
+    pub version: u64,
+    pub published: &'a AtomicU64,
     pub write_npy: WriteNpy<'a>,
 }
 
@@ -63,12 +73,14 @@ pub(crate) enum SyncMode {
     Spill,
 }
 
-/// Publishes every job; returns the new `.npy` identities in job order.
+/// Publishes every job; returns the new `.npy` identities in job order
+/// (`None` for a job whose entry was replaced or removed before its rename:
+/// its files are dropped, so that it never overwrites its successor's).
 pub(crate) fn publish_pairs(
     dir: &Path,
     jobs: Vec<PairJob<'_>>,
     sync: SyncMode,
-) -> Result<Vec<FileId>> {
+) -> Result<Vec<Option<FileId>>> {
     let per_file = sync != SyncMode::FileSystem || !cfg!(target_os = "linux");
     let dir_sync = sync != SyncMode::Spill;
     let mut staged = Vec::with_capacity(jobs.len());
@@ -97,22 +109,29 @@ pub(crate) fn publish_pairs(
             m.flush_and_close()?;
         }
         staged.push(Staged { npy, meta: m, id });
-        names.push(job.name);
+        names.push((job.name, job.publish, job.version, job.published));
     }
     if !per_file {
         syncfs(dir)?;
     }
     let mut backups: Vec<Backup> = Vec::with_capacity(staged.len());
-    let ids: Vec<FileId> = staged.iter().map(|s| s.id).collect();
+    let mut ids: Vec<Option<FileId>> = staged.iter().map(|s| Some(s.id)).collect();
     let result = (|| -> Result<()> {
-        for (s, name) in staged.into_iter().zip(&names) {
+        for (i, (s, &(name, publish, version, published))) in
+            staged.into_iter().zip(&names).enumerate()
+        {
             let npy_path = dir.join(name.npy_file());
             let meta_path = dir.join(name.meta_file());
+            let _g = io::OWNERSHIP.lock();
+            if !publish.load(Ordering::Acquire) || version < published.load(Ordering::Acquire) {
+                ids[i] = None;
+                continue; // dropping `s` removes its temporary files
+            }
             let b = Backup::take(dir, name, &npy_path, &meta_path)?;
             backups.push(b);
-            let _g = io::OWNERSHIP.lock();
             s.npy.rename_to(&npy_path)?;
             s.meta.rename_to(&meta_path)?;
+            published.fetch_max(version, Ordering::AcqRel);
         }
         if dir_sync {
             io::sync_dir(dir)

@@ -8,4 +8,5 @@ mod crash;
 mod faults;
 mod numpy;
 mod pack;
+mod reliability;
 mod store;
