@@ -167,6 +167,24 @@ fn process(
     )
 }
 
+/// Processes stored tile `j` (read without copying, from RAM or a map) and
+/// stores its voxel centroids.
+fn process_tile(
+    store: &DiskBackedStore,
+    j: usize,
+    voxel: f64,
+) -> ndarray_offload::Result<TileSummary> {
+    let name = format!("tile_{j:05}");
+    let xyz = store.get::<f64, Ix2>(format!("{name}_xyz"))?;
+    let inten = store.get::<u16, Ix1>(format!("{name}_intensity"))?;
+    let (summary, down) = {
+        let (gx, gi) = (xyz.read()?, inten.read()?);
+        process(gx.view(), gi.view(), voxel)
+    };
+    store.insert(format!("{name}_voxels"), down)?;
+    Ok(summary)
+}
+
 fn peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -210,18 +228,13 @@ fn run(o: Options) -> Result<bool, Box<dyn std::error::Error>> {
         let name = format!("tile_{i:05}");
         store.insert(format!("{name}_xyz"), xyz)?;
         store.insert(format!("{name}_intensity"), intensity)?;
-        // Process an earlier tile (which may have spilled to disk by now).
-        let j = i / 2;
-        let pj = format!("tile_{j:05}");
-        let xyz = store.get::<f64, Ix2>(format!("{pj}_xyz"))?;
-        let inten = store.get::<u16, Ix1>(format!("{pj}_intensity"))?;
-        let (summary, down) = {
-            let (gx, gi) = (xyz.read()?, inten.read()?);
-            process(gx.view(), gi.view(), o.voxel)
-        };
-        kept_total += summary.kept;
-        store.insert(format!("{pj}_voxels"), down)?;
-        summary_last = Some(summary);
+        // Every other step, process an earlier tile (which may have spilled
+        // to disk by now): tiles 0, 1, 2, ... while 0, 2, 4, ... arrive.
+        if i % 2 == 0 {
+            let summary = process_tile(&store, i / 2, o.voxel)?;
+            kept_total += summary.kept;
+            summary_last = Some(summary);
+        }
         let st = store.stats();
         bar.set_message(format!(
             "resident {}  evictions {}",
@@ -231,19 +244,8 @@ fn run(o: Options) -> Result<bool, Box<dyn std::error::Error>> {
         bar.inc(1);
     }
     // Tiles not yet processed by the lagging loop.
-    for j in o.tiles / 2 + usize::from(o.tiles % 2 == 1)..o.tiles {
-        let pj = format!("tile_{j:05}");
-        if store.contains(format!("{pj}_voxels")) {
-            continue;
-        }
-        let xyz = store.get::<f64, Ix2>(format!("{pj}_xyz"))?;
-        let inten = store.get::<u16, Ix1>(format!("{pj}_intensity"))?;
-        let (summary, down) = {
-            let (gx, gi) = (xyz.read()?, inten.read()?);
-            process(gx.view(), gi.view(), o.voxel)
-        };
-        kept_total += summary.kept;
-        store.insert(format!("{pj}_voxels"), down)?;
+    for j in (o.tiles - 1) / 2 + 1..o.tiles {
+        kept_total += process_tile(&store, j, o.voxel)?.kept;
     }
     store.flush()?;
     bar.finish_and_clear();
