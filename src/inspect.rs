@@ -35,6 +35,27 @@ pub struct EntryReport {
 }
 
 impl EntryReport {
+    /// A report for `name` with nothing known yet.
+    fn named(name: String) -> Self {
+        EntryReport {
+            name,
+            dtype: None,
+            shape: None,
+            nbytes: None,
+            fortran_order: false,
+            problem: None,
+            sha256: None,
+        }
+    }
+
+    /// A report for `name` that only says what is wrong.
+    fn problem(name: String, problem: String) -> Self {
+        EntryReport {
+            problem: Some(problem),
+            ..Self::named(name)
+        }
+    }
+
     /// `"ok"`, or the problem.
     pub fn status(&self) -> &str {
         self.problem.as_deref().unwrap_or("ok")
@@ -78,30 +99,17 @@ pub fn inspect_store(dir: &Path, opts: InspectOptions) -> Result<Vec<EntryReport
         .map(|k| inspect_entry(dir, k.as_str(), opts))
         .collect();
     for (name, reason) in store.incomplete() {
-        out.push(EntryReport {
-            name: name.to_string(),
-            dtype: None,
-            shape: None,
-            nbytes: None,
-            fortran_order: false,
-            problem: Some(format!("incomplete: {reason}")),
-            sha256: None,
-        });
+        out.push(EntryReport::problem(
+            name.to_string(),
+            format!("incomplete: {reason}"),
+        ));
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 
 fn inspect_entry(dir: &Path, name: &str, opts: InspectOptions) -> EntryReport {
-    let mut r = EntryReport {
-        name: name.to_owned(),
-        dtype: None,
-        shape: None,
-        nbytes: None,
-        fortran_order: false,
-        problem: None,
-        sha256: None,
-    };
+    let mut r = EntryReport::named(name.to_owned());
     if let Err(e) = check_entry(dir, name, opts, &mut r) {
         r.problem = Some(e.to_string());
     }
@@ -199,15 +207,7 @@ pub fn inspect_pack(path: &Path, opts: InspectOptions) -> Result<Vec<EntryReport
         let entry = match entry {
             Ok(e) => e,
             Err(e) => {
-                out.push(EntryReport {
-                    name: format!("#{i}"),
-                    dtype: None,
-                    shape: None,
-                    nbytes: None,
-                    fortran_order: false,
-                    problem: Some(e.to_string()),
-                    sha256: None,
-                });
+                out.push(EntryReport::problem(format!("#{i}"), e.to_string()));
                 continue;
             }
         };
@@ -216,15 +216,7 @@ pub fn inspect_pack(path: &Path, opts: InspectOptions) -> Result<Vec<EntryReport
             crate::pack::PackKey::Str(s) => s.to_string(),
         };
         for array in entry.arrays() {
-            let mut r = EntryReport {
-                name: key.clone(),
-                dtype: None,
-                shape: None,
-                nbytes: None,
-                fortran_order: false,
-                problem: None,
-                sha256: None,
-            };
+            let mut r = EntryReport::named(key.clone());
             match array {
                 Err(e) => r.problem = Some(e.to_string()),
                 Ok(a) => {

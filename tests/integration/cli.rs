@@ -5,7 +5,7 @@ use std::process::Command;
 use ndarray::{array, Array2};
 use ndarray_offload::DiskBackedStore;
 
-use crate::common::{numpy_python, run_python, sha256_hex};
+use crate::common::{files, numpy_python, run_python, sha256_hex};
 
 fn ndoffload(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ndoffload"))
@@ -19,22 +19,6 @@ fn ndoffload(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn listing(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_type().unwrap().is_file())
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn ls_json_checksum_and_verify() {
     let dir = tempfile::tempdir().unwrap();
@@ -46,7 +30,7 @@ fn ls_json_checksum_and_verify() {
         s.insert("flags", array![true, false]).unwrap();
         s.close().unwrap();
     }
-    let before = listing(dir.path());
+    let before = files(dir.path());
     let d = dir.path().to_str().unwrap();
 
     let (code, out, _) = ndoffload(&["ls", d]);
@@ -95,7 +79,7 @@ for k in sys.argv[2:]:
 
     let (code, out, _) = ndoffload(&["verify", d]);
     assert_eq!(code, 0, "{out}");
-    assert_eq!(listing(dir.path()), before, "the inspector never writes");
+    assert_eq!(files(dir.path()), before, "the inspector never writes");
 
     // Break two entries.
     std::fs::write(dir.path().join("flags.npy"), b"\x93NUMPY garbage").unwrap();

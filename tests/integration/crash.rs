@@ -13,7 +13,7 @@ use std::time::Duration;
 use ndarray::{Array1, Ix1};
 use ndarray_offload::{DiskBackedStore, StoreBuilder};
 
-use crate::common::{sha256_hex, temp_files};
+use crate::common::{sha256_hex, temp_files, Rng};
 
 const KEYS: usize = 6;
 
@@ -27,17 +27,6 @@ fn value(seed: u64, n: u64) -> Array1<i64> {
 fn digest(a: &Array1<i64>) -> String {
     let bytes: Vec<u8> = a.iter().flat_map(|x| x.to_le_bytes()).collect();
     format!("{}:{}", a.len(), sha256_hex(&bytes))
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
 }
 
 /// The child: random operations, each announced in a durable log before it

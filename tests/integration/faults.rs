@@ -8,22 +8,7 @@ use ndarray::{array, Array1, Ix1};
 use ndarray_offload::__testing::{install, FaultPlan};
 use ndarray_offload::{DiskBackedStore, Error};
 
-use crate::common::temp_files;
-
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_type().unwrap().is_file())
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .filter(|(n, _)| n != ndarray_offload::LOCK_FILE)
-        .collect()
-}
+use crate::common::{snapshot, temp_files};
 
 fn values(s: &DiskBackedStore) -> BTreeMap<String, Vec<i32>> {
     s.keys()

@@ -39,7 +39,7 @@ use ndarray_offload::{
 };
 use proptest::prelude::*;
 
-use crate::common::temp_files;
+use crate::common::{temp_files, Rng};
 
 // ---------------------------------------------------------------------------
 // Shared helpers
@@ -2095,22 +2095,6 @@ proptest! {
 // ---------------------------------------------------------------------------
 // 4. Concurrency
 // ---------------------------------------------------------------------------
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 const THREADS: usize = 8;
 const OWN_KEYS: usize = 4;

@@ -9,22 +9,7 @@ use ndarray_offload::{
     ArrayState, ConfigOverrides, DiskBackedStore, Error, LoadMode, StoreBuilder,
 };
 
-use crate::common::{fixtures, numpy_python, run_python, sha256_hex, temp_files, Tmpfs};
-
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .filter(|(n, _)| n != ndarray_offload::LOCK_FILE)
-        .collect()
-}
+use crate::common::{fixtures, numpy_python, run_python, sha256_hex, snapshot, temp_files, Tmpfs};
 
 #[test]
 fn store_is_send_and_sync() {
