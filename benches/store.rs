@@ -8,31 +8,40 @@
 //! * durable insert of 1,000 point clouds (1000 x 3 f64) vs a raw two-file
 //!   atomic publish (write, fsync, rename for both files, one directory
 //!   fsync) of the same bytes, interleaved one by one;
-//! * batched durable insert (`insert_batch`), entries per second;
+//! * batched durable insert (`insert_batch`), entries per second, of 10,000
+//!   clouds and of 10,000 small entries (10 x 3 f32), in batches of 1,000,
+//!   against a raw batched publish (temporaries written, one `syncfs`,
+//!   renames, one directory fsync) and a floor that skips the temporaries
+//!   and renames (not crash-safe; the least work two files per entry need);
 //! * `get` + first view of a small entry from a reopened store;
 //! * reopening a store of 100,000 entries (`NDOFFLOAD_BENCH_REOPEN`, default
 //!   100000).
 //!
-//! The benchmark creates and deletes many files: on ext4, creating a file
-//! scans for an inode that was not deleted recently, so file creation slows
-//! down for minutes after mass deletions (`recently_deleted` dominates a
-//! profile then), and its cost depends on the directory's block group. The
-//! reference and the crate are therefore interleaved and write into the same
-//! directory (the reference under names the store ignores), and the batch
-//! part runs first.
+//! The benchmark creates many files: on ext4 without a journal, creating a
+//! file skips inodes deleted in the last minutes (`recently_deleted`, which
+//! then dominates a profile), so file creation slows down for minutes after
+//! mass deletions, and its cost depends on the directory's block group.
+//! Every part therefore works in its own directory under one root that is
+//! deleted only when the run ends, the references and the crate are
+//! interleaved in the same directory (the references under names the store
+//! does not list), and a run right after another one deleted its files
+//! measures the file system's slow path.
 
 use std::fs::{self, File};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ndarray::{Array2, Ix2};
-use ndarray_offload::DiskBackedStore;
+use ndarray::{Array, Array2, Dimension, Ix2};
+use ndarray_offload::{DiskBackedStore, Element};
 
-fn bench_dir() -> tempfile::TempDir {
-    let base = std::env::var("NDOFFLOAD_BENCH_DIR").unwrap_or_else(|_| "target".into());
-    fs::create_dir_all(&base).unwrap();
-    tempfile::tempdir_in(base).unwrap()
+/// A fresh directory for one part, inside the run's root. Nothing is
+/// deleted before the run ends: deletions would slow down the file creation
+/// of the parts that follow (see above).
+fn bench_dir(root: &Path, part: &str) -> PathBuf {
+    let d = root.join(part);
+    fs::create_dir(&d).unwrap();
+    d
 }
 
 fn cloud(i: usize) -> Array2<f64> {
@@ -67,17 +76,16 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn durable_inserts(n: usize) {
-    let dir = bench_dir();
-    let raw_dir = &dir;
-    let store = DiskBackedStore::open(dir.path()).unwrap();
+fn durable_inserts(root: &Path, n: usize) {
+    let dir = bench_dir(root, "durable");
+    let store = DiskBackedStore::open(&dir).unwrap();
     let meta = br#"{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray", "shape": [1000, 3], "dtype": "<f8", "purge_disk_on_gc": false, "automatic_offloading": false, "enable_caching": true}"#;
     let (mut raw, mut ours) = (Vec::new(), Vec::new());
     for i in 0..n {
         let a = cloud(i);
         let bytes = npy_bytes(&a);
         let key = format!("cloud_{i:05}");
-        let r = raw_pair(raw_dir.path(), &key, &bytes, meta);
+        let r = raw_pair(&dir, &key, &bytes, meta);
         let t = Instant::now();
         store.insert_durable(&key, a).unwrap();
         let o = t.elapsed();
@@ -94,7 +102,7 @@ fn durable_inserts(n: usize) {
 
 /// Raw reference for a batch: every temporary pair written and closed, one
 /// `syncfs`, the renames, one directory fsync.
-fn raw_batch(dir: &Path, tag: usize, npys: &[Vec<u8>], meta: &[u8]) -> Duration {
+fn raw_batch(dir: &Path, tag: &str, npys: &[Vec<u8>], meta: &[u8]) -> Duration {
     let t = Instant::now();
     let mut renames = Vec::with_capacity(npys.len() * 2);
     for (j, npy) in npys.iter().enumerate() {
@@ -122,49 +130,92 @@ fn raw_batch(dir: &Path, tag: usize, npys: &[Vec<u8>], meta: &[u8]) -> Duration 
     t.elapsed()
 }
 
-fn batched_inserts(n: usize, batch: usize) {
-    let dir = bench_dir();
-    let raw_dir = &dir;
-    let store = DiskBackedStore::open(dir.path()).unwrap();
-    let clouds: Vec<Array2<f64>> = (0..batch).map(cloud).collect();
-    let npys: Vec<Vec<u8>> = clouds.iter().map(npy_bytes).collect();
-    let meta = br#"{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray", "shape": [1000, 3], "dtype": "<f8", "purge_disk_on_gc": false, "automatic_offloading": false, "enable_caching": true}"#;
-    let (mut ours, mut raw) = (Duration::ZERO, Duration::ZERO);
+/// The least file-system work two files per entry need: both files created
+/// at their final names and written, one `syncfs`, one directory fsync. No
+/// temporary files and no renames, so not crash-safe (a crash can leave torn
+/// files): a floor, not a protocol.
+fn floor_batch(dir: &Path, tag: &str, npys: &[Vec<u8>], meta: &[u8]) -> Duration {
+    let t = Instant::now();
+    for (j, npy) in npys.iter().enumerate() {
+        for (name, bytes) in [
+            (format!("f{tag}_{j}.npy"), npy.as_slice()),
+            (format!("f{tag}_{j}.meta.json"), meta),
+        ] {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(dir.join(name))
+                .unwrap();
+            f.write_all(bytes).unwrap();
+        }
+    }
+    let d = File::open(dir).unwrap();
+    #[cfg(target_os = "linux")]
+    rustix::fs::syncfs(&d).unwrap();
+    d.sync_all().unwrap();
+    t.elapsed()
+}
+
+/// `n` entries in batches of `arrays.len()` through `insert_batch`, the raw
+/// batched publish and the floor, rotating which runs first.
+fn batched_inserts<T: Element, D: Dimension>(
+    root: &Path,
+    label: &str,
+    short: &str,
+    arrays: &[Array<T, D>],
+    n: usize,
+) {
+    let dir = bench_dir(root, &format!("batch-{short}"));
+    let store = DiskBackedStore::open(&dir).unwrap();
+    let batch = arrays.len();
+    let npys: Vec<Vec<u8>> = arrays
+        .iter()
+        .map(|a| {
+            let mut v = Vec::new();
+            ndarray_npy::WriteNpyExt::write_npy(a, &mut v).unwrap();
+            v
+        })
+        .collect();
+    let meta = format!(
+        r#"{{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray", "shape": {:?}, "dtype": "{}", "purge_disk_on_gc": false, "automatic_offloading": false, "enable_caching": true}}"#,
+        arrays[0].shape(),
+        T::dtype()
+    );
+    let (mut ours, mut raw, mut floor) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let mut done = 0;
     while done < n {
-        let tag = done / batch;
-        // Interleave the reference and the crate, alternating which is first.
-        if tag.is_multiple_of(2) {
-            raw += raw_batch(raw_dir.path(), tag, &npys, meta);
-        }
-        let items: Vec<_> = clouds
-            .iter()
-            .enumerate()
-            .map(|(j, a)| (format!("b{tag}_{j}"), a.clone()))
-            .collect();
-        let t = Instant::now();
-        store.insert_batch(items).unwrap();
-        ours += t.elapsed();
-        store.offload_all().unwrap();
-        if !tag.is_multiple_of(2) {
-            raw += raw_batch(raw_dir.path(), tag, &npys, meta);
+        let tag = format!("{short}{}", done / batch);
+        for k in 0..3 {
+            match (k + done / batch) % 3 {
+                0 => raw += raw_batch(&dir, &tag, &npys, meta.as_bytes()),
+                1 => floor += floor_batch(&dir, &tag, &npys, meta.as_bytes()),
+                _ => {
+                    let items: Vec<_> = arrays
+                        .iter()
+                        .enumerate()
+                        .map(|(j, a)| (format!("b{tag}_{j}"), a.clone()))
+                        .collect();
+                    let t = Instant::now();
+                    store.insert_batch(items).unwrap();
+                    ours += t.elapsed();
+                    store.offload_all().unwrap();
+                }
+            }
         }
         done += batch;
     }
-    let (o, r) = (
-        done as f64 / ours.as_secs_f64(),
-        done as f64 / raw.as_secs_f64(),
-    );
+    let rate = |d: Duration| done as f64 / d.as_secs_f64();
+    let (o, r, f) = (rate(ours), rate(raw), rate(floor));
     println!(
-        "batched durable insert ({done} clouds, batches of {batch}): raw batched publish {r:.0} pairs/s, ours {o:.0} entries/s, ratio {:.3}",
+        "batched durable insert ({done} {label}, batches of {batch}): ours {o:.0} entries/s, raw batched publish {r:.0} pairs/s (ratio {:.3}), floor without temporaries or renames {f:.0} pairs/s",
         o / r
     );
 }
 
-fn gets(n: usize) {
-    let dir = bench_dir();
+fn gets(root: &Path, n: usize) {
+    let dir = bench_dir(root, "get");
     {
-        let store = DiskBackedStore::open(dir.path()).unwrap();
+        let store = DiskBackedStore::open(&dir).unwrap();
         store
             .insert_batch((0..n).map(|i| {
                 (
@@ -175,10 +226,10 @@ fn gets(n: usize) {
             .unwrap();
     }
     // Warm the page cache, then measure in a fresh open.
-    for e in fs::read_dir(dir.path()).unwrap() {
+    for e in fs::read_dir(&dir).unwrap() {
         let _ = fs::read(e.unwrap().path());
     }
-    let store = DiskBackedStore::open(dir.path()).unwrap();
+    let store = DiskBackedStore::open(&dir).unwrap();
     let mut t_get = Vec::new();
     let mut t_both = Vec::new();
     for i in 0..n {
@@ -199,10 +250,10 @@ fn gets(n: usize) {
     );
 }
 
-fn reopen(n: usize) {
-    let dir = bench_dir();
+fn reopen(root: &Path, n: usize) {
+    let dir = bench_dir(root, "reopen");
     {
-        let store = DiskBackedStore::open(dir.path()).unwrap();
+        let store = DiskBackedStore::open(&dir).unwrap();
         let chunk = 10_000;
         for c in 0..n.div_ceil(chunk) {
             let lo = c * chunk;
@@ -216,7 +267,7 @@ fn reopen(n: usize) {
     let mut times = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
-        let store = DiskBackedStore::open(dir.path()).unwrap();
+        let store = DiskBackedStore::open(&dir).unwrap();
         let el = t.elapsed().as_secs_f64();
         assert_eq!(store.len(), n);
         times.push(el);
@@ -239,16 +290,24 @@ fn main() {
     let run = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     // The batch runs first: file creation on ext4 slows down for minutes
     // after mass deletions (every other part deletes its files at the end).
+    let base = std::env::var("NDOFFLOAD_BENCH_DIR").unwrap_or_else(|_| "target".into());
+    fs::create_dir_all(&base).unwrap();
+    let root = tempfile::tempdir_in(base).unwrap();
     if run("batch") {
-        batched_inserts(10_000, 1000);
+        let clouds: Vec<Array2<f64>> = (0..1000).map(cloud).collect();
+        batched_inserts(root.path(), "clouds (1000x3 f64)", "c", &clouds, 10_000);
+        let small: Vec<Array2<f32>> = (0..1000)
+            .map(|i| Array2::from_elem((10, 3), i as f32))
+            .collect();
+        batched_inserts(root.path(), "small entries (10x3 f32)", "s", &small, 10_000);
     }
     if run("durable") {
-        durable_inserts(1000);
+        durable_inserts(root.path(), 1000);
     }
     if run("get") {
-        gets(1000);
+        gets(root.path(), 1000);
     }
     if run("reopen") {
-        reopen(reopen_n);
+        reopen(root.path(), reopen_n);
     }
 }
