@@ -29,6 +29,43 @@ use crate::store::meta::EntryFlags;
 use crate::store::pair::{self, PairJob, SyncMode};
 use crate::store::Account;
 
+/// The guards the calling thread holds, as (address of the array's lock,
+/// whether the guard writes). A guard never leaves its thread (the lock's
+/// guards are not `Send`), so an operation that needs an array exclusively
+/// can tell a guard of its own thread, which it would wait for forever, from
+/// a guard of another thread, which it waits for.
+mod held {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static HELD: RefCell<Vec<(usize, bool)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn add(id: usize, write: bool) {
+        let _ = HELD.try_with(|h| h.borrow_mut().push((id, write)));
+    }
+
+    pub(super) fn remove(id: usize, write: bool) {
+        let _ = HELD.try_with(|h| {
+            let mut h = h.borrow_mut();
+            if let Some(i) = h.iter().rposition(|&e| e == (id, write)) {
+                h.swap_remove(i);
+            }
+        });
+    }
+
+    /// Whether the calling thread holds a guard on `id` (a write guard if
+    /// `write_only`).
+    pub(super) fn holds(id: usize, write_only: bool) -> bool {
+        HELD.try_with(|h| {
+            h.borrow()
+                .iter()
+                .any(|&(i, w)| i == id && (w || !write_only))
+        })
+        .unwrap_or(false)
+    }
+}
+
 /// Where an array's data is right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -156,19 +193,46 @@ fn release<T: Element, D: Dimension>(old: State<T, D>) {
 /// # Ok::<_, Box<dyn std::error::Error>>(())
 /// ```
 ///
-/// # Deadlocks
+/// # Guards held by the calling thread
 ///
-/// A guard holds the array's lock: calling [`offload`](Self::offload),
-/// [`load`](Self::load), [`flush`](Self::flush) or [`write`](Self::write) on
-/// the same array while holding a guard on the same thread blocks forever.
-/// Drop the guard first. For a store entry the same holds for the store's
-/// [`offload`](crate::DiskBackedStore::offload) and
-/// [`offload_all`](crate::DiskBackedStore::offload_all), and, while holding
-/// a *write* guard on the entry, for [`flush`](crate::DiskBackedStore::flush)
-/// and for replacing or removing that entry. Everything else never waits for
-/// a guard held by the calling thread: [`state`](Self::state), the store's
-/// `stats`, `info` and `get`, inserting other entries (which may evict), and,
-/// with a read guard, `flush` and replacing or removing the entry.
+/// A guard holds the array's lock, and a guard held by another thread is
+/// waited for. An operation that would wait for a guard of the *calling*
+/// thread, which could never end, returns [`Error::InUse`] instead:
+/// [`offload`](Self::offload), [`load`](Self::load),
+/// [`flush`](Self::flush), [`disable_caching`](Self::disable_caching) and
+/// [`write`](Self::write) while the thread holds any guard on the same array,
+/// and [`read`](Self::read) while it holds a write guard on it.
+///
+/// For a store entry the same holds for the store's
+/// [`offload`](crate::DiskBackedStore::offload),
+/// [`offload_keys`](crate::DiskBackedStore::offload_keys) and
+/// [`offload_all`](crate::DiskBackedStore::offload_all), and, with a write
+/// guard, for [`flush`](crate::DiskBackedStore::flush); the other entries
+/// are still offloaded or written before the error is returned. Replacing
+/// or removing an entry, `state`, and the store's `stats`, `info`, `get`
+/// and inserts of other entries (which may evict) work whatever guard the
+/// thread holds.
+///
+/// ```
+/// use ndarray::array;
+/// use ndarray_offload::{DiskBackedArray, Error};
+///
+/// let arr = DiskBackedArray::new(array![1.0f32, 2.0])?;
+/// let guard = arr.read()?;
+/// assert!(matches!(arr.offload(), Err(Error::InUse { .. })));
+/// drop(guard);
+/// arr.offload()?;
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// ```
+///
+/// Guards cannot move to another thread:
+///
+/// ```compile_fail
+/// fn send<S: Send>(_: S) {}
+/// let arr = ndarray_offload::DiskBackedArray::new(ndarray::array![1u8])?;
+/// send(arr.read()?);
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// ```
 pub struct DiskBackedArray<T: Element, D: Dimension> {
     state: RwLock<State<T, D>>,
     /// The state's kind (`State::code`), written under the state's write
@@ -468,6 +532,33 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         self.automatic.store(on, Ordering::Relaxed);
     }
 
+    fn lock_id(&self) -> usize {
+        std::ptr::from_ref(&self.state) as usize
+    }
+
+    /// [`Error::InUse`] if the calling thread holds a guard on this array
+    /// (any guard, or only a write guard with `write_only`).
+    fn check_not_held(&self, write_only: bool) -> Result<()> {
+        if held::holds(self.lock_id(), write_only) {
+            return Err(Error::InUse {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The write lock, unless the calling thread holds a guard on this array
+    /// (it would wait forever).
+    fn lock_exclusive(&self) -> Result<RwLockWriteGuard<'_, State<T, D>>> {
+        self.check_not_held(false)?;
+        Ok(self.state.write())
+    }
+
+    /// Whether the calling thread holds a write guard on this array.
+    pub(crate) fn write_held_here(&self) -> bool {
+        held::holds(self.lock_id(), true)
+    }
+
     /// Turns caching on: later offloads write the file.
     pub fn enable_caching(&self) {
         self.caching.store(true, Ordering::Relaxed);
@@ -481,7 +572,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     ///
     /// Errors of loading the file if the array is offloaded.
     pub fn disable_caching(&self) -> Result<()> {
-        let mut st = self.state.write();
+        let mut st = self.lock_exclusive()?;
         let owned = match &*st {
             State::Owned(_) => None,
             State::Mapped(m) => Some((m.view().to_owned(), !m.dirty)),
@@ -511,11 +602,12 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     /// I/O errors naming the path ([`Error::DiskFull`],
     /// [`Error::PermissionDenied`], ...). After an error the array is
     /// unchanged and usable, and the previous file (if any) is untouched.
+    /// [`Error::InUse`] if the calling thread holds a guard on the array.
     pub fn offload(&self) -> Result<()> {
         if !self.caching() {
             return Ok(());
         }
-        let mut st = self.state.write();
+        let mut st = self.lock_exclusive()?;
         self.offload_locked(&mut st)
     }
 
@@ -679,12 +771,15 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     /// that it goes on reading its own data. Its data then stays where it
     /// is: offloading it does nothing.
     pub(crate) fn detach(&self, keep: bool) {
-        // The detaching thread may hold a read guard on this entry
-        // (replacing an entry with a value computed from it).
-        let st = self.state.read();
+        // The detaching thread may hold a guard on this entry (replacing an
+        // entry with a value computed from it): with a read guard it takes
+        // the read lock too; with a write guard it holds the lock already,
+        // and the state cannot change.
+        let _st = (!self.write_held_here()).then(|| self.state.read());
+        let kind = self.state();
         let Some(p) = &self.pair else { return };
         if keep {
-            self.pin_locked(&st);
+            self.pin_kind(kind);
         }
         let was_attached = {
             // With `enable_publish` and the renames of `publish_pairs`.
@@ -692,7 +787,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             p.publish.store(false, Ordering::Release);
             p.attached.swap(false, Ordering::AcqRel)
         };
-        if was_attached && !matches!(*st, State::Offloaded) {
+        if was_attached && kind != ArrayState::Offloaded {
             p.account.add_resident(-(self.nbytes() as i64));
         }
     }
@@ -701,13 +796,15 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     /// mapped from) the file now at its name; used after the entry is
     /// detached. Called before a removal deletes the file.
     pub(crate) fn pin(&self) {
-        let st = self.state.read();
-        self.pin_locked(&st);
+        // As in `detach`.
+        let _st = (!self.write_held_here()).then(|| self.state.read());
+        self.pin_kind(self.state());
     }
 
-    fn pin_locked(&self, st: &State<T, D>) {
+    /// `pin` with the lock held (or a write guard held by this thread).
+    fn pin_kind(&self, kind: ArrayState) {
         let Some(p) = &self.pair else { return };
-        if matches!(st, State::Owned(_)) {
+        if kind == ArrayState::InMemory {
             return;
         }
         let mut pinned = p.pinned.lock();
@@ -833,7 +930,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         if !self.caching() && self.pair.is_none() {
             return Ok(());
         }
-        let mut st = self.state.write();
+        let mut st = self.lock_exclusive()?;
         self.persist_locked(&mut st).map(drop)
     }
 
@@ -844,7 +941,8 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     /// # Errors
     ///
     /// I/O errors, and the validation errors of [`open`](Self::open) if the
-    /// file was changed by another program.
+    /// file was changed by another program. [`Error::InUse`] if the calling
+    /// thread holds a guard on the array.
     ///
     /// # Examples
     ///
@@ -865,7 +963,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             return Ok(());
         }
         let r = {
-            let mut st = self.state.write();
+            let mut st = self.lock_exclusive()?;
             self.load_locked(&mut st, mode)
         };
         self.note_loaded();
@@ -927,13 +1025,15 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     ///
     /// # Errors
     ///
-    /// Errors of loading the file.
+    /// Errors of loading the file. [`Error::InUse`] if the calling thread
+    /// holds a write guard on the array.
     pub fn read(&self) -> Result<ReadGuard<'_, T, D>> {
         self.read_as::<D>()
     }
 
     /// A read guard whose views have the dimension `E` (checked by the caller).
     pub(crate) fn read_as<E: Dimension>(&self) -> Result<ReadGuard<'_, T, D, E>> {
+        self.check_not_held(true)?;
         let st = self.state.upgradable_read();
         let (st, loaded) = if matches!(*st, State::Offloaded) {
             let mut w = RwLockUpgradableReadGuard::upgrade(st);
@@ -950,6 +1050,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             self.loaded_on_demand.store(true, Ordering::Relaxed);
         }
         self.readers.fetch_add(1, Ordering::AcqRel);
+        held::add(self.lock_id(), false);
         Ok(ReadGuard {
             array: self,
             guard: Some(st),
@@ -964,14 +1065,15 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     ///
     /// # Errors
     ///
-    /// Errors of loading the file.
+    /// Errors of loading the file. [`Error::InUse`] if the calling thread
+    /// holds a guard on the array.
     pub fn write(&self) -> Result<WriteGuard<'_, T, D>> {
         self.write_as::<D>()
     }
 
     /// A write guard whose views have the dimension `E` (checked by the caller).
     pub(crate) fn write_as<E: Dimension>(&self) -> Result<WriteGuard<'_, T, D, E>> {
-        let mut st = self.state.write();
+        let mut st = self.lock_exclusive()?;
         self.version.fetch_add(1, Ordering::Relaxed);
         let mut loaded = false;
         match &*st {
@@ -989,6 +1091,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         if let State::Owned(_) = &*st {
             self.file_current.store(false, Ordering::Relaxed);
         }
+        held::add(self.lock_id(), true);
         Ok(WriteGuard {
             array: self,
             guard: Some(st),
@@ -1202,14 +1305,23 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     /// For a store entry whose file is not current: a publish job writing its
     /// data (taking the read lock while it writes) and the version it
     /// snapshots. `None` when nothing needs writing.
-    pub(crate) fn batch_job<'s>(&'s self) -> Option<(PairJob<'s>, u64)>
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InUse`] if the calling thread holds a write guard on the
+    /// entry (its data is being changed, and cannot be read until the guard
+    /// ends).
+    pub(crate) fn batch_job<'s>(&'s self) -> Result<Option<(PairJob<'s>, u64)>>
     where
         D: 's,
     {
-        let p = self.pair.as_ref()?;
+        let Some(p) = self.pair.as_ref() else {
+            return Ok(None);
+        };
         if !p.publish.load(Ordering::Acquire) {
-            return None;
+            return Ok(None);
         }
+        self.check_not_held(true)?;
         // The read lock is held until the job has written its data, so the
         // entry cannot be offloaded or changed in between (the flushing
         // thread may hold a read guard on it: see the lock's import).
@@ -1220,7 +1332,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             State::Offloaded => true,
         };
         if current {
-            return None;
+            return Ok(None);
         }
         let version = self.version.load(Ordering::Relaxed);
         let config = &self.config;
@@ -1238,7 +1350,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
                 State::Offloaded => unreachable!("checked under the same lock"),
             }),
         };
-        Some((job, version))
+        Ok(Some((job, version)))
     }
 
     /// Records that a batch published this array's data as of `version`.
@@ -1340,6 +1452,7 @@ impl<T: Element, D: Dimension, E: Dimension> ReadGuard<'_, T, D, E> {
         self.guard = None;
         let a = self.array;
         std::mem::forget(self);
+        held::remove(a.lock_id(), false);
         a.end_read()
     }
 }
@@ -1347,6 +1460,7 @@ impl<T: Element, D: Dimension, E: Dimension> ReadGuard<'_, T, D, E> {
 impl<T: Element, D: Dimension, E: Dimension> Drop for ReadGuard<'_, T, D, E> {
     fn drop(&mut self) {
         self.guard = None;
+        held::remove(self.array.lock_id(), false);
         if let Err(e) = self.array.end_read() {
             tracing::warn!(path = %self.array.path.display(), error = %e, "automatic offload failed");
         }
@@ -1396,6 +1510,7 @@ impl<T: Element, D: Dimension, E: Dimension> WriteGuard<'_, T, D, E> {
         let r = self.end();
         let a = self.array;
         std::mem::forget(self);
+        held::remove(a.lock_id(), true);
         a.released();
         r
     }
@@ -1417,6 +1532,7 @@ impl<T: Element, D: Dimension, E: Dimension> Drop for WriteGuard<'_, T, D, E> {
         if let Err(e) = self.end() {
             tracing::warn!(path = %self.array.path.display(), error = %e, "automatic offload failed");
         }
+        held::remove(self.array.lock_id(), true);
         self.array.released();
     }
 }

@@ -166,6 +166,15 @@ pub enum Error {
         /// The lock file.
         path: PathBuf,
     },
+    /// The operation needs the array exclusively, but the calling thread
+    /// holds a guard on it (from `read`/`write` of the array or of a store
+    /// handle to it): waiting for the guard would never end. Drop the guard
+    /// first.
+    #[error("{path} is in use by a guard held on the calling thread; drop the guard first")]
+    InUse {
+        /// The array's file.
+        path: PathBuf,
+    },
     /// A write was attempted through a read-only handle or mapping.
     #[error("{path} is open read-only")]
     ReadOnly {

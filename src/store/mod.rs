@@ -36,7 +36,7 @@ pub const LOCK_FILE: &str = ".ndoffload.lock";
 pub(crate) trait AnyEntry: Send + Sync {
     fn offload(&self) -> Result<()>;
     fn flush(&self) -> Result<()>;
-    fn batch_job(&self) -> Option<(PairJob<'_>, u64)>;
+    fn batch_job(&self) -> Result<Option<(PairJob<'_>, u64)>>;
     fn mark_published(&self, version: u64, id: FileId);
     fn state(&self) -> ArrayState;
     fn resident_bytes(&self) -> u64;
@@ -59,7 +59,7 @@ impl<T: Element> AnyEntry for DiskBackedArray<T, IxDyn> {
     fn flush(&self) -> Result<()> {
         DiskBackedArray::flush(self)
     }
-    fn batch_job(&self) -> Option<(PairJob<'_>, u64)> {
+    fn batch_job(&self) -> Result<Option<(PairJob<'_>, u64)>> {
         DiskBackedArray::batch_job(self)
     }
     fn mark_published(&self, version: u64, id: FileId) {
@@ -965,7 +965,9 @@ impl DiskBackedStore {
     /// # Errors
     ///
     /// [`Error::ReadOnly`], I/O errors (entries stay in RAM, pairs on disk
-    /// are unchanged or complete).
+    /// are unchanged or complete). [`Error::InUse`] if the calling thread
+    /// holds a write guard on an entry: that entry is not written, all the
+    /// others are.
     pub fn flush(&self) -> Result<()> {
         self.inner.flush()
     }
@@ -975,7 +977,8 @@ impl DiskBackedStore {
     ///
     /// # Errors
     ///
-    /// [`Error::KeyNotFound`], I/O errors (the entry stays in RAM).
+    /// [`Error::KeyNotFound`], I/O errors (the entry stays in RAM),
+    /// [`Error::InUse`] if the calling thread holds a guard on the entry.
     pub fn offload(&self, name: impl AsRef<str>) -> Result<()> {
         self.check_writable()?;
         match self.loaded_entry(name.as_ref())? {
@@ -1004,7 +1007,9 @@ impl DiskBackedStore {
     ///
     /// # Errors
     ///
-    /// As [`offload`](Self::offload).
+    /// As [`offload`](Self::offload). Entries the calling thread holds a
+    /// guard on stay in RAM; all the others are offloaded before their
+    /// [`Error::InUse`] is returned.
     pub fn offload_all(&self) -> Result<()> {
         self.check_writable()?;
         let loaded = self.inner.loaded_entries();
@@ -1012,16 +1017,31 @@ impl DiskBackedStore {
     }
 
     fn offload_loaded(&self, loaded: &[Loaded]) -> Result<()> {
-        self.inner
-            .publish_batch(loaded.iter().map(|l| l.ops.as_ref()).collect())?;
+        // Entries the calling thread holds a guard on stay where they are;
+        // the others are offloaded, then the first such error is returned.
+        let mut in_use = match self
+            .inner
+            .publish_batch(loaded.iter().map(|l| l.ops.as_ref()).collect())
+        {
+            Err(e @ Error::InUse { .. }) => Some(e),
+            r => {
+                r?;
+                None
+            }
+        };
         for l in loaded {
             let was = l.ops.state() == ArrayState::InMemory;
-            l.ops.offload()?;
+            match l.ops.offload() {
+                Err(e @ Error::InUse { .. }) => {
+                    in_use.get_or_insert(e);
+                }
+                r => r?,
+            }
             if was && l.ops.state() == ArrayState::Offloaded {
                 Counters::add(&self.inner.counters.offloads);
             }
         }
-        Ok(())
+        in_use.map_or(Ok(()), Err)
     }
 
     /// Flushes, deletes the entries whose purge-on-drop flag is set, and
@@ -1238,22 +1258,30 @@ impl Inner {
     fn publish_batch(&self, arrays: Vec<&dyn AnyEntry>) -> Result<()> {
         let mut jobs = Vec::new();
         let mut marks = Vec::new();
+        // An entry the calling thread is writing to is left out; the others
+        // are published, then its error is returned.
+        let mut in_use = None;
         for a in &arrays {
-            if let Some((job, version)) = a.batch_job() {
-                jobs.push(job);
-                marks.push((*a, version));
+            match a.batch_job() {
+                Ok(Some((job, version))) => {
+                    jobs.push(job);
+                    marks.push((*a, version));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    in_use.get_or_insert(e);
+                }
             }
         }
-        if jobs.is_empty() {
-            return Ok(());
-        }
-        let ids = pair::publish_pairs(&self.dir, jobs, SyncMode::FileSystem)?;
-        for ((a, v), id) in marks.into_iter().zip(ids) {
-            if let Some(id) = id {
-                a.mark_published(v, id);
+        if !jobs.is_empty() {
+            let ids = pair::publish_pairs(&self.dir, jobs, SyncMode::FileSystem)?;
+            for ((a, v), id) in marks.into_iter().zip(ids) {
+                if let Some(id) = id {
+                    a.mark_published(v, id);
+                }
             }
         }
-        Ok(())
+        in_use.map_or(Ok(()), Err)
     }
 
     fn flush(&self) -> Result<()> {
@@ -1261,7 +1289,15 @@ impl Inner {
             return Ok(());
         }
         let loaded = self.loaded_entries();
-        self.publish_batch(loaded.iter().map(|l| l.ops.as_ref()).collect())?;
+        // An entry the calling thread is writing to is not flushed (its
+        // error is returned at the end); everything else is.
+        let in_use = match self.publish_batch(loaded.iter().map(|l| l.ops.as_ref()).collect()) {
+            Err(e @ Error::InUse { .. }) => Some(e),
+            r => {
+                r?;
+                None
+            }
+        };
         // Spills renamed files without syncing the directory.
         if self.account.dir_unsynced.swap(false, Ordering::AcqRel) {
             if let Err(e) = io::sync_dir(&self.dir) {
@@ -1269,7 +1305,7 @@ impl Inner {
                 return Err(e);
             }
         }
-        Ok(())
+        in_use.map_or(Ok(()), Err)
     }
 
     fn remove(&self, name: &EntryName) -> Result<bool> {

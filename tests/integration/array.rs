@@ -709,3 +709,67 @@ mod props {
         }
     }
 }
+
+#[test]
+fn operations_that_would_wait_for_a_guard_of_the_same_thread_are_in_use_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let arr =
+        DiskBackedArray::with_config(Array1::from_vec(vec![1.0f64; 64]), &cfg(dir.path())).unwrap();
+    let other = DiskBackedArray::with_config(array![1u8, 2], &cfg(dir.path())).unwrap();
+    let in_use = |r: Result<(), Error>| match r {
+        Err(Error::InUse { path }) => assert_eq!(path, arr.path()),
+        other => panic!("expected InUse, got {other:?}"),
+    };
+    {
+        let g = arr.read().unwrap();
+        in_use(arr.offload());
+        in_use(arr.flush());
+        in_use(arr.load(LoadMode::ReadOnly));
+        in_use(arr.disable_caching());
+        in_use(arr.write().map(drop));
+        in_use(arr.with_view_mut(|_| ()));
+        // Reading again on the same thread is fine, and so is another array.
+        assert_eq!(arr.read().unwrap().view().sum(), 64.0);
+        other.offload().unwrap();
+        assert_eq!(g.view()[0], 1.0);
+        assert_eq!(arr.state(), ArrayState::InMemory);
+    }
+    {
+        let mut g = arr.write().unwrap();
+        g.view_mut()[0] = 2.0;
+        in_use(arr.read().map(drop));
+        in_use(arr.with_view(|_| ()));
+        in_use(arr.offload());
+        g.finish().unwrap();
+    }
+    // Once the guards are gone everything works.
+    arr.offload().unwrap();
+    assert_eq!(arr.state(), ArrayState::Offloaded);
+    assert_eq!(arr.read().unwrap().view()[0], 2.0);
+    // Ending a read guard with `finish` releases it as well.
+    let g = arr.read().unwrap();
+    g.finish().unwrap();
+    arr.load(LoadMode::CopyOnWrite).unwrap();
+}
+
+#[test]
+fn a_guard_of_another_thread_is_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let arr = DiskBackedArray::with_config(array![1.0f32, 2.0, 3.0], &cfg(dir.path())).unwrap();
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let arr = &arr;
+        s.spawn(move || {
+            let g = arr.read().unwrap();
+            held_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            assert_eq!(g.view()[2], 3.0);
+        });
+        held_rx.recv().unwrap();
+        let offloader = s.spawn(move || arr.offload());
+        go_tx.send(()).unwrap();
+        offloader.join().unwrap().unwrap();
+    });
+    assert_eq!(arr.state(), ArrayState::Offloaded);
+}

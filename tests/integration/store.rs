@@ -932,3 +932,60 @@ fn builder_options() {
     assert!(s.is_empty() && !s.is_read_only());
     assert_eq!(s.dir(), p);
 }
+
+#[test]
+fn store_operations_with_a_guard_held_by_the_calling_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = DiskBackedStore::open(dir.path()).unwrap();
+    s.insert("a", array![1.0f32, 2.0, 3.0]).unwrap();
+    s.insert("b", array![4u16, 5]).unwrap();
+    let a_npy = dir.path().join("a.npy");
+    let h = s.get::<f32, Ix1>("a").unwrap();
+
+    // A read guard: offloading it is refused, every other entry is
+    // offloaded, flushing and replacing work.
+    {
+        let g = h.read().unwrap();
+        match s.offload_all() {
+            Err(Error::InUse { path }) => assert_eq!(path, a_npy),
+            other => panic!("expected InUse, got {other:?}"),
+        }
+        assert!(matches!(s.offload("a"), Err(Error::InUse { .. })));
+        assert_eq!(
+            s.get::<u16, Ix1>("b").unwrap().state(),
+            ArrayState::Offloaded
+        );
+        assert!(a_npy.exists(), "the refused entry was still persisted");
+        s.flush().unwrap();
+        assert_eq!(g.view()[1], 2.0);
+    }
+    s.offload_all().unwrap();
+    assert_eq!(h.state(), ArrayState::Offloaded);
+
+    // A write guard: flushing it is refused after the other entries are
+    // written; replacing and removing it work.
+    s.insert("c", array![7i8]).unwrap();
+    {
+        let mut w = h.write().unwrap();
+        w.view_mut()[0] = 10.0;
+        match s.flush() {
+            Err(Error::InUse { path }) => assert_eq!(path, a_npy),
+            other => panic!("expected InUse, got {other:?}"),
+        }
+        assert!(dir.path().join("c.npy").exists());
+        assert!(dir.path().join("c.meta.json").exists());
+        s.insert("a", array![9.0f32]).unwrap();
+        assert_eq!(w.view()[0], 10.0, "the old value stays with its guard");
+        assert!(s.remove("a").unwrap());
+        w.view_mut()[1] = 20.0;
+    }
+    assert!(!s.contains("a"));
+    s.flush().unwrap();
+    drop(s);
+    let s = DiskBackedStore::open_read_only(dir.path()).unwrap();
+    assert_eq!(s.keys().len(), 2);
+    assert_eq!(
+        s.get::<i8, Ix1>("c").unwrap().read().unwrap().view(),
+        array![7i8]
+    );
+}
