@@ -1423,7 +1423,15 @@ impl Inner {
         if self.read_only {
             return Ok(());
         }
-        self.flush()?;
+        // An entry the calling thread is writing to is not flushed; the
+        // rest of closing still happens.
+        let flushed = match self.flush() {
+            Err(e @ Error::InUse { .. }) => Err(e),
+            r => {
+                r?;
+                Ok(())
+            }
+        };
         let purge: Vec<EntryName> = self
             .entries
             .read()
@@ -1439,7 +1447,7 @@ impl Inner {
         for k in purge {
             self.remove(&k)?;
         }
-        Ok(())
+        flushed
     }
 }
 

@@ -989,3 +989,30 @@ fn store_operations_with_a_guard_held_by_the_calling_thread() {
         array![7i8]
     );
 }
+
+#[test]
+fn closing_under_a_write_guard_still_purges_and_unlocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = DiskBackedStore::open(dir.path()).unwrap();
+    let o = ConfigOverrides {
+        purge_on_drop: Some(true),
+        ..Default::default()
+    };
+    s.insert_with("tmp", array![1u8, 2], &o).unwrap();
+    s.insert("kept", array![3.0f64]).unwrap();
+    s.flush().unwrap();
+    let h = s.get::<f64, Ix1>("kept").unwrap();
+    let mut w = h.write().unwrap();
+    w.view_mut()[0] = 4.0;
+    assert!(matches!(s.close(), Err(Error::InUse { .. })));
+    assert!(!dir.path().join("tmp.npy").exists());
+    assert!(!dir.path().join("tmp.meta.json").exists());
+    // The lock is released: another writer can open the store, and sees
+    // the value last flushed.
+    let s = DiskBackedStore::open(dir.path()).unwrap();
+    assert_eq!(
+        s.get::<f64, Ix1>("kept").unwrap().read().unwrap().view()[0],
+        3.0
+    );
+    assert_eq!(w.view()[0], 4.0);
+}
