@@ -1019,23 +1019,14 @@ impl DiskBackedStore {
     fn offload_loaded(&self, loaded: &[Loaded]) -> Result<()> {
         // Entries the calling thread holds a guard on stay where they are;
         // the others are offloaded, then the first such error is returned.
-        let mut in_use = match self
-            .inner
-            .publish_batch(loaded.iter().map(|l| l.ops.as_ref()).collect())
-        {
-            Err(e @ Error::InUse { .. }) => Some(e),
-            r => {
-                r?;
-                None
-            }
-        };
+        let mut in_use = in_use_error(
+            self.inner
+                .publish_batch(loaded.iter().map(|l| l.ops.as_ref()).collect()),
+        )?;
         for l in loaded {
             let was = l.ops.state() == ArrayState::InMemory;
-            match l.ops.offload() {
-                Err(e @ Error::InUse { .. }) => {
-                    in_use.get_or_insert(e);
-                }
-                r => r?,
+            if let Some(e) = in_use_error(l.ops.offload())? {
+                in_use.get_or_insert(e);
             }
             if was && l.ops.state() == ArrayState::Offloaded {
                 Counters::add(&self.inner.counters.offloads);
@@ -1291,13 +1282,8 @@ impl Inner {
         let loaded = self.loaded_entries();
         // An entry the calling thread is writing to is not flushed (its
         // error is returned at the end); everything else is.
-        let in_use = match self.publish_batch(loaded.iter().map(|l| l.ops.as_ref()).collect()) {
-            Err(e @ Error::InUse { .. }) => Some(e),
-            r => {
-                r?;
-                None
-            }
-        };
+        let in_use =
+            in_use_error(self.publish_batch(loaded.iter().map(|l| l.ops.as_ref()).collect()))?;
         // Spills renamed files without syncing the directory.
         if self.account.dir_unsynced.swap(false, Ordering::AcqRel) {
             if let Err(e) = io::sync_dir(&self.dir) {
@@ -1425,13 +1411,7 @@ impl Inner {
         }
         // An entry the calling thread is writing to is not flushed; the
         // rest of closing still happens.
-        let flushed = match self.flush() {
-            Err(e @ Error::InUse { .. }) => Err(e),
-            r => {
-                r?;
-                Ok(())
-            }
-        };
+        let in_use = in_use_error(self.flush())?;
         let purge: Vec<EntryName> = self
             .entries
             .read()
@@ -1447,7 +1427,17 @@ impl Inner {
         for k in purge {
             self.remove(&k)?;
         }
-        flushed
+        in_use.map_or(Ok(()), Err)
+    }
+}
+
+/// Separates [`Error::InUse`] (an entry the calling thread holds a guard on
+/// was skipped; the caller goes on with the rest) from other errors.
+fn in_use_error(r: Result<()>) -> Result<Option<Error>> {
+    match r {
+        Ok(()) => Ok(None),
+        Err(e @ Error::InUse { .. }) => Ok(Some(e)),
+        Err(e) => Err(e),
     }
 }
 
