@@ -100,6 +100,17 @@ fn durable_inserts(root: &Path, n: usize) {
     );
 }
 
+/// Creates `path` (it must not exist) and writes `bytes`, without syncing.
+fn write_new(path: &Path, bytes: &[u8]) {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .unwrap()
+        .write_all(bytes)
+        .unwrap();
+}
+
 /// Raw reference for a batch: every temporary pair written and closed, one
 /// `syncfs`, the renames, one directory fsync.
 fn raw_batch(dir: &Path, tag: &str, npys: &[Vec<u8>], meta: &[u8]) -> Duration {
@@ -111,12 +122,7 @@ fn raw_batch(dir: &Path, tag: &str, npys: &[Vec<u8>], meta: &[u8]) -> Duration {
             (format!("r{tag}_{j}.meta.json"), meta),
         ] {
             let tmp = dir.join(format!(".{name}.tmp"));
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .unwrap();
-            f.write_all(bytes).unwrap();
+            write_new(&tmp, bytes);
             renames.push((tmp, dir.join(name)));
         }
     }
@@ -141,12 +147,7 @@ fn floor_batch(dir: &Path, tag: &str, npys: &[Vec<u8>], meta: &[u8]) -> Duration
             (format!("f{tag}_{j}.npy"), npy.as_slice()),
             (format!("f{tag}_{j}.meta.json"), meta),
         ] {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(dir.join(name))
-                .unwrap();
-            f.write_all(bytes).unwrap();
+            write_new(&dir.join(name), bytes);
         }
     }
     let d = File::open(dir).unwrap();
