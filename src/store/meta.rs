@@ -15,7 +15,10 @@ pub const KNOWN_CLASSES: &[&str] = &["DiskBackedNDArray"];
 /// Per-entry flags stored in the metadata.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EntryFlags {
-    /// `purge_disk_on_gc`: delete the entry's files when the store is closed.
+    /// `purge_disk_on_gc`, GSEGUtils' flag for the transient working copy of
+    /// a loaded array. Read and written as it is; it never deletes a stored
+    /// pair. Set at insert, it makes the entry a scratch entry of the handle
+    /// that inserted it (deleted when that handle closes the store).
     pub purge_on_drop: bool,
     /// `automatic_offloading`: re-offload after each access that loaded it.
     pub automatic_offloading: bool,

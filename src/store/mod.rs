@@ -179,6 +179,11 @@ struct Slot {
     /// The slot was replaced or removed from the map: a lookup that found
     /// it just before looks again.
     retired: bool,
+    /// A scratch entry: inserted through this handle with purge-on-drop,
+    /// so closing the store deletes it. Never read from a file: the
+    /// persisted `purge_disk_on_gc` flag (GSEGUtils' default is `true`)
+    /// deletes nothing.
+    scratch: bool,
 }
 
 struct Inner {
@@ -613,6 +618,12 @@ impl DiskBackedStore {
     /// defaults (caching, automatic offloading, purge on drop), like
     /// GSEGUtils' `add_data_to_store(..., **overrides)`.
     ///
+    /// Purge-on-drop makes a *scratch entry*: this handle deletes its pair
+    /// when the store is closed or dropped. That is a choice of this process
+    /// only: it is recorded as GSEGUtils' `purge_disk_on_gc` flag, which
+    /// never deletes a pair when the store is opened again (by this crate or
+    /// by GSEGUtils), and an entry left by a crash stays on disk whole.
+    ///
     /// # Errors
     ///
     /// As [`insert`](Self::insert).
@@ -650,6 +661,7 @@ impl DiskBackedStore {
             meta: Some((T::dtype(), shape, flags)),
             loaded: Some(loaded.clone()),
             retired: false,
+            scratch: flags.purge_on_drop,
         };
         self.inner.incomplete.write().remove(&name);
         let old = self
@@ -1035,8 +1047,10 @@ impl DiskBackedStore {
         in_use.map_or(Ok(()), Err)
     }
 
-    /// Flushes, deletes the entries whose purge-on-drop flag is set, and
-    /// releases the lock.
+    /// Flushes, deletes the scratch entries (those inserted through this
+    /// handle with purge-on-drop on, see [`insert_with`](Self::insert_with)),
+    /// and releases the lock. Entries read from disk are never deleted,
+    /// whatever their `purge_disk_on_gc` flag says.
     ///
     /// # Errors
     ///
@@ -1404,7 +1418,7 @@ impl Inner {
         self.account.over.store(over, Ordering::Relaxed);
     }
 
-    /// Flushes and deletes the entries whose purge-on-drop flag is set.
+    /// Flushes and deletes the scratch entries inserted through this handle.
     fn finish(&self) -> Result<()> {
         if self.read_only {
             return Ok(());
@@ -1412,16 +1426,13 @@ impl Inner {
         // An entry the calling thread is writing to is not flushed; the
         // rest of closing still happens.
         let in_use = in_use_error(self.flush())?;
+        // Only entries this handle inserted as scratch entries: the
+        // persisted `purge_disk_on_gc` flag never deletes a pair.
         let purge: Vec<EntryName> = self
             .entries
             .read()
             .iter()
-            .filter(|(_, s)| {
-                s.lock()
-                    .loaded
-                    .as_ref()
-                    .is_some_and(|l| l.ops.flags().purge_on_drop)
-            })
+            .filter(|(_, s)| s.lock().scratch)
             .map(|(k, _)| k.clone())
             .collect();
         for k in purge {

@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod crash;
 mod faults;
+mod hardening;
 mod numpy;
 mod pack;
 mod reliability;
