@@ -814,7 +814,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         let Some(own) = *self.file_id.lock() else {
             return;
         };
-        if let Ok(f) = std::fs::File::open(&self.path) {
+        if let Ok(f) = io::open_regular(&self.path, io::Access::Read) {
             if f.metadata().is_ok_and(|m| FileId::from_meta(&m) == own) {
                 *pinned = Some(f);
             }

@@ -7,7 +7,7 @@ use ndarray::{ArrayView, IxDyn};
 use sha2::{Digest, Sha256};
 
 use crate::element::dtype_itemsize;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::mapped;
 use crate::npy::NpyInfo;
 use crate::store::meta::Meta;
@@ -151,7 +151,7 @@ fn check_entry(dir: &Path, name: &str, opts: InspectOptions, r: &mut EntryReport
     };
     info.check_len(len, &npy_path)?;
     if opts.read_data {
-        let file = std::fs::File::open(&npy_path).ctx("open", &npy_path)?;
+        let file = crate::io::open_regular(&npy_path, crate::io::Access::Read)?;
         let map = mapped::map_readonly(&file, &npy_path)?;
         let end = info.data_offset as u64 + info.data_len.unwrap_or(0);
         let data = map

@@ -174,6 +174,109 @@ pub(crate) fn is_temp_name(name: &str) -> bool {
     name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX)
 }
 
+/// How [`open_regular`] opens a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Read only.
+    Read,
+    /// Read and write (for read-write maps).
+    ReadWrite,
+}
+
+/// What a file that is not a regular file is, in words for an error.
+pub(crate) fn file_kind(ft: &fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_fifo() {
+            return "a FIFO";
+        }
+        if ft.is_socket() {
+            return "a socket";
+        }
+        if ft.is_block_device() {
+            return "a block device";
+        }
+        if ft.is_char_device() {
+            return "a character device";
+        }
+    }
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_file() {
+        "a regular file"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Opens an existing file that must be a regular file, as every file the
+/// crate reads from a store or pack directory is opened: without following
+/// a symbolic link at `path` (`O_NOFOLLOW`) and without blocking
+/// (`O_NONBLOCK`, so a FIFO with no writer does not hang the open), then
+/// checked with `fstat` on the open descriptor (so the check and the read
+/// see the same file). A symbolic link, FIFO, socket, device or directory is
+/// [`Error::Corrupt`] naming `path` and what was found there.
+pub(crate) fn open_regular(path: &Path, access: Access) -> Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true).write(access == Access::ReadWrite);
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::OFlags;
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32);
+    }
+    let file = match o.open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            // A symbolic link (ELOOP), a directory opened for writing
+            // (EISDIR), a socket (ENXIO): name what is there.
+            return Err(match fs::symlink_metadata(path) {
+                Ok(m) if !m.is_file() => not_regular(path, file_kind(&m.file_type())),
+                _ => Error::io("open", path, e),
+            });
+        }
+    };
+    let md = file.metadata().ctx("stat", path)?;
+    if !md.is_file() {
+        return Err(not_regular(path, file_kind(&md.file_type())));
+    }
+    Ok(file)
+}
+
+fn not_regular(path: &Path, what: &str) -> Error {
+    Error::corrupt(path, format!("is {what}, not a regular file"))
+}
+
+/// Reads a whole regular file of at most `limit` bytes, opened as
+/// [`open_regular`] does; a larger file is [`Error::Corrupt`] (never an
+/// unbounded read).
+pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = open_regular(path, Access::Read)?;
+    let len = file.metadata().ctx("stat", path)?.len();
+    if len > limit {
+        return Err(Error::corrupt(
+            path,
+            format!("is {len} bytes, more than the {limit} bytes allowed for it"),
+        ));
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    // One byte more than the limit tells a file that grew since the stat.
+    file.take(limit + 1)
+        .read_to_end(&mut buf)
+        .ctx("read", path)?;
+    if buf.len() as u64 > limit {
+        return Err(Error::corrupt(
+            path,
+            format!("is more than the {limit} bytes allowed for it"),
+        ));
+    }
+    Ok(buf)
+}
+
 /// Creates a new file that must not exist (never follows a symlink).
 pub(crate) fn create_new(path: &Path, private: bool) -> Result<File> {
     check(Op::Create, path).ctx("create", path)?;

@@ -1,6 +1,6 @@
 //! A validated `.npy` file mapped into memory.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
@@ -52,12 +52,11 @@ impl<T: Element, D: Dimension> MappedNpy<T, D> {
     /// Opens and maps `path`, checking the header, the dtype, the number of
     /// dimensions, the file length and (for `bool`) every value.
     pub(crate) fn open(path: &Path, mode: LoadMode) -> Result<Self> {
-        crate::npy::ensure_regular_file(path)?;
-        let file = match mode {
-            LoadMode::ReadWrite => OpenOptions::new().read(true).write(true).open(path),
-            _ => File::open(path),
-        }
-        .ctx("open", path)?;
+        let access = match mode {
+            LoadMode::ReadWrite => crate::io::Access::ReadWrite,
+            _ => crate::io::Access::Read,
+        };
+        let file = crate::io::open_regular(path, access)?;
         Self::from_file(file, path, mode)
     }
 

@@ -141,13 +141,8 @@ impl NpyInfo {
     /// Reads and parses the header of the file at `path`.
     pub(crate) fn read(path: &Path) -> Result<(Self, u64)> {
         use std::io::Read;
-        ensure_regular_file(path)?;
-        let file = std::fs::File::open(path).ctx("open", path)?;
-        let md = file.metadata().ctx("stat", path)?;
-        if !md.is_file() {
-            return Err(Error::corrupt(path, "not a regular file"));
-        }
-        let len = md.len();
+        let file = crate::io::open_regular(path, crate::io::Access::Read)?;
+        let len = file.metadata().ctx("stat", path)?.len();
         let mut buf = Vec::with_capacity(256);
         file.take(4096).read_to_end(&mut buf).ctx("read", path)?;
         let hint = header_len_hint(&buf);
@@ -161,21 +156,10 @@ impl NpyInfo {
         if hint > buf.len() as u64 && hint <= len {
             // A long (format 2.0) header: read all of it.
             buf.clear();
-            let file = std::fs::File::open(path).ctx("open", path)?;
+            let file = crate::io::open_regular(path, crate::io::Access::Read)?;
             file.take(hint).read_to_end(&mut buf).ctx("read", path)?;
         }
         Ok((Self::parse(&buf, path)?, len))
-    }
-}
-
-/// Refuses anything but a regular file before it is opened: opening a FIFO
-/// for reading blocks until a writer comes, and a directory cannot be read.
-pub(crate) fn ensure_regular_file(path: &Path) -> Result<()> {
-    let md = std::fs::metadata(path).ctx("stat", path)?;
-    if md.is_file() {
-        Ok(())
-    } else {
-        Err(Error::corrupt(path, "not a regular file"))
     }
 }
 

@@ -121,7 +121,7 @@ impl PackReader {
     /// ```
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).ctx("open", &path)?;
+        let file = crate::io::open_regular(&path, crate::io::Access::Read)?;
         let map = map_readonly(&file, &path)?;
         let len = map.len() as u64;
         let min = PREAMBLE_LEN + TRAILER_LEN;

@@ -18,6 +18,8 @@ use crate::io::{parent_dir, publish, TempFile};
 
 /// Name of the manifest format written by [`ShardWriter`].
 const MANIFEST_FORMAT: &str = "ndarray-offload pack set";
+/// The largest manifest read (a few hundred bytes per shard).
+const MANIFEST_LIMIT: u64 = 16 << 20;
 /// Version of the manifest format.
 const MANIFEST_VERSION: u32 = 1;
 
@@ -254,7 +256,7 @@ impl PackSet {
     /// See [`ShardWriter`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let text = std::fs::read(&path).ctx("read", &path)?;
+        let text = crate::io::read_bounded(&path, MANIFEST_LIMIT)?;
         let m: Manifest = serde_json::from_slice(&text)
             .map_err(|e| Error::corrupt(&path, format!("pack set manifest: {e}")))?;
         if m.format != MANIFEST_FORMAT {

@@ -9,6 +9,8 @@ use crate::error::{Error, Result};
 
 /// The only schema version this crate reads and writes.
 pub const SCHEMA_VERSION: u64 = 1;
+/// The largest `.meta.json` read (GSEGUtils writes about 200 bytes).
+pub(crate) const META_LIMIT: u64 = 4 << 20;
 /// The entry classes this crate knows.
 pub const KNOWN_CLASSES: &[&str] = &["DiskBackedNDArray"];
 
@@ -130,13 +132,7 @@ impl Meta {
 
     /// Reads and parses the metadata file at `path`.
     pub(crate) fn read(path: &Path) -> Result<Meta> {
-        let bytes = std::fs::read(path).map_err(|e| {
-            if e.raw_os_error() == Some(21) {
-                Error::corrupt(path, "is a directory")
-            } else {
-                Error::io("read", path, e)
-            }
-        })?;
+        let bytes = crate::io::read_bounded(path, META_LIMIT)?;
         Meta::parse(&bytes, path)
     }
 
