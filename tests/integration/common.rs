@@ -161,3 +161,66 @@ impl Rng {
         (self.next() % n as u64) as usize
     }
 }
+
+/// What a test run in a child process did.
+#[derive(Debug)]
+pub struct ChildRun {
+    /// Exit status (`None`: killed by the timeout).
+    pub status: Option<std::process::ExitStatus>,
+    /// Standard output and error, joined.
+    pub output: String,
+}
+
+impl ChildRun {
+    /// Whether the child exited normally with status 0 (no panic, no abort,
+    /// no signal, no timeout).
+    pub fn ok(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+}
+
+/// Runs the (usually `#[ignore]`d) test `test` of this test binary in a
+/// child process with `env` set, killing it after `timeout`: a hang, an
+/// abort, a stack overflow or a signal shows as a failed [`ChildRun`]
+/// instead of taking the whole test run down.
+pub fn run_child(
+    test: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+    timeout: std::time::Duration,
+) -> ChildRun {
+    use std::io::Read;
+    let out = tempfile::tempfile().unwrap();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        test,
+        "--exact",
+        "--include-ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(out.try_clone().unwrap())
+    .stderr(out.try_clone().unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let mut output = String::new();
+    let mut out = out;
+    use std::io::Seek;
+    out.seek(std::io::SeekFrom::Start(0)).unwrap();
+    let _ = out.read_to_string(&mut output);
+    ChildRun { status, output }
+}

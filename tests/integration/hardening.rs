@@ -2,12 +2,14 @@
 //! hostile files never hang, abort or escape the store, no deadlock.
 
 use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use ndarray::{Array1, Ix1};
 use ndarray_npy::WriteNpyExt;
 use ndarray_offload::DiskBackedStore;
 
-use crate::common::{fixtures, snapshot};
+use crate::common::{fixtures, run_child, snapshot};
 
 /// A flag as GSEGUtils may write it: true, false or absent.
 const FLAG_VALUES: [Option<bool>; 3] = [Some(true), Some(false), None];
@@ -188,4 +190,70 @@ fn scratch_entries_are_a_choice_of_the_inserting_handle_only() {
     s.close().unwrap();
     assert!(dir2.path().join("kept.npy").exists());
     assert!(dir2.path().join("kept.meta.json").exists());
+}
+
+/// The child of `special_files_at_entry_names_are_typed_errors_without_hanging`:
+/// reads every entry of the store at `NDOFFLOAD_HOSTILE_DIR`, each of which
+/// must fail with `Corrupt` naming its file.
+#[test]
+#[ignore = "run in a child process under a timeout"]
+fn special_files_child() {
+    let Ok(dir) = std::env::var("NDOFFLOAD_HOSTILE_DIR") else {
+        return;
+    };
+    let s = DiskBackedStore::open_read_only(&dir).unwrap();
+    eprintln!("keys {:?}, incomplete {:?}", s.keys(), s.incomplete());
+    for k in ["fifo_npy", "fifo_meta", "zero_meta", "link_fifo"] {
+        let e = s
+            .get::<f32, Ix1>(k)
+            .and_then(|h| h.read().map(|_| ()))
+            .expect_err(k);
+        let named = e.to_string().contains(k);
+        assert!(
+            named
+                && matches!(
+                    &e,
+                    ndarray_offload::Error::Corrupt { .. }
+                        | ndarray_offload::Error::Incomplete { .. }
+                ),
+            "{k}: {e:?}"
+        );
+    }
+    println!("all refused");
+}
+
+/// A FIFO, a symbolic link to `/dev/zero` and a symbolic link to a FIFO as
+/// an entry's `.npy` or `.meta.json` are typed errors: never a hang, never
+/// an unbounded read.
+#[test]
+fn special_files_at_entry_names_are_typed_errors_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut npy = Vec::new();
+    Array1::<f32>::zeros(10).write_npy(&mut npy).unwrap();
+    let meta = r#"{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray", "shape": [10], "dtype": "<f4"}"#;
+    let fifo = |p: &Path| {
+        let st = Command::new("mkfifo").arg(p).status().unwrap();
+        assert!(st.success());
+    };
+    // fifo_npy: the .npy is a FIFO.
+    fifo(&d.join("fifo_npy.npy"));
+    std::fs::write(d.join("fifo_npy.meta.json"), meta).unwrap();
+    // fifo_meta: the .meta.json is a FIFO.
+    std::fs::write(d.join("fifo_meta.npy"), &npy).unwrap();
+    fifo(&d.join("fifo_meta.meta.json"));
+    // zero_meta: the .meta.json is a link to /dev/zero.
+    std::fs::write(d.join("zero_meta.npy"), &npy).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", d.join("zero_meta.meta.json")).unwrap();
+    // link_fifo: the .npy is a link to a FIFO outside the store.
+    let outside = tempfile::tempdir().unwrap();
+    fifo(&outside.path().join("pipe"));
+    std::os::unix::fs::symlink(outside.path().join("pipe"), d.join("link_fifo.npy")).unwrap();
+    std::fs::write(d.join("link_fifo.meta.json"), meta).unwrap();
+    let run = run_child(
+        "hardening::special_files_child",
+        &[("NDOFFLOAD_HOSTILE_DIR", d.as_os_str())],
+        Duration::from_secs(30),
+    );
+    assert!(run.ok() && run.output.contains("all refused"), "{run:?}");
 }
