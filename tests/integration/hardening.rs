@@ -719,3 +719,337 @@ fn an_unreadable_store_directory_is_permission_denied() {
         "{run:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// The hostile-files corpus: every non-regular file type at every place the
+// crate opens a file, each case in a child process under a timeout.
+// ---------------------------------------------------------------------------
+
+/// The file types planted, by name.
+const HOSTILE_KINDS: &[&str] = &[
+    "fifo",
+    "socket",
+    "link_dev_null",
+    "link_dev_zero",
+    "char_device",
+    "directory",
+    "link_outside_file",
+    "link_dangling",
+    "link_fifo",
+];
+
+/// Where they are planted, and what must happen there.
+const HOSTILE_PLACES: &[&str] = &[
+    "entry_npy",
+    "entry_meta",
+    "temp_npy",
+    "temp_meta",
+    "tombstone_meta",
+    "tombstone_npy",
+    "backup_npy",
+    "lock_writable",
+    "lock_read_only",
+    "pack_file",
+    "shard_manifest",
+    "shard_file",
+    "inspector_ls_npy",
+    "inspector_verify_meta",
+];
+
+/// The name planted at `place` (relative to the case's store directory).
+fn hostile_name(place: &str) -> &'static str {
+    match place {
+        "entry_npy" | "inspector_ls_npy" => "k.npy",
+        "entry_meta" | "inspector_verify_meta" => "k.meta.json",
+        "temp_npy" => ".ndo.1-1-1.ghost.npy.tmp",
+        "temp_meta" => ".ndo.1-1-1.ghost.meta.json.tmp",
+        "tombstone_meta" => ".ndo.1-1-1.ghost.meta.json.del.tmp",
+        "tombstone_npy" => ".ndo.1-1-1.ghost.npy.del.tmp",
+        "backup_npy" => ".ndo.1-1-1.ghost.npy.bak.tmp",
+        "lock_writable" | "lock_read_only" => LOCK_FILE,
+        "pack_file" => "data.pack",
+        "shard_manifest" => "set.packset.json",
+        "shard_file" => "set-00001-of-00002.pack",
+        other => panic!("unknown place {other}"),
+    }
+}
+
+/// Plants a `kind` file at `p`; `false` when this machine cannot (a device
+/// node needs root).
+fn plant(kind: &str, p: &Path, outside: &Path) -> bool {
+    use std::os::unix::fs::symlink;
+    match kind {
+        "fifo" => mkfifo(p),
+        "socket" => {
+            // The listener is dropped; the socket file stays.
+            std::os::unix::net::UnixListener::bind(p).unwrap();
+        }
+        "link_dev_null" => symlink("/dev/null", p).unwrap(),
+        "link_dev_zero" => symlink("/dev/zero", p).unwrap(),
+        "char_device" => {
+            if !is_root() {
+                return false;
+            }
+            let st = Command::new("mknod").arg(p).args(["c", "1", "3"]).status();
+            assert!(st.unwrap().success(), "mknod");
+        }
+        "directory" => {
+            std::fs::create_dir(p).unwrap();
+            std::fs::write(p.join("inner"), b"x").unwrap();
+        }
+        "link_outside_file" => symlink(outside.join("victim.txt"), p).unwrap(),
+        "link_dangling" => symlink(outside.join("missing"), p).unwrap(),
+        "link_fifo" => symlink(outside.join("pipe"), p).unwrap(),
+        other => panic!("unknown kind {other}"),
+    }
+    true
+}
+
+/// Sets up one case under `base`: the store (with a sound entry `ok` and
+/// the files `place` needs) and the hostile file. `None` when the kind
+/// cannot be planted here.
+fn hostile_case(base: &Path, place: &str, kind: &str) -> Option<std::path::PathBuf> {
+    let outside = outside_dir(base);
+    let store = base.join("store");
+    std::fs::create_dir(&store).unwrap();
+    std::fs::write(store.join("ok.npy"), npy_f4_10()).unwrap();
+    std::fs::write(store.join("ok.meta.json"), META_F4_10).unwrap();
+    match place {
+        "entry_npy" | "inspector_ls_npy" => {
+            std::fs::write(store.join("k.meta.json"), META_F4_10).unwrap()
+        }
+        "entry_meta" | "inspector_verify_meta" => {
+            std::fs::write(store.join("k.npy"), npy_f4_10()).unwrap()
+        }
+        "shard_manifest" | "shard_file" => {
+            let packs = store.join("packs");
+            std::fs::create_dir(&packs).unwrap();
+            let samples = (0..4u64).map(|i| {
+                let s = ndarray_offload::Sample::new()
+                    .with_array("x", &Array1::<f32>::from_elem(3, i as f32))
+                    .unwrap();
+                (ndarray_offload::PackKey::from(i), s)
+            });
+            ndarray_offload::ShardWriter::new(&packs, "set")
+                .shards(2)
+                .write(samples)
+                .unwrap();
+            for e in std::fs::read_dir(&packs).unwrap() {
+                let e = e.unwrap();
+                std::fs::rename(e.path(), store.join(e.file_name())).unwrap();
+            }
+            std::fs::remove_dir(&packs).unwrap();
+            let planted = store.join(hostile_name(place));
+            assert!(planted.exists(), "{} exists", planted.display());
+            std::fs::remove_file(&planted).unwrap();
+        }
+        _ => {}
+    }
+    plant(kind, &store.join(hostile_name(place)), &outside).then_some(store)
+}
+
+/// The child of `hostile_files_corpus`: runs the operation of one case and
+/// checks its outcome. A panic, an abort or a hang fails the case.
+#[test]
+#[ignore = "run in a child process under a timeout"]
+fn hostile_case_child() {
+    let (Ok(dir), Ok(place)) = (
+        std::env::var("NDOFFLOAD_HOSTILE_DIR"),
+        std::env::var("NDOFFLOAD_HOSTILE_PLACE"),
+    ) else {
+        return;
+    };
+    let store = Path::new(&dir);
+    let name = if place.starts_with("swap_") {
+        "-"
+    } else {
+        hostile_name(&place)
+    };
+    let path = store.join(name);
+    // A typed error that names the hostile file.
+    let named = |e: &Error| {
+        matches!(e, Error::Corrupt { .. } | Error::Incomplete { .. })
+            && e.to_string().contains(name)
+    };
+    let ok_entry = |s: &DiskBackedStore| {
+        let v = s.get::<f32, Ix1>("ok").unwrap().to_owned_array().unwrap();
+        assert_eq!(v, Array1::from_iter((0..10).map(|x| x as f32)));
+    };
+    match place.as_str() {
+        "entry_npy" | "entry_meta" => {
+            for read_only in [true, false] {
+                let s = StoreBuilder::new(store)
+                    .read_only(read_only)
+                    .open()
+                    .unwrap();
+                let e = s
+                    .get::<f32, Ix1>("k")
+                    .and_then(|h| h.to_owned_array())
+                    .unwrap_err();
+                assert!(named(&e), "{e:?}");
+                ok_entry(&s);
+            }
+        }
+        "temp_npy" | "temp_meta" | "tombstone_meta" | "tombstone_npy" | "backup_npy" => {
+            let s = DiskBackedStore::open(store).unwrap();
+            let inc = s.incomplete();
+            assert!(
+                inc.iter()
+                    .any(|(k, why)| k.as_str() == "ghost" && why.contains("left alone")),
+                "{inc:?}"
+            );
+            ok_entry(&s);
+        }
+        "lock_writable" | "lock_read_only" => {
+            let ro = place == "lock_read_only";
+            let e = StoreBuilder::new(store).read_only(ro).open().unwrap_err();
+            assert!(
+                matches!(&e, Error::Corrupt { path: p, .. } if p == &path),
+                "{e:?}"
+            );
+        }
+        "pack_file" => {
+            let e = ndarray_offload::PackReader::open(&path).unwrap_err();
+            assert!(named(&e), "{e:?}");
+        }
+        "shard_manifest" | "shard_file" => {
+            let e = ndarray_offload::PackSet::open(store.join("set.packset.json")).unwrap_err();
+            assert!(named(&e), "{e:?}");
+        }
+        "inspector_ls_npy" | "inspector_verify_meta" => {
+            let cmd = if place == "inspector_ls_npy" {
+                "ls"
+            } else {
+                "verify"
+            };
+            let out = Command::new(env!("CARGO_BIN_EXE_ndoffload"))
+                .arg(cmd)
+                .arg(store)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            let code = out.status.code();
+            assert!(
+                matches!(code, Some(0 | 1)) && text.contains(name),
+                "{code:?}: {text}"
+            );
+        }
+        "swap_symlink" | "swap_replace" => {
+            // The store path is swapped while the store is open.
+            let base = store.parent().unwrap();
+            let s = DiskBackedStore::open(store).unwrap();
+            ok_entry(&s);
+            std::fs::rename(store, base.join("moved")).unwrap();
+            if place == "swap_symlink" {
+                std::os::unix::fs::symlink(base.join("outside"), store).unwrap();
+            } else {
+                std::fs::create_dir(store).unwrap();
+                let other = DiskBackedStore::open(store).unwrap();
+                assert!(other.is_empty());
+            }
+            s.insert_durable("n", Array1::<f32>::ones(2)).unwrap();
+            assert!(s.remove("ok").unwrap());
+            s.insert("m", Array1::<f32>::ones(3)).unwrap();
+            s.close().unwrap();
+            let moved = DiskBackedStore::open(base.join("moved")).unwrap();
+            let keys: Vec<String> = moved.keys().iter().map(|k| k.to_string()).collect();
+            assert_eq!(keys, ["m", "n"]);
+            if place == "swap_replace" {
+                let names: Vec<String> = tree(store).into_keys().collect();
+                assert_eq!(
+                    names,
+                    [LOCK_FILE],
+                    "the old handle wrote into the new directory"
+                );
+            }
+        }
+        other => panic!("unknown place {other}"),
+    }
+    println!("case passed");
+}
+
+/// Every non-regular file type at every place the crate opens a file is a
+/// typed error naming it (or, for recovery, left alone and reported), never
+/// a hang, a panic or an abort, and nothing outside the store changes.
+#[test]
+fn hostile_files_corpus() {
+    let mut classes = 0;
+    let mut skipped = Vec::new();
+    let mut failures = Vec::new();
+    for place in HOSTILE_PLACES {
+        for kind in HOSTILE_KINDS {
+            let base = tempfile::tempdir().unwrap();
+            let Some(store) = hostile_case(base.path(), place, kind) else {
+                skipped.push(format!("{place} x {kind}"));
+                continue;
+            };
+            let outside0 = tree(&base.path().join("outside"));
+            let planted = store.join(hostile_name(place));
+            let planted0 = std::fs::symlink_metadata(&planted).unwrap().file_type();
+            let run = run_child(
+                "hardening::hostile_case_child",
+                &[
+                    ("NDOFFLOAD_HOSTILE_DIR", store.as_os_str()),
+                    ("NDOFFLOAD_HOSTILE_PLACE", std::ffi::OsStr::new(place)),
+                ],
+                Duration::from_secs(30),
+            );
+            classes += 1;
+            let mut why = Vec::new();
+            if !(run.ok() && run.output.contains("case passed")) {
+                why.push(format!("child: {run:?}"));
+            }
+            if tree(&base.path().join("outside")) != outside0 {
+                why.push("the directory outside the store changed".to_owned());
+            }
+            match std::fs::symlink_metadata(&planted) {
+                Ok(m) if m.file_type() == planted0 => {}
+                other => why.push(format!("the planted file changed: {other:?}")),
+            }
+            if !why.is_empty() {
+                failures.push(format!("{place} x {kind}: {}", why.join("; ")));
+            }
+        }
+    }
+    // Directory swaps while the store is open (no planted file).
+    for place in ["swap_symlink", "swap_replace"] {
+        let base = tempfile::tempdir().unwrap();
+        let outside = outside_dir(base.path());
+        let outside0 = tree(&outside);
+        let store = base.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        std::fs::write(store.join("ok.npy"), npy_f4_10()).unwrap();
+        std::fs::write(store.join("ok.meta.json"), META_F4_10).unwrap();
+        let run = run_child(
+            "hardening::hostile_case_child",
+            &[
+                ("NDOFFLOAD_HOSTILE_DIR", store.as_os_str()),
+                ("NDOFFLOAD_HOSTILE_PLACE", std::ffi::OsStr::new(place)),
+            ],
+            Duration::from_secs(30),
+        );
+        classes += 1;
+        if !(run.ok() && run.output.contains("case passed")) {
+            failures.push(format!("{place}: child: {run:?}"));
+        }
+        if tree(&outside) != outside0 {
+            failures.push(format!("{place}: the directory outside the store changed"));
+        }
+    }
+    println!(
+        "hostile files corpus: {classes} classes run, {} skipped",
+        skipped.len()
+    );
+    if !skipped.is_empty() {
+        assert!(!crate::common::in_ci(), "CI=true but skipped: {skipped:?}");
+        eprintln!("skipped (needs root): {skipped:?}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(classes >= 40, "{classes}");
+}
