@@ -590,9 +590,8 @@ fn a_stray_tombstone_never_deletes_a_pair_or_an_orphan_npy() {
     std::fs::write(d.join(".ndo.9-9-7.pair.meta.json.del.tmp"), META_F4_10).unwrap();
     let s = DiskBackedStore::open(d).unwrap();
     for f in ["orphan.npy", "copied.npy", "pair.npy", "pair.meta.json"] {
-        assert_eq!(
-            std::fs::read(d.join(f)).unwrap().len() > 0,
-            true,
+        assert!(
+            !std::fs::read(d.join(f)).unwrap().is_empty(),
             "{f} was deleted"
         );
     }
