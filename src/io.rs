@@ -10,6 +10,10 @@
 //! never followed), written, `fsync`ed, renamed over the final name, and the
 //! directory is `fsync`ed. On any error the temporary file is removed and the
 //! previous file is left untouched.
+//!
+//! A store holds its directory open as a [`Dir`]: every operation on its
+//! files is made relative to the directory's descriptor (`openat`,
+//! `renameat`, `linkat`, `unlinkat`, `fsync`), through the same fault plan.
 
 use std::cell::RefCell;
 use std::fs::{self, File, OpenOptions};

@@ -313,7 +313,15 @@ impl StoreBuilder {
     /// # Errors
     ///
     /// [`Error::NotFound`] for a missing directory (read-only, or with
-    /// `create(false)`), [`Error::Locked`], I/O errors.
+    /// `create(false)`), [`Error::PermissionDenied`] naming a directory the
+    /// caller may not read, [`Error::Locked`], [`Error::Corrupt`] when the
+    /// path is not a directory or the lock file is not a regular file (a
+    /// symbolic link, even dangling, a directory, FIFO or device: it is
+    /// never followed or created through a link), I/O errors.
+    ///
+    /// The path is resolved once: the store holds the directory open and
+    /// every later file operation is relative to it, wherever the path
+    /// points afterwards.
     pub fn open(self) -> Result<DiskBackedStore> {
         let path = self.dir;
         if !self.read_only && self.create {
