@@ -264,7 +264,9 @@ pub struct DiskBackedArray<T: Element, D: Dimension> {
 /// The store entry an array belongs to: offloads publish the whole
 /// `(.npy, .meta.json)` pair.
 pub(crate) struct PairTarget {
-    pub dir: PathBuf,
+    /// The store's directory, held open (every file operation is relative
+    /// to it).
+    pub dir: io::Dir,
     pub name: EntryName,
     pub meta_path: PathBuf,
     pub purge: AtomicBool,
@@ -814,7 +816,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         let Some(own) = *self.file_id.lock() else {
             return;
         };
-        if let Ok(f) = io::open_regular(&self.path, io::Access::Read) {
+        if let Ok(f) = p.dir.open_regular(&p.name.npy_file(), io::Access::Read) {
             if f.metadata().is_ok_and(|m| FileId::from_meta(&m) == own) {
                 *pinned = Some(f);
             }
@@ -861,6 +863,14 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
                     reason: "the store entry was replaced or removed, and its data was not kept",
                 }),
             };
+        }
+        if let Some(p) = &self.pair {
+            let access = match mode {
+                LoadMode::ReadWrite => io::Access::ReadWrite,
+                _ => io::Access::Read,
+            };
+            let f = p.dir.open_regular(&p.name.npy_file(), access)?;
+            return MappedNpy::from_file(f, &self.path, mode);
         }
         MappedNpy::open(&self.path, mode)
     }
@@ -1209,18 +1219,18 @@ impl<T: Element> DiskBackedArray<T, IxDyn> {
     fn pair_base(
         state: State<T, IxDyn>,
         shape: Vec<usize>,
-        dir: &Path,
+        dir: &io::Dir,
         name: &EntryName,
         flags: EntryFlags,
         config: &CacheConfig,
         current: bool,
         account: Arc<Account>,
     ) -> Self {
-        let path = dir.join(name.npy_file());
+        let path = dir.join(&name.npy_file());
         // A persisted entry's data is the file at its name now: remember
         // which one, so that it can be kept when the name is reused.
         let (file_id, publish) = if current {
-            (FileId::of_path(&path), true)
+            (dir.stat(&name.npy_file()).map(|f| f.id), true)
         } else {
             // A new entry publishes once the entry it replaces is detached.
             (None, false)
@@ -1241,9 +1251,9 @@ impl<T: Element> DiskBackedArray<T, IxDyn> {
             _temp: None,
             version: AtomicU64::new(0),
             pair: Some(PairTarget {
-                dir: dir.to_path_buf(),
+                dir: dir.clone(),
                 name: name.clone(),
-                meta_path: dir.join(name.meta_file()),
+                meta_path: dir.join(&name.meta_file()),
                 purge: AtomicBool::new(flags.purge_on_drop),
                 account,
                 attached: AtomicBool::new(true),
@@ -1258,7 +1268,7 @@ impl<T: Element> DiskBackedArray<T, IxDyn> {
     /// A new store entry held in RAM (not yet written).
     pub(crate) fn new_pair(
         array: ndarray::ArrayD<T>,
-        dir: &Path,
+        dir: &io::Dir,
         name: &EntryName,
         flags: EntryFlags,
         config: &CacheConfig,
@@ -1282,7 +1292,7 @@ impl<T: Element> DiskBackedArray<T, IxDyn> {
     /// A persisted store entry, offloaded; its files are read when used.
     pub(crate) fn open_pair(
         shape: Vec<usize>,
-        dir: &Path,
+        dir: &io::Dir,
         name: &EntryName,
         flags: EntryFlags,
         config: &CacheConfig,

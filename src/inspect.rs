@@ -120,25 +120,30 @@ fn check_entry(dir: &Path, name: &str, opts: InspectOptions, r: &mut EntryReport
     let meta_path = dir.join(format!("{name}.meta.json"));
     let npy_path = dir.join(format!("{name}.npy"));
     let meta = Meta::read(&meta_path)?;
-    r.dtype = Some(meta.dtype.clone());
-    r.shape = Some(meta.shape.clone());
+    r.dtype = meta.dtype.clone();
+    r.shape = meta.shape.clone();
     let (info, len) = NpyInfo::read(&npy_path)?;
     r.fortran_order = info.fortran;
     r.nbytes = info.data_len;
-    if info.descr != meta.dtype {
+    // A field the metadata leaves out is taken from the .npy header.
+    let dtype = meta.dtype.unwrap_or_else(|| info.descr.clone());
+    let shape = meta.shape.unwrap_or_else(|| info.shape.clone());
+    r.dtype = Some(dtype.clone());
+    r.shape = Some(shape.clone());
+    if info.descr != dtype {
         return Err(Error::Mismatch {
             path: meta_path,
             field: "dtype",
-            found: meta.dtype,
+            found: dtype,
             expected: info.descr,
             other: npy_path,
         });
     }
-    if info.shape != meta.shape {
+    if info.shape != shape {
         return Err(Error::Mismatch {
             path: meta_path,
             field: "shape",
-            found: format!("{:?}", meta.shape),
+            found: format!("{shape:?}"),
             expected: format!("{:?}", info.shape),
             other: npy_path,
         });

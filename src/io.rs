@@ -10,6 +10,10 @@
 //! never followed), written, `fsync`ed, renamed over the final name, and the
 //! directory is `fsync`ed. On any error the temporary file is removed and the
 //! previous file is left untouched.
+//!
+//! A store holds its directory open as a [`Dir`]: every operation on its
+//! files is made relative to the directory's descriptor (`openat`,
+//! `renameat`, `linkat`, `unlinkat`, `fsync`), through the same fault plan.
 
 use std::cell::RefCell;
 use std::fs::{self, File, OpenOptions};
@@ -47,11 +51,6 @@ pub enum Op {
 
 thread_local! {
     static PLAN: RefCell<Option<Arc<testing::FaultPlan>>> = const { RefCell::new(None) };
-}
-
-/// Consults the fault plan of the current thread, if any.
-pub(crate) fn check_op(op: Op, path: &Path) -> io::Result<()> {
-    check(op, path)
 }
 
 fn check(op: Op, path: &Path) -> io::Result<()> {
@@ -156,17 +155,24 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A unique temporary name `.ndo.<unique>.<tag>.tmp`.
 pub(crate) fn temp_name(tag: &str) -> String {
+    temp_name_with(&temp_unique(), tag)
+}
+
+/// A fresh `<unique>` part of a temporary name (process id, counter, time;
+/// never contains a `.`).
+pub(crate) fn temp_unique() -> String {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    format!(
-        "{TEMP_PREFIX}{:x}-{:x}-{:x}.{tag}{TEMP_SUFFIX}",
-        std::process::id(),
-        n,
-        nanos
-    )
+    format!("{:x}-{:x}-{:x}", std::process::id(), n, nanos)
+}
+
+/// The temporary name `.ndo.<unique>.<tag>.tmp`: files staged together by
+/// one operation share `unique`.
+pub(crate) fn temp_name_with(unique: &str, tag: &str) -> String {
+    format!("{TEMP_PREFIX}{unique}.{tag}{TEMP_SUFFIX}")
 }
 
 /// Whether `name` is one of the crate's temporary file names.
@@ -185,31 +191,7 @@ pub(crate) enum Access {
 
 /// What a file that is not a regular file is, in words for an error.
 pub(crate) fn file_kind(ft: &fs::FileType) -> &'static str {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if ft.is_fifo() {
-            return "a FIFO";
-        }
-        if ft.is_socket() {
-            return "a socket";
-        }
-        if ft.is_block_device() {
-            return "a block device";
-        }
-        if ft.is_char_device() {
-            return "a character device";
-        }
-    }
-    if ft.is_dir() {
-        "a directory"
-    } else if ft.is_symlink() {
-        "a symbolic link"
-    } else if ft.is_file() {
-        "a regular file"
-    } else {
-        "not a regular file"
-    }
+    Kind::of(ft).describe()
 }
 
 /// Opens an existing file that must be a regular file, as every file the
@@ -254,8 +236,14 @@ fn not_regular(path: &Path, what: &str) -> Error {
 /// [`open_regular`] does; a larger file is [`Error::Corrupt`] (never an
 /// unbounded read).
 pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
-    use std::io::Read;
     let file = open_regular(path, Access::Read)?;
+    read_file_bounded(file, path, limit)
+}
+
+/// Reads the whole of the open regular `file` (named `path` in errors), of
+/// at most `limit` bytes.
+fn read_file_bounded(file: File, path: &Path, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
     let len = file.metadata().ctx("stat", path)?.len();
     if len > limit {
         return Err(Error::corrupt(
@@ -277,31 +265,495 @@ pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Creates a new file that must not exist (never follows a symlink).
-pub(crate) fn create_new(path: &Path, private: bool) -> Result<File> {
-    check(Op::Create, path).ctx("create", path)?;
-    let mut o = OpenOptions::new();
-    o.write(true).read(true).create_new(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
+/// What is found at a name (a symbolic link is never followed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// A FIFO (named pipe).
+    Fifo,
+    /// A Unix socket.
+    Socket,
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+    /// Anything else.
+    Other,
+}
+
+impl Kind {
+    /// What it is, in words for an error (`"a FIFO"`).
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Kind::File => "a regular file",
+            Kind::Dir => "a directory",
+            Kind::Symlink => "a symbolic link",
+            Kind::Fifo => "a FIFO",
+            Kind::Socket => "a socket",
+            Kind::CharDevice => "a character device",
+            Kind::BlockDevice => "a block device",
+            Kind::Other => "not a regular file",
+        }
     }
-    #[cfg(not(unix))]
-    let _ = private;
-    o.open(path).ctx("create", path)
+
+    fn of(ft: &fs::FileType) -> Kind {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileTypeExt;
+            if ft.is_fifo() {
+                return Kind::Fifo;
+            }
+            if ft.is_socket() {
+                return Kind::Socket;
+            }
+            if ft.is_block_device() {
+                return Kind::BlockDevice;
+            }
+            if ft.is_char_device() {
+                return Kind::CharDevice;
+            }
+        }
+        if ft.is_file() {
+            Kind::File
+        } else if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else {
+            Kind::Other
+        }
+    }
+}
+
+/// What [`Dir::stat`] found at a name.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Found {
+    /// What the name is (not following a symbolic link).
+    pub kind: Kind,
+    /// Its identity.
+    pub id: FileId,
+    /// Its permission bits (`0o777` part of the mode; `0` off Unix).
+    pub mode: u32,
+    /// Its length in bytes.
+    pub len: u64,
+}
+
+impl Found {
+    /// Whether the name is a regular file.
+    pub(crate) fn is_file(&self) -> bool {
+        self.kind == Kind::File
+    }
+}
+
+/// A directory held open: every file of it the crate opens, creates,
+/// renames, links or removes, and every `fsync` of it, is done relative to
+/// this descriptor (`openat`, `renameat`, `linkat`, `unlinkat`), never
+/// through its path again. A path swapped for a symbolic link, or a
+/// directory renamed away and replaced, while the directory is held cannot
+/// redirect a write or a deletion elsewhere.
+///
+/// Names are single file names in the directory. Each operation that
+/// changes what is stored goes through the fault plan with the full path
+/// (as the path-based helpers above do), and errors name the full path.
+///
+/// This is the local-directory backend of the store; the operations are
+/// the ones a storage seam needs (open, create, rename, link, remove, sync,
+/// list).
+#[derive(Clone)]
+pub(crate) struct Dir(Arc<DirInner>);
+
+struct DirInner {
+    path: PathBuf,
+    #[cfg(unix)]
+    fd: std::os::fd::OwnedFd,
+}
+
+impl std::fmt::Debug for Dir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Dir").field(&self.0.path).finish()
+    }
+}
+
+#[cfg(unix)]
+fn errno(e: rustix::io::Errno) -> io::Error {
+    e.into()
+}
+
+impl Dir {
+    /// Opens the directory at `path`. The path is resolved once (it may be
+    /// given through a symbolic link); everything after is relative to the
+    /// descriptor.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], [`Error::PermissionDenied`] (a directory the
+    /// caller may not read), [`Error::Corrupt`] when `path` is not a
+    /// directory.
+    pub(crate) fn open(path: &Path) -> Result<Dir> {
+        #[cfg(unix)]
+        {
+            use rustix::fs::{Mode, OFlags};
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+            match rustix::fs::open(path, flags, Mode::empty()) {
+                Ok(fd) => Ok(Dir(Arc::new(DirInner {
+                    path: path.to_path_buf(),
+                    fd,
+                }))),
+                Err(rustix::io::Errno::NOTDIR) if fs::metadata(path).is_ok() => {
+                    Err(Error::corrupt(path, "not a directory"))
+                }
+                Err(e) => Err(Error::io("open directory", path, errno(e))),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let md = fs::metadata(path).ctx("open directory", path)?;
+            if !md.is_dir() {
+                return Err(Error::corrupt(path, "not a directory"));
+            }
+            Ok(Dir(Arc::new(DirInner {
+                path: path.to_path_buf(),
+            })))
+        }
+    }
+
+    /// The path the directory was opened with (for messages).
+    pub(crate) fn path(&self) -> &Path {
+        &self.0.path
+    }
+
+    /// The path of `name` in the directory (for messages and the fault plan).
+    pub(crate) fn join(&self, name: &str) -> PathBuf {
+        self.0.path.join(name)
+    }
+
+    /// What is at `name` now, without following a symbolic link (`None`:
+    /// nothing, or it cannot be examined).
+    pub(crate) fn stat(&self, name: &str) -> Option<Found> {
+        #[cfg(unix)]
+        {
+            use rustix::fs::{AtFlags, FileType};
+            let st = rustix::fs::statat(&self.0.fd, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+            let kind = match FileType::from_raw_mode(st.st_mode as _) {
+                FileType::RegularFile => Kind::File,
+                FileType::Directory => Kind::Dir,
+                FileType::Symlink => Kind::Symlink,
+                FileType::Fifo => Kind::Fifo,
+                FileType::Socket => Kind::Socket,
+                FileType::CharacterDevice => Kind::CharDevice,
+                FileType::BlockDevice => Kind::BlockDevice,
+                _ => Kind::Other,
+            };
+            #[allow(clippy::unnecessary_cast)]
+            Some(Found {
+                kind,
+                id: FileId {
+                    dev: st.st_dev as u64,
+                    ino: st.st_ino as u64,
+                },
+                mode: (st.st_mode as u32) & 0o777,
+                len: u64::try_from(st.st_size).unwrap_or(0),
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            let m = fs::symlink_metadata(self.join(name)).ok()?;
+            Some(Found {
+                kind: Kind::of(&m.file_type()),
+                id: FileId::from_meta(&m),
+                mode: 0,
+                len: m.len(),
+            })
+        }
+    }
+
+    /// Opens `name`, which must be a regular file, as [`open_regular`]
+    /// opens a path: `O_NOFOLLOW | O_NONBLOCK`, then `fstat`.
+    pub(crate) fn open_regular(&self, name: &str, access: Access) -> Result<File> {
+        let path = self.join(name);
+        #[cfg(unix)]
+        let opened = {
+            use rustix::fs::{Mode, OFlags};
+            let mode = match access {
+                Access::Read => OFlags::RDONLY,
+                Access::ReadWrite => OFlags::RDWR,
+            };
+            let flags = mode | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+            rustix::fs::openat(&self.0.fd, name, flags, Mode::empty())
+                .map(File::from)
+                .map_err(errno)
+        };
+        #[cfg(not(unix))]
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(access == Access::ReadWrite)
+            .open(&path);
+        self.checked_regular(name, &path, opened, "open")
+    }
+
+    /// A freshly opened `file` at `name` (or the error opening it) as a
+    /// regular file, or an error saying what is there instead.
+    fn checked_regular(
+        &self,
+        name: &str,
+        path: &Path,
+        opened: io::Result<File>,
+        op: &'static str,
+    ) -> Result<File> {
+        let file = match opened {
+            Ok(f) => f,
+            // A symbolic link (ELOOP), a directory opened for writing
+            // (EISDIR), a socket (ENXIO): name what is there.
+            Err(e) => {
+                return Err(match self.stat(name) {
+                    Some(f) if !f.is_file() => not_regular(path, f.kind.describe()),
+                    _ => Error::io(op, path, e),
+                })
+            }
+        };
+        let md = file.metadata().ctx("stat", path)?;
+        if !md.is_file() {
+            return Err(not_regular(path, Kind::of(&md.file_type()).describe()));
+        }
+        Ok(file)
+    }
+
+    /// Reads the whole of `name`, a regular file of at most `limit` bytes
+    /// (see [`read_bounded`]).
+    pub(crate) fn read_bounded(&self, name: &str, limit: u64) -> Result<Vec<u8>> {
+        let file = self.open_regular(name, Access::Read)?;
+        read_file_bounded(file, &self.join(name), limit)
+    }
+
+    /// Opens (creating it if missing, with `mode`) the lock file `name`:
+    /// never through a symbolic link (`O_NOFOLLOW`), never truncated, never
+    /// blocking; it must be a regular file. With `create` off a missing or
+    /// unreadable lock file is `None`.
+    pub(crate) fn open_lock(&self, name: &str, create: bool) -> Result<Option<File>> {
+        let path = self.join(name);
+        #[cfg(unix)]
+        let opened = {
+            use rustix::fs::{Mode, OFlags};
+            let mut flags = OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+            flags |= if create {
+                OFlags::RDWR | OFlags::CREATE
+            } else {
+                OFlags::RDONLY
+            };
+            rustix::fs::openat(&self.0.fd, name, flags, Mode::from_raw_mode(0o644))
+                .map(File::from)
+                .map_err(errno)
+        };
+        #[cfg(not(unix))]
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(create)
+            .create(create)
+            .truncate(false)
+            .open(&path);
+        if !create {
+            if let Err(e) = &opened {
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+                ) && self.stat(name).is_none_or(|f| f.is_file())
+                {
+                    return Ok(None);
+                }
+            }
+        }
+        self.checked_regular(name, &path, opened, "open lock file")
+            .map(Some)
+    }
+
+    /// Creates `name`, which must not exist (`O_CREAT | O_EXCL`, so a
+    /// symbolic link there is never followed); mode `0o600` when `private`.
+    pub(crate) fn create_new(&self, name: &str, private: bool) -> Result<File> {
+        let path = self.join(name);
+        check(Op::Create, &path).ctx("create", &path)?;
+        #[cfg(unix)]
+        {
+            use rustix::fs::{Mode, OFlags};
+            let flags =
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let mode = Mode::from_raw_mode(if private { 0o600 } else { 0o666 });
+            rustix::fs::openat(&self.0.fd, name, flags, mode)
+                .map(File::from)
+                .map_err(errno)
+                .ctx("create", &path)
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = private;
+            OpenOptions::new()
+                .write(true)
+                .read(true)
+                .create_new(true)
+                .open(&path)
+                .ctx("create", &path)
+        }
+    }
+
+    fn rename_raw(&self, from: &str, to: &str) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            rustix::fs::renameat(&self.0.fd, from, &self.0.fd, to).map_err(errno)
+        }
+        #[cfg(not(unix))]
+        {
+            fs::rename(self.join(from), self.join(to))
+        }
+    }
+
+    fn remove_raw(&self, name: &str) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            rustix::fs::unlinkat(&self.0.fd, name, rustix::fs::AtFlags::empty()).map_err(errno)
+        }
+        #[cfg(not(unix))]
+        {
+            fs::remove_file(self.join(name))
+        }
+    }
+
+    /// Renames `from` over `to` (replacing `to`; a symbolic link at either
+    /// name is renamed, never followed).
+    pub(crate) fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let path = self.join(to);
+        check(Op::Rename, &path).ctx("rename into", &path)?;
+        self.rename_raw(from, to).ctx("rename into", &path)
+    }
+
+    /// [`rename`](Self::rename) outside the fault plan, for rolling back;
+    /// whether it succeeded.
+    pub(crate) fn rename_quietly(&self, from: &str, to: &str) -> bool {
+        self.rename_raw(from, to).is_ok()
+    }
+
+    /// Creates the hard link `link` to `src` (a symbolic link at `src` is
+    /// linked, not followed).
+    pub(crate) fn link(&self, src: &str, link: &str) -> Result<()> {
+        let path = self.join(link);
+        check(Op::Link, &path).ctx("link", &path)?;
+        #[cfg(unix)]
+        {
+            rustix::fs::linkat(
+                &self.0.fd,
+                src,
+                &self.0.fd,
+                link,
+                rustix::fs::AtFlags::empty(),
+            )
+            .map_err(errno)
+            .ctx("link", &path)
+        }
+        #[cfg(not(unix))]
+        {
+            fs::hard_link(self.join(src), &path).ctx("link", &path)
+        }
+    }
+
+    /// Removes the name `name` (a file or a symbolic link; never a
+    /// directory).
+    pub(crate) fn remove(&self, name: &str) -> Result<()> {
+        let path = self.join(name);
+        check(Op::Remove, &path).ctx("remove", &path)?;
+        self.remove_raw(name).ctx("remove", &path)
+    }
+
+    /// [`remove`](Self::remove) outside the fault plan, for cleaning up;
+    /// errors are ignored.
+    pub(crate) fn remove_quietly(&self, name: &str) {
+        let _ = self.remove_raw(name);
+    }
+
+    /// `fsync` of the directory, making renames and removals in it durable.
+    pub(crate) fn sync(&self) -> Result<()> {
+        let path = self.path();
+        check(Op::SyncDir, path).ctx("fsync directory", path)?;
+        #[cfg(unix)]
+        {
+            rustix::fs::fsync(&self.0.fd)
+                .map_err(errno)
+                .ctx("fsync directory", path)
+        }
+        #[cfg(not(unix))]
+        Ok(())
+    }
+
+    /// `syncfs(2)` of the directory's file system (Linux; elsewhere nothing,
+    /// the caller `fsync`s each file).
+    pub(crate) fn syncfs(&self) -> Result<()> {
+        let path = self.path();
+        check(Op::Sync, path).ctx("syncfs", path)?;
+        #[cfg(target_os = "linux")]
+        {
+            rustix::fs::syncfs(&self.0.fd)
+                .map_err(errno)
+                .ctx("syncfs", path)
+        }
+        #[cfg(not(target_os = "linux"))]
+        Ok(())
+    }
+
+    /// The names in the directory (UTF-8 names only; `.` and `..` left
+    /// out) with what each is, never following a symbolic link.
+    pub(crate) fn list(&self) -> Result<Vec<(String, Kind)>> {
+        let path = self.path();
+        let mut out = Vec::new();
+        #[cfg(unix)]
+        {
+            use rustix::fs::FileType;
+            let rd = rustix::fs::Dir::read_from(&self.0.fd)
+                .map_err(errno)
+                .ctx("list", path)?;
+            for e in rd {
+                let e = e.map_err(errno).ctx("list", path)?;
+                let Ok(name) = e.file_name().to_str() else {
+                    continue;
+                };
+                if name == "." || name == ".." {
+                    continue;
+                }
+                let kind = match e.file_type() {
+                    FileType::RegularFile => Kind::File,
+                    FileType::Directory => Kind::Dir,
+                    FileType::Symlink => Kind::Symlink,
+                    FileType::Fifo => Kind::Fifo,
+                    FileType::Socket => Kind::Socket,
+                    FileType::CharacterDevice => Kind::CharDevice,
+                    FileType::BlockDevice => Kind::BlockDevice,
+                    // Some file systems do not say: ask.
+                    _ => match self.stat(name) {
+                        Some(f) => f.kind,
+                        None => continue,
+                    },
+                };
+                out.push((name.to_owned(), kind));
+            }
+        }
+        #[cfg(not(unix))]
+        for e in fs::read_dir(path).ctx("list", path)? {
+            let e = e.ctx("list", path)?;
+            let Ok(name) = e.file_name().into_string() else {
+                continue;
+            };
+            let ft = e.file_type().ctx("stat", &e.path())?;
+            out.push((name, Kind::of(&ft)));
+        }
+        Ok(out)
+    }
 }
 
 /// `fsync` of a file's data and metadata.
 pub(crate) fn sync_file(file: &File, path: &Path) -> Result<()> {
     check(Op::Sync, path).ctx("fsync", path)?;
     file.sync_all().ctx("fsync", path)
-}
-
-/// Renames `from` over `to` (replacing `to`, never following a symlink at `to`).
-pub(crate) fn rename(from: &Path, to: &Path) -> Result<()> {
-    check(Op::Rename, to).ctx("rename into", to)?;
-    fs::rename(from, to).ctx("rename into", to)
 }
 
 /// `fsync` of a directory, making renames and removals in it durable.
@@ -315,12 +767,6 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     }
     #[cfg(not(unix))]
     Ok(())
-}
-
-/// Creates a hard link `link` to `src`.
-pub(crate) fn hard_link(src: &Path, link: &Path) -> Result<()> {
-    check(Op::Link, link).ctx("link", link)?;
-    fs::hard_link(src, link).ctx("link", link)
 }
 
 /// Removes a file.
@@ -340,18 +786,29 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
 /// A temporary file in a target directory, removed on drop unless renamed.
 #[derive(Debug)]
 pub(crate) struct TempFile {
+    dir: Dir,
+    /// The file name in `dir` (empty once renamed).
+    name: String,
     path: PathBuf,
     writer: Option<BufWriter<SeamFile>>,
 }
 
 impl TempFile {
-    /// Creates `.ndo.<unique>.<tag>.tmp` in `dir`.
+    /// Creates `.ndo.<unique>.<tag>.tmp` in the directory at `dir`.
     pub(crate) fn create(dir: &Path, tag: &str, private: bool) -> Result<Self> {
+        Self::create_in(&Dir::open(dir)?, tag, private)
+    }
+
+    /// Creates `.ndo.<unique>.<tag>.tmp` in `dir`.
+    pub(crate) fn create_in(dir: &Dir, tag: &str, private: bool) -> Result<Self> {
         loop {
-            let path = dir.join(temp_name(tag));
-            match create_new(&path, private) {
+            let name = temp_name(tag);
+            match dir.create_new(&name, private) {
                 Ok(file) => {
+                    let path = dir.join(&name);
                     return Ok(TempFile {
+                        dir: dir.clone(),
+                        name,
                         writer: Some(BufWriter::with_capacity(
                             1 << 16,
                             SeamFile {
@@ -360,7 +817,7 @@ impl TempFile {
                             },
                         )),
                         path,
-                    })
+                    });
                 }
                 Err(Error::Io { ref source, .. })
                     if source.kind() == io::ErrorKind::AlreadyExists =>
@@ -377,6 +834,11 @@ impl TempFile {
         &self.path
     }
 
+    /// The temporary file's name in its directory.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The buffered writer.
     pub(crate) fn writer(&mut self) -> &mut BufWriter<SeamFile> {
         self.writer.as_mut().expect("temp file already committed")
@@ -390,6 +852,23 @@ impl TempFile {
             .expect("temp file already committed")
             .get_ref()
             .file
+    }
+
+    /// Gives the file the permission bits `mode` (those of the file it
+    /// replaces).
+    pub(crate) fn set_mode(&self, mode: u32) -> Result<()> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            self.file()
+                .set_permissions(fs::Permissions::from_mode(mode & 0o777))
+                .ctx("chmod", &self.path)
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = mode;
+            Ok(())
+        }
     }
 
     /// Flushes buffered bytes and closes the file (no `fsync`: the caller
@@ -408,28 +887,41 @@ impl TempFile {
         sync_file(self.file(), &path)
     }
 
-    /// Renames the temporary file to `target` (the caller syncs the
-    /// directory). On success the file is no longer removed on drop.
-    pub(crate) fn rename_to(mut self, target: &Path) -> Result<()> {
+    /// Renames the temporary file to `target`, a path in the same directory
+    /// (the caller syncs the directory). On success the file is no longer
+    /// removed on drop.
+    pub(crate) fn rename_to(self, target: &Path) -> Result<()> {
+        let name = target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_owned)
+            .ok_or_else(|| Error::corrupt(target, "not a file name"))?;
+        self.rename_into(&name)
+    }
+
+    /// Renames the temporary file to `name` in its directory (the caller
+    /// syncs the directory). On success the file is no longer removed on
+    /// drop.
+    pub(crate) fn rename_into(mut self, name: &str) -> Result<()> {
         self.writer = None;
-        rename(&self.path, target)?;
-        self.writer = None;
-        self.path = PathBuf::new();
+        self.dir.rename(&self.name, name)?;
+        self.name = String::new();
         Ok(())
     }
 }
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        if !self.path.as_os_str().is_empty() {
+        if !self.name.is_empty() {
             self.writer = None;
-            let _ = fs::remove_file(&self.path);
+            self.dir.remove_quietly(&self.name);
         }
     }
 }
 
 /// Atomically publishes `target`: writes it through `fill` into a fresh
 /// temporary file beside it, `fsync`s, renames and `fsync`s the directory.
+/// The directory is opened once, and every step is relative to it.
 ///
 /// Returns the file's identity after the rename. On error nothing at
 /// `target` has changed (unless the final directory fsync failed, in which
@@ -440,8 +932,8 @@ pub(crate) fn publish(
     private: bool,
     fill: impl FnOnce(&mut BufWriter<SeamFile>) -> Result<()>,
 ) -> Result<FileId> {
-    let dir = parent_dir(target);
-    let mut tmp = TempFile::create(dir, "part", private)?;
+    let dir = Dir::open(parent_dir(target))?;
+    let mut tmp = TempFile::create_in(&dir, "part", private)?;
     fill(tmp.writer())?;
     tmp.flush_and_sync()?;
     let id = FileId::of_file(tmp.file(), tmp.path())?;
@@ -449,7 +941,7 @@ pub(crate) fn publish(
         let _g = OWNERSHIP.lock();
         tmp.rename_to(target)?;
     }
-    sync_dir(dir)?;
+    dir.sync()?;
     Ok(id)
 }
 

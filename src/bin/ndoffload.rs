@@ -55,6 +55,9 @@ fn parse() -> Result<Args, String> {
     })
 }
 
+/// Whether `dir` holds any store file. A directory that cannot be listed
+/// (no permission, ...) counts as one: opening it then reports why, naming
+/// it, rather than calling it "not a store".
 fn looks_like_store(dir: &std::path::Path) -> bool {
     std::fs::read_dir(dir)
         .map(|rd| {
@@ -64,7 +67,7 @@ fn looks_like_store(dir: &std::path::Path) -> bool {
                 n.ends_with(".npy") || n.ends_with(".meta.json") || n == ndarray_offload::LOCK_FILE
             })
         })
-        .unwrap_or(false)
+        .unwrap_or(true)
 }
 
 fn human_size(n: u64) -> String {

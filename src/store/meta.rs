@@ -40,8 +40,11 @@ pub(crate) struct Commit {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Meta {
     pub class: String,
-    pub shape: Vec<usize>,
-    pub dtype: String,
+    /// `None` when the file has no `shape` (GSEGUtils then reads it from
+    /// the `.npy` header, and so does the store).
+    pub shape: Option<Vec<usize>>,
+    /// `None` when the file has no `dtype` (taken from the `.npy` header).
+    pub dtype: Option<String>,
     pub purge: Option<bool>,
     pub automatic: Option<bool>,
     pub caching: Option<bool>,
@@ -84,31 +87,41 @@ impl Meta {
                 class,
             });
         }
-        let shape = match field("shape")? {
-            Value::Array(a) => a
-                .iter()
-                .map(|x| x.as_u64().and_then(|n| usize::try_from(n).ok()))
-                .collect::<Option<Vec<usize>>>()
-                .ok_or_else(|| {
-                    Error::corrupt(path, "shape is not a list of non-negative integers")
-                })?,
+        let shape = match o.get("shape") {
+            None => None,
+            Some(Value::Array(a)) => Some(
+                a.iter()
+                    .map(|x| x.as_u64().and_then(|n| usize::try_from(n).ok()))
+                    .collect::<Option<Vec<usize>>>()
+                    .ok_or_else(|| {
+                        Error::corrupt(path, "shape is not a list of non-negative integers")
+                    })?,
+            ),
             _ => return Err(Error::corrupt(path, "shape is not a list")),
         };
-        let dtype = match field("dtype")? {
-            Value::String(s) => s.clone(),
+        let dtype = match o.get("dtype") {
+            None => None,
+            Some(Value::String(s)) => Some(s.clone()),
             _ => return Err(Error::corrupt(path, "dtype is not a string")),
         };
         // A handle is made from the metadata alone: its element count and
         // byte size must be representable, as for an .npy header.
-        let itemsize = crate::element::dtype_itemsize(&dtype).unwrap_or(1) as u64;
+        let itemsize = dtype
+            .as_deref()
+            .and_then(crate::element::dtype_itemsize)
+            .unwrap_or(1) as u64;
         let fits = shape
             .iter()
+            .flatten()
             .try_fold(itemsize, |acc, &d| acc.checked_mul(d as u64))
             .is_some_and(|n| n <= isize::MAX as u64);
         if !fits {
             return Err(Error::corrupt(
                 path,
-                format!("shape {shape:?} overflows the addressable size"),
+                format!(
+                    "shape {:?} overflows the addressable size",
+                    shape.unwrap_or_default()
+                ),
             ));
         }
         let flag = |k: &str| -> Result<Option<bool>> {
@@ -134,6 +147,12 @@ impl Meta {
     pub(crate) fn read(path: &Path) -> Result<Meta> {
         let bytes = crate::io::read_bounded(path, META_LIMIT)?;
         Meta::parse(&bytes, path)
+    }
+
+    /// Reads and parses the metadata file `name` of the directory `dir`.
+    pub(crate) fn read_in(dir: &crate::io::Dir, name: &str) -> Result<Meta> {
+        let bytes = dir.read_bounded(name, META_LIMIT)?;
+        Meta::parse(&bytes, &dir.join(name))
     }
 
     /// The flags, with missing ones taken from `defaults`.
@@ -214,7 +233,7 @@ mod tests {
         };
         let text = render(&[], "|b1", F, Some(&c));
         let m = Meta::parse(text.as_bytes(), Path::new("k.meta.json")).unwrap();
-        assert_eq!(m.shape, Vec::<usize>::new());
+        assert_eq!(m.shape, Some(Vec::<usize>::new()));
         assert_eq!(m.commit, Some(c));
         assert_eq!(m.flags(F), F);
     }
@@ -238,6 +257,10 @@ mod tests {
             Meta::parse(t.as_bytes(), p),
             Err(Error::Corrupt { .. })
         ));
+        // No shape or dtype: both are taken from the .npy header.
+        let bare = r#"{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray"}"#;
+        let m = Meta::parse(bare.as_bytes(), p).unwrap();
+        assert_eq!((m.shape, m.dtype), (None, None));
         let t = r#"{"schema_version": 1, "lazy_disk_cache_class": "Evil", "shape": [1], "dtype": "<f4"}"#;
         assert!(matches!(
             Meta::parse(t.as_bytes(), p),

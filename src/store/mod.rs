@@ -5,7 +5,7 @@ pub(crate) mod pair;
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,7 +21,7 @@ use crate::budget::{available_memory, ByteSize, Lru, SystemPressure};
 use crate::config::{CacheConfig, ConfigOverrides};
 use crate::element::Element;
 use crate::error::{Error, IoContext, Result};
-use crate::io::{self, FileId};
+use crate::io::{self, FileId, Kind};
 use crate::name::EntryName;
 use crate::stats::{Counters, StoreStats};
 
@@ -187,7 +187,8 @@ struct Slot {
 }
 
 struct Inner {
-    dir: PathBuf,
+    /// The store directory, held open: every file operation is relative to it.
+    dir: io::Dir,
     read_only: bool,
     config: CacheConfig,
     defaults: EntryFlags,
@@ -312,54 +313,52 @@ impl StoreBuilder {
     /// # Errors
     ///
     /// [`Error::NotFound`] for a missing directory (read-only, or with
-    /// `create(false)`), [`Error::Locked`], I/O errors.
+    /// `create(false)`), [`Error::PermissionDenied`] naming a directory the
+    /// caller may not read, [`Error::Locked`], [`Error::Corrupt`] when the
+    /// path is not a directory or the lock file is not a regular file (a
+    /// symbolic link, even dangling, a directory, FIFO or device: it is
+    /// never followed or created through a link), I/O errors.
+    ///
+    /// The path is resolved once: the store holds the directory open and
+    /// every later file operation is relative to it, wherever the path
+    /// points afterwards.
     pub fn open(self) -> Result<DiskBackedStore> {
-        let dir = self.dir;
+        let path = self.dir;
         if !self.read_only && self.create {
-            fs::create_dir_all(&dir).ctx("create directory", &dir)?;
+            fs::create_dir_all(&path).ctx("create directory", &path)?;
         }
-        let md = fs::metadata(&dir).ctx("open store", &dir)?;
-        if !md.is_dir() {
-            return Err(Error::corrupt(&dir, "not a directory"));
-        }
+        // The path is resolved once; every later operation is relative to
+        // the directory held open, wherever the path points afterwards.
+        let dir = io::Dir::open(&path)?;
         let lock_path = dir.join(LOCK_FILE);
-        let lock = if self.read_only {
-            match File::open(&lock_path) {
-                Ok(f) => {
-                    match f.try_lock_shared() {
-                        Ok(()) => {}
-                        Err(fs::TryLockError::WouldBlock) => {
-                            return Err(Error::Locked { path: lock_path })
-                        }
-                        Err(fs::TryLockError::Error(e)) => {
-                            return Err(Error::io("lock", &lock_path, e))
-                        }
+        let lock = match dir.open_lock(LOCK_FILE, !self.read_only)? {
+            Some(f) => {
+                let tried = if self.read_only {
+                    f.try_lock_shared()
+                } else {
+                    f.try_lock()
+                };
+                match tried {
+                    Ok(()) => {}
+                    Err(fs::TryLockError::WouldBlock) => {
+                        return Err(Error::Locked { path: lock_path })
                     }
-                    Some(f)
+                    Err(fs::TryLockError::Error(e)) => {
+                        return Err(Error::io("lock", &lock_path, e))
+                    }
                 }
-                Err(_) => None,
+                Some(f)
             }
-        } else {
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&lock_path)
-                .ctx("open lock file", &lock_path)?;
-            match f.try_lock() {
-                Ok(()) => {}
-                Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
-                Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path, e)),
-            }
-            Some(f)
+            None => None,
         };
         let mut listing = Listing::read(&dir)?;
+        let mut left = Vec::new();
         if !self.read_only && !listing.temps.is_empty() {
             let rec = pair::recover(&dir, &listing.temps)?;
             if !rec.completed.is_empty() {
-                tracing::info!(dir = %dir.display(), completed = ?rec.completed, "recovered interrupted operations");
+                tracing::info!(dir = %path.display(), completed = ?rec.completed, "recovered interrupted operations");
             }
+            left = rec.left;
             listing = Listing::read(&dir)?;
         }
         let defaults = EntryFlags {
@@ -377,6 +376,17 @@ impl StoreBuilder {
                 Listed::Broken(reason) => {
                     incomplete.insert(name, reason);
                 }
+            }
+        }
+        // A temporary name that is not a regular file was never staged by
+        // this crate: recovery left it alone. Its key is reported as
+        // incomplete unless a whole pair holds that name.
+        for (temp, what) in left {
+            let reason = format!("{temp} is {what}, not a regular file: left alone by recovery");
+            tracing::warn!(dir = %path.display(), "{reason}");
+            let key = pair::temp_key(&temp).and_then(|k| EntryName::new(k).ok());
+            if let Some(key) = key.filter(|k| !entries.contains_key(k)) {
+                incomplete.entry(key).or_insert(reason);
             }
         }
         let (budget, pressure) = (self.budget, self.pressure);
@@ -419,26 +429,20 @@ struct Listing {
 }
 
 impl Listing {
-    fn read(dir: &Path) -> Result<Listing> {
+    fn read(dir: &io::Dir) -> Result<Listing> {
         use std::collections::HashMap;
-        // name -> (npy file type, meta file type)
-        let mut seen: HashMap<String, (Option<fs::FileType>, Option<fs::FileType>)> =
-            HashMap::new();
+        // name -> (npy file kind, meta file kind)
+        let mut seen: HashMap<String, (Option<Kind>, Option<Kind>)> = HashMap::new();
         let mut temps = Vec::new();
-        for e in fs::read_dir(dir).ctx("list", dir)? {
-            let e = e.ctx("list", dir)?;
-            let Ok(name) = e.file_name().into_string() else {
-                continue;
-            };
+        for (name, kind) in dir.list()? {
             if io::is_temp_name(&name) {
                 temps.push(name);
                 continue;
             }
-            let ft = e.file_type().ctx("stat", &e.path())?;
             if let Some(stem) = name.strip_suffix(".meta.json") {
-                seen.entry(stem.to_owned()).or_default().1 = Some(ft);
+                seen.entry(stem.to_owned()).or_default().1 = Some(kind);
             } else if let Some(stem) = name.strip_suffix(".npy") {
-                seen.entry(stem.to_owned()).or_default().0 = Some(ft);
+                seen.entry(stem.to_owned()).or_default().0 = Some(kind);
             }
         }
         let mut entries = BTreeMap::new();
@@ -446,22 +450,15 @@ impl Listing {
             let Ok(name) = EntryName::new(stem) else {
                 continue;
             };
+            let odd = |file: String, k: Kind| match k {
+                Kind::Dir => format!("{file} is a directory"),
+                Kind::Symlink => format!("{file} is a symbolic link (not followed)"),
+                k => format!("{file} is {}, not a regular file", k.describe()),
+            };
             let kind = match (npy, meta) {
-                (Some(n), Some(m)) if n.is_file() && m.is_file() => Listed::Pair,
-                (Some(n), _) if n.is_dir() => {
-                    Listed::Broken(format!("{} is a directory", name.npy_file()))
-                }
-                (Some(n), _) if n.is_symlink() => Listed::Broken(format!(
-                    "{} is a symbolic link (not followed)",
-                    name.npy_file()
-                )),
-                (_, Some(m)) if m.is_dir() => {
-                    Listed::Broken(format!("{} is a directory", name.meta_file()))
-                }
-                (_, Some(m)) if m.is_symlink() => Listed::Broken(format!(
-                    "{} is a symbolic link (not followed)",
-                    name.meta_file()
-                )),
+                (Some(Kind::File), Some(Kind::File)) => Listed::Pair,
+                (Some(n), _) if n != Kind::File => Listed::Broken(odd(name.npy_file(), n)),
+                (_, Some(m)) if m != Kind::File => Listed::Broken(odd(name.meta_file(), m)),
                 (Some(_), None) => Listed::Broken(format!("{} is missing", name.meta_file())),
                 (None, Some(_)) => Listed::Broken(format!("{} is missing", name.npy_file())),
                 _ => Listed::Broken("not a regular file".into()),
@@ -512,7 +509,7 @@ pub struct DiskBackedStore {
 impl std::fmt::Debug for DiskBackedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DiskBackedStore")
-            .field("dir", &self.inner.dir)
+            .field("dir", &self.inner.dir.path())
             .field("read_only", &self.inner.read_only)
             .field("len", &self.len())
             .finish()
@@ -559,7 +556,7 @@ impl DiskBackedStore {
 
     /// The store directory.
     pub fn dir(&self) -> &Path {
-        &self.inner.dir
+        self.inner.dir.path()
     }
 
     /// Whether this handle is read-only.
@@ -764,14 +761,14 @@ impl DiskBackedStore {
         if let Some(reason) = self.inner.incomplete.read().get(name) {
             return Err(Error::Incomplete {
                 name: name.to_string(),
-                path: self.inner.dir.clone(),
+                path: self.inner.dir.path().to_path_buf(),
                 reason: reason.clone(),
             });
         }
         Counters::add(&self.inner.counters.misses);
         Err(Error::KeyNotFound {
             name: name.to_string(),
-            path: self.inner.dir.clone(),
+            path: self.inner.dir.path().to_path_buf(),
         })
     }
 
@@ -783,15 +780,32 @@ impl DiskBackedStore {
         if let Some(m) = &slot.meta {
             return Ok(m.clone());
         }
-        let path = self.inner.dir.join(name.meta_file());
-        let m = Meta::read(&path)?;
-        let v = (
-            m.dtype.clone(),
-            m.shape.clone(),
-            m.flags(self.inner.defaults),
-        );
+        let m = Meta::read_in(&self.inner.dir, &name.meta_file())?;
+        let flags = m.flags(self.inner.defaults);
+        let (dtype, shape) = match (m.dtype, m.shape) {
+            (Some(d), Some(s)) => (d, s),
+            // GSEGUtils takes what the metadata leaves out from the .npy
+            // header: so does the store.
+            (d, s) => {
+                let info = self.npy_header(name)?;
+                (d.unwrap_or(info.descr), s.unwrap_or(info.shape))
+            }
+        };
+        let v = (dtype, shape, flags);
         slot.meta = Some(v.clone());
         Ok(v)
+    }
+
+    /// The header of the entry's `.npy` (a bounded read of a regular file).
+    fn npy_header(&self, name: &EntryName) -> Result<crate::npy::NpyInfo> {
+        use std::io::Read;
+        let file = name.npy_file();
+        let path = self.inner.dir.join(&file);
+        let f = self.inner.dir.open_regular(&file, io::Access::Read)?;
+        // NPY 1.0 headers are at most 65535 + 10 bytes; GSEGUtils' are 128.
+        let mut buf = Vec::with_capacity(4096);
+        f.take(65_545).read_to_end(&mut buf).ctx("read", &path)?;
+        crate::npy::NpyInfo::parse(&buf, &path)
     }
 
     /// The entry `name` as an array of `T` with dimension `D`. Views of the
@@ -810,7 +824,7 @@ impl DiskBackedStore {
         name: impl AsRef<str>,
     ) -> Result<StoredArray<T, D>> {
         let name = EntryName::new(name.as_ref())?;
-        let meta_path = || self.inner.dir.join(name.meta_file());
+        let meta_path = || self.inner.dir.join(&name.meta_file());
         let loaded = loop {
             let slot = self.slot(&name)?;
             let mut s = slot.lock();
@@ -1120,8 +1134,8 @@ impl DiskBackedStore {
                         })
                     });
                     st.bytes_on_disk += nbytes.unwrap_or_else(|| {
-                        let p = self.inner.dir.join(name.npy_file());
-                        fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+                        let found = self.inner.dir.stat(&name.npy_file());
+                        found.filter(|f| f.is_file()).map_or(0, |f| f.len)
                     });
                 }
             }
@@ -1245,7 +1259,7 @@ impl Inner {
     fn check_writable(&self) -> Result<()> {
         if self.read_only {
             Err(Error::ReadOnly {
-                path: self.dir.clone(),
+                path: self.dir.path().to_path_buf(),
             })
         } else {
             Ok(())
@@ -1300,7 +1314,7 @@ impl Inner {
             in_use_error(self.publish_batch(loaded.iter().map(|l| l.ops.as_ref()).collect()))?;
         // Spills renamed files without syncing the directory.
         if self.account.dir_unsynced.swap(false, Ordering::AcqRel) {
-            if let Err(e) = io::sync_dir(&self.dir) {
+            if let Err(e) = self.dir.sync() {
                 self.account.mark_dir_unsynced();
                 return Err(e);
             }
@@ -1311,8 +1325,8 @@ impl Inner {
     fn remove(&self, name: &EntryName) -> Result<bool> {
         self.check_writable()?;
         let mut entries = self.entries.write();
-        let on_disk = fs::symlink_metadata(self.dir.join(name.npy_file())).is_ok()
-            || fs::symlink_metadata(self.dir.join(name.meta_file())).is_ok();
+        let on_disk =
+            self.dir.stat(&name.npy_file()).is_some() || self.dir.stat(&name.meta_file()).is_some();
         let broken = self.incomplete.read().contains_key(name);
         let existed = entries.contains_key(name) || broken;
         // A handle may hold the entry: it keeps the file it reads from open
@@ -1457,7 +1471,7 @@ impl Drop for Inner {
         // `DiskBackedStore::close` is the checked path; here errors can only
         // be logged.
         if let Err(e) = self.finish() {
-            tracing::warn!(dir = %self.dir.display(), error = %e, "could not flush the store when dropped");
+            tracing::warn!(dir = %self.dir.path().display(), error = %e, "could not flush the store when dropped");
         }
         // Handles that outlive the store keep their data and never write
         // into the directory again (another process may own it now).

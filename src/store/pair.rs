@@ -17,17 +17,30 @@
 //! at the next writable open: a `T_meta` whose inode matches the current
 //! `K.npy` is renamed into place (the publish completes); a `T_npy` named by
 //! the current `K.meta.json` is renamed into place; everything else is
-//! removed (the publish never happened).
+//! removed (the publish never happened). The new files take the permission
+//! bits of the files they replace.
+//!
+//! Remove (see [`remove_pair`]): hard-link `K.npy` to the tombstone
+//! `.ndo.U.K.npy.del.tmp`, rename `K.meta.json` to `.ndo.U.K.meta.json.del.tmp`
+//! (the removal is decided), unlink `K.npy`, `fsync` the directory, delete
+//! the tombstones. Recovery deletes a `K.npy` left by an interrupted removal
+//! only when the `.npy` tombstone of the same removal (same `U`) is a link
+//! of that very file: a tombstone the store did not stage never deletes
+//! anything but itself.
+//!
+//! Every operation is relative to the store's directory descriptor
+//! ([`io::Dir`]); a temporary file or tombstone that is not a regular file is
+//! never opened, followed or deleted: recovery leaves it alone and reports
+//! it.
 
 use std::collections::BTreeSet;
-use std::fs;
 use std::io::BufWriter;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::meta::{self, Commit, EntryFlags, Meta};
 use crate::error::{Error, IoContext, Result};
-use crate::io::{self, FileId, SeamFile, TempFile};
+use crate::io::{self, Dir, FileId, Kind, SeamFile, TempFile};
 use crate::name::EntryName;
 
 /// Writes an entry's `.npy` bytes to the temporary file (the path is the
@@ -77,7 +90,7 @@ pub(crate) enum SyncMode {
 /// (`None` for a job whose entry was replaced or removed before its rename:
 /// its files are dropped, so that it never overwrites its successor's).
 pub(crate) fn publish_pairs(
-    dir: &Path,
+    dir: &Dir,
     jobs: Vec<PairJob<'_>>,
     sync: SyncMode,
 ) -> Result<Vec<Option<FileId>>> {
@@ -86,8 +99,10 @@ pub(crate) fn publish_pairs(
     let mut staged = Vec::with_capacity(jobs.len());
     let mut names = Vec::with_capacity(jobs.len());
     for job in jobs {
-        let target = dir.join(job.name.npy_file());
-        let mut npy = TempFile::create(dir, &job.name.npy_file(), false)?;
+        let (npy_name, meta_name) = (job.name.npy_file(), job.name.meta_file());
+        let target = dir.join(&npy_name);
+        let mut npy = TempFile::create_in(dir, &npy_name, false)?;
+        keep_mode(dir, &npy_name, &npy)?;
         (job.write_npy)(npy.writer(), &target)?;
         if per_file {
             npy.flush_and_sync()?;
@@ -97,11 +112,12 @@ pub(crate) fn publish_pairs(
             npy.flush_and_close()?;
         }
         let commit = Commit {
-            npy_tmp: file_name(npy.path()),
+            npy_tmp: npy.name().to_owned(),
             npy_ino: id.ino(),
         };
         let text = meta::render(&job.shape, &job.dtype, job.flags, Some(&commit));
-        let mut m = TempFile::create(dir, &job.name.meta_file(), false)?;
+        let mut m = TempFile::create_in(dir, &meta_name, false)?;
+        keep_mode(dir, &meta_name, &m)?;
         std::io::Write::write_all(m.writer(), text.as_bytes()).ctx("write", m.path())?;
         if per_file {
             m.flush_and_sync()?;
@@ -112,7 +128,7 @@ pub(crate) fn publish_pairs(
         names.push((job.name, job.publish, job.version, job.published));
     }
     if !per_file {
-        syncfs(dir)?;
+        dir.syncfs()?;
     }
     let mut backups: Vec<Backup> = Vec::with_capacity(staged.len());
     let mut ids: Vec<Option<FileId>> = staged.iter().map(|s| Some(s.id)).collect();
@@ -120,21 +136,19 @@ pub(crate) fn publish_pairs(
         for (i, (s, &(name, publish, version, published))) in
             staged.into_iter().zip(&names).enumerate()
         {
-            let npy_path = dir.join(name.npy_file());
-            let meta_path = dir.join(name.meta_file());
             let _g = io::OWNERSHIP.lock();
             if !publish.load(Ordering::Acquire) || version < published.load(Ordering::Acquire) {
                 ids[i] = None;
                 continue; // dropping `s` removes its temporary files
             }
-            let b = Backup::take(dir, name, &npy_path, &meta_path)?;
+            let b = Backup::take(dir, name)?;
             backups.push(b);
-            s.npy.rename_to(&npy_path)?;
-            s.meta.rename_to(&meta_path)?;
+            s.npy.rename_into(&name.npy_file())?;
+            s.meta.rename_into(&name.meta_file())?;
             published.fetch_max(version, Ordering::AcqRel);
         }
         if dir_sync {
-            io::sync_dir(dir)
+            dir.sync()
         } else {
             Ok(())
         }
@@ -142,7 +156,7 @@ pub(crate) fn publish_pairs(
     match result {
         Ok(()) => {
             for b in backups {
-                b.discard();
+                b.discard(dir);
             }
             Ok(ids)
         }
@@ -150,129 +164,149 @@ pub(crate) fn publish_pairs(
             // Roll back in reverse order; what cannot be rolled back here is
             // resolved by `recover` at the next open.
             for b in backups.into_iter().rev() {
-                b.restore();
+                b.restore(dir);
             }
-            let _ = io::sync_dir(dir);
+            let _ = dir.sync();
             Err(e)
         }
     }
 }
 
-/// Hard links to the pair being replaced: for each final path, the backup
+/// Gives a staged file the permission bits of the regular file it will
+/// replace, if any (a replaced entry keeps the mode its owner chose).
+fn keep_mode(dir: &Dir, name: &str, tmp: &TempFile) -> Result<()> {
+    match dir.stat(name) {
+        Some(f) if f.is_file() => tmp.set_mode(f.mode),
+        _ => Ok(()),
+    }
+}
+
+/// Hard links to the pair being replaced: for each final name, the backup
 /// link, or `None` when there was no file (rolling back then removes what
 /// the publish renamed there).
 struct Backup {
-    npy: (PathBuf, Option<PathBuf>),
-    meta: (PathBuf, Option<PathBuf>),
+    npy: (String, Option<String>),
+    meta: (String, Option<String>),
 }
 
 impl Backup {
-    fn take(dir: &Path, name: &EntryName, npy: &Path, meta: &Path) -> Result<Backup> {
-        let link = |src: &Path, tag: String| -> Result<Option<PathBuf>> {
-            if fs::symlink_metadata(src).is_err() {
+    fn take(dir: &Dir, name: &EntryName) -> Result<Backup> {
+        let (npy, meta) = (name.npy_file(), name.meta_file());
+        let link = |src: &str| -> Result<Option<String>> {
+            if dir.stat(src).is_none() {
                 return Ok(None);
             }
-            let b = dir.join(io::temp_name(&tag));
-            io::hard_link(src, &b)?;
+            let b = io::temp_name(&format!("{src}.bak"));
+            dir.link(src, &b)?;
             Ok(Some(b))
         };
-        let npy_b = link(npy, format!("{}.bak", name.npy_file()))?;
-        let meta_b = match link(meta, format!("{}.bak", name.meta_file())) {
+        let npy_b = link(&npy)?;
+        let meta_b = match link(&meta) {
             Ok(m) => m,
             Err(e) => {
                 if let Some(b) = &npy_b {
-                    let _ = fs::remove_file(b);
+                    dir.remove_quietly(b);
                 }
                 return Err(e);
             }
         };
         Ok(Backup {
-            npy: (npy.to_path_buf(), npy_b),
-            meta: (meta.to_path_buf(), meta_b),
+            npy: (npy, npy_b),
+            meta: (meta, meta_b),
         })
     }
 
-    fn discard(self) {
+    fn discard(self, dir: &Dir) {
         for b in [self.npy.1, self.meta.1].into_iter().flatten() {
-            let _ = fs::remove_file(b);
+            dir.remove_quietly(&b);
         }
     }
 
     /// Puts the old pair back (the caller holds the store's write lock, so
-    /// whatever is at the final paths was put there by this publish).
-    fn restore(self) {
+    /// whatever is at the final names was put there by this publish).
+    fn restore(self, dir: &Dir) {
+        let id = |n: &str| dir.stat(n).map(|f| f.id);
         for (orig, backup) in [self.meta, self.npy] {
             match backup {
                 // Renaming a hard link onto another link of the same file
                 // does nothing (POSIX), so a file that was not replaced yet
                 // only needs its backup removed.
-                Some(b) if FileId::of_path(&orig) == FileId::of_path(&b) => {
-                    let _ = fs::remove_file(&b);
-                }
+                Some(b) if id(&orig) == id(&b) => dir.remove_quietly(&b),
                 Some(b) => {
-                    let _ = fs::rename(&b, &orig);
+                    dir.rename_quietly(&b, &orig);
                 }
-                None => {
-                    let _ = fs::remove_file(&orig);
-                }
+                None => dir.remove_quietly(&orig),
             }
         }
     }
 }
 
-/// Removes a pair: both files are renamed to tombstones (the metadata
-/// first), the directory is synced, then the tombstones are deleted. An
-/// error before the directory sync completes renames them back, so the pair
-/// is left as it was; a crash leaves tombstones that the next open completes.
-pub(crate) fn remove_pair(dir: &Path, name: &EntryName) -> Result<()> {
-    let npy_path = dir.join(name.npy_file());
-    let meta_path = dir.join(name.meta_file());
-    let mut moved: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(2);
-    let result = (|| -> Result<()> {
-        for (path, file) in [(&meta_path, name.meta_file()), (&npy_path, name.npy_file())] {
-            if fs::symlink_metadata(path).is_err() {
-                continue;
-            }
-            let tomb = dir.join(io::temp_name(&format!("{file}.del")));
-            let _g = io::OWNERSHIP.lock();
-            io::rename(path, &tomb)?;
-            moved.push((path.clone(), tomb));
+/// Removes a pair (see the module docs): `K.npy` is hard-linked to its
+/// tombstone, `K.meta.json` renamed to its tombstone, `K.npy` unlinked, the
+/// directory synced, then the tombstones are deleted. An error before the
+/// directory sync completes puts both names back, so the pair is left as
+/// it was; a crash leaves tombstones that the next open completes.
+///
+/// # Errors
+///
+/// [`Error::Corrupt`] naming the file when either name is a directory:
+/// nothing is renamed or staged. I/O errors.
+pub(crate) fn remove_pair(dir: &Dir, name: &EntryName) -> Result<()> {
+    let (npy, meta) = (name.npy_file(), name.meta_file());
+    let (npy_found, meta_found) = (dir.stat(&npy), dir.stat(&meta));
+    // Only a name can be removed: a directory at either name is refused
+    // before anything is staged (a symbolic link or a FIFO is unlinked like
+    // a file, never followed or opened).
+    for (file, found) in [(&npy, npy_found), (&meta, meta_found)] {
+        if found.is_some_and(|f| f.kind == Kind::Dir) {
+            return Err(Error::corrupt(
+                &dir.join(file),
+                "is a directory, not a file: the entry is not removed",
+            ));
         }
-        io::sync_dir(dir)
+    }
+    let unique = io::temp_unique();
+    let npy_tomb = io::temp_name_with(&unique, &format!("{npy}.del"));
+    let meta_tomb = io::temp_name_with(&unique, &format!("{meta}.del"));
+    // Steps done, to undo in reverse order on error.
+    let (mut linked, mut meta_moved, mut npy_gone) = (false, false, false);
+    let result = (|| -> Result<()> {
+        let _g = io::OWNERSHIP.lock();
+        if npy_found.is_some() {
+            dir.link(&npy, &npy_tomb)?;
+            linked = true;
+        }
+        if meta_found.is_some() {
+            dir.rename(&meta, &meta_tomb)?;
+            meta_moved = true;
+        }
+        if linked {
+            dir.remove(&npy)?;
+            npy_gone = true;
+        }
+        dir.sync()
     })();
     match result {
         Ok(()) => {
-            for (_, tomb) in moved {
-                let _ = fs::remove_file(tomb);
+            for t in [&meta_tomb, &npy_tomb] {
+                dir.remove_quietly(t);
             }
             Ok(())
         }
         Err(e) => {
-            for (path, tomb) in moved.into_iter().rev() {
-                let _ = fs::rename(&tomb, &path);
+            if npy_gone {
+                dir.rename_quietly(&npy_tomb, &npy);
             }
-            let _ = io::sync_dir(dir);
+            if meta_moved {
+                dir.rename_quietly(&meta_tomb, &meta);
+            }
+            if linked && !npy_gone {
+                dir.remove_quietly(&npy_tomb);
+            }
+            let _ = dir.sync();
             Err(e)
         }
     }
-}
-
-fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-#[cfg(target_os = "linux")]
-fn syncfs(dir: &Path) -> Result<()> {
-    io::check_op(io::Op::Sync, dir).ctx("syncfs", dir)?;
-    let d = fs::File::open(dir).ctx("open", dir)?;
-    rustix::fs::syncfs(&d).map_err(|e| Error::io("syncfs", dir, e.into()))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn syncfs(_dir: &Path) -> Result<()> {
-    Ok(())
 }
 
 /// What recovery did at open.
@@ -280,38 +314,76 @@ fn syncfs(_dir: &Path) -> Result<()> {
 pub(crate) struct Recovery {
     pub completed: Vec<String>,
     pub removed_temps: usize,
+    /// Temporary names that are not regular files (never staged by the
+    /// crate): left alone, with what they are.
+    pub left: Vec<(String, &'static str)>,
 }
 
 /// The tag of one of the crate's temporary file names (`K.npy`,
 /// `K.meta.json`, `K.npy.bak`, `K.meta.json.del`, ...).
 fn temp_tag(name: &str) -> Option<&str> {
-    if !io::is_temp_name(name) {
+    temp_parts(name).map(|(_, tag)| tag)
+}
+
+/// The `(unique, tag)` parts of a temporary name `.ndo.<unique>.<tag>.tmp`.
+fn temp_parts(name: &str) -> Option<(&str, &str)> {
+    if !io::is_temp_name(name) || name.len() < io::TEMP_PREFIX.len() + io::TEMP_SUFFIX.len() {
         return None;
     }
     let rest = &name[io::TEMP_PREFIX.len()..name.len() - io::TEMP_SUFFIX.len()];
     let dot = rest.find('.')?;
-    Some(&rest[dot + 1..])
+    Some((&rest[..dot], &rest[dot + 1..]))
+}
+
+/// The entry key a temporary name belongs to (`K` of `K.npy.del`, ...).
+pub(crate) fn temp_key(name: &str) -> Option<&str> {
+    let tag = temp_tag(name)?;
+    let tag = tag
+        .strip_suffix(".del")
+        .or_else(|| tag.strip_suffix(".bak"))
+        .unwrap_or(tag);
+    tag.strip_suffix(".npy")
+        .or_else(|| tag.strip_suffix(".meta.json"))
 }
 
 /// Resolves interrupted publishes and removals and deletes the crate's
-/// stray temporary files in `dir` (see the module docs).
-pub(crate) fn recover(dir: &Path, temps: &[String]) -> Result<Recovery> {
+/// stray temporary files in `dir` (see the module docs). A temporary name
+/// that is not a regular file is never opened, renamed or deleted: it is
+/// returned in [`Recovery::left`].
+pub(crate) fn recover(dir: &Dir, temps: &[String]) -> Result<Recovery> {
     let mut rec = Recovery::default();
     let mut done: BTreeSet<&str> = BTreeSet::new();
-    let ino = |p: &Path| FileId::of_path(p).map(|i| i.ino());
-    // Tombstones: finish the removal.
+    let found = |n: &str| dir.stat(n);
+    let regular_ino = |n: &str| found(n).filter(|f| f.is_file()).map(|f| f.id.ino());
+    // Tombstones: finish a removal, but only one this crate staged: the
+    // `.npy` tombstone of the same removal must be a link of `K.npy`.
     for t in temps {
-        let Some(tag) = temp_tag(t) else { continue };
-        if let Some(meta_name) = tag.strip_suffix(".del") {
-            if let Some(key) = meta_name.strip_suffix(".meta.json") {
-                let npy = dir.join(format!("{key}.npy"));
-                if fs::symlink_metadata(dir.join(meta_name)).is_err()
-                    && fs::symlink_metadata(&npy).is_ok()
-                {
-                    io::remove(&npy)?;
-                }
+        let Some((unique, tag)) = temp_parts(t) else {
+            continue;
+        };
+        let Some(meta_name) = tag.strip_suffix(".del") else {
+            continue;
+        };
+        let Some(key) = meta_name.strip_suffix(".meta.json") else {
+            continue;
+        };
+        if !found(t).is_some_and(|f| f.is_file()) || found(meta_name).is_some() {
+            // Not a tombstone the crate made, or the pair is whole again.
+            continue;
+        }
+        let npy = format!("{key}.npy");
+        let npy_tomb = io::temp_name_with(unique, &format!("{npy}.del"));
+        match (found(&npy), found(&npy_tomb)) {
+            (Some(n), Some(b)) if n.kind != Kind::Dir && n.id == b.id => {
+                dir.remove(&npy)?;
                 rec.completed.push(format!("removal of {key}"));
             }
+            (None, _) => rec.completed.push(format!("removal of {key}")),
+            _ => tracing::warn!(
+                dir = %dir.path().display(),
+                tombstone = t.as_str(),
+                "a tombstone this store did not stage: {npy} is kept"
+            ),
         }
     }
     // Metadata published after its .npy: complete it.
@@ -320,11 +392,12 @@ pub(crate) fn recover(dir: &Path, temps: &[String]) -> Result<Recovery> {
         let Some(key) = tag.strip_suffix(".meta.json") else {
             continue;
         };
-        let path = dir.join(t);
-        let Ok(m) = Meta::read(&path) else { continue };
+        let Ok(m) = Meta::read_in(dir, t) else {
+            continue;
+        };
         if let Some(c) = &m.commit {
-            if ino(&dir.join(format!("{key}.npy"))) == Some(c.npy_ino) {
-                io::rename(&path, &dir.join(format!("{key}.meta.json")))?;
+            if regular_ino(&format!("{key}.npy")) == Some(c.npy_ino) {
+                dir.rename(t, &format!("{key}.meta.json"))?;
                 rec.completed.push(format!("publish of {key}"));
                 done.insert(t);
             }
@@ -336,14 +409,16 @@ pub(crate) fn recover(dir: &Path, temps: &[String]) -> Result<Recovery> {
         let Some(key) = tag.strip_suffix(".npy") else {
             continue;
         };
-        let path = dir.join(t);
-        let Ok(m) = Meta::read(&dir.join(format!("{key}.meta.json"))) else {
+        let Ok(m) = Meta::read_in(dir, &format!("{key}.meta.json")) else {
             continue;
         };
         if let Some(c) = &m.commit {
-            let target = dir.join(format!("{key}.npy"));
-            if c.npy_tmp == *t && ino(&path) == Some(c.npy_ino) && ino(&target) != Some(c.npy_ino) {
-                io::rename(&path, &target)?;
+            let target = format!("{key}.npy");
+            if c.npy_tmp == *t
+                && regular_ino(t) == Some(c.npy_ino)
+                && found(&target).map(|f| f.id.ino()) != Some(c.npy_ino)
+            {
+                dir.rename(t, &target)?;
                 rec.completed.push(format!("publish of {key}"));
                 done.insert(t);
             }
@@ -353,17 +428,17 @@ pub(crate) fn recover(dir: &Path, temps: &[String]) -> Result<Recovery> {
         if done.contains(t.as_str()) {
             continue;
         }
-        let p = dir.join(t);
-        match fs::symlink_metadata(&p) {
-            Ok(m) if m.is_file() || m.file_type().is_symlink() => {
-                io::remove(&p)?;
+        match found(t) {
+            Some(f) if f.kind == Kind::File => {
+                dir.remove(t)?;
                 rec.removed_temps += 1;
             }
-            _ => {}
+            Some(f) => rec.left.push((t.clone(), f.kind.describe())),
+            None => {}
         }
     }
     if !rec.completed.is_empty() || rec.removed_temps > 0 {
-        io::sync_dir(dir)?;
+        dir.sync()?;
     }
     Ok(rec)
 }
@@ -380,5 +455,9 @@ mod tests {
             Some("k.meta.json.del")
         );
         assert_eq!(temp_tag("k.npy"), None);
+        assert_eq!(temp_key(".ndo.1f-2-3.k.v1.npy.del.tmp"), Some("k.v1"));
+        assert_eq!(temp_key(".ndo.1f-2-3.k.meta.json.bak.tmp"), Some("k"));
+        assert_eq!(temp_key(".ndo.1f-2-3.part.tmp"), None);
+        assert_eq!(temp_key(".ndo.tmp"), None);
     }
 }

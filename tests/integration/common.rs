@@ -188,9 +188,28 @@ pub fn run_child(
     env: &[(&str, &std::ffi::OsStr)],
     timeout: std::time::Duration,
 ) -> ChildRun {
+    run_child_with(&[], test, env, timeout)
+}
+
+/// [`run_child`] through a wrapper command `prefix` (for example `setpriv`
+/// with its options), which is given the test binary and its arguments.
+pub fn run_child_with(
+    prefix: &[&str],
+    test: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+    timeout: std::time::Duration,
+) -> ChildRun {
     use std::io::Read;
     let out = tempfile::tempfile().unwrap();
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = match prefix.split_first() {
+        Some((wrapper, opts)) => {
+            let mut c = Command::new(wrapper);
+            c.args(opts).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
     cmd.args([
         test,
         "--exact",

@@ -114,6 +114,11 @@ fn failing_open_recovery_is_retried_by_the_next_open() {
         }
         // Leftovers of interrupted work: a stray temp and a removal tombstone.
         std::fs::write(dir.path().join(".ndo.1-1-1.a.npy.tmp"), b"partial").unwrap();
+        std::fs::hard_link(
+            dir.path().join("b.npy"),
+            dir.path().join(".ndo.1-1-2.b.npy.del.tmp"),
+        )
+        .unwrap();
         std::fs::rename(
             dir.path().join("b.meta.json"),
             dir.path().join(".ndo.1-1-2.b.meta.json.del.tmp"),

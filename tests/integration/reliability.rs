@@ -1339,12 +1339,9 @@ fn corpus() -> Vec<Case> {
             i1,
             "Corrupt",
         ),
-        case(
-            "meta_shape_missing",
-            meta_with(&format!(r#""schema_version": 1, {CLASS}, "dtype": "<i4""#)),
-            i1,
-            "Corrupt",
-        ),
+        // A metadata file without `shape` (or `dtype`) is valid: both are
+        // taken from the .npy header, as GSEGUtils does (see
+        // hardening::metadata_without_shape_or_dtype_opens_from_the_npy_header).
         case(
             // `get` reads only the metadata: a shape whose byte size does not
             // fit in memory must be refused there, not panic later.

@@ -854,11 +854,17 @@ fn open_recovers_interrupted_publishes() {
     let (t_npy, t_meta) = interrupted(d, "both", &new);
     std::fs::rename(t_npy, d.join("both.npy")).unwrap();
     std::fs::rename(t_meta, d.join("both.meta.json")).unwrap();
-    // An interrupted removal: metadata already moved to its tombstone.
+    // An interrupted removal: the .npy linked to its tombstone, the
+    // metadata already moved to its own.
     {
         let s = DiskBackedStore::open(d).unwrap();
         s.insert_durable("removed", old.clone()).unwrap();
     }
+    std::fs::hard_link(
+        d.join("removed.npy"),
+        d.join(".ndo.1-1-3.removed.npy.del.tmp"),
+    )
+    .unwrap();
     std::fs::rename(
         d.join("removed.meta.json"),
         d.join(".ndo.1-1-3.removed.meta.json.del.tmp"),
