@@ -57,8 +57,7 @@ mod error;
 mod inspect;
 pub(crate) mod io;
 mod key;
-mod map;
-pub(crate) mod mapped;
+mod mmap;
 mod name;
 pub(crate) mod npy;
 pub mod pack;
@@ -84,3 +83,8 @@ pub use stream::{NpyStreamWriter, NpyStreamWriterDyn};
 
 #[doc(hidden)]
 pub use crate::io::testing as __testing;
+
+// Transitional: `crate::mapped::…` paths in array.rs, store/mod.rs and
+// inspect.rs name the memory-map module by its former name until those files
+// are next edited (docs/architecture.md, "Still to move").
+use mmap as mapped;

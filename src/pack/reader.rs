@@ -18,7 +18,7 @@ use super::key::PackKey;
 use super::sample::{check_type, decode_owned, Sample, SampleArray};
 use crate::element::{dtype_itemsize, Element};
 use crate::error::{Error, IoContext, Result};
-use crate::mapped::map_readonly;
+use crate::mmap::map_readonly;
 
 /// Tail read at open: one page holding the trailer (and, for a small file,
 /// the preamble too).
