@@ -61,12 +61,13 @@ mod mmap;
 mod name;
 pub(crate) mod npy;
 pub mod pack;
+mod size;
 mod stats;
 mod store;
 mod stream;
 
 pub use array::{ArrayState, DiskBackedArray, ReadGuard, WriteGuard};
-pub use budget::{ByteSize, SystemPressure};
+pub use budget::SystemPressure;
 pub use config::{default_chunk_budget, CacheConfig, ConfigOverrides, LoadMode};
 pub use element::Element;
 pub use error::{Error, Result};
@@ -77,6 +78,7 @@ pub use pack::{
     Compression, PackArray, PackArrayInfo, PackEntry, PackEntryInfo, PackKey, PackReader, PackSet,
     PackWriter, Sample, ShardWriter, VerifyReport,
 };
+pub use size::ByteSize;
 pub use stats::StoreStats;
 pub use store::{DiskBackedStore, EntryFlags, EntryInfo, StoreBuilder, StoredArray, LOCK_FILE};
 pub use stream::{NpyStreamWriter, NpyStreamWriterDyn};
