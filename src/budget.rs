@@ -28,6 +28,7 @@ pub(crate) use crate::size::{available_memory, ByteSize};
 /// # Ok::<_, Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SystemPressure {
     /// Available-memory threshold that triggers offloading.
     pub min_available: u64,

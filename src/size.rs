@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 /// # Ok::<_, ndarray_offload::Error>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ByteSize(pub u64);
+pub struct ByteSize(u64);
 
 impl ByteSize {
     /// A size of `bytes` bytes.
