@@ -188,7 +188,8 @@ fn check_entry(dir: &Path, name: &str, opts: InspectOptions, r: &mut EntryReport
 ///
 /// ```
 /// use ndarray::array;
-/// use ndarray_offload::{inspect_pack, InspectOptions, PackWriter};
+/// use ndarray_offload::pack::PackWriter;
+/// use ndarray_offload::{inspect_pack, InspectOptions};
 ///
 /// let dir = tempfile::tempdir()?;
 /// let path = dir.path().join("tiles.pack");

@@ -15,6 +15,7 @@
 //! | read a stored array without copying | [`DiskBackedStore::get`] → [`StoredArray::read`] |
 //! | write many entries durably with one round of syncs | [`DiskBackedStore::insert_batch`] |
 //! | write an array larger than RAM chunk by chunk | [`NpyStreamWriter`] |
+//! | many small arrays or samples in one file, read without copying | [`pack`]: [`pack::PackWriter`], [`pack::PackReader`] |
 //! | check a store without knowing its dtypes (what `ndoffload` does) | [`inspect_store`] |
 //! | validate an entry name before using it | [`EntryName`] |
 //!
@@ -74,10 +75,6 @@ pub use error::{Error, Result};
 pub use inspect::{inspect_pack, inspect_store, EntryReport, InspectOptions};
 pub use key::KeyHasher;
 pub use name::{EntryName, MAX_NAME_BYTES};
-pub use pack::{
-    Compression, PackArray, PackArrayInfo, PackEntry, PackEntryInfo, PackKey, PackReader, PackSet,
-    PackWriter, Sample, ShardWriter, VerifyReport,
-};
 pub use size::ByteSize;
 pub use stats::StoreStats;
 pub use store::{DiskBackedStore, EntryFlags, EntryInfo, StoreBuilder, StoredArray, LOCK_FILE};
