@@ -16,7 +16,7 @@
 //! | write many entries durably with one round of syncs | [`DiskBackedStore::insert_batch`] |
 //! | write an array larger than RAM chunk by chunk | [`NpyStreamWriter`] |
 //! | many small arrays or samples in one file, read without copying | [`pack`]: [`pack::PackWriter`], [`pack::PackReader`] |
-//! | check a store without knowing its dtypes (what `ndoffload` does) | [`inspect_store`] |
+//! | check a store or pack without knowing its dtypes (what `ndoffload` does) | [`inspect`]: [`inspect::inspect_store`], [`inspect::inspect_pack`] |
 //! | validate an entry name before using it | [`EntryName`] |
 //!
 //! # Example
@@ -55,7 +55,7 @@ mod budget;
 mod config;
 mod element;
 mod error;
-mod inspect;
+pub mod inspect;
 pub(crate) mod io;
 mod key;
 mod mmap;
@@ -72,7 +72,6 @@ pub use budget::SystemPressure;
 pub use config::{default_chunk_budget, CacheConfig, ConfigOverrides, LoadMode};
 pub use element::Element;
 pub use error::{Error, Result};
-pub use inspect::{inspect_pack, inspect_store, EntryReport, InspectOptions};
 pub use key::KeyHasher;
 pub use name::{EntryName, MAX_NAME_BYTES};
 pub use size::ByteSize;
