@@ -8,9 +8,9 @@ use ndarray::{ArrayView, CowArray, Dimension};
 use serde_json::Value;
 
 use super::codec::{self, Compression};
-use super::format::{self, Desc, ALIGN, ENTRY_SAMPLE, PREAMBLE_LEN};
+use super::file::PackFile;
+use super::format::{self, Desc, ALIGN, ENTRY_SAMPLE, KEY_U64, PREAMBLE_LEN};
 use super::key::PackKey;
-use super::reader::PackReader;
 use super::sample::{check_type, decode_owned, Sample, SampleArray};
 use crate::element::{dtype_itemsize, Element};
 use crate::error::{Error, Result};
@@ -37,7 +37,7 @@ use crate::error::{Error, Result};
 /// ```
 #[derive(Clone)]
 pub struct PackEntry<'a> {
-    pub(super) r: &'a PackReader,
+    pub(super) r: &'a PackFile,
     pub(super) off: u64,
     pub(super) desc: Desc<'a>,
     pub(super) key: PackKey<'a>,
@@ -58,7 +58,7 @@ impl<'a> PackEntry<'a> {
     ///
     /// # Examples
     ///
-    /// See [`PackReader::entry`].
+    /// See [`PackReader::entry`](super::PackReader::entry).
     pub fn key(&self) -> &PackKey<'a> {
         &self.key
     }
@@ -222,11 +222,11 @@ impl<'a> PackEntry<'a> {
     ///
     /// # Errors
     ///
-    /// As [`PackReader::get`].
+    /// As [`PackReader::get`](super::PackReader::get).
     ///
     /// # Examples
     ///
-    /// See [`PackReader::read`].
+    /// See [`PackReader::read`](super::PackReader::read).
     pub fn get<T: Element, D: Dimension>(&self) -> Result<CowArray<'a, T, D>> {
         self.single()?.get()
     }
@@ -235,11 +235,11 @@ impl<'a> PackEntry<'a> {
     ///
     /// # Errors
     ///
-    /// As [`PackReader::get_verified`].
+    /// As [`PackReader::get_verified`](super::PackReader::get_verified).
     ///
     /// # Examples
     ///
-    /// See [`PackReader::get_verified`].
+    /// See [`PackReader::get_verified`](super::PackReader::get_verified).
     pub fn get_verified<T: Element, D: Dimension>(&self) -> Result<CowArray<'a, T, D>> {
         self.single()?.get_verified()
     }
@@ -372,7 +372,7 @@ impl<'a> PackEntry<'a> {
 /// ```
 #[derive(Clone)]
 pub struct PackArray<'a> {
-    pub(super) r: &'a PackReader,
+    pub(super) r: &'a PackFile,
     pub(super) key: PackKey<'a>,
     pub(super) name: &'a str,
     pub(super) dtype: &'a str,
@@ -568,7 +568,7 @@ impl<'a> PackArray<'a> {
     ///
     /// # Errors
     ///
-    /// As [`PackReader::get`].
+    /// As [`PackReader::get`](super::PackReader::get).
     ///
     /// # Examples
     ///
@@ -587,14 +587,51 @@ impl<'a> PackArray<'a> {
     ///
     /// # Errors
     ///
-    /// As [`PackReader::get_verified`].
+    /// As [`PackReader::get_verified`](super::PackReader::get_verified).
     ///
     /// # Examples
     ///
-    /// See [`PackReader::get_verified`].
+    /// See [`PackReader::get_verified`](super::PackReader::get_verified).
     pub fn get_verified<T: Element, D: Dimension>(&self) -> Result<CowArray<'a, T, D>> {
         check_type::<T, D>(self.dtype, &self.shape, &self.r.path)?;
         self.check_crc()?;
         self.get()
+    }
+}
+
+impl PackFile {
+    /// The entry whose descriptor is at `off`.
+    pub(super) fn make_entry(&self, off: u64) -> Result<PackEntry<'_>> {
+        let desc = self.desc_at(off)?;
+        let key = match desc.key_kind {
+            // A `u64` key is 8 bytes (checked when the descriptor was decoded).
+            KEY_U64 => PackKey::U64(format::le64(desc.key, 0).unwrap_or(0)),
+            _ => PackKey::Str(
+                std::str::from_utf8(desc.key)
+                    .map_err(|_| {
+                        self.corrupt(format!(
+                            "entry descriptor at offset {off}: key is not UTF-8"
+                        ))
+                    })?
+                    .into(),
+            ),
+        };
+        Ok(PackEntry {
+            r: self,
+            off,
+            desc,
+            key,
+        })
+    }
+
+    /// Entry number `i` in file order (the caller checks `i` against the
+    /// entry count).
+    pub(super) fn entry_in_file_order(&self, i: u64) -> Result<PackEntry<'_>> {
+        self.make_entry(self.map_u64(self.layout.seq + 8 * i)?)
+    }
+
+    /// Entry number `i` in key order (as [`entry_in_file_order`](Self::entry_in_file_order)).
+    pub(super) fn entry_in_key_order(&self, i: u64) -> Result<PackEntry<'_>> {
+        self.make_entry(self.map_u64(self.layout.order + 8 * i)?)
     }
 }

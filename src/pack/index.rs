@@ -1,12 +1,12 @@
 //! Key lookup: the hash index's bucket directory and leaf records, searched
 //! with two small positioned reads whatever the number of entries.
 
+use super::file::PackFile;
 use super::format::{self, LEAF_REC, MAX_BUCKET_READ};
 use super::key::PackKey;
-use super::reader::PackReader;
 use crate::error::Result;
 
-impl PackReader {
+impl PackFile {
     /// The descriptor offset of the entry holding `key`, if any.
     ///
     /// Two positioned reads whatever the number of entries: the key's
@@ -106,68 +106,4 @@ fn lower_bound(recs: &[u8], rec: usize, h: u64) -> u64 {
         }
     }
     lo as u64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    fn preads(r: &PackReader) -> u64 {
-        r.preads.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn write(path: &Path, keys: &[String]) {
-        let mut w = crate::pack::PackWriter::create(path).unwrap();
-        for (i, k) in keys.iter().enumerate() {
-            w.append(k.as_str(), &ndarray::array![i as u32]).unwrap();
-        }
-        w.finish().unwrap();
-    }
-
-    #[test]
-    fn a_lookup_is_two_reads_at_any_size() {
-        let dir = tempfile::tempdir().unwrap();
-        for n in [1usize, 2, 16, 17, 1_000, 70_000] {
-            let path = dir.path().join(format!("{n}.pack"));
-            let keys: Vec<String> = (0..n).map(|i| format!("tile_{i:08}")).collect();
-            write(&path, &keys);
-            let r = PackReader::open(&path).unwrap();
-            assert_eq!(r.layout.buckets, format::bucket_count(n as u64));
-            for (i, k) in keys.iter().enumerate().step_by((n / 200).max(1)) {
-                let before = preads(&r);
-                assert_eq!(r.get::<u32, ndarray::Ix1>(k.as_str()).unwrap()[0], i as u32);
-                assert_eq!(preads(&r) - before, 2, "n={n} key {k}");
-            }
-            let before = preads(&r);
-            assert!(!r.contains("absent").unwrap());
-            assert!(!r.contains(n as u64).unwrap());
-            assert_eq!(preads(&r) - before, 4, "n={n}");
-            if n <= 1_000 {
-                r.verify().unwrap();
-            }
-        }
-    }
-
-    #[test]
-    fn an_oversized_bucket_is_searched_through_the_map() {
-        // 1,000 keys whose hashes all fall in bucket 0 of 64.
-        let keys: Vec<String> = (0..)
-            .map(|i| format!("k{i}"))
-            .filter(|k| format::bucket_of(PackKey::from(k.as_str()).hash64(), 64) == 0)
-            .take(1_000)
-            .collect();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("skewed.pack");
-        write(&path, &keys);
-        let r = PackReader::open(&path).unwrap();
-        assert_eq!(r.layout.buckets, 64);
-        for (i, k) in keys.iter().enumerate().step_by(7) {
-            let before = preads(&r);
-            assert_eq!(r.get::<u32, ndarray::Ix1>(k.as_str()).unwrap()[0], i as u32);
-            assert_eq!(preads(&r) - before, 1);
-        }
-        assert!(!r.contains("absent").unwrap());
-        r.verify().unwrap();
-    }
 }

@@ -6,31 +6,7 @@ use std::fmt;
 use super::codec::Compression;
 use super::entry::PackEntry;
 use super::key::PackKey;
-use super::reader::PackReader;
 use crate::error::Result;
-
-impl PackReader {
-    /// A description of every entry in file order, for inspection tools.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let dir = tempfile::tempdir().unwrap();
-    /// let path = dir.path().join("a.pack");
-    /// let mut w = ndarray_offload::pack::PackWriter::create(&path)?;
-    /// w.append("a", &ndarray::Array2::<f32>::zeros((2, 3)))?;
-    /// w.finish()?;
-    /// let r = ndarray_offload::pack::PackReader::open(&path)?;
-    /// let infos = r.list().collect::<Result<Vec<_>, _>>()?;
-    /// assert_eq!(infos[0].arrays[0].dtype, "<f4");
-    /// assert_eq!(infos[0].arrays[0].shape, [2, 3]);
-    /// println!("{}", infos[0]);
-    /// # Ok::<_, ndarray_offload::Error>(())
-    /// ```
-    pub fn list(&self) -> impl ExactSizeIterator<Item = Result<PackEntryInfo>> + '_ {
-        self.iter().map(|e| e?.info())
-    }
-}
 
 impl PackEntry<'_> {
     /// An owned description of the entry, for listings.
@@ -41,7 +17,7 @@ impl PackEntry<'_> {
     ///
     /// # Examples
     ///
-    /// See [`PackReader::list`].
+    /// See [`PackReader::list`](super::PackReader::list).
     pub fn info(&self) -> Result<PackEntryInfo> {
         Ok(PackEntryInfo {
             key: self.key.clone().into_owned(),
@@ -64,14 +40,14 @@ impl PackEntry<'_> {
     }
 }
 
-/// An owned description of one pack entry (see [`PackReader::list`]).
+/// An owned description of one pack entry (see [`PackReader::list`](super::PackReader::list)).
 ///
 /// Its `Display` prints one line per entry: key, then each array's name,
 /// dtype, shape, compression and stored bytes, then the metadata size.
 ///
 /// # Examples
 ///
-/// See [`PackReader::list`].
+/// See [`PackReader::list`](super::PackReader::list).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PackEntryInfo {
@@ -90,7 +66,7 @@ impl PackEntryInfo {
     ///
     /// # Examples
     ///
-    /// See [`PackReader::list`].
+    /// See [`PackReader::list`](super::PackReader::list).
     pub fn has_meta(&self) -> bool {
         self.meta_len > 0
     }
@@ -100,7 +76,7 @@ impl PackEntryInfo {
 ///
 /// # Examples
 ///
-/// See [`PackReader::list`].
+/// See [`PackReader::list`](super::PackReader::list).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PackArrayInfo {

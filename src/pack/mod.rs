@@ -49,6 +49,7 @@
 
 mod codec;
 mod entry;
+mod file;
 mod format;
 mod index;
 mod info;

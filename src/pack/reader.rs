@@ -1,25 +1,20 @@
-//! The pack reader's handle: open (map the file, read the trailer), then
-//! reach entries by key, by position or in order. The key search is in
-//! `index.rs`, entry decoding in `entry.rs`, `verify` in `verify.rs` and
-//! listings in `info.rs`.
+//! The pack reader's public handle: open, then reach entries by key, by
+//! position or in order. Below it: the mapped file (`file.rs`), the key
+//! search (`index.rs`), entry decoding (`entry.rs`), `verify` (`verify.rs`)
+//! and listings (`info.rs`); none of them imports this file.
 
 use std::fmt;
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use memmap2::Mmap;
 use ndarray::{ArrayView, CowArray, Dimension};
 
 use super::entry::PackEntry;
-use super::format::{self, Desc, Layout, Trailer, KEY_U64, PREAMBLE_LEN, TRAILER_LEN};
+use super::file::PackFile;
+use super::info::PackEntryInfo;
 use super::key::PackKey;
+use super::verify::VerifyReport;
 use crate::element::Element;
-use crate::error::{Error, IoContext, Result};
-use crate::mmap::map_readonly;
-
-/// Tail read at open: one page holding the trailer (and, for a small file,
-/// the preamble too).
-const TAIL_READ: u64 = 4096;
+use crate::error::{Error, Result};
 
 /// A pack opened for reading: the file is memory-mapped, and open reads
 /// only the last 4 KiB of the file, for its fixed-size trailer, whatever
@@ -75,22 +70,15 @@ const TAIL_READ: u64 = 4096;
 /// # Ok::<_, ndarray_offload::Error>(())
 /// ```
 pub struct PackReader {
-    pub(super) path: PathBuf,
-    file: File,
-    pub(super) map: Mmap,
-    pub(super) t: Trailer,
-    pub(super) layout: Layout,
-    /// Positioned reads made so far (tests check a lookup's cost with it).
-    #[cfg(test)]
-    pub(super) preads: std::sync::atomic::AtomicU64,
+    pub(super) f: PackFile,
 }
 
 impl fmt::Debug for PackReader {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PackReader")
-            .field("path", &self.path)
-            .field("entries", &self.t.n_entries)
-            .field("bytes", &self.t.file_len)
+            .field("path", &self.f.path)
+            .field("entries", &self.f.t.n_entries)
+            .field("bytes", &self.f.t.file_len)
             .finish()
     }
 }
@@ -117,35 +105,8 @@ impl PackReader {
     /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let file = crate::io::open_regular(&path, crate::io::Access::Read)?;
-        let map = map_readonly(&file, &path)?;
-        let len = map.len() as u64;
-        let min = PREAMBLE_LEN + TRAILER_LEN;
-        if len < min {
-            return Err(Error::Truncated {
-                path,
-                expected: min,
-                actual: len,
-            });
-        }
-        // One positioned read brings the trailer; nothing else is read until
-        // a lookup.
-        let tail_len = TAIL_READ.min(len);
-        let mut tail = vec![0u8; tail_len as usize];
-        read_at(&file, &map, &mut tail, len - tail_len).ctx("read", &path)?;
-        if tail_len == len {
-            format::check_preamble(&tail, &path)?;
-        }
-        let (t, layout) = Trailer::decode(&tail[(tail_len - TRAILER_LEN) as usize..], len, &path)?;
         Ok(PackReader {
-            path,
-            file,
-            map,
-            t,
-            layout,
-            #[cfg(test)]
-            preads: std::sync::atomic::AtomicU64::new(0),
+            f: PackFile::open(path.as_ref())?,
         })
     }
 
@@ -161,7 +122,7 @@ impl PackReader {
     /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.f.path
     }
 
     /// Number of entries.
@@ -178,7 +139,7 @@ impl PackReader {
     /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn len(&self) -> usize {
-        self.t.n_entries as usize
+        self.f.t.n_entries as usize
     }
 
     /// Whether the pack has no entry.
@@ -193,7 +154,7 @@ impl PackReader {
     /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn is_empty(&self) -> bool {
-        self.t.n_entries == 0
+        self.f.t.n_entries == 0
     }
 
     /// Size of the pack file in bytes.
@@ -209,65 +170,7 @@ impl PackReader {
     /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn file_len(&self) -> u64 {
-        self.t.file_len
-    }
-
-    pub(super) fn corrupt(&self, reason: impl Into<String>) -> Error {
-        Error::corrupt(&self.path, reason)
-    }
-
-    /// The `u64` at byte offset `off` of the file, through the map.
-    pub(super) fn map_u64(&self, off: u64) -> Result<u64> {
-        usize::try_from(off)
-            .ok()
-            .and_then(|o| format::le64(&self.map, o))
-            .ok_or_else(|| self.corrupt(format!("read outside the file at {off}")))
-    }
-
-    /// Positioned read of `buf.len()` bytes at `off` (not through the map, so
-    /// that a cold lookup does not fault in index pages one by one).
-    pub(super) fn pread(&self, buf: &mut [u8], off: u64) -> Result<()> {
-        #[cfg(test)]
-        self.preads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        read_at(&self.file, &self.map, buf, off).ctx("read", &self.path)
-    }
-
-    /// The descriptor at `off`, checksum-verified.
-    pub(super) fn desc_at(&self, off: u64) -> Result<Desc<'_>> {
-        let end = self.t.index_off;
-        if !off.is_multiple_of(format::DESC_ALIGN) || off < PREAMBLE_LEN || off >= end {
-            return Err(self.corrupt(format!("entry descriptor offset {off} is invalid")));
-        }
-        let b = self
-            .map
-            .get(off as usize..end as usize)
-            .ok_or_else(|| self.corrupt("data region outside the file"))?;
-        format::decode_desc(b)
-            .map_err(|r| self.corrupt(format!("entry descriptor at offset {off}: {r}")))
-    }
-
-    pub(super) fn make_entry(&self, off: u64) -> Result<PackEntry<'_>> {
-        let desc = self.desc_at(off)?;
-        let key = match desc.key_kind {
-            // A `u64` key is 8 bytes (checked when the descriptor was decoded).
-            KEY_U64 => PackKey::U64(format::le64(desc.key, 0).unwrap_or(0)),
-            _ => PackKey::Str(
-                std::str::from_utf8(desc.key)
-                    .map_err(|_| {
-                        self.corrupt(format!(
-                            "entry descriptor at offset {off}: key is not UTF-8"
-                        ))
-                    })?
-                    .into(),
-            ),
-        };
-        Ok(PackEntry {
-            r: self,
-            off,
-            desc,
-            key,
-        })
+        self.f.t.file_len
     }
 
     /// Whether the pack holds `key`.
@@ -290,7 +193,7 @@ impl PackReader {
     /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn contains<'k>(&self, key: impl Into<PackKey<'k>>) -> Result<bool> {
-        Ok(self.find(&key.into())?.is_some())
+        Ok(self.f.find(&key.into())?.is_some())
     }
 
     /// The entry holding `key`.
@@ -315,11 +218,11 @@ impl PackReader {
     /// ```
     pub fn entry<'k>(&self, key: impl Into<PackKey<'k>>) -> Result<PackEntry<'_>> {
         let key = key.into();
-        match self.find(&key)? {
-            Some(off) => self.make_entry(off),
+        match self.f.find(&key)? {
+            Some(off) => self.f.make_entry(off),
             None => Err(Error::KeyNotFound {
                 name: key.to_string(),
-                path: self.path.clone(),
+                path: self.f.path.clone(),
             }),
         }
     }
@@ -432,13 +335,13 @@ impl PackReader {
     /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn entry_at(&self, index: usize) -> Result<PackEntry<'_>> {
-        if index as u64 >= self.t.n_entries {
+        if index as u64 >= self.f.t.n_entries {
             return Err(Error::InvalidInput {
-                path: self.path.clone(),
+                path: self.f.path.clone(),
                 reason: format!("entry index {index} out of range (pack has {})", self.len()),
             });
         }
-        self.make_entry(self.map_u64(self.layout.seq + 8 * index as u64)?)
+        self.f.entry_in_file_order(index as u64)
     }
 
     /// `n` consecutive entries in file order starting at `start`, each of
@@ -472,11 +375,11 @@ impl PackReader {
     /// ```
     pub fn read(&self, start: usize, n: usize) -> Result<Vec<PackEntry<'_>>> {
         match start.checked_add(n) {
-            Some(end) if end as u64 <= self.t.n_entries => {
+            Some(end) if end as u64 <= self.f.t.n_entries => {
                 (start..end).map(|i| self.entry_at(i)).collect()
             }
             _ => Err(Error::InvalidInput {
-                path: self.path.clone(),
+                path: self.f.path.clone(),
                 reason: format!(
                     "entries {start}..{start}+{n} out of range (pack has {})",
                     self.len()
@@ -526,39 +429,126 @@ impl PackReader {
     /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn iter_by_key(&self) -> impl ExactSizeIterator<Item = Result<PackEntry<'_>>> + '_ {
-        (0..self.len())
-            .map(move |i| self.make_entry(self.map_u64(self.layout.order + 8 * i as u64)?))
+        (0..self.len()).map(move |i| self.f.entry_in_key_order(i as u64))
     }
-}
 
-/// Fills `buf` from `off` of `file` (`map` is the same file, used where
-/// positioned reads are not available).
-fn read_at(file: &File, map: &Mmap, buf: &mut [u8], off: u64) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        let _ = map;
-        std::os::unix::fs::FileExt::read_exact_at(file, buf, off)
+    /// A description of every entry in file order, for inspection tools.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("a.pack");
+    /// let mut w = ndarray_offload::pack::PackWriter::create(&path)?;
+    /// w.append("a", &ndarray::Array2::<f32>::zeros((2, 3)))?;
+    /// w.finish()?;
+    /// let r = ndarray_offload::pack::PackReader::open(&path)?;
+    /// let infos = r.list().collect::<Result<Vec<_>, _>>()?;
+    /// assert_eq!(infos[0].arrays[0].dtype, "<f4");
+    /// assert_eq!(infos[0].arrays[0].shape, [2, 3]);
+    /// println!("{}", infos[0]);
+    /// # Ok::<_, ndarray_offload::Error>(())
+    /// ```
+    pub fn list(&self) -> impl ExactSizeIterator<Item = Result<PackEntryInfo>> + '_ {
+        self.iter().map(|e| e?.info())
     }
-    #[cfg(not(unix))]
-    {
-        let _ = file;
-        let src = usize::try_from(off)
-            .ok()
-            .and_then(|o| map.get(o..o.checked_add(buf.len())?))
-            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
-        buf.copy_from_slice(src);
-        Ok(())
+
+    /// Checks the whole pack: the index checksum, the ordering of the hash
+    /// index and of the key order, every record's bounds, every metadata and
+    /// payload checksum, and that every compressed payload decodes to its
+    /// declared size. Reads every byte of the file.
+    ///
+    /// # Errors
+    ///
+    /// The first problem found, as [`Error::Corrupt`](crate::Error::Corrupt) naming the file (and
+    /// the entry); [`Error::Unsupported`](crate::Error::Unsupported) for a compressed entry this build
+    /// cannot decode.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("a.pack");
+    /// let mut w = ndarray_offload::pack::PackWriter::create(&path)?;
+    /// w.append("a", &ndarray::array![1u8, 2, 3])?;
+    /// w.finish()?;
+    /// let report = ndarray_offload::pack::PackReader::open(&path)?.verify()?;
+    /// assert_eq!(report.entries, 1);
+    /// # Ok::<_, ndarray_offload::Error>(())
+    /// ```
+    pub fn verify(&self) -> Result<VerifyReport> {
+        self.f.verify()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pack::format;
+    use std::path::Path;
 
     #[test]
     fn reader_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<PackReader>();
         check::<PackEntry<'static>>();
+    }
+
+    fn preads(r: &PackReader) -> u64 {
+        r.f.preads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn write(path: &Path, keys: &[String]) {
+        let mut w = crate::pack::PackWriter::create(path).unwrap();
+        for (i, k) in keys.iter().enumerate() {
+            w.append(k.as_str(), &ndarray::array![i as u32]).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    #[test]
+    fn a_lookup_is_two_reads_at_any_size() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in [1usize, 2, 16, 17, 1_000, 70_000] {
+            let path = dir.path().join(format!("{n}.pack"));
+            let keys: Vec<String> = (0..n).map(|i| format!("tile_{i:08}")).collect();
+            write(&path, &keys);
+            let r = PackReader::open(&path).unwrap();
+            assert_eq!(r.f.layout.buckets, format::bucket_count(n as u64));
+            for (i, k) in keys.iter().enumerate().step_by((n / 200).max(1)) {
+                let before = preads(&r);
+                assert_eq!(r.get::<u32, ndarray::Ix1>(k.as_str()).unwrap()[0], i as u32);
+                assert_eq!(preads(&r) - before, 2, "n={n} key {k}");
+            }
+            let before = preads(&r);
+            assert!(!r.contains("absent").unwrap());
+            assert!(!r.contains(n as u64).unwrap());
+            assert_eq!(preads(&r) - before, 4, "n={n}");
+            if n <= 1_000 {
+                r.verify().unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn an_oversized_bucket_is_searched_through_the_map() {
+        // 1,000 keys whose hashes all fall in bucket 0 of 64.
+        let keys: Vec<String> = (0..)
+            .map(|i| format!("k{i}"))
+            .filter(|k| format::bucket_of(PackKey::from(k.as_str()).hash64(), 64) == 0)
+            .take(1_000)
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("skewed.pack");
+        write(&path, &keys);
+        let r = PackReader::open(&path).unwrap();
+        assert_eq!(r.f.layout.buckets, 64);
+        for (i, k) in keys.iter().enumerate().step_by(7) {
+            let before = preads(&r);
+            assert_eq!(r.get::<u32, ndarray::Ix1>(k.as_str()).unwrap()[0], i as u32);
+            assert_eq!(preads(&r) - before, 1);
+        }
+        assert!(!r.contains("absent").unwrap());
+        r.verify().unwrap();
     }
 }

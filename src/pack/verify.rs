@@ -1,36 +1,14 @@
 //! Checking a whole pack: every checksum, bound and ordering.
 
 use super::codec::Compression;
+use super::file::PackFile;
 use super::format::{self, LEAF_REC, PREAMBLE_LEN};
 use super::key::PackKey;
-use super::reader::PackReader;
 use crate::error::Result;
 
-impl PackReader {
-    /// Checks the whole pack: the index checksum, the ordering of the hash
-    /// index and of the key order, every record's bounds, every metadata and
-    /// payload checksum, and that every compressed payload decodes to its
-    /// declared size. Reads every byte of the file.
-    ///
-    /// # Errors
-    ///
-    /// The first problem found, as [`Error::Corrupt`](crate::Error::Corrupt) naming the file (and
-    /// the entry); [`Error::Unsupported`](crate::Error::Unsupported) for a compressed entry this build
-    /// cannot decode.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let dir = tempfile::tempdir().unwrap();
-    /// let path = dir.path().join("a.pack");
-    /// let mut w = ndarray_offload::pack::PackWriter::create(&path)?;
-    /// w.append("a", &ndarray::array![1u8, 2, 3])?;
-    /// w.finish()?;
-    /// let report = ndarray_offload::pack::PackReader::open(&path)?.verify()?;
-    /// assert_eq!(report.entries, 1);
-    /// # Ok::<_, ndarray_offload::Error>(())
-    /// ```
-    pub fn verify(&self) -> Result<VerifyReport> {
+impl PackFile {
+    /// [`PackReader::verify`](super::PackReader::verify).
+    pub(super) fn verify(&self) -> Result<VerifyReport> {
         format::check_preamble(
             self.map.get(..PREAMBLE_LEN as usize).unwrap_or(&[]),
             &self.path,
@@ -49,7 +27,7 @@ impl PackReader {
         };
         // File order: descriptors and payloads ascending, never overlapping.
         let mut end_prev = PREAMBLE_LEN;
-        for e in self.iter() {
+        for e in (0..n).map(|i| self.entry_in_file_order(i)) {
             let e = e?;
             for a in e.arrays() {
                 let a = a?;
@@ -124,7 +102,7 @@ impl PackReader {
         // Key order: strictly increasing keys (so no duplicates), each a
         // real entry.
         let mut prev_key: Option<PackKey<'_>> = None;
-        for (i, e) in self.iter_by_key().enumerate() {
+        for (i, e) in (0..n).map(|i| self.entry_in_key_order(i)).enumerate() {
             let e = e?;
             if !seq_has(e.off)? {
                 return Err(self.corrupt(format!("key order #{i} names no entry")));
@@ -140,7 +118,7 @@ impl PackReader {
     }
 }
 
-/// What [`PackReader::verify`] checked.
+/// What [`PackReader::verify`](super::PackReader::verify) checked.
 ///
 /// # Examples
 ///
