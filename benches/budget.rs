@@ -42,7 +42,7 @@ struct Run {
 
 fn through_store(dir: &Path, budget: u64, template: &Array1<f32>, count: usize) -> Run {
     let store = StoreBuilder::new(dir)
-        .memory_budget(ByteSize(budget))
+        .memory_budget(ByteSize::new(budget))
         .open()
         .unwrap();
     let t = Instant::now();

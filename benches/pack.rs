@@ -54,7 +54,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ndarray::{Array1, Ix1};
-use ndarray_offload::{PackReader, PackWriter};
+use ndarray_offload::pack::{PackReader, PackWriter};
 
 fn pct(v: &[Duration], p: f64) -> Duration {
     // v is sorted

@@ -4,7 +4,7 @@
 //! cargo run --example pack_inspect -- tiles.pack [--verify]
 //! ```
 
-use ndarray_offload::PackReader;
+use ndarray_offload::pack::PackReader;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);

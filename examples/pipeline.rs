@@ -37,7 +37,7 @@ struct Options {
 fn options() -> Result<Options, String> {
     let mut o = Options {
         dir: None,
-        budget: ByteSize(64 << 20),
+        budget: ByteSize::new(64 << 20),
         tiles: 48,
         points: 250_000,
         voxel: 0.5,
@@ -207,7 +207,7 @@ fn run(o: Options) -> Result<bool, Box<dyn std::error::Error>> {
         "pipeline: {} tiles x {} points = {} in {} (budget {}, {:.1}x the budget)",
         o.tiles,
         o.points,
-        ByteSize(total),
+        ByteSize::new(total),
         dir.display(),
         o.budget,
         total as f64 / o.budget.bytes() as f64
@@ -238,7 +238,7 @@ fn run(o: Options) -> Result<bool, Box<dyn std::error::Error>> {
         let st = store.stats();
         bar.set_message(format!(
             "resident {}  evictions {}",
-            ByteSize(st.bytes_resident),
+            ByteSize::new(st.bytes_resident),
             st.evictions
         ));
         bar.inc(1);
@@ -264,7 +264,7 @@ fn run(o: Options) -> Result<bool, Box<dyn std::error::Error>> {
     println!("| measure | value |");
     println!("|---|---|");
     println!("| tiles processed | {} |", o.tiles);
-    println!("| input data | {} |", ByteSize(total));
+    println!("| input data | {} |", ByteSize::new(total));
     println!("| time | {elapsed:.2} s |");
     println!(
         "| throughput | {:.1} MiB/s |",
@@ -282,11 +282,11 @@ fn run(o: Options) -> Result<bool, Box<dyn std::error::Error>> {
     );
     println!(
         "| bytes on disk | {} in {} entries |",
-        ByteSize(st.bytes_on_disk),
+        ByteSize::new(st.bytes_on_disk),
         st.entries_on_disk
     );
     match rss {
-        Some(r) => println!("| peak RSS | {} |", ByteSize(r)),
+        Some(r) => println!("| peak RSS | {} |", ByteSize::new(r)),
         None => println!("| peak RSS | unknown |"),
     }
 

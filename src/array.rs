@@ -22,7 +22,7 @@ use crate::config::{CacheConfig, LoadMode};
 use crate::element::Element;
 use crate::error::{Error, IoContext, Result};
 use crate::io::{self, FileId};
-use crate::map::MappedNpy;
+use crate::mmap::MappedNpy;
 use crate::name::EntryName;
 use crate::npy::{self, NpyInfo};
 use crate::store::meta::EntryFlags;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::name::EntryName;
+use crate::size::available_memory;
 
 /// How an offloaded array is mapped back into memory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -35,7 +36,7 @@ pub enum LoadMode {
 /// | [`caching`](Self::caching) | `true` | arrays may live on disk; `false` keeps them in RAM and makes offload a no-op |
 /// | [`purge_on_drop`](Self::purge_on_drop) | `None` (automatic) | delete an array's file when the array is dropped: automatic means yes in the temporary directory, no in a configured location |
 /// | [`automatic_offloading`](Self::automatic_offloading) | `false` | re-offload after every scoped access that had to load the array |
-/// | [`chunk_budget`](Self::chunk_budget) | `None` (automatic) | largest buffer used when a layout must be copied while writing: 10% of available RAM, 64 MiB when unknown |
+/// | [`chunk_budget`](Self::chunk_budget) | `None` (automatic) | largest buffer used when a layout must be copied while writing: 10% of the memory available to the process (cgroup limits included), 64 MiB when unknown |
 /// | [`load_mode`](Self::load_mode) | [`LoadMode::ReadOnly`] | how an array loaded on demand is mapped |
 ///
 /// # Examples
@@ -213,27 +214,20 @@ impl CacheConfig {
         self.purge_on_drop.unwrap_or(temporary)
     }
 
-    /// The chunk budget in bytes: the configured one, else 10% of available
-    /// memory, else 64 MiB.
+    /// The chunk budget in bytes: the configured one, else
+    /// [`default_chunk_budget`].
     pub fn effective_chunk_budget(&self) -> u64 {
         self.chunk_budget.unwrap_or_else(default_chunk_budget)
     }
 }
 
-/// Chunk budget used when none is configured: 10% of available memory
-/// (as `sysinfo` reports it), or 64 MiB when that is unknown.
+/// Chunk budget used when none is configured: 10% of the memory available
+/// to the process (the host's available memory, capped by the process's
+/// cgroup limit on Linux), at least 1 MiB, or 64 MiB when that is unknown.
 pub fn default_chunk_budget() -> u64 {
     const FALLBACK: u64 = 64 << 20;
-    match sysinfo::System::new() {
-        Ok(mut s) => {
-            s.refresh_memory();
-            let avail = s.available_memory();
-            if avail == 0 {
-                FALLBACK
-            } else {
-                (avail / 10).max(1 << 20)
-            }
-        }
-        Err(_) => FALLBACK,
+    match available_memory() {
+        Some(avail) => (avail / 10).max(1 << 20),
+        None => FALLBACK,
     }
 }

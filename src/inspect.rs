@@ -1,5 +1,10 @@
-//! Checking a store directory without knowing its element types: what the
-//! `ndoffload` inspector uses.
+//! Read-only inspection of stores and packs without knowing their element
+//! types: what the `ndoffload` command-line inspector uses.
+//!
+//! [`inspect_store`] reports every entry of a store directory (complete or
+//! not), [`inspect_pack`] every array of a pack file; with
+//! [`InspectOptions::read_data`] both read the data, check it and compute a
+//! SHA-256 that numpy reproduces.
 
 use std::path::Path;
 
@@ -82,7 +87,8 @@ pub struct InspectOptions {
 ///
 /// ```
 /// use ndarray::array;
-/// use ndarray_offload::{inspect_store, DiskBackedStore, InspectOptions};
+/// use ndarray_offload::inspect::{inspect_store, InspectOptions};
+/// use ndarray_offload::DiskBackedStore;
 ///
 /// let dir = tempfile::tempdir()?;
 /// DiskBackedStore::open(dir.path())?.insert_durable("a", array![1u8, 2])?;
@@ -193,7 +199,8 @@ fn check_entry(dir: &Path, name: &str, opts: InspectOptions, r: &mut EntryReport
 ///
 /// ```
 /// use ndarray::array;
-/// use ndarray_offload::{inspect_pack, InspectOptions, PackWriter};
+/// use ndarray_offload::pack::PackWriter;
+/// use ndarray_offload::inspect::{inspect_pack, InspectOptions};
 ///
 /// let dir = tempfile::tempdir()?;
 /// let path = dir.path().join("tiles.pack");

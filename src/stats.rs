@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::budget::ByteSize;
+use crate::size::ByteSize;
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -109,18 +109,18 @@ impl fmt::Display for StoreStats {
         )?;
         let budget = self
             .budget
-            .map(|b| ByteSize(b).to_string())
+            .map(|b| ByteSize::new(b).to_string())
             .unwrap_or_else(|| "none".into());
         writeln!(
             f,
             "  resident   {:>10}   in {} entries (budget {budget})",
-            ByteSize(self.bytes_resident).to_string(),
+            ByteSize::new(self.bytes_resident).to_string(),
             self.entries_resident
         )?;
         write!(
             f,
             "  on disk    {:>10}   in {} entries",
-            ByteSize(self.bytes_on_disk).to_string(),
+            ByteSize::new(self.bytes_on_disk).to_string(),
             self.entries_on_disk
         )
     }

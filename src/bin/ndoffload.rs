@@ -11,7 +11,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ndarray_offload::{inspect_pack, inspect_store, EntryReport, Error, InspectOptions};
+use ndarray_offload::inspect::{inspect_pack, inspect_store, EntryReport, InspectOptions};
+use ndarray_offload::Error;
 
 const USAGE: &str = "usage:
   ndoffload ls [--json] [--checksum] DIR|PACK   list every entry (dtype, shape, state, size, status)

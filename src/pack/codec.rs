@@ -7,7 +7,7 @@ use super::format::{COMP_LZ4, COMP_NONE, COMP_ZSTD};
 use crate::error::{Error, Result};
 
 /// How one array's bytes are stored in a pack, chosen per entry at write
-/// time with [`PackWriter::set_compression`](crate::PackWriter::set_compression).
+/// time with [`PackWriter::set_compression`](crate::pack::PackWriter::set_compression).
 ///
 /// Uncompressed entries are read back as zero-copy views into the file's
 /// memory map; compressed entries are decoded into an owned array.
@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 /// # Examples
 ///
 /// ```
-/// use ndarray_offload::Compression;
+/// use ndarray_offload::pack::Compression;
 ///
 /// assert_eq!(Compression::default(), Compression::None);
 /// assert_eq!(Compression::Zstd(3).to_string(), "zstd");
@@ -43,7 +43,7 @@ impl Compression {
     /// # Examples
     ///
     /// ```
-    /// use ndarray_offload::Compression;
+    /// use ndarray_offload::pack::Compression;
     ///
     /// assert!(Compression::None.is_available());
     /// assert_eq!(Compression::Lz4.is_available(), cfg!(feature = "lz4"));

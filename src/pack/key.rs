@@ -9,7 +9,7 @@ use super::format::{key_hash, KEY_STR, KEY_U64};
 ///
 /// Both kinds may be mixed in one pack; `7u64` and `"7"` are different keys.
 /// Keys order integers first (numerically), then strings (by their UTF-8
-/// bytes): that is the order of [`PackReader::iter_by_key`](crate::PackReader::iter_by_key).
+/// bytes): that is the order of [`PackReader::iter_by_key`](crate::pack::PackReader::iter_by_key).
 ///
 /// Lookups borrow (`PackKey<'_>` from a `&str`), listings borrow from the
 /// reader's map; [`into_owned`](PackKey::into_owned) detaches a key.
@@ -17,7 +17,7 @@ use super::format::{key_hash, KEY_STR, KEY_U64};
 /// # Examples
 ///
 /// ```
-/// use ndarray_offload::PackKey;
+/// use ndarray_offload::pack::PackKey;
 ///
 /// let a: PackKey = 42u64.into();
 /// let b: PackKey = "tile_0001".into();
@@ -40,7 +40,7 @@ impl PackKey<'_> {
     /// # Examples
     ///
     /// ```
-    /// use ndarray_offload::PackKey;
+    /// use ndarray_offload::pack::PackKey;
     ///
     /// let owned: PackKey<'static> = PackKey::from(&*String::from("k")).into_owned();
     /// assert_eq!(owned.as_str(), Some("k"));
@@ -57,7 +57,7 @@ impl PackKey<'_> {
     /// # Examples
     ///
     /// ```
-    /// use ndarray_offload::PackKey;
+    /// use ndarray_offload::pack::PackKey;
     ///
     /// let k = PackKey::from(String::from("k"));
     /// assert_eq!(k.borrowed(), PackKey::from("k"));
@@ -74,7 +74,7 @@ impl PackKey<'_> {
     /// # Examples
     ///
     /// ```
-    /// use ndarray_offload::PackKey;
+    /// use ndarray_offload::pack::PackKey;
     ///
     /// assert_eq!(PackKey::from("a").as_str(), Some("a"));
     /// assert_eq!(PackKey::from(1u64).as_str(), None);
@@ -91,7 +91,7 @@ impl PackKey<'_> {
     /// # Examples
     ///
     /// ```
-    /// use ndarray_offload::PackKey;
+    /// use ndarray_offload::pack::PackKey;
     ///
     /// assert_eq!(PackKey::from(9u64).as_u64(), Some(9));
     /// assert_eq!(PackKey::from("9").as_u64(), None);

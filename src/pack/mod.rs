@@ -30,7 +30,7 @@
 //!
 //! ```
 //! use ndarray::{array, Array2, Ix2};
-//! use ndarray_offload::{PackReader, PackWriter};
+//! use ndarray_offload::pack::{PackReader, PackWriter};
 //!
 //! let dir = tempfile::tempdir().unwrap();
 //! let path = dir.path().join("tiles.pack");
@@ -48,16 +48,24 @@
 //! ```
 
 mod codec;
+mod entry;
+mod file;
 mod format;
+mod index;
+mod info;
 mod key;
 mod reader;
 mod sample;
 mod shard;
+mod verify;
 mod writer;
 
 pub use codec::Compression;
+pub use entry::{PackArray, PackEntry};
+pub use info::{PackArrayInfo, PackEntryInfo};
 pub use key::PackKey;
-pub use reader::{PackArray, PackArrayInfo, PackEntry, PackEntryInfo, PackReader, VerifyReport};
+pub use reader::PackReader;
 pub use sample::Sample;
 pub use shard::{PackSet, ShardWriter};
+pub use verify::VerifyReport;
 pub use writer::PackWriter;

@@ -24,9 +24,9 @@ pub(crate) struct SampleArray {
 ///
 /// Build one with [`with_array`](Sample::with_array) and
 /// [`with_meta`](Sample::with_meta), store it with
-/// [`PackWriter::append_sample`](crate::PackWriter::append_sample), and get it
-/// back with [`PackEntry::to_sample`](crate::PackEntry::to_sample) (owned) or
-/// read its arrays in place through [`PackEntry::array`](crate::PackEntry::array).
+/// [`PackWriter::append_sample`](crate::pack::PackWriter::append_sample), and get it
+/// back with [`PackEntry::to_sample`](crate::pack::PackEntry::to_sample) (owned) or
+/// read its arrays in place through [`PackEntry::array`](crate::pack::PackEntry::array).
 ///
 /// Arrays keep their insertion order. Two samples are equal when they hold
 /// the same names, dtypes, shapes, element bytes and metadata.
@@ -35,7 +35,7 @@ pub(crate) struct SampleArray {
 ///
 /// ```
 /// use ndarray::{array, Array1, Array2};
-/// use ndarray_offload::Sample;
+/// use ndarray_offload::pack::Sample;
 /// use serde_json::json;
 ///
 /// let s = Sample::new()
@@ -66,7 +66,7 @@ impl Sample {
     /// # Examples
     ///
     /// ```
-    /// assert!(ndarray_offload::Sample::new().is_empty());
+    /// assert!(ndarray_offload::pack::Sample::new().is_empty());
     /// ```
     pub fn new() -> Self {
         Self::default()
@@ -90,7 +90,7 @@ impl Sample {
     ///
     /// ```
     /// use ndarray::array;
-    /// use ndarray_offload::Sample;
+    /// use ndarray_offload::pack::Sample;
     ///
     /// let mut s = Sample::new();
     /// s.insert("xyz", &array![[1.0f32, 2.0, 3.0]])?;
@@ -154,7 +154,7 @@ impl Sample {
     ///
     /// ```
     /// use ndarray::array;
-    /// use ndarray_offload::Sample;
+    /// use ndarray_offload::pack::Sample;
     ///
     /// let s = Sample::new().with_array("a", &array![1.0f64, 2.0])?;
     /// assert_eq!(s.len(), 1);
@@ -179,7 +179,7 @@ impl Sample {
     /// # Examples
     ///
     /// ```
-    /// use ndarray_offload::Sample;
+    /// use ndarray_offload::pack::Sample;
     /// use serde_json::json;
     ///
     /// let s = Sample::new().with_meta(json!({"label": 3}));
@@ -195,7 +195,7 @@ impl Sample {
     /// # Examples
     ///
     /// ```
-    /// use ndarray_offload::Sample;
+    /// use ndarray_offload::pack::Sample;
     ///
     /// let mut s = Sample::new();
     /// s.set_meta(Some(serde_json::json!("x")));
@@ -211,7 +211,7 @@ impl Sample {
     /// # Examples
     ///
     /// ```
-    /// assert!(ndarray_offload::Sample::new().meta().is_none());
+    /// assert!(ndarray_offload::pack::Sample::new().meta().is_none());
     /// ```
     pub fn meta(&self) -> Option<&Value> {
         self.meta.as_ref()
@@ -222,7 +222,7 @@ impl Sample {
     /// # Examples
     ///
     /// ```
-    /// assert_eq!(ndarray_offload::Sample::new().len(), 0);
+    /// assert_eq!(ndarray_offload::pack::Sample::new().len(), 0);
     /// ```
     pub fn len(&self) -> usize {
         self.arrays.len()
@@ -233,7 +233,7 @@ impl Sample {
     /// # Examples
     ///
     /// ```
-    /// assert!(ndarray_offload::Sample::new().is_empty());
+    /// assert!(ndarray_offload::pack::Sample::new().is_empty());
     /// ```
     pub fn is_empty(&self) -> bool {
         self.arrays.is_empty()
@@ -245,7 +245,7 @@ impl Sample {
     ///
     /// ```
     /// use ndarray::array;
-    /// let s = ndarray_offload::Sample::new().with_array("b", &array![1u8])?;
+    /// let s = ndarray_offload::pack::Sample::new().with_array("b", &array![1u8])?;
     /// assert_eq!(s.names().collect::<Vec<_>>(), ["b"]);
     /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
@@ -259,7 +259,7 @@ impl Sample {
     ///
     /// ```
     /// use ndarray::Array2;
-    /// let s = ndarray_offload::Sample::new().with_array("m", &Array2::<f32>::zeros((2, 3)))?;
+    /// let s = ndarray_offload::pack::Sample::new().with_array("m", &Array2::<f32>::zeros((2, 3)))?;
     /// assert_eq!(s.describe("m"), Some(("<f4", &[2usize, 3][..])));
     /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
@@ -282,7 +282,7 @@ impl Sample {
     ///
     /// ```
     /// use ndarray::{array, Array1};
-    /// let s = ndarray_offload::Sample::new().with_array("v", &array![1i32, 2])?;
+    /// let s = ndarray_offload::pack::Sample::new().with_array("v", &array![1i32, 2])?;
     /// let v: Array1<i32> = s.get("v")?;
     /// assert_eq!(v, array![1, 2]);
     /// assert!(s.get::<f32, ndarray::Ix1>("v").is_err());

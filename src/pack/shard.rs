@@ -9,8 +9,9 @@ use std::sync::mpsc;
 use serde::{Deserialize, Serialize};
 
 use super::codec::Compression;
+use super::entry::PackEntry;
 use super::key::PackKey;
-use super::reader::{PackEntry, PackReader};
+use super::reader::PackReader;
 use super::sample::Sample;
 use super::writer::PackWriter;
 use crate::error::{Error, IoContext, Result};
@@ -49,7 +50,7 @@ struct Manifest {
 ///
 /// ```
 /// use ndarray::{array, Ix1};
-/// use ndarray_offload::{PackKey, PackSet, Sample, ShardWriter};
+/// use ndarray_offload::pack::{PackKey, PackSet, Sample, ShardWriter};
 ///
 /// let dir = tempfile::tempdir().unwrap();
 /// let stream = (0..100u64).map(|i| {
@@ -111,7 +112,7 @@ impl ShardWriter {
     /// # Examples
     ///
     /// ```
-    /// use ndarray_offload::{Compression, ShardWriter};
+    /// use ndarray_offload::pack::{Compression, ShardWriter};
     /// let w = ShardWriter::new(".", "set").compression(Compression::None);
     /// # let _ = w;
     /// ```
@@ -300,7 +301,7 @@ impl PackSet {
     /// # Examples
     ///
     /// ```
-    /// use ndarray_offload::{PackKey, Sample, ShardWriter};
+    /// use ndarray_offload::pack::{PackKey, Sample, ShardWriter};
     /// let dir = tempfile::tempdir().unwrap();
     /// let stream = (0..10u64).map(|i| (PackKey::from(i), Sample::new()));
     /// let set = ShardWriter::new(dir.path(), "s").shards(3).write(stream)?;
@@ -326,7 +327,7 @@ impl PackSet {
     /// # Examples
     ///
     /// ```
-    /// use ndarray_offload::{PackKey, Sample, ShardWriter};
+    /// use ndarray_offload::pack::{PackKey, Sample, ShardWriter};
     /// let dir = tempfile::tempdir().unwrap();
     /// let set = ShardWriter::new(dir.path(), "e").write(std::iter::empty::<(PackKey, Sample)>())?;
     /// assert!(set.is_empty());
@@ -345,7 +346,7 @@ impl PackSet {
     /// # Examples
     ///
     /// ```
-    /// use ndarray_offload::{PackKey, Sample, ShardWriter};
+    /// use ndarray_offload::pack::{PackKey, Sample, ShardWriter};
     /// let dir = tempfile::tempdir().unwrap();
     /// let stream = (0..10u64).map(|i| (PackKey::from(i), Sample::new()));
     /// let set = ShardWriter::new(dir.path(), "s").shards(3).write(stream)?;
@@ -386,7 +387,7 @@ impl PackSet {
     /// # Examples
     ///
     /// ```
-    /// use ndarray_offload::{PackKey, Sample, ShardWriter};
+    /// use ndarray_offload::pack::{PackKey, Sample, ShardWriter};
     /// let dir = tempfile::tempdir().unwrap();
     /// let stream = (0..10u64).map(|i| (PackKey::from(i), Sample::new()));
     /// ShardWriter::new(dir.path(), "s").write(stream)?.verify()?;

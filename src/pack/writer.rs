@@ -80,7 +80,7 @@ impl<W: Write> Write for Counter<'_, W> {
 ///
 /// ```
 /// use ndarray::{array, Array2};
-/// use ndarray_offload::{PackReader, PackWriter};
+/// use ndarray_offload::pack::{PackReader, PackWriter};
 ///
 /// let dir = tempfile::tempdir().unwrap();
 /// let path = dir.path().join("tiles.pack");
@@ -272,7 +272,7 @@ impl PackWriter {
     ///
     /// ```
     /// let dir = tempfile::tempdir().unwrap();
-    /// let w = ndarray_offload::PackWriter::create(dir.path().join("a.pack"))?;
+    /// let w = ndarray_offload::pack::PackWriter::create(dir.path().join("a.pack"))?;
     /// drop(w); // unfinished: nothing is left behind
     /// assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     /// # Ok::<_, ndarray_offload::Error>(())
@@ -318,7 +318,7 @@ impl PackWriter {
     /// # Examples
     ///
     /// ```
-    /// use ndarray_offload::{Compression, PackWriter};
+    /// use ndarray_offload::pack::{Compression, PackWriter};
     ///
     /// let dir = tempfile::tempdir().unwrap();
     /// let mut w = PackWriter::create(dir.path().join("a.pack"))?;
@@ -343,8 +343,8 @@ impl PackWriter {
     ///
     /// ```
     /// let dir = tempfile::tempdir().unwrap();
-    /// let w = ndarray_offload::PackWriter::create(dir.path().join("a.pack"))?;
-    /// assert_eq!(w.compression(), ndarray_offload::Compression::None);
+    /// let w = ndarray_offload::pack::PackWriter::create(dir.path().join("a.pack"))?;
+    /// assert_eq!(w.compression(), ndarray_offload::pack::Compression::None);
     /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn compression(&self) -> Compression {
@@ -357,7 +357,7 @@ impl PackWriter {
     ///
     /// ```
     /// let dir = tempfile::tempdir().unwrap();
-    /// let mut w = ndarray_offload::PackWriter::create(dir.path().join("a.pack"))?;
+    /// let mut w = ndarray_offload::pack::PackWriter::create(dir.path().join("a.pack"))?;
     /// w.append(1u64, &ndarray::array![1u8])?;
     /// assert_eq!(w.len(), 1);
     /// # Ok::<_, ndarray_offload::Error>(())
@@ -372,7 +372,7 @@ impl PackWriter {
     ///
     /// ```
     /// let dir = tempfile::tempdir().unwrap();
-    /// let w = ndarray_offload::PackWriter::create(dir.path().join("a.pack"))?;
+    /// let w = ndarray_offload::pack::PackWriter::create(dir.path().join("a.pack"))?;
     /// assert!(w.is_empty());
     /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
@@ -386,7 +386,7 @@ impl PackWriter {
     ///
     /// ```
     /// let dir = tempfile::tempdir().unwrap();
-    /// let mut w = ndarray_offload::PackWriter::create(dir.path().join("a.pack"))?;
+    /// let mut w = ndarray_offload::pack::PackWriter::create(dir.path().join("a.pack"))?;
     /// w.append("a", &ndarray::array![1u8])?;
     /// assert!(w.contains("a"));
     /// assert!(!w.contains("b"));
@@ -403,7 +403,7 @@ impl PackWriter {
     ///
     /// ```
     /// let dir = tempfile::tempdir().unwrap();
-    /// let w = ndarray_offload::PackWriter::create(dir.path().join("a.pack"))?;
+    /// let w = ndarray_offload::pack::PackWriter::create(dir.path().join("a.pack"))?;
     /// assert!(w.path().ends_with("a.pack"));
     /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
@@ -422,7 +422,7 @@ impl PackWriter {
     fn cmp_key(&self, i: u32, key: &PackKey<'_>) -> std::cmp::Ordering {
         let stored = self.key_at(i);
         match key {
-            PackKey::U64(k) => le_u64(stored).cmp(k),
+            PackKey::U64(k) => format::le64(stored, 0).unwrap_or(0).cmp(k),
             PackKey::Str(s) => stored.cmp(s.as_bytes()),
         }
     }
@@ -483,7 +483,7 @@ impl PackWriter {
     /// ```
     /// use ndarray::array;
     /// let dir = tempfile::tempdir().unwrap();
-    /// let mut w = ndarray_offload::PackWriter::create(dir.path().join("a.pack"))?;
+    /// let mut w = ndarray_offload::pack::PackWriter::create(dir.path().join("a.pack"))?;
     /// w.append("a", &array![[1.0f32, 2.0], [3.0, 4.0]])?;
     /// assert!(w.append("a", &array![1u8]).is_err()); // duplicate key
     /// w.finish()?;
@@ -516,10 +516,10 @@ impl PackWriter {
     ///
     /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("a.pack");
-    /// let mut w = ndarray_offload::PackWriter::create(&path)?;
+    /// let mut w = ndarray_offload::pack::PackWriter::create(&path)?;
     /// w.append_with_meta(5u64, &array![1u8, 2], &json!({"label": "cat"}))?;
     /// w.finish()?;
-    /// let r = ndarray_offload::PackReader::open(&path)?;
+    /// let r = ndarray_offload::pack::PackReader::open(&path)?;
     /// assert_eq!(r.entry(5u64)?.meta()?, Some(json!({"label": "cat"})));
     /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
@@ -577,7 +577,7 @@ impl PackWriter {
     ///
     /// ```
     /// use ndarray::{array, Array2};
-    /// use ndarray_offload::{PackReader, PackWriter, Sample};
+    /// use ndarray_offload::pack::{PackReader, PackWriter, Sample};
     /// use serde_json::json;
     ///
     /// let dir = tempfile::tempdir().unwrap();
@@ -865,8 +865,8 @@ impl PackWriter {
     /// ```
     /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("empty.pack");
-    /// ndarray_offload::PackWriter::create(&path)?.finish()?;
-    /// assert_eq!(ndarray_offload::PackReader::open(&path)?.len(), 0);
+    /// ndarray_offload::pack::PackWriter::create(&path)?.finish()?;
+    /// assert_eq!(ndarray_offload::pack::PackReader::open(&path)?.len(), 0);
     /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn finish(mut self) -> Result<()> {
@@ -1006,7 +1006,8 @@ fn key_order(entries: &[EntryMem], keys: &[u8]) -> Vec<u32> {
     let prefix = |e: &EntryMem| -> u64 {
         let k = key_of(e);
         if e.key_kind == format::KEY_U64 {
-            return le_u64(k);
+            // A `u64` key is its 8 little-endian bytes.
+            return format::le64(k, 0).unwrap_or(0);
         }
         let mut b = [0u8; 8];
         let tail = k.get(skip..).unwrap_or(&[]);
@@ -1036,13 +1037,6 @@ fn key_order(entries: &[EntryMem], keys: &[u8]) -> Vec<u32> {
         start = end;
     }
     order
-}
-
-fn le_u64(b: &[u8]) -> u64 {
-    let mut x = [0u8; 8];
-    let n = b.len().min(8);
-    x[..n].copy_from_slice(&b[..n]);
-    u64::from_le_bytes(x)
 }
 
 #[cfg(test)]

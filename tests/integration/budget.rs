@@ -71,7 +71,7 @@ fn pinned_entries_are_never_evicted() {
     assert_eq!(state(&s, "b"), ArrayState::InMemory);
     assert_eq!(s.stats().over_budget_events, 0);
     // Everything resident is pinned: the budget is exceeded for the moment.
-    s.set_memory_budget(Some(ByteSize(8_000)));
+    s.set_memory_budget(Some(ByteSize::new(8_000)));
     assert_eq!(state(&s, "a"), ArrayState::InMemory);
     assert_eq!(state(&s, "b"), ArrayState::InMemory);
     assert_eq!(ga.view().sum(), 1000.0, "the reader still sees its data");
@@ -244,10 +244,7 @@ fn system_pressure_offloads_down_to_the_target() {
     let dir = tempfile::tempdir().unwrap();
     // A threshold no machine meets: the store is always under pressure.
     let s = StoreBuilder::new(dir.path())
-        .system_pressure(SystemPressure {
-            min_available: u64::MAX,
-            target_resident: 16_000,
-        })
+        .system_pressure(SystemPressure::new(u64::MAX, 16_000))
         .open()
         .unwrap();
     for k in ["a", "b", "c", "d"] {
@@ -263,10 +260,7 @@ fn system_pressure_offloads_down_to_the_target() {
     // A threshold no machine falls under: nothing is offloaded.
     let dir2 = tempfile::tempdir().unwrap();
     let s = StoreBuilder::new(dir2.path())
-        .system_pressure(SystemPressure {
-            min_available: 0,
-            target_resident: 0,
-        })
+        .system_pressure(SystemPressure::new(0, 0))
         .open()
         .unwrap();
     for k in ["a", "b"] {

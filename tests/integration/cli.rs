@@ -121,7 +121,7 @@ fn clear_messages_for_bad_directories() {
 
 #[test]
 fn packs_are_listed_and_verified() {
-    use ndarray_offload::{PackWriter, Sample};
+    use ndarray_offload::pack::{PackWriter, Sample};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiles.pack");
     let a = Array2::<f32>::from_shape_fn((5, 3), |(i, j)| (i * 3 + j) as f32);

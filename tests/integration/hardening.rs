@@ -108,7 +108,7 @@ fn gsegutils_purge_flag_never_deletes_a_pair() {
             s.flush().unwrap();
         }),
         ("budget", |s, _| {
-            s.set_memory_budget(Some(ndarray_offload::ByteSize(64)));
+            s.set_memory_budget(Some(ndarray_offload::ByteSize::new(64)));
             touch_all(s);
             touch_all(s);
         }),

@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use ndarray::{array, Array, Array1, Array2, Array3, ArrayD, Ix1, Ix2, Ix3, IxDyn, ShapeBuilder};
-use ndarray_offload::{
-    Compression, Error, PackKey, PackReader, PackSet, PackWriter, Sample, ShardWriter,
+use ndarray_offload::pack::{
+    Compression, PackKey, PackReader, PackSet, PackWriter, Sample, ShardWriter,
 };
+use ndarray_offload::Error;
 use num_complex::Complex;
 use serde_json::json;
 

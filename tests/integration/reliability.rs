@@ -33,9 +33,10 @@ use std::time::{Duration, Instant};
 
 use ndarray::{arr0, Array, Array0, Array1, Array2, Dimension, Ix0, Ix1, Ix2, IxDyn, ShapeBuilder};
 use ndarray_npy::WriteNpyExt;
+use ndarray_offload::inspect::{inspect_store, InspectOptions};
 use ndarray_offload::{
-    inspect_store, ArrayState, CacheConfig, ConfigOverrides, DiskBackedArray, DiskBackedStore,
-    Element, Error, InspectOptions, LoadMode, StoreBuilder, StoredArray, LOCK_FILE,
+    ArrayState, CacheConfig, ConfigOverrides, DiskBackedArray, DiskBackedStore, Element, Error,
+    LoadMode, StoreBuilder, StoredArray, LOCK_FILE,
 };
 use proptest::prelude::*;
 

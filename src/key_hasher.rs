@@ -1,4 +1,6 @@
-//! Stable entry names derived from a computation's inputs.
+//! [`KeyHasher`]: stable entry names derived from a computation's inputs (for
+//! a store's `get_or_compute`). Not to be confused with `pack/key.rs`, the
+//! keys of pack entries.
 
 use ndarray::{ArrayBase, Data, Dimension};
 use sha2::{Digest, Sha256};

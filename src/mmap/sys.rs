@@ -1,5 +1,6 @@
-//! Memory maps (and one allocator call): the only module of the crate that
-//! contains `unsafe` code.
+//! Memory maps (and one allocator call): the only file of the crate that
+//! contains `unsafe` code (`#![allow(unsafe_code)]` here alone; the crate
+//! root denies it everywhere else).
 //!
 //! # Soundness contract
 //!

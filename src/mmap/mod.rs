@@ -1,4 +1,9 @@
-//! A validated `.npy` file mapped into memory.
+//! Memory maps of `.npy` files: [`MappedNpy`], a file mapped with a
+//! [`LoadMode`] and validated against its element type and dimension.
+//!
+//! Every `unsafe` block of the crate is in the private `sys` module (the
+//! map calls and one allocator call), under its written soundness contract;
+//! this module and the rest of the crate only use its safe functions.
 
 use std::fs::File;
 use std::marker::PhantomData;
@@ -12,8 +17,11 @@ use crate::config::LoadMode;
 use crate::element::Element;
 use crate::error::{Error, IoContext, Result};
 use crate::io::FileId;
-use crate::mapped;
 use crate::npy::NpyInfo;
+
+mod sys;
+
+pub(crate) use sys::{map_readonly, note_freed, trim_if_due};
 
 enum Map {
     Ro(Mmap),
@@ -70,9 +78,9 @@ impl<T: Element, D: Dimension> MappedNpy<T, D> {
         let file_len = meta.len();
         let id = FileId::from_meta(&meta);
         let map = match mode {
-            LoadMode::ReadOnly => Map::Ro(mapped::map_readonly(&file, path)?),
-            LoadMode::ReadWrite => Map::Rw(mapped::map_read_write(&file, path)?),
-            LoadMode::CopyOnWrite => Map::Cow(mapped::map_copy_on_write(&file, path)?),
+            LoadMode::ReadOnly => Map::Ro(sys::map_readonly(&file, path)?),
+            LoadMode::ReadWrite => Map::Rw(sys::map_read_write(&file, path)?),
+            LoadMode::CopyOnWrite => Map::Cow(sys::map_copy_on_write(&file, path)?),
         };
         let bytes: &[u8] = match &map {
             Map::Ro(m) => m,
