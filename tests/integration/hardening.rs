@@ -643,9 +643,11 @@ fn metadata_without_shape_or_dtype_opens_from_the_npy_header() {
         ));
     }
     drop(s);
-    let reports =
-        ndarray_offload::inspect_store(d, ndarray_offload::InspectOptions { read_data: true })
-            .unwrap();
+    let reports = ndarray_offload::inspect::inspect_store(
+        d,
+        ndarray_offload::inspect::InspectOptions { read_data: true },
+    )
+    .unwrap();
     assert!(reports.iter().all(|r| r.status() == "ok"), "{reports:?}");
     assert_eq!(tree(d), before);
 }
@@ -824,12 +826,12 @@ fn hostile_case(base: &Path, place: &str, kind: &str) -> Option<std::path::PathB
             let packs = store.join("packs");
             std::fs::create_dir(&packs).unwrap();
             let samples = (0..4u64).map(|i| {
-                let s = ndarray_offload::Sample::new()
+                let s = ndarray_offload::pack::Sample::new()
                     .with_array("x", &Array1::<f32>::from_elem(3, i as f32))
                     .unwrap();
-                (ndarray_offload::PackKey::from(i), s)
+                (ndarray_offload::pack::PackKey::from(i), s)
             });
-            ndarray_offload::ShardWriter::new(&packs, "set")
+            ndarray_offload::pack::ShardWriter::new(&packs, "set")
                 .shards(2)
                 .write(samples)
                 .unwrap();
@@ -908,11 +910,12 @@ fn hostile_case_child() {
             );
         }
         "pack_file" => {
-            let e = ndarray_offload::PackReader::open(&path).unwrap_err();
+            let e = ndarray_offload::pack::PackReader::open(&path).unwrap_err();
             assert!(named(&e), "{e:?}");
         }
         "shard_manifest" | "shard_file" => {
-            let e = ndarray_offload::PackSet::open(store.join("set.packset.json")).unwrap_err();
+            let e =
+                ndarray_offload::pack::PackSet::open(store.join("set.packset.json")).unwrap_err();
             assert!(named(&e), "{e:?}");
         }
         "inspector_ls_npy" | "inspector_verify_meta" => {
