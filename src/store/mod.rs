@@ -704,11 +704,12 @@ impl DiskBackedStore {
             scratch: flags.purge_on_drop,
         };
         self.inner.incomplete.write().remove(&name);
-        let old = self
-            .inner
-            .entries
-            .write()
-            .insert(name.clone(), Arc::new(Mutex::new(slot)));
+        // The old entry is detached (keeping its file) before the map is
+        // released: a removal of the name, which takes the map, must not
+        // delete the file before the old entry kept it. Detaching takes no
+        // entry lock (see the lock order above).
+        let mut entries = self.inner.entries.write();
+        let old = entries.insert(name.clone(), Arc::new(Mutex::new(slot)));
         if let Some(old) = old {
             let mut old = old.lock();
             old.retired = true;
@@ -717,6 +718,7 @@ impl DiskBackedStore {
                 l.ops.detach(true);
             }
         }
+        drop(entries);
         // Only now may the new entry's files replace the old entry's.
         loaded.ops.enable_publish();
         if flags.caching {
