@@ -64,6 +64,90 @@ mod held {
         })
         .unwrap_or(false)
     }
+
+    /// A thread waiting for an array's lock while it holds guards.
+    struct Waiter {
+        thread: std::thread::ThreadId,
+        /// The lock waited for, and whether exclusively.
+        lock: usize,
+        write: bool,
+        /// The guards the thread holds (they cannot change while it waits).
+        holds: Vec<(usize, bool)>,
+    }
+
+    /// The threads that hold guards and wait for another array's lock.
+    static WAITING: parking_lot::Mutex<Vec<Waiter>> = parking_lot::Mutex::new(Vec::new());
+
+    /// Whether a guard held in mode `held` makes a thread that wants the
+    /// lock in mode `want` wait (readers never wait for readers: the lock
+    /// lets a read in while a writer waits).
+    fn conflicts(held: bool, want: bool) -> bool {
+        held || want
+    }
+
+    /// Registers the calling thread as waiting for lock `id` (exclusively
+    /// with `write`) until the returned value is dropped, or returns `None`
+    /// if that wait would close a cycle: a thread holding a guard on `id`
+    /// waits, directly or through other waiting threads, for a guard of the
+    /// calling thread, and none of them could ever go on.
+    ///
+    /// Only threads that hold guards are registered: a thread holding none
+    /// cannot be waited for, so it can never be part of a cycle. The store
+    /// never waits for an array's lock while holding another lock of its
+    /// own, so every cycle goes through guards, and this check sees it.
+    pub(super) fn start_wait(id: usize, write: bool) -> Option<Wait> {
+        let mine: Vec<(usize, bool)> = HELD.try_with(|h| h.borrow().clone()).unwrap_or_default();
+        if mine.is_empty() {
+            return Some(Wait(None));
+        }
+        let me = std::thread::current().id();
+        let mut waiting = WAITING.lock();
+        let mut frontier = vec![(id, write)];
+        let mut seen = vec![false; waiting.len()];
+        while let Some((lock, want)) = frontier.pop() {
+            for (i, w) in waiting.iter().enumerate() {
+                if seen[i] || w.thread == me {
+                    continue;
+                }
+                let blocks = w
+                    .holds
+                    .iter()
+                    .any(|&(l, held)| l == lock && conflicts(held, want));
+                if !blocks {
+                    continue;
+                }
+                seen[i] = true;
+                if mine
+                    .iter()
+                    .any(|&(l, held)| l == w.lock && conflicts(held, w.write))
+                {
+                    return None;
+                }
+                frontier.push((w.lock, w.write));
+            }
+        }
+        waiting.push(Waiter {
+            thread: me,
+            lock: id,
+            write,
+            holds: mine,
+        });
+        Some(Wait(Some(me)))
+    }
+
+    /// A registered wait; dropping it ends the registration.
+    pub(super) struct Wait(Option<std::thread::ThreadId>);
+
+    impl Drop for Wait {
+        fn drop(&mut self) {
+            if let Some(me) = self.0 {
+                let mut waiting = WAITING.lock();
+                if let Some(i) = waiting.iter().position(|w| w.thread == me) {
+                    waiting.swap_remove(i);
+                }
+            }
+        }
+    }
 }
 
 /// Where an array's data is right now.
@@ -213,6 +297,18 @@ fn release<T: Element, D: Dimension>(old: State<T, D>) {
 /// and inserts of other entries (which may evict) work whatever guard the
 /// thread holds.
 ///
+/// # Guards held by several threads
+///
+/// Replacing or removing a store entry never waits for its guards, and no
+/// store call waits for an entry while it holds another one (see the lock
+/// order in the store module), so a deadlock needs threads that each hold
+/// a guard and wait for another's. A thread holding guards that would wait
+/// for a guard of a thread that waits (directly or through others) for one
+/// of its own gets [`Error::InUse`] for that array instead: a
+/// [`read`](Self::read) or [`write`](Self::write), an offload, or a store
+/// `flush` or `offload_all` (which still handle every other entry). Without
+/// guards of its own, a thread waits for other threads' guards.
+///
 /// ```
 /// use ndarray::array;
 /// use ndarray_offload::{DiskBackedArray, Error};
@@ -261,6 +357,16 @@ pub struct DiskBackedArray<T: Element, D: Dimension> {
     pair: Option<PairTarget>,
 }
 
+/// What [`DiskBackedArray::batch_job`] found.
+pub(crate) enum BatchJob<'s> {
+    /// A job writing the entry's data, and the version it snapshots.
+    Job(PairJob<'s>, u64),
+    /// Nothing to write (the file is current, or the entry may not publish).
+    Current,
+    /// Another thread holds the entry's lock exclusively (not waited for).
+    Busy,
+}
+
 /// The store entry an array belongs to: offloads publish the whole
 /// `(.npy, .meta.json)` pair.
 pub(crate) struct PairTarget {
@@ -282,10 +388,16 @@ pub(crate) struct PairTarget {
     /// The newest version of the entry's data renamed into its files (see
     /// `PairJob::published`).
     pub published: AtomicU64,
-    /// For a detached entry whose data was in its file: that file, kept
-    /// open, so that the entry reads its own data after its name was given
-    /// to another entry or removed.
+    /// The entry's file, kept open once the entry stopped publishing (it is
+    /// being removed, or was replaced or detached): the entry maps this file
+    /// from then on, so that it reads its own data after its name was
+    /// removed or given to another entry (see `DiskBackedArray::pin`).
     pub pinned: Mutex<Option<std::fs::File>>,
+    /// The bytes this entry adds to the store's resident bytes. Changed
+    /// only under this lock, together with the store's count and only while
+    /// the entry is attached, so that `detach` takes back exactly what the
+    /// entry counted without waiting for the entry's lock.
+    pub counted: Mutex<i64>,
     /// Set when an access mapped the entry from its file without the store
     /// seeing it (through a handle kept from an earlier `get`, after an
     /// eviction): the store tracks the entry again when the access ends.
@@ -553,12 +665,42 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     /// (it would wait forever).
     fn lock_exclusive(&self) -> Result<RwLockWriteGuard<'_, State<T, D>>> {
         self.check_not_held(false)?;
+        self.write_lock()
+    }
+
+    fn in_use(&self) -> Error {
+        Error::InUse {
+            path: self.path.clone(),
+        }
+    }
+
+    /// The write lock, waiting for guards of other threads unless that wait
+    /// would never end (see `held::start_wait`): then [`Error::InUse`].
+    fn write_lock(&self) -> Result<RwLockWriteGuard<'_, State<T, D>>> {
+        if let Some(st) = self.state.try_write() {
+            return Ok(st);
+        }
+        let _wait = held::start_wait(self.lock_id(), true).ok_or_else(|| self.in_use())?;
         Ok(self.state.write())
     }
 
-    /// Whether the calling thread holds a write guard on this array.
-    pub(crate) fn write_held_here(&self) -> bool {
-        held::holds(self.lock_id(), true)
+    /// The read lock, as [`write_lock`](Self::write_lock).
+    fn read_lock(&self) -> Result<RwLockReadGuard<'_, State<T, D>>> {
+        if let Some(st) = self.state.try_read() {
+            return Ok(st);
+        }
+        let _wait = held::start_wait(self.lock_id(), false).ok_or_else(|| self.in_use())?;
+        Ok(self.state.read())
+    }
+
+    /// The upgradable read lock, as [`write_lock`](Self::write_lock) (it
+    /// waits for writers only, as a read does).
+    fn upgradable_lock(&self) -> Result<RwLockUpgradableReadGuard<'_, State<T, D>>> {
+        if let Some(st) = self.state.try_upgradable_read() {
+            return Ok(st);
+        }
+        let _wait = held::start_wait(self.lock_id(), false).ok_or_else(|| self.in_use())?;
+        Ok(self.state.upgradable_read())
     }
 
     /// Turns caching on: later offloads write the file.
@@ -760,7 +902,9 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     /// with the state lock held.
     fn account(&self, delta: i64) {
         if let Some(p) = &self.pair {
-            if p.attached.load(Ordering::Relaxed) {
+            let mut counted = p.counted.lock();
+            if p.attached.load(Ordering::Acquire) {
+                *counted += delta;
                 p.account.add_resident(delta);
             }
         }
@@ -772,16 +916,16 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     /// and, with `keep`, keeps its file open (see [`pin`](Self::pin)) so
     /// that it goes on reading its own data. Its data then stays where it
     /// is: offloading it does nothing.
+    ///
+    /// Never waits for the entry's lock: the store calls it while holding
+    /// its map or the entry's slot, and a guard of any thread may hold the
+    /// entry (see the lock order in the store's module documentation).
     pub(crate) fn detach(&self, keep: bool) {
-        // The detaching thread may hold a guard on this entry (replacing an
-        // entry with a value computed from it): with a read guard it takes
-        // the read lock too; with a write guard it holds the lock already,
-        // and the state cannot change.
-        let _st = (!self.write_held_here()).then(|| self.state.read());
-        let kind = self.state();
         let Some(p) = &self.pair else { return };
         if keep {
-            self.pin_kind(kind);
+            self.pin();
+        } else {
+            self.stop_publish();
         }
         let was_attached = {
             // With `enable_publish` and the renames of `publish_pairs`.
@@ -789,37 +933,36 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             p.publish.store(false, Ordering::Release);
             p.attached.swap(false, Ordering::AcqRel)
         };
-        if was_attached && kind != ArrayState::Offloaded {
-            p.account.add_resident(-(self.nbytes() as i64));
+        if was_attached {
+            // Whatever the entry counted, up to now (see `account`).
+            let mut counted = p.counted.lock();
+            p.account.add_resident(-*counted);
+            *counted = 0;
         }
     }
 
-    /// Keeps the store entry's file open if the entry's data is (or is
-    /// mapped from) the file now at its name; used after the entry is
-    /// detached. Called before a removal deletes the file.
+    /// Stops the store entry from publishing and keeps the file now at its
+    /// name open: the entry maps that file from then on (see `open_map`).
+    /// Called before a removal deletes the file, and when the entry is
+    /// detached.
+    ///
+    /// Never waits for the entry's lock. Once publishing is stopped (under
+    /// `io::OWNERSHIP`, which every rename of a publish holds) no file of
+    /// this entry is renamed into place any more, and no other entry
+    /// publishes under its name while it is attached: the file at the name
+    /// is the last one the entry published or was opened from, the only one
+    /// its data can be in when it is mapped or offloaded. An entry whose data
+    /// is in RAM and differs from that file never maps it (it cannot publish
+    /// any more, so it stays in RAM).
     pub(crate) fn pin(&self) {
-        // As in `detach`.
-        let _st = (!self.write_held_here()).then(|| self.state.read());
-        self.pin_kind(self.state());
-    }
-
-    /// `pin` with the lock held (or a write guard held by this thread).
-    fn pin_kind(&self, kind: ArrayState) {
         let Some(p) = &self.pair else { return };
-        if kind == ArrayState::InMemory {
-            return;
-        }
+        self.stop_publish();
         let mut pinned = p.pinned.lock();
         if pinned.is_some() {
             return;
         }
-        let Some(own) = *self.file_id.lock() else {
-            return;
-        };
         if let Ok(f) = p.dir.open_regular(&p.name.npy_file(), io::Access::Read) {
-            if f.metadata().is_ok_and(|m| FileId::from_meta(&m) == own) {
-                *pinned = Some(f);
-            }
+            *pinned = Some(f);
         }
     }
 
@@ -850,19 +993,20 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         }
     }
 
-    /// Maps the array's file; a detached store entry maps the file it kept
-    /// (its name may now hold another entry's data, or nothing).
+    /// Maps the array's file; a store entry that kept its file (it is being
+    /// removed, or was detached) maps that file: its name may now hold
+    /// another entry's data, or nothing.
     fn open_map(&self, mode: LoadMode) -> Result<MappedNpy<T, D>> {
-        if let Some(p) = self.pair.as_ref().filter(|_| self.detached()) {
-            return match &*p.pinned.lock() {
-                Some(f) => {
-                    let f = f.try_clone().ctx("reopen", &self.path)?;
-                    MappedNpy::from_file(f, &self.path, mode)
-                }
-                None => Err(Error::NoFile {
+        if let Some(p) = &self.pair {
+            if let Some(f) = &*p.pinned.lock() {
+                let f = f.try_clone().ctx("reopen", &self.path)?;
+                return MappedNpy::from_file(f, &self.path, mode);
+            }
+            if self.detached() {
+                return Err(Error::NoFile {
                     reason: "the store entry was replaced or removed, and its data was not kept",
-                }),
-            };
+                });
+            }
         }
         if let Some(p) = &self.pair {
             let access = match mode {
@@ -1044,7 +1188,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     /// A read guard whose views have the dimension `E` (checked by the caller).
     pub(crate) fn read_as<E: Dimension>(&self) -> Result<ReadGuard<'_, T, D, E>> {
         self.check_not_held(true)?;
-        let st = self.state.upgradable_read();
+        let st = self.upgradable_lock()?;
         let (st, loaded) = if matches!(*st, State::Offloaded) {
             let mut w = RwLockUpgradableReadGuard::upgrade(st);
             if matches!(*w, State::Offloaded) {
@@ -1204,7 +1348,11 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     }
 
     fn reoffload_if_idle(&self) -> Result<()> {
-        let mut st = self.state.write();
+        // Not if that would wait forever: the array stays loaded (a later
+        // guard's end offloads it).
+        let Ok(mut st) = self.write_lock() else {
+            return Ok(());
+        };
         if self.readers.load(Ordering::Acquire) == 0
             && self.loaded_on_demand.swap(false, Ordering::Relaxed)
         {
@@ -1260,6 +1408,7 @@ impl<T: Element> DiskBackedArray<T, IxDyn> {
                 publish: AtomicBool::new(publish),
                 published: AtomicU64::new(0),
                 pinned: Mutex::new(None),
+                counted: Mutex::new(0),
                 loaded_unseen: AtomicBool::new(false),
             }),
         }
@@ -1314,35 +1463,47 @@ impl<T: Element> DiskBackedArray<T, IxDyn> {
 impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     /// For a store entry whose file is not current: a publish job writing its
     /// data (taking the read lock while it writes) and the version it
-    /// snapshots. `None` when nothing needs writing.
+    /// snapshots.
+    ///
+    /// Without `wait`, an entry whose lock another thread holds exclusively
+    /// is [`BatchJob::Busy`] instead of waited for: a batch takes the locks
+    /// of many entries, and must not wait for one while it holds others
+    /// (see the lock order in the store's module documentation).
     ///
     /// # Errors
     ///
     /// [`Error::InUse`] if the calling thread holds a write guard on the
     /// entry (its data is being changed, and cannot be read until the guard
     /// ends).
-    pub(crate) fn batch_job<'s>(&'s self) -> Result<Option<(PairJob<'s>, u64)>>
+    pub(crate) fn batch_job<'s>(&'s self, wait: bool) -> Result<BatchJob<'s>>
     where
         D: 's,
     {
         let Some(p) = self.pair.as_ref() else {
-            return Ok(None);
+            return Ok(BatchJob::Current);
         };
         if !p.publish.load(Ordering::Acquire) {
-            return Ok(None);
+            return Ok(BatchJob::Current);
         }
         self.check_not_held(true)?;
         // The read lock is held until the job has written its data, so the
         // entry cannot be offloaded or changed in between (the flushing
         // thread may hold a read guard on it: see the lock's import).
-        let st = self.state.read();
+        let st = if wait {
+            self.read_lock()?
+        } else {
+            match self.state.try_read() {
+                Some(st) => st,
+                None => return Ok(BatchJob::Busy),
+            }
+        };
         let current = match &*st {
             State::Owned(_) => self.file_current.load(Ordering::Relaxed),
             State::Mapped(m) => !m.dirty,
             State::Offloaded => true,
         };
         if current {
-            return Ok(None);
+            return Ok(BatchJob::Current);
         }
         let version = self.version.load(Ordering::Relaxed);
         let config = &self.config;
@@ -1360,7 +1521,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
                 State::Offloaded => unreachable!("checked under the same lock"),
             }),
         };
-        Ok(Some((job, version)))
+        Ok(BatchJob::Job(job, version))
     }
 
     /// Records that a batch published this array's data as of `version`.
@@ -1372,7 +1533,8 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     /// entry again).
     pub(crate) fn mark_published(&self, version: u64, id: FileId) {
         {
-            let st = self.state.read();
+            // Not if that would wait forever (the next flush writes again).
+            let Ok(st) = self.read_lock() else { return };
             if self.version.load(Ordering::Relaxed) != version {
                 return;
             }

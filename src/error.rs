@@ -168,9 +168,10 @@ pub enum Error {
     },
     /// The operation needs the array exclusively, but the calling thread
     /// holds a guard on it (from `read`/`write` of the array or of a store
-    /// handle to it): waiting for the guard would never end. Drop the guard
-    /// first.
-    #[error("{path} is in use by a guard held on the calling thread; drop the guard first")]
+    /// handle to it), or a guard of another thread that waits for one of the
+    /// calling thread's guards does: waiting for the guard would never end.
+    /// Drop the guard first.
+    #[error("{path} is in use by a guard the calling thread would wait for forever (its own, or one of a thread waiting for its guards); drop the guard first")]
     InUse {
         /// The array's file.
         path: PathBuf,

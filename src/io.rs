@@ -72,6 +72,23 @@ pub mod testing {
         fail_at: AtomicU64,
         kind: parking_lot::Mutex<Option<io::ErrorKind>>,
         log: parking_lot::Mutex<Vec<(Op, PathBuf)>>,
+        hook: Hook,
+    }
+
+    /// A function called before every operation (see [`FaultPlan::with_hook`]).
+    type HookFn = Arc<dyn Fn(Op, &Path) + Send + Sync>;
+
+    #[derive(Default)]
+    struct Hook(parking_lot::Mutex<Option<HookFn>>);
+
+    impl std::fmt::Debug for Hook {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(if self.0.lock().is_some() {
+                "Hook(Some)"
+            } else {
+                "Hook(None)"
+            })
+        }
     }
 
     impl FaultPlan {
@@ -89,6 +106,17 @@ pub mod testing {
             self
         }
 
+        /// Calls `hook` on the installing thread before each operation (and
+        /// before the fault, if any): a test can act at a chosen point of an
+        /// operation, e.g. once a file was renamed away.
+        pub fn with_hook(
+            self: Arc<Self>,
+            hook: impl Fn(Op, &Path) + Send + Sync + 'static,
+        ) -> Arc<Self> {
+            *self.hook.0.lock() = Some(Arc::new(hook));
+            self
+        }
+
         /// Operations seen so far.
         pub fn count(&self) -> u64 {
             self.count.load(Ordering::Relaxed)
@@ -100,6 +128,10 @@ pub mod testing {
         }
 
         pub(crate) fn tick(&self, op: Op, path: &Path) -> io::Result<()> {
+            let hook = self.hook.0.lock().clone();
+            if let Some(hook) = hook {
+                hook(op, path);
+            }
             let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
             self.log.lock().push((op, path.to_path_buf()));
             if n == self.fail_at.load(Ordering::Relaxed) {

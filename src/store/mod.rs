@@ -1,4 +1,44 @@
 //! [`DiskBackedStore`]: a crash-safe, persistent map of names to arrays.
+//!
+//! # Lock order
+//!
+//! Locks are taken in this order, never against it:
+//!
+//! 1. **Entry locks**, the `RwLock` of each entry's array. Guards hold them
+//!    as long as the caller likes, several at a time, in any order; the
+//!    store takes one for the length of one write or state change.
+//! 2. **Store locks**: a `get_or_compute` gate (held while the value is
+//!    computed), `evicting`, the map `entries`, a slot's mutex, `lru` and
+//!    `incomplete`, in that order.
+//! 3. **Leaf locks**, under which nothing else is waited for:
+//!    `io::OWNERSHIP`, an entry's `counted` and `pinned`, the registry of
+//!    waiting threads in `array.rs`.
+//!
+//! Rules that make every wait end:
+//!
+//! * The store never waits for an entry lock while it holds a store lock:
+//!   what it does to an entry under the map or a slot (`detach`, `pin`,
+//!   `stop_publish`, `enable_publish`) never takes the entry's lock, and
+//!   eviction only try-locks entries.
+//! * The store never waits for an entry lock while it holds another entry
+//!   lock it took itself. A batch (`flush`, `offload_all`, `offload_keys`,
+//!   `insert_batch`) try-locks its entries, writes the ones it got with one
+//!   round of syncs and releases them, then takes each remaining one alone;
+//!   offloads take one entry at a time, after the batch.
+//! * So a store call waits for an entry only while the entry is held by a
+//!   guard or by a short store operation that waits for nothing, and a cycle
+//!   of waiting threads can only be made of guards. A thread that holds
+//!   guards registers each wait for another entry, and a wait that would
+//!   close a cycle (a thread holding a guard on that entry waits, directly
+//!   or through others, for a guard of the calling thread) returns
+//!   [`Error::InUse`] instead; a thread holding no guard cannot be part of a
+//!   cycle. A guard of the calling thread itself is never waited for
+//!   ([`Error::InUse`] too), except by a read, the lock being recursive for
+//!   reads.
+//!
+//! The one wait outside these rules is user code: a `get_or_compute`
+//! computation runs under its key's gate, and a computation that waits for a
+//! guard of a thread calling `get_or_compute` for the same key never ends.
 
 pub(crate) mod meta;
 pub(crate) mod pair;
@@ -16,7 +56,7 @@ use std::time::{Duration, Instant};
 use ndarray::{Array, ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 use parking_lot::{Mutex, RwLock};
 
-use crate::array::{ArrayState, DiskBackedArray, ReadGuard, WriteGuard};
+use crate::array::{ArrayState, BatchJob, DiskBackedArray, ReadGuard, WriteGuard};
 use crate::budget::{available_memory, ByteSize, Lru, SystemPressure};
 use crate::config::{CacheConfig, ConfigOverrides};
 use crate::element::Element;
@@ -27,7 +67,7 @@ use crate::stats::{Counters, StoreStats};
 
 pub use meta::EntryFlags;
 use meta::Meta;
-use pair::{PairJob, SyncMode};
+use pair::SyncMode;
 
 /// Name of the lock file a writable open holds.
 pub const LOCK_FILE: &str = ".ndoffload.lock";
@@ -36,7 +76,7 @@ pub const LOCK_FILE: &str = ".ndoffload.lock";
 pub(crate) trait AnyEntry: Send + Sync {
     fn offload(&self) -> Result<()>;
     fn flush(&self) -> Result<()>;
-    fn batch_job(&self) -> Result<Option<(PairJob<'_>, u64)>>;
+    fn batch_job(&self, wait: bool) -> Result<BatchJob<'_>>;
     fn mark_published(&self, version: u64, id: FileId);
     fn state(&self) -> ArrayState;
     fn resident_bytes(&self) -> u64;
@@ -59,8 +99,8 @@ impl<T: Element> AnyEntry for DiskBackedArray<T, IxDyn> {
     fn flush(&self) -> Result<()> {
         DiskBackedArray::flush(self)
     }
-    fn batch_job(&self) -> Result<Option<(PairJob<'_>, u64)>> {
-        DiskBackedArray::batch_job(self)
+    fn batch_job(&self, wait: bool) -> Result<BatchJob<'_>> {
+        DiskBackedArray::batch_job(self, wait)
     }
     fn mark_published(&self, version: u64, id: FileId) {
         DiskBackedArray::mark_published(self, version, id)
@@ -661,11 +701,12 @@ impl DiskBackedStore {
             scratch: flags.purge_on_drop,
         };
         self.inner.incomplete.write().remove(&name);
-        let old = self
-            .inner
-            .entries
-            .write()
-            .insert(name.clone(), Arc::new(Mutex::new(slot)));
+        // The old entry is detached (keeping its file) before the map is
+        // released: a removal of the name, which takes the map, must not
+        // delete the file before the old entry kept it. Detaching takes no
+        // entry lock (see the lock order above).
+        let mut entries = self.inner.entries.write();
+        let old = entries.insert(name.clone(), Arc::new(Mutex::new(slot)));
         if let Some(old) = old {
             let mut old = old.lock();
             old.retired = true;
@@ -674,6 +715,7 @@ impl DiskBackedStore {
                 l.ops.detach(true);
             }
         }
+        drop(entries);
         // Only now may the new entry's files replace the old entry's.
         loaded.ops.enable_publish();
         if flags.caching {
@@ -1216,8 +1258,12 @@ impl DiskBackedStore {
         E: From<Error>,
     {
         let name = EntryName::new(name.as_ref())?;
+        // A key removed between the look-up and the `get` is computed.
         if self.inner.entries.read().contains_key(&name) {
-            return Ok(self.get(name.as_str())?);
+            match self.get(name.as_str()) {
+                Err(Error::KeyNotFound { .. }) => {}
+                r => return Ok(r?),
+            }
         }
         let gate = self
             .inner
@@ -1228,17 +1274,25 @@ impl DiskBackedStore {
             .clone();
         let result = {
             let _g = gate.lock();
-            if self.inner.entries.read().contains_key(&name) {
-                self.get(name.as_str()).map_err(E::from)
+            let stored = if self.inner.entries.read().contains_key(&name) {
+                match self.get(name.as_str()) {
+                    Err(Error::KeyNotFound { .. }) => None,
+                    r => Some(r),
+                }
             } else {
-                Counters::add(&self.inner.counters.misses);
-                Counters::add(&self.inner.counters.computes);
-                match compute() {
-                    Ok(a) => self
-                        .insert(name.as_str(), a)
-                        .and_then(|()| self.get(name.as_str()))
-                        .map_err(E::from),
-                    Err(e) => Err(e),
+                None
+            };
+            match stored {
+                Some(r) => r.map_err(E::from),
+                None => {
+                    Counters::add(&self.inner.counters.misses);
+                    Counters::add(&self.inner.counters.computes);
+                    match compute() {
+                        // The handle of the entry inserted, not a new look-up:
+                        // another thread may remove or replace the key at once.
+                        Ok(a) => self.insert_handle(name.clone(), a).map_err(E::from),
+                        Err(e) => Err(e),
+                    }
                 }
             }
         };
@@ -1247,6 +1301,34 @@ impl DiskBackedStore {
             inflight.remove(&name);
         }
         result
+    }
+
+    /// Inserts `array` as `name` (as [`insert`](Self::insert)) and returns
+    /// the handle of the entry inserted.
+    fn insert_handle<T: Element, D: Dimension>(
+        &self,
+        name: EntryName,
+        array: Array<T, D>,
+    ) -> Result<StoredArray<T, D>> {
+        self.check_writable()?;
+        let loaded = self.insert_entry(name.clone(), array.into_dyn(), &ConfigOverrides::default());
+        self.inner.enforce_budget();
+        // Counted as the `get` of the inserted value.
+        Counters::add(&self.inner.counters.hits);
+        let found = loaded.ops.dtype();
+        let array = loaded
+            .any
+            .downcast::<DiskBackedArray<T, IxDyn>>()
+            .map_err(|_| Error::DtypeMismatch {
+                path: self.inner.dir.join(&name.meta_file()),
+                expected: T::dtype(),
+                found,
+            })?;
+        Ok(StoredArray {
+            array,
+            name,
+            _d: PhantomData,
+        })
     }
 
     /// Total bytes of entries currently held in RAM.
@@ -1280,27 +1362,56 @@ impl Inner {
         // An entry the calling thread is writing to is left out; the others
         // are published, then its error is returned.
         let mut in_use = None;
+        // Entries another thread holds exclusively (a write guard, an
+        // offload, a load) are not waited for while the batch holds the
+        // others: they are written after it, one at a time (see the lock
+        // order at the top of this module).
+        let mut busy = Vec::new();
         for a in &arrays {
-            match a.batch_job() {
-                Ok(Some((job, version))) => {
+            match a.batch_job(false) {
+                Ok(BatchJob::Job(job, version)) => {
                     jobs.push(job);
                     marks.push((*a, version));
                 }
-                Ok(None) => {}
+                Ok(BatchJob::Current) => {}
+                Ok(BatchJob::Busy) => busy.push(*a),
                 Err(e) => {
                     in_use.get_or_insert(e);
                 }
             }
         }
-        if !jobs.is_empty() {
-            let ids = pair::publish_pairs(&self.dir, jobs, SyncMode::FileSystem)?;
-            for ((a, v), id) in marks.into_iter().zip(ids) {
-                if let Some(id) = id {
-                    a.mark_published(v, id);
+        self.publish_jobs(jobs, marks)?;
+        for a in busy {
+            match a.batch_job(true) {
+                Ok(BatchJob::Job(job, version)) => {
+                    self.publish_jobs(vec![job], vec![(a, version)])?;
+                }
+                Ok(BatchJob::Current | BatchJob::Busy) => {}
+                Err(e) => {
+                    in_use.get_or_insert(e);
                 }
             }
         }
         in_use.map_or(Ok(()), Err)
+    }
+
+    /// Publishes `jobs` with one round of syncs and records each published
+    /// version (`marks`, in job order).
+    fn publish_jobs(
+        &self,
+        jobs: Vec<pair::PairJob<'_>>,
+        marks: Vec<(&dyn AnyEntry, u64)>,
+    ) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let ids = pair::publish_pairs(&self.dir, jobs, SyncMode::FileSystem)?;
+        for ((a, v), id) in marks.into_iter().zip(ids) {
+            if let Some(id) = id {
+                a.mark_published(v, id);
+            }
+        }
+        Ok(())
     }
 
     fn flush(&self) -> Result<()> {

@@ -4,6 +4,7 @@ mod array;
 mod budget;
 mod cli;
 mod common;
+mod concurrency;
 mod crash;
 mod faults;
 mod hardening;

@@ -2094,12 +2094,12 @@ proptest! {
 // 4. Concurrency
 // ---------------------------------------------------------------------------
 
-const THREADS: usize = 8;
+pub(crate) const THREADS: usize = 8;
 const OWN_KEYS: usize = 4;
 const SHARED_KEYS: usize = 4;
 /// 32 KiB: about a tenth of what the threads keep in the store, so that
 /// inserts and reads evict all the time.
-const SMALL_BUDGET: u64 = 32 << 10;
+pub(crate) const SMALL_BUDGET: u64 = 32 << 10;
 
 fn own_key(t: usize, j: usize) -> String {
     format!("t{t}_{j}")
@@ -2137,16 +2137,29 @@ fn same(got: &[i64], want: &[i64], ctx: &str) {
 }
 
 #[derive(Default)]
-struct Counts {
+pub(crate) struct Counts {
     /// `get` and `get_or_compute` calls made.
-    gets: AtomicU64,
-    ops: AtomicU64,
-    nested: AtomicU64,
+    pub(crate) gets: AtomicU64,
+    pub(crate) ops: AtomicU64,
+    pub(crate) nested: AtomicU64,
+    /// What each worker is doing and since when (`None`: not running), for
+    /// the stall watchdog of `concurrency.rs`.
+    pub(crate) doing: [std::sync::Mutex<Option<(Instant, String)>>; THREADS],
+}
+
+impl Counts {
+    fn doing(&self, t: usize, what: String) {
+        if let Some(slot) = self.doing.get(t) {
+            if let Ok(mut d) = slot.lock() {
+                *d = Some((Instant::now(), what));
+            }
+        }
+    }
 }
 
 /// One thread: random operations on its own keys (whose values it tracks
 /// exactly), lookups of the shared keys and of other threads' keys.
-fn worker(
+pub(crate) fn worker(
     t: usize,
     s: &DiskBackedStore,
     deadline: Instant,
@@ -2163,7 +2176,9 @@ fn worker(
         n += 1;
         let k = own_key(t, rng.below(OWN_KEYS));
         let ctx = format!("thread {t}, op {n}, {k}");
-        match rng.below(16) {
+        let op = rng.below(16);
+        counts.doing(t, format!("{ctx}: operation {op} of `worker`"));
+        match op {
             0 | 1 => {
                 let v = fresh_value(t, n, &mut rng);
                 s.insert(&k, v.clone()).unwrap();
@@ -2271,7 +2286,12 @@ fn worker(
                     model.insert(other, derived.to_vec());
                 } else {
                     let g = h.read().unwrap();
-                    s.flush().unwrap();
+                    // `InUse`: another thread holding a guard waits for
+                    // this one (its entry is then not flushed).
+                    match s.flush() {
+                        Ok(()) | Err(Error::InUse { .. }) => {}
+                        Err(e) => panic!("{ctx}: flush under a read guard: {e}"),
+                    }
                     let derived = g.view().mapv(|x| x + 2);
                     s.insert(&k, derived.clone()).unwrap();
                     same(
@@ -2298,6 +2318,7 @@ fn worker(
         counts.ops.fetch_add(1, Ordering::Relaxed);
     }
     // Every key of this thread reads as its last value.
+    counts.doing(t, format!("thread {t}: final check of its keys"));
     for j in 0..OWN_KEYS {
         let k = own_key(t, j);
         match (get(&k), model.get(&k)) {
