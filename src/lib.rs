@@ -62,6 +62,8 @@ mod mmap;
 mod name;
 pub(crate) mod npy;
 pub mod pack;
+#[cfg(feature = "remote")]
+pub mod remote;
 mod size;
 mod stats;
 mod store;
@@ -71,7 +73,7 @@ pub use array::{ArrayState, DiskBackedArray, ReadGuard, WriteGuard};
 pub use budget::SystemPressure;
 pub use config::{default_chunk_budget, CacheConfig, ConfigOverrides, LoadMode};
 pub use element::Element;
-pub use error::{Error, Result};
+pub use error::{Error, RemoteErrorKind, Result};
 pub use key_hasher::KeyHasher;
 pub use name::{EntryName, MAX_NAME_BYTES};
 pub use size::ByteSize;
