@@ -80,6 +80,10 @@ pub struct RemoteOptions {
     /// Bytes of clean cached copies kept in the local directory (`None`:
     /// no limit). Staged writes not yet committed are never evicted.
     pub disk_budget: Option<ByteSize>,
+    /// Extra `object_store` configuration, applied after the environment
+    /// (for example `("aws_endpoint", "http://127.0.0.1:9000")`,
+    /// `("aws_allow_http", "true")`): what the `AWS_*` variables would set.
+    pub config: Vec<(String, String)>,
 }
 
 impl Default for RemoteOptions {
@@ -89,6 +93,7 @@ impl Default for RemoteOptions {
             transfer: TransferOptions::default(),
             grace: Duration::from_secs(3600),
             disk_budget: None,
+            config: Vec::new(),
         }
     }
 }
@@ -319,7 +324,7 @@ impl RemoteStore {
             Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path, e)),
         }
         let rt = runtime()?;
-        let loc = url::open(url, &options.net)?;
+        let loc = url::open(url, &options.net, &options.config)?;
         let store = RemoteStore {
             rt,
             loc,
@@ -785,11 +790,12 @@ impl RemoteStore {
             }
             Err(e @ Error::Conflict { .. }) => {
                 self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                // The view stays as it was: stale, so that this handle's
+                // next write of the key conflicts too until it reloads.
                 if current {
                     if let Some(q) = st.pending.remove(&p.name) {
                         self.drop_staged(&mut st, &q);
                     }
-                    st.view.remove(&p.name);
                 }
                 Err(e)
             }
@@ -839,7 +845,6 @@ impl RemoteStore {
             }
             Err(e @ Error::Conflict { .. }) => {
                 self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
-                st.view.remove(name.as_str());
                 Err(e)
             }
             Err(e) => Err(e),
@@ -1145,7 +1150,7 @@ impl RemoteStore {
 /// metadata object.
 pub fn list_entries(url: &str) -> Result<Vec<RemoteEntry>> {
     let rt = runtime()?;
-    let loc = url::open(url, &NetOptions::default())?;
+    let loc = url::open(url, &NetOptions::default(), &[])?;
     rt.block_on(async {
         let mut out = Vec::new();
         for l in protocol::list_meta(&loc).await? {
@@ -1176,7 +1181,7 @@ pub fn list_entries(url: &str) -> Result<Vec<RemoteEntry>> {
 /// [`Error::Remote`] if the store cannot be listed.
 pub fn verify(url: &str) -> Result<Vec<(String, Result<()>)>> {
     let rt = runtime()?;
-    let loc = url::open(url, &NetOptions::default())?;
+    let loc = url::open(url, &NetOptions::default(), &[])?;
     let opts = TransferOptions::default();
     rt.block_on(async {
         let mut out = Vec::new();

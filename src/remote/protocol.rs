@@ -351,9 +351,10 @@ pub(crate) async fn read_meta(loc: &Location, name: &str) -> Result<Option<Head>
 /// Swaps the metadata object of `name` to `body` (empty: a tombstone) if it
 /// is still at `base` (`None`: if there is none). Returns the new version.
 ///
-/// A failed condition is re-checked: if the metadata object now holds
-/// exactly `body` (a retried request whose first attempt had succeeded),
-/// the commit succeeded; otherwise [`Error::Conflict`].
+/// A failed condition is re-checked: if the metadata object now names the
+/// data object `body` names (unique to one write: a retried request whose
+/// first attempt had succeeded, or a restarted writer completing its
+/// staged write), the commit succeeded; otherwise [`Error::Conflict`].
 pub(crate) async fn commit(
     loc: &Location,
     name: &str,
@@ -380,16 +381,20 @@ pub(crate) async fn commit(
             | object_store::Error::AlreadyExists { .. }
             | object_store::Error::NotFound { .. },
         ) => {
-            // Did an earlier attempt of this very request succeed?
-            if let Ok(got) = loc.store.get(&path).await {
-                let version = UpdateVersion {
-                    e_tag: got.meta.e_tag.clone(),
-                    version: got.meta.version.clone(),
-                };
-                if let Ok(now) = got.bytes().await {
-                    if !body.is_empty() && now.as_ref() == body.as_slice() {
-                        return Ok(version);
+            // Did an earlier attempt of this very commit succeed (a retried
+            // request, or a writer killed before it recorded its success)?
+            // The data object's name is unique to one write.
+            if let Ok(Some(head)) = read_meta(loc, name).await {
+                match head {
+                    Head::Live(m, v)
+                        if !body.is_empty()
+                            && body_data(&body).as_deref()
+                                == Some(m.ndoffload_remote.data.as_str()) =>
+                    {
+                        return Ok(v);
                     }
+                    Head::Removed(v) if body.is_empty() => return Ok(v),
+                    _ => {}
                 }
             }
             Err(Error::Conflict {
@@ -399,6 +404,16 @@ pub(crate) async fn commit(
         }
         Err(e) => Err(remote_err("commit", name, url, e)),
     }
+}
+
+fn body_data(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    Some(
+        v.get("ndoffload_remote")?
+            .get("data")?
+            .as_str()?
+            .to_string(),
+    )
 }
 
 /// One listed metadata object.

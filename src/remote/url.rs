@@ -76,7 +76,7 @@ fn secs(d: Duration) -> String {
 /// Opens `url`: `s3://bucket/prefix` (endpoint, region and credentials from
 /// `AWS_*`; conditional PUT by `If-Match`/`If-None-Match`), `file:///dir`
 /// or `memory:///prefix`.
-pub(crate) fn open(url: &str, net: &NetOptions) -> Result<Location> {
+pub(crate) fn open(url: &str, net: &NetOptions, config: &[(String, String)]) -> Result<Location> {
     let trimmed = url.trim_end_matches('/');
     let parsed = url::Url::parse(trimmed).map_err(|e| config_err(url, e))?;
     let (scheme, prefix) = ObjectStoreScheme::parse(&parsed).map_err(|e| config_err(url, e))?;
@@ -91,7 +91,15 @@ pub(crate) fn open(url: &str, net: &NetOptions) -> Result<Location> {
                 max_retries: net.max_retries,
                 retry_timeout: net.retry_timeout,
             };
-            let builder = AmazonS3Builder::from_env()
+            let mut builder = AmazonS3Builder::from_env();
+            for (k, v) in config {
+                let key: AmazonS3ConfigKey = k
+                    .to_ascii_lowercase()
+                    .parse()
+                    .map_err(|e| config_err(url, e))?;
+                builder = builder.with_config(key, v);
+            }
+            let builder = builder
                 .with_url(trimmed)
                 .with_conditional_put(S3ConditionalPut::ETagMatch)
                 .with_retry(retry)
@@ -171,7 +179,7 @@ mod tests {
 
     #[test]
     fn memory_url_opens() {
-        let loc = open("memory:///p/q", &NetOptions::default()).unwrap();
+        let loc = open("memory:///p/q", &NetOptions::default(), &[]).unwrap();
         assert_eq!(loc.prefix.as_ref(), "p/q");
         assert_eq!(loc.url_of(&loc.prefix.clone().join("x")), "memory:///p/q/x");
     }

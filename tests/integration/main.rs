@@ -11,4 +11,6 @@ mod hardening;
 mod numpy;
 mod pack;
 mod reliability;
+#[cfg(feature = "remote")]
+mod remote;
 mod store;
