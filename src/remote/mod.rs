@@ -547,6 +547,72 @@ impl RemoteStore {
         self.push(p)
     }
 
+    /// Stores the `.npy` file at `path` as `name` and commits it, as
+    /// [`insert_durable`](Self::insert_durable) does, without reading the
+    /// array into memory: the file is hard-linked (or copied, across file
+    /// systems) into the local directory, then uploaded by parts. Use it
+    /// with [`NpyStreamWriter`](crate::NpyStreamWriter) for entries larger
+    /// than RAM. The file must not be modified afterwards.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert_durable`](Self::insert_durable); [`Error::Corrupt`] or
+    /// [`Error::Truncated`] if `path` is not a whole `.npy` file.
+    pub fn insert_npy_file(&self, name: impl AsRef<str>, path: impl AsRef<FsPath>) -> Result<()> {
+        let name = name_of(name.as_ref())?;
+        let src = path.as_ref();
+        let (info, len) = NpyInfo::read(src)?;
+        info.check_len(len, src)?;
+        let unique = protocol::unique_id();
+        let file = format!("{}.{unique}.npy", name.as_str());
+        let dest = self.objects.join(&file);
+        if std::fs::hard_link(src, &dest).is_err() {
+            let tmp = self.objects.join(format!(".{unique}.stage.tmp"));
+            let copied = std::fs::copy(src, &tmp)
+                .ctx("copy", src)
+                .and_then(|_| std::fs::rename(&tmp, &dest).ctx("rename", &tmp));
+            if let Err(e) = copied {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
+        let mut p = {
+            let mut st = self.state.lock();
+            let base = st
+                .view
+                .get(name.as_str())
+                .map(|s| VersionRec::from(s.version()));
+            if let Some(old) = st.pending.remove(name.as_str()) {
+                self.drop_staged(&mut st, &old);
+            }
+            st.tick += 1;
+            let tick = st.tick;
+            st.cache.insert(
+                file.clone(),
+                Cached {
+                    size: len,
+                    tick,
+                    users: Vec::new(),
+                },
+            );
+            Pending {
+                name: name.as_str().to_string(),
+                file,
+                data: protocol::new_data_rel(&name, &unique),
+                shape: info.shape.clone(),
+                dtype: info.descr.clone(),
+                base,
+                recorded: false,
+            }
+        };
+        self.record(&mut p)?;
+        self.state
+            .lock()
+            .pending
+            .insert(name.as_str().to_string(), p.clone());
+        self.push(p)
+    }
+
     /// Stores many entries: stages all of them durably, then uploads and
     /// commits each. Returns the first error after trying all; entries
     /// whose commit failed for another reason than a conflict stay staged.
@@ -641,10 +707,10 @@ impl RemoteStore {
         }
         let size = std::fs::metadata(&path).ctx("stat", &path)?.len();
         let mut st = self.state.lock();
-        let base = match st.view.get(name.as_str()) {
-            Some(s) => Some(VersionRec::from(s.version())),
-            None => None,
-        };
+        let base = st
+            .view
+            .get(name.as_str())
+            .map(|s| VersionRec::from(s.version()));
         // A staged write on top of a staged write replaces it.
         if let Some(old) = st.pending.remove(name.as_str()) {
             self.drop_staged(&mut st, &old);
@@ -777,10 +843,7 @@ impl RemoteStore {
             Ok(v) => {
                 if current {
                     st.pending.remove(&p.name);
-                    if p.recorded || st.pending.get(&p.name).is_none() {
-                        let _ =
-                            std::fs::remove_file(self.pending_dir.join(format!("{}.json", p.name)));
-                    }
+                    let _ = std::fs::remove_file(self.pending_dir.join(format!("{}.json", p.name)));
                     st.view
                         .insert(p.name.clone(), Seen::Live(Box::new(meta), v));
                 }

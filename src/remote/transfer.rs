@@ -31,7 +31,7 @@ impl Default for TransferOptions {
     fn default() -> Self {
         TransferOptions {
             part_size: 8 << 20,
-            concurrency: 6,
+            concurrency: 4,
         }
     }
 }
