@@ -153,9 +153,10 @@ fn check_entry(dir: &Path, name: &str, opts: InspectOptions, r: &mut EntryReport
     if opts.read_data {
         let file = crate::io::open_regular(&npy_path, crate::io::Access::Read)?;
         let map = mapped::map_readonly(&file, &npy_path)?;
-        let end = info.data_offset as u64 + info.data_len.unwrap_or(0);
-        let data = map
-            .get(info.data_offset..end as usize)
+        let end = (info.data_offset as u64).saturating_add(info.data_len.unwrap_or(0));
+        let data = usize::try_from(end)
+            .ok()
+            .and_then(|end| map.get(info.data_offset..end))
             .ok_or_else(|| Error::Truncated {
                 path: npy_path.clone(),
                 expected: end,
@@ -169,15 +170,24 @@ fn check_entry(dir: &Path, name: &str, opts: InspectOptions, r: &mut EntryReport
                 ));
             }
         }
-        r.sha256 = Some(c_order_sha256(data, &info.shape, itemsize, info.fortran));
+        r.sha256 = Some(
+            c_order_sha256(data, &info.shape, itemsize, info.fortran).ok_or_else(|| {
+                Error::corrupt(
+                    &npy_path,
+                    format!("shape {:?} does not fit the data", info.shape),
+                )
+            })?,
+        );
     }
     Ok(())
 }
 
 /// Inspects every array of the pack at `path`, in file order. Each array is
 /// one report, named `KEY` for a plain entry and `KEY/NAME` for an array of
-/// a sample. With `read_data`, each payload's checksum is verified (and
-/// compressed payloads decoded) and the SHA-256 of its values computed.
+/// a sample; an entry whose metadata does not parse has that problem in
+/// the report of each of its arrays. With `read_data`, each payload's
+/// checksum is verified (and compressed payloads decoded) and the SHA-256
+/// of its values computed.
 ///
 /// # Errors
 ///
@@ -215,6 +225,8 @@ pub fn inspect_pack(path: &Path, opts: InspectOptions) -> Result<Vec<EntryReport
             crate::pack::PackKey::U64(k) => k.to_string(),
             crate::pack::PackKey::Str(s) => s.to_string(),
         };
+        // Metadata a reader cannot parse makes each array of the entry bad.
+        let meta_problem = entry.meta().err().map(|e| e.to_string());
         for array in entry.arrays() {
             let mut r = EntryReport::named(key.clone());
             match array {
@@ -233,12 +245,15 @@ pub fn inspect_pack(path: &Path, opts: InspectOptions) -> Result<Vec<EntryReport
                                 if a.dtype() == "|b1" && bytes.iter().any(|&b| b > 1) {
                                     r.problem = Some("a bool value is neither 0 nor 1".into());
                                 }
-                                r.sha256 = Some(c_order_sha256(&bytes, a.shape(), 1, false));
+                                r.sha256 = c_order_sha256(&bytes, a.shape(), 1, false);
                             }
                             Err(e) => r.problem = Some(e.to_string()),
                         }
                     }
                 }
+            }
+            if r.problem.is_none() {
+                r.problem.clone_from(&meta_problem);
             }
             out.push(r);
         }
@@ -246,13 +261,14 @@ pub fn inspect_pack(path: &Path, opts: InspectOptions) -> Result<Vec<EntryReport
     Ok(out)
 }
 
-/// SHA-256 of array data in C order, whatever order it is stored in.
+/// SHA-256 of array data in C order, whatever order it is stored in
+/// (`None` if `data` does not hold an array of `shape`).
 pub(crate) fn c_order_sha256(
     data: &[u8],
     shape: &[usize],
     itemsize: usize,
     fortran: bool,
-) -> String {
+) -> Option<String> {
     let mut h = Sha256::new();
     if !fortran || shape.len() < 2 {
         h.update(data);
@@ -262,7 +278,7 @@ pub(crate) fn c_order_sha256(
         // it in logical order.
         let mut dims: Vec<usize> = shape.iter().rev().copied().collect();
         dims.push(itemsize);
-        let v = ArrayView::from_shape(IxDyn(&dims), data).expect("length checked");
+        let v = ArrayView::from_shape(IxDyn(&dims), data).ok()?;
         let n = shape.len();
         let mut perm: Vec<usize> = (0..n).rev().collect();
         perm.push(n);
@@ -277,7 +293,7 @@ pub(crate) fn c_order_sha256(
         }
         h.update(&buf);
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    Some(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]
@@ -293,8 +309,8 @@ mod tests {
         let f = a.t().as_standard_layout().to_owned(); // data of `a` in Fortran order
         let fbytes: Vec<u8> = f.iter().flat_map(|x| x.to_le_bytes()).collect();
         assert_eq!(
-            c_order_sha256(&fbytes, &[2, 3, 4], 2, true),
-            c_order_sha256(&c, &[2, 3, 4], 2, false)
+            c_order_sha256(&fbytes, &[2, 3, 4], 2, true).unwrap(),
+            c_order_sha256(&c, &[2, 3, 4], 2, false).unwrap()
         );
     }
 }

@@ -52,6 +52,7 @@
 mod array;
 mod budget;
 mod config;
+mod depth;
 mod element;
 mod error;
 mod inspect;
@@ -62,6 +63,7 @@ pub(crate) mod mapped;
 mod name;
 pub(crate) mod npy;
 pub mod pack;
+mod pylit;
 mod stats;
 mod store;
 mod stream;
