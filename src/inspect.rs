@@ -32,6 +32,13 @@ pub struct EntryReport {
     /// SHA-256 (hex) of the values in C order, element bytes in the file's
     /// byte order (`hashlib.sha256(np.ascontiguousarray(a).tobytes())`).
     pub sha256: Option<String>,
+    /// Not an entry: files named like one of a pair (`NAME.npy`,
+    /// `NAME.meta.json`) under a name the store refuses and therefore
+    /// ignores (see [`EntryName`](crate::EntryName)), or one that is not
+    /// UTF-8. `name` shows the name with control characters and bytes that
+    /// are not UTF-8 escaped (`\x0a`, `\xff`) and `problem` says why it is
+    /// ignored. Always `false` for packs.
+    pub ignored: bool,
 }
 
 impl EntryReport {
@@ -45,6 +52,7 @@ impl EntryReport {
             fortran_order: false,
             problem: None,
             sha256: None,
+            ignored: false,
         }
     }
 
@@ -72,6 +80,15 @@ pub struct InspectOptions {
 
 /// Inspects every entry of the store at `dir`, complete or not, in name
 /// order. Opens the store read-only: nothing is written.
+///
+/// Files named like an entry's (`NAME.npy`, `NAME.meta.json`) whose name
+/// the store refuses (a Windows device name, a control character, longer
+/// than [`MAX_NAME_BYTES`](crate::MAX_NAME_BYTES), not UTF-8, ...) are not
+/// entries: the store ignores them, as GSEGUtils does. They are reported
+/// too, with [`ignored`](EntryReport#structfield.ignored) set and the
+/// reason in [`problem`](EntryReport#structfield.problem), so that a check
+/// of the directory does not call it sound while the store cannot see some
+/// of its files.
 ///
 /// # Errors
 ///
@@ -104,8 +121,81 @@ pub fn inspect_store(dir: &Path, opts: InspectOptions) -> Result<Vec<EntryReport
             format!("incomplete: {reason}"),
         ));
     }
+    out.extend(ignored_names(dir)?);
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// Reports for the files of `dir` that are named like half of a pair but
+/// that the store's listing ignores: names that are not UTF-8, and stems
+/// that are not valid entry names. One report per stem.
+fn ignored_names(dir: &Path) -> Result<Vec<EntryReport>> {
+    use crate::error::IoContext;
+    let mut found: std::collections::BTreeMap<String, String> = Default::default();
+    for e in std::fs::read_dir(dir).ctx("list", dir)? {
+        let raw = e.ctx("list", dir)?.file_name();
+        let bytes = os_bytes(&raw);
+        let Some(stem) = bytes
+            .strip_suffix(b".npy")
+            .or_else(|| bytes.strip_suffix(b".meta.json"))
+        else {
+            continue;
+        };
+        let reason = match std::str::from_utf8(&bytes) {
+            Err(_) => "the file name is not UTF-8".to_owned(),
+            Ok(whole) if crate::io::is_temp_name(whole) => continue,
+            Ok(_) => match std::str::from_utf8(stem).map(crate::EntryName::new) {
+                Ok(Ok(_)) => continue,
+                Ok(Err(Error::InvalidName { rule, .. })) => format!("invalid name: {rule}"),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "the file name is not UTF-8".to_owned(),
+            },
+        };
+        found.entry(escape_name(stem)).or_insert(reason);
+    }
+    Ok(found
+        .into_iter()
+        .map(|(name, reason)| EntryReport {
+            ignored: true,
+            ..EntryReport::problem(name, format!("ignored by the store: {reason}"))
+        })
+        .collect())
+}
+
+/// The bytes of a file name.
+fn os_bytes(name: &std::ffi::OsStr) -> std::borrow::Cow<'_, [u8]> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        std::borrow::Cow::Borrowed(name.as_bytes())
+    }
+    #[cfg(not(unix))]
+    {
+        match name.to_string_lossy() {
+            std::borrow::Cow::Borrowed(s) => std::borrow::Cow::Borrowed(s.as_bytes()),
+            std::borrow::Cow::Owned(s) => std::borrow::Cow::Owned(s.into_bytes()),
+        }
+    }
+}
+
+/// `name` made printable on one line: control characters, backslashes and
+/// bytes that are not UTF-8 escaped as `\xNN`.
+fn escape_name(name: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(name.len());
+    for chunk in name.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c < ' ' || c == '\u{7f}' || c == '\\' {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
 }
 
 fn inspect_entry(dir: &Path, name: &str, opts: InspectOptions) -> EntryReport {

@@ -2377,7 +2377,8 @@ fn corpus_verify_reports_every_bad_entry() {
         s.insert_durable("sound", ndarray::array![1.5f64, 2.5])
             .unwrap();
     }
-    // Pairs under names the store refuses are not entries: not reported.
+    // Pairs under names the store refuses are not entries, but are
+    // reported as ignored.
     std::fs::write(store.join("CON.npy"), good_npy()).unwrap();
     std::fs::write(store.join("CON.meta.json"), good_meta()).unwrap();
     let long = "x".repeat(201);
@@ -2406,6 +2407,7 @@ fn corpus_verify_reports_every_bad_entry() {
         .iter()
         .filter(|c| c.verify_bad)
         .map(|c| c.name)
+        .chain(["CON", long.as_str()])
         .collect();
     let got: BTreeSet<&str> = reported.iter().copied().collect();
     assert_eq!(reported.len(), got.len(), "one line per entry:\n{stdout}");
@@ -2413,10 +2415,22 @@ fn corpus_verify_reports_every_bad_entry() {
     assert_eq!(tree(&store), store0, "verify changed the store");
     assert_eq!(tree(&outside), outside0);
     eprintln!(
-        "verify reported {} bad entries of {}",
-        got.len(),
+        "verify reported {} bad entries of {} and 2 ignored names",
+        got.len() - 2,
         corpus.len() + 1
     );
+    // `ls` lists them all, bad or not, and changes nothing either.
+    let out = Command::new(env!("CARGO_BIN_EXE_ndoffload"))
+        .args(["ls", "--json"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        corpus.len() + 1 + 2
+    );
+    assert_eq!(tree(&store), store0, "ls changed the store");
 
     // The library's inspector agrees and a writable open lists them too.
     let reports = inspect_store(&store, InspectOptions { read_data: true }).unwrap();
