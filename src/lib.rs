@@ -53,6 +53,7 @@
 mod array;
 mod budget;
 mod config;
+mod depth;
 mod element;
 mod error;
 pub mod inspect;
@@ -62,6 +63,7 @@ mod mmap;
 mod name;
 pub(crate) mod npy;
 pub mod pack;
+mod pylit;
 mod size;
 mod stats;
 mod store;

@@ -88,10 +88,18 @@ impl<T: Element, D: Dimension> MappedNpy<T, D> {
         };
         let info = NpyInfo::parse(bytes, path)?;
         info.check::<T, D>(file_len, path)?;
+        // The header's shape passed `checked_nbytes`: no product overflows.
         let len: usize = info.shape.iter().product();
         let expected = info.data_offset as u64 + info.data_len.unwrap_or(0);
+        let data_bytes = bytes
+            .get(info.data_offset..)
+            .ok_or_else(|| Error::Truncated {
+                path: path.to_path_buf(),
+                expected,
+                actual: file_len,
+            })?;
         // Validates alignment, length and element values once.
-        T::bytes_as_slice(&bytes[info.data_offset..], &T::type_descriptor(), len)
+        let data = T::bytes_as_slice(data_bytes, &T::type_descriptor(), len)
             .map_err(|e| view_err(e, path, expected, file_len))?;
         let dim =
             D::from_dimension(&IxDyn(&info.shape)).ok_or_else(|| Error::DimensionMismatch {
@@ -99,6 +107,9 @@ impl<T: Element, D: Dimension> MappedNpy<T, D> {
                 expected: D::NDIM.unwrap_or(0),
                 found: info.shape.len(),
             })?;
+        // And the view once, so that `view` and `view_mut` cannot fail.
+        ArrayView::from_shape(dim.clone().set_f(info.fortran), data)
+            .map_err(|e| Error::corrupt(path, format!("shape {:?}: {e}", info.shape)))?;
         Ok(MappedNpy {
             map,
             file,

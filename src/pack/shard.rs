@@ -258,6 +258,8 @@ impl PackSet {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let text = crate::io::read_bounded(&path, MANIFEST_LIMIT)?;
+        crate::depth::check_json(&text, crate::depth::MAX_JSON_DEPTH)
+            .map_err(|e| Error::corrupt(&path, format!("pack set manifest: {e}")))?;
         let m: Manifest = serde_json::from_slice(&text)
             .map_err(|e| Error::corrupt(&path, format!("pack set manifest: {e}")))?;
         if m.format != MANIFEST_FORMAT {
