@@ -18,11 +18,11 @@ use parking_lot::{
     RecursiveRwLockWriteGuard as RwLockWriteGuard,
 };
 
-use crate::config::{CacheConfig, LoadMode};
+use crate::config::CacheConfig;
 use crate::element::Element;
 use crate::error::{Error, IoContext, Result};
 use crate::io::{self, FileId};
-use crate::mmap::MappedNpy;
+use crate::mmap::{LoadMode, MappedNpy};
 use crate::name::EntryName;
 use crate::npy::{self, NpyInfo};
 use crate::store::meta::EntryFlags;
@@ -235,7 +235,7 @@ fn release<T: Element, D: Dimension>(old: State<T, D>) {
             }
         } else {
             drop(a);
-            crate::mapped::note_freed(bytes);
+            crate::mmap::note_freed(bytes);
         }
     }
 }
@@ -839,7 +839,12 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
                 id
             }
             None => io::publish(&self.path, self._temp.is_some(), |w| {
-                npy::write_array(w, &view, &self.config, &self.path)
+                npy::write_array(
+                    w,
+                    &view,
+                    || self.config.effective_chunk_budget(),
+                    &self.path,
+                )
             })?,
         };
         *self.file_id.lock() = Some(id);
@@ -893,7 +898,9 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             // Called under the write lock: the current version.
             version: self.version.load(Ordering::Relaxed),
             published: &p.published,
-            write_npy: Box::new(move |w, path| npy::write_array(w, &view, &self.config, path)),
+            write_npy: Box::new(move |w, path| {
+                npy::write_array(w, &view, || self.config.effective_chunk_budget(), path)
+            }),
         }
     }
 
@@ -1516,8 +1523,12 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             version,
             published: &p.published,
             write_npy: Box::new(move |w, path| match &*st {
-                State::Owned(a) => npy::write_array(w, &a.view(), config, path),
-                State::Mapped(m) => npy::write_array(w, &m.view(), config, path),
+                State::Owned(a) => {
+                    npy::write_array(w, &a.view(), || config.effective_chunk_budget(), path)
+                }
+                State::Mapped(m) => {
+                    npy::write_array(w, &m.view(), || config.effective_chunk_budget(), path)
+                }
                 State::Offloaded => unreachable!("checked under the same lock"),
             }),
         };

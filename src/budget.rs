@@ -4,9 +4,6 @@
 use std::collections::BTreeMap;
 
 use crate::name::EntryName;
-// Transitional: store/mod.rs imports these from here until it is next
-// edited (docs/architecture.md, "Still to move"); they live in `size`.
-pub(crate) use crate::size::{available_memory, ByteSize};
 
 /// Offloading on host-wide memory pressure (off by default).
 ///

@@ -69,10 +69,11 @@ mod stream;
 
 pub use array::{ArrayState, DiskBackedArray, ReadGuard, WriteGuard};
 pub use budget::SystemPressure;
-pub use config::{default_chunk_budget, CacheConfig, ConfigOverrides, LoadMode};
+pub use config::{default_chunk_budget, CacheConfig, ConfigOverrides};
 pub use element::Element;
 pub use error::{Error, Result};
 pub use key_hasher::KeyHasher;
+pub use mmap::LoadMode;
 pub use name::{EntryName, MAX_NAME_BYTES};
 pub use size::ByteSize;
 pub use stats::StoreStats;
@@ -81,8 +82,3 @@ pub use stream::{NpyStreamWriter, NpyStreamWriterDyn};
 
 #[doc(hidden)]
 pub use crate::io::testing as __testing;
-
-// Transitional: `crate::mapped::…` paths in array.rs, store/mod.rs and
-// inspect.rs name the memory-map module by its former name until those files
-// are next edited (docs/architecture.md, "Still to move").
-use mmap as mapped;

@@ -57,12 +57,13 @@ use ndarray::{Array, ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 use parking_lot::{Mutex, RwLock};
 
 use crate::array::{ArrayState, BatchJob, DiskBackedArray, ReadGuard, WriteGuard};
-use crate::budget::{available_memory, ByteSize, Lru, SystemPressure};
+use crate::budget::{Lru, SystemPressure};
 use crate::config::{CacheConfig, ConfigOverrides};
 use crate::element::Element;
 use crate::error::{Error, IoContext, Result};
 use crate::io::{self, FileId, Kind};
 use crate::name::EntryName;
+use crate::size::{available_memory, ByteSize};
 use crate::stats::{Counters, StoreStats};
 
 pub use meta::EntryFlags;
@@ -188,7 +189,7 @@ impl Account {
                 || inner.budget().is_some_and(|b| self.resident() > b)
             {
                 inner.enforce_budget();
-                crate::mapped::trim_if_due();
+                crate::mmap::trim_if_due();
             }
         }
     }
