@@ -183,6 +183,10 @@ impl Write for SeamFile {
     }
 }
 
+/// Fills a staged file through the seam (the path is the final one, for
+/// error messages).
+pub(crate) type Fill<'a> = Box<dyn FnOnce(&mut BufWriter<SeamFile>, &Path) -> Result<()> + 'a>;
+
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A unique temporary name `.ndo.<unique>.<tag>.tmp`.

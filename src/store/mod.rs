@@ -40,10 +40,10 @@
 //! computation runs under its key's gate, and a computation that waits for a
 //! guard of a thread calling `get_or_compute` for the same key never ends.
 
+mod entry;
 pub(crate) mod meta;
 pub(crate) mod pair;
 
-use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::marker::PhantomData;
@@ -56,93 +56,23 @@ use std::time::{Duration, Instant};
 use ndarray::{Array, ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 use parking_lot::{Mutex, RwLock};
 
-use crate::array::{ArrayState, BatchJob, DiskBackedArray, ReadGuard, WriteGuard};
+use crate::array::{ArrayState, DiskBackedArray, ReadGuard, WriteGuard};
 use crate::budget::{Lru, SystemPressure};
 use crate::config::{CacheConfig, ConfigOverrides};
 use crate::element::Element;
 use crate::error::{Error, IoContext, Result};
-use crate::io::{self, FileId, Kind};
+use crate::io::{self, Kind};
 use crate::name::EntryName;
 use crate::size::{available_memory, ByteSize};
 use crate::stats::{Counters, StoreStats};
 
+use entry::{AnyEntry, BatchJob, Loaded, Slot, StoreEntry};
 pub use meta::EntryFlags;
 use meta::Meta;
 use pair::SyncMode;
 
 /// Name of the lock file a writable open holds.
 pub const LOCK_FILE: &str = ".ndoffload.lock";
-
-/// Type-erased operations on a store entry's array.
-pub(crate) trait AnyEntry: Send + Sync {
-    fn offload(&self) -> Result<()>;
-    fn flush(&self) -> Result<()>;
-    fn batch_job(&self, wait: bool) -> Result<BatchJob<'_>>;
-    fn mark_published(&self, version: u64, id: FileId);
-    fn state(&self) -> ArrayState;
-    fn resident_bytes(&self) -> u64;
-    fn dtype(&self) -> String;
-    fn flags(&self) -> EntryFlags;
-    fn try_offload(&self) -> Result<bool>;
-    fn detach(&self, keep: bool);
-    fn pin(&self);
-    fn unpin(&self);
-    fn enable_publish(&self);
-    fn stop_publish(&self);
-    fn nbytes(&self) -> u64;
-    fn is_persisted(&self) -> bool;
-}
-
-impl<T: Element> AnyEntry for DiskBackedArray<T, IxDyn> {
-    fn offload(&self) -> Result<()> {
-        DiskBackedArray::offload(self)
-    }
-    fn flush(&self) -> Result<()> {
-        DiskBackedArray::flush(self)
-    }
-    fn batch_job(&self, wait: bool) -> Result<BatchJob<'_>> {
-        DiskBackedArray::batch_job(self, wait)
-    }
-    fn mark_published(&self, version: u64, id: FileId) {
-        DiskBackedArray::mark_published(self, version, id)
-    }
-    fn state(&self) -> ArrayState {
-        DiskBackedArray::state(self)
-    }
-    fn resident_bytes(&self) -> u64 {
-        DiskBackedArray::resident_bytes(self)
-    }
-    fn dtype(&self) -> String {
-        T::dtype()
-    }
-    fn flags(&self) -> EntryFlags {
-        self.entry_flags()
-    }
-    fn try_offload(&self) -> Result<bool> {
-        DiskBackedArray::try_offload(self)
-    }
-    fn detach(&self, keep: bool) {
-        DiskBackedArray::detach(self, keep)
-    }
-    fn pin(&self) {
-        DiskBackedArray::pin(self)
-    }
-    fn unpin(&self) {
-        DiskBackedArray::unpin(self)
-    }
-    fn enable_publish(&self) {
-        DiskBackedArray::enable_publish(self)
-    }
-    fn stop_publish(&self) {
-        DiskBackedArray::stop_publish(self)
-    }
-    fn nbytes(&self) -> u64 {
-        DiskBackedArray::nbytes(self)
-    }
-    fn is_persisted(&self) -> bool {
-        self.has_file()
-    }
-}
 
 /// The store's accounting of resident bytes, shared with its entries.
 pub(crate) struct Account {
@@ -193,38 +123,6 @@ impl Account {
             }
         }
     }
-}
-
-/// A loaded entry: the same array as a typed handle and as trait object.
-#[derive(Clone)]
-struct Loaded {
-    any: Arc<dyn Any + Send + Sync>,
-    ops: Arc<dyn AnyEntry>,
-}
-
-impl Loaded {
-    fn new<T: Element>(a: DiskBackedArray<T, IxDyn>) -> Self {
-        let a = Arc::new(a);
-        Loaded {
-            ops: a.clone(),
-            any: a,
-        }
-    }
-}
-
-#[derive(Default)]
-struct Slot {
-    /// The parsed metadata, once read (entries found at open are read lazily).
-    meta: Option<(String, Vec<usize>, EntryFlags)>,
-    loaded: Option<Loaded>,
-    /// The slot was replaced or removed from the map: a lookup that found
-    /// it just before looks again.
-    retired: bool,
-    /// A scratch entry: inserted through this handle with purge-on-drop,
-    /// so closing the store deletes it. Never read from a file: the
-    /// persisted `purge_disk_on_gc` flag (GSEGUtils' default is `true`)
-    /// deletes nothing.
-    scratch: bool,
 }
 
 struct Inner {
@@ -686,15 +584,14 @@ impl DiskBackedStore {
     ) -> Loaded {
         let (flags, config) = self.flags_for(overrides);
         let shape = array.shape().to_vec();
-        let a = DiskBackedArray::new_pair(
+        let loaded: Loaded = Arc::new(StoreEntry::new(
             array,
             &self.inner.dir,
             &name,
             flags,
             &config,
             self.inner.account.clone(),
-        );
-        let loaded = Loaded::new(a);
+        ));
         let slot = Slot {
             meta: Some((T::dtype(), shape, flags)),
             loaded: Some(loaded.clone()),
@@ -713,12 +610,12 @@ impl DiskBackedStore {
             old.retired = true;
             if let Some(l) = &old.loaded {
                 // A handle may hold the old entry: it keeps its data.
-                l.ops.detach(true);
+                l.link().detach(true);
             }
         }
         drop(entries);
         // Only now may the new entry's files replace the old entry's.
-        loaded.ops.enable_publish();
+        loaded.link().enable_publish();
         if flags.caching {
             self.inner.lru.lock().touch(&name);
         }
@@ -741,7 +638,7 @@ impl DiskBackedStore {
         self.check_writable()?;
         let name = EntryName::new(name.as_ref())?;
         let loaded = self.insert_entry(name, array.into_dyn(), &ConfigOverrides::default());
-        let r = loaded.ops.flush();
+        let r = loaded.flush();
         self.inner.enforce_budget();
         r
     }
@@ -794,7 +691,7 @@ impl DiskBackedStore {
             .map(|(n, a)| self.insert_entry(n, a.into_dyn(), &ConfigOverrides::default()))
             .collect();
         self.inner
-            .publish_batch(loaded.iter().map(|l| l.ops.as_ref()).collect())
+            .publish_batch(loaded.iter().map(|l| l.as_ref()).collect())
     }
 
     fn slot(&self, name: &EntryName) -> Result<Arc<Mutex<Slot>>> {
@@ -896,40 +793,37 @@ impl DiskBackedStore {
                 Some(l) => l.clone(),
                 None => {
                     let (_, config) = self.flags_for(&ConfigOverrides::default());
-                    let a = DiskBackedArray::<T, IxDyn>::open_pair(
+                    let l: Loaded = Arc::new(StoreEntry::<T>::persisted(
                         shape,
                         &self.inner.dir,
                         &name,
                         flags,
                         &config,
                         self.inner.account.clone(),
-                    );
-                    let l = Loaded::new(a);
+                    ));
                     s.loaded = Some(l.clone());
                     l
                 }
             };
             break loaded;
         };
-        if loaded.ops.state() == ArrayState::Offloaded {
+        if loaded.state() == ArrayState::Offloaded {
             Counters::add(&self.inner.counters.loads);
         } else {
             Counters::add(&self.inner.counters.hits);
         }
-        if loaded.ops.flags().caching {
+        if loaded.flags().caching {
             // Mapped entries count against the budget too: track them all.
             self.inner.lru.lock().touch(&name);
         }
-        let array = loaded
-            .any
-            .downcast::<DiskBackedArray<T, IxDyn>>()
-            .map_err(|_| Error::DtypeMismatch {
-                path: meta_path(),
-                expected: T::dtype(),
-                found: loaded.ops.dtype(),
-            })?;
+        let found = loaded.dtype();
+        let entry = entry::downcast::<T>(loaded).ok_or_else(|| Error::DtypeMismatch {
+            path: meta_path(),
+            expected: T::dtype(),
+            found,
+        })?;
         Ok(StoredArray {
-            array,
+            entry,
             name,
             _d: PhantomData,
         })
@@ -981,7 +875,7 @@ impl DiskBackedStore {
         let mut s = slot.lock();
         let (dtype, shape, flags) = self.read_meta(&name, &mut s)?;
         let (state, flags) = match &s.loaded {
-            Some(l) => (l.ops.state(), l.ops.flags()),
+            Some(l) => (l.state(), l.flags()),
             None => (ArrayState::Offloaded, flags),
         };
         let nbytes = crate::element::dtype_itemsize(&dtype)
@@ -1090,14 +984,14 @@ impl DiskBackedStore {
         // the others are offloaded, then the first such error is returned.
         let mut in_use = in_use_error(
             self.inner
-                .publish_batch(loaded.iter().map(|l| l.ops.as_ref()).collect()),
+                .publish_batch(loaded.iter().map(|l| l.as_ref()).collect()),
         )?;
         for l in loaded {
-            let was = l.ops.state() == ArrayState::InMemory;
-            if let Some(e) = in_use_error(l.ops.offload())? {
+            let was = l.state() == ArrayState::InMemory;
+            if let Some(e) = in_use_error(l.offload())? {
                 in_use.get_or_insert(e);
             }
-            if was && l.ops.state() == ArrayState::Offloaded {
+            if was && l.state() == ArrayState::Offloaded {
                 Counters::add(&self.inner.counters.offloads);
             }
         }
@@ -1159,12 +1053,12 @@ impl DiskBackedStore {
             let s = slot.lock();
             match &s.loaded {
                 Some(l) => {
-                    if l.ops.state() != ArrayState::Offloaded {
+                    if l.state() != ArrayState::Offloaded {
                         st.entries_resident += 1;
                     }
-                    if l.ops.is_persisted() {
+                    if l.is_persisted() {
                         st.entries_on_disk += 1;
-                        st.bytes_on_disk += l.ops.nbytes();
+                        st.bytes_on_disk += l.nbytes();
                     }
                 }
                 None => {
@@ -1316,17 +1210,14 @@ impl DiskBackedStore {
         self.inner.enforce_budget();
         // Counted as the `get` of the inserted value.
         Counters::add(&self.inner.counters.hits);
-        let found = loaded.ops.dtype();
-        let array = loaded
-            .any
-            .downcast::<DiskBackedArray<T, IxDyn>>()
-            .map_err(|_| Error::DtypeMismatch {
-                path: self.inner.dir.join(&name.meta_file()),
-                expected: T::dtype(),
-                found,
-            })?;
+        let found = loaded.dtype();
+        let entry = entry::downcast::<T>(loaded).ok_or_else(|| Error::DtypeMismatch {
+            path: self.inner.dir.join(&name.meta_file()),
+            expected: T::dtype(),
+            found,
+        })?;
         Ok(StoredArray {
-            array,
+            entry,
             name,
             _d: PhantomData,
         })
@@ -1370,9 +1261,9 @@ impl Inner {
         let mut busy = Vec::new();
         for a in &arrays {
             match a.batch_job(false) {
-                Ok(BatchJob::Job(job, version)) => {
+                Ok(BatchJob::Job(job)) => {
                     jobs.push(job);
-                    marks.push((*a, version));
+                    marks.push(*a);
                 }
                 Ok(BatchJob::Current) => {}
                 Ok(BatchJob::Busy) => busy.push(*a),
@@ -1384,8 +1275,8 @@ impl Inner {
         self.publish_jobs(jobs, marks)?;
         for a in busy {
             match a.batch_job(true) {
-                Ok(BatchJob::Job(job, version)) => {
-                    self.publish_jobs(vec![job], vec![(a, version)])?;
+                Ok(BatchJob::Job(job)) => {
+                    self.publish_jobs(vec![job], vec![a])?;
                 }
                 Ok(BatchJob::Current | BatchJob::Busy) => {}
                 Err(e) => {
@@ -1397,17 +1288,14 @@ impl Inner {
     }
 
     /// Publishes `jobs` with one round of syncs and records each published
-    /// version (`marks`, in job order).
-    fn publish_jobs(
-        &self,
-        jobs: Vec<pair::PairJob<'_>>,
-        marks: Vec<(&dyn AnyEntry, u64)>,
-    ) -> Result<()> {
+    /// version in its entry (`marks`, in job order).
+    fn publish_jobs(&self, jobs: Vec<pair::PairJob<'_>>, marks: Vec<&dyn AnyEntry>) -> Result<()> {
         if jobs.is_empty() {
             return Ok(());
         }
+        let versions: Vec<u64> = jobs.iter().map(|j| j.version).collect();
         let ids = pair::publish_pairs(&self.dir, jobs, SyncMode::FileSystem)?;
-        for ((a, v), id) in marks.into_iter().zip(ids) {
+        for ((a, v), id) in marks.into_iter().zip(versions).zip(ids) {
             if let Some(id) = id {
                 a.mark_published(v, id);
             }
@@ -1422,8 +1310,7 @@ impl Inner {
         let loaded = self.loaded_entries();
         // An entry the calling thread is writing to is not flushed (its
         // error is returned at the end); everything else is.
-        let in_use =
-            in_use_error(self.publish_batch(loaded.iter().map(|l| l.ops.as_ref()).collect()))?;
+        let in_use = in_use_error(self.publish_batch(loaded.iter().map(|l| l.as_ref()).collect()))?;
         // Spills renamed files without syncing the directory.
         if self.account.dir_unsynced.swap(false, Ordering::AcqRel) {
             if let Err(e) = self.dir.sync() {
@@ -1447,14 +1334,14 @@ impl Inner {
         // back.
         let loaded = entries.get(name).and_then(|s| s.lock().loaded.clone());
         if let Some(l) = &loaded {
-            l.ops.pin();
-            l.ops.stop_publish();
+            l.link().pin();
+            l.link().stop_publish();
         }
         if on_disk {
             if let Err(e) = pair::remove_pair(&self.dir, name) {
                 if let Some(l) = &loaded {
-                    l.ops.unpin();
-                    l.ops.enable_publish();
+                    l.link().unpin();
+                    l.link().enable_publish();
                 }
                 return Err(e);
             }
@@ -1463,7 +1350,7 @@ impl Inner {
             let mut old = old.lock();
             old.retired = true;
             if let Some(l) = &old.loaded {
-                l.ops.detach(true);
+                l.link().detach(true);
             }
         }
         self.lru.lock().remove(name);
@@ -1519,15 +1406,15 @@ impl Inner {
                 self.lru.lock().remove(&name);
                 continue;
             };
-            let bytes = l.ops.resident_bytes();
-            match l.ops.try_offload() {
+            let bytes = l.resident_bytes();
+            match l.try_offload() {
                 Ok(true) => {
                     Counters::add(&self.counters.evictions);
                     self.lru.lock().remove(&name);
                     tracing::debug!(name = name.as_str(), bytes, "evicted");
                 }
                 Ok(false) => {
-                    if l.ops.state() == ArrayState::Offloaded || !l.ops.flags().caching {
+                    if l.state() == ArrayState::Offloaded || !l.flags().caching {
                         self.lru.lock().remove(&name);
                     }
                     // else: pinned by a live guard; keep it for later.
@@ -1589,9 +1476,8 @@ impl Drop for Inner {
         // into the directory again (another process may own it now).
         for slot in self.entries.get_mut().values() {
             if let Some(l) = &slot.lock().loaded {
-                // Only the slot holds an entry nobody else uses (`any` and
-                // `ops` are two counts of the same allocation).
-                l.ops.detach(Arc::strong_count(&l.any) > 2);
+                // Only the slot holds an entry nobody else uses.
+                l.link().detach(Arc::strong_count(l) > 1);
             }
         }
         // Unlock explicitly: closing our descriptor would leave the lock held
@@ -1611,7 +1497,7 @@ impl Drop for Inner {
 /// copy: a detached entry never writes into the store's directory again
 /// (flushing or offloading it does nothing).
 pub struct StoredArray<T: Element, D: Dimension> {
-    array: Arc<DiskBackedArray<T, IxDyn>>,
+    entry: Arc<StoreEntry<T>>,
     name: EntryName,
     _d: PhantomData<D>,
 }
@@ -1619,7 +1505,7 @@ pub struct StoredArray<T: Element, D: Dimension> {
 impl<T: Element, D: Dimension> Clone for StoredArray<T, D> {
     fn clone(&self) -> Self {
         StoredArray {
-            array: self.array.clone(),
+            entry: self.entry.clone(),
             name: self.name.clone(),
             _d: PhantomData,
         }
@@ -1630,7 +1516,7 @@ impl<T: Element, D: Dimension> std::fmt::Debug for StoredArray<T, D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoredArray")
             .field("name", &self.name)
-            .field("array", &self.array)
+            .field("array", &self.entry.array)
             .finish()
     }
 }
@@ -1647,7 +1533,7 @@ impl<T: Element, D: Dimension> StoredArray<T, D> {
     ///
     /// Errors of mapping and cross-checking the files.
     pub fn read(&self) -> Result<ReadGuard<'_, T, IxDyn, D>> {
-        self.array.read_as()
+        self.entry.array.read_as()
     }
 
     /// A write guard. A persisted entry is mapped copy-on-write: the store's
@@ -1658,7 +1544,7 @@ impl<T: Element, D: Dimension> StoredArray<T, D> {
     ///
     /// Errors of mapping.
     pub fn write(&self) -> Result<WriteGuard<'_, T, IxDyn, D>> {
-        self.array.write_as()
+        self.entry.array.write_as()
     }
 
     /// Runs `f` on a view.
@@ -1667,7 +1553,7 @@ impl<T: Element, D: Dimension> StoredArray<T, D> {
     ///
     /// Errors of mapping or of the automatic re-offload.
     pub fn with_view<R>(&self, f: impl FnOnce(ArrayView<'_, T, D>) -> R) -> Result<R> {
-        self.array.with_view_as::<D, R>(f)
+        self.entry.array.with_view_as::<D, R>(f)
     }
 
     /// Runs `f` on a mutable view.
@@ -1676,7 +1562,7 @@ impl<T: Element, D: Dimension> StoredArray<T, D> {
     ///
     /// Errors of mapping or of the automatic re-offload.
     pub fn with_view_mut<R>(&self, f: impl FnOnce(ArrayViewMut<'_, T, D>) -> R) -> Result<R> {
-        self.array.with_view_mut_as::<D, R>(f)
+        self.entry.array.with_view_mut_as::<D, R>(f)
     }
 
     /// A copy of the data in RAM.
@@ -1690,16 +1576,16 @@ impl<T: Element, D: Dimension> StoredArray<T, D> {
 
     /// The shape.
     pub fn shape(&self) -> &[usize] {
-        self.array.shape()
+        self.entry.array.shape()
     }
 
     /// Where the data is now.
     pub fn state(&self) -> ArrayState {
-        self.array.state()
+        self.entry.array.state()
     }
 
     /// The underlying array (dynamic dimension).
     pub fn as_array(&self) -> &DiskBackedArray<T, IxDyn> {
-        &self.array
+        &self.entry.array
     }
 }
