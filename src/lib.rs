@@ -51,7 +51,6 @@
 #![warn(missing_docs)]
 
 mod array;
-mod budget;
 mod config;
 mod element;
 mod error;
@@ -63,12 +62,10 @@ mod name;
 pub(crate) mod npy;
 pub mod pack;
 mod size;
-mod stats;
 mod store;
 mod stream;
 
 pub use array::{ArrayState, DiskBackedArray, ReadGuard, WriteGuard};
-pub use budget::SystemPressure;
 pub use config::{default_chunk_budget, CacheConfig, ConfigOverrides};
 pub use element::Element;
 pub use error::{Error, Result};
@@ -76,8 +73,10 @@ pub use key_hasher::KeyHasher;
 pub use mmap::LoadMode;
 pub use name::{EntryName, MAX_NAME_BYTES};
 pub use size::ByteSize;
-pub use stats::StoreStats;
-pub use store::{DiskBackedStore, EntryFlags, EntryInfo, StoreBuilder, StoredArray, LOCK_FILE};
+pub use store::{
+    DiskBackedStore, EntryFlags, EntryInfo, StoreBuilder, StoreStats, StoredArray, SystemPressure,
+    LOCK_FILE,
+};
 pub use stream::{NpyStreamWriter, NpyStreamWriterDyn};
 
 #[doc(hidden)]
