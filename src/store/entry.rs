@@ -18,7 +18,7 @@ use ndarray::{ArrayD, IxDyn};
 use parking_lot::Mutex;
 
 use super::meta::EntryFlags;
-use super::pair::{self, PairJob, SyncMode};
+use super::storage::{PairJob, Storage, SyncMode};
 use super::Account;
 use crate::array::{ArrayState, DiskBackedArray, InitialData, Owner, Snapshot, Unpublished};
 use crate::config::CacheConfig;
@@ -33,9 +33,8 @@ use crate::name::EntryName;
 /// to detach, pin or stop the entry without taking the array's lock. It
 /// never points back at the array.
 pub(crate) struct EntryLink {
-    /// The store's directory, held open (every file operation is relative
-    /// to it).
-    dir: io::Dir,
+    /// Where the store's entries live.
+    storage: Arc<dyn Storage>,
     name: EntryName,
     meta_path: PathBuf,
     purge: AtomicBool,
@@ -69,16 +68,16 @@ pub(crate) struct EntryLink {
 
 impl EntryLink {
     fn new(
-        dir: &io::Dir,
+        storage: &Arc<dyn Storage>,
         name: &EntryName,
         purge: bool,
         publish: bool,
         account: Arc<Account>,
     ) -> Self {
         EntryLink {
-            dir: dir.clone(),
+            storage: storage.clone(),
             name: name.clone(),
-            meta_path: dir.join(&name.meta_file()),
+            meta_path: storage.meta_path(name),
             purge: AtomicBool::new(purge),
             account,
             attached: AtomicBool::new(true),
@@ -88,11 +87,6 @@ impl EntryLink {
             counted: Mutex::new(0),
             loaded_unseen: AtomicBool::new(false),
         }
-    }
-
-    /// The path of the entry's `.npy` (for messages).
-    fn npy_path(&self) -> PathBuf {
-        self.dir.join(&self.name.npy_file())
     }
 
     /// Whether the entry may publish now.
@@ -162,10 +156,7 @@ impl EntryLink {
         if pinned.is_some() {
             return;
         }
-        if let Ok(f) = self
-            .dir
-            .open_regular(&self.name.npy_file(), io::Access::Read)
-        {
+        if let Ok(f) = self.storage.open_data(&self.name, io::Access::Read) {
             *pinned = Some(f);
         }
     }
@@ -214,7 +205,7 @@ impl Owner for EntryLink {
         } else {
             SyncMode::PerFile
         };
-        let id = pair::publish_pairs(&self.dir, vec![self.job(snapshot)], sync)?[0];
+        let id = self.storage.publish(vec![self.job(snapshot)], sync)?[0];
         if id.is_some() && spill {
             self.account.mark_dir_unsynced();
         }
@@ -223,14 +214,16 @@ impl Owner for EntryLink {
 
     fn open_data(&self, access: io::Access) -> Result<File> {
         if let Some(f) = &*self.pinned.lock() {
-            return f.try_clone().ctx("reopen", &self.npy_path());
+            return f
+                .try_clone()
+                .ctx("reopen", &self.storage.data_path(&self.name));
         }
         if !self.attached() {
             return Err(Error::NoFile {
                 reason: "the store entry was replaced or removed, and its data was not kept",
             });
         }
-        self.dir.open_regular(&self.name.npy_file(), access)
+        self.storage.open_data(&self.name, access)
     }
 
     fn metadata_path(&self) -> &Path {
@@ -270,20 +263,20 @@ impl<T: Element> StoreEntry<T> {
     /// it replaces).
     pub(crate) fn new(
         array: ArrayD<T>,
-        dir: &io::Dir,
+        storage: &Arc<dyn Storage>,
         name: &EntryName,
         flags: EntryFlags,
         config: &CacheConfig,
         account: Arc<Account>,
     ) -> Self {
         let data = InitialData::InMemory(array);
-        Self::make(data, false, dir, name, flags, config, account)
+        Self::make(data, false, storage, name, flags, config, account)
     }
 
     /// A persisted entry, offloaded; its files are read when used.
     pub(crate) fn persisted(
         shape: Vec<usize>,
-        dir: &io::Dir,
+        storage: &Arc<dyn Storage>,
         name: &EntryName,
         flags: EntryFlags,
         config: &CacheConfig,
@@ -291,22 +284,22 @@ impl<T: Element> StoreEntry<T> {
     ) -> Self {
         // A persisted entry's data is the file at its name now: remember
         // which one, so that it can be kept when the name is reused.
-        let id = dir.stat(&name.npy_file()).map(|f| f.id);
+        let id = storage.stat_data(name).map(|f| f.id);
         let data = InitialData::InFile { shape, id };
-        Self::make(data, true, dir, name, flags, config, account)
+        Self::make(data, true, storage, name, flags, config, account)
     }
 
     fn make(
         data: InitialData<T>,
         publish: bool,
-        dir: &io::Dir,
+        storage: &Arc<dyn Storage>,
         name: &EntryName,
         flags: EntryFlags,
         config: &CacheConfig,
         account: Arc<Account>,
     ) -> Self {
         let link = Arc::new(EntryLink::new(
-            dir,
+            storage,
             name,
             flags.purge_on_drop,
             publish,
@@ -315,7 +308,7 @@ impl<T: Element> StoreEntry<T> {
         let array = DiskBackedArray::owned_by(
             link.clone(),
             data,
-            dir.join(&name.npy_file()),
+            storage.data_path(name),
             flags.caching,
             flags.automatic_offloading,
             config,

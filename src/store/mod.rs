@@ -46,12 +46,11 @@ mod compute;
 mod entry;
 pub(crate) mod meta;
 mod open;
-pub(crate) mod pair;
 mod stats;
+mod storage;
 mod stored;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -63,33 +62,30 @@ use parking_lot::{Mutex, RwLock};
 use crate::array::ArrayState;
 use crate::config::{CacheConfig, ConfigOverrides};
 use crate::element::Element;
-use crate::error::{Error, IoContext, Result};
-use crate::io;
+use crate::error::{Error, Result};
 use crate::name::EntryName;
 
 pub use budget::SystemPressure;
 use budget::{Account, Lru};
 use entry::{AnyEntry, BatchJob, Loaded, Slot, StoreEntry};
 pub use meta::EntryFlags;
-use meta::Meta;
 pub use open::StoreBuilder;
-use pair::SyncMode;
 use stats::Counters;
 pub use stats::StoreStats;
+pub use storage::LOCK_FILE;
+use storage::{Lease, PairJob, Storage, SyncMode};
 pub use stored::StoredArray;
 
-/// Name of the lock file a writable open holds.
-pub const LOCK_FILE: &str = ".ndoffload.lock";
-
 struct Inner {
-    /// The store directory, held open: every file operation is relative to it.
-    dir: io::Dir,
+    /// Where the entries live: every file operation goes through it.
+    storage: Arc<dyn Storage>,
     read_only: bool,
     config: CacheConfig,
     defaults: EntryFlags,
     entries: RwLock<BTreeMap<EntryName, Arc<Mutex<Slot>>>>,
     incomplete: RwLock<BTreeMap<EntryName, String>>,
-    _lock: Option<File>,
+    /// The store's lock, held until the store is dropped.
+    _lease: Box<dyn Lease>,
     account: Arc<Account>,
     /// The budget in bytes (`u64::MAX`: none).
     budget: AtomicU64,
@@ -141,7 +137,7 @@ pub struct DiskBackedStore {
 impl std::fmt::Debug for DiskBackedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DiskBackedStore")
-            .field("dir", &self.inner.dir.path())
+            .field("dir", &self.inner.storage.location())
             .field("read_only", &self.inner.read_only)
             .field("len", &self.len())
             .finish()
@@ -188,7 +184,7 @@ impl DiskBackedStore {
 
     /// The store directory.
     pub fn dir(&self) -> &Path {
-        self.inner.dir.path()
+        self.inner.storage.location()
     }
 
     /// Whether this handle is read-only.
@@ -279,7 +275,7 @@ impl DiskBackedStore {
         let shape = array.shape().to_vec();
         let loaded: Loaded = Arc::new(StoreEntry::new(
             array,
-            &self.inner.dir,
+            &self.inner.storage,
             &name,
             flags,
             &config,
@@ -394,14 +390,14 @@ impl DiskBackedStore {
         if let Some(reason) = self.inner.incomplete.read().get(name) {
             return Err(Error::Incomplete {
                 name: name.to_string(),
-                path: self.inner.dir.path().to_path_buf(),
+                path: self.inner.storage.location().to_path_buf(),
                 reason: reason.clone(),
             });
         }
         Counters::add(&self.inner.counters.misses);
         Err(Error::KeyNotFound {
             name: name.to_string(),
-            path: self.inner.dir.path().to_path_buf(),
+            path: self.inner.storage.location().to_path_buf(),
         })
     }
 
@@ -413,32 +409,20 @@ impl DiskBackedStore {
         if let Some(m) = &slot.meta {
             return Ok(m.clone());
         }
-        let m = Meta::read_in(&self.inner.dir, &name.meta_file())?;
+        let m = self.inner.storage.read_meta(name)?;
         let flags = m.flags(self.inner.defaults);
         let (dtype, shape) = match (m.dtype, m.shape) {
             (Some(d), Some(s)) => (d, s),
             // GSEGUtils takes what the metadata leaves out from the .npy
             // header: so does the store.
             (d, s) => {
-                let info = self.npy_header(name)?;
+                let info = self.inner.storage.read_header(name)?;
                 (d.unwrap_or(info.descr), s.unwrap_or(info.shape))
             }
         };
         let v = (dtype, shape, flags);
         slot.meta = Some(v.clone());
         Ok(v)
-    }
-
-    /// The header of the entry's `.npy` (a bounded read of a regular file).
-    fn npy_header(&self, name: &EntryName) -> Result<crate::npy::NpyInfo> {
-        use std::io::Read;
-        let file = name.npy_file();
-        let path = self.inner.dir.join(&file);
-        let f = self.inner.dir.open_regular(&file, io::Access::Read)?;
-        // NPY 1.0 headers are at most 65535 + 10 bytes; GSEGUtils' are 128.
-        let mut buf = Vec::with_capacity(4096);
-        f.take(65_545).read_to_end(&mut buf).ctx("read", &path)?;
-        crate::npy::NpyInfo::parse(&buf, &path)
     }
 
     /// The entry `name` as an array of `T` with dimension `D`. Views of the
@@ -457,7 +441,7 @@ impl DiskBackedStore {
         name: impl AsRef<str>,
     ) -> Result<StoredArray<T, D>> {
         let name = EntryName::new(name.as_ref())?;
-        let meta_path = || self.inner.dir.join(&name.meta_file());
+        let meta_path = || self.inner.storage.meta_path(&name);
         let loaded = loop {
             let slot = self.slot(&name)?;
             let mut s = slot.lock();
@@ -488,7 +472,7 @@ impl DiskBackedStore {
                     let (_, config) = self.flags_for(&ConfigOverrides::default());
                     let l: Loaded = Arc::new(StoreEntry::<T>::persisted(
                         shape,
-                        &self.inner.dir,
+                        &self.inner.storage,
                         &name,
                         flags,
                         &config,
@@ -699,7 +683,7 @@ impl Inner {
     fn check_writable(&self) -> Result<()> {
         if self.read_only {
             Err(Error::ReadOnly {
-                path: self.dir.path().to_path_buf(),
+                path: self.storage.location().to_path_buf(),
             })
         } else {
             Ok(())
@@ -755,12 +739,12 @@ impl Inner {
 
     /// Publishes `jobs` with one round of syncs and records each published
     /// version in its entry (`marks`, in job order).
-    fn publish_jobs(&self, jobs: Vec<pair::PairJob<'_>>, marks: Vec<&dyn AnyEntry>) -> Result<()> {
+    fn publish_jobs(&self, jobs: Vec<PairJob<'_>>, marks: Vec<&dyn AnyEntry>) -> Result<()> {
         if jobs.is_empty() {
             return Ok(());
         }
         let versions: Vec<u64> = jobs.iter().map(|j| j.version).collect();
-        let ids = pair::publish_pairs(&self.dir, jobs, SyncMode::FileSystem)?;
+        let ids = self.storage.publish(jobs, SyncMode::FileSystem)?;
         for ((a, v), id) in marks.into_iter().zip(versions).zip(ids) {
             if let Some(id) = id {
                 a.mark_published(v, id);
@@ -779,7 +763,7 @@ impl Inner {
         let in_use = in_use_error(self.publish_batch(loaded.iter().map(|l| l.as_ref()).collect()))?;
         // Spills renamed files without syncing the directory.
         if self.account.take_dir_unsynced() {
-            if let Err(e) = self.dir.sync() {
+            if let Err(e) = self.storage.sync() {
                 self.account.mark_dir_unsynced();
                 return Err(e);
             }
@@ -790,8 +774,7 @@ impl Inner {
     fn remove(&self, name: &EntryName) -> Result<bool> {
         self.check_writable()?;
         let mut entries = self.entries.write();
-        let on_disk =
-            self.dir.stat(&name.npy_file()).is_some() || self.dir.stat(&name.meta_file()).is_some();
+        let on_disk = self.storage.exists(name);
         let broken = self.incomplete.read().contains_key(name);
         let existed = entries.contains_key(name) || broken;
         // A handle may hold the entry: it keeps the file it reads from open
@@ -804,7 +787,7 @@ impl Inner {
             l.link().stop_publish();
         }
         if on_disk {
-            if let Err(e) = pair::remove_pair(&self.dir, name) {
+            if let Err(e) = self.storage.remove(name) {
                 if let Some(l) = &loaded {
                     l.link().unpin();
                     l.link().enable_publish();
@@ -863,7 +846,7 @@ impl Drop for Inner {
         // `DiskBackedStore::close` is the checked path; here errors can only
         // be logged.
         if let Err(e) = self.finish() {
-            tracing::warn!(dir = %self.dir.path().display(), error = %e, "could not flush the store when dropped");
+            tracing::warn!(dir = %self.storage.location().display(), error = %e, "could not flush the store when dropped");
         }
         // Handles that outlive the store keep their data and never write
         // into the directory again (another process may own it now).
@@ -873,10 +856,6 @@ impl Drop for Inner {
                 l.link().detach(Arc::strong_count(l) > 1);
             }
         }
-        // Unlock explicitly: closing our descriptor would leave the lock held
-        // while a child process forked meanwhile still has a copy of it.
-        if let Some(f) = &self._lock {
-            let _ = f.unlock();
-        }
+        // The lease is released when the fields are dropped, after this.
     }
 }

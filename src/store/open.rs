@@ -12,13 +12,11 @@ use parking_lot::{Mutex, RwLock};
 use super::budget::{Account, Lru, SystemPressure};
 use super::entry::Slot;
 use super::meta::EntryFlags;
-use super::pair;
 use super::stats::Counters;
-use super::{DiskBackedStore, Inner, LOCK_FILE};
+use super::storage::{Listed, LocalDir, LockMode, Storage};
+use super::{DiskBackedStore, Inner};
 use crate::config::CacheConfig;
-use crate::error::{Error, IoContext, Result};
-use crate::io::{self, Kind};
-use crate::name::EntryName;
+use crate::error::{IoContext, Result};
 use crate::size::ByteSize;
 
 /// Options for opening a [`DiskBackedStore`].
@@ -142,39 +140,21 @@ impl StoreBuilder {
         if !self.read_only && self.create {
             fs::create_dir_all(&path).ctx("create directory", &path)?;
         }
-        // The path is resolved once; every later operation is relative to
-        // the directory held open, wherever the path points afterwards.
-        let dir = io::Dir::open(&path)?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = match dir.open_lock(LOCK_FILE, !self.read_only)? {
-            Some(f) => {
-                let tried = if self.read_only {
-                    f.try_lock_shared()
-                } else {
-                    f.try_lock()
-                };
-                match tried {
-                    Ok(()) => {}
-                    Err(fs::TryLockError::WouldBlock) => {
-                        return Err(Error::Locked { path: lock_path })
-                    }
-                    Err(fs::TryLockError::Error(e)) => {
-                        return Err(Error::io("lock", &lock_path, e))
-                    }
-                }
-                Some(f)
-            }
-            None => None,
-        };
-        let mut listing = Listing::read(&dir)?;
+        let storage: Arc<dyn Storage> = Arc::new(LocalDir::open(&path)?);
+        let lease = storage.lock(if self.read_only {
+            LockMode::Shared
+        } else {
+            LockMode::Exclusive
+        })?;
+        let mut listing = storage.list()?;
         let mut left = Vec::new();
-        if !self.read_only && !listing.temps.is_empty() {
-            let rec = pair::recover(&dir, &listing.temps)?;
+        if !self.read_only && !listing.pending.is_empty() {
+            let rec = storage.recover(&listing.pending)?;
             if !rec.completed.is_empty() {
                 tracing::info!(dir = %path.display(), completed = ?rec.completed, "recovered interrupted operations");
             }
             left = rec.left;
-            listing = Listing::read(&dir)?;
+            listing = storage.list()?;
         }
         let defaults = EntryFlags {
             purge_on_drop: self.config.purge_on_drop().unwrap_or(false),
@@ -193,13 +173,10 @@ impl StoreBuilder {
                 }
             }
         }
-        // A temporary name that is not a regular file was never staged by
-        // this crate: recovery left it alone. Its key is reported as
-        // incomplete unless a whole pair holds that name.
-        for (temp, what) in left {
-            let reason = format!("{temp} is {what}, not a regular file: left alone by recovery");
+        // What recovery left alone was never staged by this crate. Its key
+        // is reported as incomplete unless a whole pair holds that name.
+        for (key, reason) in left {
             tracing::warn!(dir = %path.display(), "{reason}");
-            let key = pair::temp_key(&temp).and_then(|k| EntryName::new(k).ok());
             if let Some(key) = key.filter(|k| !entries.contains_key(k)) {
                 incomplete.entry(key).or_insert(reason);
             }
@@ -207,13 +184,13 @@ impl StoreBuilder {
         let (budget, pressure) = (self.budget, self.pressure);
         Ok(DiskBackedStore {
             inner: Arc::new_cyclic(|weak| Inner {
-                dir,
+                storage,
                 read_only: self.read_only,
                 config: self.config,
                 defaults,
                 entries: RwLock::new(entries),
                 incomplete: RwLock::new(incomplete),
-                _lock: lock,
+                _lease: lease,
                 account: Arc::new(Account::new(weak.clone())),
                 budget: AtomicU64::new(budget.unwrap_or(u64::MAX)),
                 pressure,
@@ -224,57 +201,5 @@ impl StoreBuilder {
                 inflight: Mutex::new(HashMap::new()),
             }),
         })
-    }
-}
-
-enum Listed {
-    Pair,
-    Broken(String),
-}
-
-/// What a directory listing says, without opening any file.
-struct Listing {
-    entries: BTreeMap<EntryName, Listed>,
-    temps: Vec<String>,
-}
-
-impl Listing {
-    fn read(dir: &io::Dir) -> Result<Listing> {
-        use std::collections::HashMap;
-        // name -> (npy file kind, meta file kind)
-        let mut seen: HashMap<String, (Option<Kind>, Option<Kind>)> = HashMap::new();
-        let mut temps = Vec::new();
-        for (name, kind) in dir.list()? {
-            if io::is_temp_name(&name) {
-                temps.push(name);
-                continue;
-            }
-            if let Some(stem) = name.strip_suffix(".meta.json") {
-                seen.entry(stem.to_owned()).or_default().1 = Some(kind);
-            } else if let Some(stem) = name.strip_suffix(".npy") {
-                seen.entry(stem.to_owned()).or_default().0 = Some(kind);
-            }
-        }
-        let mut entries = BTreeMap::new();
-        for (stem, (npy, meta)) in seen {
-            let Ok(name) = EntryName::new(stem) else {
-                continue;
-            };
-            let odd = |file: String, k: Kind| match k {
-                Kind::Dir => format!("{file} is a directory"),
-                Kind::Symlink => format!("{file} is a symbolic link (not followed)"),
-                k => format!("{file} is {}, not a regular file", k.describe()),
-            };
-            let kind = match (npy, meta) {
-                (Some(Kind::File), Some(Kind::File)) => Listed::Pair,
-                (Some(n), _) if n != Kind::File => Listed::Broken(odd(name.npy_file(), n)),
-                (_, Some(m)) if m != Kind::File => Listed::Broken(odd(name.meta_file(), m)),
-                (Some(_), None) => Listed::Broken(format!("{} is missing", name.meta_file())),
-                (None, Some(_)) => Listed::Broken(format!("{} is missing", name.npy_file())),
-                _ => Listed::Broken("not a regular file".into()),
-            };
-            entries.insert(name, kind);
-        }
-        Ok(Listing { entries, temps })
     }
 }

@@ -195,7 +195,7 @@ impl DiskBackedStore {
                         })
                     });
                     st.bytes_on_disk += nbytes.unwrap_or_else(|| {
-                        let found = self.inner.dir.stat(&name.npy_file());
+                        let found = self.inner.storage.stat_data(&name);
                         found.filter(|f| f.is_file()).map_or(0, |f| f.len)
                     });
                 }
