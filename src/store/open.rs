@@ -16,6 +16,8 @@ use super::stats::Counters;
 use super::storage::{Listed, LocalDir, LockMode, Storage};
 use super::{DiskBackedStore, Inner};
 use crate::config::CacheConfig;
+#[cfg(doc)]
+use crate::error::Error;
 use crate::error::{IoContext, Result};
 use crate::size::ByteSize;
 
