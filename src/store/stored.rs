@@ -12,7 +12,7 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::name::EntryName;
 
-/// A typed handle to a store entry (see [`DiskBackedStore::get`]).
+/// A typed handle to a store entry (see [`DiskBackedStore::get`](crate::DiskBackedStore::get)).
 ///
 /// Holding the handle keeps the entry's data alive even if the entry is
 /// replaced or removed from the store, or the store is closed: the handle
