@@ -79,5 +79,8 @@ pub use store::{
 };
 pub use stream::{NpyStreamWriter, NpyStreamWriterDyn};
 
+/// Test hooks (fault injection), compiled only with the `testing` feature;
+/// not part of the stable API.
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub use crate::io::testing as __testing;
