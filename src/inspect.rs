@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::element::dtype_itemsize;
 use crate::error::{Error, Result};
-use crate::mapped;
+use crate::mmap;
 use crate::npy::NpyInfo;
 use crate::store::meta::Meta;
 use crate::store::DiskBackedStore;
@@ -253,7 +253,7 @@ fn check_entry(dir: &Path, name: &str, opts: InspectOptions, r: &mut EntryReport
     info.check_len(len, &npy_path)?;
     if opts.read_data {
         let file = crate::io::open_regular(&npy_path, crate::io::Access::Read)?;
-        let map = mapped::map_readonly(&file, &npy_path)?;
+        let map = mmap::map_readonly(&file, &npy_path)?;
         let end = (info.data_offset as u64).saturating_add(info.data_len.unwrap_or(0));
         let data = usize::try_from(end)
             .ok()

@@ -15,6 +15,7 @@
 //! files is made relative to the directory's descriptor (`openat`,
 //! `renameat`, `linkat`, `unlinkat`, `fsync`), through the same fault plan.
 
+#[cfg(feature = "testing")]
 use std::cell::RefCell;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -49,18 +50,32 @@ pub enum Op {
     Link,
 }
 
+#[cfg(feature = "testing")]
 thread_local! {
     static PLAN: RefCell<Option<Arc<testing::FaultPlan>>> = const { RefCell::new(None) };
 }
 
+/// Consults the calling thread's fault plan (only with the `testing`
+/// feature; otherwise nothing, inlined away).
+#[inline(always)]
 fn check(op: Op, path: &Path) -> io::Result<()> {
-    PLAN.with(|p| match &*p.borrow() {
-        Some(plan) => plan.tick(op, path),
-        None => Ok(()),
-    })
+    #[cfg(feature = "testing")]
+    {
+        PLAN.with(|p| match &*p.borrow() {
+            Some(plan) => plan.tick(op, path),
+            None => Ok(()),
+        })
+    }
+    #[cfg(not(feature = "testing"))]
+    {
+        let _ = (op, path);
+        Ok(())
+    }
 }
 
-/// Fault injection for tests (not part of the stable API).
+/// Fault injection for tests (not part of the stable API; compiled only
+/// with the `testing` feature).
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod testing {
     use super::*;
@@ -182,6 +197,10 @@ impl Write for SeamFile {
         Ok(())
     }
 }
+
+/// Fills a staged file through the seam (the path is the final one, for
+/// error messages).
+pub(crate) type Fill<'a> = Box<dyn FnOnce(&mut BufWriter<SeamFile>, &Path) -> Result<()> + 'a>;
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 

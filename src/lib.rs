@@ -51,7 +51,6 @@
 #![warn(missing_docs)]
 
 mod array;
-mod budget;
 mod config;
 mod depth;
 mod element;
@@ -65,26 +64,25 @@ pub(crate) mod npy;
 pub mod pack;
 mod pylit;
 mod size;
-mod stats;
 mod store;
 mod stream;
 
 pub use array::{ArrayState, DiskBackedArray, ReadGuard, WriteGuard};
-pub use budget::SystemPressure;
-pub use config::{default_chunk_budget, CacheConfig, ConfigOverrides, LoadMode};
+pub use config::{default_chunk_budget, CacheConfig, ConfigOverrides};
 pub use element::Element;
 pub use error::{Error, Result};
 pub use key_hasher::KeyHasher;
+pub use mmap::LoadMode;
 pub use name::{EntryName, MAX_NAME_BYTES};
 pub use size::ByteSize;
-pub use stats::StoreStats;
-pub use store::{DiskBackedStore, EntryFlags, EntryInfo, StoreBuilder, StoredArray, LOCK_FILE};
+pub use store::{
+    DiskBackedStore, EntryFlags, EntryInfo, StoreBuilder, StoreStats, StoredArray, SystemPressure,
+    LOCK_FILE,
+};
 pub use stream::{NpyStreamWriter, NpyStreamWriterDyn};
 
+/// Test hooks (fault injection), compiled only with the `testing` feature;
+/// not part of the stable API.
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub use crate::io::testing as __testing;
-
-// Transitional: `crate::mapped::…` paths in array.rs, store/mod.rs and
-// inspect.rs name the memory-map module by its former name until those files
-// are next edited (docs/architecture.md, "Still to move").
-use mmap as mapped;

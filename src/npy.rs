@@ -8,7 +8,6 @@ use ndarray::{ArrayBase, Axis, Data, Dimension, IxDyn};
 use ndarray_npy::npy::header::{Header, Layout};
 use ndarray_npy::WriteDataError;
 
-use crate::config::CacheConfig;
 use crate::element::{checked_nbytes, dtype_itemsize, Element};
 use crate::error::{Error, IoContext, Result};
 use crate::pylit::Lit;
@@ -317,13 +316,13 @@ pub(crate) fn write_header<T: Element>(
 ///
 /// C-contiguous and Fortran-contiguous arrays are written straight from
 /// their memory (no copy); any other layout (sliced, negative strides) is
-/// written in C order, one first-axis chunk of at most the configured chunk
-/// budget at a time (the budget is only computed for such layouts: it may
+/// written in C order, one first-axis chunk of at most `chunk_budget()`
+/// bytes at a time (the budget is only computed for such layouts: it may
 /// query the system's available memory).
 pub(crate) fn write_array<T, S, D>(
     w: &mut impl Write,
     a: &ArrayBase<S, D>,
-    config: &CacheConfig,
+    chunk_budget: impl FnOnce() -> u64,
     path: &Path,
 ) -> Result<()>
 where
@@ -347,7 +346,7 @@ where
     }
     write_header::<T>(w, a.shape(), false, path)?;
     let a = a.view().into_dyn();
-    write_rows_chunked(w, a, config.effective_chunk_budget(), path)
+    write_rows_chunked(w, a, chunk_budget(), path)
 }
 
 fn write_rows_chunked<T: Element>(

@@ -13,7 +13,6 @@ use memmap2::{Mmap, MmapMut};
 use ndarray::{ArrayView, ArrayViewMut, Dimension, IxDyn, ShapeBuilder};
 use ndarray_npy::ViewDataError;
 
-use crate::config::LoadMode;
 use crate::element::Element;
 use crate::error::{Error, IoContext, Result};
 use crate::io::FileId;
@@ -22,6 +21,23 @@ use crate::npy::NpyInfo;
 mod sys;
 
 pub(crate) use sys::{map_readonly, note_freed, trim_if_due};
+
+/// How an offloaded array is mapped back into memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LoadMode {
+    /// Read-only map: writing through the array first switches it to a
+    /// copy-on-write map.
+    #[default]
+    ReadOnly,
+    /// Shared read-write map: writes reach the array's own file and are
+    /// made durable by [`flush`](crate::DiskBackedArray::flush) or
+    /// [`offload`](crate::DiskBackedArray::offload).
+    ReadWrite,
+    /// Private map: edits stay in this process until the array is offloaded
+    /// or flushed, which publishes a new file atomically.
+    CopyOnWrite,
+}
 
 enum Map {
     Ro(Mmap),
