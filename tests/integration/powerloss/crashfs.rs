@@ -57,23 +57,6 @@ pub enum Ev {
     Nop,
 }
 
-impl Ev {
-    /// A short kind name (for counts).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Ev::Create { .. } => "create",
-            Ev::Write { .. } => "write",
-            Ev::Fsync { .. } => "fsync",
-            Ev::SyncDir => "fsync-dir",
-            Ev::SyncFs => "syncfs",
-            Ev::Rename { .. } => "rename",
-            Ev::Link { .. } => "link",
-            Ev::Remove { .. } => "unlink",
-            Ev::Nop => "nop",
-        }
-    }
-}
-
 /// Records the operations under `root` made on the current thread (and the
 /// threads the crate spawns for it) while alive.
 pub struct Recording {
@@ -422,11 +405,6 @@ impl Fs {
                 });
             }
         }
-    }
-
-    /// Number of unsynced directory operations.
-    pub fn pending_dir_ops(&self) -> usize {
-        self.pending.len()
     }
 
     /// The crash states at this point under `model`: all of them when there
