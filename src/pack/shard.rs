@@ -164,7 +164,9 @@ impl ShardWriter {
                 let (tx, rx) = mpsc::sync_channel::<(PackKey<'static>, Sample)>(self.queue);
                 let path = self.dir.join(f);
                 let c = self.compression;
+                let plan = crate::io::current_plan();
                 handles.push(s.spawn(move || -> Result<(TempFile, PathBuf, usize)> {
+                    let _plan = crate::io::adopt_plan(plan);
                     let mut w = PackWriter::create(&path)?;
                     w.set_compression(c)?;
                     for (k, sample) in rx {

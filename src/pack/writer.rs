@@ -186,9 +186,11 @@ struct Syncer {
 impl Syncer {
     fn start(file: std::fs::File, path: PathBuf) -> Self {
         let (tx, rx) = mpsc::sync_channel::<()>(1);
+        let plan = crate::io::current_plan();
         let handle = std::thread::Builder::new()
             .name("ndarray-offload pack sync".into())
             .spawn(move || {
+                let _plan = crate::io::adopt_plan(plan);
                 for () in rx {
                     sync_file(&file, &path)?;
                 }

@@ -10,5 +10,6 @@ mod faults;
 mod hardening;
 mod numpy;
 mod pack;
+mod powerloss;
 mod reliability;
 mod store;
