@@ -4,25 +4,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::Result;
+use crate::mmap::LoadMode;
 use crate::name::EntryName;
 use crate::size::available_memory;
-
-/// How an offloaded array is mapped back into memory.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum LoadMode {
-    /// Read-only map: writing through the array first switches it to a
-    /// copy-on-write map.
-    #[default]
-    ReadOnly,
-    /// Shared read-write map: writes reach the array's own file and are
-    /// made durable by [`flush`](crate::DiskBackedArray::flush) or
-    /// [`offload`](crate::DiskBackedArray::offload).
-    ReadWrite,
-    /// Private map: edits stay in this process until the array is offloaded
-    /// or flushed, which publishes a new file atomically.
-    CopyOnWrite,
-}
 
 /// Settings for disk-backed arrays (and the defaults of a store's entries).
 ///

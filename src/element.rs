@@ -49,3 +49,45 @@ pub(crate) fn dtype_itemsize(descr: &str) -> Option<usize> {
     }
     descr[2..].parse().ok().filter(|n| *n > 0 && *n <= 32)
 }
+
+/// Bytes of an array of `shape` whose elements take `itemsize` bytes, or
+/// `None` when the array could not exist: the product of the non-zero
+/// dimensions times the item size must fit in `isize::MAX`, as numpy and
+/// ndarray require, so `(0, 2**63)` and `(2**40, 2**40, 0)` are refused
+/// although they hold no element.
+pub(crate) fn checked_nbytes(shape: &[usize], itemsize: usize) -> Option<u64> {
+    let mut bytes = itemsize.max(1) as u64;
+    let mut empty = false;
+    for &d in shape {
+        if d == 0 {
+            empty = true;
+        } else {
+            bytes = bytes.checked_mul(u64::try_from(d).ok()?)?;
+        }
+    }
+    if bytes > isize::MAX as u64 {
+        return None;
+    }
+    Some(if empty || itemsize == 0 { 0 } else { bytes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::checked_nbytes;
+
+    #[test]
+    fn sizes_count_every_non_zero_dimension() {
+        assert_eq!(checked_nbytes(&[], 4), Some(4));
+        assert_eq!(checked_nbytes(&[3, 4], 8), Some(96));
+        assert_eq!(checked_nbytes(&[0, 5], 8), Some(0));
+        assert_eq!(checked_nbytes(&[0, 1 << 63], 4), None);
+        assert_eq!(checked_nbytes(&[1 << 40, 1 << 40, 0], 1), None);
+        assert_eq!(checked_nbytes(&[0, 1 << 61], 4), None);
+        assert_eq!(checked_nbytes(&[0, 1 << 60], 4), Some(0));
+        assert_eq!(
+            checked_nbytes(&[isize::MAX as usize], 1),
+            Some(isize::MAX as u64)
+        );
+        assert_eq!(checked_nbytes(&[isize::MAX as usize, 0], 2), None);
+    }
+}

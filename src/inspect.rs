@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::element::dtype_itemsize;
 use crate::error::{Error, Result};
-use crate::mapped;
+use crate::mmap;
 use crate::npy::NpyInfo;
 use crate::store::meta::Meta;
 use crate::store::DiskBackedStore;
@@ -37,6 +37,13 @@ pub struct EntryReport {
     /// SHA-256 (hex) of the values in C order, element bytes in the file's
     /// byte order (`hashlib.sha256(np.ascontiguousarray(a).tobytes())`).
     pub sha256: Option<String>,
+    /// Not an entry: files named like one of a pair (`NAME.npy`,
+    /// `NAME.meta.json`) under a name the store refuses and therefore
+    /// ignores (see [`EntryName`](crate::EntryName)), or one that is not
+    /// UTF-8. `name` shows the name with control characters and bytes that
+    /// are not UTF-8 escaped (`\x0a`, `\xff`) and `problem` says why it is
+    /// ignored. Always `false` for packs.
+    pub ignored: bool,
 }
 
 impl EntryReport {
@@ -50,6 +57,7 @@ impl EntryReport {
             fortran_order: false,
             problem: None,
             sha256: None,
+            ignored: false,
         }
     }
 
@@ -77,6 +85,15 @@ pub struct InspectOptions {
 
 /// Inspects every entry of the store at `dir`, complete or not, in name
 /// order. Opens the store read-only: nothing is written.
+///
+/// Files named like an entry's (`NAME.npy`, `NAME.meta.json`) whose name
+/// the store refuses (a Windows device name, a control character, longer
+/// than [`MAX_NAME_BYTES`](crate::MAX_NAME_BYTES), not UTF-8, ...) are not
+/// entries: the store ignores them, as GSEGUtils does. They are reported
+/// too, with [`ignored`](EntryReport#structfield.ignored) set and the
+/// reason in [`problem`](EntryReport#structfield.problem), so that a check
+/// of the directory does not call it sound while the store cannot see some
+/// of its files.
 ///
 /// # Errors
 ///
@@ -110,8 +127,81 @@ pub fn inspect_store(dir: &Path, opts: InspectOptions) -> Result<Vec<EntryReport
             format!("incomplete: {reason}"),
         ));
     }
+    out.extend(ignored_names(dir)?);
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// Reports for the files of `dir` that are named like half of a pair but
+/// that the store's listing ignores: names that are not UTF-8, and stems
+/// that are not valid entry names. One report per stem.
+fn ignored_names(dir: &Path) -> Result<Vec<EntryReport>> {
+    use crate::error::IoContext;
+    let mut found: std::collections::BTreeMap<String, String> = Default::default();
+    for e in std::fs::read_dir(dir).ctx("list", dir)? {
+        let raw = e.ctx("list", dir)?.file_name();
+        let bytes = os_bytes(&raw);
+        let Some(stem) = bytes
+            .strip_suffix(b".npy")
+            .or_else(|| bytes.strip_suffix(b".meta.json"))
+        else {
+            continue;
+        };
+        let reason = match std::str::from_utf8(&bytes) {
+            Err(_) => "the file name is not UTF-8".to_owned(),
+            Ok(whole) if crate::io::is_temp_name(whole) => continue,
+            Ok(_) => match std::str::from_utf8(stem).map(crate::EntryName::new) {
+                Ok(Ok(_)) => continue,
+                Ok(Err(Error::InvalidName { rule, .. })) => format!("invalid name: {rule}"),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "the file name is not UTF-8".to_owned(),
+            },
+        };
+        found.entry(escape_name(stem)).or_insert(reason);
+    }
+    Ok(found
+        .into_iter()
+        .map(|(name, reason)| EntryReport {
+            ignored: true,
+            ..EntryReport::problem(name, format!("ignored by the store: {reason}"))
+        })
+        .collect())
+}
+
+/// The bytes of a file name.
+fn os_bytes(name: &std::ffi::OsStr) -> std::borrow::Cow<'_, [u8]> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        std::borrow::Cow::Borrowed(name.as_bytes())
+    }
+    #[cfg(not(unix))]
+    {
+        match name.to_string_lossy() {
+            std::borrow::Cow::Borrowed(s) => std::borrow::Cow::Borrowed(s.as_bytes()),
+            std::borrow::Cow::Owned(s) => std::borrow::Cow::Owned(s.into_bytes()),
+        }
+    }
+}
+
+/// `name` made printable on one line: control characters, backslashes and
+/// bytes that are not UTF-8 escaped as `\xNN`.
+fn escape_name(name: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(name.len());
+    for chunk in name.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c < ' ' || c == '\u{7f}' || c == '\\' {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
 }
 
 fn inspect_entry(dir: &Path, name: &str, opts: InspectOptions) -> EntryReport {
@@ -163,10 +253,11 @@ fn check_entry(dir: &Path, name: &str, opts: InspectOptions, r: &mut EntryReport
     info.check_len(len, &npy_path)?;
     if opts.read_data {
         let file = crate::io::open_regular(&npy_path, crate::io::Access::Read)?;
-        let map = mapped::map_readonly(&file, &npy_path)?;
-        let end = info.data_offset as u64 + info.data_len.unwrap_or(0);
-        let data = map
-            .get(info.data_offset..end as usize)
+        let map = mmap::map_readonly(&file, &npy_path)?;
+        let end = (info.data_offset as u64).saturating_add(info.data_len.unwrap_or(0));
+        let data = usize::try_from(end)
+            .ok()
+            .and_then(|end| map.get(info.data_offset..end))
             .ok_or_else(|| Error::Truncated {
                 path: npy_path.clone(),
                 expected: end,
@@ -180,15 +271,24 @@ fn check_entry(dir: &Path, name: &str, opts: InspectOptions, r: &mut EntryReport
                 ));
             }
         }
-        r.sha256 = Some(c_order_sha256(data, &info.shape, itemsize, info.fortran));
+        r.sha256 = Some(
+            c_order_sha256(data, &info.shape, itemsize, info.fortran).ok_or_else(|| {
+                Error::corrupt(
+                    &npy_path,
+                    format!("shape {:?} does not fit the data", info.shape),
+                )
+            })?,
+        );
     }
     Ok(())
 }
 
 /// Inspects every array of the pack at `path`, in file order. Each array is
 /// one report, named `KEY` for a plain entry and `KEY/NAME` for an array of
-/// a sample. With `read_data`, each payload's checksum is verified (and
-/// compressed payloads decoded) and the SHA-256 of its values computed.
+/// a sample; an entry whose metadata does not parse has that problem in
+/// the report of each of its arrays. With `read_data`, each payload's
+/// checksum is verified (and compressed payloads decoded) and the SHA-256
+/// of its values computed.
 ///
 /// # Errors
 ///
@@ -227,6 +327,8 @@ pub fn inspect_pack(path: &Path, opts: InspectOptions) -> Result<Vec<EntryReport
             crate::pack::PackKey::U64(k) => k.to_string(),
             crate::pack::PackKey::Str(s) => s.to_string(),
         };
+        // Metadata a reader cannot parse makes each array of the entry bad.
+        let meta_problem = entry.meta().err().map(|e| e.to_string());
         for array in entry.arrays() {
             let mut r = EntryReport::named(key.clone());
             match array {
@@ -245,12 +347,15 @@ pub fn inspect_pack(path: &Path, opts: InspectOptions) -> Result<Vec<EntryReport
                                 if a.dtype() == "|b1" && bytes.iter().any(|&b| b > 1) {
                                     r.problem = Some("a bool value is neither 0 nor 1".into());
                                 }
-                                r.sha256 = Some(c_order_sha256(&bytes, a.shape(), 1, false));
+                                r.sha256 = c_order_sha256(&bytes, a.shape(), 1, false);
                             }
                             Err(e) => r.problem = Some(e.to_string()),
                         }
                     }
                 }
+            }
+            if r.problem.is_none() {
+                r.problem.clone_from(&meta_problem);
             }
             out.push(r);
         }
@@ -258,13 +363,14 @@ pub fn inspect_pack(path: &Path, opts: InspectOptions) -> Result<Vec<EntryReport
     Ok(out)
 }
 
-/// SHA-256 of array data in C order, whatever order it is stored in.
+/// SHA-256 of array data in C order, whatever order it is stored in
+/// (`None` if `data` does not hold an array of `shape`).
 pub(crate) fn c_order_sha256(
     data: &[u8],
     shape: &[usize],
     itemsize: usize,
     fortran: bool,
-) -> String {
+) -> Option<String> {
     let mut h = Sha256::new();
     if !fortran || shape.len() < 2 {
         h.update(data);
@@ -274,7 +380,7 @@ pub(crate) fn c_order_sha256(
         // it in logical order.
         let mut dims: Vec<usize> = shape.iter().rev().copied().collect();
         dims.push(itemsize);
-        let v = ArrayView::from_shape(IxDyn(&dims), data).expect("length checked");
+        let v = ArrayView::from_shape(IxDyn(&dims), data).ok()?;
         let n = shape.len();
         let mut perm: Vec<usize> = (0..n).rev().collect();
         perm.push(n);
@@ -289,7 +395,7 @@ pub(crate) fn c_order_sha256(
         }
         h.update(&buf);
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    Some(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]
@@ -305,8 +411,8 @@ mod tests {
         let f = a.t().as_standard_layout().to_owned(); // data of `a` in Fortran order
         let fbytes: Vec<u8> = f.iter().flat_map(|x| x.to_le_bytes()).collect();
         assert_eq!(
-            c_order_sha256(&fbytes, &[2, 3, 4], 2, true),
-            c_order_sha256(&c, &[2, 3, 4], 2, false)
+            c_order_sha256(&fbytes, &[2, 3, 4], 2, true).unwrap(),
+            c_order_sha256(&c, &[2, 3, 4], 2, false).unwrap()
         );
     }
 }

@@ -15,6 +15,7 @@
 //! files is made relative to the directory's descriptor (`openat`,
 //! `renameat`, `linkat`, `unlinkat`, `fsync`), through the same fault plan.
 
+#[cfg(feature = "testing")]
 use std::cell::RefCell;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -49,18 +50,82 @@ pub enum Op {
     Link,
 }
 
+#[cfg(feature = "testing")]
 thread_local! {
     static PLAN: RefCell<Option<Arc<testing::FaultPlan>>> = const { RefCell::new(None) };
 }
 
+/// Consults the calling thread's fault plan (only with the `testing`
+/// feature; otherwise nothing, inlined away).
+#[inline(always)]
 fn check(op: Op, path: &Path) -> io::Result<()> {
-    PLAN.with(|p| match &*p.borrow() {
-        Some(plan) => plan.tick(op, path),
-        None => Ok(()),
-    })
+    #[cfg(feature = "testing")]
+    {
+        PLAN.with(|p| match &*p.borrow() {
+            Some(plan) => plan.tick(op, path),
+            None => Ok(()),
+        })
+    }
+    #[cfg(not(feature = "testing"))]
+    {
+        let _ = (op, path);
+        Ok(())
+    }
 }
 
-/// Fault injection for tests (not part of the stable API).
+/// Hands an operation that was done to the thread's recorder (a no-op
+/// without the `testing` feature: the event is not even built).
+macro_rules! record {
+    ($event:expr) => {{
+        #[cfg(feature = "testing")]
+        record($event);
+    }};
+}
+
+/// Hands an operation that was done to the thread's recorder, if any (see
+/// [`testing::FaultPlan::with_recorder`]); `event` is built only then.
+#[cfg(feature = "testing")]
+fn record(event: impl FnOnce() -> testing::Event) {
+    PLAN.with(|p| {
+        if let Some(plan) = &*p.borrow() {
+            plan.record(event);
+        }
+    });
+}
+
+/// The calling thread's fault plan, to be installed with [`adopt_plan`] on
+/// a thread it spawns to do file-system work for it.
+#[cfg(feature = "testing")]
+pub(crate) fn current_plan() -> Option<Arc<testing::FaultPlan>> {
+    PLAN.with(|p| p.borrow().clone())
+}
+
+/// Installs on the calling (spawned) thread the plan its spawner had.
+#[cfg(feature = "testing")]
+pub(crate) fn adopt_plan(plan: Option<Arc<testing::FaultPlan>>) -> Option<testing::PlanGuard> {
+    plan.map(testing::install)
+}
+
+/// Without the `testing` feature there is no plan to hand on.
+#[cfg(not(feature = "testing"))]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NoPlan;
+
+/// Without the `testing` feature there is no plan to hand on.
+#[cfg(not(feature = "testing"))]
+pub(crate) fn current_plan() -> NoPlan {
+    NoPlan
+}
+
+/// Without the `testing` feature there is no plan to install.
+#[cfg(not(feature = "testing"))]
+pub(crate) fn adopt_plan(plan: NoPlan) -> NoPlan {
+    plan
+}
+
+/// Fault injection for tests (not part of the stable API; compiled only
+/// with the `testing` feature).
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod testing {
     use super::*;
@@ -73,6 +138,81 @@ pub mod testing {
         kind: parking_lot::Mutex<Option<io::ErrorKind>>,
         log: parking_lot::Mutex<Vec<(Op, PathBuf)>>,
         hook: Hook,
+        recorder: Recorder,
+    }
+
+    /// A file-system operation that was done, with its arguments, as handed
+    /// to a recorder (see [`FaultPlan::with_recorder`]). Paths are full
+    /// paths; every event is reported after the operation succeeded.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    #[non_exhaustive]
+    pub enum Event {
+        /// A new file was created (`O_CREAT | O_EXCL`), with its inode.
+        Create {
+            /// The new file.
+            path: PathBuf,
+            /// Its inode number (`0` off Unix).
+            ino: u64,
+        },
+        /// Bytes were written at `offset` of the file opened at `path`.
+        Write {
+            /// The file (the name it was created under).
+            path: PathBuf,
+            /// Where in the file.
+            offset: u64,
+            /// What was written.
+            data: Vec<u8>,
+        },
+        /// `fsync` of the file at `path`.
+        Fsync {
+            /// The file.
+            path: PathBuf,
+        },
+        /// `fsync` of the directory at `path`.
+        SyncDir {
+            /// The directory.
+            path: PathBuf,
+        },
+        /// `syncfs(2)` of the file system holding the directory at `path`.
+        SyncFs {
+            /// The directory.
+            path: PathBuf,
+        },
+        /// `from` was renamed over `to`.
+        Rename {
+            /// The old name.
+            from: PathBuf,
+            /// The new name.
+            to: PathBuf,
+        },
+        /// The hard link `dst` to `src` was made.
+        Link {
+            /// The existing name.
+            src: PathBuf,
+            /// The new name.
+            dst: PathBuf,
+        },
+        /// The name `path` was unlinked.
+        Remove {
+            /// The removed name.
+            path: PathBuf,
+        },
+    }
+
+    /// A function given every [`Event`] (see [`FaultPlan::with_recorder`]).
+    type RecordFn = Arc<dyn Fn(Event) + Send + Sync>;
+
+    #[derive(Default)]
+    struct Recorder(parking_lot::Mutex<Option<RecordFn>>);
+
+    impl std::fmt::Debug for Recorder {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(if self.0.lock().is_some() {
+                "Recorder(Some)"
+            } else {
+                "Recorder(None)"
+            })
+        }
     }
 
     /// A function called before every operation (see [`FaultPlan::with_hook`]).
@@ -115,6 +255,31 @@ pub mod testing {
         ) -> Arc<Self> {
             *self.hook.0.lock() = Some(Arc::new(hook));
             self
+        }
+
+        /// Calls `recorder` with every file-system operation done while the
+        /// plan is installed (creates, writes with their offset and bytes,
+        /// `fsync`s, directory `fsync`s, `syncfs`, renames, links, unlinks,
+        /// including the quiet ones of rollbacks and clean-ups), after it
+        /// succeeded, in the order they were done. Threads the crate spawns
+        /// for file-system work (the shard writers, the pack writer's
+        /// background `fsync`) install the plan of the thread that spawned
+        /// them. Writes through a read-write memory map of a standalone
+        /// array do not go through the seam and are not recorded (only the
+        /// `fsync` after them is).
+        pub fn with_recorder(
+            self: Arc<Self>,
+            recorder: impl Fn(Event) + Send + Sync + 'static,
+        ) -> Arc<Self> {
+            *self.recorder.0.lock() = Some(Arc::new(recorder));
+            self
+        }
+
+        pub(crate) fn record(&self, event: impl FnOnce() -> Event) {
+            let recorder = self.recorder.0.lock().clone();
+            if let Some(r) = recorder {
+                r(event());
+            }
         }
 
         /// Operations seen so far.
@@ -167,21 +332,45 @@ pub mod testing {
 pub(crate) struct SeamFile {
     file: File,
     path: PathBuf,
+    /// Bytes written so far (files are only ever written from the start,
+    /// in sequence): the offset of the next write, for the recorder.
+    pos: u64,
+}
+
+impl SeamFile {
+    fn written(&mut self, data: &[u8]) {
+        #[cfg(feature = "testing")]
+        let offset = self.pos;
+        self.pos += data.len() as u64;
+        record!(|| testing::Event::Write {
+            path: self.path.clone(),
+            offset,
+            data: data.to_vec(),
+        });
+    }
 }
 
 impl Write for SeamFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         check(Op::Write, &self.path)?;
-        self.file.write(buf)
+        let n = self.file.write(buf)?;
+        self.written(&buf[..n]);
+        Ok(n)
     }
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         check(Op::Write, &self.path)?;
-        self.file.write_all(buf)
+        self.file.write_all(buf)?;
+        self.written(buf);
+        Ok(())
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 }
+
+/// Fills a staged file through the seam (the path is the final one, for
+/// error messages).
+pub(crate) type Fill<'a> = Box<dyn FnOnce(&mut BufWriter<SeamFile>, &Path) -> Result<()> + 'a>;
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -614,43 +803,54 @@ impl Dir {
             let flags =
                 OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             let mode = Mode::from_raw_mode(if private { 0o600 } else { 0o666 });
-            rustix::fs::openat(&self.0.fd, name, flags, mode)
+            let file = rustix::fs::openat(&self.0.fd, name, flags, mode)
                 .map(File::from)
                 .map_err(errno)
-                .ctx("create", &path)
+                .ctx("create", &path)?;
+            record!(|| testing::Event::Create {
+                path: path.clone(),
+                ino: FileId::of_file(&file, &path).map_or(0, |id| id.ino()),
+            });
+            Ok(file)
         }
         #[cfg(not(unix))]
         {
             let _ = private;
-            OpenOptions::new()
+            let file = OpenOptions::new()
                 .write(true)
                 .read(true)
                 .create_new(true)
                 .open(&path)
-                .ctx("create", &path)
+                .ctx("create", &path)?;
+            record!(|| testing::Event::Create {
+                path: path.clone(),
+                ino: 0,
+            });
+            Ok(file)
         }
     }
 
     fn rename_raw(&self, from: &str, to: &str) -> io::Result<()> {
         #[cfg(unix)]
-        {
-            rustix::fs::renameat(&self.0.fd, from, &self.0.fd, to).map_err(errno)
-        }
+        rustix::fs::renameat(&self.0.fd, from, &self.0.fd, to).map_err(errno)?;
         #[cfg(not(unix))]
-        {
-            fs::rename(self.join(from), self.join(to))
-        }
+        fs::rename(self.join(from), self.join(to))?;
+        record!(|| testing::Event::Rename {
+            from: self.join(from),
+            to: self.join(to),
+        });
+        Ok(())
     }
 
     fn remove_raw(&self, name: &str) -> io::Result<()> {
         #[cfg(unix)]
-        {
-            rustix::fs::unlinkat(&self.0.fd, name, rustix::fs::AtFlags::empty()).map_err(errno)
-        }
+        rustix::fs::unlinkat(&self.0.fd, name, rustix::fs::AtFlags::empty()).map_err(errno)?;
         #[cfg(not(unix))]
-        {
-            fs::remove_file(self.join(name))
-        }
+        fs::remove_file(self.join(name))?;
+        record!(|| testing::Event::Remove {
+            path: self.join(name),
+        });
+        Ok(())
     }
 
     /// Renames `from` over `to` (replacing `to`; a symbolic link at either
@@ -673,21 +873,22 @@ impl Dir {
         let path = self.join(link);
         check(Op::Link, &path).ctx("link", &path)?;
         #[cfg(unix)]
-        {
-            rustix::fs::linkat(
-                &self.0.fd,
-                src,
-                &self.0.fd,
-                link,
-                rustix::fs::AtFlags::empty(),
-            )
-            .map_err(errno)
-            .ctx("link", &path)
-        }
+        rustix::fs::linkat(
+            &self.0.fd,
+            src,
+            &self.0.fd,
+            link,
+            rustix::fs::AtFlags::empty(),
+        )
+        .map_err(errno)
+        .ctx("link", &path)?;
         #[cfg(not(unix))]
-        {
-            fs::hard_link(self.join(src), &path).ctx("link", &path)
-        }
+        fs::hard_link(self.join(src), &path).ctx("link", &path)?;
+        record!(|| testing::Event::Link {
+            src: self.join(src),
+            dst: path.clone(),
+        });
+        Ok(())
     }
 
     /// Removes the name `name` (a file or a symbolic link; never a
@@ -709,12 +910,12 @@ impl Dir {
         let path = self.path();
         check(Op::SyncDir, path).ctx("fsync directory", path)?;
         #[cfg(unix)]
-        {
-            rustix::fs::fsync(&self.0.fd)
-                .map_err(errno)
-                .ctx("fsync directory", path)
-        }
-        #[cfg(not(unix))]
+        rustix::fs::fsync(&self.0.fd)
+            .map_err(errno)
+            .ctx("fsync directory", path)?;
+        record!(|| testing::Event::SyncDir {
+            path: path.to_path_buf(),
+        });
         Ok(())
     }
 
@@ -724,12 +925,12 @@ impl Dir {
         let path = self.path();
         check(Op::Sync, path).ctx("syncfs", path)?;
         #[cfg(target_os = "linux")]
-        {
-            rustix::fs::syncfs(&self.0.fd)
-                .map_err(errno)
-                .ctx("syncfs", path)
-        }
-        #[cfg(not(target_os = "linux"))]
+        rustix::fs::syncfs(&self.0.fd)
+            .map_err(errno)
+            .ctx("syncfs", path)?;
+        record!(|| testing::Event::SyncFs {
+            path: path.to_path_buf(),
+        });
         Ok(())
     }
 
@@ -785,26 +986,34 @@ impl Dir {
 /// `fsync` of a file's data and metadata.
 pub(crate) fn sync_file(file: &File, path: &Path) -> Result<()> {
     check(Op::Sync, path).ctx("fsync", path)?;
-    file.sync_all().ctx("fsync", path)
+    file.sync_all().ctx("fsync", path)?;
+    record!(|| testing::Event::Fsync {
+        path: path.to_path_buf(),
+    });
+    Ok(())
 }
 
 /// `fsync` of a directory, making renames and removals in it durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     check(Op::SyncDir, dir).ctx("fsync directory", dir)?;
     #[cfg(unix)]
-    {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .ctx("fsync directory", dir)
-    }
-    #[cfg(not(unix))]
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx("fsync directory", dir)?;
+    record!(|| testing::Event::SyncDir {
+        path: dir.to_path_buf(),
+    });
     Ok(())
 }
 
 /// Removes a file.
 pub(crate) fn remove(path: &Path) -> Result<()> {
     check(Op::Remove, path).ctx("remove", path)?;
-    fs::remove_file(path).ctx("remove", path)
+    fs::remove_file(path).ctx("remove", path)?;
+    record!(|| testing::Event::Remove {
+        path: path.to_path_buf(),
+    });
+    Ok(())
 }
 
 /// The directory holding `path` (`.` for a bare file name).
@@ -846,6 +1055,7 @@ impl TempFile {
                             SeamFile {
                                 file,
                                 path: path.clone(),
+                                pos: 0,
                             },
                         )),
                         path,

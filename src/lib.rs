@@ -51,8 +51,8 @@
 #![warn(missing_docs)]
 
 mod array;
-mod budget;
 mod config;
+mod depth;
 mod element;
 mod error;
 pub mod inspect;
@@ -62,29 +62,29 @@ mod mmap;
 mod name;
 pub(crate) mod npy;
 pub mod pack;
+mod pylit;
 #[cfg(feature = "remote")]
 pub mod remote;
 mod size;
-mod stats;
 mod store;
 mod stream;
 
 pub use array::{ArrayState, DiskBackedArray, ReadGuard, WriteGuard};
-pub use budget::SystemPressure;
-pub use config::{default_chunk_budget, CacheConfig, ConfigOverrides, LoadMode};
+pub use config::{default_chunk_budget, CacheConfig, ConfigOverrides};
 pub use element::Element;
 pub use error::{Error, RemoteErrorKind, Result};
 pub use key_hasher::KeyHasher;
+pub use mmap::LoadMode;
 pub use name::{EntryName, MAX_NAME_BYTES};
 pub use size::ByteSize;
-pub use stats::StoreStats;
-pub use store::{DiskBackedStore, EntryFlags, EntryInfo, StoreBuilder, StoredArray, LOCK_FILE};
+pub use store::{
+    DiskBackedStore, EntryFlags, EntryInfo, StoreBuilder, StoreStats, StoredArray, SystemPressure,
+    LOCK_FILE,
+};
 pub use stream::{NpyStreamWriter, NpyStreamWriterDyn};
 
+/// Test hooks (fault injection), compiled only with the `testing` feature;
+/// not part of the stable API.
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub use crate::io::testing as __testing;
-
-// Transitional: `crate::mapped::…` paths in array.rs, store/mod.rs and
-// inspect.rs name the memory-map module by its former name until those files
-// are next edited (docs/architecture.md, "Still to move").
-use mmap as mapped;

@@ -5,12 +5,12 @@ use std::io::Write;
 use std::path::Path;
 
 use ndarray::{ArrayBase, Axis, Data, Dimension, IxDyn};
-use ndarray_npy::npy::header::{Header, Layout, ReadHeaderError};
+use ndarray_npy::npy::header::{Header, Layout};
 use ndarray_npy::WriteDataError;
 
-use crate::config::CacheConfig;
-use crate::element::{descr_string, dtype_itemsize, Element};
+use crate::element::{checked_nbytes, dtype_itemsize, Element};
 use crate::error::{Error, IoContext, Result};
+use crate::pylit::Lit;
 
 /// What a `.npy` header says, plus where the data starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,19 +31,8 @@ pub(crate) struct NpyInfo {
 impl NpyInfo {
     /// Parses the header at the start of `bytes` (a whole file or a prefix).
     pub(crate) fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
-        if let Some(info) = fast_parse(bytes) {
-            let data_len = Self::data_len_of(&info.0, &info.2, path)?;
-            return Ok(NpyInfo {
-                descr: info.0,
-                fortran: info.1,
-                shape: info.2,
-                data_offset: info.3,
-                data_len,
-            });
-        }
-        // The parser allocates the header length the preamble declares
-        // (up to 4 GiB for NPY 2.0) before reading it: refuse a header that
-        // cannot be complete first.
+        // A header that cannot be complete is refused before anything is
+        // read or allocated (NPY 2.0 declares up to 4 GiB).
         let declared = header_len_hint(bytes);
         if bytes.starts_with(b"\x93NUMPY") && declared > bytes.len() as u64 {
             return Err(Error::Truncated {
@@ -52,43 +41,38 @@ impl NpyInfo {
                 actual: bytes.len() as u64,
             });
         }
-        let mut reader = bytes;
-        let header = Header::from_reader(&mut reader).map_err(|e| match e {
-            ReadHeaderError::Io(_) => Error::Truncated {
-                path: path.to_path_buf(),
-                expected: header_len_hint(bytes),
-                actual: bytes.len() as u64,
-            },
-            ReadHeaderError::Parse(p) => Error::corrupt(path, format!("invalid .npy header: {p}")),
-        })?;
-        let data_offset = bytes.len() - reader.len();
-        let descr = descr_string(&header.type_descriptor);
-        let data_len = Self::data_len_of(&descr, &header.shape, path)?;
+        if let Some(text) = header_text(bytes) {
+            check_header_len(text.len() as u64, path)?;
+        }
+        // The canonical header, else the general parser (linear, its
+        // nesting bounded: see `crate::pylit`).
+        let (descr, fortran, shape, data_offset) = match fast_parse(bytes) {
+            Some(h) => h,
+            None => parse_header(bytes, path)?,
+        };
+        let data_len = Self::data_len_of(&descr, &shape, path)?;
         Ok(NpyInfo {
             descr,
-            fortran: header.layout.is_fortran(),
-            shape: header.shape,
+            fortran,
+            shape,
             data_offset,
             data_len,
         })
     }
 
+    /// Bytes of data of `shape`, checked for every dtype: an array whose
+    /// size (without its zero dimensions) overflows `isize::MAX` cannot
+    /// exist, even with no element. `None` for dtypes whose item size is not
+    /// known to the crate (their element count is still checked).
     fn data_len_of(descr: &str, shape: &[usize], path: &Path) -> Result<Option<u64>> {
-        match dtype_itemsize(descr) {
-            Some(size) => Ok(Some(
-                shape
-                    .iter()
-                    .try_fold(size as u64, |acc, &d| acc.checked_mul(d as u64))
-                    .filter(|n| *n <= isize::MAX as u64)
-                    .ok_or_else(|| {
-                        Error::corrupt(
-                            path,
-                            format!("shape {shape:?} overflows the addressable size"),
-                        )
-                    })?,
-            )),
-            None => Ok(None),
-        }
+        let itemsize = dtype_itemsize(descr);
+        let bytes = checked_nbytes(shape, itemsize.unwrap_or(1)).ok_or_else(|| {
+            Error::corrupt(
+                path,
+                format!("shape {shape:?} overflows the addressable size"),
+            )
+        })?;
+        Ok(itemsize.map(|_| bytes))
     }
 
     /// Checks the header against the element type `T` and dimension `D`,
@@ -153,6 +137,10 @@ impl NpyInfo {
                 actual: len,
             });
         }
+        if buf.starts_with(b"\x93NUMPY") {
+            let preamble = if buf.get(6) == Some(&1) { 10 } else { 12 };
+            check_header_len(hint.saturating_sub(preamble), path)?;
+        }
         if hint > buf.len() as u64 && hint <= len {
             // A long (format 2.0) header: read all of it.
             buf.clear();
@@ -161,6 +149,117 @@ impl NpyInfo {
         }
         Ok((Self::parse(&buf, path)?, len))
     }
+}
+
+/// Longest `.npy` header read, in bytes: the longest format 1.0 allows
+/// (numpy itself refuses headers over 10000 bytes unless told otherwise).
+pub(crate) const MAX_HEADER_LEN: u64 = 65535;
+
+/// Parses the header at the start of `bytes` with the general parser
+/// (`crate::pylit`), as `ndarray-npy` would: `(descr, fortran, shape, data
+/// offset)`. `bytes` holds the whole header if it is a `.npy` file.
+fn parse_header(bytes: &[u8], path: &Path) -> Result<(String, bool, Vec<usize>, usize)> {
+    let truncated = || Error::Truncated {
+        path: path.to_path_buf(),
+        expected: header_len_hint(bytes),
+        actual: bytes.len() as u64,
+    };
+    let corrupt = |why: String| Error::corrupt(path, format!("invalid .npy header: {why}"));
+    let magic = bytes.get(..6).ok_or_else(truncated)?;
+    if magic != b"\x93NUMPY" {
+        return Err(corrupt("not a .npy file (bad magic string)".into()));
+    }
+    let prefix = match bytes.get(6..8).ok_or_else(truncated)? {
+        [1, 0] => 10,
+        [2 | 3, 0] => 12,
+        [major, minor] => {
+            return Err(corrupt(format!(
+                "unsupported format version {major}.{minor}"
+            )))
+        }
+        _ => return Err(truncated()),
+    };
+    if bytes.len() < prefix {
+        return Err(truncated());
+    }
+    let text = header_text(bytes).ok_or_else(truncated)?;
+    let Some((b'\n', text)) = text.split_last() else {
+        return Err(corrupt("no newline at the end".into()));
+    };
+    let text = match std::str::from_utf8(text) {
+        Ok(t) if t.is_ascii() || bytes[6] == 3 => t,
+        _ if bytes[6] == 3 => return Err(corrupt("not UTF-8".into())),
+        _ => return Err(corrupt("not ASCII".into())),
+    };
+    let Lit::Dict(fields) = crate::pylit::parse(text).map_err(corrupt)? else {
+        return Err(corrupt("not a dictionary".into()));
+    };
+    let (mut descr, mut fortran, mut shape) = (None, None, None);
+    for (key, value) in fields {
+        match (key, value) {
+            (Lit::Str(k), v) if k == "descr" => {
+                descr = Some(match v {
+                    Lit::Str(s) => s,
+                    other => other.repr(),
+                })
+            }
+            (Lit::Str(k), Lit::Bool(b)) if k == "fortran_order" => fortran = Some(b),
+            (Lit::Str(k), Lit::Tuple(dims)) if k == "shape" => {
+                shape = Some(
+                    dims.iter()
+                        .map(|d| match d {
+                            Lit::Int(Some(n)) => usize::try_from(*n).ok(),
+                            _ => None,
+                        })
+                        .collect::<Option<Vec<usize>>>()
+                        .ok_or_else(|| {
+                            corrupt(format!(
+                                "shape {} is not a tuple of sizes",
+                                Lit::Tuple(dims.clone()).repr()
+                            ))
+                        })?,
+                )
+            }
+            (Lit::Str(k), v) if k == "fortran_order" || k == "shape" => {
+                return Err(corrupt(format!("illegal value {} for {k}", v.repr())))
+            }
+            (k, _) => return Err(corrupt(format!("unknown key {}", k.repr()))),
+        }
+    }
+    let missing = |k: &str| corrupt(format!("no {k:?} key"));
+    let end = usize::try_from(header_len_hint(bytes)).map_err(|_| truncated())?;
+    Ok((
+        descr.ok_or_else(|| missing("descr"))?,
+        fortran.ok_or_else(|| missing("fortran_order"))?,
+        shape.ok_or_else(|| missing("shape"))?,
+        end,
+    ))
+}
+
+fn check_header_len(len: u64, path: &Path) -> Result<()> {
+    if len > MAX_HEADER_LEN {
+        return Err(Error::corrupt(
+            path,
+            format!("the .npy header is {len} bytes long (at most {MAX_HEADER_LEN} are read)"),
+        ));
+    }
+    Ok(())
+}
+
+/// The header text (the dictionary, padding and final newline) of a file
+/// starting with `bytes`, when the preamble is one of NPY 1.0, 2.0 or 3.0 and
+/// the whole header is in `bytes`.
+fn header_text(bytes: &[u8]) -> Option<&[u8]> {
+    if !bytes.starts_with(b"\x93NUMPY") || bytes.get(7) != Some(&0) {
+        return None;
+    }
+    let start = match bytes.get(6)? {
+        1 => 10,
+        2 | 3 => 12,
+        _ => return None,
+    };
+    let end = usize::try_from(header_len_hint(bytes)).ok()?;
+    bytes.get(start..end)
 }
 
 /// Total header length as announced by the preamble, if readable.
@@ -174,13 +273,10 @@ fn header_len_hint(bytes: &[u8]) -> u64 {
     }
 }
 
-/// Bytes of data for an array of `T` with `shape` (`None` on overflow).
+/// Bytes of data for an array of `T` with `shape` (`None` when such an
+/// array cannot exist: see [`checked_nbytes`]).
 pub(crate) fn data_bytes<T>(shape: &[usize]) -> Option<u64> {
-    shape
-        .iter()
-        .try_fold(std::mem::size_of::<T>() as u64, |a, &d| {
-            a.checked_mul(d as u64)
-        })
+    checked_nbytes(shape, std::mem::size_of::<T>())
 }
 
 fn write_err(e: WriteDataError, path: &Path) -> Error {
@@ -220,13 +316,13 @@ pub(crate) fn write_header<T: Element>(
 ///
 /// C-contiguous and Fortran-contiguous arrays are written straight from
 /// their memory (no copy); any other layout (sliced, negative strides) is
-/// written in C order, one first-axis chunk of at most the configured chunk
-/// budget at a time (the budget is only computed for such layouts: it may
+/// written in C order, one first-axis chunk of at most `chunk_budget()`
+/// bytes at a time (the budget is only computed for such layouts: it may
 /// query the system's available memory).
 pub(crate) fn write_array<T, S, D>(
     w: &mut impl Write,
     a: &ArrayBase<S, D>,
-    config: &CacheConfig,
+    chunk_budget: impl FnOnce() -> u64,
     path: &Path,
 ) -> Result<()>
 where
@@ -250,7 +346,7 @@ where
     }
     write_header::<T>(w, a.shape(), false, path)?;
     let a = a.view().into_dyn();
-    write_rows_chunked(w, a, config.effective_chunk_budget(), path)
+    write_rows_chunked(w, a, chunk_budget(), path)
 }
 
 fn write_rows_chunked<T: Element>(
@@ -430,6 +526,7 @@ impl<'a> Cursor<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::element::descr_string;
     use ndarray_npy::npy::header::Header;
     use proptest::prelude::*;
 
@@ -491,7 +588,65 @@ mod tests {
         }
     }
 
+    fn general(bytes: &[u8]) -> Option<(String, bool, Vec<usize>, usize)> {
+        parse_header(bytes, Path::new("x")).ok()
+    }
+
+    #[test]
+    fn the_general_parser_agrees_with_ndarray_npy() {
+        for text in [
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }",
+            "{\"descr\": \"<i8\", \"shape\": (10, 2, 3), \"fortran_order\": False}",
+            "{'descr': [('a', '<i4'), ('b', '<f4', (2, 3))], 'fortran_order': False, 'shape': (3,), }",
+            "{ 'descr' : '<\\x66\\u0038' ,'fortran_order':True,'shape':( 1_0 , ) }",
+            "{'descr': '|b1', 'fortran_order': False, 'shape': (000,), }",
+            "{'descr': b'<f4', 'fortran_order': False, 'shape': (), }",
+        ] {
+            for v in [1, 2, 3] {
+                let b = header(text, v);
+                let (g, s) = (general(&b), slow(&b));
+                assert!(g.is_some(), "{text}");
+                assert_eq!(g, s, "{text}");
+            }
+        }
+        for text in [
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (3), }",
+            "{'descr': '<f4', 'fortran_order': 0, 'shape': (3,), }",
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (-3,), }",
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (3.0,), }",
+            "{'descr': '<f4', 'fortran_order': False, 'shape': [3], }",
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), 'x': 1}",
+            "{'descr': '<f4', 'shape': (3,)}",
+            "['descr', 'fortran_order', 'shape']",
+        ] {
+            assert_eq!(general(&header(text, 1)), None, "{text}");
+            assert_eq!(slow(&header(text, 1)), None, "{text}");
+        }
+    }
+
     proptest! {
+        /// The general parser accepts nothing `ndarray-npy` refuses, and
+        /// reads what both accept the same way.
+        #[test]
+        fn the_general_parser_never_accepts_more(
+            bytes in proptest::collection::vec(any::<u8>(), 0..200),
+            base in 0usize..3,
+        ) {
+            let text = [
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }",
+                "{'descr': [('a', '<i4'), ('b', '<f4', (2,))], 'fortran_order': True, 'shape': (1_0,), }",
+                "{\"descr\": '\\x3cf\\'4', \"shape\": (), \"fortran_order\": False, }",
+            ][base];
+            let mut b = header(text, 1);
+            let meaningful = b"0123456789(),:'\"{}[] <>|_-\\xuTFN";
+            for (i, x) in bytes.iter().enumerate().take(b.len() - 10) {
+                if i % 5 == 2 { b[10 + i] = meaningful[usize::from(*x) % meaningful.len()]; }
+            }
+            if let Some(g) = general(&b) {
+                prop_assert_eq!(Some(g), slow(&b));
+            }
+        }
+
         #[test]
         fn never_disagrees_with_the_full_parser(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let mut b = header("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }", 1);

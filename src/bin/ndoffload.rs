@@ -10,6 +10,9 @@
 //! environment variables.
 //!
 //! The inspector opens stores and packs read-only and never writes to them.
+//! `verify` exits with 0 when every entry is sound, 1 when an entry is bad
+//! or a file named like an entry's is ignored by the store (its name is
+//! refused), 2 when the store or pack cannot be opened.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,13 +22,15 @@ use ndarray_offload::inspect::{inspect_pack, inspect_store, EntryReport, Inspect
 use ndarray_offload::Error;
 
 const USAGE: &str = "usage:
-  ndoffload ls [--json] [--checksum] DIR|PACK   list every entry (dtype, shape, state, size, status)
-  ndoffload verify DIR|PACK                     read and cross-check every entry; exit 1 if any is bad
+  ndoffload ls [--json] [--checksum] DIR|PACK|URL   list every entry (dtype, shape, state, size, status)
+  ndoffload verify DIR|PACK|URL                     read and cross-check every entry; exit 1 if any is bad
 
 DIR is a store directory, PACK a pack file, URL a remote store
 (s3://bucket/prefix; endpoint and credentials from the AWS_* environment
 variables; needs the `remote` feature). All are opened read-only; nothing
-is written.";
+is written. Files of DIR named like an entry's (NAME.npy,
+NAME.meta.json) under a name the store refuses are listed with state
+\"ignored\" and make verify exit 1: the store cannot see them.";
 
 struct Args {
     cmd: String,
@@ -92,6 +97,17 @@ fn human_size(n: u64) -> String {
     }
 }
 
+/// The STATE column: `state_ok`, "unreadable" or "ignored".
+fn state<'a>(r: &EntryReport, state_ok: &'a str) -> &'a str {
+    if r.ignored {
+        "ignored"
+    } else if r.problem.is_none() {
+        state_ok
+    } else {
+        "unreadable"
+    }
+}
+
 fn json_line(r: &EntryReport, checksum: bool, state_ok: &str) -> String {
     let mut o = serde_json::Map::new();
     o.insert("name".into(), r.name.clone().into());
@@ -114,15 +130,7 @@ fn json_line(r: &EntryReport, checksum: bool, state_ok: &str) -> String {
             })
             .unwrap_or(serde_json::Value::Null),
     );
-    o.insert(
-        "state".into(),
-        if r.problem.is_none() {
-            state_ok
-        } else {
-            "unreadable"
-        }
-        .into(),
-    );
+    o.insert("state".into(), state(r, state_ok).into());
     o.insert(
         "nbytes".into(),
         r.nbytes.map(Into::into).unwrap_or(serde_json::Value::Null),
@@ -154,6 +162,7 @@ fn run(args: Args) -> Result<ExitCode, Error> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.cmd == "verify" {
+        // Ignored files are reported as bad: the store cannot see them.
         let bad: Vec<&EntryReport> = reports.iter().filter(|r| r.problem.is_some()).collect();
         for r in &bad {
             let _ = writeln!(out, "{}: {}", r.name, r.status());
@@ -191,11 +200,7 @@ fn run(args: Args) -> Result<ExitCode, Error> {
                 r.name,
                 r.dtype.as_deref().unwrap_or("-"),
                 shape,
-                if r.problem.is_none() {
-                    state_ok
-                } else {
-                    "unreadable"
-                },
+                state(r, state_ok),
                 r.nbytes.map(human_size).unwrap_or_else(|| "-".into()),
                 r.status(),
                 r.sha256

@@ -13,7 +13,6 @@ use memmap2::{Mmap, MmapMut};
 use ndarray::{ArrayView, ArrayViewMut, Dimension, IxDyn, ShapeBuilder};
 use ndarray_npy::ViewDataError;
 
-use crate::config::LoadMode;
 use crate::element::Element;
 use crate::error::{Error, IoContext, Result};
 use crate::io::FileId;
@@ -22,6 +21,23 @@ use crate::npy::NpyInfo;
 mod sys;
 
 pub(crate) use sys::{map_readonly, note_freed, trim_if_due};
+
+/// How an offloaded array is mapped back into memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LoadMode {
+    /// Read-only map: writing through the array first switches it to a
+    /// copy-on-write map.
+    #[default]
+    ReadOnly,
+    /// Shared read-write map: writes reach the array's own file and are
+    /// made durable by [`flush`](crate::DiskBackedArray::flush) or
+    /// [`offload`](crate::DiskBackedArray::offload).
+    ReadWrite,
+    /// Private map: edits stay in this process until the array is offloaded
+    /// or flushed, which publishes a new file atomically.
+    CopyOnWrite,
+}
 
 enum Map {
     Ro(Mmap),
@@ -88,10 +104,18 @@ impl<T: Element, D: Dimension> MappedNpy<T, D> {
         };
         let info = NpyInfo::parse(bytes, path)?;
         info.check::<T, D>(file_len, path)?;
+        // The header's shape passed `checked_nbytes`: no product overflows.
         let len: usize = info.shape.iter().product();
         let expected = info.data_offset as u64 + info.data_len.unwrap_or(0);
+        let data_bytes = bytes
+            .get(info.data_offset..)
+            .ok_or_else(|| Error::Truncated {
+                path: path.to_path_buf(),
+                expected,
+                actual: file_len,
+            })?;
         // Validates alignment, length and element values once.
-        T::bytes_as_slice(&bytes[info.data_offset..], &T::type_descriptor(), len)
+        let data = T::bytes_as_slice(data_bytes, &T::type_descriptor(), len)
             .map_err(|e| view_err(e, path, expected, file_len))?;
         let dim =
             D::from_dimension(&IxDyn(&info.shape)).ok_or_else(|| Error::DimensionMismatch {
@@ -99,6 +123,9 @@ impl<T: Element, D: Dimension> MappedNpy<T, D> {
                 expected: D::NDIM.unwrap_or(0),
                 found: info.shape.len(),
             })?;
+        // And the view once, so that `view` and `view_mut` cannot fail.
+        ArrayView::from_shape(dim.clone().set_f(info.fortran), data)
+            .map_err(|e| Error::corrupt(path, format!("shape {:?}: {e}", info.shape)))?;
         Ok(MappedNpy {
             map,
             file,

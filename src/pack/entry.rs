@@ -12,7 +12,7 @@ use super::file::PackFile;
 use super::format::{self, Desc, ALIGN, ENTRY_SAMPLE, KEY_U64, PREAMBLE_LEN};
 use super::key::PackKey;
 use super::sample::{check_type, decode_owned, Sample, SampleArray};
-use crate::element::{dtype_itemsize, Element};
+use crate::element::{checked_nbytes, dtype_itemsize, Element};
 use crate::error::{Error, Result};
 
 /// One entry of an open pack: a key, optional JSON metadata, and one array
@@ -123,6 +123,10 @@ impl<'a> PackEntry<'a> {
         if self.desc.meta.is_empty() {
             return Ok(None);
         }
+        crate::depth::check_json(self.desc.meta, crate::depth::MAX_JSON_DEPTH).map_err(|e| {
+            self.r
+                .corrupt(format!("entry {:?}: metadata: {e}", self.key))
+        })?;
         serde_json::from_slice(self.desc.meta)
             .map(Some)
             .map_err(|e| {
@@ -293,22 +297,17 @@ impl<'a> PackEntry<'a> {
         let dims = self
             .desc
             .dims
-            .get(dim_at..dim_at + ndim * 8)
+            .get(dim_at..dim_at.saturating_add(ndim * 8))
             .ok_or_else(|| bad("shape outside the descriptor".into()))?;
         let mut shape = Vec::with_capacity(ndim);
-        let mut numel: u64 = 1;
         for k in 0..ndim {
             let d = format::le64(dims, k * 8).unwrap_or(0);
-            numel = numel
-                .checked_mul(d)
-                .ok_or_else(|| bad("array size overflows".into()))?;
             shape.push(usize::try_from(d).map_err(|_| bad("dimension too large".into()))?);
         }
-        let raw_len = numel
-            .checked_mul(itemsize as u64)
+        // Zero dimensions do not make any shape fit (see `checked_nbytes`).
+        let raw_len = checked_nbytes(&shape, itemsize)
             .and_then(|n| usize::try_from(n).ok())
-            .filter(|&n| isize::try_from(n).is_ok())
-            .ok_or_else(|| bad("array size overflows".into()))?;
+            .ok_or_else(|| bad(format!("shape {shape:?} overflows the addressable size")))?;
         let compression = Compression::from_code(rec.compression)
             .ok_or_else(|| bad(format!("unknown compression code {}", rec.compression)))?;
         // A payload lies in the data region, before its own descriptor.
@@ -330,7 +329,7 @@ impl<'a> PackEntry<'a> {
         let name = self
             .desc
             .names
-            .get(name_at..name_at + usize::from(rec.name_len))
+            .get(name_at..name_at.saturating_add(usize::from(rec.name_len)))
             .and_then(|b| std::str::from_utf8(b).ok())
             .ok_or_else(|| bad("bad name".into()))?;
         let data = r

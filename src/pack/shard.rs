@@ -164,7 +164,9 @@ impl ShardWriter {
                 let (tx, rx) = mpsc::sync_channel::<(PackKey<'static>, Sample)>(self.queue);
                 let path = self.dir.join(f);
                 let c = self.compression;
+                let plan = crate::io::current_plan();
                 handles.push(s.spawn(move || -> Result<(TempFile, PathBuf, usize)> {
+                    let _plan = crate::io::adopt_plan(plan);
                     let mut w = PackWriter::create(&path)?;
                     w.set_compression(c)?;
                     for (k, sample) in rx {
@@ -258,6 +260,8 @@ impl PackSet {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let text = crate::io::read_bounded(&path, MANIFEST_LIMIT)?;
+        crate::depth::check_json(&text, crate::depth::MAX_JSON_DEPTH)
+            .map_err(|e| Error::corrupt(&path, format!("pack set manifest: {e}")))?;
         let m: Manifest = serde_json::from_slice(&text)
             .map_err(|e| Error::corrupt(&path, format!("pack set manifest: {e}")))?;
         if m.format != MANIFEST_FORMAT {

@@ -186,9 +186,11 @@ struct Syncer {
 impl Syncer {
     fn start(file: std::fs::File, path: PathBuf) -> Self {
         let (tx, rx) = mpsc::sync_channel::<()>(1);
+        let plan = crate::io::current_plan();
         let handle = std::thread::Builder::new()
             .name("ndarray-offload pack sync".into())
             .spawn(move || {
+                let _plan = crate::io::adopt_plan(plan);
                 for () in rx {
                     sync_file(&file, &path)?;
                 }
@@ -506,7 +508,8 @@ impl PackWriter {
     ///
     /// # Errors
     ///
-    /// As [`append`](PackWriter::append).
+    /// As [`append`](PackWriter::append); [`Error::InvalidInput`] for
+    /// metadata nested more than 16 levels deep (readers refuse it).
     ///
     /// # Examples
     ///
@@ -571,7 +574,7 @@ impl PackWriter {
     ///
     /// # Errors
     ///
-    /// As [`append`](PackWriter::append).
+    /// As [`append_with_meta`](PackWriter::append_with_meta).
     ///
     /// # Examples
     ///
@@ -686,6 +689,9 @@ impl PackWriter {
                 .map_err(|e| self.invalid(format!("metadata is not serialisable: {e}")))?,
             None => Vec::new(),
         };
+        // Readers refuse deeper metadata (their parser recurses per level).
+        crate::depth::check_json(&meta_text, crate::depth::MAX_JSON_DEPTH)
+            .map_err(|e| self.invalid(format!("metadata is {e}")))?;
         let key_len = key.with_bytes(|b| b.len());
         if u32::try_from(meta_text.len()).is_err() || u32::try_from(key_len).is_err() {
             return Err(self.invalid("key or metadata larger than 4 GiB".into()));

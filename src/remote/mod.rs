@@ -690,15 +690,20 @@ impl RemoteStore {
             .open(&tmp)
             .ctx("create", &tmp)?;
         let mut w = BufWriter::with_capacity(1 << 20, f);
-        let written = crate::npy::write_array(&mut w, array, &CacheConfig::default(), &tmp)
-            .and_then(|()| w.flush().ctx("write", &tmp))
-            .and_then(|()| {
-                if durable {
-                    w.get_ref().sync_all().ctx("fsync", &tmp)
-                } else {
-                    Ok(())
-                }
-            });
+        let written = crate::npy::write_array(
+            &mut w,
+            array,
+            || CacheConfig::default().effective_chunk_budget(),
+            &tmp,
+        )
+        .and_then(|()| w.flush().ctx("write", &tmp))
+        .and_then(|()| {
+            if durable {
+                w.get_ref().sync_all().ctx("fsync", &tmp)
+            } else {
+                Ok(())
+            }
+        });
         let path = self.objects.join(&file);
         let written = written.and_then(|()| std::fs::rename(&tmp, &path).ctx("rename", &tmp));
         if let Err(e) = written {

@@ -56,6 +56,8 @@ impl Meta {
     pub(crate) fn parse(bytes: &[u8], path: &Path) -> Result<Meta> {
         let text = std::str::from_utf8(bytes)
             .map_err(|e| Error::corrupt(path, format!("metadata is not UTF-8: {e}")))?;
+        crate::depth::check_json(bytes, crate::depth::MAX_JSON_DEPTH)
+            .map_err(|e| Error::corrupt(path, format!("metadata is not valid JSON: {e}")))?;
         let v: Value = serde_json::from_str(text)
             .map_err(|e| Error::corrupt(path, format!("metadata is not valid JSON: {e}")))?;
         let Value::Object(o) = v else {
@@ -106,15 +108,14 @@ impl Meta {
         };
         // A handle is made from the metadata alone: its element count and
         // byte size must be representable, as for an .npy header.
+        // Zero dimensions do not make any shape fit (see `checked_nbytes`).
         let itemsize = dtype
             .as_deref()
             .and_then(crate::element::dtype_itemsize)
-            .unwrap_or(1) as u64;
+            .unwrap_or(1);
         let fits = shape
-            .iter()
-            .flatten()
-            .try_fold(itemsize, |acc, &d| acc.checked_mul(d as u64))
-            .is_some_and(|n| n <= isize::MAX as u64);
+            .as_deref()
+            .is_none_or(|s| crate::element::checked_nbytes(s, itemsize).is_some());
         if !fits {
             return Err(Error::corrupt(
                 path,

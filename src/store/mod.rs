@@ -7,12 +7,13 @@
 //! 1. **Entry locks**, the `RwLock` of each entry's array. Guards hold them
 //!    as long as the caller likes, several at a time, in any order; the
 //!    store takes one for the length of one write or state change.
-//! 2. **Store locks**: a `get_or_compute` gate (held while the value is
-//!    computed), `evicting`, the map `entries`, a slot's mutex, `lru` and
+//! 2. **Store locks**, all fields of `Inner` below: a `get_or_compute` gate
+//!    (in `inflight`, held while the value is computed: `compute.rs`),
+//!    `evicting` (`budget.rs`), the map `entries`, a slot's mutex, `lru` and
 //!    `incomplete`, in that order.
 //! 3. **Leaf locks**, under which nothing else is waited for:
-//!    `io::OWNERSHIP`, an entry's `counted` and `pinned`, the registry of
-//!    waiting threads in `array.rs`.
+//!    `io::OWNERSHIP`, an entry's `counted` and `pinned` (`entry.rs`), the
+//!    registry of waiting threads (`array/guard.rs`).
 //!
 //! Rules that make every wait end:
 //!
@@ -40,201 +41,51 @@
 //! computation runs under its key's gate, and a computation that waits for a
 //! guard of a thread calling `get_or_compute` for the same key never ends.
 
+mod budget;
+mod compute;
+mod entry;
 pub(crate) mod meta;
-pub(crate) mod pair;
+mod open;
+mod stats;
+mod storage;
+mod stored;
 
-use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File};
-use std::marker::PhantomData;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::sync::Weak;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use ndarray::{Array, ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
+use ndarray::{Array, ArrayD, Dimension};
 use parking_lot::{Mutex, RwLock};
 
-use crate::array::{ArrayState, BatchJob, DiskBackedArray, ReadGuard, WriteGuard};
-use crate::budget::{available_memory, ByteSize, Lru, SystemPressure};
+use crate::array::ArrayState;
 use crate::config::{CacheConfig, ConfigOverrides};
 use crate::element::Element;
-use crate::error::{Error, IoContext, Result};
-use crate::io::{self, FileId, Kind};
+use crate::error::{Error, Result};
 use crate::name::EntryName;
-use crate::stats::{Counters, StoreStats};
 
+pub use budget::SystemPressure;
+use budget::{Account, Lru};
+use entry::{AnyEntry, BatchJob, Loaded, Slot, StoreEntry};
 pub use meta::EntryFlags;
-use meta::Meta;
-use pair::SyncMode;
-
-/// Name of the lock file a writable open holds.
-pub const LOCK_FILE: &str = ".ndoffload.lock";
-
-/// Type-erased operations on a store entry's array.
-pub(crate) trait AnyEntry: Send + Sync {
-    fn offload(&self) -> Result<()>;
-    fn flush(&self) -> Result<()>;
-    fn batch_job(&self, wait: bool) -> Result<BatchJob<'_>>;
-    fn mark_published(&self, version: u64, id: FileId);
-    fn state(&self) -> ArrayState;
-    fn resident_bytes(&self) -> u64;
-    fn dtype(&self) -> String;
-    fn flags(&self) -> EntryFlags;
-    fn try_offload(&self) -> Result<bool>;
-    fn detach(&self, keep: bool);
-    fn pin(&self);
-    fn unpin(&self);
-    fn enable_publish(&self);
-    fn stop_publish(&self);
-    fn nbytes(&self) -> u64;
-    fn is_persisted(&self) -> bool;
-}
-
-impl<T: Element> AnyEntry for DiskBackedArray<T, IxDyn> {
-    fn offload(&self) -> Result<()> {
-        DiskBackedArray::offload(self)
-    }
-    fn flush(&self) -> Result<()> {
-        DiskBackedArray::flush(self)
-    }
-    fn batch_job(&self, wait: bool) -> Result<BatchJob<'_>> {
-        DiskBackedArray::batch_job(self, wait)
-    }
-    fn mark_published(&self, version: u64, id: FileId) {
-        DiskBackedArray::mark_published(self, version, id)
-    }
-    fn state(&self) -> ArrayState {
-        DiskBackedArray::state(self)
-    }
-    fn resident_bytes(&self) -> u64 {
-        DiskBackedArray::resident_bytes(self)
-    }
-    fn dtype(&self) -> String {
-        T::dtype()
-    }
-    fn flags(&self) -> EntryFlags {
-        self.entry_flags()
-    }
-    fn try_offload(&self) -> Result<bool> {
-        DiskBackedArray::try_offload(self)
-    }
-    fn detach(&self, keep: bool) {
-        DiskBackedArray::detach(self, keep)
-    }
-    fn pin(&self) {
-        DiskBackedArray::pin(self)
-    }
-    fn unpin(&self) {
-        DiskBackedArray::unpin(self)
-    }
-    fn enable_publish(&self) {
-        DiskBackedArray::enable_publish(self)
-    }
-    fn stop_publish(&self) {
-        DiskBackedArray::stop_publish(self)
-    }
-    fn nbytes(&self) -> u64 {
-        DiskBackedArray::nbytes(self)
-    }
-    fn is_persisted(&self) -> bool {
-        self.has_file()
-    }
-}
-
-/// The store's accounting of resident bytes, shared with its entries.
-pub(crate) struct Account {
-    resident: AtomicU64,
-    /// Set when a spill renamed files without syncing the directory.
-    dir_unsynced: AtomicBool,
-    /// Set while the budget is exceeded because entries are pinned.
-    over: AtomicBool,
-    store: Weak<Inner>,
-}
-
-impl Account {
-    pub(crate) fn add_resident(&self, delta: i64) {
-        if delta >= 0 {
-            self.resident.fetch_add(delta as u64, Ordering::Relaxed);
-        } else {
-            self.resident
-                .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
-        }
-    }
-
-    fn resident(&self) -> u64 {
-        self.resident.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn mark_dir_unsynced(&self) {
-        self.dir_unsynced.store(true, Ordering::Release);
-    }
-
-    /// Puts `name` back into the least-recently-used order (it was mapped
-    /// by an access the store did not see).
-    pub(crate) fn touch(&self, name: &EntryName) {
-        if let Some(inner) = self.store.upgrade() {
-            inner.lru.lock().touch(name);
-        }
-    }
-
-    /// A guard on an entry ended: if the store is over its budget (because
-    /// entries were pinned, or because the access mapped an entry), evict
-    /// now.
-    pub(crate) fn guard_released(&self) {
-        if let Some(inner) = self.store.upgrade() {
-            if self.over.load(Ordering::Relaxed)
-                || inner.budget().is_some_and(|b| self.resident() > b)
-            {
-                inner.enforce_budget();
-                crate::mapped::trim_if_due();
-            }
-        }
-    }
-}
-
-/// A loaded entry: the same array as a typed handle and as trait object.
-#[derive(Clone)]
-struct Loaded {
-    any: Arc<dyn Any + Send + Sync>,
-    ops: Arc<dyn AnyEntry>,
-}
-
-impl Loaded {
-    fn new<T: Element>(a: DiskBackedArray<T, IxDyn>) -> Self {
-        let a = Arc::new(a);
-        Loaded {
-            ops: a.clone(),
-            any: a,
-        }
-    }
-}
-
-#[derive(Default)]
-struct Slot {
-    /// The parsed metadata, once read (entries found at open are read lazily).
-    meta: Option<(String, Vec<usize>, EntryFlags)>,
-    loaded: Option<Loaded>,
-    /// The slot was replaced or removed from the map: a lookup that found
-    /// it just before looks again.
-    retired: bool,
-    /// A scratch entry: inserted through this handle with purge-on-drop,
-    /// so closing the store deletes it. Never read from a file: the
-    /// persisted `purge_disk_on_gc` flag (GSEGUtils' default is `true`)
-    /// deletes nothing.
-    scratch: bool,
-}
+pub use open::StoreBuilder;
+use stats::Counters;
+pub use stats::StoreStats;
+pub use storage::LOCK_FILE;
+use storage::{Lease, PairJob, Storage, SyncMode};
+pub use stored::StoredArray;
 
 struct Inner {
-    /// The store directory, held open: every file operation is relative to it.
-    dir: io::Dir,
+    /// Where the entries live: every file operation goes through it.
+    storage: Arc<dyn Storage>,
     read_only: bool,
     config: CacheConfig,
     defaults: EntryFlags,
     entries: RwLock<BTreeMap<EntryName, Arc<Mutex<Slot>>>>,
     incomplete: RwLock<BTreeMap<EntryName, String>>,
-    _lock: Option<File>,
+    /// The store's lock, held until the store is dropped.
+    _lease: Box<dyn Lease>,
     account: Arc<Account>,
     /// The budget in bytes (`u64::MAX`: none).
     budget: AtomicU64,
@@ -244,269 +95,6 @@ struct Inner {
     last_pressure_check: Mutex<Option<Instant>>,
     counters: Counters,
     inflight: Mutex<HashMap<EntryName, Arc<Mutex<()>>>>,
-}
-
-/// Options for opening a [`DiskBackedStore`].
-///
-/// ## Defaults
-///
-/// | option | default |
-/// |---|---|
-/// | [`read_only`](Self::read_only) | `false`: a writable open, which takes the store's lock |
-/// | [`create`](Self::create) | `true`: create the directory if it does not exist |
-/// | [`entry_config`](Self::entry_config) | [`CacheConfig::default()`] with purge-on-drop off: entries may be offloaded, are not re-offloaded automatically, and are kept when the store is closed |
-///
-/// # Examples
-///
-/// ```
-/// use ndarray_offload::{CacheConfig, StoreBuilder};
-///
-/// let dir = tempfile::tempdir()?;
-/// let store = StoreBuilder::new(dir.path().join("clouds"))
-///     .entry_config(CacheConfig::default().with_automatic_offloading(true))
-///     .open()?;
-/// assert!(store.is_empty());
-/// # Ok::<_, Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Clone, Debug)]
-pub struct StoreBuilder {
-    dir: PathBuf,
-    read_only: bool,
-    create: bool,
-    config: CacheConfig,
-    budget: Option<u64>,
-    pressure: Option<SystemPressure>,
-}
-
-impl StoreBuilder {
-    /// Options for the store at `dir`.
-    pub fn new(dir: impl AsRef<Path>) -> Self {
-        StoreBuilder {
-            dir: dir.as_ref().to_path_buf(),
-            read_only: false,
-            create: true,
-            config: CacheConfig::default().with_purge_on_drop(false),
-            budget: None,
-            pressure: None,
-        }
-    }
-
-    /// Caps the bytes of entry data held in RAM or mapped: when an insert or
-    /// a read takes the store over the budget, least-recently-used entries
-    /// are offloaded (written first if needed, then freed or unmapped) until
-    /// it is under. Eviction
-    /// never loses data, and never takes an entry from under a live guard.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use ndarray_offload::{ByteSize, StoreBuilder};
-    ///
-    /// let dir = tempfile::tempdir()?;
-    /// let store = StoreBuilder::new(dir.path())
-    ///     .memory_budget("512MiB".parse::<ByteSize>()?)
-    ///     .open()?;
-    /// assert_eq!(store.stats().budget, Some(512 << 20));
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn memory_budget(mut self, budget: impl Into<ByteSize>) -> Self {
-        self.budget = Some(budget.into().bytes());
-        self
-    }
-
-    /// Offloads on host-wide memory pressure (off by default): see
-    /// [`SystemPressure`].
-    pub fn system_pressure(mut self, pressure: SystemPressure) -> Self {
-        self.pressure = Some(pressure);
-        self
-    }
-
-    /// Opens read-only: nothing is written (the directory may be
-    /// read-only); shares the lock with other read-only opens.
-    pub fn read_only(mut self, on: bool) -> Self {
-        self.read_only = on;
-        self
-    }
-
-    /// Whether a missing directory is created (writable opens only).
-    pub fn create(mut self, on: bool) -> Self {
-        self.create = on;
-        self
-    }
-
-    /// Defaults for entries: caching, automatic offloading, purge-on-drop
-    /// and the chunk budget (its location is ignored: entries live in the
-    /// store directory).
-    pub fn entry_config(mut self, config: CacheConfig) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// Opens the store.
-    ///
-    /// A writable open takes an advisory lock on `.ndoffload.lock` (a second
-    /// writable open fails at once with [`Error::Locked`]), completes or
-    /// rolls back publishes a crash interrupted, and removes the crate's
-    /// stray temporary files. Every open lists the entries from the
-    /// directory alone: no array and no metadata is read until used.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::NotFound`] for a missing directory (read-only, or with
-    /// `create(false)`), [`Error::PermissionDenied`] naming a directory the
-    /// caller may not read, [`Error::Locked`], [`Error::Corrupt`] when the
-    /// path is not a directory or the lock file is not a regular file (a
-    /// symbolic link, even dangling, a directory, FIFO or device: it is
-    /// never followed or created through a link), I/O errors.
-    ///
-    /// The path is resolved once: the store holds the directory open and
-    /// every later file operation is relative to it, wherever the path
-    /// points afterwards.
-    pub fn open(self) -> Result<DiskBackedStore> {
-        let path = self.dir;
-        if !self.read_only && self.create {
-            fs::create_dir_all(&path).ctx("create directory", &path)?;
-        }
-        // The path is resolved once; every later operation is relative to
-        // the directory held open, wherever the path points afterwards.
-        let dir = io::Dir::open(&path)?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = match dir.open_lock(LOCK_FILE, !self.read_only)? {
-            Some(f) => {
-                let tried = if self.read_only {
-                    f.try_lock_shared()
-                } else {
-                    f.try_lock()
-                };
-                match tried {
-                    Ok(()) => {}
-                    Err(fs::TryLockError::WouldBlock) => {
-                        return Err(Error::Locked { path: lock_path })
-                    }
-                    Err(fs::TryLockError::Error(e)) => {
-                        return Err(Error::io("lock", &lock_path, e))
-                    }
-                }
-                Some(f)
-            }
-            None => None,
-        };
-        let mut listing = Listing::read(&dir)?;
-        let mut left = Vec::new();
-        if !self.read_only && !listing.temps.is_empty() {
-            let rec = pair::recover(&dir, &listing.temps)?;
-            if !rec.completed.is_empty() {
-                tracing::info!(dir = %path.display(), completed = ?rec.completed, "recovered interrupted operations");
-            }
-            left = rec.left;
-            listing = Listing::read(&dir)?;
-        }
-        let defaults = EntryFlags {
-            purge_on_drop: self.config.purge_on_drop().unwrap_or(false),
-            automatic_offloading: self.config.automatic_offloading(),
-            caching: self.config.caching(),
-        };
-        let mut entries = BTreeMap::new();
-        let mut incomplete = BTreeMap::new();
-        for (name, kind) in listing.entries {
-            match kind {
-                Listed::Pair => {
-                    entries.insert(name, Arc::new(Mutex::new(Slot::default())));
-                }
-                Listed::Broken(reason) => {
-                    incomplete.insert(name, reason);
-                }
-            }
-        }
-        // A temporary name that is not a regular file was never staged by
-        // this crate: recovery left it alone. Its key is reported as
-        // incomplete unless a whole pair holds that name.
-        for (temp, what) in left {
-            let reason = format!("{temp} is {what}, not a regular file: left alone by recovery");
-            tracing::warn!(dir = %path.display(), "{reason}");
-            let key = pair::temp_key(&temp).and_then(|k| EntryName::new(k).ok());
-            if let Some(key) = key.filter(|k| !entries.contains_key(k)) {
-                incomplete.entry(key).or_insert(reason);
-            }
-        }
-        let (budget, pressure) = (self.budget, self.pressure);
-        Ok(DiskBackedStore {
-            inner: Arc::new_cyclic(|weak| Inner {
-                dir,
-                read_only: self.read_only,
-                config: self.config,
-                defaults,
-                entries: RwLock::new(entries),
-                incomplete: RwLock::new(incomplete),
-                _lock: lock,
-                account: Arc::new(Account {
-                    resident: AtomicU64::new(0),
-                    dir_unsynced: AtomicBool::new(false),
-                    over: AtomicBool::new(false),
-                    store: weak.clone(),
-                }),
-                budget: AtomicU64::new(budget.unwrap_or(u64::MAX)),
-                pressure,
-                lru: Mutex::new(Lru::default()),
-                evicting: Mutex::new(()),
-                last_pressure_check: Mutex::new(None),
-                counters: Counters::default(),
-                inflight: Mutex::new(HashMap::new()),
-            }),
-        })
-    }
-}
-
-enum Listed {
-    Pair,
-    Broken(String),
-}
-
-/// What a directory listing says, without opening any file.
-struct Listing {
-    entries: BTreeMap<EntryName, Listed>,
-    temps: Vec<String>,
-}
-
-impl Listing {
-    fn read(dir: &io::Dir) -> Result<Listing> {
-        use std::collections::HashMap;
-        // name -> (npy file kind, meta file kind)
-        let mut seen: HashMap<String, (Option<Kind>, Option<Kind>)> = HashMap::new();
-        let mut temps = Vec::new();
-        for (name, kind) in dir.list()? {
-            if io::is_temp_name(&name) {
-                temps.push(name);
-                continue;
-            }
-            if let Some(stem) = name.strip_suffix(".meta.json") {
-                seen.entry(stem.to_owned()).or_default().1 = Some(kind);
-            } else if let Some(stem) = name.strip_suffix(".npy") {
-                seen.entry(stem.to_owned()).or_default().0 = Some(kind);
-            }
-        }
-        let mut entries = BTreeMap::new();
-        for (stem, (npy, meta)) in seen {
-            let Ok(name) = EntryName::new(stem) else {
-                continue;
-            };
-            let odd = |file: String, k: Kind| match k {
-                Kind::Dir => format!("{file} is a directory"),
-                Kind::Symlink => format!("{file} is a symbolic link (not followed)"),
-                k => format!("{file} is {}, not a regular file", k.describe()),
-            };
-            let kind = match (npy, meta) {
-                (Some(Kind::File), Some(Kind::File)) => Listed::Pair,
-                (Some(n), _) if n != Kind::File => Listed::Broken(odd(name.npy_file(), n)),
-                (_, Some(m)) if m != Kind::File => Listed::Broken(odd(name.meta_file(), m)),
-                (Some(_), None) => Listed::Broken(format!("{} is missing", name.meta_file())),
-                (None, Some(_)) => Listed::Broken(format!("{} is missing", name.npy_file())),
-                _ => Listed::Broken("not a regular file".into()),
-            };
-            entries.insert(name, kind);
-        }
-        Ok(Listing { entries, temps })
-    }
 }
 
 /// A persistent map of names to arrays, stored as `NAME.npy` +
@@ -549,7 +137,7 @@ pub struct DiskBackedStore {
 impl std::fmt::Debug for DiskBackedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DiskBackedStore")
-            .field("dir", &self.inner.dir.path())
+            .field("dir", &self.inner.storage.location())
             .field("read_only", &self.inner.read_only)
             .field("len", &self.len())
             .finish()
@@ -596,7 +184,7 @@ impl DiskBackedStore {
 
     /// The store directory.
     pub fn dir(&self) -> &Path {
-        self.inner.dir.path()
+        self.inner.storage.location()
     }
 
     /// Whether this handle is read-only.
@@ -685,15 +273,14 @@ impl DiskBackedStore {
     ) -> Loaded {
         let (flags, config) = self.flags_for(overrides);
         let shape = array.shape().to_vec();
-        let a = DiskBackedArray::new_pair(
+        let loaded: Loaded = Arc::new(StoreEntry::new(
             array,
-            &self.inner.dir,
+            &self.inner.storage,
             &name,
             flags,
             &config,
             self.inner.account.clone(),
-        );
-        let loaded = Loaded::new(a);
+        ));
         let slot = Slot {
             meta: Some((T::dtype(), shape, flags)),
             loaded: Some(loaded.clone()),
@@ -712,12 +299,12 @@ impl DiskBackedStore {
             old.retired = true;
             if let Some(l) = &old.loaded {
                 // A handle may hold the old entry: it keeps its data.
-                l.ops.detach(true);
+                l.link().detach(true);
             }
         }
         drop(entries);
         // Only now may the new entry's files replace the old entry's.
-        loaded.ops.enable_publish();
+        loaded.link().enable_publish();
         if flags.caching {
             self.inner.lru.lock().touch(&name);
         }
@@ -740,7 +327,7 @@ impl DiskBackedStore {
         self.check_writable()?;
         let name = EntryName::new(name.as_ref())?;
         let loaded = self.insert_entry(name, array.into_dyn(), &ConfigOverrides::default());
-        let r = loaded.ops.flush();
+        let r = loaded.flush();
         self.inner.enforce_budget();
         r
     }
@@ -793,7 +380,7 @@ impl DiskBackedStore {
             .map(|(n, a)| self.insert_entry(n, a.into_dyn(), &ConfigOverrides::default()))
             .collect();
         self.inner
-            .publish_batch(loaded.iter().map(|l| l.ops.as_ref()).collect())
+            .publish_batch(loaded.iter().map(|l| l.as_ref()).collect())
     }
 
     fn slot(&self, name: &EntryName) -> Result<Arc<Mutex<Slot>>> {
@@ -803,14 +390,14 @@ impl DiskBackedStore {
         if let Some(reason) = self.inner.incomplete.read().get(name) {
             return Err(Error::Incomplete {
                 name: name.to_string(),
-                path: self.inner.dir.path().to_path_buf(),
+                path: self.inner.storage.location().to_path_buf(),
                 reason: reason.clone(),
             });
         }
         Counters::add(&self.inner.counters.misses);
         Err(Error::KeyNotFound {
             name: name.to_string(),
-            path: self.inner.dir.path().to_path_buf(),
+            path: self.inner.storage.location().to_path_buf(),
         })
     }
 
@@ -822,32 +409,20 @@ impl DiskBackedStore {
         if let Some(m) = &slot.meta {
             return Ok(m.clone());
         }
-        let m = Meta::read_in(&self.inner.dir, &name.meta_file())?;
+        let m = self.inner.storage.read_meta(name)?;
         let flags = m.flags(self.inner.defaults);
         let (dtype, shape) = match (m.dtype, m.shape) {
             (Some(d), Some(s)) => (d, s),
             // GSEGUtils takes what the metadata leaves out from the .npy
             // header: so does the store.
             (d, s) => {
-                let info = self.npy_header(name)?;
+                let info = self.inner.storage.read_header(name)?;
                 (d.unwrap_or(info.descr), s.unwrap_or(info.shape))
             }
         };
         let v = (dtype, shape, flags);
         slot.meta = Some(v.clone());
         Ok(v)
-    }
-
-    /// The header of the entry's `.npy` (a bounded read of a regular file).
-    fn npy_header(&self, name: &EntryName) -> Result<crate::npy::NpyInfo> {
-        use std::io::Read;
-        let file = name.npy_file();
-        let path = self.inner.dir.join(&file);
-        let f = self.inner.dir.open_regular(&file, io::Access::Read)?;
-        // NPY 1.0 headers are at most 65535 + 10 bytes; GSEGUtils' are 128.
-        let mut buf = Vec::with_capacity(4096);
-        f.take(65_545).read_to_end(&mut buf).ctx("read", &path)?;
-        crate::npy::NpyInfo::parse(&buf, &path)
     }
 
     /// The entry `name` as an array of `T` with dimension `D`. Views of the
@@ -866,7 +441,7 @@ impl DiskBackedStore {
         name: impl AsRef<str>,
     ) -> Result<StoredArray<T, D>> {
         let name = EntryName::new(name.as_ref())?;
-        let meta_path = || self.inner.dir.join(&name.meta_file());
+        let meta_path = || self.inner.storage.meta_path(&name);
         let loaded = loop {
             let slot = self.slot(&name)?;
             let mut s = slot.lock();
@@ -895,43 +470,31 @@ impl DiskBackedStore {
                 Some(l) => l.clone(),
                 None => {
                     let (_, config) = self.flags_for(&ConfigOverrides::default());
-                    let a = DiskBackedArray::<T, IxDyn>::open_pair(
+                    let l: Loaded = Arc::new(StoreEntry::<T>::persisted(
                         shape,
-                        &self.inner.dir,
+                        &self.inner.storage,
                         &name,
                         flags,
                         &config,
                         self.inner.account.clone(),
-                    );
-                    let l = Loaded::new(a);
+                    ));
                     s.loaded = Some(l.clone());
                     l
                 }
             };
             break loaded;
         };
-        if loaded.ops.state() == ArrayState::Offloaded {
+        if loaded.state() == ArrayState::Offloaded {
             Counters::add(&self.inner.counters.loads);
         } else {
             Counters::add(&self.inner.counters.hits);
         }
-        if loaded.ops.flags().caching {
+        if loaded.flags().caching {
             // Mapped entries count against the budget too: track them all.
             self.inner.lru.lock().touch(&name);
         }
-        let array = loaded
-            .any
-            .downcast::<DiskBackedArray<T, IxDyn>>()
-            .map_err(|_| Error::DtypeMismatch {
-                path: meta_path(),
-                expected: T::dtype(),
-                found: loaded.ops.dtype(),
-            })?;
-        Ok(StoredArray {
-            array,
-            name,
-            _d: PhantomData,
-        })
+        let meta_path = meta_path();
+        StoredArray::of(loaded, name, meta_path)
     }
 
     /// Whether an entry named `name` exists (complete pairs only).
@@ -980,7 +543,7 @@ impl DiskBackedStore {
         let mut s = slot.lock();
         let (dtype, shape, flags) = self.read_meta(&name, &mut s)?;
         let (state, flags) = match &s.loaded {
-            Some(l) => (l.ops.state(), l.ops.flags()),
+            Some(l) => (l.state(), l.flags()),
             None => (ArrayState::Offloaded, flags),
         };
         let nbytes = crate::element::dtype_itemsize(&dtype)
@@ -1089,14 +652,14 @@ impl DiskBackedStore {
         // the others are offloaded, then the first such error is returned.
         let mut in_use = in_use_error(
             self.inner
-                .publish_batch(loaded.iter().map(|l| l.ops.as_ref()).collect()),
+                .publish_batch(loaded.iter().map(|l| l.as_ref()).collect()),
         )?;
         for l in loaded {
-            let was = l.ops.state() == ArrayState::InMemory;
-            if let Some(e) = in_use_error(l.ops.offload())? {
+            let was = l.state() == ArrayState::InMemory;
+            if let Some(e) = in_use_error(l.offload())? {
                 in_use.get_or_insert(e);
             }
-            if was && l.ops.state() == ArrayState::Offloaded {
+            if was && l.state() == ArrayState::Offloaded {
                 Counters::add(&self.inner.counters.offloads);
             }
         }
@@ -1114,234 +677,13 @@ impl DiskBackedStore {
     pub fn close(self) -> Result<()> {
         self.inner.finish()
     }
-
-    /// A snapshot of the store's statistics.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use ndarray::{array, Ix1};
-    /// use ndarray_offload::DiskBackedStore;
-    ///
-    /// let dir = tempfile::tempdir()?;
-    /// let store = DiskBackedStore::open(dir.path())?;
-    /// store.insert("a", array![1.0f64, 2.0])?;
-    /// store.get::<f64, Ix1>("a")?;
-    /// let _ = store.get::<f64, Ix1>("b");
-    /// let s = store.stats();
-    /// assert_eq!((s.hits, s.misses, s.bytes_resident), (1, 1, 16));
-    /// println!("{s}");
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn stats(&self) -> StoreStats {
-        let c = &self.inner.counters;
-        let mut st = StoreStats {
-            hits: c.hits.load(Ordering::Relaxed),
-            misses: c.misses.load(Ordering::Relaxed),
-            loads: c.loads.load(Ordering::Relaxed),
-            computes: c.computes.load(Ordering::Relaxed),
-            offloads: c.offloads.load(Ordering::Relaxed),
-            evictions: c.evictions.load(Ordering::Relaxed),
-            over_budget_events: c.over_budget.load(Ordering::Relaxed),
-            bytes_resident: self.inner.account.resident(),
-            budget: self.inner.budget(),
-            ..Default::default()
-        };
-        let slots: Vec<(EntryName, Arc<Mutex<Slot>>)> = self
-            .inner
-            .entries
-            .read()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for (name, slot) in slots {
-            let s = slot.lock();
-            match &s.loaded {
-                Some(l) => {
-                    if l.ops.state() != ArrayState::Offloaded {
-                        st.entries_resident += 1;
-                    }
-                    if l.ops.is_persisted() {
-                        st.entries_on_disk += 1;
-                        st.bytes_on_disk += l.ops.nbytes();
-                    }
-                }
-                None => {
-                    st.entries_on_disk += 1;
-                    let nbytes = s.meta.as_ref().and_then(|(d, shape, _)| {
-                        crate::element::dtype_itemsize(d).and_then(|size| {
-                            shape
-                                .iter()
-                                .try_fold(size as u64, |a, &x| a.checked_mul(x as u64))
-                        })
-                    });
-                    st.bytes_on_disk += nbytes.unwrap_or_else(|| {
-                        let found = self.inner.dir.stat(&name.npy_file());
-                        found.filter(|f| f.is_file()).map_or(0, |f| f.len)
-                    });
-                }
-            }
-        }
-        st
-    }
-
-    /// Resets the counters (hits, misses, loads, computes, offloads,
-    /// evictions, over-budget events).
-    pub fn reset_stats(&self) {
-        self.inner.counters.reset();
-    }
-
-    /// Changes the memory budget (`None`: no budget) and enforces it.
-    pub fn set_memory_budget(&self, budget: Option<ByteSize>) {
-        let b = budget.map_or(u64::MAX, |b| b.bytes().min(u64::MAX - 1));
-        self.inner.budget.store(b, Ordering::Relaxed);
-        self.inner.enforce_budget();
-    }
-
-    /// Offloads least-recently-used entries until the store is within its
-    /// memory budget (this also happens after every insert and whenever a
-    /// guard ends while the store is over budget).
-    pub fn enforce_budget(&self) {
-        self.inner.enforce_budget();
-    }
-
-    /// The entry `name`, computed by `compute`, stored and returned if it
-    /// does not exist. Concurrent callers for one missing name compute it
-    /// once; the others wait and get the stored value.
-    ///
-    /// # Errors
-    ///
-    /// As [`get`](Self::get) and [`insert`](Self::insert).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use ndarray::{Array1, Ix1};
-    /// use ndarray_offload::DiskBackedStore;
-    ///
-    /// let dir = tempfile::tempdir()?;
-    /// let store = DiskBackedStore::open(dir.path())?;
-    /// let a = store.get_or_compute::<f32, Ix1, _>("ramp", || Array1::linspace(0.0, 1.0, 5))?;
-    /// let b = store.get_or_compute::<f32, Ix1, _>("ramp", || unreachable!())?;
-    /// assert_eq!(a.to_owned_array()?, b.to_owned_array()?);
-    /// assert_eq!(store.stats().computes, 1);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn get_or_compute<T, D, F>(
-        &self,
-        name: impl AsRef<str>,
-        compute: F,
-    ) -> Result<StoredArray<T, D>>
-    where
-        T: Element,
-        D: Dimension,
-        F: FnOnce() -> Array<T, D>,
-    {
-        self.try_get_or_compute(name, || Ok::<_, Error>(compute()))
-    }
-
-    /// [`get_or_compute`](Self::get_or_compute) with a fallible computation;
-    /// its error is returned as it is and nothing is stored.
-    ///
-    /// # Errors
-    ///
-    /// The computation's error, or the store's (converted with `From`).
-    pub fn try_get_or_compute<T, D, F, E>(
-        &self,
-        name: impl AsRef<str>,
-        compute: F,
-    ) -> Result<StoredArray<T, D>, E>
-    where
-        T: Element,
-        D: Dimension,
-        F: FnOnce() -> Result<Array<T, D>, E>,
-        E: From<Error>,
-    {
-        let name = EntryName::new(name.as_ref())?;
-        // A key removed between the look-up and the `get` is computed.
-        if self.inner.entries.read().contains_key(&name) {
-            match self.get(name.as_str()) {
-                Err(Error::KeyNotFound { .. }) => {}
-                r => return Ok(r?),
-            }
-        }
-        let gate = self
-            .inner
-            .inflight
-            .lock()
-            .entry(name.clone())
-            .or_default()
-            .clone();
-        let result = {
-            let _g = gate.lock();
-            let stored = if self.inner.entries.read().contains_key(&name) {
-                match self.get(name.as_str()) {
-                    Err(Error::KeyNotFound { .. }) => None,
-                    r => Some(r),
-                }
-            } else {
-                None
-            };
-            match stored {
-                Some(r) => r.map_err(E::from),
-                None => {
-                    Counters::add(&self.inner.counters.misses);
-                    Counters::add(&self.inner.counters.computes);
-                    match compute() {
-                        // The handle of the entry inserted, not a new look-up:
-                        // another thread may remove or replace the key at once.
-                        Ok(a) => self.insert_handle(name.clone(), a).map_err(E::from),
-                        Err(e) => Err(e),
-                    }
-                }
-            }
-        };
-        let mut inflight = self.inner.inflight.lock();
-        if Arc::strong_count(&gate) <= 2 {
-            inflight.remove(&name);
-        }
-        result
-    }
-
-    /// Inserts `array` as `name` (as [`insert`](Self::insert)) and returns
-    /// the handle of the entry inserted.
-    fn insert_handle<T: Element, D: Dimension>(
-        &self,
-        name: EntryName,
-        array: Array<T, D>,
-    ) -> Result<StoredArray<T, D>> {
-        self.check_writable()?;
-        let loaded = self.insert_entry(name.clone(), array.into_dyn(), &ConfigOverrides::default());
-        self.inner.enforce_budget();
-        // Counted as the `get` of the inserted value.
-        Counters::add(&self.inner.counters.hits);
-        let found = loaded.ops.dtype();
-        let array = loaded
-            .any
-            .downcast::<DiskBackedArray<T, IxDyn>>()
-            .map_err(|_| Error::DtypeMismatch {
-                path: self.inner.dir.join(&name.meta_file()),
-                expected: T::dtype(),
-                found,
-            })?;
-        Ok(StoredArray {
-            array,
-            name,
-            _d: PhantomData,
-        })
-    }
-
-    /// Total bytes of entries currently held in RAM.
-    pub fn resident_bytes(&self) -> u64 {
-        self.inner.account.resident()
-    }
 }
 
 impl Inner {
     fn check_writable(&self) -> Result<()> {
         if self.read_only {
             Err(Error::ReadOnly {
-                path: self.dir.path().to_path_buf(),
+                path: self.storage.location().to_path_buf(),
             })
         } else {
             Ok(())
@@ -1369,9 +711,9 @@ impl Inner {
         let mut busy = Vec::new();
         for a in &arrays {
             match a.batch_job(false) {
-                Ok(BatchJob::Job(job, version)) => {
+                Ok(BatchJob::Job(job)) => {
                     jobs.push(job);
-                    marks.push((*a, version));
+                    marks.push(*a);
                 }
                 Ok(BatchJob::Current) => {}
                 Ok(BatchJob::Busy) => busy.push(*a),
@@ -1383,8 +725,8 @@ impl Inner {
         self.publish_jobs(jobs, marks)?;
         for a in busy {
             match a.batch_job(true) {
-                Ok(BatchJob::Job(job, version)) => {
-                    self.publish_jobs(vec![job], vec![(a, version)])?;
+                Ok(BatchJob::Job(job)) => {
+                    self.publish_jobs(vec![job], vec![a])?;
                 }
                 Ok(BatchJob::Current | BatchJob::Busy) => {}
                 Err(e) => {
@@ -1396,17 +738,14 @@ impl Inner {
     }
 
     /// Publishes `jobs` with one round of syncs and records each published
-    /// version (`marks`, in job order).
-    fn publish_jobs(
-        &self,
-        jobs: Vec<pair::PairJob<'_>>,
-        marks: Vec<(&dyn AnyEntry, u64)>,
-    ) -> Result<()> {
+    /// version in its entry (`marks`, in job order).
+    fn publish_jobs(&self, jobs: Vec<PairJob<'_>>, marks: Vec<&dyn AnyEntry>) -> Result<()> {
         if jobs.is_empty() {
             return Ok(());
         }
-        let ids = pair::publish_pairs(&self.dir, jobs, SyncMode::FileSystem)?;
-        for ((a, v), id) in marks.into_iter().zip(ids) {
+        let versions: Vec<u64> = jobs.iter().map(|j| j.version).collect();
+        let ids = self.storage.publish(jobs, SyncMode::FileSystem)?;
+        for ((a, v), id) in marks.into_iter().zip(versions).zip(ids) {
             if let Some(id) = id {
                 a.mark_published(v, id);
             }
@@ -1421,11 +760,10 @@ impl Inner {
         let loaded = self.loaded_entries();
         // An entry the calling thread is writing to is not flushed (its
         // error is returned at the end); everything else is.
-        let in_use =
-            in_use_error(self.publish_batch(loaded.iter().map(|l| l.ops.as_ref()).collect()))?;
+        let in_use = in_use_error(self.publish_batch(loaded.iter().map(|l| l.as_ref()).collect()))?;
         // Spills renamed files without syncing the directory.
-        if self.account.dir_unsynced.swap(false, Ordering::AcqRel) {
-            if let Err(e) = self.dir.sync() {
+        if self.account.take_dir_unsynced() {
+            if let Err(e) = self.storage.sync() {
                 self.account.mark_dir_unsynced();
                 return Err(e);
             }
@@ -1436,8 +774,7 @@ impl Inner {
     fn remove(&self, name: &EntryName) -> Result<bool> {
         self.check_writable()?;
         let mut entries = self.entries.write();
-        let on_disk =
-            self.dir.stat(&name.npy_file()).is_some() || self.dir.stat(&name.meta_file()).is_some();
+        let on_disk = self.storage.exists(name);
         let broken = self.incomplete.read().contains_key(name);
         let existed = entries.contains_key(name) || broken;
         // A handle may hold the entry: it keeps the file it reads from open
@@ -1446,14 +783,14 @@ impl Inner {
         // back.
         let loaded = entries.get(name).and_then(|s| s.lock().loaded.clone());
         if let Some(l) = &loaded {
-            l.ops.pin();
-            l.ops.stop_publish();
+            l.link().pin();
+            l.link().stop_publish();
         }
         if on_disk {
-            if let Err(e) = pair::remove_pair(&self.dir, name) {
+            if let Err(e) = self.storage.remove(name) {
                 if let Some(l) = &loaded {
-                    l.ops.unpin();
-                    l.ops.enable_publish();
+                    l.link().unpin();
+                    l.link().enable_publish();
                 }
                 return Err(e);
             }
@@ -1462,85 +799,12 @@ impl Inner {
             let mut old = old.lock();
             old.retired = true;
             if let Some(l) = &old.loaded {
-                l.ops.detach(true);
+                l.link().detach(true);
             }
         }
         self.lru.lock().remove(name);
         self.incomplete.write().remove(name);
         Ok(existed)
-    }
-
-    fn budget(&self) -> Option<u64> {
-        let b = self.budget.load(Ordering::Relaxed);
-        (b != u64::MAX).then_some(b)
-    }
-
-    /// The resident-bytes limit in force now: the budget, or the system
-    /// pressure target when available memory is low (checked at most every
-    /// 100 ms).
-    fn limit(&self) -> Option<u64> {
-        let mut limit = self.budget();
-        if let Some(p) = self.pressure {
-            let mut last = self.last_pressure_check.lock();
-            let due = last.is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
-            if due {
-                *last = Some(Instant::now());
-                if available_memory().is_some_and(|a| a < p.min_available) {
-                    limit = Some(limit.map_or(p.target_resident, |b| b.min(p.target_resident)));
-                }
-            }
-        }
-        limit
-    }
-
-    /// Offloads least-recently-used entries until the resident bytes are
-    /// within the limit. Entries pinned by a live guard are skipped; if only
-    /// pinned entries remain, the event is counted and eviction resumes when
-    /// a guard ends.
-    fn enforce_budget(&self) {
-        if self.read_only {
-            return;
-        }
-        let Some(limit) = self.limit() else { return };
-        if self.account.resident() <= limit {
-            self.account.over.store(false, Ordering::Relaxed);
-            return;
-        }
-        let _g = self.evicting.lock();
-        let order = self.lru.lock().oldest_first();
-        for name in order {
-            if self.account.resident() <= limit {
-                break;
-            }
-            let slot = self.entries.read().get(&name).cloned();
-            let loaded = slot.and_then(|s| s.lock().loaded.clone());
-            let Some(l) = loaded else {
-                self.lru.lock().remove(&name);
-                continue;
-            };
-            let bytes = l.ops.resident_bytes();
-            match l.ops.try_offload() {
-                Ok(true) => {
-                    Counters::add(&self.counters.evictions);
-                    self.lru.lock().remove(&name);
-                    tracing::debug!(name = name.as_str(), bytes, "evicted");
-                }
-                Ok(false) => {
-                    if l.ops.state() == ArrayState::Offloaded || !l.ops.flags().caching {
-                        self.lru.lock().remove(&name);
-                    }
-                    // else: pinned by a live guard; keep it for later.
-                }
-                Err(e) => {
-                    tracing::warn!(name = name.as_str(), error = %e, "eviction failed; the entry stays in RAM");
-                }
-            }
-        }
-        let over = self.account.resident() > limit;
-        if over {
-            Counters::add(&self.counters.over_budget);
-        }
-        self.account.over.store(over, Ordering::Relaxed);
     }
 
     /// Flushes and deletes the scratch entries inserted through this handle.
@@ -1582,123 +846,16 @@ impl Drop for Inner {
         // `DiskBackedStore::close` is the checked path; here errors can only
         // be logged.
         if let Err(e) = self.finish() {
-            tracing::warn!(dir = %self.dir.path().display(), error = %e, "could not flush the store when dropped");
+            tracing::warn!(dir = %self.storage.location().display(), error = %e, "could not flush the store when dropped");
         }
         // Handles that outlive the store keep their data and never write
         // into the directory again (another process may own it now).
         for slot in self.entries.get_mut().values() {
             if let Some(l) = &slot.lock().loaded {
-                // Only the slot holds an entry nobody else uses (`any` and
-                // `ops` are two counts of the same allocation).
-                l.ops.detach(Arc::strong_count(&l.any) > 2);
+                // Only the slot holds an entry nobody else uses.
+                l.link().detach(Arc::strong_count(l) > 1);
             }
         }
-        // Unlock explicitly: closing our descriptor would leave the lock held
-        // while a child process forked meanwhile still has a copy of it.
-        if let Some(f) = &self._lock {
-            let _ = f.unlock();
-        }
-    }
-}
-
-/// A typed handle to a store entry (see [`DiskBackedStore::get`]).
-///
-/// Holding the handle keeps the entry's data alive even if the entry is
-/// replaced or removed from the store, or the store is closed: the handle
-/// is then *detached*. It reads the data it held (from RAM, or from its
-/// file, which it keeps open), and a write through it changes only that
-/// copy: a detached entry never writes into the store's directory again
-/// (flushing or offloading it does nothing).
-pub struct StoredArray<T: Element, D: Dimension> {
-    array: Arc<DiskBackedArray<T, IxDyn>>,
-    name: EntryName,
-    _d: PhantomData<D>,
-}
-
-impl<T: Element, D: Dimension> Clone for StoredArray<T, D> {
-    fn clone(&self) -> Self {
-        StoredArray {
-            array: self.array.clone(),
-            name: self.name.clone(),
-            _d: PhantomData,
-        }
-    }
-}
-
-impl<T: Element, D: Dimension> std::fmt::Debug for StoredArray<T, D> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoredArray")
-            .field("name", &self.name)
-            .field("array", &self.array)
-            .finish()
-    }
-}
-
-impl<T: Element, D: Dimension> StoredArray<T, D> {
-    /// The entry's name.
-    pub fn name(&self) -> &EntryName {
-        &self.name
-    }
-
-    /// A read guard (maps the entry if it is offloaded).
-    ///
-    /// # Errors
-    ///
-    /// Errors of mapping and cross-checking the files.
-    pub fn read(&self) -> Result<ReadGuard<'_, T, IxDyn, D>> {
-        self.array.read_as()
-    }
-
-    /// A write guard. A persisted entry is mapped copy-on-write: the store's
-    /// published file is never changed in place; the edit is published as a
-    /// new pair on flush or offload.
-    ///
-    /// # Errors
-    ///
-    /// Errors of mapping.
-    pub fn write(&self) -> Result<WriteGuard<'_, T, IxDyn, D>> {
-        self.array.write_as()
-    }
-
-    /// Runs `f` on a view.
-    ///
-    /// # Errors
-    ///
-    /// Errors of mapping or of the automatic re-offload.
-    pub fn with_view<R>(&self, f: impl FnOnce(ArrayView<'_, T, D>) -> R) -> Result<R> {
-        self.array.with_view_as::<D, R>(f)
-    }
-
-    /// Runs `f` on a mutable view.
-    ///
-    /// # Errors
-    ///
-    /// Errors of mapping or of the automatic re-offload.
-    pub fn with_view_mut<R>(&self, f: impl FnOnce(ArrayViewMut<'_, T, D>) -> R) -> Result<R> {
-        self.array.with_view_mut_as::<D, R>(f)
-    }
-
-    /// A copy of the data in RAM.
-    ///
-    /// # Errors
-    ///
-    /// Errors of mapping.
-    pub fn to_owned_array(&self) -> Result<Array<T, D>> {
-        self.with_view(|v| v.to_owned())
-    }
-
-    /// The shape.
-    pub fn shape(&self) -> &[usize] {
-        self.array.shape()
-    }
-
-    /// Where the data is now.
-    pub fn state(&self) -> ArrayState {
-        self.array.state()
-    }
-
-    /// The underlying array (dynamic dimension).
-    pub fn as_array(&self) -> &DiskBackedArray<T, IxDyn> {
-        &self.array
+        // The lease is released when the fields are dropped, after this.
     }
 }

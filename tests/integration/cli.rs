@@ -169,3 +169,88 @@ fn packs_are_listed_and_verified() {
     assert_eq!(code, 2);
     assert!(err.contains("junk.pack"), "{err}");
 }
+
+/// Files named like an entry's under names the store refuses are no
+/// entries (the store ignores them, as GSEGUtils does), but the inspector
+/// does not call the directory sound: `verify` names each with the reason
+/// and exits 1, `ls` lists them as "ignored". The store still ignores them.
+#[test]
+fn verify_and_ls_report_files_the_store_ignores() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    DiskBackedStore::open(dir.path())
+        .unwrap()
+        .insert_durable("ok", array![1u8, 2])
+        .unwrap();
+    let (code, out, _) = ndoffload(&["verify", d]);
+    assert_eq!(code, 0, "{out}");
+    let npy = std::fs::read(dir.path().join("ok.npy")).unwrap();
+    let meta = std::fs::read(dir.path().join("ok.meta.json")).unwrap();
+    let long = "x".repeat(201);
+    let stems: Vec<&[u8]> = vec![b"CON", long.as_bytes(), b"a\nb", b"bad\xff", b"a ", b""];
+    for stem in &stems {
+        for (suffix, bytes) in [(&b".npy"[..], &npy), (b".meta.json", &meta)] {
+            let name = [*stem, suffix].concat();
+            std::fs::write(dir.path().join(std::ffi::OsStr::from_bytes(&name)), bytes).unwrap();
+        }
+    }
+    // Half a pair under a refused name is reported too.
+    std::fs::write(dir.path().join("lpt1.meta.json"), &meta).unwrap();
+    let before = files(dir.path());
+
+    let (code, out, err) = ndoffload(&["verify", d]);
+    assert_eq!(code, 1, "{out}{err}");
+    let expect = [
+        ("CON", "Windows device name"),
+        (long.as_str(), "longer than 200 bytes"),
+        ("a\\x0ab", "control character"),
+        ("bad\\xff", "not UTF-8"),
+        ("a ", "trailing space or dot"),
+        ("", "empty or reserved path name"),
+        ("lpt1", "Windows device name"),
+    ];
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.len(),
+        expect.len(),
+        "one line per ignored name:\n{out}"
+    );
+    for (name, reason) in expect {
+        assert!(
+            lines.iter().any(
+                |l| l.starts_with(&format!("{name}: ignored by the store: ")) && l.contains(reason)
+            ),
+            "{name:?} ({reason}) not reported:\n{out}"
+        );
+    }
+
+    let (code, out, _) = ndoffload(&["ls", d]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.lines().filter(|l| l.contains(" ignored ")).count(),
+        expect.len(),
+        "{out}"
+    );
+    let (code, out, _) = ndoffload(&["ls", "--json", d]);
+    assert_eq!(code, 0);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), expect.len() + 1);
+    for l in &lines {
+        let want = if l["name"] == "ok" {
+            "on disk"
+        } else {
+            "ignored"
+        };
+        assert_eq!(l["state"], want, "{l}");
+    }
+    assert_eq!(files(dir.path()), before, "the inspector never writes");
+
+    // The store's listing is unchanged: only the valid entry.
+    let s = DiskBackedStore::open_read_only(dir.path()).unwrap();
+    assert_eq!(s.keys().len(), 1);
+    assert!(s.incomplete().is_empty());
+}

@@ -10,6 +10,7 @@ mod faults;
 mod hardening;
 mod numpy;
 mod pack;
+mod powerloss;
 mod reliability;
 #[cfg(feature = "remote")]
 mod remote;

@@ -33,14 +33,15 @@ use std::time::{Duration, Instant};
 
 use ndarray::{arr0, Array, Array0, Array1, Array2, Dimension, Ix0, Ix1, Ix2, IxDyn, ShapeBuilder};
 use ndarray_npy::WriteNpyExt;
-use ndarray_offload::inspect::{inspect_store, InspectOptions};
+use ndarray_offload::inspect::{inspect_pack, inspect_store, InspectOptions};
+use ndarray_offload::pack::{PackReader, PackSet, PackWriter};
 use ndarray_offload::{
     ArrayState, CacheConfig, ConfigOverrides, DiskBackedArray, DiskBackedStore, Element, Error,
     LoadMode, StoreBuilder, StoredArray, LOCK_FILE,
 };
 use proptest::prelude::*;
 
-use crate::common::{temp_files, Rng};
+use crate::common::{run_child, temp_files, Rng};
 
 // ---------------------------------------------------------------------------
 // Shared helpers
@@ -156,6 +157,25 @@ fn npy_of<A: WriteNpyExt>(a: &A) -> Vec<u8> {
     let mut v = Vec::new();
     a.write_npy(&mut v).unwrap();
     v
+}
+
+/// Stack size of the threads that read hostile files in the corpus and
+/// the random-bytes tests: a parser that recursed once per level of the
+/// file's nesting would overflow it within a few dozen levels (an abort of
+/// the process, which is why those tests run in child processes).
+const SMALL_STACK: usize = 64 * 1024;
+
+/// Runs `f` on a new thread with a [`SMALL_STACK`]-byte stack.
+fn on_small_stack<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("small-stack".into())
+            .stack_size(SMALL_STACK)
+            .spawn_scoped(s, f)
+            .unwrap()
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
 }
 
 fn meta_text(shape: &[u64], dtype: &str) -> String {
@@ -922,6 +942,32 @@ fn npy_v1(dict: &str, data: &[u8]) -> Vec<u8> {
     v
 }
 
+/// An NPY file of format `version` (1, 2 or 3) with the header dictionary
+/// `dict`, padded to a multiple of 64 bytes, followed by `data`.
+fn npy_ver(version: u8, dict: &str, data: &[u8]) -> Vec<u8> {
+    let pre = if version == 1 { 10 } else { 12 };
+    let mut text = dict.to_owned();
+    while !(pre + text.len() + 1).is_multiple_of(64) {
+        text.push(' ');
+    }
+    text.push('\n');
+    let mut v = b"\x93NUMPY".to_vec();
+    v.extend([version, 0]);
+    if version == 1 {
+        v.extend(u16::try_from(text.len()).unwrap().to_le_bytes());
+    } else {
+        v.extend(u32::try_from(text.len()).unwrap().to_le_bytes());
+    }
+    v.extend(text.as_bytes());
+    v.extend(data);
+    v
+}
+
+/// `open` repeated `n` times, then `close` repeated `n` times.
+fn nest(open: &str, n: usize, close: &str) -> String {
+    format!("{}{}", open.repeat(n), close.repeat(n))
+}
+
 fn i32_data(n: usize) -> Vec<u8> {
     (1..=n as i32).flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -1051,6 +1097,16 @@ fn corpus() -> Vec<Case> {
     };
     let dict = |d: &str, data: Vec<u8>, shape: &[u64], dtype: &str| {
         npy_case(npy_v1(d, &data), meta_text(shape, dtype))
+    };
+    let deep_shape = |version: u8, shape: &str| {
+        npy_case(
+            npy_ver(
+                version,
+                &format!("{{'descr': '<i4', 'fortran_order': False, 'shape': {shape}, }}"),
+                &i32_data(4),
+            ),
+            good_meta(),
+        )
     };
     let i1: Access = read_as::<i32, Ix1>;
     let s1: Standalone = open_as::<i32, Ix1>;
@@ -1375,6 +1431,373 @@ fn corpus() -> Vec<Case> {
             i1,
             "Corrupt",
         ),
+        // --- nesting: a parser that recursed on it would overflow ---------
+        // Headers of about 4 KiB nested thousands of levels deep, in every
+        // place and with every kind of bracket; refused before any parser
+        // recursion, on any stack.
+        case("npy_deep_shape_parens", deep_shape(1, &nest("(", 2000, ")")), i1, "Corrupt")
+            .standalone(s1, "Corrupt"),
+        case("npy_deep_shape_brackets", deep_shape(1, &nest("[", 2000, "]")), i1, "Corrupt")
+            .standalone(s1, "Corrupt"),
+        case("npy_deep_shape_braces", deep_shape(1, &nest("{", 2000, "}")), i1, "Corrupt")
+            .standalone(s1, "Corrupt"),
+        case("npy_deep_shape_mixed", deep_shape(1, &nest("([{", 700, "}])")), i1, "Corrupt")
+            .standalone(s1, "Corrupt"),
+        case("npy_deep_shape_unclosed", deep_shape(1, &"(".repeat(4000)), i1, "Corrupt")
+            .standalone(s1, "Corrupt"),
+        case(
+            "npy_deep_descr",
+            dict(
+                &format!("{{'descr': {}, 'fortran_order': False, 'shape': (4,), }}", nest("[", 2000, "]")),
+                i32_data(4),
+                &[4],
+                "<i4",
+            ),
+            i1,
+            "Corrupt",
+        )
+        .standalone(s1, "Corrupt"),
+        case(
+            "npy_deep_dict_value",
+            dict(
+                &format!(
+                    "{{'descr': '<i4', 'fortran_order': False, 'shape': (4,), 'x': {}1{}}}",
+                    "{'a': ".repeat(600),
+                    "}".repeat(600)
+                ),
+                i32_data(4),
+                &[4],
+                "<i4",
+            ),
+            i1,
+            "Corrupt",
+        )
+        .standalone(s1, "Corrupt"),
+        case(
+            "npy_deep_dict_key",
+            dict(
+                &format!("{{{}: 1, 'descr': '<i4', 'fortran_order': False, 'shape': (4,), }}", nest("(", 2000, ")")),
+                i32_data(4),
+                &[4],
+                "<i4",
+            ),
+            i1,
+            "Corrupt",
+        )
+        .standalone(s1, "Corrupt"),
+        case(
+            // One level more than the limit (8): the dictionary and 8 tuples.
+            "npy_nested_9_levels",
+            deep_shape(1, &format!("{}4,{}", "(".repeat(8), ",)".repeat(8))),
+            i1,
+            "Corrupt",
+        )
+        .standalone(s1, "Corrupt"),
+        case(
+            // An escaped quote does not end the string: the nesting after
+            // the string counts.
+            "npy_deep_after_escaped_quote",
+            dict(
+                &format!("{{'descr': '<i4\\'', 'fortran_order': False, 'shape': {}, }}", nest("(", 2000, ")")),
+                i32_data(4),
+                &[4],
+                "<i4",
+            ),
+            i1,
+            "Corrupt",
+        )
+        .standalone(s1, "Corrupt"),
+        case("npy_v2_deep_shape", deep_shape(2, &nest("(", 2000, ")")), i1, "Corrupt")
+            .standalone(s1, "Corrupt"),
+        case(
+            // Format 3.0 headers are UTF-8.
+            "npy_v3_deep_shape",
+            npy_case(
+                npy_ver(
+                    3,
+                    &format!("{{'descr': '<i4', 'fortran_order': False, 'shape': {}, '\u{e9}': 1}}", nest("(", 2000, ")")),
+                    &i32_data(4),
+                ),
+                good_meta(),
+            ),
+            i1,
+            "Corrupt",
+        )
+        .standalone(s1, "Corrupt"),
+        case(
+            // Brackets inside string literals do not count: this header is
+            // read (a structured dtype the metadata disagrees with).
+            "npy_brackets_in_strings_do_not_count",
+            dict(
+                &format!("{{'descr': [('{}', '<i4')], 'fortran_order': False, 'shape': (4,), }}", "((([[[{{{".repeat(10)),
+                i32_data(4),
+                &[4],
+                "<i4",
+            ),
+            i1,
+            "Mismatch",
+        )
+        .standalone(s1, "DtypeMismatch"),
+        case(
+            "npy_brackets_in_escaped_strings_do_not_count",
+            dict(
+                &format!("{{'descr': [(\"a\\\"{}\", '<i4')], 'fortran_order': False, 'shape': (4,), }}", "([{".repeat(30)),
+                i32_data(4),
+                &[4],
+                "<i4",
+            ),
+            i1,
+            "Mismatch",
+        )
+        .standalone(s1, "DtypeMismatch"),
+        case(
+            // A valid header padded to just over the limit (65535 bytes).
+            "npy_header_over_64_kib",
+            npy_case(
+                {
+                    let dict = format!("{{'descr': '<i4', 'fortran_order': False, 'shape': (4,), }}{}", " ".repeat(65535));
+                    npy_ver(2, &dict, &i32_data(4))
+                },
+                good_meta(),
+            ),
+            i1,
+            "Corrupt",
+        )
+        .standalone(s1, "Corrupt"),
+        case(
+            // Braces nested as deep as allowed (8 levels) around 60 KiB that
+            // fail to parse at their end. A backtracking parser (as
+            // `ndarray-npy`'s is: a `{` is tried as a dict, twice, then as
+            // a set) would parse the inside 3^8 times.
+            "npy_backtracking_braces",
+            npy_case(
+                {
+                    let body = "1: 1, ".repeat(10_000);
+                    let dict = format!(
+                        "{{'descr': '<i4', 'fortran_order': False, 'shape': (4,), 'x': {}{body}1{}}}",
+                        "{".repeat(7),
+                        "}".repeat(7)
+                    );
+                    npy_ver(1, &dict, &i32_data(4))
+                },
+                good_meta(),
+            ),
+            i1,
+            "Corrupt",
+        )
+        .standalone(s1, "Corrupt"),
+        // --- .meta.json nesting -------------------------------------------
+        case(
+            "meta_deep_unknown_field",
+            meta_with(&format!(r#""schema_version": 1, {CLASS}, {SHAPE}, "x": {}"#, nest("[", 5000, "]"))),
+            i1,
+            "Corrupt",
+        ),
+        case(
+            // One level more than the limit (16): the object and 16 arrays.
+            "meta_nested_17_levels",
+            meta_with(&format!(r#""schema_version": 1, {CLASS}, {SHAPE}, "x": {}"#, nest("[", 16, "]"))),
+            i1,
+            "Corrupt",
+        ),
+        case(
+            "meta_deep_objects",
+            meta_case(format!("{}1{}", r#"{"a": "#.repeat(3000), "}".repeat(3000))),
+            i1,
+            "Corrupt",
+        ),
+        case("meta_deep_unclosed", meta_case("[".repeat(100_000)), i1, "Corrupt"),
+        case(
+            "meta_deep_shape",
+            meta_with(&format!(r#""schema_version": 1, {CLASS}, "shape": {}, "dtype": "<i4""#, nest("[", 5000, "]"))),
+            i1,
+            "Corrupt",
+        ),
+        case(
+            // Brackets inside strings do not count: the metadata is read
+            // (and its schema version refused).
+            "meta_brackets_in_strings_do_not_count",
+            meta_with(&format!(r#""schema_version": 2, {CLASS}, {SHAPE}, "x": "{}""#, "[{".repeat(500))),
+            i1,
+            "SchemaVersion",
+        ),
+        case(
+            "meta_brackets_after_escaped_quotes_do_not_count",
+            meta_with(&format!(r#""schema_version": 2, {CLASS}, {SHAPE}, "x": "\"{}\\", "y": "\\\"{}""#, "[".repeat(500), "{".repeat(500))),
+            i1,
+            "SchemaVersion",
+        ),
+        // --- shapes whose size overflows, zero dimensions or not ---------
+        case(
+            "npy_zero_dim_and_huge_dim",
+            dict(
+                "{'descr': '<i4', 'fortran_order': False, 'shape': (0, 9223372036854775808), }",
+                vec![],
+                &[0, 1 << 63],
+                "<i4",
+            ),
+            read_as::<i32, Ix2>,
+            "Corrupt",
+        )
+        .standalone(open_as::<i32, Ix2>, "Corrupt"),
+        case(
+            "npy_huge_dims_then_zero",
+            dict(
+                "{'descr': '<i4', 'fortran_order': False, 'shape': (1099511627776, 1099511627776, 0), }",
+                vec![],
+                &[1 << 40, 1 << 40, 0],
+                "<i4",
+            ),
+            read_as::<i32, ndarray::Ix3>,
+            "Corrupt",
+        )
+        .standalone(open_as::<i32, ndarray::Ix3>, "Corrupt"),
+        case(
+            // The element count fits in isize, the byte count does not.
+            "npy_zero_dim_and_bytes_over_isize",
+            dict(
+                "{'descr': '<i4', 'fortran_order': False, 'shape': (0, 2305843009213693952), }",
+                vec![],
+                &[0, 1 << 61],
+                "<i4",
+            ),
+            read_as::<i32, Ix2>,
+            "Corrupt",
+        )
+        .standalone(open_as::<i32, Ix2>, "Corrupt"),
+        case(
+            "npy_v2_zero_dim_and_huge_dim",
+            npy_case(
+                npy_ver(2, "{'descr': '<i4', 'fortran_order': False, 'shape': (9223372036854775808, 0), }", &[]),
+                meta_text(&[1 << 63, 0], "<i4"),
+            ),
+            read_as::<i32, Ix2>,
+            "Corrupt",
+        )
+        .standalone(open_as::<i32, Ix2>, "Corrupt"),
+        case(
+            // The metadata is sound; the header is what overflows.
+            "npy_zero_dim_overflow_meta_sound",
+            dict(
+                "{'descr': '<i4', 'fortran_order': False, 'shape': (0, 9223372036854775808), }",
+                vec![],
+                &[0, 5],
+                "<i4",
+            ),
+            read_as::<i32, Ix2>,
+            "Corrupt",
+        ),
+        case(
+            // The header is sound; the metadata is what overflows.
+            "meta_zero_dim_overflow_npy_sound",
+            npy_case(npy_of(&Array2::<i32>::zeros((0, 5))), meta_text(&[0, 1 << 63], "<i4")),
+            read_as::<i32, IxDyn>,
+            "Corrupt",
+        ),
+        case(
+            "meta_huge_dims_then_zero",
+            npy_case(good_npy(), meta_text(&[1 << 40, 1 << 40, 0], "<i4")),
+            read_as::<i32, IxDyn>,
+            "Corrupt",
+        ),
+        case(
+            "meta_zero_dim_and_bytes_over_isize",
+            npy_case(good_npy(), meta_text(&[0, 1 << 61], "<i4")),
+            read_as::<i32, IxDyn>,
+            "Corrupt",
+        ),
+        case(
+            "npy_dim_u64_max",
+            dict("{'descr': '<i4', 'fortran_order': False, 'shape': (18446744073709551615,), }", i32_data(4), &[4], "<i4"),
+            i1,
+            "Corrupt",
+        )
+        .standalone(s1, "Corrupt"),
+        case(
+            "npy_dim_over_u64",
+            dict("{'descr': '<i4', 'fortran_order': False, 'shape': (18446744073709551616,), }", i32_data(4), &[4], "<i4"),
+            i1,
+            "Corrupt",
+        )
+        .standalone(s1, "Corrupt"),
+        case(
+            "npy_negative_dim_after_zero",
+            dict("{'descr': '<i4', 'fortran_order': False, 'shape': (0, -1), }", vec![], &[0, 1], "<i4"),
+            read_as::<i32, Ix2>,
+            "Corrupt",
+        )
+        .standalone(open_as::<i32, Ix2>, "Corrupt"),
+        case(
+            "npy_float_dim",
+            dict("{'descr': '<i4', 'fortran_order': False, 'shape': (4.0,), }", i32_data(4), &[4], "<i4"),
+            i1,
+            "Corrupt",
+        )
+        .standalone(s1, "Corrupt"),
+        case(
+            "npy_string_dim",
+            dict("{'descr': '<i4', 'fortran_order': False, 'shape': ('4',), }", i32_data(4), &[4], "<i4"),
+            i1,
+            "Corrupt",
+        )
+        .standalone(s1, "Corrupt"),
+        case(
+            "npy_bool_dim",
+            dict("{'descr': '<i4', 'fortran_order': False, 'shape': (True,), }", i32_data(1), &[1], "<i4"),
+            i1,
+            "Corrupt",
+        )
+        .standalone(s1, "Corrupt"),
+        case(
+            "npy_none_dim",
+            dict("{'descr': '<i4', 'fortran_order': False, 'shape': (None,), }", i32_data(4), &[4], "<i4"),
+            i1,
+            "Corrupt",
+        )
+        .standalone(s1, "Corrupt"),
+        case(
+            "npy_shape_a_number",
+            dict("{'descr': '<i4', 'fortran_order': False, 'shape': 4, }", i32_data(4), &[4], "<i4"),
+            i1,
+            "Corrupt",
+        )
+        .standalone(s1, "Corrupt"),
+        case(
+            "meta_shape_u64_max",
+            meta_with(&format!(r#""schema_version": 1, {CLASS}, "shape": [18446744073709551615], "dtype": "<i4""#)),
+            i1,
+            "Corrupt",
+        ),
+        case(
+            "meta_shape_over_u64",
+            meta_with(&format!(r#""schema_version": 1, {CLASS}, "shape": [18446744073709551616], "dtype": "<i4""#)),
+            i1,
+            "Corrupt",
+        ),
+        case(
+            "meta_shape_exponent",
+            meta_with(&format!(r#""schema_version": 1, {CLASS}, "shape": [4e0], "dtype": "<i4""#)),
+            i1,
+            "Corrupt",
+        ),
+        case(
+            "meta_shape_bool",
+            meta_with(&format!(r#""schema_version": 1, {CLASS}, "shape": [true], "dtype": "<i4""#)),
+            i1,
+            "Corrupt",
+        ),
+        case(
+            "meta_shape_null_dim",
+            meta_with(&format!(r#""schema_version": 1, {CLASS}, "shape": [null], "dtype": "<i4""#)),
+            i1,
+            "Corrupt",
+        ),
+        case(
+            "meta_shape_nested_list",
+            meta_with(&format!(r#""schema_version": 1, {CLASS}, "shape": [[4]], "dtype": "<i4""#)),
+            i1,
+            "Corrupt",
+        ),
         // --- file types ---------------------------------------------------
         case(
             "npy_is_a_directory",
@@ -1488,6 +1911,48 @@ fn run_case(c: &Case) -> Result<(), String> {
             problems.push("standalone: files changed".into());
         }
     }
+    // The same reads, and the inspector, on a thread with a small stack.
+    // The same variants as on the normal stack.
+    let small = [c.expect, c.standalone.map_or("", |(_, e)| e)];
+    let (access, standalone, verify_bad) = (c.access, c.standalone, c.verify_bad);
+    let got = on_small_stack(|| {
+        catch_unwind(AssertUnwindSafe(|| {
+            let s =
+                DiskBackedStore::open_read_only(&store).map_err(|e| format!("open failed: {e}"))?;
+            let r = access(&s, K);
+            drop(s);
+            let reports = inspect_store(&store, InspectOptions { read_data: true })
+                .map_err(|e| format!("inspect failed: {e}"))?;
+            if verify_bad && reports.iter().all(|r| r.problem.is_none()) {
+                return Err(format!("the inspector calls it sound: {reports:?}"));
+            }
+            let standalone = standalone.map(|(open, _)| open(&store.join(format!("{K}.npy"))));
+            Ok((r, standalone))
+        }))
+    });
+    match got {
+        Err(_) => problems.push("small stack: panicked".into()),
+        Ok(Err(e)) => problems.push(format!("small stack: {e}")),
+        Ok(Ok((r, standalone))) => {
+            for ((what, r), small) in [("read", Some(r)), ("standalone", standalone)]
+                .into_iter()
+                .zip(small)
+            {
+                match r {
+                    None => {}
+                    Some(Ok(())) => problems.push(format!("small stack: {what} succeeded")),
+                    Some(Err(e)) if variant(&e) != small => problems.push(format!(
+                        "small stack: {what}: expected {small}, got {}: {e}",
+                        variant(&e)
+                    )),
+                    Some(Err(_)) => {}
+                }
+            }
+        }
+    }
+    if tree(&store) != store0 || tree(&outside) != outside0 {
+        problems.push("small stack: files changed".into());
+    }
     if problems.is_empty() {
         Ok(())
     } else {
@@ -1495,19 +1960,80 @@ fn run_case(c: &Case) -> Result<(), String> {
     }
 }
 
+/// Runs every case of `names` in its own child process (the `#[ignore]`d
+/// test `child`, told the case by the environment variable `var`), a few
+/// at a time, under a timeout: a case passes only if its child exits with
+/// status 0 after printing `case NAME: ok`. A panic, an abort (a stack
+/// overflow), a signal or a hang of one case is reported as that case's
+/// failure. Returns the failures.
+fn run_cases_in_children(child: &str, var: &str, names: &[&str]) -> Vec<String> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(name) = names.get(i) else { break };
+                let run = run_child(
+                    child,
+                    &[(var, std::ffi::OsStr::new(name))],
+                    Duration::from_secs(120),
+                );
+                if !(run.ok() && run.output.contains(&format!("case {name}: ok"))) {
+                    // The panic message if there is one, else the end.
+                    let lines: Vec<&str> = run.output.lines().collect();
+                    let from = lines
+                        .iter()
+                        .position(|l| l.contains("panicked at"))
+                        .unwrap_or(lines.len().saturating_sub(12));
+                    let tail = lines[from..]
+                        .iter()
+                        .take_while(|l| {
+                            !l.starts_with("stack backtrace") && !l.starts_with("note:")
+                        })
+                        .take(12)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join("\n    ");
+                    let status = match run.status {
+                        None => "killed after 120 s (a hang)".to_string(),
+                        Some(st) => format!("{st}"),
+                    };
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{name}: {status}:\n    {tail}"));
+                }
+            });
+        }
+    });
+    let mut f = failures.into_inner().unwrap();
+    f.sort();
+    f
+}
+
+/// Every case of the corpus, each in its own child process (see
+/// `run_case` for what is checked).
 #[test]
 fn corpus_every_malformed_entry_has_its_typed_error() {
     let corpus = corpus();
-    let names: BTreeSet<&str> = corpus.iter().map(|c| c.name).collect();
-    assert_eq!(names.len(), corpus.len(), "case names are unique");
-    let failures: Vec<String> = corpus
-        .iter()
-        .filter_map(|c| run_case(c).err().map(|e| format!("{}: {e}", c.name)))
-        .collect();
+    let names: Vec<&str> = corpus.iter().map(|c| c.name).collect();
+    assert_eq!(
+        names.iter().collect::<BTreeSet<_>>().len(),
+        corpus.len(),
+        "case names are unique"
+    );
+    let start = Instant::now();
+    let failures = run_cases_in_children(
+        "reliability::corpus_case_child",
+        "NDOFFLOAD_CORPUS_CASE",
+        &names,
+    );
     let standalone = corpus.iter().filter(|c| c.standalone.is_some()).count();
     eprintln!(
-        "corpus: {} malformed entries ({standalone} also as standalone .npy files)",
-        corpus.len()
+        "corpus: {} malformed entries ({standalone} also as standalone .npy files), one child process each, in {:.1} s",
+        corpus.len(),
+        start.elapsed().as_secs_f64()
     );
     assert!(
         failures.is_empty(),
@@ -1516,6 +2042,318 @@ fn corpus_every_malformed_entry_has_its_typed_error() {
         failures.join("\n")
     );
     assert!(corpus.len() >= 30);
+}
+
+/// One case of `corpus_every_malformed_entry_has_its_typed_error`, named by
+/// `NDOFFLOAD_CORPUS_CASE`.
+#[test]
+#[ignore = "run in a child process by corpus_every_malformed_entry_has_its_typed_error"]
+fn corpus_case_child() {
+    let Ok(name) = std::env::var("NDOFFLOAD_CORPUS_CASE") else {
+        return;
+    };
+    let corpus = corpus();
+    let Some(c) = corpus.iter().find(|c| c.name == name) else {
+        panic!("no corpus case {name:?}");
+    };
+    if let Err(e) = run_case(c) {
+        panic!("case {name}: {e}");
+    }
+    println!("case {name}: ok");
+}
+
+// ---------------------------------------------------------------------------
+// 2b. Hostile packs and pack sets
+// ---------------------------------------------------------------------------
+
+/// A hostile pack or pack set: `build` writes it into a directory and
+/// returns the path to open; every reader must fail with `expect`.
+struct PackCase {
+    name: &'static str,
+    build: Box<dyn Fn(&Path) -> PathBuf>,
+    /// Whether `build` makes a pack set manifest (else one pack).
+    set: bool,
+    expect: &'static str,
+}
+
+/// Rewrites the descriptor of the first entry of the pack at `p` with `f`
+/// and recomputes its checksum, so that only what `f` changed is wrong.
+fn patch_first_desc(p: &Path, f: impl FnOnce(&mut [u8])) {
+    let mut b = std::fs::read(p).unwrap();
+    let le64 = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    let trailer = b.len() - 128;
+    let index_off = le64(&b, trailer + 32) as usize;
+    let off = le64(&b, index_off) as usize;
+    let len = u32::from_le_bytes(b[off..off + 4].try_into().unwrap()) as usize;
+    f(&mut b[off..off + len]);
+    let crc = crc32fast::hash(&b[off + 8..off + len]);
+    b[off + 4..off + 8].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(p, b).unwrap();
+}
+
+/// A pack holding one array of `T` with `shape`, whose dimensions are then
+/// replaced by `dims` in the descriptor.
+fn pack_with_dims<T: Element + Default>(
+    shape: &[usize],
+    dims: &'static [u64],
+) -> Box<dyn Fn(&Path) -> PathBuf> {
+    let shape = shape.to_vec();
+    Box::new(move |d| {
+        let p = d.join("a.pack");
+        let mut w = PackWriter::create(&p).unwrap();
+        w.append(
+            "t",
+            &Array::<T, IxDyn>::from_elem(IxDyn(&shape), T::default()),
+        )
+        .unwrap();
+        w.finish().unwrap();
+        patch_first_desc(&p, |desc| {
+            // One array record after the 24-byte head, then the dimensions.
+            assert_eq!(usize::from(desc[24 + 23]), dims.len());
+            for (i, x) in dims.iter().enumerate() {
+                let at = 24 + 32 + 8 * i;
+                desc[at..at + 8].copy_from_slice(&x.to_le_bytes());
+            }
+        });
+        p
+    })
+}
+
+/// A pack holding one entry whose metadata is replaced by `meta` (written
+/// as a string of the same length, then overwritten in place).
+fn pack_with_meta(meta: String) -> Box<dyn Fn(&Path) -> PathBuf> {
+    Box::new(move |d| {
+        let p = d.join("a.pack");
+        let placeholder = format!("\"{}\"", "m".repeat(meta.len() - 2));
+        let mut w = PackWriter::create(&p).unwrap();
+        w.append_with_meta(
+            "t",
+            &ndarray::array![1u8, 2],
+            &serde_json::Value::String("m".repeat(meta.len() - 2)),
+        )
+        .unwrap();
+        w.finish().unwrap();
+        patch_first_desc(&p, |desc| {
+            let at = desc
+                .windows(placeholder.len())
+                .position(|w| w == placeholder.as_bytes())
+                .unwrap();
+            desc[at..at + meta.len()].copy_from_slice(meta.as_bytes());
+        });
+        p
+    })
+}
+
+/// A pack set of one sound shard whose manifest has `extra` (JSON text) as
+/// its `shards` value, or as an extra field when `field` is set.
+fn pack_set_with(extra: String, field: bool) -> Box<dyn Fn(&Path) -> PathBuf> {
+    Box::new(move |d| {
+        let mut w = PackWriter::create(d.join("s-0.pack")).unwrap();
+        w.append("t", &ndarray::array![1u8, 2]).unwrap();
+        w.finish().unwrap();
+        let shards = if field {
+            r#"["s-0.pack"]"#
+        } else {
+            extra.as_str()
+        };
+        let mut m = format!(
+            r#"{{"format": "ndarray-offload pack set", "version": 1, "entries": 1, "shards": {shards}"#
+        );
+        if field {
+            m.push_str(&format!(r#", "x": {extra}"#));
+        }
+        m.push('}');
+        let p = d.join("s.packset.json");
+        std::fs::write(&p, m).unwrap();
+        p
+    })
+}
+
+fn pack_corpus() -> Vec<PackCase> {
+    let pack = |name, build, expect| PackCase {
+        name,
+        build,
+        set: false,
+        expect,
+    };
+    let set = |name, build, expect| PackCase {
+        name,
+        build,
+        set: true,
+        expect,
+    };
+    vec![
+        pack(
+            "pack_zero_dim_and_huge_dim",
+            pack_with_dims::<u8>(&[0, 5], &[0, 1 << 63]),
+            "Corrupt",
+        ),
+        pack(
+            "pack_huge_dims_then_zero",
+            pack_with_dims::<u8>(&[0, 5, 5], &[1 << 40, 1 << 40, 0]),
+            "Corrupt",
+        ),
+        pack(
+            "pack_zero_dim_and_bytes_over_isize",
+            pack_with_dims::<i32>(&[0, 5], &[0, 1 << 61]),
+            "Corrupt",
+        ),
+        pack(
+            "pack_dim_u64_max",
+            pack_with_dims::<u8>(&[0], &[u64::MAX]),
+            "Corrupt",
+        ),
+        pack(
+            "pack_meta_deep",
+            pack_with_meta(nest("[", 3000, "]")),
+            "Corrupt",
+        ),
+        pack(
+            "pack_meta_deep_objects",
+            pack_with_meta(format!("{}1{}", r#"{"a": "#.repeat(1000), "}".repeat(1000))),
+            "Corrupt",
+        ),
+        pack(
+            // One level more than the limit (16).
+            "pack_meta_nested_17_levels",
+            pack_with_meta(nest("[", 17, "]")),
+            "Corrupt",
+        ),
+        set(
+            "pack_set_manifest_deep_field",
+            pack_set_with(nest("[", 5000, "]"), true),
+            "Corrupt",
+        ),
+        set(
+            "pack_set_manifest_deep_shards",
+            pack_set_with(nest("[", 5000, "]"), false),
+            "Corrupt",
+        ),
+        set(
+            "pack_set_manifest_unclosed",
+            pack_set_with("{\"a\": [".repeat(20_000), true),
+            "Corrupt",
+        ),
+    ]
+}
+
+/// Reads a pack every way a program might; the first error is returned.
+fn read_pack(p: &Path) -> ndarray_offload::Result<()> {
+    let r = PackReader::open(p)?;
+    for e in r.iter() {
+        let e = e?;
+        e.meta()?;
+        e.info()?;
+        for a in e.arrays() {
+            let a = a?;
+            let _ = a.get::<u8, IxDyn>();
+            let _ = a.get::<i32, IxDyn>();
+        }
+        e.to_sample()?;
+    }
+    r.verify()?;
+    Ok(())
+}
+
+fn read_pack_set(p: &Path) -> ndarray_offload::Result<()> {
+    let s = PackSet::open(p)?;
+    for shard in s.shards() {
+        read_pack(shard.path())?;
+    }
+    Ok(())
+}
+
+/// Runs one pack case: every reader fails with the expected variant, on
+/// the normal stack and on a small one; the inspector (library and
+/// `ndoffload verify`) reports the pack as bad; nothing changes.
+fn run_pack_case(c: &PackCase) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = (c.build)(dir.path());
+    let before = tree(dir.path());
+    let read = if c.set { read_pack_set } else { read_pack };
+    let mut problems = Vec::new();
+    let normal = catch_unwind(AssertUnwindSafe(|| read(&p)));
+    let small = on_small_stack(|| catch_unwind(AssertUnwindSafe(|| read(&p))));
+    for (what, r) in [("normal stack", normal), ("small stack", small)] {
+        match r {
+            Err(_) => problems.push(format!("{what}: panicked")),
+            Ok(Ok(())) => problems.push(format!("{what}: read succeeded")),
+            Ok(Err(e)) if variant(&e) != c.expect => problems.push(format!(
+                "{what}: expected {}, got {}: {e}",
+                c.expect,
+                variant(&e)
+            )),
+            Ok(Err(_)) => {}
+        }
+    }
+    if !c.set {
+        let inspected = on_small_stack(|| {
+            inspect_pack(&p, InspectOptions { read_data: true })
+                .map(|rs| rs.iter().any(|r| r.problem.is_some()))
+        });
+        if matches!(inspected, Ok(false)) {
+            problems.push("inspect_pack calls it sound".into());
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_ndoffload"))
+            .arg("verify")
+            .arg(&p)
+            .output()
+            .unwrap();
+        if !matches!(out.status.code(), Some(1 | 2)) {
+            problems.push(format!(
+                "ndoffload verify: {}: {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    if tree(dir.path()) != before {
+        problems.push("files changed".into());
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// Every hostile pack and pack set, each in its own child process.
+#[test]
+fn corpus_hostile_packs_and_pack_sets() {
+    let corpus = pack_corpus();
+    let names: Vec<&str> = corpus.iter().map(|c| c.name).collect();
+    assert_eq!(names.iter().collect::<BTreeSet<_>>().len(), corpus.len());
+    let failures = run_cases_in_children(
+        "reliability::corpus_pack_case_child",
+        "NDOFFLOAD_PACK_CASE",
+        &names,
+    );
+    eprintln!("pack corpus: {} hostile packs and pack sets", corpus.len());
+    assert!(
+        failures.is_empty(),
+        "{} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// One case of `corpus_hostile_packs_and_pack_sets`, named by
+/// `NDOFFLOAD_PACK_CASE`.
+#[test]
+#[ignore = "run in a child process by corpus_hostile_packs_and_pack_sets"]
+fn corpus_pack_case_child() {
+    let Ok(name) = std::env::var("NDOFFLOAD_PACK_CASE") else {
+        return;
+    };
+    let corpus = pack_corpus();
+    let Some(c) = corpus.iter().find(|c| c.name == name) else {
+        panic!("no pack case {name:?}");
+    };
+    if let Err(e) = run_pack_case(c) {
+        panic!("case {name}: {e}");
+    }
+    println!("case {name}: ok");
 }
 
 /// A directory holding every malformed entry at once (and one sound entry):
@@ -1537,7 +2375,8 @@ fn corpus_verify_reports_every_bad_entry() {
         s.insert_durable("sound", ndarray::array![1.5f64, 2.5])
             .unwrap();
     }
-    // Pairs under names the store refuses are not entries: not reported.
+    // Pairs under names the store refuses are not entries, but are
+    // reported as ignored.
     std::fs::write(store.join("CON.npy"), good_npy()).unwrap();
     std::fs::write(store.join("CON.meta.json"), good_meta()).unwrap();
     let long = "x".repeat(201);
@@ -1566,6 +2405,7 @@ fn corpus_verify_reports_every_bad_entry() {
         .iter()
         .filter(|c| c.verify_bad)
         .map(|c| c.name)
+        .chain(["CON", long.as_str()])
         .collect();
     let got: BTreeSet<&str> = reported.iter().copied().collect();
     assert_eq!(reported.len(), got.len(), "one line per entry:\n{stdout}");
@@ -1573,10 +2413,22 @@ fn corpus_verify_reports_every_bad_entry() {
     assert_eq!(tree(&store), store0, "verify changed the store");
     assert_eq!(tree(&outside), outside0);
     eprintln!(
-        "verify reported {} bad entries of {}",
-        got.len(),
+        "verify reported {} bad entries of {} and 2 ignored names",
+        got.len() - 2,
         corpus.len() + 1
     );
+    // `ls` lists them all, bad or not, and changes nothing either.
+    let out = Command::new(env!("CARGO_BIN_EXE_ndoffload"))
+        .args(["ls", "--json"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        corpus.len() + 1 + 2
+    );
+    assert_eq!(tree(&store), store0, "ls changed the store");
 
     // The library's inspector agrees and a writable open lists them too.
     let reports = inspect_store(&store, InspectOptions { read_data: true }).unwrap();
@@ -1885,7 +2737,24 @@ enum Mutation {
     /// Replace one of the header's characters with one that means
     /// something in a header.
     Token(usize, u8),
+    /// Insert `n` copies of a run of brackets (maybe with quotes, which
+    /// hide what follows them from the nesting count) at a position.
+    Nest(usize, &'static str, usize),
 }
+
+/// Runs of brackets for [`Mutation::Nest`] and [`deep_text`].
+const NEST_UNITS: [&str; 10] = [
+    "(",
+    "[",
+    "{",
+    "([{",
+    "(((",
+    "('",
+    "[\"",
+    "\\'(",
+    "{'a': ",
+    "{\"a\": [",
+];
 
 fn mutation() -> impl Strategy<Value = Mutation> {
     let meaningful =
@@ -1896,7 +2765,48 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         1 => (0usize..200, prop::collection::vec(any::<u8>(), 1..8)).prop_map(|(i, b)| Mutation::Insert(i, b)),
         1 => (0usize..200, 1usize..16).prop_map(|(i, n)| Mutation::Delete(i, n)),
         4 => (10usize..128, meaningful).prop_map(|(i, b)| Mutation::Token(i, b)),
+        1 => (10usize..140, prop::sample::select(NEST_UNITS.to_vec()), 1usize..3000)
+            .prop_map(|(i, u, n)| Mutation::Nest(i, u, n)),
     ]
+}
+
+/// Nesting `depth` levels deep made of random bracket runs, closed or not.
+fn deep_text() -> impl Strategy<Value = String> {
+    (
+        prop::collection::vec(prop::sample::select(NEST_UNITS.to_vec()), 1..4),
+        0usize..3000,
+        any::<bool>(),
+    )
+        .prop_map(|(units, depth, close)| {
+            let mut t = String::new();
+            for i in 0..depth {
+                t.push_str(units[i % units.len()]);
+            }
+            if close {
+                for c in t.clone().chars().rev() {
+                    match c {
+                        '(' => t.push(')'),
+                        '[' => t.push(']'),
+                        '{' => t.push('}'),
+                        _ => {}
+                    }
+                }
+            }
+            t
+        })
+}
+
+/// A `.npy` file of format 1, 2 or 3 whose header has deep nesting in its
+/// shape, its descr or an extra field.
+fn deep_npy() -> impl Strategy<Value = Vec<u8>> {
+    (1u8..=3, 0usize..3, deep_text()).prop_map(|(version, place, deep)| {
+        let dict = match place {
+            0 => format!("{{'descr': '<i4', 'fortran_order': False, 'shape': {deep}, }}"),
+            1 => format!("{{'descr': {deep}, 'fortran_order': False, 'shape': (4,), }}"),
+            _ => format!("{{'descr': '<i4', 'fortran_order': False, 'shape': (4,), 'x': {deep}}}"),
+        };
+        npy_ver(version, &dict, &i32_data(4))
+    })
 }
 
 fn mutate(mut b: Vec<u8>, muts: &[Mutation]) -> Vec<u8> {
@@ -1923,6 +2833,10 @@ fn mutate(mut b: Vec<u8>, muts: &[Mutation]) -> Vec<u8> {
                     b.drain(i..end);
                 }
             }
+            Mutation::Nest(i, unit, n) => {
+                let i = i % (b.len() + 1);
+                b.splice(i..i, unit.repeat(*n).into_bytes());
+            }
         }
     }
     b
@@ -1940,6 +2854,7 @@ fn npy_bytes() -> impl Strategy<Value = Vec<u8>> {
         }),
         6 => (0..n, prop::collection::vec(mutation(), 1..5))
             .prop_map(|(i, m)| mutate(base_npys()[i].0.clone(), &m)),
+        1 => deep_npy(),
     ]
 }
 
@@ -1990,11 +2905,49 @@ fn meta_bytes() -> impl Strategy<Value = Vec<u8>> {
             }
             Value::Object(o).to_string().into_bytes()
         });
+    // JSON nesting: arrays and objects, strings holding brackets (each
+    // unit with what closes it).
+    let deep_json = (
+        prop::collection::vec(
+            prop::sample::select(vec![
+                ("[", "]"),
+                ("{\"a\": ", "}"),
+                ("[{\"b\": ", "}]"),
+                ("[\"[{\", ", "]"),
+                ("[\"\\\"[\", ", "]"),
+            ]),
+            1..4,
+        ),
+        0usize..3000,
+        any::<bool>(),
+    )
+        .prop_map(|(units, depth, close)| {
+            let mut t = String::new();
+            for i in 0..depth {
+                t.push_str(units[i % units.len()].0);
+            }
+            t.push('1');
+            if close {
+                for i in (0..depth).rev() {
+                    t.push_str(units[i % units.len()].1);
+                }
+            }
+            t
+        });
+    let deep = (prop_oneof![deep_text(), deep_json], any::<bool>()).prop_map(|(deep, field)| {
+        if field {
+            format!(r#"{{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray", "shape": [4], "dtype": "<i4", "x": {deep}}}"#)
+        } else {
+            deep
+        }
+        .into_bytes()
+    });
     prop_oneof![
         1 => prop::collection::vec(any::<u8>(), 0..200),
         2 => prop::collection::vec(mutation(), 1..5)
             .prop_map(|m| mutate(good_meta().into_bytes(), &m)),
         4 => object,
+        1 => deep,
     ]
 }
 
@@ -2088,6 +3041,75 @@ proptest! {
         poke_file(&p);
         prop_assert_eq!(std::fs::read(&p).unwrap(), npy, "opening changed the file");
     }
+}
+
+/// The three random-bytes properties again, every file read on a thread
+/// with a small stack, in a child process: a parser that recursed on a
+/// file's nesting would overflow that stack, and the abort is reported as
+/// this test's failure instead of ending the test run.
+/// `NDOFFLOAD_PROPTEST_CASES` sets the cases of each property (default 64).
+#[test]
+fn random_bytes_on_a_small_stack() {
+    let run = run_child(
+        "reliability::random_bytes_on_a_small_stack_child",
+        &[("NDOFFLOAD_SMALL_STACK_CHILD", std::ffi::OsStr::new("1"))],
+        Duration::from_secs(900),
+    );
+    let lines: Vec<&str> = run.output.lines().collect();
+    if let Some(l) = lines.iter().find(|l| l.contains("on a small stack: ok")) {
+        eprintln!("{l}");
+    }
+    assert!(
+        run.ok() && run.output.contains("random bytes on a small stack: ok"),
+        "status {:?}:\n{}",
+        run.status,
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    );
+}
+
+#[test]
+#[ignore = "run in a child process by random_bytes_on_a_small_stack"]
+fn random_bytes_on_a_small_stack_child() {
+    if std::env::var_os("NDOFFLOAD_SMALL_STACK_CHILD").is_none() {
+        return;
+    }
+    // A runner counts the cases of all its runs: one per property.
+    let runner = || proptest::test_runner::TestRunner::new(config(cases(64)));
+    let n = AtomicU64::new(0);
+    runner()
+        .run(&(npy_bytes(), 0usize..6), |(npy, meta_of)| {
+            n.fetch_add(1, Ordering::Relaxed);
+            let dir = tempfile::tempdir().unwrap();
+            let (_, shape, dtype) = &base_npys()[meta_of];
+            npy_case(npy, meta_text(shape, dtype))(dir.path(), dir.path(), K);
+            on_small_stack(|| poke_store(dir.path()));
+            Ok(())
+        })
+        .unwrap();
+    runner()
+        .run(&meta_bytes(), |meta| {
+            n.fetch_add(1, Ordering::Relaxed);
+            let dir = tempfile::tempdir().unwrap();
+            meta_case(meta)(dir.path(), dir.path(), K);
+            on_small_stack(|| poke_store(dir.path()));
+            Ok(())
+        })
+        .unwrap();
+    runner()
+        .run(&npy_bytes(), |npy| {
+            n.fetch_add(1, Ordering::Relaxed);
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("a.npy");
+            std::fs::write(&p, &npy).unwrap();
+            on_small_stack(|| poke_file(&p));
+            prop_assert_eq!(std::fs::read(&p).unwrap(), npy, "opening changed the file");
+            Ok(())
+        })
+        .unwrap();
+    println!(
+        "random bytes on a small stack: ok ({} cases)",
+        n.load(Ordering::Relaxed)
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -34,56 +34,18 @@
 //! it.
 
 use std::collections::BTreeSet;
-use std::io::BufWriter;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
-use super::meta::{self, Commit, EntryFlags, Meta};
+use super::{PairJob, SyncMode};
 use crate::error::{Error, IoContext, Result};
-use crate::io::{self, Dir, FileId, Kind, SeamFile, TempFile};
+use crate::io::{self, Dir, FileId, Kind, TempFile};
 use crate::name::EntryName;
-
-/// Writes an entry's `.npy` bytes to the temporary file (the path is the
-/// final one, for error messages).
-pub(crate) type WriteNpy<'a> = Box<dyn FnOnce(&mut BufWriter<SeamFile>, &Path) -> Result<()> + 'a>;
-
-/// One pair to publish.
-pub(crate) struct PairJob<'a> {
-    pub name: &'a EntryName,
-    pub shape: Vec<usize>,
-    pub dtype: String,
-    pub flags: EntryFlags,
-    /// Whether the entry may still publish (it was not replaced or removed
-    /// meanwhile): checked at the rename, under `io::OWNERSHIP`.
-    pub publish: &'a AtomicBool,
-    /// The entry's version whose data this job writes, and the newest
-    /// version of the entry renamed into place so far: an older snapshot
-    /// (a flush that wrote its files before an offload published newer
-    /// data) is never renamed over a newer one.
-    pub version: u64,
-    pub published: &'a AtomicU64,
-    pub write_npy: WriteNpy<'a>,
-}
+use crate::store::meta::{self, Commit, Meta};
 
 struct Staged {
     npy: TempFile,
     meta: TempFile,
     id: FileId,
-}
-
-/// How the temporary files of a publish are made durable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum SyncMode {
-    /// `fsync` each file, `fsync` the directory after the renames.
-    PerFile,
-    /// One `syncfs` on the store's file system (Linux; `fsync` each file
-    /// elsewhere), `fsync` the directory after the renames.
-    FileSystem,
-    /// As `FileSystem`, but the directory is not synced: the new pair is
-    /// complete and its data durable, but the renames may not survive a
-    /// crash (the key then reads as its old value). Used for spills; the
-    /// store syncs the directory on its next flush.
-    Spill,
 }
 
 /// Publishes every job; returns the new `.npy` identities in job order

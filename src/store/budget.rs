@@ -1,0 +1,272 @@
+//! A store's memory budget: the accounting of resident bytes its entries
+//! report ([`Account`]), the least-recently-used order of resident entries,
+//! offloading on system memory pressure, and eviction.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+use super::stats::Counters;
+use super::{DiskBackedStore, Inner};
+use crate::array::ArrayState;
+use crate::name::EntryName;
+use crate::size::{available_memory, ByteSize};
+
+/// Offloading on host-wide memory pressure (off by default).
+///
+/// When the memory available to the process (as `sysinfo` reports it for
+/// the host, capped by the process's cgroup limit on Linux) falls below
+/// `min_available`, the store offloads least-recently-used entries until its
+/// resident bytes are at most `target_resident`.
+///
+/// # Examples
+///
+/// ```
+/// use ndarray_offload::{StoreBuilder, SystemPressure};
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = StoreBuilder::new(dir.path())
+///     .system_pressure(SystemPressure::new(512 << 20, 64 << 20))
+///     .open()?;
+/// # drop(store);
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SystemPressure {
+    /// Available-memory threshold that triggers offloading.
+    pub min_available: u64,
+    /// Resident bytes to offload down to once triggered.
+    pub target_resident: u64,
+}
+
+impl SystemPressure {
+    /// Offload down to `target_resident` bytes whenever less than
+    /// `min_available` bytes of memory are available.
+    pub const fn new(min_available: u64, target_resident: u64) -> Self {
+        SystemPressure {
+            min_available,
+            target_resident,
+        }
+    }
+}
+
+/// Resident entries in least-recently-used order.
+#[derive(Debug, Default)]
+pub(crate) struct Lru {
+    by_tick: BTreeMap<u64, EntryName>,
+    tick_of: std::collections::HashMap<EntryName, u64>,
+    next: u64,
+}
+
+impl Lru {
+    /// Marks `name` as used now (adding it if absent).
+    pub(crate) fn touch(&mut self, name: &EntryName) {
+        self.next += 1;
+        if let Some(old) = self.tick_of.insert(name.clone(), self.next) {
+            self.by_tick.remove(&old);
+        }
+        self.by_tick.insert(self.next, name.clone());
+    }
+
+    /// Stops tracking `name`.
+    pub(crate) fn remove(&mut self, name: &EntryName) {
+        if let Some(t) = self.tick_of.remove(name) {
+            self.by_tick.remove(&t);
+        }
+    }
+
+    /// Names from least to most recently used.
+    pub(crate) fn oldest_first(&self) -> Vec<EntryName> {
+        self.by_tick.values().cloned().collect()
+    }
+
+    /// Number of tracked names.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.by_tick.len()
+    }
+}
+
+/// The store's accounting of resident bytes, shared with its entries.
+pub(crate) struct Account {
+    resident: AtomicU64,
+    /// Set when a spill renamed files without syncing the directory.
+    dir_unsynced: AtomicBool,
+    /// Set while the budget is exceeded because entries are pinned.
+    over: AtomicBool,
+    store: Weak<Inner>,
+}
+
+impl Account {
+    /// The accounting of the store `store` (nothing resident yet).
+    pub(super) fn new(store: Weak<Inner>) -> Self {
+        Account {
+            resident: AtomicU64::new(0),
+            dir_unsynced: AtomicBool::new(false),
+            over: AtomicBool::new(false),
+            store,
+        }
+    }
+
+    pub(crate) fn add_resident(&self, delta: i64) {
+        if delta >= 0 {
+            self.resident.fetch_add(delta as u64, Ordering::Relaxed);
+        } else {
+            self.resident
+                .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn resident(&self) -> u64 {
+        self.resident.load(Ordering::Relaxed)
+    }
+
+    /// Whether a spill renamed files without syncing the directory since
+    /// the last call (the caller syncs it, or marks it again).
+    pub(super) fn take_dir_unsynced(&self) -> bool {
+        self.dir_unsynced.swap(false, Ordering::AcqRel)
+    }
+
+    pub(crate) fn mark_dir_unsynced(&self) {
+        self.dir_unsynced.store(true, Ordering::Release);
+    }
+
+    /// Puts `name` back into the least-recently-used order (it was mapped
+    /// by an access the store did not see).
+    pub(crate) fn touch(&self, name: &EntryName) {
+        if let Some(inner) = self.store.upgrade() {
+            inner.lru.lock().touch(name);
+        }
+    }
+
+    /// A guard on an entry ended: if the store is over its budget (because
+    /// entries were pinned, or because the access mapped an entry), evict
+    /// now.
+    pub(crate) fn guard_released(&self) {
+        if let Some(inner) = self.store.upgrade() {
+            if self.over.load(Ordering::Relaxed)
+                || inner.budget().is_some_and(|b| self.resident() > b)
+            {
+                inner.enforce_budget();
+                crate::mmap::trim_if_due();
+            }
+        }
+    }
+}
+
+impl DiskBackedStore {
+    /// Changes the memory budget (`None`: no budget) and enforces it.
+    pub fn set_memory_budget(&self, budget: Option<ByteSize>) {
+        let b = budget.map_or(u64::MAX, |b| b.bytes().min(u64::MAX - 1));
+        self.inner.budget.store(b, Ordering::Relaxed);
+        self.inner.enforce_budget();
+    }
+
+    /// Offloads least-recently-used entries until the store is within its
+    /// memory budget (this also happens after every insert and whenever a
+    /// guard ends while the store is over budget).
+    pub fn enforce_budget(&self) {
+        self.inner.enforce_budget();
+    }
+
+    /// Total bytes of entries currently held in RAM.
+    pub fn resident_bytes(&self) -> u64 {
+        self.inner.account.resident()
+    }
+}
+
+impl Inner {
+    pub(super) fn budget(&self) -> Option<u64> {
+        let b = self.budget.load(Ordering::Relaxed);
+        (b != u64::MAX).then_some(b)
+    }
+
+    /// The resident-bytes limit in force now: the budget, or the system
+    /// pressure target when available memory is low (checked at most every
+    /// 100 ms).
+    fn limit(&self) -> Option<u64> {
+        let mut limit = self.budget();
+        if let Some(p) = self.pressure {
+            let mut last = self.last_pressure_check.lock();
+            let due = last.is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
+            if due {
+                *last = Some(Instant::now());
+                if available_memory().is_some_and(|a| a < p.min_available) {
+                    limit = Some(limit.map_or(p.target_resident, |b| b.min(p.target_resident)));
+                }
+            }
+        }
+        limit
+    }
+
+    /// Offloads least-recently-used entries until the resident bytes are
+    /// within the limit. Entries pinned by a live guard are skipped; if only
+    /// pinned entries remain, the event is counted and eviction resumes when
+    /// a guard ends.
+    pub(super) fn enforce_budget(&self) {
+        if self.read_only {
+            return;
+        }
+        let Some(limit) = self.limit() else { return };
+        if self.account.resident() <= limit {
+            self.account.over.store(false, Ordering::Relaxed);
+            return;
+        }
+        let _g = self.evicting.lock();
+        let order = self.lru.lock().oldest_first();
+        for name in order {
+            if self.account.resident() <= limit {
+                break;
+            }
+            let slot = self.entries.read().get(&name).cloned();
+            let loaded = slot.and_then(|s| s.lock().loaded.clone());
+            let Some(l) = loaded else {
+                self.lru.lock().remove(&name);
+                continue;
+            };
+            let bytes = l.resident_bytes();
+            match l.try_offload() {
+                Ok(true) => {
+                    Counters::add(&self.counters.evictions);
+                    self.lru.lock().remove(&name);
+                    tracing::debug!(name = name.as_str(), bytes, "evicted");
+                }
+                Ok(false) => {
+                    if l.state() == ArrayState::Offloaded || !l.flags().caching {
+                        self.lru.lock().remove(&name);
+                    }
+                    // else: pinned by a live guard; keep it for later.
+                }
+                Err(e) => {
+                    tracing::warn!(name = name.as_str(), error = %e, "eviction failed; the entry stays in RAM");
+                }
+            }
+        }
+        let over = self.account.resident() > limit;
+        if over {
+            Counters::add(&self.counters.over_budget);
+        }
+        self.account.over.store(over, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lru_order() {
+        let n = |s: &str| EntryName::new(s).unwrap();
+        let mut l = Lru::default();
+        l.touch(&n("a"));
+        l.touch(&n("b"));
+        l.touch(&n("c"));
+        l.touch(&n("a"));
+        assert_eq!(l.oldest_first(), vec![n("b"), n("c"), n("a")]);
+        l.remove(&n("c"));
+        assert_eq!(l.oldest_first(), vec![n("b"), n("a")]);
+        assert_eq!(l.len(), 2);
+    }
+}

@@ -1,0 +1,207 @@
+//! Opening a store: [`StoreBuilder`], the lock, the listing of the
+//! directory and the recovery of interrupted operations.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::budget::{Account, Lru, SystemPressure};
+use super::entry::Slot;
+use super::meta::EntryFlags;
+use super::stats::Counters;
+use super::storage::{Listed, LocalDir, LockMode, Storage};
+use super::{DiskBackedStore, Inner};
+use crate::config::CacheConfig;
+#[cfg(doc)]
+use crate::error::Error;
+use crate::error::{IoContext, Result};
+use crate::size::ByteSize;
+
+/// Options for opening a [`DiskBackedStore`].
+///
+/// ## Defaults
+///
+/// | option | default |
+/// |---|---|
+/// | [`read_only`](Self::read_only) | `false`: a writable open, which takes the store's lock |
+/// | [`create`](Self::create) | `true`: create the directory if it does not exist |
+/// | [`entry_config`](Self::entry_config) | [`CacheConfig::default()`] with purge-on-drop off: entries may be offloaded, are not re-offloaded automatically, and are kept when the store is closed |
+///
+/// # Examples
+///
+/// ```
+/// use ndarray_offload::{CacheConfig, StoreBuilder};
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = StoreBuilder::new(dir.path().join("clouds"))
+///     .entry_config(CacheConfig::default().with_automatic_offloading(true))
+///     .open()?;
+/// assert!(store.is_empty());
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct StoreBuilder {
+    dir: PathBuf,
+    read_only: bool,
+    create: bool,
+    config: CacheConfig,
+    budget: Option<u64>,
+    pressure: Option<SystemPressure>,
+}
+
+impl StoreBuilder {
+    /// Options for the store at `dir`.
+    pub fn new(dir: impl AsRef<Path>) -> Self {
+        StoreBuilder {
+            dir: dir.as_ref().to_path_buf(),
+            read_only: false,
+            create: true,
+            config: CacheConfig::default().with_purge_on_drop(false),
+            budget: None,
+            pressure: None,
+        }
+    }
+
+    /// Caps the bytes of entry data held in RAM or mapped: when an insert or
+    /// a read takes the store over the budget, least-recently-used entries
+    /// are offloaded (written first if needed, then freed or unmapped) until
+    /// it is under. Eviction
+    /// never loses data, and never takes an entry from under a live guard.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray_offload::{ByteSize, StoreBuilder};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = StoreBuilder::new(dir.path())
+    ///     .memory_budget("512MiB".parse::<ByteSize>()?)
+    ///     .open()?;
+    /// assert_eq!(store.stats().budget, Some(512 << 20));
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn memory_budget(mut self, budget: impl Into<ByteSize>) -> Self {
+        self.budget = Some(budget.into().bytes());
+        self
+    }
+
+    /// Offloads on host-wide memory pressure (off by default): see
+    /// [`SystemPressure`].
+    pub fn system_pressure(mut self, pressure: SystemPressure) -> Self {
+        self.pressure = Some(pressure);
+        self
+    }
+
+    /// Opens read-only: nothing is written (the directory may be
+    /// read-only); shares the lock with other read-only opens.
+    pub fn read_only(mut self, on: bool) -> Self {
+        self.read_only = on;
+        self
+    }
+
+    /// Whether a missing directory is created (writable opens only).
+    pub fn create(mut self, on: bool) -> Self {
+        self.create = on;
+        self
+    }
+
+    /// Defaults for entries: caching, automatic offloading, purge-on-drop
+    /// and the chunk budget (its location is ignored: entries live in the
+    /// store directory).
+    pub fn entry_config(mut self, config: CacheConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Opens the store.
+    ///
+    /// A writable open takes an advisory lock on `.ndoffload.lock` (a second
+    /// writable open fails at once with [`Error::Locked`]), completes or
+    /// rolls back publishes a crash interrupted, and removes the crate's
+    /// stray temporary files. Every open lists the entries from the
+    /// directory alone: no array and no metadata is read until used.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] for a missing directory (read-only, or with
+    /// `create(false)`), [`Error::PermissionDenied`] naming a directory the
+    /// caller may not read, [`Error::Locked`], [`Error::Corrupt`] when the
+    /// path is not a directory or the lock file is not a regular file (a
+    /// symbolic link, even dangling, a directory, FIFO or device: it is
+    /// never followed or created through a link), I/O errors.
+    ///
+    /// The path is resolved once: the store holds the directory open and
+    /// every later file operation is relative to it, wherever the path
+    /// points afterwards.
+    pub fn open(self) -> Result<DiskBackedStore> {
+        let path = self.dir;
+        if !self.read_only && self.create {
+            fs::create_dir_all(&path).ctx("create directory", &path)?;
+        }
+        let storage: Arc<dyn Storage> = Arc::new(LocalDir::open(&path)?);
+        let lease = storage.lock(if self.read_only {
+            LockMode::Shared
+        } else {
+            LockMode::Exclusive
+        })?;
+        let mut listing = storage.list()?;
+        let mut left = Vec::new();
+        if !self.read_only && !listing.pending.is_empty() {
+            let rec = storage.recover(&listing.pending)?;
+            if !rec.completed.is_empty() {
+                tracing::info!(dir = %path.display(), completed = ?rec.completed, "recovered interrupted operations");
+            }
+            left = rec.left;
+            listing = storage.list()?;
+        }
+        let defaults = EntryFlags {
+            purge_on_drop: self.config.purge_on_drop().unwrap_or(false),
+            automatic_offloading: self.config.automatic_offloading(),
+            caching: self.config.caching(),
+        };
+        let mut entries = BTreeMap::new();
+        let mut incomplete = BTreeMap::new();
+        for (name, kind) in listing.entries {
+            match kind {
+                Listed::Pair => {
+                    entries.insert(name, Arc::new(Mutex::new(Slot::default())));
+                }
+                Listed::Broken(reason) => {
+                    incomplete.insert(name, reason);
+                }
+            }
+        }
+        // What recovery left alone was never staged by this crate. Its key
+        // is reported as incomplete unless a whole pair holds that name.
+        for (key, reason) in left {
+            tracing::warn!(dir = %path.display(), "{reason}");
+            if let Some(key) = key.filter(|k| !entries.contains_key(k)) {
+                incomplete.entry(key).or_insert(reason);
+            }
+        }
+        let (budget, pressure) = (self.budget, self.pressure);
+        Ok(DiskBackedStore {
+            inner: Arc::new_cyclic(|weak| Inner {
+                storage,
+                read_only: self.read_only,
+                config: self.config,
+                defaults,
+                entries: RwLock::new(entries),
+                incomplete: RwLock::new(incomplete),
+                _lease: lease,
+                account: Arc::new(Account::new(weak.clone())),
+                budget: AtomicU64::new(budget.unwrap_or(u64::MAX)),
+                pressure,
+                lru: Mutex::new(Lru::default()),
+                evicting: Mutex::new(()),
+                last_pressure_check: Mutex::new(None),
+                counters: Counters::default(),
+                inflight: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+}

@@ -1,0 +1,177 @@
+//! The storage seam: every operation the store makes on its files goes
+//! through the [`Storage`] trait, so the store's upper half (the handle,
+//! entries, budget, statistics) never names a directory, a path or a
+//! rename.
+//!
+//! [`LocalDir`] implements it today: a directory held open (`io::Dir`),
+//! the lock file, and the publish, remove and recovery protocol of
+//! `pair.rs`. The trait is shaped after redb's `StorageBackend` and zarrs'
+//! `zarrs_storage` stores: operations name entries ([`EntryName`]), never
+//! paths; data goes in as a writer function and comes out as a file to
+//! map; every failure is a typed [`Error`](crate::Error).
+//!
+//! How other backends fit:
+//!
+//! * **Object store** (no rename, conditional PUT): `publish` uploads the
+//!   data object, then writes the metadata object with a conditional PUT
+//!   on the version it replaces (the metadata object is the commit point,
+//!   as `K.meta.json`'s rename is here; [`PairJob::publish`] and
+//!   [`PairJob::version`] are checked just before it); `open_data`
+//!   materialises the data in a local cache file to map; `lock` is a lease
+//!   object written with a conditional PUT; `recover` deletes uploads no
+//!   metadata names.
+//! * **Many processes on one directory**: `lock(Shared)` registers the
+//!   process instead of excluding others, and `publish`/`remove` take a
+//!   per-entry lock around the commit point; `list` is re-read to see
+//!   other processes' entries.
+//!
+//! Fault injection stays below the seam: `io`'s fault plan fails the N-th
+//! file-system operation of a `LocalDir`, which is the grain that tests the
+//! local protocol step by step.
+
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+use super::meta::{EntryFlags, Meta};
+use crate::error::Result;
+use crate::io::{self, FileId, Found};
+use crate::name::EntryName;
+use crate::npy::NpyInfo;
+
+mod local;
+mod pair;
+
+pub(crate) use local::LocalDir;
+pub use local::LOCK_FILE;
+
+/// Where a store's entries live, and every operation the store makes on
+/// them.
+pub(crate) trait Storage: Send + Sync + fmt::Debug {
+    /// Where the storage is (a directory), for messages and
+    /// [`DiskBackedStore::dir`](crate::DiskBackedStore::dir).
+    fn location(&self) -> &Path;
+
+    /// The path that names `name`'s data file in messages.
+    fn data_path(&self, name: &EntryName) -> PathBuf;
+
+    /// The path that names `name`'s metadata file in messages.
+    fn meta_path(&self, name: &EntryName) -> PathBuf;
+
+    /// Takes the store's lock: [`LockMode::Exclusive`] for a writer (fails
+    /// at once with [`Error::Locked`](crate::Error::Locked) if another
+    /// holder has it), [`LockMode::Shared`] for a reader. Dropping the
+    /// lease releases it.
+    fn lock(&self, mode: LockMode) -> Result<Box<dyn Lease>>;
+
+    /// The entries (whole pairs, and broken ones with the reason), and the
+    /// leftovers of interrupted operations, without reading any entry.
+    fn list(&self) -> Result<Listing>;
+
+    /// Completes or rolls back the interrupted operations whose leftovers
+    /// [`list`](Self::list) found (writers only).
+    fn recover(&self, pending: &[String]) -> Result<Recovered>;
+
+    /// `name`'s metadata (a bounded read).
+    fn read_meta(&self, name: &EntryName) -> Result<Meta>;
+
+    /// The header of `name`'s data file (a bounded read).
+    fn read_header(&self, name: &EntryName) -> Result<NpyInfo>;
+
+    /// `name`'s data file, opened with `access` for mapping (a regular file,
+    /// never through a symbolic link).
+    fn open_data(&self, name: &EntryName, access: io::Access) -> Result<File>;
+
+    /// What is at `name`'s data file now (`None`: nothing).
+    fn stat_data(&self, name: &EntryName) -> Option<Found>;
+
+    /// Whether either file of `name` exists.
+    fn exists(&self, name: &EntryName) -> bool;
+
+    /// Publishes every job atomically per entry, with `sync`'s durability,
+    /// and returns the new data files' identities in job order (`None` for
+    /// a job whose entry may no longer publish or was overtaken by a newer
+    /// version: it changes nothing). After an error each entry reads as its
+    /// complete old or complete new value.
+    fn publish(&self, jobs: Vec<PairJob<'_>>, sync: SyncMode) -> Result<Vec<Option<FileId>>>;
+
+    /// Removes `name`'s files durably; after an error they are as they were.
+    fn remove(&self, name: &EntryName) -> Result<()>;
+
+    /// Makes spilled publishes ([`SyncMode::Spill`]) durable.
+    fn sync(&self) -> Result<()>;
+}
+
+/// A held store lock; dropping it releases the lock.
+pub(crate) trait Lease: Send + Sync + fmt::Debug {}
+
+/// How [`Storage::lock`] locks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LockMode {
+    /// One writer (creates the lock if missing).
+    Exclusive,
+    /// Any number of readers (nothing is created).
+    Shared,
+}
+
+/// What [`Storage::list`] found.
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    pub entries: std::collections::BTreeMap<EntryName, Listed>,
+    /// Leftovers of interrupted operations, for [`Storage::recover`].
+    pub pending: Vec<String>,
+}
+
+/// One entry of a [`Listing`].
+#[derive(Debug)]
+pub(crate) enum Listed {
+    /// Both files are there.
+    Pair,
+    /// Part of the pair is missing or is not a regular file: why.
+    Broken(String),
+}
+
+/// What [`Storage::recover`] did.
+#[derive(Debug, Default)]
+pub(crate) struct Recovered {
+    /// The operations completed (for the log).
+    pub completed: Vec<String>,
+    /// Leftovers recovery would not touch: the entry each belongs to, if
+    /// any, and why (the store reports such an entry as incomplete).
+    pub left: Vec<(Option<EntryName>, String)>,
+}
+
+/// One entry's pair to publish.
+pub(crate) struct PairJob<'a> {
+    pub name: &'a EntryName,
+    pub shape: Vec<usize>,
+    pub dtype: String,
+    pub flags: EntryFlags,
+    /// Whether the entry may still publish (it was not replaced or removed
+    /// meanwhile): checked at the commit point, under `io::OWNERSHIP`.
+    pub publish: &'a AtomicBool,
+    /// The entry's version whose data this job writes, and the newest
+    /// version of the entry committed so far: an older snapshot (a flush
+    /// that wrote its files before an offload published newer data) is
+    /// never committed over a newer one.
+    pub version: u64,
+    pub published: &'a AtomicU64,
+    /// Writes the `.npy` bytes.
+    pub write_npy: io::Fill<'a>,
+}
+
+/// How the staged files of a publish are made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SyncMode {
+    /// `fsync` each file, `fsync` the directory after the renames.
+    PerFile,
+    /// One `syncfs` on the store's file system (Linux; `fsync` each file
+    /// elsewhere), `fsync` the directory after the renames.
+    FileSystem,
+    /// As `FileSystem`, but the directory is not synced: the new pair is
+    /// complete and its data durable, but the renames may not survive a
+    /// crash (the key then reads as its old value). Used for spills; the
+    /// store syncs on its next flush ([`Storage::sync`]).
+    Spill,
+}
