@@ -28,7 +28,7 @@
 //! store.insert_durable("a", array![1.0f64, 2.0])?;
 //! let a = store.get::<f64, Ix1>("a")?;
 //! assert_eq!(a.read()?.view(), array![1.0, 2.0]);
-//! # Ok::<_, ndarray_offload::Error>(())
+//! # Ok::<_, Box<dyn std::error::Error>>(())
 //! ```
 
 mod gc;
@@ -284,7 +284,7 @@ impl RemoteStore {
     /// let cache = tempfile::tempdir()?;
     /// let store = ndarray_offload::remote::RemoteStore::open("memory:///b/p", cache.path())?;
     /// assert!(store.is_empty());
-    /// # Ok::<_, ndarray_offload::Error>(())
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
     pub fn open(url: &str, cache_dir: impl AsRef<FsPath>) -> Result<Self> {
         Self::open_with(url, cache_dir, RemoteOptions::default())
