@@ -12,4 +12,6 @@ mod numpy;
 mod pack;
 mod powerloss;
 mod reliability;
+#[cfg(feature = "remote")]
+mod remote;
 mod store;
