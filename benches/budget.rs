@@ -125,6 +125,150 @@ fn raw_held(dir: &Path, template: &Array1<f32>, count: usize, held: usize, meta:
     t.elapsed().as_secs_f64()
 }
 
+/// The fixed CPU work of a tile: `passes` multiply-add passes over it.
+fn work(a: &Array1<f32>, passes: usize) -> f32 {
+    let mut acc = 0f32;
+    for p in 0..passes {
+        let k = 1.0 + p as f32 * 1e-3;
+        acc += a.iter().fold(0f32, |s, &x| s.mul_add(k, x));
+    }
+    std::hint::black_box(acc)
+}
+
+/// One pipeline run: make each tile, work on it, insert it; then read every
+/// tile back in order and work on it again. `overlap`: write-behind and
+/// prefetching on. Returns the wall time.
+fn pipeline(
+    dir: &Path,
+    budget: u64,
+    template: &Array1<f32>,
+    count: usize,
+    passes: usize,
+    overlap: bool,
+) -> f64 {
+    let mut b = StoreBuilder::new(dir).memory_budget(ByteSize::new(budget));
+    if overlap {
+        b = b.write_behind(1, ByteSize::new(64 << 20));
+    }
+    let store = b.open().unwrap();
+    let t = Instant::now();
+    for i in 0..count {
+        let mut a = template.clone();
+        a[0] = i as f32;
+        work(&a, passes);
+        store.insert(format!("a{i:04}"), a).unwrap();
+    }
+    let names: Vec<String> = (0..count).map(|i| format!("a{i:04}")).collect();
+    let read = |n: &String, i: usize| {
+        let h = store.get::<f32, Ix1>(n).unwrap();
+        let g = h.read().unwrap();
+        assert_eq!(g.view()[0], i as f32);
+        std::hint::black_box(g.view().fold(0f32, |s, &x| s + x));
+    };
+    if overlap {
+        for (i, n) in store.prefetching(names.iter(), 2).enumerate() {
+            read(n, i);
+        }
+    } else {
+        for (i, n) in names.iter().enumerate() {
+            read(n, i);
+        }
+    }
+    let s = t.elapsed().as_secs_f64();
+    drop(store);
+    s
+}
+
+/// The compute alone (no store, no budget): the same tiles and work.
+fn compute_only(template: &Array1<f32>, count: usize, passes: usize) -> f64 {
+    let t = Instant::now();
+    for i in 0..count {
+        let mut a = template.clone();
+        a[0] = i as f32;
+        work(&a, passes);
+        std::hint::black_box(a.fold(0f32, |s, &x| s + x));
+    }
+    t.elapsed().as_secs_f64()
+}
+
+/// The I/O alone: the spilled tiles written with `write` + `fsync`, then
+/// every tile's bytes read back in order (page cache as the store finds it).
+fn raw_io(dir: &Path, template: &Array1<f32>, count: usize, spilled: usize) -> f64 {
+    use std::io::Read;
+    let t = Instant::now();
+    raw(dir, template, count, spilled);
+    let mut buf = vec![0u8; 1 << 20];
+    for i in 0..spilled {
+        let mut f = File::open(dir.join(format!("a{i:04}.raw"))).unwrap();
+        while f.read(&mut buf).unwrap() > 0 {}
+    }
+    t.elapsed().as_secs_f64()
+}
+
+fn drop_caches() -> bool {
+    let _ = std::process::Command::new("sync").status();
+    fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+/// A sequential read pass over `count` offloaded entries with a cold page
+/// cache: without prefetch, with `prefetching(.., ahead)`, and a raw read of
+/// the same files (`cat` speed), interleaved raw, plain, prefetch, prefetch,
+/// plain, raw.
+fn read_pass(count: usize, array_mib: usize, template: &Array1<f32>) {
+    use std::io::Read;
+    let dir = bench_dir();
+    {
+        let store = StoreBuilder::new(dir.path()).open().unwrap();
+        for i in 0..count {
+            let mut a = template.clone();
+            a[0] = i as f32;
+            store.insert_durable(format!("a{i:04}"), a).unwrap();
+            store.offload(format!("a{i:04}")).unwrap();
+        }
+        store.close().unwrap();
+    }
+    let names: Vec<String> = (0..count).map(|i| format!("a{i:04}")).collect();
+    let total_mib = (count * array_mib) as f64;
+    let ahead = env("NDOFFLOAD_BENCH_AHEAD", 4);
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    for kind in [0, 1, 2, 2, 1, 0, 0, 1, 2] {
+        if !drop_caches() {
+            println!("cannot drop caches (needs root): the read pass is not cold");
+        }
+        let t = Instant::now();
+        if kind == 0 {
+            let mut buf = vec![0u8; 1 << 20];
+            for n in &names {
+                let mut f = File::open(dir.path().join(format!("{n}.npy"))).unwrap();
+                while f.read(&mut buf).unwrap() > 0 {}
+            }
+        } else {
+            let store = StoreBuilder::new(dir.path()).open().unwrap();
+            let sum = |n: &String| {
+                let h = store.get::<f32, Ix1>(n).unwrap();
+                let g = h.read().unwrap();
+                std::hint::black_box(g.view().fold(0f32, |s, &x| s + x));
+            };
+            if kind == 2 {
+                store.prefetching(names.iter(), ahead).for_each(sum);
+            } else {
+                names.iter().for_each(sum);
+            }
+        }
+        rates[kind].push(total_mib / t.elapsed().as_secs_f64());
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (r, p, q) = (med(&mut rates[0]), med(&mut rates[1]), med(&mut rates[2]));
+    println!(
+        "cold sequential read of {total_mib:.0} MiB ({count} entries): raw read {r:.0} MiB/s, store without prefetch {p:.0} MiB/s ({:.3}x raw), with prefetching({ahead}) {q:.0} MiB/s ({:.3}x raw) (medians of 3)",
+        p / r,
+        q / r
+    );
+}
+
 fn peak_rss_kib() -> Option<u64> {
     let s = fs::read_to_string("/proc/self/status").ok()?;
     s.lines()
@@ -263,6 +407,52 @@ fn main() {
         let dir = bench_dir();
         let s = raw(dir.path(), &template, count, spilled);
         println!("raw write+fsync of {spilled}: {s:.3} s");
+        return;
+    }
+    if args.iter().any(|a| a == "--read") {
+        let count = env("NDOFFLOAD_BENCH_READ_MIB", 1024) / array_mib;
+        read_pass(count, array_mib, &template);
+        return;
+    }
+    let passes = env("NDOFFLOAD_BENCH_PASSES", 8);
+    if args.iter().any(|a| a == "--pipeline-rss") {
+        let dir = bench_dir();
+        let s = pipeline(dir.path(), budget, &template, count, passes, true);
+        println!(
+            "overlapped pipeline: {s:.2} s; peak RSS {:?} KiB",
+            peak_rss_kib()
+        );
+        return;
+    }
+    if args.iter().any(|a| a == "--pipeline") {
+        let t1 = Instant::now();
+        work(&template, 1);
+        println!(
+            "work: {passes} passes of {:.1} ms per tile",
+            t1.elapsed().as_secs_f64() * 1e3
+        );
+        for block in 0..env("NDOFFLOAD_BENCH_REPS", 3) {
+            let scratch = bench_dir();
+            prime(scratch.path(), (spilled * array_mib) as u64 * (1 << 20));
+            let mut t = [0f64; 4];
+            // compute, raw I/O, sync store, overlapped store, then reversed.
+            for k in [0, 1, 2, 3, 3, 2, 1, 0] {
+                let d = bench_dir();
+                t[k] += match k {
+                    0 => compute_only(&template, count, passes),
+                    1 => raw_io(d.path(), &template, count, spilled),
+                    2 => pipeline(d.path(), budget, &template, count, passes, false),
+                    _ => pipeline(d.path(), budget, &template, count, passes, true),
+                } / 2.0;
+            }
+            let bound = t[0].max(t[1]);
+            println!(
+                "block {block}: compute only {:.2} s, raw I/O {:.2} s, synchronous store {:.2} s ({:.3}x max), overlapped store {:.2} s ({:.3}x max)",
+                t[0], t[1], t[2], t[2] / bound, t[3], t[3] / bound
+            );
+            drop(scratch);
+            std::thread::sleep(Duration::from_secs(2));
+        }
         return;
     }
     if args.iter().any(|a| a == "--attribute") {
