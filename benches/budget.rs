@@ -1,7 +1,8 @@
 //! Streaming a data set three times the memory budget through a store.
 //!
 //! ```text
-//! cargo bench --bench budget                    # throughput vs raw write+fsync
+//! cargo bench --bench budget                    # spill vs raw write+fsync, order-controlled blocks
+//! cargo bench --bench budget -- --attribute      # where the spill time goes (held arrays, second file)
 //! cargo bench --bench budget -- --rss           # one pass, for /usr/bin/time -v
 //! ```
 //!
@@ -95,6 +96,179 @@ fn raw(dir: &Path, template: &Array1<f32>, count: usize, spilled: usize) -> f64 
     t.elapsed().as_secs_f64()
 }
 
+/// As [`raw`], but holding the arrays the budget holds (a ring of
+/// `held` arrays; the oldest is written when a new one is made), and, with
+/// `meta`, writing a small second file with its own `fsync` per spill as
+/// the pair protocol does: the attribution of the store's extra time.
+fn raw_held(dir: &Path, template: &Array1<f32>, count: usize, held: usize, meta: bool) -> f64 {
+    use ndarray_npy::WritableElement;
+    let t = Instant::now();
+    let mut ring = std::collections::VecDeque::new();
+    for i in 0..count {
+        let mut a = template.clone();
+        a[0] = i as f32;
+        ring.push_back(a);
+        if ring.len() > held {
+            let a = ring.pop_front().unwrap();
+            let j = i - held;
+            let mut f = File::create(dir.join(format!("a{j:04}.raw"))).unwrap();
+            f32::write_slice(a.as_slice().unwrap(), &mut f).unwrap();
+            f.sync_all().unwrap();
+            if meta {
+                let mut m = File::create(dir.join(format!("a{j:04}.meta"))).unwrap();
+                m.write_all(b"{\"shape\": [4194304], \"dtype\": \"float32\"}")
+                    .unwrap();
+                m.sync_all().unwrap();
+            }
+        }
+    }
+    t.elapsed().as_secs_f64()
+}
+
+/// The fixed CPU work of a tile: `passes` multiply-add passes over it.
+fn work(a: &Array1<f32>, passes: usize) -> f32 {
+    let mut acc = 0f32;
+    for p in 0..passes {
+        let k = 1.0 + p as f32 * 1e-3;
+        acc += a.iter().fold(0f32, |s, &x| s.mul_add(k, x));
+    }
+    std::hint::black_box(acc)
+}
+
+/// One pipeline run: make each tile, work on it, insert it; then read every
+/// tile back in order and work on it again. `overlap`: write-behind and
+/// prefetching on. Returns the wall time.
+fn pipeline(
+    dir: &Path,
+    budget: u64,
+    template: &Array1<f32>,
+    count: usize,
+    passes: usize,
+    overlap: bool,
+) -> f64 {
+    let mut b = StoreBuilder::new(dir).memory_budget(ByteSize::new(budget));
+    if overlap {
+        b = b.write_behind(1, ByteSize::new(64 << 20));
+    }
+    let store = b.open().unwrap();
+    let t = Instant::now();
+    for i in 0..count {
+        let mut a = template.clone();
+        a[0] = i as f32;
+        work(&a, passes);
+        store.insert(format!("a{i:04}"), a).unwrap();
+    }
+    let names: Vec<String> = (0..count).map(|i| format!("a{i:04}")).collect();
+    let read = |n: &String, i: usize| {
+        let h = store.get::<f32, Ix1>(n).unwrap();
+        let g = h.read().unwrap();
+        assert_eq!(g.view()[0], i as f32);
+        std::hint::black_box(g.view().fold(0f32, |s, &x| s + x));
+    };
+    if overlap {
+        for (i, n) in store.prefetching(names.iter(), 2).enumerate() {
+            read(n, i);
+        }
+    } else {
+        for (i, n) in names.iter().enumerate() {
+            read(n, i);
+        }
+    }
+    let s = t.elapsed().as_secs_f64();
+    drop(store);
+    s
+}
+
+/// The compute alone (no store, no budget): the same tiles and work.
+fn compute_only(template: &Array1<f32>, count: usize, passes: usize) -> f64 {
+    let t = Instant::now();
+    for i in 0..count {
+        let mut a = template.clone();
+        a[0] = i as f32;
+        work(&a, passes);
+        std::hint::black_box(a.fold(0f32, |s, &x| s + x));
+    }
+    t.elapsed().as_secs_f64()
+}
+
+/// The I/O alone: the spilled tiles written with `write` + `fsync`, then
+/// every tile's bytes read back in order (page cache as the store finds it).
+fn raw_io(dir: &Path, template: &Array1<f32>, count: usize, spilled: usize) -> f64 {
+    use std::io::Read;
+    let t = Instant::now();
+    raw(dir, template, count, spilled);
+    let mut buf = vec![0u8; 1 << 20];
+    for i in 0..spilled {
+        let mut f = File::open(dir.join(format!("a{i:04}.raw"))).unwrap();
+        while f.read(&mut buf).unwrap() > 0 {}
+    }
+    t.elapsed().as_secs_f64()
+}
+
+fn drop_caches() -> bool {
+    let _ = std::process::Command::new("sync").status();
+    fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+/// A sequential read pass over `count` offloaded entries with a cold page
+/// cache: without prefetch, with `prefetching(.., ahead)`, and a raw read of
+/// the same files (`cat` speed), interleaved raw, plain, prefetch, prefetch,
+/// plain, raw.
+fn read_pass(count: usize, array_mib: usize, template: &Array1<f32>) {
+    use std::io::Read;
+    let dir = bench_dir();
+    {
+        let store = StoreBuilder::new(dir.path()).open().unwrap();
+        for i in 0..count {
+            let mut a = template.clone();
+            a[0] = i as f32;
+            store.insert_durable(format!("a{i:04}"), a).unwrap();
+            store.offload(format!("a{i:04}")).unwrap();
+        }
+        store.close().unwrap();
+    }
+    let names: Vec<String> = (0..count).map(|i| format!("a{i:04}")).collect();
+    let total_mib = (count * array_mib) as f64;
+    let ahead = env("NDOFFLOAD_BENCH_AHEAD", 4);
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    for kind in [0, 1, 2, 2, 1, 0, 0, 1, 2] {
+        if !drop_caches() {
+            println!("cannot drop caches (needs root): the read pass is not cold");
+        }
+        let t = Instant::now();
+        if kind == 0 {
+            let mut buf = vec![0u8; 1 << 20];
+            for n in &names {
+                let mut f = File::open(dir.path().join(format!("{n}.npy"))).unwrap();
+                while f.read(&mut buf).unwrap() > 0 {}
+            }
+        } else {
+            let store = StoreBuilder::new(dir.path()).open().unwrap();
+            let sum = |n: &String| {
+                let h = store.get::<f32, Ix1>(n).unwrap();
+                let g = h.read().unwrap();
+                std::hint::black_box(g.view().fold(0f32, |s, &x| s + x));
+            };
+            if kind == 2 {
+                store.prefetching(names.iter(), ahead).for_each(sum);
+            } else {
+                names.iter().for_each(sum);
+            }
+        }
+        rates[kind].push(total_mib / t.elapsed().as_secs_f64());
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (r, p, q) = (med(&mut rates[0]), med(&mut rates[1]), med(&mut rates[2]));
+    println!(
+        "cold sequential read of {total_mib:.0} MiB ({count} entries): raw read {r:.0} MiB/s, store without prefetch {p:.0} MiB/s ({:.3}x raw), with prefetching({ahead}) {q:.0} MiB/s ({:.3}x raw) (medians of 3)",
+        p / r,
+        q / r
+    );
+}
+
 fn peak_rss_kib() -> Option<u64> {
     let s = fs::read_to_string("/proc/self/status").ok()?;
     s.lines()
@@ -103,6 +277,103 @@ fn peak_rss_kib() -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// Minor page faults of the process so far.
+fn minor_faults() -> u64 {
+    let s = fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): minflt is
+    // the 10th field overall, the 8th after the closing parenthesis.
+    s.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(7))
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Primes the machine before a block: writes `bytes` to a scratch file with
+/// one `fsync`, in 16 MiB writes, so that the page cache and the disk are in
+/// the same state for the reference and the crate.
+fn prime(dir: &Path, bytes: u64) {
+    let buf = vec![1u8; 16 << 20];
+    let mut f = File::create(dir.join("scratch")).unwrap();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    f.sync_all().unwrap();
+}
+
+/// The spill phase measured with the order-controlled method: each block is
+/// primed by a scratch write of the same size, then runs reference, crate,
+/// crate, reference, each in a new directory; the block's ratio is the
+/// reference's total time over the crate's (crate throughput / reference
+/// throughput). Files are deleted only after the block, then a pause.
+fn spill_blocks(budget_mib: usize, array_mib: usize, count: usize, template: &Array1<f32>) {
+    let budget = (budget_mib as u64) << 20;
+    let spilled = count - budget_mib / array_mib;
+    let spilled_mib = (spilled * array_mib) as f64;
+    let blocks = env("NDOFFLOAD_BENCH_REPS", 5);
+    let mut ratios = Vec::new();
+    for block in 0..blocks {
+        let scratch = bench_dir();
+        prime(scratch.path(), (spilled * array_mib) as u64 * (1 << 20));
+        let dirs: Vec<_> = (0..4).map(|_| bench_dir()).collect();
+        let mut t = [0f64; 4];
+        let mut faults = [0u64; 4];
+        for (i, d) in dirs.iter().enumerate() {
+            let f0 = minor_faults();
+            t[i] = if i == 0 || i == 3 {
+                raw(d.path(), template, count, spilled)
+            } else {
+                through_store_insert(d.path(), budget, template, count)
+            };
+            faults[i] = minor_faults() - f0;
+        }
+        drop((dirs, scratch));
+        File::open("target").and_then(|d| d.sync_all()).ok();
+        std::thread::sleep(Duration::from_secs(2));
+        let ratio = (t[0] + t[3]) / (t[1] + t[2]);
+        ratios.push(ratio);
+        println!(
+            "block {block}: raw {:.0} / {:.0} MiB/s, store {:.0} / {:.0} MiB/s (order ref, store, store, ref); ratio {ratio:.3}; minor faults raw {} / {}, store {} / {}",
+            spilled_mib / t[0],
+            spilled_mib / t[3],
+            spilled_mib / t[1],
+            spilled_mib / t[2],
+            faults[0],
+            faults[3],
+            faults[1],
+            faults[2],
+        );
+    }
+    ratios.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "spill of {spilled} x {array_mib} MiB through a {budget_mib} MiB budget: median ratio store/raw write+fsync throughput {:.3} (min {:.3}, max {:.3}, {} blocks)",
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1],
+        ratios.len()
+    );
+}
+
+/// The insert phase alone (what spills), in seconds.
+fn through_store_insert(dir: &Path, budget: u64, template: &Array1<f32>, count: usize) -> f64 {
+    let store = StoreBuilder::new(dir)
+        .memory_budget(ByteSize::new(budget))
+        .open()
+        .unwrap();
+    let t = Instant::now();
+    for i in 0..count {
+        let mut a = template.clone();
+        a[0] = i as f32;
+        store.insert(format!("a{i:04}"), a).unwrap();
+    }
+    let s = t.elapsed().as_secs_f64();
+    // Not timed: the close writes the entries still in RAM.
+    drop(store);
+    s
 }
 
 fn main() {
@@ -116,7 +387,6 @@ fn main() {
     let count = budget_mib * factor / array_mib;
     let budget = (budget_mib as u64) << 20;
     let template = Array1::<f32>::from_shape_fn(array_mib * (1 << 20) / 4, |i| (i % 977) as f32);
-    let total_mib = (count * array_mib) as f64;
     if args.iter().any(|a| a == "--rss") {
         let dir = bench_dir();
         let r = through_store(dir.path(), budget, &template, count);
@@ -126,44 +396,89 @@ fn main() {
         );
         return;
     }
-    let reps = env("NDOFFLOAD_BENCH_REPS", 3);
-    // What the store must spill while inserting: all but what fits.
     let spilled = count - budget_mib / array_mib;
-    let mut ratios = Vec::new();
-    for rep in 0..reps {
-        // Alternate the order so neither side always runs on a warmer
-        // machine; files are deleted only after both ran, and the deletions
-        // (this file system discards freed blocks) settle before the next
-        // repetition.
-        let (raw_dir, store_dir) = (bench_dir(), bench_dir());
-        let (raw_s, r) = if rep % 2 == 0 {
-            let raw_s = raw(raw_dir.path(), &template, count, spilled);
-            (
-                raw_s,
-                through_store(store_dir.path(), budget, &template, count),
-            )
-        } else {
-            let r = through_store(store_dir.path(), budget, &template, count);
-            (raw(raw_dir.path(), &template, count, spilled), r)
-        };
-        drop((raw_dir, store_dir));
-        File::open("target").and_then(|d| d.sync_all()).ok();
-        std::thread::sleep(Duration::from_secs(3));
-        let spilled_mib = (spilled * array_mib) as f64;
-        let raw_rate = spilled_mib / raw_s;
-        let ours_rate = spilled_mib / r.insert_s;
-        ratios.push(ours_rate / raw_rate);
-        println!(
-            "rep {rep}: {spilled_mib:.0} MiB spilled; raw write+fsync {raw_rate:.0} MiB/s, store spill {ours_rate:.0} MiB/s, ratio {:.3} ({} evictions, {} over budget); read back {:.0} MiB/s",
-            ours_rate / raw_rate,
-            r.evictions,
-            r.over_budget,
-            total_mib / r.read_s
-        );
+    if args.iter().any(|a| a == "--spill-once") {
+        let dir = bench_dir();
+        let s = through_store_insert(dir.path(), budget, &template, count);
+        println!("store insert (spills {spilled}): {s:.3} s");
+        return;
     }
-    ratios.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    println!(
-        "streaming {total_mib:.0} MiB through a {budget_mib} MiB budget: median ratio store/raw write throughput {:.3}",
-        ratios[ratios.len() / 2]
-    );
+    if args.iter().any(|a| a == "--raw-once") {
+        let dir = bench_dir();
+        let s = raw(dir.path(), &template, count, spilled);
+        println!("raw write+fsync of {spilled}: {s:.3} s");
+        return;
+    }
+    if args.iter().any(|a| a == "--read") {
+        let count = env("NDOFFLOAD_BENCH_READ_MIB", 1024) / array_mib;
+        read_pass(count, array_mib, &template);
+        return;
+    }
+    let passes = env("NDOFFLOAD_BENCH_PASSES", 8);
+    if args.iter().any(|a| a == "--pipeline-rss") {
+        let dir = bench_dir();
+        let s = pipeline(dir.path(), budget, &template, count, passes, true);
+        println!(
+            "overlapped pipeline: {s:.2} s; peak RSS {:?} KiB",
+            peak_rss_kib()
+        );
+        return;
+    }
+    if args.iter().any(|a| a == "--pipeline") {
+        let t1 = Instant::now();
+        work(&template, 1);
+        println!(
+            "work: {passes} passes of {:.1} ms per tile",
+            t1.elapsed().as_secs_f64() * 1e3
+        );
+        for block in 0..env("NDOFFLOAD_BENCH_REPS", 3) {
+            let scratch = bench_dir();
+            prime(scratch.path(), (spilled * array_mib) as u64 * (1 << 20));
+            let mut t = [0f64; 4];
+            // compute, raw I/O, sync store, overlapped store, then reversed.
+            for k in [0, 1, 2, 3, 3, 2, 1, 0] {
+                let d = bench_dir();
+                t[k] += match k {
+                    0 => compute_only(&template, count, passes),
+                    1 => raw_io(d.path(), &template, count, spilled),
+                    2 => pipeline(d.path(), budget, &template, count, passes, false),
+                    _ => pipeline(d.path(), budget, &template, count, passes, true),
+                } / 2.0;
+            }
+            let bound = t[0].max(t[1]);
+            println!(
+                "block {block}: compute only {:.2} s, raw I/O {:.2} s, synchronous store {:.2} s ({:.3}x max), overlapped store {:.2} s ({:.3}x max)",
+                t[0], t[1], t[2], t[2] / bound, t[3], t[3] / bound
+            );
+            drop(scratch);
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        return;
+    }
+    if args.iter().any(|a| a == "--attribute") {
+        let held = budget_mib / array_mib;
+        for block in 0..env("NDOFFLOAD_BENCH_REPS", 3) {
+            let scratch = bench_dir();
+            prime(scratch.path(), (spilled * array_mib) as u64 * (1 << 20));
+            let mut t = Vec::new();
+            for k in [0, 1, 2, 3, 3, 2, 1, 0] {
+                let d = bench_dir();
+                t.push(match k {
+                    0 => raw(d.path(), &template, count, spilled),
+                    1 => raw_held(d.path(), &template, count, held, false),
+                    2 => raw_held(d.path(), &template, count, held, true),
+                    _ => through_store_insert(d.path(), budget, &template, count),
+                });
+            }
+            let r = |k: usize| (t[0] + t[7]) / (t[k] + t[7 - k]);
+            println!(
+                "block {block}: relative to raw write+fsync: holding {held} arrays {:.3}, + a fsynced second file per spill {:.3}, store {:.3}",
+                r(1), r(2), r(3)
+            );
+            drop(scratch);
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        return;
+    }
+    spill_blocks(budget_mib, array_mib, count, &template);
 }

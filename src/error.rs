@@ -176,6 +176,18 @@ pub enum Error {
         /// The array's file.
         path: PathBuf,
     },
+    /// A spill written behind (see `StoreBuilder::write_behind`) failed: the
+    /// entry stayed in RAM, nothing was lost, and the next flush or eviction
+    /// writes it again. Reported once, by the next store call that can
+    /// return an error (that call itself was carried out).
+    #[error("the background write of entry {name} failed (the entry stays in RAM): {source}")]
+    WriteBehind {
+        /// The entry.
+        name: String,
+        /// What failed.
+        #[source]
+        source: Box<Error>,
+    },
     /// A write was attempted through a read-only handle or mapping.
     #[error("{path} is open read-only")]
     ReadOnly {

@@ -78,8 +78,8 @@ pub use mmap::LoadMode;
 pub use name::{EntryName, MAX_NAME_BYTES};
 pub use size::ByteSize;
 pub use store::{
-    DiskBackedStore, EntryFlags, EntryInfo, StoreBuilder, StoreStats, StoredArray, SystemPressure,
-    LOCK_FILE,
+    DiskBackedStore, EntryFlags, EntryInfo, Prefetching, StoreBuilder, StoreStats, StoredArray,
+    SystemPressure, LOCK_FILE,
 };
 pub use stream::{NpyStreamWriter, NpyStreamWriterDyn};
 

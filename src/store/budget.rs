@@ -209,15 +209,31 @@ impl Inner {
         if self.read_only {
             return;
         }
+        let wb = self.write_behind.as_ref();
+        if let Some(wb) = wb {
+            let back = wb.take_requeued();
+            if !back.is_empty() {
+                let mut lru = self.lru.lock();
+                for n in &back {
+                    lru.touch(n);
+                }
+            }
+        }
         let Some(limit) = self.limit() else { return };
-        if self.account.resident() <= limit {
+        // Bytes handed to the writers are released without the store's
+        // help: they count against the in-flight bound, not the budget.
+        let excess = || {
+            let flying = wb.map_or(0, |w| w.in_flight());
+            self.account.resident().saturating_sub(flying) > limit
+        };
+        if !excess() {
             self.account.over.store(false, Ordering::Relaxed);
             return;
         }
         let _g = self.evicting.lock();
         let order = self.lru.lock().oldest_first();
         for name in order {
-            if self.account.resident() <= limit {
+            if !excess() {
                 break;
             }
             let slot = self.entries.read().get(&name).cloned();
@@ -227,6 +243,23 @@ impl Inner {
                 continue;
             };
             let bytes = l.resident_bytes();
+            if let Some(wb) = wb {
+                // Data in RAM is written behind; mapped data is released
+                // here (unmodified: nothing to write).
+                if l.state() == ArrayState::InMemory && l.flags().caching {
+                    if l.link().start_write_behind() {
+                        self.lru.lock().remove(&name);
+                        // Counted as an eviction by the writer, once done.
+                        // Holds no entry lock and no store lock but
+                        // `evicting`, which the writers never take.
+                        if let Some(back) = wb.submit(name.clone(), l, bytes) {
+                            drop(back);
+                            self.lru.lock().touch(&name);
+                        }
+                    }
+                    continue;
+                }
+            }
             match l.try_offload() {
                 Ok(true) => {
                     Counters::add(&self.counters.evictions);
@@ -244,7 +277,7 @@ impl Inner {
                 }
             }
         }
-        let over = self.account.resident() > limit;
+        let over = excess();
         if over {
             Counters::add(&self.counters.over_budget);
         }

@@ -64,6 +64,9 @@ pub(crate) struct EntryLink {
     /// seeing it (through a handle kept from an earlier `get`, after an
     /// eviction): the store tracks the entry again when the access ends.
     loaded_unseen: AtomicBool,
+    /// Set while the entry is handed to the write-behind writers
+    /// (`behind.rs`), so that it is handed over once.
+    behind: AtomicBool,
 }
 
 impl EntryLink {
@@ -86,7 +89,24 @@ impl EntryLink {
             pinned: Mutex::new(None),
             counted: Mutex::new(0),
             loaded_unseen: AtomicBool::new(false),
+            behind: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the entry as handed to the write-behind writers; `false` if it
+    /// already is.
+    pub(crate) fn start_write_behind(&self) -> bool {
+        super::behind::mark(&self.behind)
+    }
+
+    /// The writers are done with the entry.
+    pub(crate) fn end_write_behind(&self) {
+        self.behind.store(false, Ordering::Release);
+    }
+
+    /// Whether the entry still belongs to its store.
+    pub(crate) fn is_attached(&self) -> bool {
+        self.attached.load(Ordering::Acquire)
     }
 
     /// Whether the entry may publish now.

@@ -41,11 +41,13 @@
 //! computation runs under its key's gate, and a computation that waits for a
 //! guard of a thread calling `get_or_compute` for the same key never ends.
 
+mod behind;
 mod budget;
 mod compute;
 mod entry;
 pub(crate) mod meta;
 mod open;
+mod prefetch;
 mod stats;
 mod storage;
 mod stored;
@@ -70,6 +72,7 @@ use budget::{Account, Lru};
 use entry::{AnyEntry, BatchJob, Loaded, Slot, StoreEntry};
 pub use meta::EntryFlags;
 pub use open::StoreBuilder;
+pub use prefetch::Prefetching;
 use stats::Counters;
 pub use stats::StoreStats;
 pub use storage::LOCK_FILE;
@@ -95,6 +98,8 @@ struct Inner {
     last_pressure_check: Mutex<Option<Instant>>,
     counters: Counters,
     inflight: Mutex<HashMap<EntryName, Arc<Mutex<()>>>>,
+    /// The write-behind writers, if the store was opened with them.
+    write_behind: Option<behind::WriteBehind>,
 }
 
 /// A persistent map of names to arrays, stored as `NAME.npy` +
@@ -262,7 +267,7 @@ impl DiskBackedStore {
         let name = EntryName::new(name.as_ref())?;
         self.insert_entry(name, array.into_dyn(), overrides);
         self.inner.enforce_budget();
-        Ok(())
+        self.inner.take_behind_error()
     }
 
     fn insert_entry<T: Element>(
@@ -440,6 +445,7 @@ impl DiskBackedStore {
         &self,
         name: impl AsRef<str>,
     ) -> Result<StoredArray<T, D>> {
+        self.inner.take_behind_error()?;
         let name = EntryName::new(name.as_ref())?;
         let meta_path = || self.inner.storage.meta_path(&name);
         let loaded = loop {
@@ -648,6 +654,10 @@ impl DiskBackedStore {
     }
 
     fn offload_loaded(&self, loaded: &[Loaded]) -> Result<()> {
+        if let Some(wb) = &self.inner.write_behind {
+            wb.wait_idle();
+        }
+        self.inner.take_behind_error()?;
         // Entries the calling thread holds a guard on stay where they are;
         // the others are offloaded, then the first such error is returned.
         let mut in_use = in_use_error(
@@ -757,6 +767,11 @@ impl Inner {
         if self.read_only {
             return Ok(());
         }
+        // Spills handed to the writers finish first (they hold no lock the
+        // caller may hold: see `behind.rs`).
+        if let Some(wb) = &self.write_behind {
+            wb.wait_idle();
+        }
         let loaded = self.loaded_entries();
         // An entry the calling thread is writing to is not flushed (its
         // error is returned at the end); everything else is.
@@ -768,7 +783,18 @@ impl Inner {
                 return Err(e);
             }
         }
+        // A background write that failed: its entry stayed in RAM and was
+        // just written; the failure is still reported.
+        self.take_behind_error()?;
         in_use.map_or(Ok(()), Err)
+    }
+
+    /// The first write-behind failure not reported yet, as an error.
+    pub(super) fn take_behind_error(&self) -> Result<()> {
+        match self.write_behind.as_ref().and_then(|wb| wb.take_error()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     fn remove(&self, name: &EntryName) -> Result<bool> {
@@ -847,6 +873,12 @@ impl Drop for Inner {
         // be logged.
         if let Err(e) = self.finish() {
             tracing::warn!(dir = %self.storage.location().display(), error = %e, "could not flush the store when dropped");
+        }
+        if let Some(wb) = &self.write_behind {
+            wb.stop();
+            if let Some(e) = wb.take_error() {
+                tracing::warn!(dir = %self.storage.location().display(), error = %e, "a background write failed");
+            }
         }
         // Handles that outlive the store keep their data and never write
         // into the directory again (another process may own it now).

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use super::behind::{WriteBehind, WriteBehindConfig};
 use super::budget::{Account, Lru, SystemPressure};
 use super::entry::Slot;
 use super::meta::EntryFlags;
@@ -51,6 +52,7 @@ pub struct StoreBuilder {
     config: CacheConfig,
     budget: Option<u64>,
     pressure: Option<SystemPressure>,
+    write_behind: Option<WriteBehindConfig>,
 }
 
 impl StoreBuilder {
@@ -63,6 +65,7 @@ impl StoreBuilder {
             config: CacheConfig::default().with_purge_on_drop(false),
             budget: None,
             pressure: None,
+            write_behind: None,
         }
     }
 
@@ -86,6 +89,45 @@ impl StoreBuilder {
     /// ```
     pub fn memory_budget(mut self, budget: impl Into<ByteSize>) -> Self {
         self.budget = Some(budget.into().bytes());
+        self
+    }
+
+    /// Writes spills behind (off by default): when the memory budget evicts
+    /// an entry held in RAM, the entry is handed to one of `threads`
+    /// background writers and the evicting call returns at once; the
+    /// entry's RAM is released once its pair is written and `fsync`ed.
+    ///
+    /// At most `max_in_flight` bytes are handed over at a time (an eviction
+    /// that would exceed it waits; one entry larger than the bound is
+    /// written alone). Bytes in flight are held on top of the budget, so
+    /// the entries' data in RAM stays within budget + `max_in_flight`.
+    /// Reads of an entry in flight read it from RAM; `flush`, the
+    /// `offload` calls and `close` wait for the writers first. A failed
+    /// background write leaves the entry in RAM (nothing is lost) and is
+    /// returned as [`Error::WriteBehind`](crate::Error::WriteBehind) by the
+    /// next store call that can return an error; it is counted in
+    /// [`StoreStats::write_behind_failures`](crate::StoreStats::write_behind_failures).
+    /// A crash keeps the old or the new value of an entry being written, as
+    /// for any spill.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray_offload::{ByteSize, StoreBuilder};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = StoreBuilder::new(dir.path())
+    ///     .memory_budget(ByteSize::new(256 << 20))
+    ///     .write_behind(1, ByteSize::new(64 << 20))
+    ///     .open()?;
+    /// # drop(store);
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn write_behind(mut self, threads: usize, max_in_flight: impl Into<ByteSize>) -> Self {
+        self.write_behind = Some(WriteBehindConfig {
+            threads: threads.max(1),
+            max_in_flight: max_in_flight.into().bytes(),
+        });
         self
     }
 
@@ -184,6 +226,10 @@ impl StoreBuilder {
             }
         }
         let (budget, pressure) = (self.budget, self.pressure);
+        let write_behind = match self.write_behind.filter(|_| !self.read_only) {
+            Some(c) => Some(WriteBehind::start(c).ctx("start the write-behind threads of", &path)?),
+            None => None,
+        };
         Ok(DiskBackedStore {
             inner: Arc::new_cyclic(|weak| Inner {
                 storage,
@@ -201,6 +247,7 @@ impl StoreBuilder {
                 last_pressure_check: Mutex::new(None),
                 counters: Counters::default(),
                 inflight: Mutex::new(HashMap::new()),
+                write_behind,
             }),
         })
     }

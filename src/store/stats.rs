@@ -77,6 +77,12 @@ pub struct StoreStats {
     pub entries_on_disk: u64,
     /// The memory budget, if any.
     pub budget: Option<u64>,
+    /// Bytes of entries handed to the write-behind writers and not yet
+    /// released (see `StoreBuilder::write_behind`).
+    pub bytes_in_flight: u64,
+    /// Background writes that failed (their entries stayed in RAM; each
+    /// failure is also returned by a later call).
+    pub write_behind_failures: u64,
 }
 
 impl StoreStats {
@@ -160,10 +166,17 @@ impl DiskBackedStore {
             loads: c.loads.load(Ordering::Relaxed),
             computes: c.computes.load(Ordering::Relaxed),
             offloads: c.offloads.load(Ordering::Relaxed),
-            evictions: c.evictions.load(Ordering::Relaxed),
+            evictions: c.evictions.load(Ordering::Relaxed)
+                + self.inner.write_behind.as_ref().map_or(0, |w| w.written()),
             over_budget_events: c.over_budget.load(Ordering::Relaxed),
             bytes_resident: self.inner.account.resident(),
             budget: self.inner.budget(),
+            bytes_in_flight: self
+                .inner
+                .write_behind
+                .as_ref()
+                .map_or(0, |w| w.in_flight()),
+            write_behind_failures: self.inner.write_behind.as_ref().map_or(0, |w| w.failures()),
             ..Default::default()
         };
         let slots: Vec<(EntryName, Arc<Mutex<Slot>>)> = self
@@ -208,5 +221,8 @@ impl DiskBackedStore {
     /// evictions, over-budget events).
     pub fn reset_stats(&self) {
         self.inner.counters.reset();
+        if let Some(w) = &self.inner.write_behind {
+            w.reset_counts();
+        }
     }
 }

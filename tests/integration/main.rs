@@ -9,6 +9,7 @@ mod crash;
 mod faults;
 mod hardening;
 mod numpy;
+mod overlap;
 mod pack;
 mod powerloss;
 mod reliability;

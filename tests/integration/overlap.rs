@@ -1,0 +1,108 @@
+//! Write-behind spills, prefetch and the disk budget for recomputable
+//! entries.
+
+use ndarray::{Array1, Ix1};
+use ndarray_offload::__testing::{install, FaultPlan};
+use ndarray_offload::{ByteSize, Error, StoreBuilder};
+
+/// 1000 f64 = 8000 bytes per entry.
+fn entry(v: f64) -> Array1<f64> {
+    Array1::from_elem(1000, v)
+}
+
+fn read(s: &ndarray_offload::DiskBackedStore, k: &str) -> f64 {
+    let h = s.get::<f64, Ix1>(k).unwrap();
+    let g = h.read().unwrap();
+    let v = g.view();
+    assert!(v.iter().all(|&x| x == v[0]), "{k} is torn");
+    v[0]
+}
+
+#[test]
+fn write_behind_spills_everything_and_flush_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = StoreBuilder::new(dir.path())
+        .memory_budget(ByteSize::new(24_000))
+        .write_behind(2, ByteSize::new(16_000))
+        .open()
+        .unwrap();
+    for i in 0..40 {
+        s.insert(format!("k{i}"), entry(i as f64)).unwrap();
+        let st = s.stats();
+        // Data in RAM: within the budget plus what is in flight.
+        assert!(st.bytes_resident <= 24_000 + 16_000 + 8_000, "{st:?}");
+        assert!(st.bytes_in_flight <= 16_000, "{st:?}");
+    }
+    s.flush().unwrap();
+    let st = s.stats();
+    assert_eq!(st.bytes_in_flight, 0);
+    assert!(st.bytes_resident <= 24_000, "{st:?}");
+    assert_eq!(st.write_behind_failures, 0);
+    for i in 0..40 {
+        assert_eq!(read(&s, &format!("k{i}")), i as f64);
+    }
+    s.close().unwrap();
+    let s = StoreBuilder::new(dir.path()).open().unwrap();
+    for i in 0..40 {
+        assert_eq!(read(&s, &format!("k{i}")), i as f64);
+    }
+}
+
+#[test]
+fn an_entry_in_flight_reads_from_ram_and_a_guard_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = StoreBuilder::new(dir.path())
+        .memory_budget(ByteSize::new(8_000))
+        .write_behind(1, ByteSize::new(64_000))
+        .open()
+        .unwrap();
+    s.insert("a", entry(1.0)).unwrap();
+    let h = s.get::<f64, Ix1>("a").unwrap();
+    let g = h.read().unwrap();
+    // "a" is evicted while a guard holds it: the writer leaves it in RAM.
+    s.insert("b", entry(2.0)).unwrap();
+    assert_eq!(g.view()[0], 1.0);
+    s.flush().unwrap();
+    drop(g);
+    assert_eq!(read(&s, "a"), 1.0);
+    assert_eq!(read(&s, "b"), 2.0);
+    s.close().unwrap();
+}
+
+#[test]
+fn a_failed_background_write_surfaces_on_the_next_call_and_loses_nothing() {
+    // Fail each file-system operation of the first spill in turn.
+    for n in 1..=8 {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StoreBuilder::new(dir.path())
+            .memory_budget(ByteSize::new(8_000))
+            .write_behind(1, ByteSize::new(64_000))
+            .open()
+            .unwrap();
+        s.insert("a", entry(1.0)).unwrap();
+        let plan = FaultPlan::fail_at(n);
+        let g = install(plan.clone());
+        // Evicts "a" through the writer thread, which adopts this plan.
+        let first = s.insert("b", entry(2.0));
+        drop(g);
+        // The failure is returned by this call or a later one, never lost.
+        let mut reported = matches!(first, Err(Error::WriteBehind { .. }));
+        let flushed = s.flush();
+        reported |= matches!(flushed, Err(Error::WriteBehind { .. }));
+        if plan.count() >= n {
+            assert!(
+                reported,
+                "fault {n}: the background failure was not reported"
+            );
+            assert!(s.stats().write_behind_failures >= 1);
+        } else {
+            assert!(first.is_ok() && flushed.is_ok());
+        }
+        assert_eq!(read(&s, "a"), 1.0, "fault {n}");
+        assert_eq!(read(&s, "b"), 2.0, "fault {n}");
+        s.close().unwrap();
+        let s = StoreBuilder::new(dir.path()).open().unwrap();
+        assert_eq!(read(&s, "a"), 1.0, "fault {n} after reopen");
+        assert_eq!(read(&s, "b"), 2.0, "fault {n} after reopen");
+    }
+}
