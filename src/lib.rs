@@ -67,17 +67,17 @@ mod size;
 mod store;
 mod stream;
 
-pub use array::{ArrayState, DiskBackedArray, ReadGuard, WriteGuard};
+pub use array::{ArrayState, DiskBackedArray, IntoStoredArray, ReadGuard, WriteGuard};
 pub use config::{default_chunk_budget, CacheConfig, ConfigOverrides};
 pub use element::Element;
 pub use error::{Error, Result};
 pub use key_hasher::KeyHasher;
 pub use mmap::LoadMode;
 pub use name::{EntryName, MAX_NAME_BYTES};
-pub use size::ByteSize;
+pub use size::{ByteSize, IntoByteSize};
 pub use store::{
-    DiskBackedStore, EntryFlags, EntryInfo, StoreBuilder, StoreStats, StoredArray, SystemPressure,
-    LOCK_FILE,
+    Attrs, DiskBackedStore, EntryFlags, EntryInfo, StoreBuilder, StoreStats, StoredArray,
+    SystemPressure, LOCK_FILE,
 };
 pub use stream::{NpyStreamWriter, NpyStreamWriterDyn};
 

@@ -56,10 +56,10 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ndarray::{Array, ArrayD, Dimension};
+use ndarray::{ArrayD, Dimension};
 use parking_lot::{Mutex, RwLock};
 
-use crate::array::ArrayState;
+use crate::array::{ArrayState, IntoStoredArray};
 use crate::config::{CacheConfig, ConfigOverrides};
 use crate::element::Element;
 use crate::error::{Error, Result};
@@ -68,7 +68,7 @@ use crate::name::EntryName;
 pub use budget::SystemPressure;
 use budget::{Account, Lru};
 use entry::{AnyEntry, BatchJob, Loaded, Slot, StoreEntry};
-pub use meta::EntryFlags;
+pub use meta::{Attrs, EntryFlags};
 pub use open::StoreBuilder;
 use stats::Counters;
 pub use stats::StoreStats;
@@ -160,6 +160,9 @@ pub struct EntryInfo {
     pub nbytes: u64,
     /// The entry's flags.
     pub flags: EntryFlags,
+    /// The entry's user attributes (empty when it has none); see
+    /// [`DiskBackedStore::insert_with_attrs`].
+    pub attrs: Attrs,
 }
 
 impl DiskBackedStore {
@@ -213,6 +216,10 @@ impl DiskBackedStore {
     /// is flushed, offloaded or the store is closed. Replacing an entry never
     /// disturbs readers holding the old value.
     ///
+    /// `array` is any [`IntoStoredArray`]: an owned [`Array`](ndarray::Array)
+    /// is moved without a copy; a view, a slice or a reference (`&a`) is
+    /// copied once.
+    ///
     /// # Errors
     ///
     /// [`Error::InvalidName`] (nothing on disk is touched),
@@ -221,21 +228,20 @@ impl DiskBackedStore {
     /// # Examples
     ///
     /// ```
-    /// use ndarray::{array, Ix1};
+    /// use ndarray::{array, s};
     /// use ndarray_offload::DiskBackedStore;
     ///
     /// let dir = tempfile::tempdir()?;
     /// let store = DiskBackedStore::open(dir.path())?;
-    /// store.insert("labels", array![1u8, 0, 1])?;
+    /// let big = array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]];
+    /// store.insert("head", big.slice(s![..2, ..]))?; // a view: copied
+    /// store.insert("copy", &big)?; // a reference: copied
+    /// store.insert("labels", array![1u8, 0, 1])?; // owned: moved
     /// store.flush()?; // now durable
-    /// assert_eq!(store.keys()[0].as_str(), "labels");
+    /// assert_eq!(store.keys().len(), 3);
     /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
-    pub fn insert<T: Element, D: Dimension>(
-        &self,
-        name: impl AsRef<str>,
-        array: Array<T, D>,
-    ) -> Result<()> {
+    pub fn insert<A: IntoStoredArray>(&self, name: impl AsRef<str>, array: A) -> Result<()> {
         self.insert_with(name, array, &ConfigOverrides::default())
     }
 
@@ -252,16 +258,90 @@ impl DiskBackedStore {
     /// # Errors
     ///
     /// As [`insert`](Self::insert).
-    pub fn insert_with<T: Element, D: Dimension>(
+    pub fn insert_with<A: IntoStoredArray>(
         &self,
         name: impl AsRef<str>,
-        array: Array<T, D>,
+        array: A,
         overrides: &ConfigOverrides,
     ) -> Result<()> {
         self.check_writable()?;
         let name = EntryName::new(name.as_ref())?;
-        self.insert_entry(name, array.into_dyn(), overrides);
+        let array = array.into_stored_array().into_dyn();
+        self.insert_entry(name, array, overrides, None);
         self.inner.enforce_budget();
+        Ok(())
+    }
+
+    /// [`insert`](Self::insert) with user attributes: a JSON object (a CRS,
+    /// a tile origin, units, provenance, ...) stored with the entry in its
+    /// `.meta.json` under the field `ndoffload_attrs`, which GSEGUtils
+    /// ignores and numpy users read with `json.load`. Read them back with
+    /// [`info`](Self::info); change them with [`set_attrs`](Self::set_attrs).
+    ///
+    /// # Errors
+    ///
+    /// As [`insert`](Self::insert), and [`Error::InvalidAttrs`] when
+    /// `attrs` is not a JSON object (nothing is inserted).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::Array2;
+    /// use ndarray_offload::DiskBackedStore;
+    /// use serde_json::json;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = DiskBackedStore::open(dir.path())?;
+    /// let attrs = json!({"crs": "EPSG:2056", "origin": [2600000.0, 1200000.0]});
+    /// store.insert_with_attrs("tile_0001", Array2::<f64>::zeros((100, 3)), attrs)?;
+    /// store.flush()?;
+    /// assert_eq!(store.info("tile_0001")?.attrs["crs"], "EPSG:2056");
+    /// store.set_attrs("tile_0001", json!({"crs": "EPSG:4326"}))?;
+    /// assert_eq!(store.info("tile_0001")?.attrs["crs"], "EPSG:4326");
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn insert_with_attrs<A: IntoStoredArray>(
+        &self,
+        name: impl AsRef<str>,
+        array: A,
+        attrs: serde_json::Value,
+    ) -> Result<()> {
+        self.check_writable()?;
+        let name = EntryName::new(name.as_ref())?;
+        let attrs = attrs_object(&name, attrs)?;
+        let array = array.into_stored_array().into_dyn();
+        self.insert_entry(name, array, &ConfigOverrides::default(), attrs);
+        self.inner.enforce_budget();
+        Ok(())
+    }
+
+    /// Replaces the user attributes of the entry `name` (see
+    /// [`insert_with_attrs`](Self::insert_with_attrs)); an empty object
+    /// removes them. When the entry is on disk, a new `.meta.json` is
+    /// written and renamed over the old one (durably, before this returns):
+    /// a crash leaves the old or the new attributes, and the data file is
+    /// not touched. An entry not yet written takes them with its first
+    /// write.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidAttrs`] when `attrs` is not a JSON object,
+    /// [`Error::ReadOnly`], [`Error::KeyNotFound`], metadata errors as for
+    /// [`get`](Self::get), I/O errors (the metadata is then unchanged).
+    pub fn set_attrs(&self, name: impl AsRef<str>, attrs: serde_json::Value) -> Result<()> {
+        self.check_writable()?;
+        let name = EntryName::new(name.as_ref())?;
+        let attrs = attrs_object(&name, attrs)?.unwrap_or_default();
+        let slot = self.slot(&name)?;
+        let mut s = slot.lock();
+        self.read_meta(&name, &mut s)?;
+        if self.inner.storage.exists(&name) {
+            self.inner.storage.set_attrs(&name, &attrs)?;
+        }
+        if let Some(l) = &s.loaded {
+            l.link().set_attrs(Some(attrs.clone()));
+        }
+        s.attrs = Some(attrs);
         Ok(())
     }
 
@@ -270,6 +350,7 @@ impl DiskBackedStore {
         name: EntryName,
         array: ArrayD<T>,
         overrides: &ConfigOverrides,
+        attrs: Option<Arc<Attrs>>,
     ) -> Loaded {
         let (flags, config) = self.flags_for(overrides);
         let shape = array.shape().to_vec();
@@ -281,8 +362,10 @@ impl DiskBackedStore {
             &config,
             self.inner.account.clone(),
         ));
+        loaded.link().set_attrs(attrs.clone());
         let slot = Slot {
             meta: Some((T::dtype(), shape, flags)),
+            attrs: Some(attrs.unwrap_or_default()),
             loaded: Some(loaded.clone()),
             retired: false,
             scratch: flags.purge_on_drop,
@@ -319,14 +402,15 @@ impl DiskBackedStore {
     /// As [`insert`](Self::insert), plus I/O errors. After an I/O error the
     /// previous pair on disk is byte-identical, no temporary file is left,
     /// and the new value stays in the store in RAM (a later flush retries).
-    pub fn insert_durable<T: Element, D: Dimension>(
+    pub fn insert_durable<A: IntoStoredArray>(
         &self,
         name: impl AsRef<str>,
-        array: Array<T, D>,
+        array: A,
     ) -> Result<()> {
         self.check_writable()?;
         let name = EntryName::new(name.as_ref())?;
-        let loaded = self.insert_entry(name, array.into_dyn(), &ConfigOverrides::default());
+        let array = array.into_stored_array().into_dyn();
+        let loaded = self.insert_entry(name, array, &ConfigOverrides::default(), None);
         let r = loaded.flush();
         self.inner.enforce_budget();
         r
@@ -358,12 +442,11 @@ impl DiskBackedStore {
     /// assert_eq!(store.len(), 100);
     /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
-    pub fn insert_batch<T, D, N, I>(&self, entries: I) -> Result<()>
+    pub fn insert_batch<A, N, I>(&self, entries: I) -> Result<()>
     where
-        T: Element,
-        D: Dimension,
+        A: IntoStoredArray,
         N: AsRef<str>,
-        I: IntoIterator<Item = (N, Array<T, D>)>,
+        I: IntoIterator<Item = (N, A)>,
     {
         self.check_writable()?;
         let mut named = Vec::new();
@@ -377,7 +460,10 @@ impl DiskBackedStore {
         named.reverse();
         let loaded: Vec<Loaded> = named
             .into_iter()
-            .map(|(n, a)| self.insert_entry(n, a.into_dyn(), &ConfigOverrides::default()))
+            .map(|(n, a)| {
+                let a = a.into_stored_array().into_dyn();
+                self.insert_entry(n, a, &ConfigOverrides::default(), None)
+            })
             .collect();
         self.inner
             .publish_batch(loaded.iter().map(|l| l.as_ref()).collect())
@@ -411,6 +497,7 @@ impl DiskBackedStore {
         }
         let m = self.inner.storage.read_meta(name)?;
         let flags = m.flags(self.inner.defaults);
+        slot.attrs = Some(Arc::new(m.attrs));
         let (dtype, shape) = match (m.dtype, m.shape) {
             (Some(d), Some(s)) => (d, s),
             // GSEGUtils takes what the metadata leaves out from the .npy
@@ -478,6 +565,7 @@ impl DiskBackedStore {
                         &config,
                         self.inner.account.clone(),
                     ));
+                    l.link().set_attrs(s.attrs.clone());
                     s.loaded = Some(l.clone());
                     l
                 }
@@ -542,6 +630,7 @@ impl DiskBackedStore {
         let slot = self.slot(&name)?;
         let mut s = slot.lock();
         let (dtype, shape, flags) = self.read_meta(&name, &mut s)?;
+        let attrs = s.attrs.as_deref().cloned().unwrap_or_default();
         let (state, flags) = match &s.loaded {
             Some(l) => (l.state(), l.flags()),
             None => (ArrayState::Offloaded, flags),
@@ -560,6 +649,7 @@ impl DiskBackedStore {
             state,
             nbytes,
             flags,
+            attrs,
         })
     }
 
@@ -828,6 +918,18 @@ impl Inner {
             self.remove(&k)?;
         }
         in_use.map_or(Ok(()), Err)
+    }
+}
+
+/// `attrs` as an attribute object (`None` for JSON `null`).
+fn attrs_object(name: &EntryName, attrs: serde_json::Value) -> Result<Option<Arc<Attrs>>> {
+    match attrs {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::Object(m) => Ok(Some(Arc::new(m))),
+        other => Err(Error::InvalidAttrs {
+            name: name.to_string(),
+            reason: format!("attributes must be a JSON object, not {other}"),
+        }),
     }
 }
 
