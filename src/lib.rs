@@ -53,6 +53,7 @@
 mod array;
 mod config;
 mod depth;
+mod dynarray;
 mod element;
 mod error;
 pub mod inspect;
@@ -69,6 +70,7 @@ mod stream;
 
 pub use array::{ArrayState, DiskBackedArray, IntoStoredArray, ReadGuard, WriteGuard};
 pub use config::{default_chunk_budget, CacheConfig, ConfigOverrides};
+pub use dynarray::{DynArray, DynView, Widen};
 pub use element::Element;
 pub use error::{Error, Result};
 pub use key_hasher::KeyHasher;
@@ -76,8 +78,8 @@ pub use mmap::LoadMode;
 pub use name::{EntryName, MAX_NAME_BYTES};
 pub use size::{ByteSize, IntoByteSize};
 pub use store::{
-    Attrs, DiskBackedStore, EntryFlags, EntryInfo, StoreBuilder, StoreStats, StoredArray,
-    SystemPressure, LOCK_FILE,
+    Attrs, DiskBackedStore, DynReadGuard, DynStoredArray, EntryFlags, EntryInfo, StoreBuilder,
+    StoreStats, StoredArray, SystemPressure, LOCK_FILE,
 };
 pub use stream::{NpyStreamWriter, NpyStreamWriterDyn};
 

@@ -61,6 +61,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::array::{ArrayState, IntoStoredArray};
 use crate::config::{CacheConfig, ConfigOverrides};
+use crate::dynarray::DynArray;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::name::EntryName;
@@ -74,7 +75,7 @@ use stats::Counters;
 pub use stats::StoreStats;
 pub use storage::LOCK_FILE;
 use storage::{Lease, PairJob, Storage, SyncMode};
-pub use stored::StoredArray;
+pub use stored::{DynReadGuard, DynStoredArray, StoredArray};
 
 struct Inner {
     /// Where the entries live: every file operation goes through it.
@@ -585,6 +586,158 @@ impl DiskBackedStore {
         StoredArray::of(loaded, name, meta_path)
     }
 
+    /// The entry `name` without naming its element type: a
+    /// [`DynStoredArray`], one variant per element type, whose views come
+    /// from RAM or a memory map without copying (as [`get`](Self::get)).
+    ///
+    /// An entry in the other byte order (a big-endian `.npy` written by
+    /// numpy on another machine) cannot be mapped: read it with
+    /// [`read_dyn`](Self::read_dyn) or [`get_as`](Self::get_as), which
+    /// convert.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get); [`Error::DtypeMismatch`] for an entry in the
+    /// other byte order, [`Error::Unsupported`] for a dtype no element type
+    /// holds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use ndarray_offload::{DiskBackedStore, DynView};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = DiskBackedStore::open(dir.path())?;
+    /// store.insert("labels", array![1u8, 0, 1])?;
+    /// let entry = store.get_dyn("labels")?;
+    /// assert_eq!((entry.dtype(), entry.shape()), ("|u1".to_string(), &[3][..]));
+    /// match entry.read()?.view() {
+    ///     DynView::U8(v) => assert_eq!(v.sum(), 2),
+    ///     other => panic!("unexpected {}", other.type_name()),
+    /// }
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get_dyn(&self, name: impl AsRef<str>) -> Result<DynStoredArray> {
+        let name = EntryName::new(name.as_ref())?;
+        let dtype = self.dtype_of(&name)?;
+        if let Some(a) = DynStoredArray::get(self, name.as_str(), &dtype)? {
+            return Ok(a);
+        }
+        let path = self.inner.storage.meta_path(&name);
+        match crate::element::rust_type_name(&dtype) {
+            Some(_) => Err(Error::DtypeMismatch {
+                path,
+                expected: native_order(&dtype),
+                found: dtype,
+            }),
+            None => Err(Error::Unsupported {
+                path,
+                reason: format!("dtype {dtype:?} is not one of the element types the crate reads"),
+            }),
+        }
+    }
+
+    /// A copy in RAM of the entry `name`, whatever its element type and
+    /// byte order: big-endian `.npy` files (written by numpy or GSEGUtils on
+    /// another machine, or with `dtype=">f8"`) are read and swapped, as
+    /// numpy and `ndarray-npy`'s `read_npy` do.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get); [`Error::Corrupt`] for a data file that does
+    /// not read, [`Error::Unsupported`] for a dtype no element type holds.
+    pub fn read_dyn(&self, name: impl AsRef<str>) -> Result<DynArray> {
+        let name = EntryName::new(name.as_ref())?;
+        let dtype = self.dtype_of(&name)?;
+        if let Some(a) = DynStoredArray::get(self, name.as_str(), &dtype)? {
+            return a.to_owned_array();
+        }
+        let path = self.inner.storage.data_path(&name);
+        let file = self
+            .inner
+            .storage
+            .open_data(&name, crate::io::Access::Read)?;
+        let a = DynArray::read_npy(&dtype, std::io::BufReader::new(file), &path)?;
+        let (meta_path, found) = (self.inner.storage.meta_path(&name), a.shape().to_vec());
+        let (_, shape, _) = {
+            let slot = self.slot(&name)?;
+            let mut s = slot.lock();
+            self.read_meta(&name, &mut s)?
+        };
+        if found != shape {
+            return Err(Error::Mismatch {
+                path,
+                field: "shape",
+                found: format!("{found:?}"),
+                expected: format!("{shape:?}"),
+                other: meta_path,
+            });
+        }
+        Ok(a)
+    }
+
+    /// The entry `name` as an owned array of `T`, converted from its stored
+    /// element type by a safe cast (see [`Widen`](crate::Widen): `u8` or
+    /// `f32` to `f64`, `i32` to `i64`, ...) and from either byte order: a
+    /// converting read, as numpy's `astype(..., casting="safe")` and
+    /// `ndarray-npy`'s `read_npy` do. Entries already of type `T` are
+    /// copied once.
+    ///
+    /// # Errors
+    ///
+    /// As [`read_dyn`](Self::read_dyn); [`Error::DtypeMismatch`] when the
+    /// cast would lose information (`f64` to `f32`),
+    /// [`Error::DimensionMismatch`] for a wrong `D`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::{array, Ix1};
+    /// use ndarray_offload::DiskBackedStore;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = DiskBackedStore::open(dir.path())?;
+    /// store.insert("intensity", array![1u16, 500, 65535])?;
+    /// let i = store.get_as::<f64, Ix1>("intensity")?;
+    /// assert_eq!(i, array![1.0, 500.0, 65535.0]);
+    /// assert!(store.get_as::<i8, Ix1>("intensity").is_err()); // would lose values
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get_as<T: crate::Widen, D: Dimension>(
+        &self,
+        name: impl AsRef<str>,
+    ) -> Result<ndarray::Array<T, D>> {
+        let name = EntryName::new(name.as_ref())?;
+        let path = self.inner.storage.meta_path(&name);
+        let a = self.read_dyn(name.as_str())?;
+        let found = a.dtype();
+        let ndim = a.shape().len();
+        let a = a.into_array::<T>().ok_or_else(|| Error::DtypeMismatch {
+            path: path.clone(),
+            expected: T::dtype(),
+            found,
+        })?;
+        a.into_dimensionality::<D>()
+            .map_err(|_| Error::DimensionMismatch {
+                path,
+                expected: D::NDIM.unwrap_or(0),
+                found: ndim,
+            })
+    }
+
+    /// The dtype of `name` from its metadata (or `.npy` header).
+    fn dtype_of(&self, name: &EntryName) -> Result<String> {
+        loop {
+            let slot = self.slot(name)?;
+            let mut s = slot.lock();
+            if s.retired {
+                continue;
+            }
+            return Ok(self.read_meta(name, &mut s)?.0);
+        }
+    }
+
     /// Whether an entry named `name` exists (complete pairs only).
     pub fn contains(&self, name: impl AsRef<str>) -> bool {
         EntryName::new(name.as_ref())
@@ -918,6 +1071,19 @@ impl Inner {
             self.remove(&k)?;
         }
         in_use.map_or(Ok(()), Err)
+    }
+}
+
+/// `dtype` in the host's byte order (`">f8"` -> `"<f8"` on little-endian).
+fn native_order(dtype: &str) -> String {
+    let native = if cfg!(target_endian = "little") {
+        "<"
+    } else {
+        ">"
+    };
+    match dtype.strip_prefix(['<', '>', '=']) {
+        Some(rest) => format!("{native}{rest}"),
+        None => dtype.to_owned(),
     }
 }
 
