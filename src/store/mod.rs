@@ -99,8 +99,8 @@ struct Inner {
 }
 
 /// A persistent map of names to arrays, stored as `NAME.npy` +
-/// `NAME.meta.json` pairs that numpy and GSEGUtils read (see
-/// `docs/format.md`).
+/// `NAME.meta.json` pairs that numpy reads (and the Python package
+/// GSEGUtils' `DiskBackedStore`; see `docs/format.md`).
 ///
 /// * [`insert`](Self::insert) keeps an array in RAM; [`flush`](Self::flush),
 ///   [`offload`](Self::offload) or [`close`](Self::close) write it;
@@ -247,8 +247,8 @@ impl DiskBackedStore {
     }
 
     /// [`insert`](Self::insert) with per-entry overrides of the store's
-    /// defaults (caching, automatic offloading, purge on drop), like
-    /// GSEGUtils' `add_data_to_store(..., **overrides)`.
+    /// defaults (caching, automatic offloading, purge on drop), as the
+    /// Python GSEGUtils' `add_data_to_store(..., **overrides)` takes them.
     ///
     /// Purge-on-drop makes a *scratch entry*: this handle deletes its pair
     /// when the store is closed or dropped. That is a choice of this process
@@ -523,7 +523,32 @@ impl DiskBackedStore {
     /// / [`Error::DimensionMismatch`] for a wrong `T` / `D`, metadata errors
     /// ([`Error::SchemaVersion`], [`Error::UnknownClass`], [`Error::Corrupt`]),
     /// and, when the data is read, [`Error::Mismatch`] if the `.npy` header
-    /// disagrees with the metadata.
+    /// disagrees with the metadata. An entry stored in the other byte order
+    /// (a big-endian file) is a [`Error::DtypeMismatch`] that says so: read
+    /// it with [`get_as`](Self::get_as).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::{array, Ix1, Ix2};
+    /// use ndarray_offload::{DiskBackedStore, Error};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = DiskBackedStore::open(dir.path())?;
+    /// store.insert("xyz", array![[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]])?;
+    /// store.offload("xyz")?; // now only on disk
+    ///
+    /// let xyz = store.get::<f64, Ix2>("xyz")?; // the entry's handle
+    /// let g = xyz.read()?; // maps the file; no copy
+    /// assert_eq!((g.nrows(), g[[1, 2]]), (2, 5.0));
+    /// drop(g);
+    ///
+    /// // The wrong element type or dimension is an error naming both.
+    /// let err = store.get::<f32, Ix2>("xyz").unwrap_err();
+    /// assert!(err.to_string().contains("holds f64 (<f8), but f32 (<f4) was requested"));
+    /// assert!(matches!(store.get::<f64, Ix1>("xyz"), Err(Error::DimensionMismatch { .. })));
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
     pub fn get<T: Element, D: Dimension>(
         &self,
         name: impl AsRef<str>,
