@@ -245,6 +245,13 @@ mod tests {
         assert_eq!(f.clone().into_array::<f64>().unwrap()[[0]], 0.5);
         assert_eq!(f.view().type_name(), "f64");
         let b = DynArray::from(arr1(&[true, false]).into_dyn());
-        assert_eq!(b.into_array::<u8>().unwrap().to_vec(), [1, 0]);
+        assert_eq!(
+            b.into_array::<u8>()
+                .unwrap()
+                .iter()
+                .copied()
+                .collect::<Vec<_>>(),
+            [1, 0]
+        );
     }
 }

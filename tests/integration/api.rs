@@ -46,7 +46,8 @@ fn any_array_goes_in_owned_ones_without_a_copy() {
     store.insert("v", big.slice(s![..5, ..])).unwrap();
     store.insert("r", &big).unwrap();
     store.insert("t", big.t()).unwrap();
-    store.insert_durable("d", &big.view()).unwrap();
+    let by_ref: &Array2<f64> = &big;
+    store.insert_durable("d", by_ref).unwrap();
     let arc: ArcArray<f64, Ix2> = big.to_shared();
     store.insert("arc", arc).unwrap();
     store.insert("cow", CowArray::from(big.view())).unwrap();
