@@ -142,9 +142,21 @@ impl CacheConfig {
         self.automatic_offloading = on;
         self
     }
-    /// Sets the chunk budget in bytes (at least 4 KiB is used).
-    pub fn with_chunk_budget(mut self, bytes: u64) -> Self {
-        self.chunk_budget = Some(bytes.max(4096));
+    /// Sets the chunk budget (at least 4 KiB is used): a `u64` of bytes or
+    /// a [`ByteSize`](crate::ByteSize); a string goes through
+    /// `ByteSize::try_from`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray_offload::{ByteSize, CacheConfig};
+    ///
+    /// let c = CacheConfig::default().with_chunk_budget(ByteSize::try_from("64MiB")?);
+    /// assert_eq!(c.chunk_budget(), Some(64 << 20));
+    /// # Ok::<_, ndarray_offload::Error>(())
+    /// ```
+    pub fn with_chunk_budget(mut self, bytes: impl Into<crate::size::ByteSize>) -> Self {
+        self.chunk_budget = Some(bytes.into().bytes().max(4096));
         self
     }
     /// Sets how arrays loaded on demand are mapped.

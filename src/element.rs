@@ -37,6 +37,45 @@ pub(crate) fn descr_string(v: &py_literal::Value) -> String {
     }
 }
 
+/// The Rust type whose elements the numpy dtype `descr` holds, whatever its
+/// byte order (`"<f4"` and `">f4"`: `f32`), for messages.
+pub(crate) fn rust_type_name(descr: &str) -> Option<&'static str> {
+    let kind = descr.get(1..)?;
+    Some(match kind {
+        "b1" => "bool",
+        "i1" => "i8",
+        "i2" => "i16",
+        "i4" => "i32",
+        "i8" => "i64",
+        "u1" => "u8",
+        "u2" => "u16",
+        "u4" => "u32",
+        "u8" => "u64",
+        "f4" => "f32",
+        "f8" => "f64",
+        "c8" => "Complex<f32>",
+        "c16" => "Complex<f64>",
+        _ => return None,
+    })
+}
+
+/// `descr` with its Rust type and, when not the host's, its byte order:
+/// `"f32 (<f4)"`, `"f64 (>f8, big-endian)"`, `"'<U10'"` for a dtype no Rust
+/// element type holds.
+pub(crate) fn describe_dtype(descr: &str) -> String {
+    let native = if cfg!(target_endian = "little") {
+        '<'
+    } else {
+        '>'
+    };
+    match rust_type_name(descr) {
+        Some(t) if descr.starts_with(native) || descr.starts_with('|') => format!("{t} ({descr})"),
+        Some(t) if descr.starts_with('>') => format!("{t} ({descr}, big-endian)"),
+        Some(t) if descr.starts_with('<') => format!("{t} ({descr}, little-endian)"),
+        _ => format!("{descr:?}"),
+    }
+}
+
 /// Byte size of one element of the numpy dtype `descr`, when it is one of the
 /// simple scalar dtypes (`<f4`, `|u1`, `>i8`, `<c16`, ...).
 pub(crate) fn dtype_itemsize(descr: &str) -> Option<usize> {
@@ -73,7 +112,15 @@ pub(crate) fn checked_nbytes(shape: &[usize], itemsize: usize) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::checked_nbytes;
+    use super::{checked_nbytes, describe_dtype};
+
+    #[test]
+    fn dtypes_are_described_with_rust_types() {
+        assert_eq!(describe_dtype("<f4"), "f32 (<f4)");
+        assert_eq!(describe_dtype("|u1"), "u8 (|u1)");
+        assert_eq!(describe_dtype(">f8"), "f64 (>f8, big-endian)");
+        assert_eq!(describe_dtype("<U10"), "\"<U10\"");
+    }
 
     #[test]
     fn sizes_count_every_non_zero_dimension() {

@@ -23,6 +23,13 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A store was opened at a path that is a file (or anything but a
+    /// directory).
+    #[error("{path} is a file, not a store directory")]
+    NotADirectory {
+        /// The path given.
+        path: PathBuf,
+    },
     /// The operating system refused access.
     #[error("permission denied while trying to {op} {path}")]
     PermissionDenied {
@@ -76,7 +83,12 @@ pub enum Error {
         reason: String,
     },
     /// The file holds a different element type than the one requested.
-    #[error("{path} holds dtype {found}, but {expected} was requested")]
+    #[error(
+        "{path} holds {}, but {} was requested{}",
+        crate::element::describe_dtype(found),
+        crate::element::describe_dtype(expected),
+        dtype_hint(found, expected)
+    )]
     DtypeMismatch {
         /// The file read.
         path: PathBuf,
@@ -135,12 +147,22 @@ pub enum Error {
         rule: &'static str,
     },
     /// A budget or size string could not be parsed.
-    #[error("invalid size {input:?}: {reason}")]
+    #[error("invalid size {input:?}{}: {reason}", option.map(|o| format!(" for {o}")).unwrap_or_default())]
     InvalidSize {
         /// The rejected text.
         input: String,
         /// Why it was rejected.
         reason: &'static str,
+        /// The option it was given to (`"memory_budget"`, ...), when known.
+        option: Option<&'static str>,
+    },
+    /// User attributes that are not a JSON object.
+    #[error("invalid attributes for entry {name:?}: {reason}")]
+    InvalidAttrs {
+        /// The entry name.
+        name: String,
+        /// What is wrong.
+        reason: String,
     },
     /// No entry with this name exists.
     #[error("no entry named {name:?} in {path}")]
@@ -196,8 +218,10 @@ pub enum Error {
     },
     /// An operation needed a file but the array has none (for example
     /// `load` on an array that was never offloaded).
-    #[error("the array has no file: {reason}")]
+    #[error("{path} does not exist yet: {reason}")]
     NoFile {
+        /// The file the array would have.
+        path: PathBuf,
         /// Why a file was needed.
         reason: &'static str,
     },
@@ -323,6 +347,16 @@ impl Error {
                     ..
                 }
         )
+    }
+}
+
+/// A hint for a dtype mismatch that a converting read resolves.
+fn dtype_hint(found: &str, expected: &str) -> &'static str {
+    let same_kind = found.get(1..).is_some() && found.get(1..) == expected.get(1..);
+    if same_kind {
+        " (another byte order: read it with `get_as`, which converts)"
+    } else {
+        ""
     }
 }
 

@@ -2,7 +2,8 @@
 //! types: what the `ndoffload` command-line inspector uses.
 //!
 //! [`inspect_store`] reports every entry of a store directory (complete or
-//! not), [`inspect_pack`] every array of a pack file; with
+//! not), [`inspect_pack`] every array of a pack file, [`inspect_npy`] one
+//! `.npy` file; with
 //! [`InspectOptions::read_data`] both read the data, check it and compute a
 //! SHA-256 that numpy reproduces.
 
@@ -37,6 +38,10 @@ pub struct EntryReport {
     /// SHA-256 (hex) of the values in C order, element bytes in the file's
     /// byte order (`hashlib.sha256(np.ascontiguousarray(a).tobytes())`).
     pub sha256: Option<String>,
+    /// The entry's user attributes (`ndoffload_attrs` in its
+    /// `.meta.json`); empty when it has none, and for packs and `.npy`
+    /// files.
+    pub attrs: crate::Attrs,
     /// Not an entry: files named like one of a pair (`NAME.npy`,
     /// `NAME.meta.json`) under a name the store refuses and therefore
     /// ignores (see [`EntryName`](crate::EntryName)), or one that is not
@@ -57,6 +62,7 @@ impl EntryReport {
             fortran_order: false,
             problem: None,
             sha256: None,
+            attrs: crate::Attrs::new(),
             ignored: false,
         }
     }
@@ -216,6 +222,7 @@ fn check_entry(dir: &Path, name: &str, opts: InspectOptions, r: &mut EntryReport
     let meta_path = dir.join(format!("{name}.meta.json"));
     let npy_path = dir.join(format!("{name}.npy"));
     let meta = Meta::read(&meta_path)?;
+    r.attrs.clone_from(&meta.attrs);
     r.dtype = meta.dtype.clone();
     r.shape = meta.shape.clone();
     let (info, len) = NpyInfo::read(&npy_path)?;
@@ -252,35 +259,88 @@ fn check_entry(dir: &Path, name: &str, opts: InspectOptions, r: &mut EntryReport
     };
     info.check_len(len, &npy_path)?;
     if opts.read_data {
-        let file = crate::io::open_regular(&npy_path, crate::io::Access::Read)?;
-        let map = mmap::map_readonly(&file, &npy_path)?;
-        let end = (info.data_offset as u64).saturating_add(info.data_len.unwrap_or(0));
-        let data = usize::try_from(end)
-            .ok()
-            .and_then(|end| map.get(info.data_offset..end))
-            .ok_or_else(|| Error::Truncated {
-                path: npy_path.clone(),
-                expected: end,
-                actual: map.len() as u64,
-            })?;
-        if info.descr == "|b1" {
-            if let Some(pos) = data.iter().position(|&b| b > 1) {
-                return Err(Error::corrupt(
-                    &npy_path,
-                    format!("element {pos} is not a valid bool (byte {})", data[pos]),
-                ));
-            }
-        }
-        r.sha256 = Some(
-            c_order_sha256(data, &info.shape, itemsize, info.fortran).ok_or_else(|| {
-                Error::corrupt(
-                    &npy_path,
-                    format!("shape {:?} does not fit the data", info.shape),
-                )
-            })?,
-        );
+        r.sha256 = Some(data_sha256(&npy_path, &info, itemsize)?);
     }
     Ok(())
+}
+
+/// Reads the data of the `.npy` at `npy_path` (header `info`), checks
+/// `bool` values and returns the SHA-256 of its values in C order.
+fn data_sha256(npy_path: &Path, info: &NpyInfo, itemsize: usize) -> Result<String> {
+    let file = crate::io::open_regular(npy_path, crate::io::Access::Read)?;
+    let map = mmap::map_readonly(&file, npy_path)?;
+    let end = (info.data_offset as u64).saturating_add(info.data_len.unwrap_or(0));
+    let data = usize::try_from(end)
+        .ok()
+        .and_then(|end| map.get(info.data_offset..end))
+        .ok_or_else(|| Error::Truncated {
+            path: npy_path.to_path_buf(),
+            expected: end,
+            actual: map.len() as u64,
+        })?;
+    if info.descr == "|b1" {
+        if let Some(pos) = data.iter().position(|&b| b > 1) {
+            return Err(Error::corrupt(
+                npy_path,
+                format!("element {pos} is not a valid bool (byte {})", data[pos]),
+            ));
+        }
+    }
+    c_order_sha256(data, &info.shape, itemsize, info.fortran).ok_or_else(|| {
+        Error::corrupt(
+            npy_path,
+            format!("shape {:?} does not fit the data", info.shape),
+        )
+    })
+}
+
+/// Inspects one `.npy` file: its header (dtype, shape, memory order, data
+/// bytes) and, with `read_data`, its values (checked, and their SHA-256 in
+/// C order). The report is named after the file.
+///
+/// # Errors
+///
+/// Errors opening the file ([`Error::NotFound`], ...) and reading its
+/// header ([`Error::Corrupt`], [`Error::Truncated`]); a problem with the
+/// data is in the report.
+///
+/// # Examples
+///
+/// ```
+/// use ndarray::array;
+/// use ndarray_offload::inspect::{inspect_npy, InspectOptions};
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("a.npy");
+/// ndarray_npy::write_npy(&path, &array![[1.0f64, 2.0], [3.0, 4.0]])?;
+/// let r = inspect_npy(&path, InspectOptions::default())?;
+/// assert_eq!((r.dtype.as_deref(), r.shape.as_deref()), (Some("<f8"), Some(&[2, 2][..])));
+/// assert!(!r.fortran_order);
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// ```
+pub fn inspect_npy(path: &Path, opts: InspectOptions) -> Result<EntryReport> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    let (info, len) = NpyInfo::read(path)?;
+    let mut r = EntryReport::named(name);
+    r.dtype = Some(info.descr.clone());
+    r.shape = Some(info.shape.clone());
+    r.fortran_order = info.fortran;
+    r.nbytes = info.data_len;
+    let checked = info.check_len(len, path).and_then(|()| {
+        let itemsize = dtype_itemsize(&info.descr)
+            .ok_or_else(|| Error::corrupt(path, format!("unsupported dtype {}", info.descr)))?;
+        if opts.read_data {
+            r.sha256 = Some(data_sha256(path, &info, itemsize)?);
+        }
+        Ok(())
+    });
+    if let Err(e) = checked {
+        r.problem = Some(e.to_string());
+    }
+    Ok(r)
 }
 
 /// Inspects every array of the pack at `path`, in file order. Each array is

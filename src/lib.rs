@@ -11,35 +11,122 @@
 //! |---|---|
 //! | keep one large array in RAM or on disk, map it back on demand | [`DiskBackedArray`] |
 //! | choose where files go, caching, automatic offloading, purge-on-drop | [`CacheConfig`], [`ConfigOverrides`] |
-//! | a persistent, crash-safe map of names to arrays (numpy- and GSEGUtils-readable) | [`DiskBackedStore`], [`StoreBuilder`] |
-//! | read a stored array without copying | [`DiskBackedStore::get`] → [`StoredArray::read`] |
+//! | a persistent, crash-safe map of names to arrays that numpy reads | [`DiskBackedStore`], [`StoreBuilder`] |
+//! | insert any array: owned (moved), a view, a slice or a reference (copied) | [`DiskBackedStore::insert`], [`IntoStoredArray`] |
+//! | read a stored array without copying; guards dereference to the array | [`DiskBackedStore::get`] → [`StoredArray::read`] → [`ReadGuard`] |
+//! | read without naming the element type | [`DiskBackedStore::get_dyn`] → [`DynView`] |
+//! | read converting the element type (`u16` → `f64`) or the byte order (big-endian files) | [`DiskBackedStore::get_as`], [`DiskBackedStore::read_dyn`], [`Widen`] |
+//! | keep the data set larger than RAM: spill least-recently-used entries | [`StoreBuilder::memory_budget`] (`"2GiB"`), [`StoreStats`] |
+//! | compute an entry once, store it, reuse it (`?` inside with [`try_get_or_compute`](DiskBackedStore::try_get_or_compute)) | [`DiskBackedStore::get_or_compute`], [`KeyHasher`] for names from inputs |
+//! | attach attributes to an entry (CRS, origin, units, provenance) | [`DiskBackedStore::insert_with_attrs`], [`DiskBackedStore::set_attrs`], [`EntryInfo::attrs`] |
 //! | write many entries durably with one round of syncs | [`DiskBackedStore::insert_batch`] |
 //! | write an array larger than RAM chunk by chunk | [`NpyStreamWriter`] |
 //! | many small arrays or samples in one file, read without copying | [`pack`]: [`pack::PackWriter`], [`pack::PackReader`] |
-//! | check a store or pack without knowing its dtypes (what `ndoffload` does) | [`inspect`]: [`inspect::inspect_store`], [`inspect::inspect_pack`] |
+//! | check a store, pack or `.npy` without knowing its dtypes (what `ndoffload` does) | [`inspect`] |
 //! | validate an entry name before using it | [`EntryName`] |
 //!
 //! # Example
 //!
+//! A store of point-cloud tiles under a memory budget, with attributes, read
+//! back with and without naming the element type:
+//!
 //! ```
-//! use ndarray::{Array2, Ix2};
-//! use ndarray_offload::{DiskBackedArray, DiskBackedStore, LoadMode};
+//! use ndarray::{s, Array1, Array2, Ix2};
+//! use ndarray_offload::{DiskBackedStore, DynView, StoreBuilder};
+//! use serde_json::json;
 //!
-//! // One array: offload it, then read it back through a memory map.
-//! let points = Array2::<f32>::from_shape_fn((10_000, 3), |(i, j)| (i + j) as f32);
-//! let arr = DiskBackedArray::new(points)?;
-//! arr.offload()?; // RAM freed; data in a private temporary .npy
-//! let n = arr.read()?.view().nrows();
-//! assert_eq!(n, 10_000);
-//!
-//! // A store: entries survive the process and open in numpy.
 //! let dir = tempfile::tempdir()?;
-//! let store = DiskBackedStore::open(dir.path())?;
-//! store.insert_durable("normals", Array2::<f32>::zeros((10_000, 3)))?;
-//! let normals = store.get::<f32, Ix2>("normals")?;
-//! assert_eq!(normals.read()?.view().shape(), &[10_000, 3]);
+//! // At most 1 MiB of entry data in RAM: older tiles spill to disk.
+//! let store = StoreBuilder::new(dir.path()).memory_budget("1MiB").open()?;
+//! for i in 0..8 {
+//!     let xyz = Array2::<f64>::from_elem((20_000, 3), i as f64); // 480 KB
+//!     let attrs = json!({"crs": "EPSG:2056", "origin": [i * 100, 0]});
+//!     store.insert_with_attrs(format!("tile_{i}"), xyz, attrs)?; // moved, no copy
+//! }
+//! assert!(store.stats().evictions > 0);
+//!
+//! // Typed reads come from RAM or a memory map, without copying; a guard
+//! // reads like an ndarray array.
+//! let tile = store.get::<f64, Ix2>("tile_0")?;
+//! assert_eq!(tile.read()?.nrows(), 20_000);
+//! assert_eq!(store.info("tile_3")?.attrs["origin"], json!([300, 0]));
+//!
+//! // Views and slices are copied in; a reference works too.
+//! store.insert("head", tile.read()?.slice(s![..10, ..]))?;
+//!
+//! // Computed once, then read from the store.
+//! let ones = store.get_or_compute::<f32, ndarray::Ix1, _>("ones", || Array1::ones(4))?;
+//! assert_eq!(ones.read()?.sum(), 4.0);
+//!
+//! // Without naming the element type, or converting it.
+//! match store.get_dyn("ones")?.read()?.view() {
+//!     DynView::F32(v) => assert_eq!(v.len(), 4),
+//!     other => panic!("unexpected {}", other.dtype()),
+//! }
+//! let as_f64 = store.get_as::<f64, ndarray::Ix1>("ones")?;
+//! assert_eq!(as_f64.sum(), 4.0);
+//!
+//! store.close()?; // durable: numpy reads every tile with np.load
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! A computation that can fail uses
+//! [`try_get_or_compute`](DiskBackedStore::try_get_or_compute): its closure
+//! returns a `Result`, so `?` works inside, and nothing is stored on error.
+//!
+//! ```
+//! use ndarray::{Array1, Ix1};
+//! use ndarray_offload::DiskBackedStore;
+//!
+//! type BoxError = Box<dyn std::error::Error + Send + Sync>;
+//! let dir = tempfile::tempdir()?;
+//! let store = DiskBackedStore::open(dir.path())?;
+//! let r = store.try_get_or_compute::<f64, Ix1, _, BoxError>("n", || {
+//!     let n: usize = "12".parse()?; // any error type converts
+//!     Ok(Array1::zeros(n))
+//! })?;
+//! assert_eq!(r.shape(), &[12]);
+//! # Ok::<_, BoxError>(())
+//! ```
+//!
+//! Many small arrays go in a [`pack`], one file read without copying:
+//!
+//! ```
+//! use ndarray::array;
+//! use ndarray_offload::pack::{PackReader, PackWriter};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("labels.pack");
+//! let mut w = PackWriter::create(&path)?;
+//! for i in 0..100u64 {
+//!     w.append(i, &array![i as u8, 1, 2])?;
+//! }
+//! w.finish()?;
+//! let r = PackReader::open(&path)?;
+//! assert_eq!(r.len(), 100);
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! One array alone is a [`DiskBackedArray`]: offload it, and it is mapped
+//! back when read.
+//!
+//! ```
+//! use ndarray::Array2;
+//! use ndarray_offload::DiskBackedArray;
+//!
+//! let arr = DiskBackedArray::new(Array2::<f32>::zeros((10_000, 3)))?;
+//! arr.offload()?; // RAM freed; data in a private temporary .npy
+//! assert_eq!(arr.read()?.nrows(), 10_000);
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Compatibility
+//!
+//! A store directory is plain files: `NAME.npy` (what `numpy.save` writes)
+//! and `NAME.meta.json`, whose fields are those of the Python package
+//! GSEGUtils' `DiskBackedStore`, so a store written by either opens in the
+//! other. Attributes live under one extra field, `ndoffload_attrs`, that
+//! GSEGUtils ignores; `docs/format.md` describes every field.
 //!
 //! # Errors and guarantees
 //!
@@ -53,6 +140,7 @@
 mod array;
 mod config;
 mod depth;
+mod dynarray;
 mod element;
 mod error;
 pub mod inspect;
@@ -69,17 +157,18 @@ mod size;
 mod store;
 mod stream;
 
-pub use array::{ArrayState, DiskBackedArray, ReadGuard, WriteGuard};
+pub use array::{ArrayState, DiskBackedArray, IntoStoredArray, ReadGuard, WriteGuard};
 pub use config::{default_chunk_budget, CacheConfig, ConfigOverrides};
+pub use dynarray::{DynArray, DynView, Widen};
 pub use element::Element;
 pub use error::{Error, RemoteErrorKind, Result};
 pub use key_hasher::KeyHasher;
 pub use mmap::LoadMode;
 pub use name::{EntryName, MAX_NAME_BYTES};
-pub use size::ByteSize;
+pub use size::{ByteSize, IntoByteSize};
 pub use store::{
-    DiskBackedStore, EntryFlags, EntryInfo, Prefetching, StoreBuilder, StoreStats, StoredArray,
-    SystemPressure, LOCK_FILE,
+    Attrs, DiskBackedStore, DynReadGuard, DynStoredArray, EntryFlags, EntryInfo, Prefetching,
+    StoreBuilder, StoreStats, StoredArray, SystemPressure, LOCK_FILE,
 };
 pub use stream::{NpyStreamWriter, NpyStreamWriterDyn};
 

@@ -53,6 +53,7 @@ impl ByteSize {
         let err = |reason| Error::InvalidSize {
             input: s.to_owned(),
             reason,
+            option: None,
         };
         let t = s.trim();
         let split = t
@@ -113,6 +114,114 @@ impl FromStr for ByteSize {
 impl From<u64> for ByteSize {
     fn from(n: u64) -> Self {
         ByteSize(n)
+    }
+}
+
+impl TryFrom<&str> for ByteSize {
+    type Error = Error;
+    fn try_from(s: &str) -> Result<Self> {
+        ByteSize::parse(s)
+    }
+}
+
+impl TryFrom<String> for ByteSize {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        ByteSize::parse(&s)
+    }
+}
+
+/// A size option's value: a [`ByteSize`], a number of bytes (`u64`), or a
+/// string parsed as [`ByteSize::parse`] does (`"200MiB"`, `"2GB"`).
+///
+/// [`StoreBuilder::memory_budget`](crate::StoreBuilder::memory_budget) takes
+/// it and reports a malformed string as [`Error::InvalidSize`] naming the
+/// option at [`open`](crate::StoreBuilder::open). Setters that cannot fail
+/// ([`CacheConfig::with_chunk_budget`](crate::CacheConfig::with_chunk_budget),
+/// [`DiskBackedStore::set_memory_budget`](crate::DiskBackedStore::set_memory_budget),
+/// [`SystemPressure::new`](crate::SystemPressure::new)) take a [`ByteSize`]
+/// or a `u64`; a string goes through `ByteSize::try_from("64MiB")?` (or
+/// `.parse()?`) there.
+///
+/// # Examples
+///
+/// ```
+/// use ndarray_offload::{ByteSize, IntoByteSize};
+///
+/// assert_eq!("200MiB".into_byte_size()?, ByteSize::new(200 << 20));
+/// assert_eq!(4096u64.into_byte_size()?, ByteSize::new(4096));
+/// assert!("lots".into_byte_size().is_err());
+/// # Ok::<_, ndarray_offload::Error>(())
+/// ```
+pub trait IntoByteSize {
+    /// The size, or [`Error::InvalidSize`] for a malformed string.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidSize`].
+    fn into_byte_size(self) -> Result<ByteSize>;
+}
+
+impl IntoByteSize for ByteSize {
+    fn into_byte_size(self) -> Result<ByteSize> {
+        Ok(self)
+    }
+}
+
+impl IntoByteSize for u64 {
+    fn into_byte_size(self) -> Result<ByteSize> {
+        Ok(ByteSize(self))
+    }
+}
+
+impl IntoByteSize for &str {
+    fn into_byte_size(self) -> Result<ByteSize> {
+        ByteSize::parse(self)
+    }
+}
+
+impl IntoByteSize for String {
+    fn into_byte_size(self) -> Result<ByteSize> {
+        ByteSize::parse(&self)
+    }
+}
+
+impl IntoByteSize for &String {
+    fn into_byte_size(self) -> Result<ByteSize> {
+        ByteSize::parse(self)
+    }
+}
+
+/// A size option as given: the size, or the parse error reported later
+/// (the error is not `Clone`; its parts are).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SizeSetting {
+    Ok(u64),
+    Invalid { input: String, reason: &'static str },
+}
+
+impl SizeSetting {
+    pub(crate) fn new(v: impl IntoByteSize) -> Self {
+        match v.into_byte_size() {
+            Ok(b) => SizeSetting::Ok(b.bytes()),
+            Err(Error::InvalidSize { input, reason, .. }) => SizeSetting::Invalid { input, reason },
+            Err(_) => SizeSetting::Invalid {
+                input: String::new(),
+                reason: "not a size",
+            },
+        }
+    }
+
+    /// The size, or the parse error naming the option it was given to.
+    pub(crate) fn get(&self, option: &'static str) -> Result<u64> {
+        match self {
+            SizeSetting::Ok(b) => Ok(*b),
+            SizeSetting::Invalid { input, reason } => Err(Error::InvalidSize {
+                input: input.clone(),
+                reason,
+                option: Some(option),
+            }),
+        }
     }
 }
 

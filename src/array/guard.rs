@@ -2,10 +2,9 @@
 //! they hold, and the registry of guards held by each thread that lets an
 //! operation refuse ([`Error::InUse`]) a wait that would never end.
 
-use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 
-use ndarray::{ArrayView, ArrayViewMut, Dimension, IxDyn};
+use ndarray::{ArrayRef, ArrayView, ArrayViewMut, Dimension, IxDyn};
 // Reads never queue behind a waiting writer: the store takes short read
 // locks on entries (to flush or detach them) that the calling thread may
 // already hold a read guard on, while another thread waits to write; a fair
@@ -20,7 +19,7 @@ use super::state::State;
 use super::DiskBackedArray;
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::mmap::LoadMode;
+use crate::mmap::{LoadMode, ReadView, WriteView};
 
 /// The guards the calling thread holds, as (address of the array's lock,
 /// whether the guard writes). A guard never leaves its thread (the lock's
@@ -178,8 +177,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         held::add(self.lock_id(), false);
         Ok(ReadGuard {
             array: self,
-            guard: Some(st),
-            _e: PhantomData,
+            guard: Some(ReadView::new(st, state_view::<T, D, E>)),
         })
     }
 
@@ -219,9 +217,12 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         held::add(self.lock_id(), true);
         Ok(WriteGuard {
             array: self,
-            guard: Some(st),
+            guard: Some(WriteView::new(
+                st,
+                state_view::<T, D, E>,
+                state_view_mut::<T, D, E>,
+            )),
             reoffload: loaded && self.automatic_offloading() && self.caching(),
-            _e: PhantomData,
         })
     }
 
@@ -364,24 +365,65 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     }
 }
 
+/// The view of `E` of a state a guard holds (loaded: never offloaded; the
+/// dimension was checked when the guard was made).
+fn state_view<T: Element, D: Dimension, E: Dimension>(s: &State<T, D>) -> ArrayView<'_, T, E> {
+    let v = match s {
+        State::Owned(a) => a.view(),
+        State::Mapped(m) => m.view(),
+        State::Offloaded => unreachable!("a guard never sees an offloaded array"),
+    };
+    v.into_dimensionality::<E>()
+        .expect("dimension checked when the guard was made")
+}
+
+/// The mutable view of `E` of a state a write guard holds.
+fn state_view_mut<T: Element, D: Dimension, E: Dimension>(
+    s: &mut State<T, D>,
+) -> ArrayViewMut<'_, T, E> {
+    let v = match s {
+        State::Owned(a) => a.view_mut(),
+        State::Mapped(m) => m
+            .view_mut()
+            .expect("write guards never hold read-only maps"),
+        State::Offloaded => unreachable!("a write guard never sees an offloaded array"),
+    };
+    v.into_dimensionality::<E>()
+        .expect("dimension checked when the guard was made")
+}
+
 /// A scoped read access to a [`DiskBackedArray`] (or to a store entry, whose
 /// views have the dimension `E` it was requested with).
+///
+/// It dereferences to the array ([`ArrayRef`], what every ndarray array
+/// dereferences to), so ndarray's methods apply to it directly:
+///
+/// ```
+/// use ndarray::{Array2, Ix2};
+/// use ndarray_offload::DiskBackedStore;
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = DiskBackedStore::open(dir.path())?;
+/// store.insert("xyz", Array2::<f64>::ones((4, 3)))?;
+/// assert_eq!(store.get::<f64, Ix2>("xyz")?.read()?.nrows(), 4);
+/// let xyz = store.get::<f64, Ix2>("xyz")?;
+/// let g = xyz.read()?;
+/// assert_eq!((g.sum(), g[[0, 2]], g.column(1).len()), (12.0, 1.0, 4));
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// ```
 pub struct ReadGuard<'a, T: Element, D: Dimension, E: Dimension = D> {
     array: &'a DiskBackedArray<T, D>,
-    guard: Option<RwLockReadGuard<'a, State<T, D>>>,
-    _e: PhantomData<E>,
+    guard: Option<ReadView<'a, State<T, D>, T, E>>,
 }
 
 impl<T: Element, D: Dimension, E: Dimension> ReadGuard<'_, T, D, E> {
+    fn held(&self) -> &ReadView<'_, State<T, D>, T, E> {
+        self.guard.as_ref().expect("guard is live")
+    }
+
     /// A view of the data.
     pub fn view(&self) -> ArrayView<'_, T, E> {
-        let v = match &**self.guard.as_ref().expect("guard is live") {
-            State::Owned(a) => a.view(),
-            State::Mapped(m) => m.view(),
-            State::Offloaded => unreachable!("a read guard never sees an offloaded array"),
-        };
-        v.into_dimensionality::<E>()
-            .expect("dimension checked when the guard was made")
+        self.held().view()
     }
 
     /// A view with a dynamic number of dimensions.
@@ -403,6 +445,13 @@ impl<T: Element, D: Dimension, E: Dimension> ReadGuard<'_, T, D, E> {
     }
 }
 
+impl<T: Element, D: Dimension, E: Dimension> std::ops::Deref for ReadGuard<'_, T, D, E> {
+    type Target = ArrayRef<T, E>;
+    fn deref(&self) -> &ArrayRef<T, E> {
+        self.held().array()
+    }
+}
+
 impl<T: Element, D: Dimension, E: Dimension> Drop for ReadGuard<'_, T, D, E> {
     fn drop(&mut self) {
         self.guard = None;
@@ -415,36 +464,43 @@ impl<T: Element, D: Dimension, E: Dimension> Drop for ReadGuard<'_, T, D, E> {
 
 /// A scoped write access to a [`DiskBackedArray`] (or to a store entry, whose
 /// views have the dimension `E` it was requested with).
+///
+/// It dereferences mutably to the array ([`ArrayRef`]):
+///
+/// ```
+/// use ndarray::{Array1, Ix1};
+/// use ndarray_offload::DiskBackedStore;
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = DiskBackedStore::open(dir.path())?;
+/// store.insert("v", Array1::<f32>::zeros(3))?;
+/// let v = store.get::<f32, Ix1>("v")?;
+/// let mut g = v.write()?;
+/// g.fill(2.0);
+/// g[0] = 1.0;
+/// drop(g);
+/// assert_eq!(v.read()?.to_vec(), [1.0, 2.0, 2.0]);
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// ```
 pub struct WriteGuard<'a, T: Element, D: Dimension, E: Dimension = D> {
     array: &'a DiskBackedArray<T, D>,
-    guard: Option<RwLockWriteGuard<'a, State<T, D>>>,
+    guard: Option<WriteView<'a, State<T, D>, T, E>>,
     reoffload: bool,
-    _e: PhantomData<E>,
 }
 
 impl<T: Element, D: Dimension, E: Dimension> WriteGuard<'_, T, D, E> {
     /// A view of the data.
     pub fn view(&self) -> ArrayView<'_, T, E> {
-        let v = match &**self.guard.as_ref().expect("guard is live") {
-            State::Owned(a) => a.view(),
-            State::Mapped(m) => m.view(),
-            State::Offloaded => unreachable!("a write guard never sees an offloaded array"),
-        };
-        v.into_dimensionality::<E>()
-            .expect("dimension checked when the guard was made")
+        self.guard.as_ref().expect("guard is live").array().view()
     }
 
     /// A mutable view of the data.
     pub fn view_mut(&mut self) -> ArrayViewMut<'_, T, E> {
-        let v = match &mut **self.guard.as_mut().expect("guard is live") {
-            State::Owned(a) => a.view_mut(),
-            State::Mapped(m) => m
-                .view_mut()
-                .expect("write guards never hold read-only maps"),
-            State::Offloaded => unreachable!("a write guard never sees an offloaded array"),
-        };
-        v.into_dimensionality::<E>()
-            .expect("dimension checked when the guard was made")
+        self.guard
+            .as_mut()
+            .expect("guard is live")
+            .array_mut()
+            .view_mut()
     }
 
     /// Ends the access, reporting an error of the automatic re-offload.
@@ -463,13 +519,26 @@ impl<T: Element, D: Dimension, E: Dimension> WriteGuard<'_, T, D, E> {
 
     fn end(&mut self) -> Result<()> {
         let mut g = match self.guard.take() {
-            Some(g) => g,
+            Some(g) => g.into_guard(),
             None => return Ok(()),
         };
         if self.reoffload {
             self.array.offload_locked(&mut g)?;
         }
         Ok(())
+    }
+}
+
+impl<T: Element, D: Dimension, E: Dimension> std::ops::Deref for WriteGuard<'_, T, D, E> {
+    type Target = ArrayRef<T, E>;
+    fn deref(&self) -> &ArrayRef<T, E> {
+        self.guard.as_ref().expect("guard is live").array()
+    }
+}
+
+impl<T: Element, D: Dimension, E: Dimension> std::ops::DerefMut for WriteGuard<'_, T, D, E> {
+    fn deref_mut(&mut self) -> &mut ArrayRef<T, E> {
+        self.guard.as_mut().expect("guard is live").array_mut()
     }
 }
 

@@ -26,10 +26,12 @@ use crate::mmap::{LoadMode, MappedNpy};
 use crate::npy::{self, NpyInfo};
 
 mod guard;
+mod input;
 mod owner;
 mod state;
 
 pub use guard::{ReadGuard, WriteGuard};
+pub use input::IntoStoredArray;
 pub(crate) use owner::{InitialData, Owner, Snapshot, Unpublished};
 pub use state::ArrayState;
 use state::{decode_state, State};
@@ -233,7 +235,23 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     /// # Errors
     ///
     /// An I/O error if the temporary directory cannot be created.
-    pub fn new(array: Array<T, D>) -> Result<Self> {
+    ///
+    /// `array` is any [`IntoStoredArray`]: an owned array is moved, a view or
+    /// a reference is copied.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::{s, Array2};
+    /// use ndarray_offload::DiskBackedArray;
+    ///
+    /// let big = Array2::<f32>::ones((1000, 3));
+    /// let head = DiskBackedArray::new(big.slice(s![..10, ..]))?; // copied
+    /// let all = DiskBackedArray::new(big)?; // moved
+    /// assert_eq!((head.shape(), all.shape()), (&[10, 3][..], &[1000, 3][..]));
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn new(array: impl IntoStoredArray<Elem = T, Dim = D>) -> Result<Self> {
         Self::with_config(array, &CacheConfig::default())
     }
 
@@ -257,7 +275,11 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     /// assert!(arr.path().starts_with(dir.path()));
     /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
-    pub fn with_config(array: Array<T, D>, config: &CacheConfig) -> Result<Self> {
+    pub fn with_config(
+        array: impl IntoStoredArray<Elem = T, Dim = D>,
+        config: &CacheConfig,
+    ) -> Result<Self> {
+        let array = array.into_stored_array();
         let n = FILE_COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("array-{:x}-{n:x}.npy", std::process::id());
         match config.location() {
@@ -291,10 +313,11 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
     pub fn with_path(
-        array: Array<T, D>,
+        array: impl IntoStoredArray<Elem = T, Dim = D>,
         path: impl AsRef<Path>,
         config: &CacheConfig,
     ) -> Result<Self> {
+        let array = array.into_stored_array();
         Ok(Self::build(
             array,
             path.as_ref().to_path_buf(),

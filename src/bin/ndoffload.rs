@@ -1,76 +1,132 @@
-//! `ndoffload`: inspect ndarray-offload stores from the command line.
+//! `ndoffload`: inspect ndarray-offload stores, packs and `.npy` files from
+//! the command line.
 //!
 //! ```text
-//! ndoffload ls [--json] [--checksum] DIR|PACK|URL
-//! ndoffload verify DIR|PACK|URL
+//! ndoffload ls [--json | --jsonl] [--checksum] PATH
+//! ndoffload verify PATH
+//! ndoffload help [COMMAND]
+//! ndoffload --version
 //! ```
 //!
-//! `URL` is a remote store (`s3://bucket/prefix`; build with the `remote`
-//! feature), its endpoint and credentials taken from the `AWS_*`
-//! environment variables.
-//!
-//! The inspector opens stores and packs read-only and never writes to them.
-//! `verify` exits with 0 when every entry is sound, 1 when an entry is bad
-//! or a file named like an entry's is ignored by the store (its name is
-//! refused), 2 when the store or pack cannot be opened.
+//! PATH is a store directory, a pack file, a single `.npy` file or a remote
+//! store URL (`s3://bucket/prefix`; build with the `remote` feature; endpoint
+//! and credentials from the `AWS_*` environment variables). The
+//! inspector opens them read-only and never writes to them. `verify` exits
+//! with 0 when every entry is sound, 1 when an entry is bad or a file named
+//! like an entry's is ignored by the store (its name is refused), 2 when
+//! the path cannot be opened or the command line is wrong.
 
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use ndarray_offload::inspect::{inspect_pack, inspect_store, EntryReport, InspectOptions};
-use ndarray_offload::Error;
+use clap::{Args, Parser, Subcommand};
+use ndarray_offload::inspect::{
+    inspect_npy, inspect_pack, inspect_store, EntryReport, InspectOptions,
+};
+use ndarray_offload::{ByteSize, Error};
+use serde_json::{json, Value};
 
-const USAGE: &str = "usage:
-  ndoffload ls [--json] [--checksum] DIR|PACK|URL   list every entry (dtype, shape, state, size, status)
-  ndoffload verify DIR|PACK|URL                     read and cross-check every entry; exit 1 if any is bad
-
-DIR is a store directory, PACK a pack file, URL a remote store
-(s3://bucket/prefix; endpoint and credentials from the AWS_* environment
-variables; needs the `remote` feature). All are opened read-only; nothing
-is written. Files of DIR named like an entry's (NAME.npy,
-NAME.meta.json) under a name the store refuses are listed with state
-\"ignored\" and make verify exit 1: the store cannot see them.";
-
-struct Args {
-    cmd: String,
-    json: bool,
-    checksum: bool,
-    dir: PathBuf,
+/// Inspect ndarray-offload stores, packs and .npy files (read-only).
+///
+/// PATH is a store directory, a pack file or one .npy file. Nothing is
+/// ever written to it.
+#[derive(Parser)]
+#[command(name = "ndoffload", version, propagate_version = true)]
+#[command(
+    after_help = "Examples:\n  ndoffload ls clouds/\n  ndoffload ls --json --checksum tiles.pack\n  ndoffload ls points.npy\n  ndoffload verify clouds/\n  ndoffload help ls"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn parse() -> Result<Args, String> {
-    let mut it = std::env::args().skip(1);
-    let cmd = it.next().ok_or("missing command")?;
-    if cmd == "-h" || cmd == "--help" {
-        return Err(String::new());
+#[derive(Subcommand)]
+enum Command {
+    /// List every entry: name, dtype, shape, size, status and attributes,
+    /// then a totals line. For one .npy file: its header.
+    #[command(long_about = LS_ABOUT)]
+    Ls(LsArgs),
+    /// Read and cross-check every entry; exit 1 if any is bad.
+    ///
+    /// Files of a store named like an entry's (NAME.npy, NAME.meta.json)
+    /// under a name the store refuses are reported as "ignored by the
+    /// store" and make verify exit 1: the store cannot see them.
+    Verify {
+        /// A store directory, a pack file or a .npy file.
+        path: PathBuf,
+    },
+}
+
+const LS_ABOUT: &str = "List every entry: name, dtype, shape, size, status and attributes, \
+then a totals line (entries, bytes on disk, data bytes by dtype). For one .npy file: its \
+header (dtype, shape, memory order, data bytes).
+
+Output formats:
+  (default)  a table for people; columns may change between versions.
+  --json     one JSON document: an array with one object per entry, with the fields
+             name, dtype, shape, nbytes, fortran_order, state (\"on disk\", \"in pack\",
+             \"ignored\" or \"unreadable\"), status (\"ok\" or the problem), attrs (the
+             entry's attributes, an object) and, with --checksum, sha256.
+  --jsonl    the same objects, one per line (JSON Lines), for streaming tools.
+
+--checksum reads every array and prints the SHA-256 of its values in C order, element
+bytes as stored: equal to Python's
+  hashlib.sha256(np.ascontiguousarray(np.load(path)).tobytes()).hexdigest()";
+
+#[derive(Args)]
+struct LsArgs {
+    /// Print one JSON document (an array of entry objects).
+    #[arg(long, conflicts_with = "jsonl")]
+    json: bool,
+    /// Print one JSON object per entry and line (JSON Lines).
+    #[arg(long)]
+    jsonl: bool,
+    /// Read every array and print the SHA-256 of its values in C order
+    /// (as hashlib.sha256(np.ascontiguousarray(a).tobytes())).
+    #[arg(long)]
+    checksum: bool,
+    /// A store directory, a pack file, a .npy file or a remote store URL
+    /// (s3://bucket/prefix, with the `remote` feature).
+    path: PathBuf,
+}
+
+/// What PATH is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Store,
+    Pack,
+    Npy,
+}
+
+/// What is at `path`, or the message to exit with.
+fn kind_of(path: &Path) -> Result<Kind, String> {
+    if !path.exists() {
+        return Err(format!("{}: no such file or directory", path.display()));
     }
-    if cmd != "ls" && cmd != "verify" {
-        return Err(format!("unknown command {cmd:?}"));
-    }
-    let (mut json, mut checksum, mut dir) = (false, false, None);
-    for a in it {
-        match a.as_str() {
-            "--json" if cmd == "ls" => json = true,
-            "--checksum" if cmd == "ls" => checksum = true,
-            "-h" | "--help" => return Err(String::new()),
-            s if s.starts_with('-') => return Err(format!("unknown option {s:?} for {cmd}")),
-            _ if dir.is_none() => dir = Some(PathBuf::from(a)),
-            _ => return Err(format!("unexpected argument {a:?}")),
+    if path.is_dir() {
+        if !looks_like_store(path) {
+            return Err(format!(
+                "{}: not a store (no .npy, .meta.json or {} files)",
+                path.display(),
+                ndarray_offload::LOCK_FILE
+            ));
         }
+        return Ok(Kind::Store);
     }
-    Ok(Args {
-        cmd,
-        json,
-        checksum,
-        dir: dir.ok_or("missing DIR or PACK")?,
-    })
+    let mut magic = [0u8; 6];
+    let is_npy = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && &magic == b"\x93NUMPY";
+    Ok(if is_npy { Kind::Npy } else { Kind::Pack })
 }
 
 /// Whether `dir` holds any store file. A directory that cannot be listed
 /// (no permission, ...) counts as one: opening it then reports why, naming
 /// it, rather than calling it "not a store".
-fn looks_like_store(dir: &std::path::Path) -> bool {
+fn looks_like_store(dir: &Path) -> bool {
     std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok()).any(|e| {
@@ -82,179 +138,271 @@ fn looks_like_store(dir: &std::path::Path) -> bool {
         .unwrap_or(true)
 }
 
-fn human_size(n: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut x = n as f64;
-    let mut i = 0;
-    while x >= 1024.0 && i < U.len() - 1 {
-        x /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{x:.1} {}", U[i])
+fn inspect(path: &Path, kind: Kind, read_data: bool) -> Result<Vec<EntryReport>, Error> {
+    let opts = InspectOptions { read_data };
+    match kind {
+        Kind::Store => inspect_store(path, opts),
+        Kind::Pack => inspect_pack(path, opts),
+        Kind::Npy => inspect_npy(path, opts).map(|r| vec![r]),
     }
 }
 
-/// The STATE column: `state_ok`, "unreadable" or "ignored".
-fn state<'a>(r: &EntryReport, state_ok: &'a str) -> &'a str {
+/// The state of an entry: where it is, or why it cannot be used.
+fn state(r: &EntryReport, kind: Kind) -> &'static str {
     if r.ignored {
         "ignored"
-    } else if r.problem.is_none() {
-        state_ok
-    } else {
+    } else if r.problem.is_some() {
         "unreadable"
+    } else {
+        match kind {
+            Kind::Store => "on disk",
+            Kind::Pack => "in pack",
+            Kind::Npy => "file",
+        }
     }
 }
 
-fn json_line(r: &EntryReport, checksum: bool, state_ok: &str) -> String {
-    let mut o = serde_json::Map::new();
-    o.insert("name".into(), r.name.clone().into());
-    o.insert(
-        "dtype".into(),
-        r.dtype
-            .clone()
-            .map(Into::into)
-            .unwrap_or(serde_json::Value::Null),
-    );
-    o.insert(
-        "shape".into(),
+fn entry_json(r: &EntryReport, kind: Kind, checksum: bool) -> Value {
+    let mut o = json!({
+        "name": r.name,
+        "dtype": r.dtype,
+        "shape": r.shape,
+        "nbytes": r.nbytes,
+        "fortran_order": r.fortran_order,
+        "state": state(r, kind),
+        "status": r.status(),
+        "attrs": Value::Object(r.attrs.clone()),
+    });
+    if checksum {
+        o["sha256"] = json!(r.sha256);
+    }
+    o
+}
+
+/// Bytes the files of `path` take: the pack or `.npy` file, or each
+/// entry's pair.
+fn bytes_on_disk(path: &Path, kind: Kind, reports: &[EntryReport]) -> u64 {
+    let len = |p: PathBuf| std::fs::symlink_metadata(p).map_or(0, |m| m.len());
+    match kind {
+        Kind::Pack | Kind::Npy => len(path.to_path_buf()),
+        Kind::Store => reports
+            .iter()
+            .filter(|r| !r.ignored)
+            .map(|r| {
+                len(path.join(format!("{}.npy", r.name)))
+                    + len(path.join(format!("{}.meta.json", r.name)))
+            })
+            .sum(),
+    }
+}
+
+fn totals_line(path: &Path, kind: Kind, reports: &[EntryReport]) -> String {
+    let mut by_dtype: BTreeMap<&str, u64> = BTreeMap::new();
+    for r in reports.iter().filter(|r| r.problem.is_none()) {
+        if let (Some(d), Some(n)) = (&r.dtype, r.nbytes) {
+            *by_dtype.entry(d.as_str()).or_default() += n;
+        }
+    }
+    let n = reports.iter().filter(|r| !r.ignored).count();
+    let bad = reports.iter().filter(|r| r.problem.is_some()).count();
+    let dtypes: Vec<String> = by_dtype
+        .iter()
+        .map(|(d, b)| format!("{d} {}", ByteSize::new(*b)))
+        .collect();
+    format!(
+        "{n} {}{}, {} on disk; data by dtype: {}",
+        if n == 1 { "entry" } else { "entries" },
+        if bad > 0 {
+            format!(" ({bad} with problems)")
+        } else {
+            String::new()
+        },
+        ByteSize::new(bytes_on_disk(path, kind, reports)),
+        if dtypes.is_empty() {
+            "-".into()
+        } else {
+            dtypes.join(", ")
+        }
+    )
+}
+
+fn print_table(out: &mut impl Write, reports: &[EntryReport], checksum: bool) {
+    let shape = |r: &EntryReport| {
         r.shape
             .as_ref()
-            .map(|s| {
-                s.iter()
-                    .map(|&d| serde_json::Value::from(d))
-                    .collect::<Vec<_>>()
-                    .into()
-            })
-            .unwrap_or(serde_json::Value::Null),
-    );
-    o.insert("state".into(), state(r, state_ok).into());
-    o.insert(
-        "nbytes".into(),
-        r.nbytes.map(Into::into).unwrap_or(serde_json::Value::Null),
-    );
-    o.insert("fortran_order".into(), r.fortran_order.into());
-    o.insert("status".into(), r.status().into());
-    if checksum {
-        o.insert(
-            "sha256".into(),
-            r.sha256
-                .clone()
-                .map(Into::into)
-                .unwrap_or(serde_json::Value::Null),
-        );
-    }
-    serde_json::Value::Object(o).to_string()
-}
-
-fn run(args: Args) -> Result<ExitCode, Error> {
-    let read_data = args.cmd == "verify" || args.checksum;
-    let opts = InspectOptions { read_data };
-    let is_pack = args.dir.is_file();
-    let reports = if is_pack {
-        inspect_pack(&args.dir, opts)?
-    } else {
-        inspect_store(&args.dir, opts)?
+            .map(|s| format!("{s:?}"))
+            .unwrap_or_else(|| "-".into())
     };
-    let state_ok = if is_pack { "in pack" } else { "on disk" };
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    if args.cmd == "verify" {
-        // Ignored files are reported as bad: the store cannot see them.
-        let bad: Vec<&EntryReport> = reports.iter().filter(|r| r.problem.is_some()).collect();
-        for r in &bad {
-            let _ = writeln!(out, "{}: {}", r.name, r.status());
+    let attrs = |r: &EntryReport| {
+        if r.attrs.is_empty() {
+            String::new()
+        } else {
+            Value::Object(r.attrs.clone()).to_string()
         }
-        if bad.is_empty() {
-            let _ = writeln!(out, "{} entries, all sound", reports.len());
-            return Ok(ExitCode::SUCCESS);
-        }
-        return Ok(ExitCode::from(1));
-    }
-    if args.json {
-        for r in &reports {
-            let _ = writeln!(out, "{}", json_line(r, args.checksum, state_ok));
-        }
-    } else {
+    };
+    let w_name = reports
+        .iter()
+        .map(|r| r.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let w_shape = reports
+        .iter()
+        .map(|r| shape(r).len())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    let any_attrs = reports.iter().any(|r| !r.attrs.is_empty());
+    let _ = writeln!(
+        out,
+        "{:<w_name$}  {:<6} {:<w_shape$} {:>10}  STATUS{}{}",
+        "NAME",
+        "DTYPE",
+        "SHAPE",
+        "SIZE",
+        if any_attrs { "  ATTRS" } else { "" },
+        if checksum { "  SHA256" } else { "" },
+    );
+    for r in reports {
         let _ = writeln!(
             out,
-            "{:<24} {:<6} {:<18} {:<10} {:>10}  STATUS{}",
-            "NAME",
-            "DTYPE",
-            "SHAPE",
-            "STATE",
-            "SIZE",
-            if args.checksum { "  SHA256" } else { "" }
-        );
-        for r in &reports {
-            let shape = r
-                .shape
+            "{:<w_name$}  {:<6} {:<w_shape$} {:>10}  {}{}{}",
+            r.name,
+            r.dtype.as_deref().unwrap_or("-"),
+            shape(r),
+            r.nbytes
+                .map(|n| ByteSize::new(n).to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.status(),
+            if any_attrs {
+                format!("  {}", attrs(r))
+            } else {
+                String::new()
+            },
+            r.sha256
                 .as_ref()
-                .map(|s| format!("{s:?}"))
-                .unwrap_or_else(|| "-".into());
-            let _ = writeln!(
-                out,
-                "{:<24} {:<6} {:<18} {:<10} {:>10}  {}{}",
-                r.name,
-                r.dtype.as_deref().unwrap_or("-"),
-                shape,
-                state(r, state_ok),
-                r.nbytes.map(human_size).unwrap_or_else(|| "-".into()),
-                r.status(),
-                r.sha256
-                    .as_ref()
-                    .map(|s| format!("  {s}"))
-                    .unwrap_or_default()
-            );
+                .map(|s| format!("  {s}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+fn print_npy(out: &mut impl Write, path: &Path, r: &EntryReport) {
+    let dtype = r.dtype.as_deref().unwrap_or("-");
+    let _ = writeln!(out, "file    {}", path.display());
+    let _ = writeln!(out, "dtype   {dtype}");
+    let _ = writeln!(
+        out,
+        "shape   {}",
+        r.shape
+            .as_ref()
+            .map(|s| format!("{s:?}"))
+            .unwrap_or_else(|| "-".into())
+    );
+    let order = if r.fortran_order {
+        "Fortran (column-major)"
+    } else {
+        "C (row-major)"
+    };
+    let _ = writeln!(out, "order   {order}");
+    if let Some(n) = r.nbytes {
+        let _ = writeln!(out, "data    {} ({n} bytes)", ByteSize::new(n));
+    }
+    if let Some(s) = &r.sha256 {
+        let _ = writeln!(out, "sha256  {s}");
+    }
+    let _ = writeln!(out, "status  {}", r.status());
+}
+
+fn ls(a: &LsArgs, kind: Kind) -> Result<ExitCode, Error> {
+    let reports = inspect(&a.path, kind, a.checksum)?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let all: Vec<Value> = reports
+            .iter()
+            .map(|r| entry_json(r, kind, a.checksum))
+            .collect();
+        let _ = writeln!(out, "{}", Value::Array(all));
+    } else if a.jsonl {
+        for r in &reports {
+            let _ = writeln!(out, "{}", entry_json(r, kind, a.checksum));
         }
+    } else if kind == Kind::Npy {
+        print_npy(&mut out, &a.path, &reports[0]);
+    } else {
+        print_table(&mut out, &reports, a.checksum);
+        let _ = writeln!(out, "{}", totals_line(&a.path, kind, &reports));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-#[cfg(feature = "remote")]
-fn run_remote(args: &Args, url: &str) -> Result<ExitCode, Error> {
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    if args.cmd == "verify" {
-        let results = ndarray_offload::remote::verify(url)?;
-        let mut bad = 0;
-        for (name, r) in &results {
-            if let Err(e) = r {
-                bad += 1;
-                let _ = writeln!(out, "{name}: {e}");
-            }
-        }
-        if bad == 0 {
-            let _ = writeln!(out, "{} entries, all sound", results.len());
-            return Ok(ExitCode::SUCCESS);
-        }
-        return Ok(ExitCode::from(1));
+fn verify(path: &Path, kind: Kind) -> Result<ExitCode, Error> {
+    let reports = inspect(path, kind, true)?;
+    let mut out = std::io::stdout().lock();
+    // Ignored files are reported as bad: the store cannot see them.
+    let bad: Vec<&EntryReport> = reports.iter().filter(|r| r.problem.is_some()).collect();
+    for r in &bad {
+        let _ = writeln!(out, "{}: {}", r.name, r.status());
     }
+    if bad.is_empty() {
+        let _ = writeln!(out, "{} entries, all sound", reports.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    Ok(ExitCode::from(1))
+}
+
+/// `ls` and `verify` of a remote store (`s3://bucket/prefix`).
+#[cfg(feature = "remote")]
+fn run_remote(command: &Command, url: &str) -> Result<ExitCode, Error> {
+    let mut out = std::io::stdout().lock();
+    let a = match command {
+        Command::Verify { .. } => {
+            let results = ndarray_offload::remote::verify(url)?;
+            let mut bad = 0;
+            for (name, r) in &results {
+                if let Err(e) = r {
+                    bad += 1;
+                    let _ = writeln!(out, "{name}: {e}");
+                }
+            }
+            if bad == 0 {
+                let _ = writeln!(out, "{} entries, all sound", results.len());
+                return Ok(ExitCode::SUCCESS);
+            }
+            return Ok(ExitCode::from(1));
+        }
+        Command::Ls(a) => a,
+    };
     let entries = ndarray_offload::remote::list_entries(url)?;
-    if !args.json {
+    let objects: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "name": e.name, "dtype": e.dtype, "shape": e.shape,
+                "size": e.size, "data": e.data,
+            })
+        })
+        .collect();
+    if a.json {
+        let _ = writeln!(out, "{}", Value::Array(objects));
+    } else if a.jsonl {
+        for o in &objects {
+            let _ = writeln!(out, "{o}");
+        }
+    } else {
         let _ = writeln!(
             out,
             "{:<24} {:<6} {:<18} {:>10}  DATA",
             "NAME", "DTYPE", "SHAPE", "SIZE"
         );
-    }
-    for e in &entries {
-        if args.json {
-            let line = serde_json::json!({
-                "name": e.name, "dtype": e.dtype, "shape": e.shape,
-                "size": e.size, "data": e.data,
-            });
-            let _ = writeln!(out, "{line}");
-        } else {
+        for e in &entries {
             let _ = writeln!(
                 out,
                 "{:<24} {:<6} {:<18} {:>10}  {}",
                 e.name,
                 e.dtype,
                 format!("{:?}", e.shape),
-                human_size(e.size),
+                ByteSize::new(e.size).to_string(),
                 e.data
             );
         }
@@ -263,21 +411,15 @@ fn run_remote(args: &Args, url: &str) -> Result<ExitCode, Error> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse() {
-        Ok(a) => a,
-        Err(msg) => {
-            if msg.is_empty() {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            eprintln!("ndoffload: {msg}\n{USAGE}");
-            return ExitCode::from(2);
-        }
+    let cli = Cli::parse();
+    let path = match &cli.command {
+        Command::Ls(a) => &a.path,
+        Command::Verify { path } => path,
     };
-    let target = args.dir.to_string_lossy().into_owned();
+    let target = path.to_string_lossy();
     if target.contains("://") {
         #[cfg(feature = "remote")]
-        return match run_remote(&args, &target) {
+        return match run_remote(&cli.command, &target) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("ndoffload: {e}");
@@ -290,22 +432,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    if !args.dir.exists() {
-        eprintln!(
-            "ndoffload: {}: no such file or directory",
-            args.dir.display()
-        );
-        return ExitCode::from(2);
-    }
-    if args.dir.is_dir() && !looks_like_store(&args.dir) {
-        eprintln!(
-            "ndoffload: {}: not a store (no .npy, .meta.json or {} files)",
-            args.dir.display(),
-            ndarray_offload::LOCK_FILE
-        );
-        return ExitCode::from(2);
-    }
-    match run(args) {
+    let kind = match kind_of(path) {
+        Ok(k) => k,
+        Err(msg) => {
+            eprintln!("ndoffload: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let r = match &cli.command {
+        Command::Ls(a) => ls(a, kind),
+        Command::Verify { path } => verify(path, kind),
+    };
+    match r {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ndoffload: {e}");

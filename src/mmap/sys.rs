@@ -30,6 +30,10 @@ use std::fs::File;
 use std::path::Path;
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
+use ndarray::{ArrayRef, ArrayView, ArrayViewMut, Dimension};
+use parking_lot::{
+    RecursiveRwLockReadGuard as RwLockReadGuard, RecursiveRwLockWriteGuard as RwLockWriteGuard,
+};
 
 use crate::error::{IoContext, Result};
 
@@ -55,6 +59,125 @@ pub(crate) fn map_copy_on_write(file: &File, path: &Path) -> Result<MmapMut> {
     // SAFETY: a private map never writes to the file; the file itself is never
     // modified in place by the crate (module docs).
     unsafe { MmapOptions::new().map_copy(file) }.ctx("map copy-on-write", path)
+}
+
+/// A read lock guard on `S` and a view of data inside `S`, kept together so
+/// that the array guards can dereference to an array (`&ArrayRef`).
+///
+/// Sound because: the view borrows data reachable from the `&S` the guard
+/// gives, which stays valid and unchanged while a read guard is held (no
+/// `&mut S` exists; `S` is the array's state, without interior mutability);
+/// moving the guard moves a pointer to the lock, never the data; the view
+/// is handed out only reborrowed from `&self` (its `'static` lifetime never
+/// escapes: [`ArrayRef`] is unsized, so a `&ArrayRef` cannot be swapped or
+/// copied out), and it is dropped before the guard (field order, and
+/// [`WriteView::into_guard`]).
+pub(crate) struct ReadView<'a, S, T: 'static, E: Dimension> {
+    view: ArrayView<'static, T, E>,
+    _guard: RwLockReadGuard<'a, S>,
+}
+
+impl<'a, S, T: 'static, E: Dimension> ReadView<'a, S, T, E> {
+    /// `guard` with the view `make` returns of the data it guards.
+    pub(crate) fn new(
+        guard: RwLockReadGuard<'a, S>,
+        make: impl for<'x> FnOnce(&'x S) -> ArrayView<'x, T, E>,
+    ) -> Self {
+        let view = make(&guard);
+        // SAFETY: only the lifetime changes; see the type's documentation.
+        let view =
+            unsafe { std::mem::transmute::<ArrayView<'_, T, E>, ArrayView<'static, T, E>>(view) };
+        ReadView {
+            view,
+            _guard: guard,
+        }
+    }
+
+    /// The array, borrowed from `self`.
+    pub(crate) fn array(&self) -> &ArrayRef<T, E> {
+        &self.view
+    }
+
+    /// A view, borrowed from `self`.
+    pub(crate) fn view(&self) -> ArrayView<'_, T, E> {
+        self.view.view()
+    }
+}
+
+/// A write lock guard on `S` and a view of data inside `S`: a shared view
+/// made when the guard is, replaced by a mutable one on first mutable
+/// access (so that taking a write guard alone does not mark a map as
+/// changed).
+///
+/// Sound for the reasons of [`ReadView`], and because the guard itself is
+/// never dereferenced while a view exists, except to make the mutable view
+/// once the shared one was dropped (with `&mut self`: no borrow of either
+/// is live then).
+pub(crate) struct WriteView<'a, S, T: 'static, E: Dimension> {
+    shared: Option<ArrayView<'static, T, E>>,
+    unique: Option<ArrayViewMut<'static, T, E>>,
+    make_mut: for<'x> fn(&'x mut S) -> ArrayViewMut<'x, T, E>,
+    guard: RwLockWriteGuard<'a, S>,
+}
+
+impl<'a, S, T: 'static, E: Dimension> WriteView<'a, S, T, E> {
+    /// `guard` with the views `make` and `make_mut` return of the data it
+    /// guards.
+    pub(crate) fn new(
+        guard: RwLockWriteGuard<'a, S>,
+        make: for<'x> fn(&'x S) -> ArrayView<'x, T, E>,
+        make_mut: for<'x> fn(&'x mut S) -> ArrayViewMut<'x, T, E>,
+    ) -> Self {
+        let view = make(&guard);
+        // SAFETY: only the lifetime changes; see the type's documentation.
+        let view =
+            unsafe { std::mem::transmute::<ArrayView<'_, T, E>, ArrayView<'static, T, E>>(view) };
+        WriteView {
+            shared: Some(view),
+            unique: None,
+            make_mut,
+            guard,
+        }
+    }
+
+    /// The array, borrowed from `self`.
+    pub(crate) fn array(&self) -> &ArrayRef<T, E> {
+        match (&self.unique, &self.shared) {
+            (Some(v), _) => v,
+            (None, Some(v)) => v,
+            (None, None) => unreachable!("a write view always holds a view"),
+        }
+    }
+
+    /// The array, mutably borrowed from `self`.
+    pub(crate) fn array_mut(&mut self) -> &mut ArrayRef<T, E> {
+        if self.unique.is_none() {
+            self.shared = None;
+            let view = (self.make_mut)(&mut self.guard);
+            // SAFETY: only the lifetime changes; see the type's
+            // documentation. No shared view exists any more.
+            let view = unsafe {
+                std::mem::transmute::<ArrayViewMut<'_, T, E>, ArrayViewMut<'static, T, E>>(view)
+            };
+            self.unique = Some(view);
+        }
+        match &mut self.unique {
+            Some(v) => v,
+            None => unreachable!("made above"),
+        }
+    }
+
+    /// The guard (the views are dropped first).
+    pub(crate) fn into_guard(self) -> RwLockWriteGuard<'a, S> {
+        let WriteView {
+            shared,
+            unique,
+            guard,
+            ..
+        } = self;
+        drop((shared, unique));
+        guard
+    }
 }
 
 /// Bytes freed since the allocator last returned free memory to the system.

@@ -119,7 +119,12 @@ impl DiskBackedStore {
         array: Array<T, D>,
     ) -> Result<StoredArray<T, D>> {
         self.check_writable()?;
-        let loaded = self.insert_entry(name.clone(), array.into_dyn(), &ConfigOverrides::default());
+        let loaded = self.insert_entry(
+            name.clone(),
+            array.into_dyn(),
+            &ConfigOverrides::default(),
+            None,
+        );
         self.inner.enforce_budget();
         // Counted as the `get` of the inserted value.
         Counters::add(&self.inner.counters.hits);

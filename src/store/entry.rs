@@ -17,7 +17,7 @@ use std::sync::Arc;
 use ndarray::{ArrayD, IxDyn};
 use parking_lot::Mutex;
 
-use super::meta::EntryFlags;
+use super::meta::{Attrs, EntryFlags};
 use super::storage::{PairJob, Storage, SyncMode};
 use super::Account;
 use crate::array::{ArrayState, DiskBackedArray, InitialData, Owner, Snapshot, Unpublished};
@@ -67,6 +67,8 @@ pub(crate) struct EntryLink {
     /// Set while the entry is handed to the write-behind writers
     /// (`behind.rs`), so that it is handed over once.
     behind: AtomicBool,
+    /// The user attributes written with each publish.
+    attrs: Mutex<Option<Arc<Attrs>>>,
 }
 
 impl EntryLink {
@@ -90,6 +92,7 @@ impl EntryLink {
             counted: Mutex::new(0),
             loaded_unseen: AtomicBool::new(false),
             behind: AtomicBool::new(false),
+            attrs: Mutex::new(None),
         }
     }
 
@@ -125,11 +128,17 @@ impl EntryLink {
                 automatic_offloading: s.automatic_offloading,
                 caching: s.caching,
             },
+            attrs: self.attrs.lock().clone(),
             publish: &self.publish,
             version: s.version,
             published: &self.published,
             write_npy: s.write_npy,
         }
+    }
+
+    /// Sets the user attributes written with the entry's next publishes.
+    pub(crate) fn set_attrs(&self, attrs: Option<Arc<Attrs>>) {
+        *self.attrs.lock() = attrs;
     }
 
     /// Takes the entry out of its store (it was replaced or removed, or the
@@ -240,6 +249,7 @@ impl Owner for EntryLink {
         }
         if !self.attached() {
             return Err(Error::NoFile {
+                path: self.storage.data_path(&self.name),
                 reason: "the store entry was replaced or removed, and its data was not kept",
             });
         }
@@ -428,6 +438,8 @@ pub(crate) type Loaded = Arc<dyn AnyEntry>;
 pub(crate) struct Slot {
     /// The parsed metadata, once read (entries found at open are read lazily).
     pub meta: Option<(String, Vec<usize>, EntryFlags)>,
+    /// The user attributes, known with `meta`.
+    pub attrs: Option<Arc<Attrs>>,
     pub loaded: Option<Loaded>,
     /// The slot was replaced or removed from the map: a lookup that found
     /// it just before looks again.

@@ -13,6 +13,23 @@ pub const SCHEMA_VERSION: u64 = 1;
 pub(crate) const META_LIMIT: u64 = 4 << 20;
 /// The entry classes this crate knows.
 pub const KNOWN_CLASSES: &[&str] = &["DiskBackedNDArray"];
+/// The field holding an entry's user attributes (GSEGUtils ignores it).
+pub(crate) const ATTRS_FIELD: &str = "ndoffload_attrs";
+/// The field holding where an in-flight publish staged its `.npy`.
+pub(crate) const COMMIT_FIELD: &str = "ndoffload_commit";
+/// GSEGUtils' fields, in the order it writes them.
+const GSEG_FIELDS: &[&str] = &[
+    "schema_version",
+    "lazy_disk_cache_class",
+    "shape",
+    "dtype",
+    "purge_disk_on_gc",
+    "automatic_offloading",
+    "enable_caching",
+];
+
+/// An entry's user attributes: a JSON object.
+pub type Attrs = Map<String, Value>;
 
 /// Per-entry flags stored in the metadata.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +66,8 @@ pub(crate) struct Meta {
     pub automatic: Option<bool>,
     pub caching: Option<bool>,
     pub commit: Option<Commit>,
+    /// The user attributes (`ndoffload_attrs`); empty when absent.
+    pub attrs: Attrs,
 }
 
 impl Meta {
@@ -132,7 +151,17 @@ impl Meta {
                 Some(_) => Err(Error::corrupt(path, format!("{k} is not a boolean"))),
             }
         };
-        let commit = o.get("ndoffload_commit").and_then(parse_commit);
+        let commit = o.get(COMMIT_FIELD).and_then(parse_commit);
+        let attrs = match o.get(ATTRS_FIELD) {
+            None | Some(Value::Null) => Attrs::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(_) => {
+                return Err(Error::corrupt(
+                    path,
+                    format!("{ATTRS_FIELD} is not a JSON object"),
+                ))
+            }
+        };
         Ok(Meta {
             class,
             shape,
@@ -141,6 +170,7 @@ impl Meta {
             automatic: flag("automatic_offloading")?,
             caching: flag("enable_caching")?,
             commit,
+            attrs,
         })
     }
 
@@ -175,12 +205,14 @@ fn parse_commit(v: &Value) -> Option<Commit> {
 }
 
 /// Renders the metadata as GSEGUtils writes it (one line, its field order),
-/// followed by this crate's own `ndoffload_commit` field.
+/// followed by this crate's own fields: `ndoffload_attrs` (the user
+/// attributes, when there are any) and `ndoffload_commit`.
 pub(crate) fn render(
     shape: &[usize],
     dtype: &str,
     flags: EntryFlags,
     commit: Option<&Commit>,
+    attrs: Option<&Attrs>,
 ) -> String {
     let mut s = String::with_capacity(256);
     s.push_str(
@@ -200,16 +232,53 @@ pub(crate) fn render(
         flags.automatic_offloading,
         flags.caching
     );
+    if let Some(a) = attrs.filter(|a| !a.is_empty()) {
+        let _ = write!(s, ", \"{ATTRS_FIELD}\": {}", Value::Object(a.clone()));
+    }
     if let Some(c) = commit {
         let _ = write!(
             s,
-            ", \"ndoffload_commit\": {{\"npy_tmp\": {}, \"npy_ino\": {}}}",
+            ", \"{COMMIT_FIELD}\": {{\"npy_tmp\": {}, \"npy_ino\": {}}}",
             Value::String(c.npy_tmp.clone()),
             c.npy_ino
         );
     }
     s.push('}');
     s
+}
+
+/// The metadata `bytes` (read from `path`, already parsed as [`Meta`]) with
+/// its `ndoffload_attrs` replaced by `attrs` (removed when empty) and its
+/// `ndoffload_commit` dropped (the pair it described is complete); every
+/// other field is kept, GSEGUtils' first in its order.
+pub(crate) fn with_attrs(bytes: &[u8], path: &Path, attrs: &Attrs) -> Result<String> {
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::corrupt(path, format!("metadata is not valid JSON: {e}")))?;
+    let Value::Object(mut o) = v else {
+        return Err(Error::corrupt(path, "metadata is not a JSON object"));
+    };
+    o.remove(COMMIT_FIELD);
+    o.remove(ATTRS_FIELD);
+    let mut s = String::from("{");
+    let field = |s: &mut String, k: &str, v: &Value| {
+        if s.len() > 1 {
+            s.push_str(", ");
+        }
+        let _ = write!(s, "{}: {v}", Value::String(k.to_owned()));
+    };
+    for k in GSEG_FIELDS {
+        if let Some(v) = o.remove(*k) {
+            field(&mut s, k, &v);
+        }
+    }
+    for (k, v) in &o {
+        field(&mut s, k, v);
+    }
+    if !attrs.is_empty() {
+        field(&mut s, ATTRS_FIELD, &Value::Object(attrs.clone()));
+    }
+    s.push('}');
+    Ok(s)
 }
 
 #[cfg(test)]
@@ -225,14 +294,14 @@ mod tests {
     #[test]
     fn renders_like_gsegutils() {
         assert_eq!(
-            render(&[4, 5], "<f4", F, None),
+            render(&[4, 5], "<f4", F, None, None),
             r#"{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray", "shape": [4, 5], "dtype": "<f4", "purge_disk_on_gc": true, "automatic_offloading": false, "enable_caching": true}"#
         );
         let c = Commit {
             npy_tmp: ".ndo.x.k.npy.tmp".into(),
             npy_ino: 42,
         };
-        let text = render(&[], "|b1", F, Some(&c));
+        let text = render(&[], "|b1", F, Some(&c), None);
         let m = Meta::parse(text.as_bytes(), Path::new("k.meta.json")).unwrap();
         assert_eq!(m.shape, Some(Vec::<usize>::new()));
         assert_eq!(m.commit, Some(c));
@@ -272,5 +341,32 @@ mod tests {
         }
         let extra = r#"{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray", "shape": [2], "dtype": "<f4", "future": {"x": 1}}"#;
         assert!(Meta::parse(extra.as_bytes(), p).is_ok());
+    }
+
+    #[test]
+    fn attributes_round_trip_and_replace() {
+        let p = Path::new("k.meta.json");
+        let mut a = Attrs::new();
+        a.insert("crs".into(), Value::from("EPSG:2056"));
+        let c = Commit {
+            npy_tmp: "t".into(),
+            npy_ino: 1,
+        };
+        let text = render(&[2], "<f8", F, Some(&c), Some(&a));
+        assert!(text.contains(r#""ndoffload_attrs": {"crs":"EPSG:2056"}, "ndoffload_commit""#));
+        let m = Meta::parse(text.as_bytes(), p).unwrap();
+        assert_eq!(m.attrs, a);
+        a.insert("units".into(), Value::from("m"));
+        let new = with_attrs(text.as_bytes(), p, &a).unwrap();
+        assert!(new.starts_with(r#"{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray", "shape": [2], "dtype": "<f8""#));
+        let m = Meta::parse(new.as_bytes(), p).unwrap();
+        assert_eq!((m.attrs, m.commit), (a, None));
+        let gone = with_attrs(new.as_bytes(), p, &Attrs::new()).unwrap();
+        assert!(!gone.contains("ndoffload_attrs"));
+        let bad = r#"{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray", "ndoffload_attrs": [1]}"#;
+        assert!(matches!(
+            Meta::parse(bad.as_bytes(), p),
+            Err(Error::Corrupt { .. })
+        ));
     }
 }

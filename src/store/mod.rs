@@ -58,11 +58,12 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ndarray::{Array, ArrayD, Dimension};
+use ndarray::{ArrayD, Dimension};
 use parking_lot::{Mutex, RwLock};
 
-use crate::array::ArrayState;
+use crate::array::{ArrayState, IntoStoredArray};
 use crate::config::{CacheConfig, ConfigOverrides};
+use crate::dynarray::DynArray;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::name::EntryName;
@@ -70,14 +71,14 @@ use crate::name::EntryName;
 pub use budget::SystemPressure;
 use budget::{Account, Lru};
 use entry::{AnyEntry, BatchJob, Loaded, Slot, StoreEntry};
-pub use meta::EntryFlags;
+pub use meta::{Attrs, EntryFlags};
 pub use open::StoreBuilder;
 pub use prefetch::Prefetching;
 use stats::Counters;
 pub use stats::StoreStats;
 pub use storage::LOCK_FILE;
 use storage::{Lease, PairJob, Storage, SyncMode};
-pub use stored::StoredArray;
+pub use stored::{DynReadGuard, DynStoredArray, StoredArray};
 
 struct Inner {
     /// Where the entries live: every file operation goes through it.
@@ -103,8 +104,8 @@ struct Inner {
 }
 
 /// A persistent map of names to arrays, stored as `NAME.npy` +
-/// `NAME.meta.json` pairs that numpy and GSEGUtils read (see
-/// `docs/format.md`).
+/// `NAME.meta.json` pairs that numpy reads (and the Python package
+/// GSEGUtils' `DiskBackedStore`; see `docs/format.md`).
 ///
 /// * [`insert`](Self::insert) keeps an array in RAM; [`flush`](Self::flush),
 ///   [`offload`](Self::offload) or [`close`](Self::close) write it;
@@ -165,6 +166,9 @@ pub struct EntryInfo {
     pub nbytes: u64,
     /// The entry's flags.
     pub flags: EntryFlags,
+    /// The entry's user attributes (empty when it has none); see
+    /// [`DiskBackedStore::insert_with_attrs`].
+    pub attrs: Attrs,
 }
 
 impl DiskBackedStore {
@@ -218,6 +222,10 @@ impl DiskBackedStore {
     /// is flushed, offloaded or the store is closed. Replacing an entry never
     /// disturbs readers holding the old value.
     ///
+    /// `array` is any [`IntoStoredArray`]: an owned [`Array`](ndarray::Array)
+    /// is moved without a copy; a view, a slice or a reference (`&a`) is
+    /// copied once.
+    ///
     /// # Errors
     ///
     /// [`Error::InvalidName`] (nothing on disk is touched),
@@ -226,27 +234,26 @@ impl DiskBackedStore {
     /// # Examples
     ///
     /// ```
-    /// use ndarray::{array, Ix1};
+    /// use ndarray::{array, s};
     /// use ndarray_offload::DiskBackedStore;
     ///
     /// let dir = tempfile::tempdir()?;
     /// let store = DiskBackedStore::open(dir.path())?;
-    /// store.insert("labels", array![1u8, 0, 1])?;
+    /// let big = array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]];
+    /// store.insert("head", big.slice(s![..2, ..]))?; // a view: copied
+    /// store.insert("copy", &big)?; // a reference: copied
+    /// store.insert("labels", array![1u8, 0, 1])?; // owned: moved
     /// store.flush()?; // now durable
-    /// assert_eq!(store.keys()[0].as_str(), "labels");
+    /// assert_eq!(store.keys().len(), 3);
     /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
-    pub fn insert<T: Element, D: Dimension>(
-        &self,
-        name: impl AsRef<str>,
-        array: Array<T, D>,
-    ) -> Result<()> {
+    pub fn insert<A: IntoStoredArray>(&self, name: impl AsRef<str>, array: A) -> Result<()> {
         self.insert_with(name, array, &ConfigOverrides::default())
     }
 
     /// [`insert`](Self::insert) with per-entry overrides of the store's
-    /// defaults (caching, automatic offloading, purge on drop), like
-    /// GSEGUtils' `add_data_to_store(..., **overrides)`.
+    /// defaults (caching, automatic offloading, purge on drop), as the
+    /// Python GSEGUtils' `add_data_to_store(..., **overrides)` takes them.
     ///
     /// Purge-on-drop makes a *scratch entry*: this handle deletes its pair
     /// when the store is closed or dropped. That is a choice of this process
@@ -257,17 +264,91 @@ impl DiskBackedStore {
     /// # Errors
     ///
     /// As [`insert`](Self::insert).
-    pub fn insert_with<T: Element, D: Dimension>(
+    pub fn insert_with<A: IntoStoredArray>(
         &self,
         name: impl AsRef<str>,
-        array: Array<T, D>,
+        array: A,
         overrides: &ConfigOverrides,
     ) -> Result<()> {
         self.check_writable()?;
         let name = EntryName::new(name.as_ref())?;
-        self.insert_entry(name, array.into_dyn(), overrides);
+        let array = array.into_stored_array().into_dyn();
+        self.insert_entry(name, array, overrides, None);
         self.inner.enforce_budget();
         self.inner.take_behind_error()
+    }
+
+    /// [`insert`](Self::insert) with user attributes: a JSON object (a CRS,
+    /// a tile origin, units, provenance, ...) stored with the entry in its
+    /// `.meta.json` under the field `ndoffload_attrs`, which GSEGUtils
+    /// ignores and numpy users read with `json.load`. Read them back with
+    /// [`info`](Self::info); change them with [`set_attrs`](Self::set_attrs).
+    ///
+    /// # Errors
+    ///
+    /// As [`insert`](Self::insert), and [`Error::InvalidAttrs`] when
+    /// `attrs` is not a JSON object (nothing is inserted).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::Array2;
+    /// use ndarray_offload::DiskBackedStore;
+    /// use serde_json::json;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = DiskBackedStore::open(dir.path())?;
+    /// let attrs = json!({"crs": "EPSG:2056", "origin": [2600000.0, 1200000.0]});
+    /// store.insert_with_attrs("tile_0001", Array2::<f64>::zeros((100, 3)), attrs)?;
+    /// store.flush()?;
+    /// assert_eq!(store.info("tile_0001")?.attrs["crs"], "EPSG:2056");
+    /// store.set_attrs("tile_0001", json!({"crs": "EPSG:4326"}))?;
+    /// assert_eq!(store.info("tile_0001")?.attrs["crs"], "EPSG:4326");
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn insert_with_attrs<A: IntoStoredArray>(
+        &self,
+        name: impl AsRef<str>,
+        array: A,
+        attrs: serde_json::Value,
+    ) -> Result<()> {
+        self.check_writable()?;
+        let name = EntryName::new(name.as_ref())?;
+        let attrs = attrs_object(&name, attrs)?;
+        let array = array.into_stored_array().into_dyn();
+        self.insert_entry(name, array, &ConfigOverrides::default(), attrs);
+        self.inner.enforce_budget();
+        Ok(())
+    }
+
+    /// Replaces the user attributes of the entry `name` (see
+    /// [`insert_with_attrs`](Self::insert_with_attrs)); an empty object
+    /// removes them. When the entry is on disk, a new `.meta.json` is
+    /// written and renamed over the old one (durably, before this returns):
+    /// a crash leaves the old or the new attributes, and the data file is
+    /// not touched. An entry not yet written takes them with its first
+    /// write.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidAttrs`] when `attrs` is not a JSON object,
+    /// [`Error::ReadOnly`], [`Error::KeyNotFound`], metadata errors as for
+    /// [`get`](Self::get), I/O errors (the metadata is then unchanged).
+    pub fn set_attrs(&self, name: impl AsRef<str>, attrs: serde_json::Value) -> Result<()> {
+        self.check_writable()?;
+        let name = EntryName::new(name.as_ref())?;
+        let attrs = attrs_object(&name, attrs)?.unwrap_or_default();
+        let slot = self.slot(&name)?;
+        let mut s = slot.lock();
+        self.read_meta(&name, &mut s)?;
+        if self.inner.storage.exists(&name) {
+            self.inner.storage.set_attrs(&name, &attrs)?;
+        }
+        if let Some(l) = &s.loaded {
+            l.link().set_attrs(Some(attrs.clone()));
+        }
+        s.attrs = Some(attrs);
+        Ok(())
     }
 
     fn insert_entry<T: Element>(
@@ -275,6 +356,7 @@ impl DiskBackedStore {
         name: EntryName,
         array: ArrayD<T>,
         overrides: &ConfigOverrides,
+        attrs: Option<Arc<Attrs>>,
     ) -> Loaded {
         let (flags, config) = self.flags_for(overrides);
         let shape = array.shape().to_vec();
@@ -286,8 +368,10 @@ impl DiskBackedStore {
             &config,
             self.inner.account.clone(),
         ));
+        loaded.link().set_attrs(attrs.clone());
         let slot = Slot {
             meta: Some((T::dtype(), shape, flags)),
+            attrs: Some(attrs.unwrap_or_default()),
             loaded: Some(loaded.clone()),
             retired: false,
             scratch: flags.purge_on_drop,
@@ -324,14 +408,15 @@ impl DiskBackedStore {
     /// As [`insert`](Self::insert), plus I/O errors. After an I/O error the
     /// previous pair on disk is byte-identical, no temporary file is left,
     /// and the new value stays in the store in RAM (a later flush retries).
-    pub fn insert_durable<T: Element, D: Dimension>(
+    pub fn insert_durable<A: IntoStoredArray>(
         &self,
         name: impl AsRef<str>,
-        array: Array<T, D>,
+        array: A,
     ) -> Result<()> {
         self.check_writable()?;
         let name = EntryName::new(name.as_ref())?;
-        let loaded = self.insert_entry(name, array.into_dyn(), &ConfigOverrides::default());
+        let array = array.into_stored_array().into_dyn();
+        let loaded = self.insert_entry(name, array, &ConfigOverrides::default(), None);
         let r = loaded.flush();
         self.inner.enforce_budget();
         r
@@ -363,12 +448,11 @@ impl DiskBackedStore {
     /// assert_eq!(store.len(), 100);
     /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
-    pub fn insert_batch<T, D, N, I>(&self, entries: I) -> Result<()>
+    pub fn insert_batch<A, N, I>(&self, entries: I) -> Result<()>
     where
-        T: Element,
-        D: Dimension,
+        A: IntoStoredArray,
         N: AsRef<str>,
-        I: IntoIterator<Item = (N, Array<T, D>)>,
+        I: IntoIterator<Item = (N, A)>,
     {
         self.check_writable()?;
         let mut named = Vec::new();
@@ -382,7 +466,10 @@ impl DiskBackedStore {
         named.reverse();
         let loaded: Vec<Loaded> = named
             .into_iter()
-            .map(|(n, a)| self.insert_entry(n, a.into_dyn(), &ConfigOverrides::default()))
+            .map(|(n, a)| {
+                let a = a.into_stored_array().into_dyn();
+                self.insert_entry(n, a, &ConfigOverrides::default(), None)
+            })
             .collect();
         self.inner
             .publish_batch(loaded.iter().map(|l| l.as_ref()).collect())
@@ -416,6 +503,7 @@ impl DiskBackedStore {
         }
         let m = self.inner.storage.read_meta(name)?;
         let flags = m.flags(self.inner.defaults);
+        slot.attrs = Some(Arc::new(m.attrs));
         let (dtype, shape) = match (m.dtype, m.shape) {
             (Some(d), Some(s)) => (d, s),
             // GSEGUtils takes what the metadata leaves out from the .npy
@@ -440,7 +528,32 @@ impl DiskBackedStore {
     /// / [`Error::DimensionMismatch`] for a wrong `T` / `D`, metadata errors
     /// ([`Error::SchemaVersion`], [`Error::UnknownClass`], [`Error::Corrupt`]),
     /// and, when the data is read, [`Error::Mismatch`] if the `.npy` header
-    /// disagrees with the metadata.
+    /// disagrees with the metadata. An entry stored in the other byte order
+    /// (a big-endian file) is a [`Error::DtypeMismatch`] that says so: read
+    /// it with [`get_as`](Self::get_as).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::{array, Ix1, Ix2};
+    /// use ndarray_offload::{DiskBackedStore, Error};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = DiskBackedStore::open(dir.path())?;
+    /// store.insert("xyz", array![[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]])?;
+    /// store.offload("xyz")?; // now only on disk
+    ///
+    /// let xyz = store.get::<f64, Ix2>("xyz")?; // the entry's handle
+    /// let g = xyz.read()?; // maps the file; no copy
+    /// assert_eq!((g.nrows(), g[[1, 2]]), (2, 5.0));
+    /// drop(g);
+    ///
+    /// // The wrong element type or dimension is an error naming both.
+    /// let err = store.get::<f32, Ix2>("xyz").unwrap_err();
+    /// assert!(err.to_string().contains("holds f64 (<f8), but f32 (<f4) was requested"));
+    /// assert!(matches!(store.get::<f64, Ix1>("xyz"), Err(Error::DimensionMismatch { .. })));
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
     pub fn get<T: Element, D: Dimension>(
         &self,
         name: impl AsRef<str>,
@@ -484,6 +597,7 @@ impl DiskBackedStore {
                         &config,
                         self.inner.account.clone(),
                     ));
+                    l.link().set_attrs(s.attrs.clone());
                     s.loaded = Some(l.clone());
                     l
                 }
@@ -501,6 +615,158 @@ impl DiskBackedStore {
         }
         let meta_path = meta_path();
         StoredArray::of(loaded, name, meta_path)
+    }
+
+    /// The entry `name` without naming its element type: a
+    /// [`DynStoredArray`], one variant per element type, whose views come
+    /// from RAM or a memory map without copying (as [`get`](Self::get)).
+    ///
+    /// An entry in the other byte order (a big-endian `.npy` written by
+    /// numpy on another machine) cannot be mapped: read it with
+    /// [`read_dyn`](Self::read_dyn) or [`get_as`](Self::get_as), which
+    /// convert.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get); [`Error::DtypeMismatch`] for an entry in the
+    /// other byte order, [`Error::Unsupported`] for a dtype no element type
+    /// holds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use ndarray_offload::{DiskBackedStore, DynView};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = DiskBackedStore::open(dir.path())?;
+    /// store.insert("labels", array![1u8, 0, 1])?;
+    /// let entry = store.get_dyn("labels")?;
+    /// assert_eq!((entry.dtype(), entry.shape()), ("|u1".to_string(), &[3][..]));
+    /// match entry.read()?.view() {
+    ///     DynView::U8(v) => assert_eq!(v.sum(), 2),
+    ///     other => panic!("unexpected {}", other.type_name()),
+    /// }
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get_dyn(&self, name: impl AsRef<str>) -> Result<DynStoredArray> {
+        let name = EntryName::new(name.as_ref())?;
+        let dtype = self.dtype_of(&name)?;
+        if let Some(a) = DynStoredArray::get(self, name.as_str(), &dtype)? {
+            return Ok(a);
+        }
+        let path = self.inner.storage.meta_path(&name);
+        match crate::element::rust_type_name(&dtype) {
+            Some(_) => Err(Error::DtypeMismatch {
+                path,
+                expected: native_order(&dtype),
+                found: dtype,
+            }),
+            None => Err(Error::Unsupported {
+                path,
+                reason: format!("dtype {dtype:?} is not one of the element types the crate reads"),
+            }),
+        }
+    }
+
+    /// A copy in RAM of the entry `name`, whatever its element type and
+    /// byte order: big-endian `.npy` files (written by numpy or GSEGUtils on
+    /// another machine, or with `dtype=">f8"`) are read and swapped, as
+    /// numpy and `ndarray-npy`'s `read_npy` do.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get); [`Error::Corrupt`] for a data file that does
+    /// not read, [`Error::Unsupported`] for a dtype no element type holds.
+    pub fn read_dyn(&self, name: impl AsRef<str>) -> Result<DynArray> {
+        let name = EntryName::new(name.as_ref())?;
+        let dtype = self.dtype_of(&name)?;
+        if let Some(a) = DynStoredArray::get(self, name.as_str(), &dtype)? {
+            return a.to_owned_array();
+        }
+        let path = self.inner.storage.data_path(&name);
+        let file = self
+            .inner
+            .storage
+            .open_data(&name, crate::io::Access::Read)?;
+        let a = DynArray::read_npy(&dtype, std::io::BufReader::new(file), &path)?;
+        let (meta_path, found) = (self.inner.storage.meta_path(&name), a.shape().to_vec());
+        let (_, shape, _) = {
+            let slot = self.slot(&name)?;
+            let mut s = slot.lock();
+            self.read_meta(&name, &mut s)?
+        };
+        if found != shape {
+            return Err(Error::Mismatch {
+                path,
+                field: "shape",
+                found: format!("{found:?}"),
+                expected: format!("{shape:?}"),
+                other: meta_path,
+            });
+        }
+        Ok(a)
+    }
+
+    /// The entry `name` as an owned array of `T`, converted from its stored
+    /// element type by a safe cast (see [`Widen`](crate::Widen): `u8` or
+    /// `f32` to `f64`, `i32` to `i64`, ...) and from either byte order: a
+    /// converting read, as numpy's `astype(..., casting="safe")` and
+    /// `ndarray-npy`'s `read_npy` do. Entries already of type `T` are
+    /// copied once.
+    ///
+    /// # Errors
+    ///
+    /// As [`read_dyn`](Self::read_dyn); [`Error::DtypeMismatch`] when the
+    /// cast would lose information (`f64` to `f32`),
+    /// [`Error::DimensionMismatch`] for a wrong `D`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::{array, Ix1};
+    /// use ndarray_offload::DiskBackedStore;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = DiskBackedStore::open(dir.path())?;
+    /// store.insert("intensity", array![1u16, 500, 65535])?;
+    /// let i = store.get_as::<f64, Ix1>("intensity")?;
+    /// assert_eq!(i, array![1.0, 500.0, 65535.0]);
+    /// assert!(store.get_as::<i8, Ix1>("intensity").is_err()); // would lose values
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get_as<T: crate::Widen, D: Dimension>(
+        &self,
+        name: impl AsRef<str>,
+    ) -> Result<ndarray::Array<T, D>> {
+        let name = EntryName::new(name.as_ref())?;
+        let path = self.inner.storage.meta_path(&name);
+        let a = self.read_dyn(name.as_str())?;
+        let found = a.dtype();
+        let ndim = a.shape().len();
+        let a = a.into_array::<T>().ok_or_else(|| Error::DtypeMismatch {
+            path: path.clone(),
+            expected: T::dtype(),
+            found,
+        })?;
+        a.into_dimensionality::<D>()
+            .map_err(|_| Error::DimensionMismatch {
+                path,
+                expected: D::NDIM.unwrap_or(0),
+                found: ndim,
+            })
+    }
+
+    /// The dtype of `name` from its metadata (or `.npy` header).
+    fn dtype_of(&self, name: &EntryName) -> Result<String> {
+        loop {
+            let slot = self.slot(name)?;
+            let mut s = slot.lock();
+            if s.retired {
+                continue;
+            }
+            return Ok(self.read_meta(name, &mut s)?.0);
+        }
     }
 
     /// Whether an entry named `name` exists (complete pairs only).
@@ -548,6 +814,7 @@ impl DiskBackedStore {
         let slot = self.slot(&name)?;
         let mut s = slot.lock();
         let (dtype, shape, flags) = self.read_meta(&name, &mut s)?;
+        let attrs = s.attrs.as_deref().cloned().unwrap_or_default();
         let (state, flags) = match &s.loaded {
             Some(l) => (l.state(), l.flags()),
             None => (ArrayState::Offloaded, flags),
@@ -566,6 +833,7 @@ impl DiskBackedStore {
             state,
             nbytes,
             flags,
+            attrs,
         })
     }
 
@@ -854,6 +1122,31 @@ impl Inner {
             self.remove(&k)?;
         }
         in_use.map_or(Ok(()), Err)
+    }
+}
+
+/// `dtype` in the host's byte order (`">f8"` -> `"<f8"` on little-endian).
+fn native_order(dtype: &str) -> String {
+    let native = if cfg!(target_endian = "little") {
+        "<"
+    } else {
+        ">"
+    };
+    match dtype.strip_prefix(['<', '>', '=']) {
+        Some(rest) => format!("{native}{rest}"),
+        None => dtype.to_owned(),
+    }
+}
+
+/// `attrs` as an attribute object (`None` for JSON `null`).
+fn attrs_object(name: &EntryName, attrs: serde_json::Value) -> Result<Option<Arc<Attrs>>> {
+    match attrs {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::Object(m) => Ok(Some(Arc::new(m))),
+        other => Err(Error::InvalidAttrs {
+            name: name.to_string(),
+            reason: format!("attributes must be a JSON object, not {other}"),
+        }),
     }
 }
 

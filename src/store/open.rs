@@ -17,10 +17,9 @@ use super::stats::Counters;
 use super::storage::{Listed, LocalDir, LockMode, Storage};
 use super::{DiskBackedStore, Inner};
 use crate::config::CacheConfig;
-#[cfg(doc)]
-use crate::error::Error;
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::size::ByteSize;
+use crate::size::{IntoByteSize, SizeSetting};
 
 /// Options for opening a [`DiskBackedStore`].
 ///
@@ -31,6 +30,12 @@ use crate::size::ByteSize;
 /// | [`read_only`](Self::read_only) | `false`: a writable open, which takes the store's lock |
 /// | [`create`](Self::create) | `true`: create the directory if it does not exist |
 /// | [`entry_config`](Self::entry_config) | [`CacheConfig::default()`] with purge-on-drop off: entries may be offloaded, are not re-offloaded automatically, and are kept when the store is closed |
+/// | [`memory_budget`](Self::memory_budget) | none: entries stay in RAM until flushed, offloaded or the store is closed |
+/// | [`system_pressure`](Self::system_pressure) | off: the host's free memory is not watched |
+///
+/// Reads map entries read-only ([`LoadMode::ReadOnly`](crate::LoadMode));
+/// the chunk budget of writes is [`default_chunk_budget`](crate::default_chunk_budget)
+/// unless [`entry_config`](Self::entry_config) sets one.
 ///
 /// # Examples
 ///
@@ -50,7 +55,7 @@ pub struct StoreBuilder {
     read_only: bool,
     create: bool,
     config: CacheConfig,
-    budget: Option<u64>,
+    budget: Option<SizeSetting>,
     pressure: Option<SystemPressure>,
     write_behind: Option<WriteBehindConfig>,
 }
@@ -69,26 +74,31 @@ impl StoreBuilder {
         }
     }
 
-    /// Caps the bytes of entry data held in RAM or mapped: when an insert or
-    /// a read takes the store over the budget, least-recently-used entries
-    /// are offloaded (written first if needed, then freed or unmapped) until
-    /// it is under. Eviction
-    /// never loses data, and never takes an entry from under a live guard.
+    /// Caps the bytes of entry data held in RAM or mapped (default: no
+    /// cap): when an insert or a read takes the store over the budget,
+    /// least-recently-used entries are offloaded (written first if needed,
+    /// then freed or unmapped) until it is under. Eviction never loses
+    /// data, and never takes an entry from under a live guard.
+    ///
+    /// `budget` is a string (`"200MiB"`, `"2GB"`, see [`ByteSize::parse`]),
+    /// a `u64` of bytes or a [`ByteSize`]. A malformed string is reported by
+    /// [`open`](Self::open) as [`Error::InvalidSize`] naming this option.
     ///
     /// # Examples
     ///
     /// ```
-    /// use ndarray_offload::{ByteSize, StoreBuilder};
+    /// use ndarray_offload::StoreBuilder;
     ///
     /// let dir = tempfile::tempdir()?;
-    /// let store = StoreBuilder::new(dir.path())
-    ///     .memory_budget("512MiB".parse::<ByteSize>()?)
-    ///     .open()?;
+    /// let store = StoreBuilder::new(dir.path()).memory_budget("512MiB").open()?;
     /// assert_eq!(store.stats().budget, Some(512 << 20));
+    ///
+    /// let err = StoreBuilder::new(dir.path()).memory_budget("lots").open().unwrap_err();
+    /// assert_eq!(err.to_string(), r#"invalid size "lots" for memory_budget: no number"#);
     /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
-    pub fn memory_budget(mut self, budget: impl Into<ByteSize>) -> Self {
-        self.budget = Some(budget.into().bytes());
+    pub fn memory_budget(mut self, budget: impl IntoByteSize) -> Self {
+        self.budget = Some(SizeSetting::new(budget));
         self
     }
 
@@ -169,8 +179,10 @@ impl StoreBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`] for a missing directory (read-only, or with
-    /// `create(false)`), [`Error::PermissionDenied`] naming a directory the
+    /// [`Error::InvalidSize`] for a malformed size string,
+    /// [`Error::NotADirectory`] when the path is a file ("is a file, not a
+    /// store directory"), [`Error::NotFound`] for a missing directory
+    /// (read-only, or with `create(false)`), [`Error::PermissionDenied`] naming a directory the
     /// caller may not read, [`Error::Locked`], [`Error::Corrupt`] when the
     /// path is not a directory or the lock file is not a regular file (a
     /// symbolic link, even dangling, a directory, FIFO or device: it is
@@ -180,7 +192,14 @@ impl StoreBuilder {
     /// every later file operation is relative to it, wherever the path
     /// points afterwards.
     pub fn open(self) -> Result<DiskBackedStore> {
+        let budget = match &self.budget {
+            Some(b) => Some(b.get("memory_budget")?),
+            None => None,
+        };
         let path = self.dir;
+        if fs::metadata(&path).is_ok_and(|m| !m.is_dir()) {
+            return Err(Error::NotADirectory { path });
+        }
         if !self.read_only && self.create {
             fs::create_dir_all(&path).ctx("create directory", &path)?;
         }
@@ -225,7 +244,7 @@ impl StoreBuilder {
                 incomplete.entry(key).or_insert(reason);
             }
         }
-        let (budget, pressure) = (self.budget, self.pressure);
+        let pressure = self.pressure;
         let write_behind = match self.write_behind.filter(|_| !self.read_only) {
             Some(c) => Some(WriteBehind::start(c).ctx("start the write-behind threads of", &path)?),
             None => None,

@@ -8,6 +8,7 @@ use ndarray::{Array, ArrayView, ArrayViewMut, Dimension, IxDyn};
 
 use super::entry::{self, Loaded, StoreEntry};
 use crate::array::{ArrayState, DiskBackedArray, ReadGuard, WriteGuard};
+use crate::dynarray::{DynArray, DynView};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::name::EntryName;
@@ -129,4 +130,100 @@ impl<T: Element, D: Dimension> StoredArray<T, D> {
     pub fn as_array(&self) -> &DiskBackedArray<T, IxDyn> {
         &self.entry.array
     }
+}
+
+macro_rules! dyn_stored {
+    ($($v:ident($t:ty)),* $(,)?) => {
+        /// A store entry whose element type is known only at run time (see
+        /// [`DiskBackedStore::get_dyn`](crate::DiskBackedStore::get_dyn)): one
+        /// variant per element type, each holding the typed handle. Match on
+        /// it for the typed handle, or call [`read`](Self::read) for a
+        /// [`DynView`] without copying.
+        #[derive(Clone, Debug)]
+        #[non_exhaustive]
+        pub enum DynStoredArray {
+            $(
+                #[doc = concat!("`", stringify!($t), "` elements.")]
+                $v(StoredArray<$t, IxDyn>),
+            )*
+        }
+
+        /// A read guard on a [`DynStoredArray`]; [`view`](Self::view) gives
+        /// the data as a [`DynView`].
+        #[non_exhaustive]
+        pub enum DynReadGuard<'a> {
+            $(
+                #[doc = concat!("`", stringify!($t), "` elements.")]
+                $v(ReadGuard<'a, $t, IxDyn, IxDyn>),
+            )*
+        }
+
+        impl DynStoredArray {
+            /// The handle of `name` if its dtype is one the crate maps.
+            pub(super) fn get(store: &crate::DiskBackedStore, name: &str, dtype: &str) -> Result<Option<Self>> {
+                $(
+                    if dtype == <$t as Element>::dtype() {
+                        return Ok(Some(DynStoredArray::$v(store.get::<$t, IxDyn>(name)?)));
+                    }
+                )*
+                Ok(None)
+            }
+
+            /// The entry's name.
+            pub fn name(&self) -> &EntryName {
+                match self { $(DynStoredArray::$v(a) => a.name(),)* }
+            }
+
+            /// The shape.
+            pub fn shape(&self) -> &[usize] {
+                match self { $(DynStoredArray::$v(a) => a.shape(),)* }
+            }
+
+            /// The numpy dtype string (`"<f8"`).
+            pub fn dtype(&self) -> String {
+                match self { $(DynStoredArray::$v(_) => <$t as Element>::dtype(),)* }
+            }
+
+            /// A read guard (maps the entry if it is offloaded).
+            ///
+            /// # Errors
+            ///
+            /// As [`StoredArray::read`].
+            pub fn read(&self) -> Result<DynReadGuard<'_>> {
+                Ok(match self { $(DynStoredArray::$v(a) => DynReadGuard::$v(a.read()?),)* })
+            }
+
+            /// A copy of the data in RAM.
+            ///
+            /// # Errors
+            ///
+            /// As [`StoredArray::read`].
+            pub fn to_owned_array(&self) -> Result<DynArray> {
+                Ok(self.read()?.view().to_owned())
+            }
+        }
+
+        impl DynReadGuard<'_> {
+            /// A view of the data.
+            pub fn view(&self) -> DynView<'_> {
+                match self { $(DynReadGuard::$v(g) => DynView::$v(g.view()),)* }
+            }
+        }
+    };
+}
+
+dyn_stored! {
+    Bool(bool),
+    I8(i8),
+    I16(i16),
+    I32(i32),
+    I64(i64),
+    U8(u8),
+    U16(u16),
+    U32(u32),
+    U64(u64),
+    F32(f32),
+    F64(f64),
+    C32(num_complex::Complex<f32>),
+    C64(num_complex::Complex<f64>),
 }

@@ -144,6 +144,7 @@ fn get_or_compute_computes_once_under_contention() {
         Err(Error::InvalidSize {
             input: "x".into(),
             reason: "test",
+            option: None,
         })
     });
     assert!(r.is_err());

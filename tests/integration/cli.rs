@@ -42,11 +42,11 @@ fn ls_json_checksum_and_verify() {
 
     let (code, out, _) = ndoffload(&["ls", "--json", "--checksum", d]);
     assert_eq!(code, 0);
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_array(&out);
     assert_eq!(lines.len(), 3);
+    let (code, jsonl, _) = ndoffload(&["ls", "--jsonl", "--checksum", d]);
+    assert_eq!(code, 0);
+    assert_eq!(json_lines(&jsonl), lines, "--jsonl holds the same objects");
     let pts_line = lines.iter().find(|l| l["name"] == "pts").unwrap();
     assert_eq!(pts_line["dtype"], "<f4");
     assert_eq!(pts_line["shape"], serde_json::json!([4, 3]));
@@ -96,9 +96,24 @@ for k in sys.argv[2:]:
     );
     let (code, out, _) = ndoffload(&["ls", "--json", d]);
     assert_eq!(code, 0);
-    assert!(out
-        .lines()
-        .any(|l| l.contains("\"name\":\"flags\"") && !l.contains("\"status\":\"ok\"")));
+    assert!(json_array(&out)
+        .iter()
+        .any(|l| l["name"] == "flags" && l["status"] != "ok"));
+}
+
+/// The entries of `ls --json`: one JSON document, an array.
+fn json_array(out: &str) -> Vec<serde_json::Value> {
+    match serde_json::from_str(out.trim()).unwrap() {
+        serde_json::Value::Array(a) => a,
+        other => panic!("not an array: {other}"),
+    }
+}
+
+/// The entries of `ls --jsonl`: one object per line.
+fn json_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -113,10 +128,125 @@ fn clear_messages_for_bad_directories() {
     assert!(err.contains("not a store"), "{err}");
     let (code, _, err) = ndoffload(&["frobnicate"]);
     assert_eq!(code, 2);
-    assert!(err.contains("unknown command"), "{err}");
+    assert!(
+        err.contains("unrecognized subcommand 'frobnicate'"),
+        "{err}"
+    );
+    let (code, _, err) = ndoffload(&["ls", "--jsn", "x"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--json"), "suggests the option: {err}");
     let (code, out, _) = ndoffload(&["--help"]);
     assert_eq!(code, 0);
-    assert!(out.contains("ndoffload ls"));
+    assert!(
+        out.contains("ndoffload ls") && out.contains("verify"),
+        "{out}"
+    );
+}
+
+#[test]
+fn version_and_help_follow_conventions() {
+    for flag in ["--version", "-V"] {
+        let (code, out, _) = ndoffload(&[flag]);
+        assert_eq!(code, 0);
+        assert_eq!(
+            out.trim(),
+            format!("ndoffload {}", env!("CARGO_PKG_VERSION"))
+        );
+    }
+    let (code, help_ls, _) = ndoffload(&["help", "ls"]);
+    assert_eq!(code, 0);
+    let (_, ls_help, _) = ndoffload(&["ls", "--help"]);
+    assert_eq!(help_ls, ls_help);
+    for needle in [
+        "--json",
+        "--jsonl",
+        "--checksum",
+        "hashlib.sha256(np.ascontiguousarray",
+    ] {
+        assert!(
+            help_ls.contains(needle),
+            "{needle} missing from:\n{help_ls}"
+        );
+    }
+    let (code, out, _) = ndoffload(&["verify", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("exit 1"), "{out}");
+    let (code, _, err) = ndoffload(&["ls", "--json", "--jsonl", "x"]);
+    assert_eq!(code, 2, "the two formats exclude each other: {err}");
+}
+
+#[test]
+fn ls_shows_totals_attributes_and_no_constant_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = DiskBackedStore::open(dir.path()).unwrap();
+        s.insert_with_attrs(
+            "tile",
+            Array2::<f64>::zeros((4, 3)),
+            serde_json::json!({"crs": "EPSG:2056"}),
+        )
+        .unwrap();
+        s.insert("labels", array![1u8, 0, 1, 1]).unwrap();
+        s.insert("more", Array2::<f64>::zeros((2, 2))).unwrap();
+        s.close().unwrap();
+    }
+    let d = dir.path().to_str().unwrap();
+    let (code, out, _) = ndoffload(&["ls", d]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(!lines[0].contains("STATE"), "{out}");
+    assert!(!out.contains("on disk\u{20}\u{20}"), "{out}");
+    assert!(lines[0].contains("ATTRS"), "{out}");
+    let tile = lines.iter().find(|l| l.starts_with("tile ")).unwrap();
+    assert!(tile.contains(r#"{"crs":"EPSG:2056"}"#), "{out}");
+    let on_disk: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name() != ndarray_offload::LOCK_FILE)
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    let total = lines.last().unwrap();
+    assert_eq!(
+        *total,
+        format!(
+            "3 entries, {} on disk; data by dtype: <f8 128 B, |u1 4 B",
+            ndarray_offload::ByteSize::new(on_disk)
+        )
+    );
+    let (_, out, _) = ndoffload(&["ls", "--json", d]);
+    let v = json_array(&out);
+    let tile = v.iter().find(|l| l["name"] == "tile").unwrap();
+    assert_eq!(tile["attrs"]["crs"], "EPSG:2056");
+    assert_eq!(
+        v.iter().find(|l| l["name"] == "labels").unwrap()["attrs"],
+        serde_json::json!({})
+    );
+}
+
+#[test]
+fn ls_of_one_npy_file_shows_its_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("points.npy");
+    let a = Array2::<f32>::from_shape_fn((5, 3), |(i, j)| (i * 3 + j) as f32);
+    ndarray_npy::write_npy(&path, &a.t()).unwrap();
+    let p = path.to_str().unwrap();
+    let (code, out, err) = ndoffload(&["ls", "--checksum", p]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("not a pack"), "{out}");
+    assert!(out.contains("dtype   <f4"), "{out}");
+    assert!(out.contains("shape   [3, 5]"), "{out}");
+    assert!(out.contains("order   Fortran"), "{out}");
+    let c: Vec<u8> = a.t().iter().flat_map(|x| x.to_le_bytes()).collect();
+    assert!(
+        out.contains(&format!("sha256  {}", sha256_hex(&c))),
+        "{out}"
+    );
+    let (code, out, _) = ndoffload(&["ls", "--json", p]);
+    assert_eq!(code, 0);
+    let v = json_array(&out);
+    assert_eq!(v[0]["fortran_order"], true);
+    let (code, out, _) = ndoffload(&["verify", p]);
+    assert_eq!(code, 0, "{out}");
 }
 
 #[test]
@@ -140,10 +270,7 @@ fn packs_are_listed_and_verified() {
     let p = path.to_str().unwrap();
     let (code, out, err) = ndoffload(&["ls", "--json", "--checksum", p]);
     assert_eq!(code, 0, "{err}");
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_array(&out);
     assert_eq!(lines.len(), 3);
     let c: Vec<u8> = a.iter().flat_map(|x| x.to_le_bytes()).collect();
     let t0 = lines.iter().find(|l| l["name"] == "t0").unwrap();
@@ -232,12 +359,9 @@ fn verify_and_ls_report_files_the_store_ignores() {
         expect.len(),
         "{out}"
     );
-    let (code, out, _) = ndoffload(&["ls", "--json", d]);
+    let (code, out, _) = ndoffload(&["ls", "--jsonl", d]);
     assert_eq!(code, 0);
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     assert_eq!(lines.len(), expect.len() + 1);
     for l in &lines {
         let want = if l["name"] == "ok" {

@@ -1,5 +1,6 @@
 //! The crate's integration tests (one binary).
 
+mod api;
 mod array;
 mod budget;
 mod cli;

@@ -122,3 +122,65 @@ np.save(d + '/e.npy', np.zeros((0, 2), dtype='|b1'))
     assert_eq!(e.shape(), &[0, 2]);
     assert_eq!(e.read().unwrap().view().len(), 0);
 }
+
+/// The main example's store, read by the committed numpy script: every
+/// tile's checksum (in its attributes) matches what numpy reads, and the
+/// attributes come through `json.load`.
+#[test]
+fn numpy_reads_the_pipeline_store_with_attributes() {
+    let Some(py) = numpy_python() else { return };
+    // `cargo test` builds the examples next to the binaries.
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_ndoffload"))
+        .parent()
+        .unwrap()
+        .join("examples/pipeline");
+    assert!(
+        exe.exists(),
+        "{} not built: the whole suite (`cargo test --all-features`) builds the examples",
+        exe.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let out = std::process::Command::new(&exe)
+        .args(["--dir", store.to_str().unwrap()])
+        .args(["--tiles", "5", "--points", "2000", "--budget", "40KiB"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("| peak RSS (whole run) |"), "{stdout}");
+    assert!(
+        stdout.contains("5 tiles in") && stdout.contains("all match"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("verifying: 5 tiles (no progress bar: not a terminal)"),
+        "{stderr}"
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/read_pipeline.py");
+    let code = format!(
+        "import runpy, sys; sys.argv = ['read_pipeline.py', sys.argv[1]]; runpy.run_path({script:?}, run_name='__main__')"
+    );
+    let lines = run_python(&py, &code, &[store.to_str().unwrap()]);
+    let rows: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 15, "{lines}");
+    let xyz = rows.iter().find(|r| r["name"] == "tile_00001_xyz").unwrap();
+    assert_eq!(xyz["checksum_ok"], true);
+    assert_eq!(xyz["attrs"]["crs"], "EPSG:2056");
+    assert_eq!(xyz["attrs"]["origin"], serde_json::json!([100.0, 0.0]));
+    assert_eq!(xyz["shape"], serde_json::json!([2000, 3]));
+    let vox = rows
+        .iter()
+        .find(|r| r["name"] == "tile_00004_voxels")
+        .unwrap();
+    assert_eq!(vox["attrs"]["voxel"], 0.5);
+    assert!(vox["attrs"]["summary"]["mean_intensity"].as_f64().unwrap() > 0.0);
+    assert!(rows
+        .iter()
+        .filter(|r| r.get("checksum_ok").is_some())
+        .all(|r| r["checksum_ok"] == true));
+}

@@ -2419,7 +2419,7 @@ fn corpus_verify_reports_every_bad_entry() {
     );
     // `ls` lists them all, bad or not, and changes nothing either.
     let out = Command::new(env!("CARGO_BIN_EXE_ndoffload"))
-        .args(["ls", "--json"])
+        .args(["ls", "--jsonl"])
         .arg(&store)
         .output()
         .unwrap();

@@ -905,6 +905,9 @@ fn remote_cli_and_python_module_read_a_store() {
         c.output().unwrap()
     };
     let out = run(&["ls", "--json", &url]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json.as_array().map(|a| a.len()), Some(2), "{json}");
+    let out = run(&["ls", "--jsonl", &url]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -175,4 +175,8 @@ impl Storage for LocalDir {
     fn sync(&self) -> Result<()> {
         self.dir.sync()
     }
+
+    fn set_attrs(&self, name: &EntryName, attrs: &crate::store::meta::Attrs) -> Result<()> {
+        pair::replace_attrs(&self.dir, name, attrs)
+    }
 }

@@ -101,6 +101,11 @@ pub(crate) trait Storage: Send + Sync + fmt::Debug {
 
     /// Makes spilled publishes ([`SyncMode::Spill`]) durable.
     fn sync(&self) -> Result<()>;
+
+    /// Replaces the user attributes in `name`'s metadata atomically and
+    /// durably (the data is untouched); after an error the metadata is as
+    /// it was.
+    fn set_attrs(&self, name: &EntryName, attrs: &crate::store::meta::Attrs) -> Result<()>;
 }
 
 /// A held store lock; dropping it releases the lock.
@@ -148,6 +153,8 @@ pub(crate) struct PairJob<'a> {
     pub shape: Vec<usize>,
     pub dtype: String,
     pub flags: EntryFlags,
+    /// The user attributes written with the pair.
+    pub attrs: Option<std::sync::Arc<crate::store::meta::Attrs>>,
     /// Whether the entry may still publish (it was not replaced or removed
     /// meanwhile): checked at the commit point, under `io::OWNERSHIP`.
     pub publish: &'a AtomicBool,

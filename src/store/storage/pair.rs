@@ -77,7 +77,13 @@ pub(crate) fn publish_pairs(
             npy_tmp: npy.name().to_owned(),
             npy_ino: id.ino(),
         };
-        let text = meta::render(&job.shape, &job.dtype, job.flags, Some(&commit));
+        let text = meta::render(
+            &job.shape,
+            &job.dtype,
+            job.flags,
+            Some(&commit),
+            job.attrs.as_deref(),
+        );
         let mut m = TempFile::create_in(dir, &meta_name, false)?;
         keep_mode(dir, &meta_name, &m)?;
         std::io::Write::write_all(m.writer(), text.as_bytes()).ctx("write", m.path())?;
@@ -132,6 +138,27 @@ pub(crate) fn publish_pairs(
             Err(e)
         }
     }
+}
+
+/// Replaces the user attributes in `name`'s metadata: a new `.meta.json`
+/// (the old one with `attrs`, see [`meta::with_attrs`]) is staged, synced
+/// and renamed over the old one, then the directory is synced. Under
+/// `io::OWNERSHIP`, so that no publish of the entry commits between the
+/// read and the rename. A crash leaves the old or the new metadata, and
+/// recovery removes the staged file (it names no `.npy`).
+pub(crate) fn replace_attrs(dir: &Dir, name: &EntryName, attrs: &meta::Attrs) -> Result<()> {
+    let meta_name = name.meta_file();
+    let _g = io::OWNERSHIP.lock();
+    let bytes = dir.read_bounded(&meta_name, meta::META_LIMIT)?;
+    let path = dir.join(&meta_name);
+    Meta::parse(&bytes, &path)?;
+    let text = meta::with_attrs(&bytes, &path, attrs)?;
+    let mut m = TempFile::create_in(dir, &meta_name, false)?;
+    keep_mode(dir, &meta_name, &m)?;
+    std::io::Write::write_all(m.writer(), text.as_bytes()).ctx("write", m.path())?;
+    m.flush_and_sync()?;
+    m.rename_into(&meta_name)?;
+    dir.sync()
 }
 
 /// Gives a staged file the permission bits of the regular file it will
