@@ -374,13 +374,9 @@ pub(crate) type Fill<'a> = Box<dyn FnOnce(&mut BufWriter<SeamFile>, &Path) -> Re
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// A unique temporary name `.ndo.<unique>.<tag>.tmp`.
-pub(crate) fn temp_name(tag: &str) -> String {
-    temp_name_with(&temp_unique(), tag)
-}
-
 /// A fresh `<unique>` part of a temporary name (process id, counter, time;
-/// never contains a `.`).
+/// never contains a `.`). Temporary files of a store carry their writer's
+/// registration instead (see [`Dir::temp_unique`]).
 pub(crate) fn temp_unique() -> String {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
@@ -388,6 +384,30 @@ pub(crate) fn temp_unique() -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     format!("{:x}-{:x}-{:x}", std::process::id(), n, nanos)
+}
+
+static REGISTRATION_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh registration id `<pid>-<counter>-<nanos>` (hex; the time in
+/// nanoseconds since the Unix epoch): unique among the processes of a
+/// machine, never reused by a later process with the same pid.
+pub(crate) fn registration_id() -> String {
+    let n = REGISTRATION_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!("{:x}-{:x}-{:x}", std::process::id(), n, nanos)
+}
+
+/// The registration id a temporary name's `<unique>` part carries
+/// (`<registration>-<counter>`, four dash-separated fields), or `None` for
+/// a name made without one (by an older version, or outside a store).
+pub(crate) fn temp_owner(unique: &str) -> Option<&str> {
+    let (owner, counter) = unique.rsplit_once('-')?;
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let parts: Vec<&str> = owner.split('-').collect();
+    (hex(counter) && parts.len() == 3 && parts.iter().all(|p| hex(p))).then_some(owner)
 }
 
 /// The temporary name `.ndo.<unique>.<tag>.tmp`: files staged together by
@@ -447,6 +467,13 @@ pub(crate) fn open_regular(path: &Path, access: Access) -> Result<File> {
         return Err(not_regular(path, file_kind(&md.file_type())));
     }
     Ok(file)
+}
+
+fn not_regular_dir(path: &Path, what: &str) -> Error {
+    Error::corrupt(
+        path,
+        format!("is {what}, not a directory (never followed or used)"),
+    )
 }
 
 fn not_regular(path: &Path, what: &str) -> Error {
@@ -592,6 +619,10 @@ struct DirInner {
     path: PathBuf,
     #[cfg(unix)]
     fd: std::os::fd::OwnedFd,
+    /// The registration of the writer that owns the temporary files made
+    /// here (see [`Dir::set_owner`]); unset: the process-wide names of
+    /// [`temp_unique`].
+    owner: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for Dir {
@@ -624,6 +655,7 @@ impl Dir {
                 Ok(fd) => Ok(Dir(Arc::new(DirInner {
                     path: path.to_path_buf(),
                     fd,
+                    owner: std::sync::OnceLock::new(),
                 }))),
                 Err(rustix::io::Errno::NOTDIR) if fs::metadata(path).is_ok() => {
                     Err(Error::corrupt(path, "not a directory"))
@@ -639,7 +671,89 @@ impl Dir {
             }
             Ok(Dir(Arc::new(DirInner {
                 path: path.to_path_buf(),
+                owner: std::sync::OnceLock::new(),
             })))
+        }
+    }
+
+    /// Marks the temporary files made in this directory from now on as the
+    /// registered writer `id`'s: their `<unique>` part is `<id>-<counter>`,
+    /// so that recovery in another process can tell whether the writer that
+    /// staged them is alive. Set once; later calls change nothing.
+    pub(crate) fn set_owner(&self, id: String) {
+        let _ = self.0.owner.set(id);
+    }
+
+    /// A fresh `<unique>` part for a temporary name in this directory.
+    pub(crate) fn temp_unique(&self) -> String {
+        match self.0.owner.get() {
+            Some(owner) => {
+                let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+                format!("{owner}-{n:x}")
+            }
+            None => temp_unique(),
+        }
+    }
+
+    /// A fresh temporary name `.ndo.<unique>.<tag>.tmp` in this directory.
+    pub(crate) fn temp_name(&self, tag: &str) -> String {
+        temp_name_with(&self.temp_unique(), tag)
+    }
+
+    /// Opens the subdirectory `name` (creating it, mode `0755`, when
+    /// `create`), never through a symbolic link. `None`: it does not exist
+    /// and `create` is off.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] naming it when something else than a directory is
+    /// there (a symbolic link, even to a directory, a FIFO, a file); I/O
+    /// errors.
+    pub(crate) fn open_subdir(&self, name: &str, create: bool) -> Result<Option<Dir>> {
+        let path = self.join(name);
+        #[cfg(unix)]
+        {
+            use rustix::fs::{Mode, OFlags};
+            if create {
+                match rustix::fs::mkdirat(&self.0.fd, name, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(Error::io("create directory", &path, errno(e))),
+                }
+            }
+            let flags = OFlags::RDONLY
+                | OFlags::DIRECTORY
+                | OFlags::NOFOLLOW
+                | OFlags::NONBLOCK
+                | OFlags::CLOEXEC;
+            match rustix::fs::openat(&self.0.fd, name, flags, Mode::empty()) {
+                Ok(fd) => Ok(Some(Dir(Arc::new(DirInner {
+                    path,
+                    fd,
+                    owner: std::sync::OnceLock::new(),
+                })))),
+                Err(rustix::io::Errno::NOENT) if !create => Ok(None),
+                Err(e) => match self.stat(name) {
+                    Some(f) if f.kind != Kind::Dir => {
+                        Err(not_regular_dir(&path, f.kind.describe()))
+                    }
+                    _ => Err(Error::io("open directory", &path, errno(e))),
+                },
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if create {
+                fs::create_dir_all(&path).ctx("create directory", &path)?;
+            }
+            match fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => Ok(Some(Dir(Arc::new(DirInner {
+                    path,
+                    owner: std::sync::OnceLock::new(),
+                })))),
+                Ok(m) => Err(not_regular_dir(&path, Kind::of(&m.file_type()).describe())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !create => Ok(None),
+                Err(e) => Err(Error::io("open directory", &path, e)),
+            }
         }
     }
 
@@ -1043,7 +1157,7 @@ impl TempFile {
     /// Creates `.ndo.<unique>.<tag>.tmp` in `dir`.
     pub(crate) fn create_in(dir: &Dir, tag: &str, private: bool) -> Result<Self> {
         loop {
-            let name = temp_name(tag);
+            let name = dir.temp_name(tag);
             match dir.create_new(&name, private) {
                 Ok(file) => {
                     let path = dir.join(&name);

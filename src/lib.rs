@@ -77,7 +77,7 @@ pub use name::{EntryName, MAX_NAME_BYTES};
 pub use size::ByteSize;
 pub use store::{
     DiskBackedStore, EntryFlags, EntryInfo, StoreBuilder, StoreStats, StoredArray, SystemPressure,
-    LOCK_FILE,
+    CRATE_DIR, LOCK_FILE,
 };
 pub use stream::{NpyStreamWriter, NpyStreamWriterDyn};
 

@@ -14,7 +14,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ndarray_offload::inspect::{inspect_pack, inspect_store, EntryReport, InspectOptions};
+use ndarray_offload::inspect::{
+    active_writers, inspect_pack, inspect_store, EntryReport, InspectOptions,
+};
 use ndarray_offload::Error;
 
 const USAGE: &str = "usage:
@@ -202,6 +204,23 @@ fn run(args: Args) -> Result<ExitCode, Error> {
                     .map(|s| format!("  {s}"))
                     .unwrap_or_default()
             );
+        }
+    }
+    // Writers at work on the store (none: nothing printed).
+    if !is_pack {
+        // A crate folder that cannot be read hides no entry: say so, list
+        // the entries anyway.
+        let writers = active_writers(&args.dir).unwrap_or_else(|e| {
+            eprintln!("ndoffload: writers unknown: {e}");
+            Vec::new()
+        });
+        for w in writers {
+            if args.json {
+                let line = serde_json::json!({ "writer": w });
+                let _ = writeln!(out, "{line}");
+            } else {
+                let _ = writeln!(out, "writer: {} (registration {})", w.describe(), w.id);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
