@@ -11,5 +11,6 @@ mod hardening;
 mod numpy;
 mod pack;
 mod powerloss;
+mod processes;
 mod reliability;
 mod store;
