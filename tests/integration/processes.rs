@@ -358,7 +358,7 @@ fn writers_killed_at_random_leave_whole_values() {
     // staged file stays.
     let s = DiskBackedStore::open(&store_dir).unwrap();
     let temps = temp_files(&store_dir);
-    assert_eq!(temps, [sentinel.clone()], "temporary files left");
+    assert_eq!(temps, [sentinel], "temporary files left");
     assert!(s.incomplete().is_empty(), "{:?}", s.incomplete());
     let log = logged(&dir.join("log"));
     let mut present = 0;
