@@ -214,6 +214,73 @@ pub enum Error {
         /// What is unsupported, and how to get support for it.
         reason: String,
     },
+    /// Another writer committed the entry since this handle last saw it: an
+    /// object store's conditional write (`If-Match` / `If-None-Match`)
+    /// answered that the entry's metadata object changed. Nothing was
+    /// overwritten; re-read the entry and decide again.
+    #[error(
+        "conflict on entry {key:?} at {url}: another writer committed it since this handle read it"
+    )]
+    Conflict {
+        /// The entry name.
+        key: String,
+        /// The URL of the entry's metadata object.
+        url: String,
+    },
+    /// A request to an object store failed (after the retries of its retry
+    /// policy, where the failure is retryable).
+    #[error("object store error ({kind}) while trying to {op} {key:?} at {url}: {source}")]
+    Remote {
+        /// What was being done (`"upload"`, `"commit"`, `"download"`, ...).
+        op: &'static str,
+        /// The entry name, or the object's name when no entry is concerned.
+        key: String,
+        /// The URL of the object concerned.
+        url: String,
+        /// The class of failure.
+        kind: RemoteErrorKind,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
+
+/// The class of an [`Error::Remote`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RemoteErrorKind {
+    /// The object does not exist (HTTP 404).
+    NotFound,
+    /// The credentials were refused or lack permission (HTTP 401/403).
+    PermissionDenied,
+    /// A precondition failed (HTTP 412) outside a commit.
+    Precondition,
+    /// The request timed out.
+    Timeout,
+    /// The server could not be reached or the connection broke.
+    Network,
+    /// The store does not support an operation the protocol needs (for
+    /// example a conditional replace on `file://`).
+    Unsupported,
+    /// The URL or configuration is invalid.
+    Config,
+    /// Any other failure (an unexpected HTTP status, a malformed answer).
+    Other,
+}
+
+impl std::fmt::Display for RemoteErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RemoteErrorKind::NotFound => "not found",
+            RemoteErrorKind::PermissionDenied => "permission denied",
+            RemoteErrorKind::Precondition => "precondition failed",
+            RemoteErrorKind::Timeout => "timeout",
+            RemoteErrorKind::Network => "network",
+            RemoteErrorKind::Unsupported => "unsupported",
+            RemoteErrorKind::Config => "configuration",
+            RemoteErrorKind::Other => "other",
+        })
+    }
 }
 
 impl Error {
@@ -242,7 +309,15 @@ impl Error {
 
     /// Whether this error means the file or entry does not exist.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::NotFound { .. } | Error::KeyNotFound { .. })
+        matches!(
+            self,
+            Error::NotFound { .. }
+                | Error::KeyNotFound { .. }
+                | Error::Remote {
+                    kind: RemoteErrorKind::NotFound,
+                    ..
+                }
+        )
     }
 }
 

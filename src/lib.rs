@@ -63,6 +63,8 @@ mod name;
 pub(crate) mod npy;
 pub mod pack;
 mod pylit;
+#[cfg(feature = "remote")]
+pub mod remote;
 mod size;
 mod store;
 mod stream;
@@ -70,7 +72,7 @@ mod stream;
 pub use array::{ArrayState, DiskBackedArray, ReadGuard, WriteGuard};
 pub use config::{default_chunk_budget, CacheConfig, ConfigOverrides};
 pub use element::Element;
-pub use error::{Error, Result};
+pub use error::{Error, RemoteErrorKind, Result};
 pub use key_hasher::KeyHasher;
 pub use mmap::LoadMode;
 pub use name::{EntryName, MAX_NAME_BYTES};

@@ -1,9 +1,13 @@
 //! `ndoffload`: inspect ndarray-offload stores from the command line.
 //!
 //! ```text
-//! ndoffload ls [--json] [--checksum] DIR|PACK
-//! ndoffload verify DIR|PACK
+//! ndoffload ls [--json] [--checksum] DIR|PACK|URL
+//! ndoffload verify DIR|PACK|URL
 //! ```
+//!
+//! `URL` is a remote store (`s3://bucket/prefix`; build with the `remote`
+//! feature), its endpoint and credentials taken from the `AWS_*`
+//! environment variables.
 //!
 //! The inspector opens stores and packs read-only and never writes to them.
 //! `verify` exits with 0 when every entry is sound, 1 when an entry is bad
@@ -20,11 +24,13 @@ use ndarray_offload::inspect::{
 use ndarray_offload::Error;
 
 const USAGE: &str = "usage:
-  ndoffload ls [--json] [--checksum] DIR|PACK   list every entry (dtype, shape, state, size, status)
-  ndoffload verify DIR|PACK                     read and cross-check every entry; exit 1 if any is bad
+  ndoffload ls [--json] [--checksum] DIR|PACK|URL   list every entry (dtype, shape, state, size, status)
+  ndoffload verify DIR|PACK|URL                     read and cross-check every entry; exit 1 if any is bad
 
-DIR is a store directory, PACK a pack file. Both are opened read-only;
-nothing is written. Files of DIR named like an entry's (NAME.npy,
+DIR is a store directory, PACK a pack file, URL a remote store
+(s3://bucket/prefix; endpoint and credentials from the AWS_* environment
+variables; needs the `remote` feature). All are opened read-only; nothing
+is written. Files of DIR named like an entry's (NAME.npy,
 NAME.meta.json) under a name the store refuses are listed with state
 \"ignored\" and make verify exit 1: the store cannot see them.";
 
@@ -226,6 +232,55 @@ fn run(args: Args) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[cfg(feature = "remote")]
+fn run_remote(args: &Args, url: &str) -> Result<ExitCode, Error> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.cmd == "verify" {
+        let results = ndarray_offload::remote::verify(url)?;
+        let mut bad = 0;
+        for (name, r) in &results {
+            if let Err(e) = r {
+                bad += 1;
+                let _ = writeln!(out, "{name}: {e}");
+            }
+        }
+        if bad == 0 {
+            let _ = writeln!(out, "{} entries, all sound", results.len());
+            return Ok(ExitCode::SUCCESS);
+        }
+        return Ok(ExitCode::from(1));
+    }
+    let entries = ndarray_offload::remote::list_entries(url)?;
+    if !args.json {
+        let _ = writeln!(
+            out,
+            "{:<24} {:<6} {:<18} {:>10}  DATA",
+            "NAME", "DTYPE", "SHAPE", "SIZE"
+        );
+    }
+    for e in &entries {
+        if args.json {
+            let line = serde_json::json!({
+                "name": e.name, "dtype": e.dtype, "shape": e.shape,
+                "size": e.size, "data": e.data,
+            });
+            let _ = writeln!(out, "{line}");
+        } else {
+            let _ = writeln!(
+                out,
+                "{:<24} {:<6} {:<18} {:>10}  {}",
+                e.name,
+                e.dtype,
+                format!("{:?}", e.shape),
+                human_size(e.size),
+                e.data
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let args = match parse() {
         Ok(a) => a,
@@ -238,6 +293,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let target = args.dir.to_string_lossy().into_owned();
+    if target.contains("://") {
+        #[cfg(feature = "remote")]
+        return match run_remote(&args, &target) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("ndoffload: {e}");
+                ExitCode::from(2)
+            }
+        };
+        #[cfg(not(feature = "remote"))]
+        {
+            eprintln!("ndoffload: {target}: remote stores need the `remote` feature (cargo install ndarray-offload --features remote)");
+            return ExitCode::from(2);
+        }
+    }
     if !args.dir.exists() {
         eprintln!(
             "ndoffload: {}: no such file or directory",

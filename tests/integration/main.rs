@@ -13,4 +13,6 @@ mod pack;
 mod powerloss;
 mod processes;
 mod reliability;
+#[cfg(feature = "remote")]
+mod remote;
 mod store;

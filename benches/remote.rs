@@ -1,0 +1,331 @@
+//! The remote tier against `object_store` used directly, on the same moto
+//! S3 server on 127.0.0.1, in the same run; prints ratios.
+//!
+//! ```text
+//! NDOFFLOAD_MOTO=.venv/bin/moto_server cargo bench --features remote --bench remote [-- upload|download|small]
+//! ```
+//!
+//! `NDOFFLOAD_BENCH_MIB` sets the large entry's size (default 1024). For
+//! the peak RSS of one direction, run the bench binary under
+//! `/usr/bin/time -v` with `upload` or `download` (the entry is written with
+//! `NpyStreamWriter`, never held in memory).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use ndarray::Array2;
+use ndarray_offload::remote::{RemoteOptions, RemoteStore, TransferOptions};
+use ndarray_offload::NpyStreamWriter;
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::path::Path as OPath;
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+
+const BUCKET: &str = "ndo-bench";
+
+struct Moto(Child, u16);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn create_bucket(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let req = format!("PUT /{BUCKET} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let _ = s.write_all(req.as_bytes());
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.starts_with("HTTP/1.1 200")
+}
+
+fn start_moto() -> Option<Moto> {
+    let exe = std::env::var("NDOFFLOAD_MOTO")
+        .map(PathBuf::from)
+        .ok()
+        .or_else(|| {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
+            p.exists().then_some(p)
+        })?;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = Command::new(exe)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let m = Moto(child, port);
+    for _ in 0..600 {
+        if create_bucket(port) {
+            return Some(m);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+fn config(port: u16) -> Vec<(String, String)> {
+    vec![
+        ("aws_endpoint".into(), format!("http://127.0.0.1:{port}")),
+        ("aws_allow_http".into(), "true".into()),
+        ("aws_access_key_id".into(), "bench".into()),
+        ("aws_secret_access_key".into(), "bench".into()),
+        ("aws_region".into(), "us-east-1".into()),
+    ]
+}
+
+fn raw_store(port: u16) -> Arc<dyn ObjectStore> {
+    let mut b = AmazonS3Builder::new()
+        .with_bucket_name(BUCKET)
+        .with_conditional_put(S3ConditionalPut::ETagMatch);
+    for (k, v) in config(port) {
+        b = b.with_config(k.parse().unwrap(), v);
+    }
+    Arc::new(b.build().unwrap())
+}
+
+fn options(port: u16) -> RemoteOptions {
+    let mut o = RemoteOptions::default();
+    o.config = config(port);
+    o
+}
+
+/// Writes a `.npy` of `mib` MiB of f64 without holding it in memory.
+fn big_npy(dir: &Path, mib: usize) -> PathBuf {
+    let rows = mib * 1024 * 1024 / 8 / 1024;
+    let path = dir.join("big.npy");
+    let mut w = NpyStreamWriter::<f64, ndarray::Ix2>::create(&path, &[rows, 1024]).unwrap();
+    let chunk = 1024;
+    let mut r = 0;
+    while r < rows {
+        let n = chunk.min(rows - r);
+        let a = Array2::from_shape_fn((n, 1024), |(i, j)| ((r + i) * 1024 + j) as f64);
+        w.write_chunk(&a).unwrap();
+        r += n;
+    }
+    w.finish().unwrap()
+}
+
+fn raw_upload(
+    rt: &tokio::runtime::Runtime,
+    store: &Arc<dyn ObjectStore>,
+    file: &Path,
+    dest: &str,
+) -> Duration {
+    let t = TransferOptions::default();
+    let f = std::fs::File::open(file).unwrap();
+    let size = f.metadata().unwrap().len();
+    let start = Instant::now();
+    rt.block_on(async {
+        let up = store.put_multipart(&OPath::from(dest)).await.unwrap();
+        let mut w = WriteMultipart::new_with_chunk_size(up, t.part_size);
+        let mut off = 0;
+        while off < size {
+            let n = (t.part_size as u64).min(size - off) as usize;
+            let mut buf = vec![0; n];
+            f.read_exact_at(&mut buf, off).unwrap();
+            w.wait_for_capacity(t.concurrency - 1).await.unwrap();
+            w.put(buf.into());
+            off += n as u64;
+        }
+        w.finish().await.unwrap();
+    });
+    start.elapsed()
+}
+
+fn raw_download(
+    rt: &tokio::runtime::Runtime,
+    store: &Arc<dyn ObjectStore>,
+    src: &str,
+    size: u64,
+    out: &Path,
+) -> Duration {
+    let t = TransferOptions::default();
+    let f = Arc::new(std::fs::File::create(out).unwrap());
+    let start = Instant::now();
+    f.set_len(size).unwrap();
+    let part = t.part_size as u64;
+    rt.block_on(async {
+        let src = OPath::from(src);
+        futures::stream::iter((0..size.div_ceil(part)).map(|i| {
+            let (store, src, f) = (store.clone(), src.clone(), f.clone());
+            async move {
+                let r = i * part..((i + 1) * part).min(size);
+                let start = r.start;
+                let b = store.get_range(&src, r).await?;
+                tokio::task::spawn_blocking(move || f.write_all_at(&b, start).unwrap())
+                    .await
+                    .unwrap();
+                Ok::<_, object_store::Error>(())
+            }
+        }))
+        .buffered(t.concurrency)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    });
+    start.elapsed()
+}
+
+fn gib_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / (1u64 << 30) as f64
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let which = args.first().cloned().unwrap_or_else(|| "all".into());
+    // NDOFFLOAD_MOTO_PORT: a server already running on 127.0.0.1 (so that
+    // `/usr/bin/time -v` measures this process, not the server).
+    let (_moto, port) = match std::env::var("NDOFFLOAD_MOTO_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+    {
+        Some(port) if create_bucket(port) => (None, port),
+        _ => match start_moto() {
+            Some(m) => {
+                let port = m.1;
+                (Some(m), port)
+            }
+            None => {
+                eprintln!("remote bench skipped: no moto_server (set NDOFFLOAD_MOTO)");
+                return;
+            }
+        },
+    };
+    let mib: usize = std::env::var("NDOFFLOAD_BENCH_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1024);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let raw = raw_store(port);
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("s3://{BUCKET}/bench");
+    println!("remote bench: moto on 127.0.0.1:{port}, entry {mib} MiB");
+    if which == "all" || which == "upload" || which == "download" {
+        let file = big_npy(tmp.path(), mib);
+        let size = std::fs::metadata(&file).unwrap().len();
+        let cache = tmp.path().join("cacheA");
+        let store = RemoteStore::open_with(&url, &cache, options(port)).unwrap();
+        // Interleaved: raw, crate, raw, crate; best of each.
+        let (mut best_raw, mut best_crate) = (Duration::MAX, Duration::MAX);
+        for i in 0..2 {
+            best_raw = best_raw.min(raw_upload(&rt, &raw, &file, &format!("raw/up{i}.npy")));
+            let t = Instant::now();
+            store.insert_npy_file(format!("big{i}"), &file).unwrap();
+            best_crate = best_crate.min(t.elapsed());
+            if which == "upload" {
+                break;
+            }
+        }
+        println!(
+            "upload {mib} MiB: crate {:.2} s ({:.2} GiB/s), raw multipart {:.2} s ({:.2} GiB/s), ratio {:.2}x",
+            best_crate.as_secs_f64(),
+            gib_s(size, best_crate),
+            best_raw.as_secs_f64(),
+            gib_s(size, best_raw),
+            best_raw.as_secs_f64() / best_crate.as_secs_f64()
+        );
+        if which != "upload" {
+            let (mut best_raw, mut best_crate) = (Duration::MAX, Duration::MAX);
+            for i in 0..2 {
+                best_raw = best_raw.min(raw_download(
+                    &rt,
+                    &raw,
+                    "raw/up0.npy",
+                    size,
+                    &tmp.path().join(format!("raw{i}.npy")),
+                ));
+                let _ = std::fs::remove_file(tmp.path().join(format!("raw{i}.npy")));
+                let cache = tmp.path().join(format!("cacheB{i}"));
+                let b = RemoteStore::open_with(&url, &cache, options(port)).unwrap();
+                let t = Instant::now();
+                let a = b.get::<f64, ndarray::Ix2>("big0").unwrap();
+                best_crate = best_crate.min(t.elapsed());
+                drop(a);
+                drop(b);
+                let _ = std::fs::remove_dir_all(&cache);
+            }
+            println!(
+                "first get {mib} MiB: crate {:.2} s ({:.2} GiB/s), raw parallel ranged get {:.2} s ({:.2} GiB/s), ratio {:.2}x",
+                best_crate.as_secs_f64(),
+                gib_s(size, best_crate),
+                best_raw.as_secs_f64(),
+                gib_s(size, best_raw),
+                best_raw.as_secs_f64() / best_crate.as_secs_f64()
+            );
+        }
+    }
+    if which == "all" || which == "small" {
+        let n = 200;
+        let cache = tmp.path().join("cacheS");
+        let store = RemoteStore::open_with(&url, &cache, options(port)).unwrap();
+        let a = Array2::from_shape_fn((1000, 3), |(i, j)| (i * 3 + j) as f64);
+        let mut npy = Vec::new();
+        ndarray_npy::WriteNpyExt::write_npy(&a, &mut npy).unwrap();
+        let meta = vec![b'x'; 400];
+        let (mut crate_t, mut raw_t) = (Duration::ZERO, Duration::ZERO);
+        for round in 0..2 {
+            let t = Instant::now();
+            for i in 0..n / 2 {
+                store
+                    .insert_durable(format!("s{round}_{i}"), a.clone())
+                    .unwrap();
+            }
+            crate_t += t.elapsed();
+            let t = Instant::now();
+            rt.block_on(async {
+                for i in 0..n / 2 {
+                    raw.put(
+                        &OPath::from(format!("raw/s{round}_{i}.npy")),
+                        npy.clone().into(),
+                    )
+                    .await
+                    .unwrap();
+                    raw.put(
+                        &OPath::from(format!("raw/s{round}_{i}.meta.json")),
+                        meta.clone().into(),
+                    )
+                    .await
+                    .unwrap();
+                }
+            });
+            raw_t += t.elapsed();
+        }
+        if std::env::var("NDOFFLOAD_BENCH_PROBE").is_ok() {
+            let t = Instant::now();
+            for i in 0..50 {
+                store.insert(format!("p{i}"), a.clone()).unwrap();
+            }
+            let staged = t.elapsed();
+            let t = Instant::now();
+            store.flush().unwrap();
+            println!("probe: 50 stages {:?}, flush {:?}", staged, t.elapsed());
+        }
+        let c = n as f64 / crate_t.as_secs_f64();
+        let r = n as f64 / raw_t.as_secs_f64();
+        println!(
+            "small entries (1000x3 f64): crate {c:.0}/s, raw two puts {r:.0}/s, ratio {:.2}x",
+            c / r
+        );
+    }
+}

@@ -1,0 +1,251 @@
+//! Moving data objects: uploads streamed from a local file (one PUT for a
+//! small object, a multipart upload with parallel parts for a large one)
+//! and downloads by parallel ranged GETs written straight into a local file.
+//!
+//! At most `concurrency` parts of `part_size` bytes are in memory at once,
+//! whatever the object's size.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path as FsPath;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, WriteMultipart};
+
+use crate::error::{Error, IoContext, Result};
+
+/// Sizes of transfers.
+#[derive(Debug, Clone, Copy)]
+pub struct TransferOptions {
+    /// Bytes per multipart part and per ranged GET (at least 5 MiB, S3's
+    /// smallest part).
+    pub part_size: usize,
+    /// Parts or ranges in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for TransferOptions {
+    fn default() -> Self {
+        TransferOptions {
+            part_size: 8 << 20,
+            concurrency: 4,
+        }
+    }
+}
+
+impl TransferOptions {
+    fn part(&self) -> usize {
+        self.part_size.max(5 << 20)
+    }
+    fn conc(&self) -> usize {
+        self.concurrency.max(1)
+    }
+}
+
+/// Reads `len` bytes at `off` of `file` on a blocking thread, with their
+/// CRC-32.
+async fn read_chunk(
+    file: Arc<File>,
+    path: Arc<FsPath>,
+    off: u64,
+    len: usize,
+) -> Result<(Bytes, crc32fast::Hasher)> {
+    let job = tokio::task::spawn_blocking(move || -> Result<(Bytes, crc32fast::Hasher)> {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, off).ctx("read", &path)?;
+        let mut h = crc32fast::Hasher::new();
+        h.update(&buf);
+        Ok((Bytes::from(buf), h))
+    });
+    job.await.map_err(|e| Error::Io {
+        path: std::path::PathBuf::new(),
+        op: "read",
+        source: std::io::Error::other(e),
+    })?
+}
+
+/// Uploads the first `size` bytes of `file` (named `local` in errors) to
+/// `dest`. Returns the CRC-32 of what was sent. Object-store errors come
+/// back as `Err(Ok(e))` so the caller can name the entry; local errors as
+/// `Err(Err(e))`.
+pub(crate) async fn upload_file(
+    store: &dyn ObjectStore,
+    file: Arc<File>,
+    local: &FsPath,
+    size: u64,
+    dest: &Path,
+    opts: TransferOptions,
+) -> std::result::Result<u32, UploadError> {
+    let part = opts.part();
+    let local: Arc<FsPath> = Arc::from(local);
+    if size <= part as u64 {
+        let (bytes, h) = read_chunk(file, local, 0, size as usize)
+            .await
+            .map_err(UploadError::Local)?;
+        store
+            .put_opts(dest, bytes.into(), PutOptions::default())
+            .await
+            .map_err(UploadError::Remote)?;
+        return Ok(h.finalize());
+    }
+    let upload = store
+        .put_multipart_opts(dest, PutMultipartOptions::default())
+        .await
+        .map_err(UploadError::Remote)?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, part);
+    let mut crc = crc32fast::Hasher::new();
+    let mut off = 0u64;
+    // Read one part ahead while earlier parts are in flight.
+    let mut next = Some(tokio::spawn(read_chunk(
+        file.clone(),
+        local.clone(),
+        0,
+        part.min(size as usize),
+    )));
+    while let Some(job) = next.take() {
+        let got = match job.await {
+            Ok(r) => r,
+            Err(e) => Err(Error::Io {
+                path: local.to_path_buf(),
+                op: "read",
+                source: std::io::Error::other(e),
+            }),
+        };
+        let (bytes, h) = match got {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = writer.abort().await;
+                return Err(UploadError::Local(e));
+            }
+        };
+        off += bytes.len() as u64;
+        crc.combine(&h);
+        if off < size {
+            let len = (size - off).min(part as u64) as usize;
+            next = Some(tokio::spawn(read_chunk(
+                file.clone(),
+                local.clone(),
+                off,
+                len,
+            )));
+        }
+        if let Err(e) = writer
+            .wait_for_capacity(opts.conc().saturating_sub(1).max(1))
+            .await
+        {
+            let _ = writer.abort().await;
+            return Err(UploadError::Remote(e));
+        }
+        writer.put(bytes);
+    }
+    writer.finish().await.map_err(UploadError::Remote)?;
+    Ok(crc.finalize())
+}
+
+/// Why an upload failed.
+#[derive(Debug)]
+pub(crate) enum UploadError {
+    /// The object store refused or could not be reached.
+    Remote(object_store::Error),
+    /// Reading the local file failed.
+    Local(Error),
+}
+
+/// Downloads `src` (of `size` bytes) into `file` (named `local` in errors)
+/// by ranged GETs, `concurrency` at a time. Returns the CRC-32 of the bytes.
+pub(crate) async fn download_to_file(
+    store: Arc<dyn ObjectStore>,
+    src: &Path,
+    size: u64,
+    file: Arc<File>,
+    local: &FsPath,
+    opts: TransferOptions,
+) -> std::result::Result<u32, UploadError> {
+    let part = opts.part() as u64;
+    let local: Arc<FsPath> = Arc::from(local);
+    file.set_len(size)
+        .ctx("resize", &local)
+        .map_err(UploadError::Local)?;
+    let ranges: Vec<std::ops::Range<u64>> = (0..size.div_ceil(part))
+        .map(|i| i * part..((i + 1) * part).min(size))
+        .collect();
+    let jobs = futures::stream::iter(ranges.into_iter().map(|r| {
+        let store = store.clone();
+        let src = src.clone();
+        let file = file.clone();
+        let local = local.clone();
+        async move {
+            let want = r.end - r.start;
+            let start = r.start;
+            let bytes = store
+                .get_range(&src, r)
+                .await
+                .map_err(UploadError::Remote)?;
+            if bytes.len() as u64 != want {
+                return Err(UploadError::Local(Error::Truncated {
+                    path: local.to_path_buf(),
+                    expected: want,
+                    actual: bytes.len() as u64,
+                }));
+            }
+            let path = local.clone();
+            let job = tokio::task::spawn_blocking(move || -> Result<crc32fast::Hasher> {
+                file.write_all_at(&bytes, start).ctx("write", &path)?;
+                let mut h = crc32fast::Hasher::new();
+                h.update(&bytes);
+                Ok(h)
+            });
+            match job.await {
+                Ok(r) => r.map_err(UploadError::Local),
+                Err(e) => Err(UploadError::Local(Error::Io {
+                    path: local.to_path_buf(),
+                    op: "write",
+                    source: std::io::Error::other(e),
+                })),
+            }
+        }
+    }))
+    .buffered(opts.conc());
+    let hashes: Vec<crc32fast::Hasher> = jobs.try_collect().await?;
+    let mut crc = crc32fast::Hasher::new();
+    for h in &hashes {
+        crc.combine(h);
+    }
+    Ok(crc.finalize())
+}
+
+/// Reads a whole object by ranged GETs and returns its CRC-32 and its first
+/// `head` bytes (for `verify`), without keeping more than `concurrency`
+/// parts in memory.
+pub(crate) async fn checksum_object(
+    store: Arc<dyn ObjectStore>,
+    src: &Path,
+    size: u64,
+    head: usize,
+    opts: TransferOptions,
+) -> std::result::Result<(u32, Vec<u8>), object_store::Error> {
+    let part = opts.part() as u64;
+    let ranges: Vec<std::ops::Range<u64>> = (0..size.div_ceil(part))
+        .map(|i| i * part..((i + 1) * part).min(size))
+        .collect();
+    let mut jobs = futures::stream::iter(ranges.into_iter().map(|r| {
+        let store = store.clone();
+        let src = src.clone();
+        async move { store.get_range(&src, r).await }
+    }))
+    .buffered(opts.conc());
+    let mut crc = crc32fast::Hasher::new();
+    let mut first = Vec::new();
+    while let Some(bytes) = jobs.next().await {
+        let bytes = bytes?;
+        if first.len() < head {
+            let take = (head - first.len()).min(bytes.len());
+            first.extend_from_slice(&bytes[..take]);
+        }
+        crc.update(&bytes);
+    }
+    Ok((crc.finalize(), first))
+}
