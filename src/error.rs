@@ -182,11 +182,18 @@ pub enum Error {
         /// What is missing.
         reason: String,
     },
-    /// Another process holds the store's write lock.
-    #[error("{path} is locked by another writer")]
+    /// A lock is held by another writer: the store's lock (an exclusive
+    /// open while other writers are registered, or any writable open while
+    /// an exclusive writer is), or a key's compute lock a `get_or_compute`
+    /// waited for longer than its timeout.
+    #[error("{path} is locked by {holder}")]
     Locked {
         /// The lock file.
         path: PathBuf,
+        /// Who holds it, as its registration records it (`pid 4242 on
+        /// host "node7", writer since 1712345678 (Unix time)`), or what is
+        /// known of the holder.
+        holder: String,
     },
     /// The operation needs the array exclusively, but the calling thread
     /// holds a guard on it (from `read`/`write` of the array or of a store

@@ -18,6 +18,7 @@ use crate::mmap;
 use crate::npy::NpyInfo;
 use crate::store::meta::Meta;
 use crate::store::DiskBackedStore;
+pub use crate::store::WriterInfo;
 
 /// What the inspector found for one entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,7 +104,8 @@ pub struct InspectOptions {
 ///
 /// # Errors
 ///
-/// Errors opening the store ([`Error::NotFound`], [`Error::Locked`], ...).
+/// Errors opening the store ([`Error::NotFound`], ...). Writers may be at
+/// work meanwhile: the store is opened read-only, which takes no lock.
 /// Problems with single entries are reported in their [`EntryReport`].
 ///
 /// # Examples
@@ -211,11 +213,53 @@ fn escape_name(name: &[u8]) -> String {
 }
 
 fn inspect_entry(dir: &Path, name: &str, opts: InspectOptions) -> EntryReport {
-    let mut r = EntryReport::named(name.to_owned());
-    if let Err(e) = check_entry(dir, name, opts, &mut r) {
-        r.problem = Some(e.to_string());
+    // A writer may replace the pair between the reads of its two files: a
+    // disagreement is read again a few times (about 10 ms in all) before it
+    // is reported.
+    let mut delay = std::time::Duration::from_micros(50);
+    for attempt in 0.. {
+        let mut r = EntryReport::named(name.to_owned());
+        match check_entry(dir, name, opts, &mut r) {
+            Ok(()) => return r,
+            Err(Error::Mismatch { .. }) if attempt < 9 => {
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(std::time::Duration::from_millis(2));
+            }
+            Err(e) => {
+                r.problem = Some(e.to_string());
+                return r;
+            }
+        }
     }
-    r
+    EntryReport::named(name.to_owned())
+}
+
+/// The writers registered on the store at `dir` and alive (pid, host name,
+/// start time), for `ndoffload ls`. Reads only: nothing is created or
+/// locked for longer than the check.
+///
+/// # Errors
+///
+/// Errors opening the directory or reading the crate's folder
+/// (`.ndoffload/`; a symbolic link or a file there is [`Error::Corrupt`]).
+///
+/// # Examples
+///
+/// ```
+/// use ndarray_offload::inspect::active_writers;
+/// use ndarray_offload::DiskBackedStore;
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = DiskBackedStore::open(dir.path())?;
+/// let writers = active_writers(dir.path())?;
+/// assert_eq!(writers.len(), 1);
+/// assert_eq!(writers[0].pid, std::process::id());
+/// drop(store);
+/// assert!(active_writers(dir.path())?.is_empty());
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// ```
+pub fn active_writers(dir: &Path) -> Result<Vec<WriterInfo>> {
+    DiskBackedStore::open_read_only(dir)?.writers()
 }
 
 fn check_entry(dir: &Path, name: &str, opts: InspectOptions, r: &mut EntryReport) -> Result<()> {

@@ -374,13 +374,9 @@ pub(crate) type Fill<'a> = Box<dyn FnOnce(&mut BufWriter<SeamFile>, &Path) -> Re
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// A unique temporary name `.ndo.<unique>.<tag>.tmp`.
-pub(crate) fn temp_name(tag: &str) -> String {
-    temp_name_with(&temp_unique(), tag)
-}
-
 /// A fresh `<unique>` part of a temporary name (process id, counter, time;
-/// never contains a `.`).
+/// never contains a `.`). Temporary files of a store carry their writer's
+/// registration instead (see [`Dir::temp_unique`]).
 pub(crate) fn temp_unique() -> String {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
@@ -388,6 +384,55 @@ pub(crate) fn temp_unique() -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     format!("{:x}-{:x}-{:x}", std::process::id(), n, nanos)
+}
+
+static REGISTRATION_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh registration id `<pid>-<counter>-<millis>` (base 36; the time
+/// in milliseconds since the Unix epoch): unique among the processes of a
+/// machine, never reused by a later process with the same pid. Base 36
+/// keeps every temporary name of a 200-byte entry name within 255 bytes.
+pub(crate) fn registration_id() -> String {
+    let n = REGISTRATION_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    format!(
+        "{}-{}-{}",
+        base36(u64::from(std::process::id())),
+        base36(n),
+        base36(millis)
+    )
+}
+
+/// `n` in base 36 (digits and lowercase letters).
+pub(crate) fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::with_capacity(13);
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// The registration id a temporary name's `<unique>` part carries
+/// (`<registration>-<counter>`, four dash-separated fields), or `None` for
+/// a name made without one (by an older version, or outside a store).
+pub(crate) fn temp_owner(unique: &str) -> Option<&str> {
+    let (owner, counter) = unique.rsplit_once('-')?;
+    let digits = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+    };
+    let parts: Vec<&str> = owner.split('-').collect();
+    (digits(counter) && parts.len() == 3 && parts.iter().all(|p| digits(p))).then_some(owner)
 }
 
 /// The temporary name `.ndo.<unique>.<tag>.tmp`: files staged together by
@@ -447,6 +492,13 @@ pub(crate) fn open_regular(path: &Path, access: Access) -> Result<File> {
         return Err(not_regular(path, file_kind(&md.file_type())));
     }
     Ok(file)
+}
+
+fn not_regular_dir(path: &Path, what: &str) -> Error {
+    Error::corrupt(
+        path,
+        format!("is {what}, not a directory (never followed or used)"),
+    )
 }
 
 fn not_regular(path: &Path, what: &str) -> Error {
@@ -592,6 +644,10 @@ struct DirInner {
     path: PathBuf,
     #[cfg(unix)]
     fd: std::os::fd::OwnedFd,
+    /// The registration of the writer that owns the temporary files made
+    /// here (see [`Dir::set_owner`]); unset: the process-wide names of
+    /// [`temp_unique`].
+    owner: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for Dir {
@@ -624,6 +680,7 @@ impl Dir {
                 Ok(fd) => Ok(Dir(Arc::new(DirInner {
                     path: path.to_path_buf(),
                     fd,
+                    owner: std::sync::OnceLock::new(),
                 }))),
                 Err(rustix::io::Errno::NOTDIR) if fs::metadata(path).is_ok() => {
                     Err(Error::corrupt(path, "not a directory"))
@@ -639,7 +696,89 @@ impl Dir {
             }
             Ok(Dir(Arc::new(DirInner {
                 path: path.to_path_buf(),
+                owner: std::sync::OnceLock::new(),
             })))
+        }
+    }
+
+    /// Marks the temporary files made in this directory from now on as the
+    /// registered writer `id`'s: their `<unique>` part is `<id>-<counter>`,
+    /// so that recovery in another process can tell whether the writer that
+    /// staged them is alive. Set once; later calls change nothing.
+    pub(crate) fn set_owner(&self, id: String) {
+        let _ = self.0.owner.set(id);
+    }
+
+    /// A fresh `<unique>` part for a temporary name in this directory.
+    pub(crate) fn temp_unique(&self) -> String {
+        match self.0.owner.get() {
+            Some(owner) => {
+                let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+                format!("{owner}-{}", base36(n))
+            }
+            None => temp_unique(),
+        }
+    }
+
+    /// A fresh temporary name `.ndo.<unique>.<tag>.tmp` in this directory.
+    pub(crate) fn temp_name(&self, tag: &str) -> String {
+        temp_name_with(&self.temp_unique(), tag)
+    }
+
+    /// Opens the subdirectory `name` (creating it, mode `0755`, when
+    /// `create`), never through a symbolic link. `None`: it does not exist
+    /// and `create` is off.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] naming it when something else than a directory is
+    /// there (a symbolic link, even to a directory, a FIFO, a file); I/O
+    /// errors.
+    pub(crate) fn open_subdir(&self, name: &str, create: bool) -> Result<Option<Dir>> {
+        let path = self.join(name);
+        #[cfg(unix)]
+        {
+            use rustix::fs::{Mode, OFlags};
+            if create {
+                match rustix::fs::mkdirat(&self.0.fd, name, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(Error::io("create directory", &path, errno(e))),
+                }
+            }
+            let flags = OFlags::RDONLY
+                | OFlags::DIRECTORY
+                | OFlags::NOFOLLOW
+                | OFlags::NONBLOCK
+                | OFlags::CLOEXEC;
+            match rustix::fs::openat(&self.0.fd, name, flags, Mode::empty()) {
+                Ok(fd) => Ok(Some(Dir(Arc::new(DirInner {
+                    path,
+                    fd,
+                    owner: std::sync::OnceLock::new(),
+                })))),
+                Err(rustix::io::Errno::NOENT) if !create => Ok(None),
+                Err(e) => match self.stat(name) {
+                    Some(f) if f.kind != Kind::Dir => {
+                        Err(not_regular_dir(&path, f.kind.describe()))
+                    }
+                    _ => Err(Error::io("open directory", &path, errno(e))),
+                },
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if create {
+                fs::create_dir_all(&path).ctx("create directory", &path)?;
+            }
+            match fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => Ok(Some(Dir(Arc::new(DirInner {
+                    path,
+                    owner: std::sync::OnceLock::new(),
+                })))),
+                Ok(m) => Err(not_regular_dir(&path, Kind::of(&m.file_type()).describe())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !create => Ok(None),
+                Err(e) => Err(Error::io("open directory", &path, e)),
+            }
         }
     }
 
@@ -1043,7 +1182,7 @@ impl TempFile {
     /// Creates `.ndo.<unique>.<tag>.tmp` in `dir`.
     pub(crate) fn create_in(dir: &Dir, tag: &str, private: bool) -> Result<Self> {
         loop {
-            let name = temp_name(tag);
+            let name = dir.temp_name(tag);
             match dir.create_new(&name, private) {
                 Ok(file) => {
                     let path = dir.join(&name);
@@ -1246,5 +1385,39 @@ pub(crate) fn remove_if_same(path: &Path, id: FileId) -> Result<bool> {
         Ok(true)
     } else {
         Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    /// Every temporary name of the longest entry name fits a file name
+    /// (255 bytes), with a registration id and a temporary counter as large
+    /// as a long-lived writer makes them: the largest Linux pid, a
+    /// thousandth store opened by the process, the clock in the year 2100,
+    /// two billion temporary files.
+    #[test]
+    fn temporary_names_of_the_longest_entry_name_fit() {
+        let pid = 4_194_304u64; // PID_MAX_LIMIT on 64-bit Linux
+        let year_2100_ms = 4_102_444_800_000u64;
+        let id = format!("{}-{}-{}", base36(pid), base36(1_000), base36(year_2100_ms));
+        let unique = format!("{id}-{}", base36(2_000_000_000));
+        let key = "y".repeat(crate::name::MAX_NAME_BYTES);
+        for tag in [
+            ".npy",
+            ".meta.json",
+            ".npy.bak",
+            ".meta.json.bak",
+            ".npy.del",
+            ".meta.json.del",
+        ] {
+            let n = temp_name_with(&unique, &format!("{key}{tag}"));
+            assert!(n.len() <= 255, "{} bytes: {n}", n.len());
+            assert_eq!(temp_owner(&unique), Some(id.as_str()));
+        }
+        assert_eq!(base36(0), "0");
+        assert_eq!(base36(35), "z");
+        assert_eq!(base36(36), "10");
     }
 }

@@ -168,7 +168,7 @@ pub use name::{EntryName, MAX_NAME_BYTES};
 pub use size::{ByteSize, IntoByteSize};
 pub use store::{
     Attrs, DiskBackedStore, DynReadGuard, DynStoredArray, EntryFlags, EntryInfo, Prefetching,
-    StoreBuilder, StoreStats, StoredArray, SystemPressure, LOCK_FILE,
+    StoreBuilder, StoreStats, StoredArray, SystemPressure, CRATE_DIR, LOCK_FILE,
 };
 pub use stream::{NpyStreamWriter, NpyStreamWriterDyn};
 

@@ -273,6 +273,23 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         }
     }
 
+    /// The identity of the array's file when the file holds exactly the
+    /// array's data (`None`: not written, edited since, or the array is
+    /// busy: never waits).
+    pub(crate) fn clean_file(&self) -> Option<FileId> {
+        let st = self.state.try_read()?;
+        let clean = match &*st {
+            State::Owned(_) => self.file_current.load(Ordering::Relaxed),
+            State::Offloaded => true,
+            State::Mapped(m) => !m.dirty,
+        };
+        if clean {
+            *self.file_id.lock()
+        } else {
+            None
+        }
+    }
+
     /// Whether the array has a file (it was written, opened or mapped).
     pub(crate) fn has_file(&self) -> bool {
         self.file_id.lock().is_some()

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use ndarray_offload::inspect::{
-    inspect_npy, inspect_pack, inspect_store, EntryReport, InspectOptions,
+    active_writers, inspect_npy, inspect_pack, inspect_store, EntryReport, InspectOptions,
 };
 use ndarray_offload::{ByteSize, Error};
 use serde_json::{json, Value};
@@ -332,6 +332,17 @@ fn ls(a: &LsArgs, kind: Kind) -> Result<ExitCode, Error> {
     } else {
         print_table(&mut out, &reports, a.checksum);
         let _ = writeln!(out, "{}", totals_line(&a.path, kind, &reports));
+        if kind == Kind::Store {
+            // Writers at work on the store (none: nothing printed). A crate
+            // folder that cannot be read hides no entry: say so.
+            let writers = active_writers(&a.path).unwrap_or_else(|e| {
+                eprintln!("ndoffload: writers unknown: {e}");
+                Vec::new()
+            });
+            for w in writers {
+                let _ = writeln!(out, "writer: {} (registration {})", w.describe(), w.id);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

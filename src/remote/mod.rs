@@ -319,7 +319,10 @@ impl RemoteStore {
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::Locked { path: lock_path })
+                return Err(Error::Locked {
+                    path: lock_path,
+                    holder: "another remote store handle on this cache directory".into(),
+                })
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path, e)),
         }

@@ -1,5 +1,5 @@
-//! `get_or_compute`: an entry computed once, however many threads ask for
-//! it at the same time.
+//! `get_or_compute`: an entry computed once, however many threads, and
+//! however many processes writing the store, ask for it at the same time.
 
 use std::sync::Arc;
 
@@ -17,9 +17,19 @@ impl DiskBackedStore {
     /// does not exist. Concurrent callers for one missing name compute it
     /// once; the others wait and get the stored value.
     ///
+    /// Across processes too: while other writers may be open (a store not
+    /// opened [`exclusive`](crate::StoreBuilder::exclusive)), the caller that
+    /// computes holds the key's compute lock (`.ndoffload/locks/NAME.compute`)
+    /// and writes the entry durably before releasing it; callers in other
+    /// processes wait for the lock (a blocking `flock`, no polling; see
+    /// [`StoreBuilder::lock_timeout`](crate::StoreBuilder::lock_timeout))
+    /// and then map the stored entry. A computation that fails, or whose
+    /// process dies, releases the key: a waiter then computes it.
+    ///
     /// # Errors
     ///
-    /// As [`get`](Self::get) and [`insert`](Self::insert).
+    /// As [`get`](Self::get) and [`insert`](Self::insert); [`Error::Locked`]
+    /// naming the process computing the key when the lock timeout passed.
     ///
     /// # Examples
     ///
@@ -67,11 +77,8 @@ impl DiskBackedStore {
     {
         let name = EntryName::new(name.as_ref())?;
         // A key removed between the look-up and the `get` is computed.
-        if self.inner.entries.read().contains_key(&name) {
-            match self.get(name.as_str()) {
-                Err(Error::KeyNotFound { .. }) => {}
-                r => return Ok(r?),
-            }
+        if let Some(r) = self.stored(&name) {
+            return Ok(r?);
         }
         let gate = self
             .inner
@@ -80,35 +87,58 @@ impl DiskBackedStore {
             .entry(name.clone())
             .or_default()
             .clone();
-        let result = {
+        let result = (|| {
             let _g = gate.lock();
-            let stored = if self.inner.entries.read().contains_key(&name) {
-                match self.get(name.as_str()) {
-                    Err(Error::KeyNotFound { .. }) => None,
-                    r => Some(r),
-                }
-            } else {
+            if let Some(r) = self.stored(&name) {
+                return r.map_err(E::from);
+            }
+            // Other processes: the one holding the key's compute lock is
+            // computing it; once it is released, look again.
+            let cross = if self.inner.read_only {
                 None
+            } else {
+                self.inner
+                    .storage
+                    .compute_lock(&name, self.inner.lock_timeout)?
             };
-            match stored {
-                Some(r) => r.map_err(E::from),
-                None => {
-                    Counters::add(&self.inner.counters.misses);
-                    Counters::add(&self.inner.counters.computes);
-                    match compute() {
-                        // The handle of the entry inserted, not a new look-up:
-                        // another thread may remove or replace the key at once.
-                        Ok(a) => self.insert_handle(name.clone(), a).map_err(E::from),
-                        Err(e) => Err(e),
-                    }
+            if cross.is_some() {
+                if let Some(r) = self.stored(&name) {
+                    return r.map_err(E::from);
                 }
             }
-        };
+            Counters::add(&self.inner.counters.misses);
+            Counters::add(&self.inner.counters.computes);
+            match compute() {
+                // The handle of the entry inserted, not a new look-up:
+                // another thread may remove or replace the key at once.
+                // With other writers waiting, it is written before the key
+                // is released, so that they find it.
+                Ok(a) => self
+                    .insert_handle(name.clone(), a, cross.is_some())
+                    .map_err(E::from),
+                Err(e) => Err(e),
+            }
+        })();
         let mut inflight = self.inner.inflight.lock();
         if Arc::strong_count(&gate) <= 2 {
             inflight.remove(&name);
         }
         result
+    }
+
+    /// The stored entry `name` (looked up on disk too), or `None` when there
+    /// is none.
+    fn stored<T: Element, D: Dimension>(
+        &self,
+        name: &EntryName,
+    ) -> Option<Result<StoredArray<T, D>>> {
+        if !self.inner.entries.read().contains_key(name) && !self.inner.storage.is_pair(name) {
+            return None;
+        }
+        match self.get(name.as_str()) {
+            Err(Error::KeyNotFound { .. }) => None,
+            r => Some(r),
+        }
     }
 
     /// Inserts `array` as `name` (as [`insert`](Self::insert)) and returns
@@ -117,6 +147,7 @@ impl DiskBackedStore {
         &self,
         name: EntryName,
         array: Array<T, D>,
+        durable: bool,
     ) -> Result<StoredArray<T, D>> {
         self.check_writable()?;
         let loaded = self.insert_entry(
@@ -125,6 +156,9 @@ impl DiskBackedStore {
             &ConfigOverrides::default(),
             None,
         );
+        if durable {
+            loaded.flush()?;
+        }
         self.inner.enforce_budget();
         // Counted as the `get` of the inserted value.
         Counters::add(&self.inner.counters.hits);

@@ -55,6 +55,10 @@ pub(crate) struct EntryLink {
     /// from then on, so that it reads its own data after its name was
     /// removed or given to another entry (see [`pin`](Self::pin)).
     pinned: Mutex<Option<File>>,
+    /// The data file opened when the entry was read from disk, together
+    /// with its metadata (they agree): the first map uses this very file,
+    /// whatever another process renamed over the name since.
+    opened: Mutex<Option<File>>,
     /// The bytes this entry adds to the store's resident bytes. Changed
     /// only under this lock, together with the store's count and only while
     /// the entry is attached, so that `detach` takes back exactly what the
@@ -89,6 +93,7 @@ impl EntryLink {
             publish: AtomicBool::new(publish),
             published: AtomicU64::new(0),
             pinned: Mutex::new(None),
+            opened: Mutex::new(None),
             counted: Mutex::new(0),
             loaded_unseen: AtomicBool::new(false),
             behind: AtomicBool::new(false),
@@ -247,6 +252,11 @@ impl Owner for EntryLink {
                 .try_clone()
                 .ctx("reopen", &self.storage.data_path(&self.name));
         }
+        if let Some(f) = self.opened.lock().take() {
+            if access == io::Access::Read {
+                return Ok(f);
+            }
+        }
         if !self.attached() {
             return Err(Error::NoFile {
                 path: self.storage.data_path(&self.name),
@@ -303,9 +313,12 @@ impl<T: Element> StoreEntry<T> {
         Self::make(data, false, storage, name, flags, config, account)
     }
 
-    /// A persisted entry, offloaded; its files are read when used.
+    /// A persisted entry, offloaded; its files are read when used. `opened`
+    /// is its data file, opened when its metadata was read (the first map
+    /// uses it); without it, the file at the name when it is mapped.
     pub(crate) fn persisted(
         shape: Vec<usize>,
+        opened: Option<File>,
         storage: &Arc<dyn Storage>,
         name: &EntryName,
         flags: EntryFlags,
@@ -314,9 +327,14 @@ impl<T: Element> StoreEntry<T> {
     ) -> Self {
         // A persisted entry's data is the file at its name now: remember
         // which one, so that it can be kept when the name is reused.
-        let id = storage.stat_data(name).map(|f| f.id);
+        let id = match &opened {
+            Some(f) => FileId::of_file(f, &storage.data_path(name)).ok(),
+            None => storage.stat_data(name).map(|f| f.id),
+        };
         let data = InitialData::InFile { shape, id };
-        Self::make(data, true, storage, name, flags, config, account)
+        let entry = Self::make(data, true, storage, name, flags, config, account);
+        *entry.link.opened.lock() = opened;
+        entry
     }
 
     fn make(
@@ -378,6 +396,9 @@ pub(crate) trait AnyEntry: Any + Send + Sync {
     fn try_offload(&self) -> Result<bool>;
     fn nbytes(&self) -> u64;
     fn is_persisted(&self) -> bool;
+    /// The identity of the entry's file when it holds the entry's data
+    /// exactly (`None`: data not written, or the entry is busy).
+    fn clean_file(&self) -> Option<FileId>;
 }
 
 impl<T: Element> AnyEntry for StoreEntry<T> {
@@ -427,6 +448,9 @@ impl<T: Element> AnyEntry for StoreEntry<T> {
     }
     fn is_persisted(&self) -> bool {
         self.array.has_file()
+    }
+    fn clean_file(&self) -> Option<FileId> {
+        self.array.clean_file()
     }
 }
 

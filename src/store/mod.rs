@@ -76,8 +76,8 @@ pub use open::StoreBuilder;
 pub use prefetch::Prefetching;
 use stats::Counters;
 pub use stats::StoreStats;
-pub use storage::LOCK_FILE;
-use storage::{Lease, PairJob, Storage, SyncMode};
+use storage::{Lease, Listed, PairJob, Storage, SyncMode};
+pub use storage::{WriterInfo, CRATE_DIR, LOCK_FILE};
 pub use stored::{DynReadGuard, DynStoredArray, StoredArray};
 
 struct Inner {
@@ -101,6 +101,9 @@ struct Inner {
     inflight: Mutex<HashMap<EntryName, Arc<Mutex<()>>>>,
     /// The write-behind writers, if the store was opened with them.
     write_behind: Option<behind::WriteBehind>,
+    /// How long `get_or_compute` waits for another process computing the
+    /// same key (`None`: as long as it takes).
+    lock_timeout: Option<std::time::Duration>,
 }
 
 /// A persistent map of names to arrays, stored as `NAME.npy` +
@@ -479,6 +482,15 @@ impl DiskBackedStore {
         if let Some(s) = self.inner.entries.read().get(name) {
             return Ok(s.clone());
         }
+        // Another process may have published it since the store was listed:
+        // look at the directory (two `fstatat`s).
+        if self.inner.storage.is_pair(name) {
+            let mut entries = self.inner.entries.write();
+            let s = entries.entry(name.clone()).or_default().clone();
+            drop(entries);
+            self.inner.incomplete.write().remove(name);
+            return Ok(s);
+        }
         if let Some(reason) = self.inner.incomplete.read().get(name) {
             return Err(Error::Incomplete {
                 name: name.to_string(),
@@ -568,6 +580,26 @@ impl DiskBackedStore {
                 // Replaced or removed since it was looked up.
                 continue;
             }
+            // An entry read from disk for the first time: its metadata and
+            // its data file are read together, so that they agree even while
+            // another process replaces the pair.
+            let mut opened = None;
+            if s.loaded.is_none() {
+                let checked = self.inner.storage.read_checked(&name)?;
+                let flags = checked.meta.flags(self.inner.defaults);
+                s.attrs = Some(Arc::new(checked.meta.attrs));
+                let (d, sh) = (checked.meta.dtype, checked.meta.shape);
+                let v = match (&checked.file, d, sh) {
+                    (_, Some(d), Some(sh)) => Some((d, sh)),
+                    (Some((_, info)), d, sh) => Some((
+                        d.unwrap_or_else(|| info.descr.clone()),
+                        sh.unwrap_or_else(|| info.shape.clone()),
+                    )),
+                    _ => None,
+                };
+                s.meta = v.map(|(d, sh)| (d, sh, flags));
+                opened = checked.file.map(|(f, _)| f);
+            }
             let (dtype, shape, flags) = self.read_meta(&name, &mut s)?;
             if dtype != T::dtype() {
                 return Err(Error::DtypeMismatch {
@@ -591,6 +623,7 @@ impl DiskBackedStore {
                     let (_, config) = self.flags_for(&ConfigOverrides::default());
                     let l: Loaded = Arc::new(StoreEntry::<T>::persisted(
                         shape,
+                        opened,
                         &self.inner.storage,
                         &name,
                         flags,
@@ -801,6 +834,85 @@ impl DiskBackedStore {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
+    }
+
+    /// Reads the directory again, so that this handle sees the entries other
+    /// processes added, replaced or removed since the store was opened (or
+    /// last refreshed). Costs one listing of the directory (as an open does)
+    /// plus one `fstatat` per entry this handle has read; no file is read.
+    ///
+    /// A name this handle does not know is looked up on disk anyway (two
+    /// `fstatat`s) by [`get`](Self::get), [`info`](Self::info) and
+    /// `get_or_compute`, so a reader needs `refresh` only to see
+    /// replacements and removals of entries it has already read, and to
+    /// update [`keys`](Self::keys), [`len`](Self::len) and
+    /// [`contains`](Self::contains).
+    ///
+    /// Entries whose data in this handle differs from their file (inserted,
+    /// or edited, and not yet written) are kept as they are. Handles
+    /// ([`StoredArray`]) taken before keep the value they map.
+    ///
+    /// # Errors
+    ///
+    /// Errors listing the directory.
+    pub fn refresh(&self) -> Result<()> {
+        let listing = self.inner.storage.list()?;
+        let mut entries = self.inner.entries.write();
+        let mut retired = Vec::new();
+        for (name, slot) in entries.iter() {
+            let mut s = slot.lock();
+            let stale = match &s.loaded {
+                // Not read yet: its metadata is read again when used.
+                None => {
+                    s.meta = None;
+                    !matches!(listing.entries.get(name), Some(Listed::Pair))
+                }
+                Some(l) => match l.clean_file() {
+                    // In RAM and not written: this handle's value stands.
+                    None => false,
+                    Some(id) => self.inner.storage.stat_data(name).map(|f| f.id) != Some(id),
+                },
+            };
+            if stale {
+                retired.push(name.clone());
+            }
+        }
+        for name in &retired {
+            if let Some(old) = entries.remove(name) {
+                let mut old = old.lock();
+                old.retired = true;
+                if let Some(l) = &old.loaded {
+                    l.link().detach(false);
+                }
+            }
+            self.inner.lru.lock().remove(name);
+        }
+        let mut incomplete = self.inner.incomplete.write();
+        incomplete.clear();
+        for (name, kind) in listing.entries {
+            match kind {
+                Listed::Pair => {
+                    incomplete.remove(&name);
+                    entries.entry(name).or_default();
+                }
+                Listed::Broken(reason) => {
+                    if !entries.contains_key(&name) {
+                        incomplete.insert(name, reason);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The writers registered on this store and alive (this handle
+    /// included, if writable): pid, host name, start time.
+    ///
+    /// # Errors
+    ///
+    /// Errors reading the crate's folder (`.ndoffload/`).
+    pub fn writers(&self) -> Result<Vec<WriterInfo>> {
+        self.inner.storage.writers()
     }
 
     /// A summary of the entry `name` (reads its metadata if not yet known;

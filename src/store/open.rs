@@ -58,6 +58,8 @@ pub struct StoreBuilder {
     budget: Option<SizeSetting>,
     pressure: Option<SystemPressure>,
     write_behind: Option<WriteBehindConfig>,
+    exclusive: bool,
+    lock_timeout: Option<std::time::Duration>,
 }
 
 impl StoreBuilder {
@@ -71,7 +73,40 @@ impl StoreBuilder {
             budget: None,
             pressure: None,
             write_behind: None,
+            exclusive: false,
+            lock_timeout: None,
         }
+    }
+
+    /// Opens as the only writer (off by default): other writable opens, in
+    /// this process or another, fail with [`Error::Locked`] while this one
+    /// is open, and this one fails if another writer is registered. Readers
+    /// are never locked out. An exclusive writer takes no per-key lock, so
+    /// its publishes cost what they cost before several writers were
+    /// possible; see `docs/reliability.md`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray_offload::{Error, StoreBuilder};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let only = StoreBuilder::new(dir.path()).exclusive(true).open()?;
+    /// assert!(matches!(StoreBuilder::new(dir.path()).open(), Err(Error::Locked { .. })));
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn exclusive(mut self, on: bool) -> Self {
+        self.exclusive = on;
+        self
+    }
+
+    /// How long `get_or_compute` waits for another process computing the
+    /// same key before it fails with [`Error::Locked`] naming that process
+    /// (default: no limit; the wait ends anyway when that process finishes,
+    /// fails or dies).
+    pub fn lock_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.lock_timeout = timeout;
+        self
     }
 
     /// Caps the bytes of entry data held in RAM or mapped (default: no
@@ -149,7 +184,8 @@ impl StoreBuilder {
     }
 
     /// Opens read-only: nothing is written (the directory may be
-    /// read-only); shares the lock with other read-only opens.
+    /// read-only) and no lock is taken, so a reader opens while writers
+    /// run; see [`DiskBackedStore::refresh`] for how it sees their changes.
     pub fn read_only(mut self, on: bool) -> Self {
         self.read_only = on;
         self
@@ -171,22 +207,28 @@ impl StoreBuilder {
 
     /// Opens the store.
     ///
-    /// A writable open takes an advisory lock on `.ndoffload.lock` (a second
-    /// writable open fails at once with [`Error::Locked`]), completes or
-    /// rolls back publishes a crash interrupted, and removes the crate's
-    /// stray temporary files. Every open lists the entries from the
-    /// directory alone: no array and no metadata is read until used.
+    /// A writable open takes a shared `flock` on `.ndoffload.lock` (an
+    /// exclusive one with [`exclusive`](Self::exclusive)), registers itself
+    /// in the crate's folder `.ndoffload/`, completes or rolls back the
+    /// publishes and removals that dead writers left interrupted, and
+    /// removes their temporary files; a live writer's are never touched.
+    /// Several writable opens, in one process or many, may be open at once
+    /// unless one is exclusive. A read-only open takes no lock. Every open
+    /// lists the entries from the directory alone: no array and no metadata
+    /// is read until used.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidSize`] for a malformed size string,
     /// [`Error::NotADirectory`] when the path is a file ("is a file, not a
-    /// store directory"), [`Error::NotFound`] for a missing directory
-    /// (read-only, or with `create(false)`), [`Error::PermissionDenied`] naming a directory the
-    /// caller may not read, [`Error::Locked`], [`Error::Corrupt`] when the
-    /// path is not a directory or the lock file is not a regular file (a
-    /// symbolic link, even dangling, a directory, FIFO or device: it is
-    /// never followed or created through a link), I/O errors.
+    /// store directory"), [`Error::NotFound`] for a missing directory (read-only, or with
+    /// `create(false)`), [`Error::PermissionDenied`] naming a directory the
+    /// caller may not read, [`Error::Locked`] naming the holders (an
+    /// exclusive writer is open, or this open is exclusive and other writers
+    /// are), [`Error::Corrupt`] when the path is not a directory, the lock
+    /// file or a registration file is not a regular file or `.ndoffload`
+    /// not a directory (a symbolic link, even dangling, a directory, FIFO
+    /// or device: never followed or created through a link), I/O errors.
     ///
     /// The path is resolved once: the store holds the directory open and
     /// every later file operation is relative to it, wherever the path
@@ -204,10 +246,10 @@ impl StoreBuilder {
             fs::create_dir_all(&path).ctx("create directory", &path)?;
         }
         let storage: Arc<dyn Storage> = Arc::new(LocalDir::open(&path)?);
-        let lease = storage.lock(if self.read_only {
-            LockMode::Shared
-        } else {
-            LockMode::Exclusive
+        let lease = storage.lock(match (self.read_only, self.exclusive) {
+            (true, _) => LockMode::Reader,
+            (false, false) => LockMode::Writer,
+            (false, true) => LockMode::ExclusiveWriter,
         })?;
         let mut listing = storage.list()?;
         let mut left = Vec::new();
@@ -267,6 +309,7 @@ impl StoreBuilder {
                 counters: Counters::default(),
                 inflight: Mutex::new(HashMap::new()),
                 write_behind,
+                lock_timeout: self.lock_timeout,
             }),
         })
     }

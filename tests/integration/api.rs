@@ -350,3 +350,28 @@ fn dyn_store_entries_cover_every_dtype() {
     let _: ndarray::ArrayD<num_complex::Complex<f64>> = c.into_array().unwrap();
     let _ = IxDyn(&[1]);
 }
+
+/// Attributes of an entry read from disk are kept by `info` after a `get`,
+/// and by every later publish of the entry (an edit and a flush).
+#[test]
+fn attributes_survive_a_read_from_disk_and_a_rewrite() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = DiskBackedStore::open(dir.path()).unwrap();
+        s.insert_with_attrs("t", array![1.0f64, 2.0], json!({"crs": "EPSG:2056"}))
+            .unwrap();
+        s.close().unwrap();
+    }
+    let s = DiskBackedStore::open(dir.path()).unwrap();
+    let h = s.get::<f64, Ix1>("t").unwrap();
+    assert_eq!(h.read().unwrap()[1], 2.0);
+    assert_eq!(s.info("t").unwrap().attrs["crs"], "EPSG:2056");
+    h.write().unwrap()[0] = 5.0;
+    drop(h);
+    s.close().unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("t.meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["ndoffload_attrs"]["crs"], "EPSG:2056", "{meta}");
+    let a: Array1<f64> = ndarray_npy::read_npy(dir.path().join("t.npy")).unwrap();
+    assert_eq!(a[0], 5.0);
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ndarray::{Array1, Ix1};
 use ndarray_npy::WriteNpyExt;
-use ndarray_offload::{DiskBackedStore, Error, StoreBuilder, LOCK_FILE};
+use ndarray_offload::{DiskBackedStore, Error, StoreBuilder, CRATE_DIR, LOCK_FILE};
 
 use crate::common::{fixtures, run_child, snapshot};
 
@@ -280,10 +280,15 @@ fn mkfifo(p: &Path) {
 
 /// What is at each name of `dir`: its kind, and the bytes of a regular file
 /// (never following a symbolic link or opening anything else).
+/// What is in `dir`, recursively, but the crate's own folder (`.ndoffload/`:
+/// registrations and lock files, which writable opens create).
 fn tree(dir: &Path) -> std::collections::BTreeMap<String, (String, Vec<u8>)> {
     let mut out = std::collections::BTreeMap::new();
     for e in std::fs::read_dir(dir).unwrap() {
         let e = e.unwrap();
+        if e.file_name() == CRATE_DIR {
+            continue;
+        }
         let md = std::fs::symlink_metadata(e.path()).unwrap();
         let name = e.file_name().to_string_lossy().into_owned();
         let ft = md.file_type();
@@ -386,7 +391,8 @@ fn a_store_directory_replaced_while_open_keeps_its_writes_and_its_lock() {
 
 /// Point 3: a dangling `.ndoffload.lock` symlink never creates its target
 /// outside the store; a lock file that is a symlink or a directory is a
-/// typed error naming it.
+/// typed error naming it for a writer. A reader takes no lock: it opens
+/// without touching the lock file.
 #[test]
 fn a_lock_file_symlink_is_never_followed_or_created() {
     let base = tempfile::tempdir().unwrap();
@@ -400,30 +406,27 @@ fn a_lock_file_symlink_is_never_followed_or_created() {
         let store = b.join(format!("store-{label}"));
         std::fs::create_dir(&store).unwrap();
         std::os::unix::fs::symlink(&target, store.join(LOCK_FILE)).unwrap();
-        for read_only in [false, true] {
+        for exclusive in [false, true] {
             let e = StoreBuilder::new(&store)
-                .read_only(read_only)
+                .exclusive(exclusive)
                 .open()
                 .expect_err(label);
             assert!(
                 matches!(&e, Error::Corrupt { path, .. } if path == &store.join(LOCK_FILE)),
-                "{label}, read_only={read_only}: {e:?}"
+                "{label}, exclusive={exclusive}: {e:?}"
             );
         }
+        StoreBuilder::new(&store).read_only(true).open().unwrap();
         assert_eq!(tree(&outside), outside0, "{label}");
     }
     let store = b.join("store-dir");
     std::fs::create_dir_all(store.join(LOCK_FILE)).unwrap();
-    for read_only in [false, true] {
-        let e = StoreBuilder::new(&store)
-            .read_only(read_only)
-            .open()
-            .unwrap_err();
-        assert!(
-            matches!(&e, Error::Corrupt { path, reason } if path == &store.join(LOCK_FILE) && reason.contains("directory")),
-            "read_only={read_only}: {e:?}"
-        );
-    }
+    let e = StoreBuilder::new(&store).open().unwrap_err();
+    assert!(
+        matches!(&e, Error::Corrupt { path, reason } if path == &store.join(LOCK_FILE) && reason.contains("directory")),
+        "{e:?}"
+    );
+    StoreBuilder::new(&store).read_only(true).open().unwrap();
 }
 
 /// Child of `a_lock_file_fifo_is_a_typed_error_without_hanging`.
@@ -434,16 +437,18 @@ fn lock_fifo_child() {
         return;
     };
     let lock = Path::new(&dir).join(LOCK_FILE);
-    for read_only in [false, true] {
+    for exclusive in [false, true] {
         let e = StoreBuilder::new(&dir)
-            .read_only(read_only)
+            .exclusive(exclusive)
             .open()
             .unwrap_err();
         assert!(
             matches!(&e, Error::Corrupt { path, reason } if path == &lock && reason.contains("FIFO")),
-            "read_only={read_only}: {e:?}"
+            "exclusive={exclusive}: {e:?}"
         );
     }
+    // A reader never opens it.
+    StoreBuilder::new(&dir).read_only(true).open().unwrap();
     println!("lock refused");
 }
 
@@ -514,6 +519,7 @@ fn recovery_leaves_special_temp_files_and_tombstones_alone() {
     assert!(run.ok() && run.output.contains("left alone"), "{run:?}");
     let mut after = tree(&d);
     after.remove(LOCK_FILE);
+    after.remove(CRATE_DIR);
     assert_eq!(after, before, "recovery changed the store's files");
     assert_eq!(tree(&outside), outside0);
 }
@@ -750,6 +756,10 @@ const HOSTILE_PLACES: &[&str] = &[
     "backup_npy",
     "lock_writable",
     "lock_read_only",
+    "crate_dir",
+    "registration",
+    "key_lock",
+    "compute_lock",
     "pack_file",
     "shard_manifest",
     "shard_file",
@@ -768,6 +778,10 @@ fn hostile_name(place: &str) -> &'static str {
         "tombstone_npy" => ".ndo.1-1-1.ghost.npy.del.tmp",
         "backup_npy" => ".ndo.1-1-1.ghost.npy.bak.tmp",
         "lock_writable" | "lock_read_only" => LOCK_FILE,
+        "crate_dir" => CRATE_DIR,
+        "registration" => ".ndoffload/writers/1-1-1.writer",
+        "key_lock" => ".ndoffload/locks/k.lock",
+        "compute_lock" => ".ndoffload/locks/k.compute",
         "pack_file" => "data.pack",
         "shard_manifest" => "set.packset.json",
         "shard_file" => "set-00001-of-00002.pack",
@@ -821,6 +835,10 @@ fn hostile_case(base: &Path, place: &str, kind: &str) -> Option<std::path::PathB
         }
         "entry_meta" | "inspector_verify_meta" => {
             std::fs::write(store.join("k.npy"), npy_f4_10()).unwrap()
+        }
+        "registration" | "key_lock" | "compute_lock" => {
+            std::fs::create_dir_all(store.join(CRATE_DIR).join("writers")).unwrap();
+            std::fs::create_dir_all(store.join(CRATE_DIR).join("locks")).unwrap();
         }
         "shard_manifest" | "shard_file" => {
             let packs = store.join("packs");
@@ -901,13 +919,73 @@ fn hostile_case_child() {
             );
             ok_entry(&s);
         }
-        "lock_writable" | "lock_read_only" => {
-            let ro = place == "lock_read_only";
-            let e = StoreBuilder::new(store).read_only(ro).open().unwrap_err();
+        "lock_writable" => {
+            let e = StoreBuilder::new(store).open().unwrap_err();
             assert!(
                 matches!(&e, Error::Corrupt { path: p, .. } if p == &path),
                 "{e:?}"
             );
+        }
+        "lock_read_only" => {
+            // A reader takes no lock: the lock file is never opened.
+            let s = DiskBackedStore::open_read_only(store).unwrap();
+            ok_entry(&s);
+        }
+        "crate_dir" => {
+            let kind = std::env::var("NDOFFLOAD_HOSTILE_KIND").unwrap_or_default();
+            let r = DiskBackedStore::open(store);
+            if kind == "directory" {
+                // A directory is what the crate's folder is.
+                ok_entry(&r.unwrap());
+            } else {
+                let e = r.unwrap_err();
+                assert!(
+                    matches!(&e, Error::Corrupt { path: p, .. } if p == &path),
+                    "{e:?}"
+                );
+            }
+            // Readers, the inspector included, never create or follow it.
+            ok_entry(&DiskBackedStore::open_read_only(store).unwrap());
+            let out = Command::new(env!("CARGO_BIN_EXE_ndoffload"))
+                .arg("ls")
+                .arg(store)
+                .output()
+                .unwrap();
+            assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
+        }
+        "registration" => {
+            // Not a registration the crate made: never read, followed or
+            // removed; the writer it would name counts as alive.
+            let s = DiskBackedStore::open(store).unwrap();
+            ok_entry(&s);
+            let writers = s.writers().unwrap();
+            assert_eq!(writers.len(), 1, "{writers:?}");
+            assert_eq!(writers[0].pid, std::process::id());
+            let out = Command::new(env!("CARGO_BIN_EXE_ndoffload"))
+                .arg("ls")
+                .arg(store)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        }
+        "key_lock" => {
+            let s = DiskBackedStore::open(store).unwrap();
+            let e = s.insert_durable("k", Array1::<f32>::ones(2)).unwrap_err();
+            assert!(named(&e), "{e:?}");
+            assert!(!store.join("k.npy").exists(), "published without its lock");
+            s.insert_durable("ok2", Array1::<f32>::ones(2)).unwrap();
+            ok_entry(&s);
+            // The failed entry stays in RAM: closing retries and fails the
+            // same way, nothing else.
+            let _ = s.close();
+        }
+        "compute_lock" => {
+            let s = DiskBackedStore::open(store).unwrap();
+            let e = s
+                .get_or_compute::<f32, Ix1, _>("k", || Array1::ones(2))
+                .unwrap_err();
+            assert!(named(&e), "{e:?}");
+            ok_entry(&s);
         }
         "pack_file" => {
             let e = ndarray_offload::pack::PackReader::open(&path).unwrap_err();
@@ -964,6 +1042,10 @@ fn hostile_case_child() {
                     [LOCK_FILE],
                     "the old handle wrote into the new directory"
                 );
+                let locks = std::fs::read_dir(store.join(CRATE_DIR).join("locks"))
+                    .unwrap()
+                    .count();
+                assert_eq!(locks, 0, "the old handle locked in the new directory");
             }
         }
         other => panic!("unknown place {other}"),
@@ -994,6 +1076,7 @@ fn hostile_files_corpus() {
                 &[
                     ("NDOFFLOAD_HOSTILE_DIR", store.as_os_str()),
                     ("NDOFFLOAD_HOSTILE_PLACE", std::ffi::OsStr::new(place)),
+                    ("NDOFFLOAD_HOSTILE_KIND", std::ffi::OsStr::new(kind)),
                 ],
                 Duration::from_secs(30),
             );

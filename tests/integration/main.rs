@@ -13,6 +13,7 @@ mod numpy;
 mod overlap;
 mod pack;
 mod powerloss;
+mod processes;
 mod reliability;
 #[cfg(feature = "remote")]
 mod remote;

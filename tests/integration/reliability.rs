@@ -106,14 +106,15 @@ enum Node {
 }
 
 /// Every path under `root` (relative) and what it holds. The store's lock
-/// file is left out: a writable open creates it.
+/// file and the crate's folder of process files are left out: a writable
+/// open creates them.
 fn tree(root: &Path) -> BTreeMap<PathBuf, Node> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Node>) {
         for e in std::fs::read_dir(dir).unwrap() {
             let e = e.unwrap();
             let p = e.path();
             let rel = p.strip_prefix(root).unwrap().to_path_buf();
-            if rel == Path::new(LOCK_FILE) {
+            if rel == Path::new(LOCK_FILE) || rel == Path::new(ndarray_offload::CRATE_DIR) {
                 continue;
             }
             let ft = std::fs::symlink_metadata(&p).unwrap().file_type();

@@ -247,36 +247,62 @@ fn batch_insert_is_durable_and_complete() {
 #[test]
 fn locking() {
     let dir = tempfile::tempdir().unwrap();
-    let w = DiskBackedStore::open(dir.path()).unwrap();
-    match DiskBackedStore::open(dir.path()) {
-        Err(Error::Locked { path }) => {
-            assert_eq!(path, dir.path().join(ndarray_offload::LOCK_FILE))
+    // Several writers, and readers while they run.
+    let w1 = DiskBackedStore::open(dir.path()).unwrap();
+    let w2 = DiskBackedStore::open(dir.path()).unwrap();
+    w1.insert_durable("a", array![1]).unwrap();
+    let r = DiskBackedStore::open_read_only(dir.path()).unwrap();
+    assert_eq!(r.keys().len(), 1);
+    w2.insert_durable("b", array![2]).unwrap();
+    // Seen on a miss, without a refresh.
+    assert_eq!(
+        r.get::<i32, Ix1>("b").unwrap().to_owned_array().unwrap(),
+        array![2]
+    );
+    assert_eq!(w1.writers().unwrap().len(), 2);
+    // An exclusive open while writers are registered names them.
+    match StoreBuilder::new(dir.path()).exclusive(true).open() {
+        Err(Error::Locked { path, holder }) => {
+            assert_eq!(path, dir.path().join(ndarray_offload::LOCK_FILE));
+            assert!(
+                holder.contains(&format!("pid {}", std::process::id())),
+                "{holder}"
+            );
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(
-        DiskBackedStore::open_read_only(dir.path()),
-        Err(Error::Locked { .. })
-    ));
-    drop(w);
-    let r1 = DiskBackedStore::open_read_only(dir.path()).unwrap();
-    let r2 = DiskBackedStore::open_read_only(dir.path()).unwrap();
+    drop((w1, w2));
+    // Exclusive: keeps the old guarantees for writers; readers still open.
+    let x = StoreBuilder::new(dir.path())
+        .exclusive(true)
+        .open()
+        .unwrap();
     assert!(matches!(
         DiskBackedStore::open(dir.path()),
         Err(Error::Locked { .. })
     ));
     assert!(matches!(
+        StoreBuilder::new(dir.path()).exclusive(true).open(),
+        Err(Error::Locked { .. })
+    ));
+    let r1 = DiskBackedStore::open_read_only(dir.path()).unwrap();
+    let r2 = DiskBackedStore::open_read_only(dir.path()).unwrap();
+    assert!(matches!(
         r1.insert("x", array![1]),
         Err(Error::ReadOnly { .. })
     ));
-    drop((r1, r2));
+    assert_eq!(r2.len(), 2);
+    drop((r1, r2, x));
     DiskBackedStore::open(dir.path()).unwrap();
 }
 
 #[test]
 fn locked_across_processes() {
     let dir = tempfile::tempdir().unwrap();
-    let _w = DiskBackedStore::open(dir.path()).unwrap();
+    let _w = StoreBuilder::new(dir.path())
+        .exclusive(true)
+        .open()
+        .unwrap();
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -297,10 +323,15 @@ fn lock_child() {
     let Ok(dir) = std::env::var("NDOFFLOAD_CHILD_DIR") else {
         return;
     };
-    assert!(matches!(
-        DiskBackedStore::open(&dir),
-        Err(Error::Locked { .. })
-    ));
+    // The parent holds the store exclusively: writers are refused (and
+    // told who holds it), readers are not.
+    match DiskBackedStore::open(&dir) {
+        Err(Error::Locked { holder, .. }) => {
+            assert!(holder.contains("exclusive writer"), "{holder}")
+        }
+        other => panic!("{other:?}"),
+    }
+    DiskBackedStore::open_read_only(&dir).unwrap();
 }
 
 #[test]
@@ -728,9 +759,12 @@ fn failed_durable_insert_keeps_old_pair() {
             s.get::<f64, Ix1>("k").unwrap().to_owned_array().unwrap(),
             array![9.0, 9.0, 9.0]
         );
-        // Reopening shows the old value.
-        let r = DiskBackedStore::open_read_only(dir.path());
-        assert!(matches!(r, Err(Error::Locked { .. })));
+        // A reader opens while the writer is open, and sees the old value.
+        let r = DiskBackedStore::open_read_only(dir.path()).unwrap();
+        assert_eq!(
+            r.get::<f64, Ix1>("k").unwrap().to_owned_array().unwrap(),
+            array![1.0, 2.0]
+        );
         n += 1;
     }
     assert!(

@@ -5,38 +5,57 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use super::{pair, Lease, Listed, Listing, LockMode, PairJob, Recovered, Storage, SyncMode};
+use super::procs::{self, Procs, WriterInfo};
+use super::{
+    pair, Checked, Lease, Listed, Listing, LockMode, PairJob, Recovered, Storage, SyncMode,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::io::{self, FileId, Found, Kind};
 use crate::name::EntryName;
 use crate::npy::NpyInfo;
 use crate::store::meta::Meta;
 
-/// Name of the lock file a writable open holds.
+/// Name of the store's lock file: every writable open holds a `flock` on
+/// it, shared (several writers) or exclusive
+/// ([`StoreBuilder::exclusive`](crate::StoreBuilder::exclusive)).
 pub const LOCK_FILE: &str = ".ndoffload.lock";
 
 /// A store's directory, held open.
 #[derive(Debug)]
 pub(crate) struct LocalDir {
     dir: io::Dir,
+    /// This writer's registration and the per-key locks (writable opens).
+    procs: OnceLock<Arc<Procs>>,
 }
 
-/// The lock file, locked (`None`: a read-only open found none to lock).
+/// A writable open's hold on the store: the store lock file, locked shared
+/// (or exclusively), and the writer's registration. Dropping it releases
+/// both.
 #[derive(Debug)]
-struct LockFile(Option<File>);
+struct WriterLease {
+    lock: File,
+    procs: Arc<Procs>,
+}
 
-impl Lease for LockFile {}
+impl Lease for WriterLease {}
 
-impl Drop for LockFile {
+impl Drop for WriterLease {
     fn drop(&mut self) {
+        self.procs.release();
         // Unlock explicitly: closing our descriptor would leave the lock held
         // while a child process forked meanwhile still has a copy of it.
-        if let Some(f) = &self.0 {
-            let _ = f.unlock();
-        }
+        let _ = self.lock.unlock();
     }
 }
+
+/// A read-only open holds nothing.
+#[derive(Debug)]
+struct ReaderLease;
+
+impl Lease for ReaderLease {}
 
 impl LocalDir {
     /// Opens the directory at `path`. The path is resolved once; every
@@ -45,7 +64,12 @@ impl LocalDir {
     pub(crate) fn open(path: &Path) -> Result<LocalDir> {
         Ok(LocalDir {
             dir: io::Dir::open(path)?,
+            procs: OnceLock::new(),
         })
+    }
+
+    fn procs(&self) -> Option<&Procs> {
+        self.procs.get().map(|p| &**p)
     }
 }
 
@@ -63,20 +87,39 @@ impl Storage for LocalDir {
     }
 
     fn lock(&self, mode: LockMode) -> Result<Box<dyn Lease>> {
+        let exclusive = match mode {
+            LockMode::Reader => return Ok(Box::new(ReaderLease)),
+            LockMode::Writer => false,
+            LockMode::ExclusiveWriter => true,
+        };
         let lock_path = self.dir.join(LOCK_FILE);
-        let file = self.dir.open_lock(LOCK_FILE, mode == LockMode::Exclusive)?;
-        if let Some(f) = &file {
-            let tried = match mode {
-                LockMode::Shared => f.try_lock_shared(),
-                LockMode::Exclusive => f.try_lock(),
-            };
-            match tried {
-                Ok(()) => {}
-                Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
-                Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path, e)),
+        let Some(file) = self.dir.open_lock(LOCK_FILE, true)? else {
+            return Err(Error::corrupt(&lock_path, "could not be created"));
+        };
+        let tried = if exclusive {
+            file.try_lock()
+        } else {
+            file.try_lock_shared()
+        };
+        match tried {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked {
+                    holder: procs::describe_writers(&self.dir),
+                    path: lock_path,
+                })
             }
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path, e)),
         }
-        Ok(Box::new(LockFile(file)))
+        let procs = match Procs::register(&self.dir, exclusive) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                let _ = file.unlock();
+                return Err(e);
+            }
+        };
+        let _ = self.procs.set(procs.clone());
+        Ok(Box::new(WriterLease { lock: file, procs }))
     }
 
     fn list(&self) -> Result<Listing> {
@@ -118,11 +161,36 @@ impl Storage for LocalDir {
     }
 
     fn recover(&self, pending: &[String]) -> Result<Recovered> {
-        let rec = pair::recover(&self.dir, pending)?;
+        let Some(procs) = self.procs() else {
+            return Ok(Recovered::default());
+        };
+        // Only what dead writers left: a live writer's staged files, backups
+        // and tombstones are never touched. Each key is recovered under its
+        // publish lock, so no live writer commits it meanwhile.
+        let dead = procs::of_dead_writers(procs, pending, pair::temp_writer);
+        let mut by_key: BTreeMap<Option<String>, Vec<String>> = BTreeMap::new();
+        for t in dead {
+            by_key
+                .entry(pair::temp_key(t).map(str::to_owned))
+                .or_default()
+                .push(t.clone());
+        }
+        let mut completed = Vec::new();
+        let mut left_raw = Vec::new();
+        for (key, temps) in by_key {
+            let name = key.as_deref().and_then(|k| EntryName::new(k).ok());
+            let _lock = match &name {
+                Some(n) => procs.publish_locks(&[n])?,
+                None => Vec::new(),
+            };
+            let rec = pair::recover(&self.dir, &temps)?;
+            completed.extend(rec.completed);
+            left_raw.extend(rec.left);
+        }
+        procs.remove_dead_registrations();
         // A temporary name that is not a regular file was never staged by
         // this crate: recovery left it alone, and its key is reported.
-        let left = rec
-            .left
+        let left = left_raw
             .into_iter()
             .map(|(temp, what)| {
                 let key = pair::temp_key(&temp).and_then(|k| EntryName::new(k).ok());
@@ -131,10 +199,7 @@ impl Storage for LocalDir {
                 (key, reason)
             })
             .collect();
-        Ok(Recovered {
-            completed: rec.completed,
-            left,
-        })
+        Ok(Recovered { completed, left })
     }
 
     fn read_meta(&self, name: &EntryName) -> Result<Meta> {
@@ -165,11 +230,11 @@ impl Storage for LocalDir {
     }
 
     fn publish(&self, jobs: Vec<PairJob<'_>>, sync: SyncMode) -> Result<Vec<Option<FileId>>> {
-        pair::publish_pairs(&self.dir, jobs, sync)
+        pair::publish_pairs(&self.dir, self.procs(), jobs, sync)
     }
 
     fn remove(&self, name: &EntryName) -> Result<()> {
-        pair::remove_pair(&self.dir, name)
+        pair::remove_pair(&self.dir, self.procs(), name)
     }
 
     fn sync(&self) -> Result<()> {
@@ -177,6 +242,83 @@ impl Storage for LocalDir {
     }
 
     fn set_attrs(&self, name: &EntryName, attrs: &crate::store::meta::Attrs) -> Result<()> {
-        pair::replace_attrs(&self.dir, name, attrs)
+        pair::replace_attrs(&self.dir, self.procs(), name, attrs)
     }
+
+    fn is_pair(&self, name: &EntryName) -> bool {
+        let file = |n: &str| self.dir.stat(n).is_some_and(|f| f.is_file());
+        file(&name.meta_file()) && file(&name.npy_file())
+    }
+
+    fn read_checked(&self, name: &EntryName) -> Result<Checked> {
+        let mut delay = Duration::from_micros(50);
+        let mut attempt = 0;
+        loop {
+            let meta = self.read_meta(name)?;
+            // Errors of the data file are reported when it is read, as for
+            // any entry.
+            let Ok(file) = self.open_data(name, io::Access::Read) else {
+                return Ok(Checked { meta, file: None });
+            };
+            let path = self.dir.join(&name.npy_file());
+            let Ok(info) = read_header_of(&file, &path) else {
+                return Ok(Checked { meta, file: None });
+            };
+            let agrees = meta.dtype.as_ref().is_none_or(|d| *d == info.descr)
+                && meta.shape.as_ref().is_none_or(|s| *s == info.shape);
+            if agrees {
+                return Ok(Checked {
+                    meta,
+                    file: Some((file, info)),
+                });
+            }
+            // The metadata names this very file: the pair disagrees for good.
+            let committed = meta.commit.as_ref().is_some_and(|c| {
+                FileId::of_file(&file, &path).is_ok_and(|id| id.ino() == c.npy_ino)
+            });
+            attempt += 1;
+            if committed || attempt >= READ_ATTEMPTS {
+                // Reported as a mismatch when the data is read.
+                return Ok(Checked { meta, file: None });
+            }
+            // A publish between the two reads (its `.npy` renamed, its
+            // metadata not yet): read both again.
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_millis(2));
+        }
+    }
+
+    fn writers(&self) -> Result<Vec<WriterInfo>> {
+        procs::live_writers(&self.dir)
+    }
+
+    fn compute_lock(
+        &self,
+        name: &EntryName,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Box<dyn Lease>>> {
+        let Some(procs) = self.procs() else {
+            return Ok(None);
+        };
+        Ok(procs
+            .compute_lock(name, timeout)?
+            .map(|l| Box::new(l) as Box<dyn Lease>))
+    }
+}
+
+/// How many times [`Storage::read_checked`] reads a pair whose `.npy`
+/// header disagrees with its metadata before it reports the disagreement
+/// (about 10 ms in all: a publish renames its two files microseconds
+/// apart).
+const READ_ATTEMPTS: u32 = 10;
+
+/// The header of an open `.npy` file (a bounded read from its start).
+fn read_header_of(file: &File, path: &Path) -> Result<NpyInfo> {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(4096);
+    let mut r = file;
+    std::io::Seek::rewind(&mut r).ctx("read", path)?;
+    r.take(65_545).read_to_end(&mut buf).ctx("read", path)?;
+    std::io::Seek::rewind(&mut r).ctx("read", path)?;
+    NpyInfo::parse(&buf, path)
 }

@@ -42,9 +42,11 @@ use crate::npy::NpyInfo;
 
 mod local;
 mod pair;
+mod procs;
 
 pub(crate) use local::LocalDir;
 pub use local::LOCK_FILE;
+pub use procs::{WriterInfo, CRATE_DIR};
 
 /// Where a store's entries live, and every operation the store makes on
 /// them.
@@ -59,10 +61,11 @@ pub(crate) trait Storage: Send + Sync + fmt::Debug {
     /// The path that names `name`'s metadata file in messages.
     fn meta_path(&self, name: &EntryName) -> PathBuf;
 
-    /// Takes the store's lock: [`LockMode::Exclusive`] for a writer (fails
-    /// at once with [`Error::Locked`](crate::Error::Locked) if another
-    /// holder has it), [`LockMode::Shared`] for a reader. Dropping the
-    /// lease releases it.
+    /// Opens the store as `mode`: a writer takes the store's lock (shared
+    /// with other writers, or exclusive; fails at once with
+    /// [`Error::Locked`](crate::Error::Locked) naming the holders when that
+    /// is not possible) and registers itself; a reader takes nothing.
+    /// Dropping the lease releases it.
     fn lock(&self, mode: LockMode) -> Result<Box<dyn Lease>>;
 
     /// The entries (whole pairs, and broken ones with the reason), and the
@@ -70,7 +73,8 @@ pub(crate) trait Storage: Send + Sync + fmt::Debug {
     fn list(&self) -> Result<Listing>;
 
     /// Completes or rolls back the interrupted operations whose leftovers
-    /// [`list`](Self::list) found (writers only).
+    /// [`list`](Self::list) found, of dead writers only: a live writer's
+    /// staged files are never touched (writers only).
     fn recover(&self, pending: &[String]) -> Result<Recovered>;
 
     /// `name`'s metadata (a bounded read).
@@ -106,18 +110,52 @@ pub(crate) trait Storage: Send + Sync + fmt::Debug {
     /// durably (the data is untouched); after an error the metadata is as
     /// it was.
     fn set_attrs(&self, name: &EntryName, attrs: &crate::store::meta::Attrs) -> Result<()>;
+
+    /// Whether both files of `name` are there (regular files), now.
+    fn is_pair(&self, name: &EntryName) -> bool;
+
+    /// `name`'s metadata and its data file, opened, whose header agrees
+    /// with the metadata: a publish by another process between the two
+    /// reads is read again (a few times, about 10 ms in all). `file` is
+    /// `None` when the data file cannot be opened or parsed, or still
+    /// disagrees: its error shows when the data is read.
+    fn read_checked(&self, name: &EntryName) -> Result<Checked>;
+
+    /// The writers registered and alive.
+    fn writers(&self) -> Result<Vec<WriterInfo>>;
+
+    /// Takes `name`'s compute lock (for `get_or_compute` across processes),
+    /// waiting up to `timeout`; `None` when no other process can compute
+    /// (an exclusive writer). Dropping the lease releases it.
+    fn compute_lock(
+        &self,
+        name: &EntryName,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Option<Box<dyn Lease>>>;
+}
+
+/// What [`Storage::read_checked`] read.
+#[derive(Debug)]
+pub(crate) struct Checked {
+    pub meta: Meta,
+    /// The data file and its header, agreeing with `meta`.
+    pub file: Option<(File, NpyInfo)>,
 }
 
 /// A held store lock; dropping it releases the lock.
 pub(crate) trait Lease: Send + Sync + fmt::Debug {}
 
-/// How [`Storage::lock`] locks.
+impl Lease for procs::KeyLock {}
+
+/// How [`Storage::lock`] opens the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum LockMode {
-    /// One writer (creates the lock if missing).
-    Exclusive,
-    /// Any number of readers (nothing is created).
-    Shared,
+    /// Read only: takes no lock and creates nothing.
+    Reader,
+    /// One of any number of writers (and readers).
+    Writer,
+    /// The only writer.
+    ExclusiveWriter,
 }
 
 /// What [`Storage::list`] found.

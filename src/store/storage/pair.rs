@@ -36,6 +36,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
+use super::procs::Procs;
 use super::{PairJob, SyncMode};
 use crate::error::{Error, IoContext, Result};
 use crate::io::{self, Dir, FileId, Kind, TempFile};
@@ -53,6 +54,7 @@ struct Staged {
 /// its files are dropped, so that it never overwrites its successor's).
 pub(crate) fn publish_pairs(
     dir: &Dir,
+    procs: Option<&Procs>,
     jobs: Vec<PairJob<'_>>,
     sync: SyncMode,
 ) -> Result<Vec<Option<FileId>>> {
@@ -98,6 +100,13 @@ pub(crate) fn publish_pairs(
     if !per_file {
         dir.syncfs()?;
     }
+    // Other writers' publishes and removals of these keys wait from here to
+    // the end of the rollback or of the clean-up: whatever is at the final
+    // names while the locks are held was put there by this publish.
+    let _locks = match procs {
+        Some(p) => p.publish_locks(&names.iter().map(|n| n.0).collect::<Vec<_>>())?,
+        None => Vec::new(),
+    };
     let mut backups: Vec<Backup> = Vec::with_capacity(staged.len());
     let mut ids: Vec<Option<FileId>> = staged.iter().map(|s| Some(s.id)).collect();
     let result = (|| -> Result<()> {
@@ -146,8 +155,18 @@ pub(crate) fn publish_pairs(
 /// `io::OWNERSHIP`, so that no publish of the entry commits between the
 /// read and the rename. A crash leaves the old or the new metadata, and
 /// recovery removes the staged file (it names no `.npy`).
-pub(crate) fn replace_attrs(dir: &Dir, name: &EntryName, attrs: &meta::Attrs) -> Result<()> {
+pub(crate) fn replace_attrs(
+    dir: &Dir,
+    procs: Option<&Procs>,
+    name: &EntryName,
+    attrs: &meta::Attrs,
+) -> Result<()> {
     let meta_name = name.meta_file();
+    // Serialised with other processes' publishes of the key, as a publish.
+    let _lock = match procs {
+        Some(p) => p.publish_locks(&[name])?,
+        None => Vec::new(),
+    };
     let _g = io::OWNERSHIP.lock();
     let bytes = dir.read_bounded(&meta_name, meta::META_LIMIT)?;
     let path = dir.join(&meta_name);
@@ -185,7 +204,7 @@ impl Backup {
             if dir.stat(src).is_none() {
                 return Ok(None);
             }
-            let b = io::temp_name(&format!("{src}.bak"));
+            let b = dir.temp_name(&format!("{src}.bak"));
             dir.link(src, &b)?;
             Ok(Some(b))
         };
@@ -211,7 +230,7 @@ impl Backup {
         }
     }
 
-    /// Puts the old pair back (the caller holds the store's write lock, so
+    /// Puts the old pair back (the caller holds the keys' publish locks, so
     /// whatever is at the final names was put there by this publish).
     fn restore(self, dir: &Dir) {
         let id = |n: &str| dir.stat(n).map(|f| f.id);
@@ -240,7 +259,13 @@ impl Backup {
 ///
 /// [`Error::Corrupt`] naming the file when either name is a directory:
 /// nothing is renamed or staged. I/O errors.
-pub(crate) fn remove_pair(dir: &Dir, name: &EntryName) -> Result<()> {
+pub(crate) fn remove_pair(dir: &Dir, procs: Option<&Procs>, name: &EntryName) -> Result<()> {
+    // Publishes and removals of the key by other writers wait until the
+    // removal is done or undone.
+    let _lock = match procs {
+        Some(p) => p.publish_locks(&[name])?,
+        None => Vec::new(),
+    };
     let (npy, meta) = (name.npy_file(), name.meta_file());
     let (npy_found, meta_found) = (dir.stat(&npy), dir.stat(&meta));
     // Only a name can be removed: a directory at either name is refused
@@ -254,7 +279,7 @@ pub(crate) fn remove_pair(dir: &Dir, name: &EntryName) -> Result<()> {
             ));
         }
     }
-    let unique = io::temp_unique();
+    let unique = dir.temp_unique();
     let npy_tomb = io::temp_name_with(&unique, &format!("{npy}.del"));
     let meta_tomb = io::temp_name_with(&unique, &format!("{meta}.del"));
     // Steps done, to undo in reverse order on error.
@@ -312,6 +337,12 @@ pub(crate) struct Recovery {
 /// `K.meta.json`, `K.npy.bak`, `K.meta.json.del`, ...).
 fn temp_tag(name: &str) -> Option<&str> {
     temp_parts(name).map(|(_, tag)| tag)
+}
+
+/// The registration id of the writer that staged the temporary file
+/// `name` (`None`: none recorded, see [`io::temp_owner`]).
+pub(crate) fn temp_writer(name: &str) -> Option<&str> {
+    temp_parts(name).and_then(|(unique, _)| io::temp_owner(unique))
 }
 
 /// The `(unique, tag)` parts of a temporary name `.ndo.<unique>.<tag>.tmp`.

@@ -155,7 +155,9 @@ impl Snapshot {
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let name = e.file_name().into_string().expect("utf-8 name");
-            if name == LOCK {
+            // The lock file and the crate's folder of process files
+            // (registrations, lock files) are not store data.
+            if name == LOCK || name == ndarray_offload::CRATE_DIR {
                 continue;
             }
             let md = std::fs::symlink_metadata(e.path()).expect("stat");
