@@ -71,10 +71,11 @@ impl Default for CacheConfig {
 /// use ndarray_offload::{CacheConfig, ConfigOverrides};
 ///
 /// let base = CacheConfig::default();
-/// let keep = base.updated(&ConfigOverrides { purge_on_drop: Some(false), ..Default::default() });
+/// let keep = base.updated(&ConfigOverrides::default().purge_on_drop(false));
 /// assert_eq!(keep.purge_on_drop(), Some(false));
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConfigOverrides {
     /// Overrides [`CacheConfig::location`].
     pub location: Option<PathBuf>,
@@ -84,6 +85,35 @@ pub struct ConfigOverrides {
     pub purge_on_drop: Option<bool>,
     /// Overrides [`CacheConfig::automatic_offloading`].
     pub automatic_offloading: Option<bool>,
+}
+
+impl ConfigOverrides {
+    /// No overrides: every value comes from the base configuration. The
+    /// same as [`ConfigOverrides::default`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets [`location`](ConfigOverrides#structfield.location).
+    pub fn location(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.location = Some(dir.into());
+        self
+    }
+    /// Sets [`caching`](ConfigOverrides#structfield.caching).
+    pub fn caching(mut self, on: bool) -> Self {
+        self.caching = Some(on);
+        self
+    }
+    /// Sets [`purge_on_drop`](ConfigOverrides#structfield.purge_on_drop).
+    pub fn purge_on_drop(mut self, on: bool) -> Self {
+        self.purge_on_drop = Some(on);
+        self
+    }
+    /// Sets
+    /// [`automatic_offloading`](ConfigOverrides#structfield.automatic_offloading).
+    pub fn automatic_offloading(mut self, on: bool) -> Self {
+        self.automatic_offloading = Some(on);
+        self
+    }
 }
 
 impl CacheConfig {

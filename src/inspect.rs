@@ -83,11 +83,28 @@ impl EntryReport {
 }
 
 /// How thoroughly to inspect.
+///
+/// Build it with [`InspectOptions::new`] or from
+/// [`InspectOptions::default`] (metadata only) and the setters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct InspectOptions {
     /// Read every array: compute its checksum and check its values (`bool`
     /// bytes must be 0 or 1).
     pub read_data: bool,
+}
+
+impl InspectOptions {
+    /// Options that read every array (`read_data: true`) or only the
+    /// metadata (`false`).
+    pub fn new(read_data: bool) -> Self {
+        Self { read_data }
+    }
+    /// Sets [`read_data`](InspectOptions#structfield.read_data).
+    pub fn read_data(mut self, on: bool) -> Self {
+        self.read_data = on;
+        self
+    }
 }
 
 /// Inspects every entry of the store at `dir`, complete or not, in name
@@ -117,7 +134,7 @@ pub struct InspectOptions {
 ///
 /// let dir = tempfile::tempdir()?;
 /// DiskBackedStore::open(dir.path())?.insert_durable("a", array![1u8, 2])?;
-/// let reports = inspect_store(dir.path(), InspectOptions { read_data: true })?;
+/// let reports = inspect_store(dir.path(), InspectOptions::new(true))?;
 /// assert_eq!(reports[0].status(), "ok");
 /// assert_eq!(reports[0].dtype.as_deref(), Some("|u1"));
 /// # Ok::<_, Box<dyn std::error::Error>>(())
@@ -411,7 +428,7 @@ pub fn inspect_npy(path: &Path, opts: InspectOptions) -> Result<EntryReport> {
 /// let mut w = PackWriter::create(&path)?;
 /// w.append("t0", &array![[1.0f32, 2.0, 3.0]])?;
 /// w.finish()?;
-/// let reports = inspect_pack(&path, InspectOptions { read_data: true })?;
+/// let reports = inspect_pack(&path, InspectOptions::new(true))?;
 /// assert_eq!(reports[0].name, "t0");
 /// assert_eq!(reports[0].status(), "ok");
 /// # Ok::<_, Box<dyn std::error::Error>>(())

@@ -139,7 +139,7 @@ fn looks_like_store(dir: &Path) -> bool {
 }
 
 fn inspect(path: &Path, kind: Kind, read_data: bool) -> Result<Vec<EntryReport>, Error> {
-    let opts = InspectOptions { read_data };
+    let opts = InspectOptions::new(read_data);
     match kind {
         Kind::Store => inspect_store(path, opts),
         Kind::Pack => inspect_pack(path, opts),

@@ -32,7 +32,11 @@ const GSEG_FIELDS: &[&str] = &[
 pub type Attrs = Map<String, Value>;
 
 /// Per-entry flags stored in the metadata.
+///
+/// Read from [`EntryInfo::flags`](crate::EntryInfo#structfield.flags); the
+/// store builds it from the configuration and any overrides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EntryFlags {
     /// `purge_disk_on_gc`, GSEGUtils' flag for the transient working copy of
     /// a loaded array. Read and written as it is; it never deletes a stored

@@ -164,10 +164,7 @@ fn an_edited_gsegutils_entry_keeps_its_flags_and_its_pair() {
 #[test]
 fn scratch_entries_are_a_choice_of_the_inserting_handle_only() {
     let dir = tempfile::tempdir().unwrap();
-    let o = ndarray_offload::ConfigOverrides {
-        purge_on_drop: Some(true),
-        ..Default::default()
-    };
+    let o = ndarray_offload::ConfigOverrides::default().purge_on_drop(true);
     let s = DiskBackedStore::open(dir.path()).unwrap();
     s.insert_with("scratch", ndarray::array![1u8, 2], &o)
         .unwrap();
@@ -651,7 +648,7 @@ fn metadata_without_shape_or_dtype_opens_from_the_npy_header() {
     drop(s);
     let reports = ndarray_offload::inspect::inspect_store(
         d,
-        ndarray_offload::inspect::InspectOptions { read_data: true },
+        ndarray_offload::inspect::InspectOptions::new(true),
     )
     .unwrap();
     assert!(reports.iter().all(|r| r.status() == "ok"), "{reports:?}");

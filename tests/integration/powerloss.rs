@@ -668,10 +668,7 @@ fn fixed_workloads() -> Vec<Workload> {
             "close with scratch entries",
             &[("a", None), ("c", None), ("d", Some(1))],
             |s, d| {
-                let scratch = ConfigOverrides {
-                    purge_on_drop: Some(true),
-                    ..ConfigOverrides::default()
-                };
+                let scratch = ConfigOverrides::default().purge_on_drop(true);
                 d.op("insert (scratch)", &[("a", Some(1))], Durable::No, || {
                     s.insert_with("a", value("a", 1), &scratch)
                 });

@@ -250,10 +250,7 @@ fn put<T: Element, D: Dimension>(
     if durable {
         s.insert_durable(k, a)
     } else {
-        let o = ConfigOverrides {
-            automatic_offloading: Some(auto),
-            ..Default::default()
-        };
+        let o = ConfigOverrides::default().automatic_offloading(auto);
         s.insert_with(k, a, &o)
     }
 }
@@ -1922,7 +1919,7 @@ fn run_case(c: &Case) -> Result<(), String> {
                 DiskBackedStore::open_read_only(&store).map_err(|e| format!("open failed: {e}"))?;
             let r = access(&s, K);
             drop(s);
-            let reports = inspect_store(&store, InspectOptions { read_data: true })
+            let reports = inspect_store(&store, InspectOptions::new(true))
                 .map_err(|e| format!("inspect failed: {e}"))?;
             if verify_bad && reports.iter().all(|r| r.problem.is_none()) {
                 return Err(format!("the inspector calls it sound: {reports:?}"));
@@ -2289,7 +2286,7 @@ fn run_pack_case(c: &PackCase) -> Result<(), String> {
     }
     if !c.set {
         let inspected = on_small_stack(|| {
-            inspect_pack(&p, InspectOptions { read_data: true })
+            inspect_pack(&p, InspectOptions::new(true))
                 .map(|rs| rs.iter().any(|r| r.problem.is_some()))
         });
         if matches!(inspected, Ok(false)) {
@@ -2432,7 +2429,7 @@ fn corpus_verify_reports_every_bad_entry() {
     assert_eq!(tree(&store), store0, "ls changed the store");
 
     // The library's inspector agrees and a writable open lists them too.
-    let reports = inspect_store(&store, InspectOptions { read_data: true }).unwrap();
+    let reports = inspect_store(&store, InspectOptions::new(true)).unwrap();
     let bad: BTreeSet<&str> = reports
         .iter()
         .filter(|r| r.problem.is_some())
@@ -2666,7 +2663,7 @@ fn huge_header_child() {
     let s = DiskBackedStore::open_read_only(dir).unwrap();
     let e = read_as::<i32, Ix1>(&s, K).unwrap_err();
     assert_eq!(variant(&e), "Truncated", "{e}");
-    let r = inspect_store(dir, InspectOptions { read_data: true }).unwrap();
+    let r = inspect_store(dir, InspectOptions::new(true)).unwrap();
     assert!(r[0].problem.is_some());
     println!("huge header refused");
 }
@@ -2988,9 +2985,9 @@ fn poke_store(dir: &Path) {
             s.iter().collect::<Vec<_>>(),
             s.stats().to_string(),
         );
-        let _ = inspect_store(dir, InspectOptions { read_data: true });
+        let _ = inspect_store(dir, InspectOptions::new(true));
         drop(s);
-        let _ = inspect_store(dir, InspectOptions { read_data: true });
+        let _ = inspect_store(dir, InspectOptions::new(true));
     }
 }
 

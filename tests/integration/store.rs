@@ -165,11 +165,9 @@ fn offload_one_some_all_and_lazy_reload() {
 fn per_entry_overrides_are_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let s = DiskBackedStore::open(dir.path()).unwrap();
-    let o = ConfigOverrides {
-        automatic_offloading: Some(true),
-        purge_on_drop: Some(true),
-        ..Default::default()
-    };
+    let o = ConfigOverrides::default()
+        .automatic_offloading(true)
+        .purge_on_drop(true);
     s.insert_with("tmp", array![1u8, 2], &o).unwrap();
     s.insert("keep", array![3u8]).unwrap();
     s.flush().unwrap();
@@ -195,10 +193,7 @@ fn per_entry_overrides_are_recorded() {
 fn entries_with_caching_off_stay_in_ram_but_are_persisted() {
     let dir = tempfile::tempdir().unwrap();
     let s = DiskBackedStore::open(dir.path()).unwrap();
-    let o = ConfigOverrides {
-        caching: Some(false),
-        ..Default::default()
-    };
+    let o = ConfigOverrides::default().caching(false);
     s.insert_with("ram", array![1u8, 2, 3], &o).unwrap();
     s.offload("ram").unwrap();
     assert_eq!(s.info("ram").unwrap().state, ArrayState::InMemory);
@@ -1034,10 +1029,7 @@ fn store_operations_with_a_guard_held_by_the_calling_thread() {
 fn closing_under_a_write_guard_still_purges_and_unlocks() {
     let dir = tempfile::tempdir().unwrap();
     let s = DiskBackedStore::open(dir.path()).unwrap();
-    let o = ConfigOverrides {
-        purge_on_drop: Some(true),
-        ..Default::default()
-    };
+    let o = ConfigOverrides::default().purge_on_drop(true);
     s.insert_with("tmp", array![1u8, 2], &o).unwrap();
     s.insert("kept", array![3.0f64]).unwrap();
     s.flush().unwrap();

@@ -1,0 +1,227 @@
+//! The store's shared state at work: publishing batches, flushing,
+//! removing and closing (`impl Inner`), and small helpers of the handle.
+//! The lock order at the top of `store/mod.rs` holds here too.
+
+use super::*;
+
+impl Inner {
+    pub(super) fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            Err(Error::ReadOnly {
+                path: self.storage.location().to_path_buf(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(super) fn loaded_entries(&self) -> Vec<Loaded> {
+        self.entries
+            .read()
+            .values()
+            .filter_map(|s| s.lock().loaded.clone())
+            .collect()
+    }
+
+    pub(super) fn publish_batch(&self, arrays: Vec<&dyn AnyEntry>) -> Result<()> {
+        let mut jobs = Vec::new();
+        let mut marks = Vec::new();
+        // An entry the calling thread is writing to is left out; the others
+        // are published, then its error is returned.
+        let mut in_use = None;
+        // Entries another thread holds exclusively (a write guard, an
+        // offload, a load) are not waited for while the batch holds the
+        // others: they are written after it, one at a time (see the lock
+        // order at the top of this module).
+        let mut busy = Vec::new();
+        for a in &arrays {
+            match a.batch_job(false) {
+                Ok(BatchJob::Job(job)) => {
+                    jobs.push(job);
+                    marks.push(*a);
+                }
+                Ok(BatchJob::Current) => {}
+                Ok(BatchJob::Busy) => busy.push(*a),
+                Err(e) => {
+                    in_use.get_or_insert(e);
+                }
+            }
+        }
+        self.publish_jobs(jobs, marks)?;
+        for a in busy {
+            match a.batch_job(true) {
+                Ok(BatchJob::Job(job)) => {
+                    self.publish_jobs(vec![job], vec![a])?;
+                }
+                Ok(BatchJob::Current | BatchJob::Busy) => {}
+                Err(e) => {
+                    in_use.get_or_insert(e);
+                }
+            }
+        }
+        in_use.map_or(Ok(()), Err)
+    }
+
+    /// Publishes `jobs` with one round of syncs and records each published
+    /// version in its entry (`marks`, in job order).
+    pub(super) fn publish_jobs(
+        &self,
+        jobs: Vec<PairJob<'_>>,
+        marks: Vec<&dyn AnyEntry>,
+    ) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let versions: Vec<u64> = jobs.iter().map(|j| j.version).collect();
+        let ids = self.storage.publish(jobs, SyncMode::FileSystem)?;
+        for ((a, v), id) in marks.into_iter().zip(versions).zip(ids) {
+            if let Some(id) = id {
+                a.mark_published(v, id);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn flush(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        // Spills handed to the writers finish first (they hold no lock the
+        // caller may hold: see `behind.rs`).
+        if let Some(wb) = &self.write_behind {
+            wb.wait_idle();
+        }
+        let loaded = self.loaded_entries();
+        // An entry the calling thread is writing to is not flushed (its
+        // error is returned at the end); everything else is.
+        let in_use = in_use_error(self.publish_batch(loaded.iter().map(|l| l.as_ref()).collect()))?;
+        // Spills renamed files without syncing the directory.
+        if self.account.take_dir_unsynced() {
+            if let Err(e) = self.storage.sync() {
+                self.account.mark_dir_unsynced();
+                return Err(e);
+            }
+        }
+        // A background write that failed: its entry stayed in RAM and was
+        // just written; the failure is still reported.
+        self.take_behind_error()?;
+        in_use.map_or(Ok(()), Err)
+    }
+
+    /// The first write-behind failure not reported yet, as an error.
+    pub(super) fn take_behind_error(&self) -> Result<()> {
+        match self.write_behind.as_ref().and_then(|wb| wb.take_error()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn remove(&self, name: &EntryName) -> Result<bool> {
+        self.check_writable()?;
+        let mut entries = self.entries.write();
+        let on_disk = self.storage.exists(name);
+        let broken = self.incomplete.read().contains_key(name);
+        let existed = entries.contains_key(name) || broken;
+        // A handle may hold the entry: it keeps the file it reads from open
+        // before the file is deleted. A publish of the entry still in flight
+        // (a flush that took it before the removal) must not bring the files
+        // back.
+        let loaded = entries.get(name).and_then(|s| s.lock().loaded.clone());
+        if let Some(l) = &loaded {
+            l.link().pin();
+            l.link().stop_publish();
+        }
+        if on_disk {
+            if let Err(e) = self.storage.remove(name) {
+                if let Some(l) = &loaded {
+                    l.link().unpin();
+                    l.link().enable_publish();
+                }
+                return Err(e);
+            }
+        }
+        if let Some(old) = entries.remove(name) {
+            let mut old = old.lock();
+            old.retired = true;
+            if let Some(l) = &old.loaded {
+                l.link().detach(true);
+            }
+        }
+        self.lru.lock().remove(name);
+        self.incomplete.write().remove(name);
+        Ok(existed)
+    }
+
+    /// Flushes and deletes the scratch entries inserted through this handle.
+    pub(super) fn finish(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        // An entry the calling thread is writing to is not flushed; the
+        // rest of closing still happens.
+        let in_use = in_use_error(self.flush())?;
+        // Only entries this handle inserted as scratch entries: the
+        // persisted `purge_disk_on_gc` flag never deletes a pair.
+        let purge: Vec<EntryName> = self
+            .entries
+            .read()
+            .iter()
+            .filter(|(_, s)| s.lock().scratch)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in purge {
+            self.remove(&k)?;
+        }
+        in_use.map_or(Ok(()), Err)
+    }
+}
+
+/// `attrs` as an attribute object (`None` for JSON `null`).
+pub(super) fn attrs_object(
+    name: &EntryName,
+    attrs: serde_json::Value,
+) -> Result<Option<Arc<Attrs>>> {
+    match attrs {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::Object(m) => Ok(Some(Arc::new(m))),
+        other => Err(Error::InvalidAttrs {
+            name: name.to_string(),
+            reason: format!("attributes must be a JSON object, not {other}"),
+        }),
+    }
+}
+
+/// Separates [`Error::InUse`] (an entry the calling thread holds a guard on
+/// was skipped; the caller goes on with the rest) from other errors.
+pub(super) fn in_use_error(r: Result<()>) -> Result<Option<Error>> {
+    match r {
+        Ok(()) => Ok(None),
+        Err(e @ Error::InUse { .. }) => Ok(Some(e)),
+        Err(e) => Err(e),
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // `DiskBackedStore::close` is the checked path; here errors can only
+        // be logged.
+        if let Err(e) = self.finish() {
+            tracing::warn!(dir = %self.storage.location().display(), error = %e, "could not flush the store when dropped");
+        }
+        if let Some(wb) = &self.write_behind {
+            wb.stop();
+            if let Some(e) = wb.take_error() {
+                tracing::warn!(dir = %self.storage.location().display(), error = %e, "a background write failed");
+            }
+        }
+        // Handles that outlive the store keep their data and never write
+        // into the directory again (another process may own it now).
+        for slot in self.entries.get_mut().values() {
+            if let Some(l) = &slot.lock().loaded {
+                // Only the slot holds an entry nobody else uses.
+                l.link().detach(Arc::strong_count(l) > 1);
+            }
+        }
+        // The lease is released when the fields are dropped, after this.
+    }
+}
