@@ -52,11 +52,13 @@ mod entry;
 mod file;
 mod format;
 mod index;
+mod index_build;
 mod info;
 mod key;
 mod reader;
 mod sample;
 mod shard;
+mod sink;
 mod verify;
 mod writer;
 

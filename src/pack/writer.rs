@@ -1,68 +1,21 @@
 //! The pack writer: append keyed arrays and samples, commit in `finish()`.
 
 use std::any::TypeId;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 
 use ndarray::{ArrayBase, Data, Dimension};
 use serde_json::Value;
 
 use super::codec::{self, Compression};
 use super::format::{self, ArrayDesc, Trailer, ALIGN, DESC_ALIGN, ENTRY_ARRAY, ENTRY_SAMPLE};
+use super::index_build::{KeyIndex, NONE};
 use super::key::PackKey;
 use super::sample::Sample;
+use super::sink::{byte_len, ArrayIn, Chunked, Counter, Payload, Sink, ZEROS};
 use crate::element::{dtype_itemsize, Element};
 use crate::error::{Error, IoContext, Result};
-use crate::io::{parent_dir, sync_dir, sync_file, SeamFile, TempFile};
-
-/// Hasher for keys that are already 64-bit hashes.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-const NONE: u32 = u32::MAX;
-static ZEROS: [u8; ALIGN as usize] = [0; ALIGN as usize];
-
-/// Counts and checksums bytes on their way to the file.
-struct Counter<'a, W: Write> {
-    inner: &'a mut W,
-    crc: crc32fast::Hasher,
-    n: u64,
-}
-
-impl<W: Write> Write for Counter<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.crc.update(&buf[..n]);
-        self.n += n as u64;
-        Ok(n)
-    }
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.inner.write_all(buf)?;
-        self.crc.update(buf);
-        self.n += buf.len() as u64;
-        Ok(())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
+use crate::io::{parent_dir, sync_dir, TempFile};
 
 /// Writes many keyed arrays and samples into one pack file.
 ///
@@ -96,168 +49,29 @@ impl<W: Write> Write for Counter<'_, W> {
 /// ```
 pub struct PackWriter {
     path: PathBuf,
-    tmp: Option<TempFile>,
-    tmp_path: PathBuf,
-    pos: u64,
+    /// The temporary file and the writing position.
+    sink: Sink,
     compression: Compression,
-    /// Per entry, in file order.
-    entries: Vec<EntryMem>,
-    /// Key bytes of every entry.
-    keys: Vec<u8>,
-    first_by_hash: HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
+    /// The keys appended so far, per entry in file order.
+    index: KeyIndex,
     poisoned: bool,
-    raw: Vec<u8>,
-    packed: Vec<u8>,
     desc: Vec<u8>,
     placed: Vec<(u64, u64, u32)>,
     dtypes: Vec<(TypeId, Option<StoredDtype>)>,
-    /// Whether `first_by_hash` holds every entry. Until a key arrives out
-    /// of order (per key kind), keys are known to be increasing and
-    /// duplicates are ruled out by comparing with the last key, without
-    /// touching a hash table.
-    indexed: bool,
-    /// While not indexed: entry indices of each key kind, keys increasing.
-    by_kind: [Vec<u32>; 2],
-    /// Output not yet handed to the file (see `Chunked`).
-    chunk: Vec<u8>,
-    /// Background flushing of what is written so far.
-    syncer: Option<Syncer>,
-    /// `pos` at which the next background flush is requested.
-    next_sync: u64,
-}
-
-/// Size of the writer's own output buffer: payloads are gathered into
-/// 1 MiB writes (the temporary file's buffer is only 64 KiB).
-const CHUNK: usize = 1 << 20;
-
-/// Gathers small writes into `CHUNK`-sized ones.
-struct Chunked<'a> {
-    buf: &'a mut Vec<u8>,
-    inner: &'a mut BufWriter<SeamFile>,
-}
-
-impl Chunked<'_> {
-    fn flush_buf(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.inner.write_all(self.buf)?;
-            self.buf.clear();
-        }
-        Ok(())
-    }
-}
-
-impl Write for Chunked<'_> {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.write_all(b)?;
-        Ok(b.len())
-    }
-    fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
-        if self.buf.len() + b.len() > CHUNK {
-            self.flush_buf()?;
-        }
-        if b.len() >= CHUNK {
-            self.inner.write_all(b)
-        } else {
-            self.buf.extend_from_slice(b);
-            Ok(())
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.flush_buf()?;
-        self.inner.flush()
-    }
 }
 
 /// A dtype as stored (zero-padded) and its length.
 type StoredDtype = ([u8; format::DTYPE_LEN], usize);
 
-/// Bytes written between two background flushes.
-const SYNC_EVERY: u64 = 64 << 20;
-
-/// A thread that `fsync`s the temporary file whenever asked, so the disk
-/// writes back the first bytes while later ones are still being produced
-/// and `finish` only waits for the tail (what `bytes_per_sync` does in
-/// RocksDB). Requests made while a flush runs are merged into one.
-struct Syncer {
-    tx: Option<mpsc::SyncSender<()>>,
-    handle: Option<std::thread::JoinHandle<Result<()>>>,
-}
-
-impl Syncer {
-    fn start(file: std::fs::File, path: PathBuf) -> Self {
-        let (tx, rx) = mpsc::sync_channel::<()>(1);
-        let plan = crate::io::current_plan();
-        let handle = std::thread::Builder::new()
-            .name("ndarray-offload pack sync".into())
-            .spawn(move || {
-                let _plan = crate::io::adopt_plan(plan);
-                for () in rx {
-                    sync_file(&file, &path)?;
-                }
-                Ok(())
-            })
-            .ok();
-        Syncer {
-            tx: handle.as_ref().map(|_| tx),
-            handle,
-        }
-    }
-
-    fn request(&self) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.try_send(());
-        }
-    }
-
-    /// Stops the thread and returns the first error it met.
-    fn stop(&mut self) -> Result<()> {
-        self.tx = None;
-        match self.handle.take().map(|h| h.join()) {
-            Some(Ok(r)) => r,
-            Some(Err(_)) | None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Syncer {
-    fn drop(&mut self) {
-        let _ = self.stop();
-    }
-}
-
-/// What the writer keeps in memory per entry until `finish`.
-struct EntryMem {
-    hash: u64,
-    desc_off: u64,
-    key_off: u64,
-    key_len: u32,
-    /// Next entry with the same hash (`NONE` ends the chain).
-    next_same: u32,
-    key_kind: u8,
-}
-
 impl std::fmt::Debug for PackWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PackWriter")
             .field("path", &self.path)
-            .field("entries", &self.entries.len())
-            .field("bytes", &self.pos)
+            .field("entries", &self.index.len())
+            .field("bytes", &self.sink.pos)
             .field("compression", &self.compression)
             .finish()
     }
-}
-
-/// Type-erased view of one array to be written.
-pub(crate) struct ArrayIn<'a> {
-    name: &'a str,
-    dtype: &'a str,
-    shape: &'a [usize],
-    payload: Payload<'a>,
-}
-
-enum Payload<'a> {
-    Bytes(&'a [u8]),
-    Typed(&'a dyn Fn(&mut dyn Write) -> io::Result<()>),
 }
 
 impl PackWriter {
@@ -286,26 +100,16 @@ impl PackWriter {
         tmp.writer()
             .write_all(&format::encode_preamble())
             .ctx("write", &tpath)?;
+        let sink = Sink::new(tmp, format::PREAMBLE_LEN);
         Ok(PackWriter {
             path,
-            tmp: Some(tmp),
-            tmp_path: tpath,
-            pos: format::PREAMBLE_LEN,
+            sink,
             compression: Compression::None,
-            entries: Vec::new(),
-            keys: Vec::new(),
-            first_by_hash: HashMap::default(),
+            index: KeyIndex::new(),
             poisoned: false,
-            raw: Vec::new(),
-            packed: Vec::new(),
             desc: Vec::new(),
             placed: Vec::new(),
             dtypes: Vec::new(),
-            indexed: false,
-            by_kind: [Vec::new(), Vec::new()],
-            chunk: Vec::with_capacity(CHUNK),
-            syncer: None,
-            next_sync: SYNC_EVERY,
         })
     }
 
@@ -365,7 +169,7 @@ impl PackWriter {
     /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.index.len()
     }
 
     /// Whether no entry was appended yet.
@@ -379,7 +183,7 @@ impl PackWriter {
     /// # Ok::<_, ndarray_offload::Error>(())
     /// ```
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.index.len() == 0
     }
 
     /// Whether `key` was already appended.
@@ -396,7 +200,7 @@ impl PackWriter {
     /// ```
     pub fn contains<'k>(&self, key: impl Into<PackKey<'k>>) -> bool {
         let key = key.into();
-        self.find(&key, key.hash64())
+        self.index.find(&key, key.hash64())
     }
 
     /// The path the pack will be published at.
@@ -411,61 +215,6 @@ impl PackWriter {
     /// ```
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// The stored key bytes of entry `i`.
-    fn key_at(&self, i: u32) -> &[u8] {
-        let e = &self.entries[i as usize];
-        let s = e.key_off as usize;
-        &self.keys[s..s + e.key_len as usize]
-    }
-
-    /// Compares the key of entry `i` (of the same kind) with `key`.
-    fn cmp_key(&self, i: u32, key: &PackKey<'_>) -> std::cmp::Ordering {
-        let stored = self.key_at(i);
-        match key {
-            PackKey::U64(k) => format::le64(stored, 0).unwrap_or(0).cmp(k),
-            PackKey::Str(s) => stored.cmp(s.as_bytes()),
-        }
-    }
-
-    fn find(&self, key: &PackKey<'_>, h: u64) -> bool {
-        let kind = key.kind();
-        if !self.indexed {
-            let list = &self.by_kind[usize::from(kind)];
-            return list.binary_search_by(|&i| self.cmp_key(i, key)).is_ok();
-        }
-        let mut i = match self.first_by_hash.get(&h) {
-            Some(&i) => i,
-            None => return false,
-        };
-        key.with_bytes(|kb| {
-            while i != NONE {
-                let e = &self.entries[i as usize];
-                if e.key_kind == kind && self.key_at(i) == kb {
-                    return true;
-                }
-                i = e.next_same;
-            }
-            false
-        })
-    }
-
-    /// Whether `key` is greater than every key of its kind so far.
-    fn is_new_max(&self, key: &PackKey<'_>) -> bool {
-        self.by_kind[usize::from(key.kind())]
-            .last()
-            .is_none_or(|&i| self.cmp_key(i, key).is_lt())
-    }
-
-    /// Switches duplicate detection to the hash table.
-    fn build_index(&mut self) {
-        self.first_by_hash.reserve(self.entries.len());
-        for (i, e) in self.entries.iter_mut().enumerate() {
-            e.next_same = self.first_by_hash.insert(e.hash, i as u32).unwrap_or(NONE);
-        }
-        self.indexed = true;
-        self.by_kind = [Vec::new(), Vec::new()];
     }
 
     /// Appends one array under `key`, without metadata.
@@ -646,19 +395,19 @@ impl PackWriter {
         arrays: &[ArrayIn<'_>],
         meta: Option<&Value>,
     ) -> Result<()> {
-        if self.poisoned || self.tmp.is_none() {
+        if self.poisoned || self.sink.tmp.is_none() {
             return Err(self.invalid("the pack writer failed earlier and cannot continue".into()));
         }
         let h = key.hash64();
-        if self.indexed || !self.is_new_max(&key) {
-            if !self.indexed {
-                self.build_index();
+        if self.index.indexed() || !self.index.is_new_max(&key) {
+            if !self.index.indexed() {
+                self.index.build_index();
             }
-            if self.find(&key, h) {
+            if self.index.find(&key, h) {
                 return Err(self.invalid(format!("duplicate key {key:?}")));
             }
         }
-        if self.entries.len() >= NONE as usize - 1 {
+        if self.index.len() >= NONE as usize - 1 {
             return Err(self.invalid("a pack holds at most 2^32 - 2 entries".into()));
         }
         if arrays.len() > usize::from(u16::MAX) {
@@ -701,7 +450,7 @@ impl PackWriter {
         let mut placed = std::mem::take(&mut self.placed);
         placed.clear();
         for a in arrays {
-            match self.write_payload(a, comp) {
+            match self.sink.write_payload(a, comp, &self.path) {
                 Ok(p) => placed.push(p),
                 Err(e) => {
                     self.poisoned = true;
@@ -732,128 +481,24 @@ impl PackWriter {
         };
         let mut desc = std::mem::take(&mut self.desc);
         desc.clear();
-        let pad =
-            format::align_up(self.pos, DESC_ALIGN).expect("file offsets fit in u64") - self.pos;
+        let pad = format::align_up(self.sink.pos, DESC_ALIGN).expect("file offsets fit in u64")
+            - self.sink.pos;
         desc.resize(pad as usize, 0);
         key.with_bytes(|kb| {
             format::encode_desc(&mut desc, key.kind(), entry_kind, kb, &meta_text, descs)
         });
-        let r = self.write_raw(&desc);
+        let r = self.sink.write_raw(&desc);
         self.desc = desc;
         self.placed = placed;
         if let Err(e) = r {
             self.poisoned = true;
             return Err(e);
         }
-        let desc_off = self.pos + pad;
-        self.pos += self.desc.len() as u64;
-        if self.pos >= self.next_sync {
-            self.next_sync = self.pos + SYNC_EVERY;
-            self.background_sync();
-        }
+        let desc_off = self.sink.pos + pad;
+        self.sink.advance(self.desc.len() as u64);
 
-        let idx = self.entries.len() as u32;
-        let key_off = self.keys.len() as u64;
-        key.with_bytes(|b| self.keys.extend_from_slice(b));
-        let next_same = if self.indexed {
-            self.first_by_hash.insert(h, idx).unwrap_or(NONE)
-        } else {
-            self.by_kind[usize::from(key.kind())].push(idx);
-            NONE
-        };
-        self.entries.push(EntryMem {
-            hash: h,
-            desc_off,
-            key_off,
-            key_len: key_len as u32,
-            next_same,
-            key_kind: key.kind(),
-        });
+        self.index.push(&key, h, desc_off, key_len as u32);
         Ok(())
-    }
-
-    fn write_raw(&mut self, b: &[u8]) -> Result<()> {
-        let tmp = self.tmp.as_mut().expect("checked by the caller");
-        Chunked {
-            buf: &mut self.chunk,
-            inner: tmp.writer(),
-        }
-        .write_all(b)
-        .ctx("write", &self.tmp_path)
-    }
-
-    /// Pushes buffered bytes to the file and asks the background thread to
-    /// flush them to disk.
-    fn background_sync(&mut self) {
-        let Some(tmp) = self.tmp.as_mut() else { return };
-        let mut w = Chunked {
-            buf: &mut self.chunk,
-            inner: tmp.writer(),
-        };
-        if w.flush().is_err() {
-            return; // the next write reports the error
-        }
-        if self.syncer.is_none() {
-            match tmp.file().try_clone() {
-                Ok(f) => self.syncer = Some(Syncer::start(f, self.tmp_path.clone())),
-                Err(_) => return,
-            }
-        }
-        if let Some(s) = &self.syncer {
-            s.request();
-        }
-    }
-
-    /// Writes one payload at the next aligned offset; returns
-    /// `(offset, stored length, crc32)`.
-    fn write_payload(&mut self, a: &ArrayIn<'_>, comp: Compression) -> Result<(u64, u64, u32)> {
-        let numel = byte_len(a).ok_or_else(|| self.invalid("array size overflows".into()))?;
-        let tmp = self.tmp.as_mut().expect("checked by the caller");
-        let tpath = &self.tmp_path;
-        let w = &mut Chunked {
-            buf: &mut self.chunk,
-            inner: tmp.writer(),
-        };
-        let pad = format::align_up(self.pos, ALIGN).expect("file offsets fit in u64") - self.pos;
-        w.write_all(&ZEROS[..pad as usize]).ctx("write", tpath)?;
-        let data_off = self.pos + pad;
-        let (stored_len, crc) = if comp == Compression::None {
-            let mut c = Counter {
-                inner: w,
-                crc: crc32fast::Hasher::new(),
-                n: 0,
-            };
-            match &a.payload {
-                Payload::Bytes(b) => c.write_all(b),
-                Payload::Typed(f) => f(&mut c),
-            }
-            .ctx("write", tpath)?;
-            (c.n, c.crc.finalize())
-        } else {
-            self.raw.clear();
-            match &a.payload {
-                Payload::Bytes(b) => self.raw.extend_from_slice(b),
-                Payload::Typed(f) => f(&mut self.raw).ctx("encode", tpath)?,
-            }
-            if self.raw.len() as u64 != numel {
-                return Err(self.invalid(format!(
-                    "array {:?} encoded to {} bytes, expected {numel}",
-                    a.name,
-                    self.raw.len()
-                )));
-            }
-            codec::compress(comp, &self.raw, &mut self.packed, &self.path)?;
-            w.write_all(&self.packed).ctx("write", tpath)?;
-            (self.packed.len() as u64, crc32fast::hash(&self.packed))
-        };
-        if comp == Compression::None && stored_len != numel {
-            return Err(self.invalid(format!(
-                "array {:?} encoded to {stored_len} bytes, expected {numel}",
-                a.name
-            )));
-        }
-        self.pos = data_off + stored_len;
-        Ok((data_off, stored_len, crc))
     }
 
     /// Writes the index and trailer, `fsync`s, and atomically publishes the
@@ -891,72 +536,35 @@ impl PackWriter {
             );
         }
         let mut tmp = self
+            .sink
             .tmp
             .take()
             .ok_or_else(|| self.invalid("the pack writer was already finished".into()))?;
         let tpath = tmp.path().to_path_buf();
-        let n = self.entries.len() as u64;
-        let index_off = format::align_up(self.pos, ALIGN).expect("file offsets fit in u64");
+        let n = self.index.len() as u64;
+        let index_off = format::align_up(self.sink.pos, ALIGN).expect("file offsets fit in u64");
 
-        // Hash order (ties broken by file position) and key order.
-        let mut leaf: Vec<(u64, u64)> = self.entries.iter().map(|e| (e.hash, e.desc_off)).collect();
-        leaf.sort_unstable();
-        let order = key_order(&self.entries, &self.keys);
-        let entries = &self.entries;
         let buckets = format::bucket_count(n);
         let layout = format::layout(index_off, n, buckets).expect("index sizes fit in u64");
 
         Chunked {
-            buf: &mut self.chunk,
+            buf: &mut self.sink.chunk,
             inner: tmp.writer(),
         }
         .flush_buf()
         .ctx("write", &tpath)?;
         let w = tmp.writer();
         // Padding before the index is not part of the index checksum.
-        w.write_all(&ZEROS[..(index_off - self.pos) as usize])
+        w.write_all(&ZEROS[..(index_off - self.sink.pos) as usize])
             .ctx("write", &tpath)?;
         let mut c = Counter {
             inner: w,
             crc: crc32fast::Hasher::new(),
             n: 0,
         };
-        let r: io::Result<()> = (|| {
-            let mut buf = Vec::with_capacity(1 << 16);
-            let put = |buf: &mut Vec<u8>, c: &mut Counter<'_, _>, bytes: &[u8]| {
-                buf.extend_from_slice(bytes);
-                if buf.len() >= 1 << 16 {
-                    c.write_all(buf)?;
-                    buf.clear();
-                }
-                io::Result::Ok(())
-            };
-            for e in &self.entries {
-                put(&mut buf, &mut c, &e.desc_off.to_le_bytes())?;
-            }
-            for &i in &order {
-                put(
-                    &mut buf,
-                    &mut c,
-                    &entries[i as usize].desc_off.to_le_bytes(),
-                )?;
-            }
-            for (h, off) in &leaf {
-                put(&mut buf, &mut c, &h.to_le_bytes())?;
-                put(&mut buf, &mut c, &off.to_le_bytes())?;
-            }
-            // Bucket directory: dir[b] is the index of the first leaf
-            // record whose hash is in bucket b or a later one.
-            let mut at = 0usize;
-            for b in 0..=buckets {
-                while at < leaf.len() && format::bucket_of(leaf[at].0, buckets) < b {
-                    at += 1;
-                }
-                put(&mut buf, &mut c, &(at as u64).to_le_bytes())?;
-            }
-            c.write_all(&buf)
-        })();
-        r.ctx("write", &tpath)?;
+        self.index
+            .write_index(&mut c, buckets)
+            .ctx("write", &tpath)?;
         let index_crc = c.crc.finalize();
         debug_assert_eq!(index_off + c.n, layout.trailer);
         let t = Trailer {
@@ -968,81 +576,12 @@ impl PackWriter {
             index_crc,
         };
         tmp.writer().write_all(&t.encode()).ctx("write", &tpath)?;
-        if let Some(mut s) = self.syncer.take() {
+        if let Some(mut s) = self.sink.syncer.take() {
             s.stop()?;
         }
         tmp.flush_and_sync()?;
         Ok(tmp)
     }
-}
-
-/// Bytes of an array's elements, if that fits in `u64`.
-fn byte_len(a: &ArrayIn<'_>) -> Option<u64> {
-    let itemsize = dtype_itemsize(a.dtype)? as u64;
-    a.shape
-        .iter()
-        .try_fold(1u64, |n, &d| n.checked_mul(d as u64))?
-        .checked_mul(itemsize)
-}
-
-/// Entry indices sorted by key: integer keys ascending, then string keys by
-/// their bytes.
-///
-/// Sorts `(kind, 8-byte prefix, index)` integers first, the prefix of a
-/// string key being the 8 bytes after the prefix common to all string keys
-/// (so `tile_00000017` and `tile_00000018` differ in it); only runs of
-/// equal prefixes are then compared byte by byte.
-fn key_order(entries: &[EntryMem], keys: &[u8]) -> Vec<u32> {
-    let key_of = |e: &EntryMem| {
-        let s = e.key_off as usize;
-        &keys[s..s + e.key_len as usize]
-    };
-    let mut common: Option<&[u8]> = None;
-    for e in entries.iter().filter(|e| e.key_kind == format::KEY_STR) {
-        let k = key_of(e);
-        common = Some(match common {
-            None => k,
-            Some(c) => {
-                let n = c.iter().zip(k).take_while(|(a, b)| a == b).count();
-                &c[..n]
-            }
-        });
-    }
-    let skip = common.map_or(0, <[u8]>::len);
-    let prefix = |e: &EntryMem| -> u64 {
-        let k = key_of(e);
-        if e.key_kind == format::KEY_U64 {
-            // A `u64` key is its 8 little-endian bytes.
-            return format::le64(k, 0).unwrap_or(0);
-        }
-        let mut b = [0u8; 8];
-        let tail = k.get(skip..).unwrap_or(&[]);
-        let n = tail.len().min(8);
-        b[..n].copy_from_slice(&tail[..n]);
-        u64::from_be_bytes(b)
-    };
-    let mut tagged: Vec<u128> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (u128::from(e.key_kind) << 96) | (u128::from(prefix(e)) << 32) | i as u128)
-        .collect();
-    tagged.sort_unstable();
-    let mut order: Vec<u32> = tagged.iter().map(|&t| t as u32).collect();
-    // Resolve runs of equal (kind, prefix) by comparing whole keys.
-    let mut start = 0;
-    while start < tagged.len() {
-        let mut end = start + 1;
-        while end < tagged.len() && tagged[end] >> 32 == tagged[start] >> 32 {
-            end += 1;
-        }
-        if end - start > 1 {
-            order[start..end].sort_unstable_by(|&a, &b| {
-                key_of(&entries[a as usize]).cmp(key_of(&entries[b as usize]))
-            });
-        }
-        start = end;
-    }
-    order
 }
 
 #[cfg(test)]
