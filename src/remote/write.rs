@@ -1,0 +1,378 @@
+//! The write side of a remote store: staging in the local cache, the
+//! durable pending record, upload and the conditional commit.
+
+use super::*;
+
+impl RemoteStore {
+    /// Stages `array` as the new value of `name` in the local directory; it
+    /// is uploaded and committed by [`flush`](Self::flush). Until then
+    /// [`get`](Self::get) on this handle returns it. Not durable: a crash
+    /// before `flush` loses it (as [`DiskBackedStore::insert`](crate::DiskBackedStore::insert)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`], I/O errors on the local directory.
+    pub fn insert<T: Element, D: Dimension>(
+        &self,
+        name: impl AsRef<str>,
+        array: Array<T, D>,
+    ) -> Result<()> {
+        let name = name_of(name.as_ref())?;
+        let p = self.stage(&name, &array, false)?;
+        self.state
+            .lock()
+            .pending
+            .insert(name.as_str().to_string(), p);
+        Ok(())
+    }
+
+    /// Stores `array` as `name` and commits it to the object store before
+    /// returning. The write is staged durably in the local directory first
+    /// and kept there until the commit succeeded: after a failure or a
+    /// crash, [`flush`](Self::flush) (of this or a later handle on the same
+    /// directory) completes it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Conflict`] (another writer committed `name` since this
+    /// handle saw it; the staged write is dropped), [`Error::Remote`] (the
+    /// write stays staged), [`Error::InvalidName`], local I/O errors.
+    pub fn insert_durable<T: Element, D: Dimension>(
+        &self,
+        name: impl AsRef<str>,
+        array: Array<T, D>,
+    ) -> Result<()> {
+        let name = name_of(name.as_ref())?;
+        let mut p = self.stage(&name, &array, true)?;
+        self.record(&mut p)?;
+        self.state
+            .lock()
+            .pending
+            .insert(name.as_str().to_string(), p.clone());
+        self.push(p)
+    }
+
+    /// Stores the `.npy` file at `path` as `name` and commits it, as
+    /// [`insert_durable`](Self::insert_durable) does, without reading the
+    /// array into memory: the file is hard-linked (or copied, across file
+    /// systems) into the local directory, then uploaded by parts. Use it
+    /// with [`NpyStreamWriter`](crate::NpyStreamWriter) for entries larger
+    /// than RAM. The file must not be modified afterwards.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert_durable`](Self::insert_durable); [`Error::Corrupt`] or
+    /// [`Error::Truncated`] if `path` is not a whole `.npy` file.
+    pub fn insert_npy_file(&self, name: impl AsRef<str>, path: impl AsRef<FsPath>) -> Result<()> {
+        let name = name_of(name.as_ref())?;
+        let src = path.as_ref();
+        let (info, len) = NpyInfo::read(src)?;
+        info.check_len(len, src)?;
+        let unique = protocol::unique_id();
+        let file = format!("{}.{unique}.npy", name.as_str());
+        let dest = self.objects.join(&file);
+        if std::fs::hard_link(src, &dest).is_err() {
+            let tmp = self.objects.join(format!(".{unique}.stage.tmp"));
+            let copied = std::fs::copy(src, &tmp)
+                .ctx("copy", src)
+                .and_then(|_| std::fs::rename(&tmp, &dest).ctx("rename", &tmp));
+            if let Err(e) = copied {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
+        let mut p = {
+            let mut st = self.state.lock();
+            let base = st
+                .view
+                .get(name.as_str())
+                .map(|s| VersionRec::from(s.version()));
+            if let Some(old) = st.pending.remove(name.as_str()) {
+                self.drop_staged(&mut st, &old);
+            }
+            st.tick += 1;
+            let tick = st.tick;
+            st.cache.insert(
+                file.clone(),
+                Cached {
+                    size: len,
+                    tick,
+                    users: Vec::new(),
+                },
+            );
+            Pending {
+                name: name.as_str().to_string(),
+                file,
+                data: protocol::new_data_rel(&name, &unique),
+                shape: info.shape.clone(),
+                dtype: info.descr.clone(),
+                base,
+                recorded: false,
+            }
+        };
+        self.record(&mut p)?;
+        self.state
+            .lock()
+            .pending
+            .insert(name.as_str().to_string(), p.clone());
+        self.push(p)
+    }
+
+    /// Stores many entries: stages all of them durably, then uploads and
+    /// commits each. Returns the first error after trying all; entries
+    /// whose commit failed for another reason than a conflict stay staged.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert_durable`](Self::insert_durable).
+    pub fn insert_batch<T, D, N, I>(&self, entries: I) -> Result<()>
+    where
+        T: Element,
+        D: Dimension,
+        N: AsRef<str>,
+        I: IntoIterator<Item = (N, Array<T, D>)>,
+    {
+        let mut staged = Vec::new();
+        for (n, a) in entries {
+            let name = name_of(n.as_ref())?;
+            let mut p = self.stage(&name, &a, true)?;
+            self.record(&mut p)?;
+            self.state
+                .lock()
+                .pending
+                .insert(name.as_str().to_string(), p.clone());
+            staged.push(p);
+        }
+        let mut first = None;
+        for p in staged {
+            if let Err(e) = self.push(p) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Uploads and commits every staged write. Returns the first error after
+    /// trying all; a write that lost a race is dropped (its error is
+    /// [`Error::Conflict`]), any other failure keeps it staged, durably.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Conflict`], [`Error::Remote`], local I/O errors.
+    pub fn flush(&self) -> Result<()> {
+        let all: Vec<Pending> = self.state.lock().pending.values().cloned().collect();
+        let mut first = None;
+        for mut p in all {
+            if !p.recorded {
+                if let Err(e) = self.record(&mut p) {
+                    first.get_or_insert(e);
+                    continue;
+                }
+                if let Some(q) = self.state.lock().pending.get_mut(&p.name) {
+                    q.recorded = true;
+                }
+            }
+            if let Err(e) = self.push(p) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    pub(super) fn stage<T: Element, D: Dimension>(
+        &self,
+        name: &EntryName,
+        array: &Array<T, D>,
+        durable: bool,
+    ) -> Result<Pending> {
+        let unique = protocol::unique_id();
+        let file = format!("{}.{unique}.npy", name.as_str());
+        let data = protocol::new_data_rel(name, &unique);
+        let tmp = self.objects.join(format!(".{unique}.stage.tmp"));
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .ctx("create", &tmp)?;
+        let mut w = BufWriter::with_capacity(1 << 20, f);
+        let written = crate::npy::write_array(
+            &mut w,
+            array,
+            || CacheConfig::default().effective_chunk_budget(),
+            &tmp,
+        )
+        .and_then(|()| w.flush().ctx("write", &tmp))
+        .and_then(|()| {
+            if durable {
+                w.get_ref().sync_all().ctx("fsync", &tmp)
+            } else {
+                Ok(())
+            }
+        });
+        let path = self.objects.join(&file);
+        let written = written.and_then(|()| std::fs::rename(&tmp, &path).ctx("rename", &tmp));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let size = std::fs::metadata(&path).ctx("stat", &path)?.len();
+        let mut st = self.state.lock();
+        let base = st
+            .view
+            .get(name.as_str())
+            .map(|s| VersionRec::from(s.version()));
+        // A staged write on top of a staged write replaces it.
+        if let Some(old) = st.pending.remove(name.as_str()) {
+            self.drop_staged(&mut st, &old);
+        }
+        st.tick += 1;
+        let tick = st.tick;
+        st.cache.insert(
+            file.clone(),
+            Cached {
+                size,
+                tick,
+                users: Vec::new(),
+            },
+        );
+        Ok(Pending {
+            name: name.as_str().to_string(),
+            file,
+            data,
+            shape: array.shape().to_vec(),
+            dtype: T::dtype(),
+            base,
+            recorded: false,
+        })
+    }
+
+    pub(super) fn drop_staged(&self, st: &mut State, p: &Pending) {
+        if p.recorded {
+            let _ = std::fs::remove_file(self.pending_dir.join(format!("{}.json", p.name)));
+        }
+        let live = st
+            .cache
+            .get(&p.file)
+            .is_some_and(|c| c.users.iter().any(|u| u.strong_count() > 0));
+        if !live {
+            st.cache.remove(&p.file);
+            let _ = std::fs::remove_file(self.objects.join(&p.file));
+        }
+    }
+
+    /// Makes a staged write durable: fsyncs its file and writes its record.
+    pub(super) fn record(&self, p: &mut Pending) -> Result<()> {
+        if p.recorded {
+            return Ok(());
+        }
+        let path = self.objects.join(&p.file);
+        let f = File::open(&path).ctx("open", &path)?;
+        f.sync_all().ctx("fsync", &path)?;
+        let body = serde_json::to_vec(&*p).map_err(|e| Error::InvalidInput {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let rec = self.pending_dir.join(format!("{}.json", p.name));
+        let tmp = self
+            .pending_dir
+            .join(format!(".{}.tmp", protocol::unique_id()));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .ctx("create", &tmp)?;
+        let done = f
+            .write_all(&body)
+            .ctx("write", &tmp)
+            .and_then(|()| f.sync_all().ctx("fsync", &tmp))
+            .and_then(|()| std::fs::rename(&tmp, &rec).ctx("rename", &tmp))
+            .and_then(|()| crate::io::sync_dir(&self.pending_dir));
+        if let Err(e) = done {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        p.recorded = true;
+        Ok(())
+    }
+
+    /// Uploads and commits one staged write.
+    pub(super) fn push(&self, p: Pending) -> Result<()> {
+        let local = self.objects.join(&p.file);
+        let dest = protocol::rel_path(&self.loc, &p.data);
+        let url = self.loc.url_of(&dest);
+        let file = Arc::new(File::open(&local).ctx("open", &local)?);
+        let size = file.metadata().ctx("stat", &local)?.len();
+        let started = std::time::Instant::now();
+        let crc = self
+            .rt
+            .block_on(transfer::upload_file(
+                protocol::client(&self.loc),
+                file,
+                &local,
+                size,
+                &dest,
+                self.opts.transfer,
+            ))
+            .map_err(|e| upload_err("upload", &p.name, url.clone(), e))?;
+        self.counters.uploads.fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes_up.fetch_add(size, Ordering::Relaxed);
+        if !self.opts.grace.is_zero() && started.elapsed() > self.opts.grace / 2 {
+            // gc may already have marked the upload: upload again (flush).
+            return Err(Error::Remote {
+                op: "commit",
+                key: p.name.clone(),
+                url,
+                kind: RemoteErrorKind::Timeout,
+                source: "the upload took longer than half the grace period; flush uploads it again"
+                    .into(),
+            });
+        }
+        let meta = RemoteMeta::new(
+            p.shape.clone(),
+            p.dtype.clone(),
+            RemoteField {
+                version: protocol::REMOTE_VERSION,
+                name: p.name.clone(),
+                data: p.data.clone(),
+                size,
+                crc32: crc,
+                writer: self.writer.clone(),
+                committed_ms: protocol::now_ms(),
+            },
+        );
+        let base: Option<UpdateVersion> = p.base.clone().map(Into::into);
+        let result = self.rt.block_on(protocol::commit(
+            &self.loc,
+            &p.name,
+            base.as_ref(),
+            meta.to_bytes(),
+        ));
+        let mut st = self.state.lock();
+        let current = st.pending.get(&p.name).is_some_and(|q| q.file == p.file);
+        match result {
+            Ok(v) => {
+                if current {
+                    st.pending.remove(&p.name);
+                    let _ = std::fs::remove_file(self.pending_dir.join(format!("{}.json", p.name)));
+                    st.view
+                        .insert(p.name.clone(), Seen::Live(Box::new(meta), v));
+                }
+                drop(st);
+                self.evict();
+                Ok(())
+            }
+            Err(e @ Error::Conflict { .. }) => {
+                self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                // The view stays as it was: stale, so that this handle's
+                // next write of the key conflicts too until it reloads.
+                if current {
+                    if let Some(q) = st.pending.remove(&p.name) {
+                        self.drop_staged(&mut st, &q);
+                    }
+                }
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
