@@ -208,9 +208,15 @@ fn readers_see_whole_values_while_a_writer_replaces_entries() {
     std::thread::sleep(Duration::from_secs(secs));
     std::fs::write(dir.join("stop"), b"").unwrap();
     let mut totals = (0, 0, 0, 0);
+    let mut problems = Vec::new();
     for (mut c, out) in readers {
         let status = c.wait().unwrap();
         let text = read(&out);
+        problems.extend(
+            text.lines()
+                .filter(|l| l.starts_with("error reading") || l.starts_with("wrong value"))
+                .map(str::to_owned),
+        );
         assert!(status.success(), "reader failed: {text}");
         let line = text
             .lines()
@@ -240,7 +246,8 @@ fn readers_see_whole_values_while_a_writer_replaces_entries() {
     assert_eq!(
         (totals.1, totals.2),
         (0, 0),
-        "torn or wrong values, or errors"
+        "torn or wrong values, or errors:\n{}",
+        problems.join("\n")
     );
     assert!(totals.0 > 100, "too few reads: {}", totals.0);
 }

@@ -308,9 +308,10 @@ impl Storage for LocalDir {
 
 /// How many times [`Storage::read_checked`] reads a pair whose `.npy`
 /// header disagrees with its metadata before it reports the disagreement
-/// (about 10 ms in all: a publish renames its two files microseconds
-/// apart).
-const READ_ATTEMPTS: u32 = 10;
+/// (about 1 s in all: a publish renames its two files microseconds apart,
+/// but a writer descheduled between them on a loaded machine can take tens
+/// of milliseconds; a pair that still disagrees after that is reported).
+const READ_ATTEMPTS: u32 = 500;
 
 /// The header of an open `.npy` file (a bounded read from its start).
 fn read_header_of(file: &File, path: &Path) -> Result<NpyInfo> {

@@ -116,7 +116,7 @@ pub(crate) trait Storage: Send + Sync + fmt::Debug {
 
     /// `name`'s metadata and its data file, opened, whose header agrees
     /// with the metadata: a publish by another process between the two
-    /// reads is read again (a few times, about 10 ms in all). `file` is
+    /// reads is read again (up to about 1 s in all). `file` is
     /// `None` when the data file cannot be opened or parsed, or still
     /// disagrees: its error shows when the data is read.
     fn read_checked(&self, name: &EntryName) -> Result<Checked>;
