@@ -35,6 +35,7 @@ mod gc;
 mod inspect;
 mod protocol;
 mod read;
+mod tier;
 mod transfer;
 mod url;
 mod write;
@@ -194,6 +195,13 @@ struct Pending {
     dtype: String,
     /// The version this write replaces (`None`: the entry must not exist).
     base: Option<VersionRec>,
+    /// Flags and user attributes of a store entry (`StoreBuilder::remote`).
+    #[serde(default)]
+    automatic: bool,
+    #[serde(default = "protocol::yes")]
+    caching: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    attrs: Option<serde_json::Map<String, serde_json::Value>>,
     /// Whether `pending/<name>.json` exists.
     #[serde(skip)]
     recorded: bool,

@@ -71,10 +71,13 @@ pub(crate) struct RemoteMeta {
     pub(crate) automatic_offloading: bool,
     #[serde(default = "yes")]
     pub(crate) enable_caching: bool,
+    /// The user attributes of a store entry ([`DiskBackedStore::set_attrs`](crate::DiskBackedStore::set_attrs)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) ndoffload_attrs: Option<serde_json::Map<String, serde_json::Value>>,
     pub(crate) ndoffload_remote: RemoteField,
 }
 
-fn yes() -> bool {
+pub(crate) fn yes() -> bool {
     true
 }
 
@@ -88,6 +91,7 @@ impl RemoteMeta {
             purge_disk_on_gc: false,
             automatic_offloading: false,
             enable_caching: true,
+            ndoffload_attrs: None,
             ndoffload_remote: remote,
         }
     }

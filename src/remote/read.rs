@@ -195,6 +195,12 @@ impl RemoteStore {
     /// disk budget holds. Copies in use by a returned array and staged
     /// writes are kept.
     pub(super) fn evict(&self) {
+        self.evict_except("");
+    }
+
+    /// As [`evict`](Self::evict), keeping the cached copy `keep` (a file
+    /// about to be mapped).
+    pub(super) fn evict_except(&self, keep: &str) {
         let Some(budget) = self.opts.disk_budget else {
             return;
         };
@@ -209,7 +215,7 @@ impl RemoteStore {
         let mut order: Vec<(u64, String)> = st
             .cache
             .iter_mut()
-            .filter(|(f, _)| !staged.contains(*f))
+            .filter(|(f, _)| !staged.contains(*f) && f.as_str() != keep)
             .filter_map(|(f, c)| {
                 c.users.retain(|u| u.strong_count() > 0);
                 c.users.is_empty().then(|| (c.tick, f.clone()))

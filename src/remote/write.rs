@@ -107,6 +107,9 @@ impl RemoteStore {
                 shape: info.shape.clone(),
                 dtype: info.descr.clone(),
                 base,
+                automatic: false,
+                caching: true,
+                attrs: None,
                 recorded: false,
             }
         };
@@ -242,6 +245,9 @@ impl RemoteStore {
             shape: array.shape().to_vec(),
             dtype: T::dtype(),
             base,
+            automatic: false,
+            caching: true,
+            attrs: None,
             recorded: false,
         })
     }
@@ -327,7 +333,7 @@ impl RemoteStore {
                     .into(),
             });
         }
-        let meta = RemoteMeta::new(
+        let mut meta = RemoteMeta::new(
             p.shape.clone(),
             p.dtype.clone(),
             RemoteField {
@@ -340,6 +346,9 @@ impl RemoteStore {
                 committed_ms: protocol::now_ms(),
             },
         );
+        meta.automatic_offloading = p.automatic;
+        meta.enable_caching = p.caching;
+        meta.ndoffload_attrs = p.attrs.clone().filter(|a| !a.is_empty());
         let base: Option<UpdateVersion> = p.base.clone().map(Into::into);
         let result = self.rt.block_on(protocol::commit(
             &self.loc,

@@ -157,7 +157,13 @@ impl DiskBackedStore {
             None,
         );
         if durable {
-            loaded.flush()?;
+            match self.inner.settle(loaded.flush()) {
+                Ok(()) => {}
+                // Another node of an object store committed it first: its
+                // value is the entry's.
+                Err(Error::Conflict { .. }) => return self.get(name.as_str()),
+                Err(e) => return Err(e),
+            }
         }
         self.inner.enforce_budget();
         // Counted as the `get` of the inserted value.

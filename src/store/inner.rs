@@ -108,6 +108,41 @@ impl Inner {
         in_use.map_or(Ok(()), Err)
     }
 
+    /// Takes `name`'s entry out of the map (its value on this handle is
+    /// stale or lost): handles keep what they hold; the next look-up reads
+    /// the storage again.
+    pub(super) fn retire(
+        &self,
+        entries: &mut BTreeMap<EntryName, Arc<Mutex<Slot>>>,
+        name: &EntryName,
+    ) {
+        if let Some(old) = entries.remove(name) {
+            let mut old = old.lock();
+            old.retired = true;
+            if let Some(l) = &old.loaded {
+                l.link().detach(false);
+            }
+        }
+        self.lru.lock().remove(name);
+    }
+
+    /// After `r`, an error: entries whose write lost a race with another
+    /// writer of the storage (an object store's conditional commit,
+    /// [`Error::Conflict`]) are retired, so that they read as the winner's
+    /// value.
+    pub(super) fn settle<R>(&self, r: Result<R>) -> Result<R> {
+        if r.is_err() {
+            let lost = self.storage.take_lost();
+            if !lost.is_empty() {
+                let mut entries = self.entries.write();
+                for name in &lost {
+                    self.retire(&mut entries, name);
+                }
+            }
+        }
+        r
+    }
+
     /// The first write-behind failure not reported yet, as an error.
     pub(super) fn take_behind_error(&self) -> Result<()> {
         match self.write_behind.as_ref().and_then(|wb| wb.take_error()) {

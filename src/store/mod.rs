@@ -52,7 +52,7 @@ mod open;
 mod prefetch;
 mod read;
 mod stats;
-mod storage;
+pub(crate) mod storage;
 mod stored;
 
 use std::collections::{BTreeMap, HashMap};
@@ -424,7 +424,7 @@ impl DiskBackedStore {
         let name = EntryName::new(name.as_ref())?;
         let array = array.into_stored_array().into_dyn();
         let loaded = self.insert_entry(name, array, &ConfigOverrides::default(), None);
-        let r = loaded.flush();
+        let r = self.inner.settle(loaded.flush());
         self.inner.enforce_budget();
         r
     }
@@ -478,8 +478,10 @@ impl DiskBackedStore {
                 self.insert_entry(n, a, &ConfigOverrides::default(), None)
             })
             .collect();
-        self.inner
-            .publish_batch(loaded.iter().map(|l| l.as_ref()).collect())
+        let r = self
+            .inner
+            .publish_batch(loaded.iter().map(|l| l.as_ref()).collect());
+        self.inner.settle(r)
     }
 
     /// Removes `name` and deletes its files durably. Returns whether it
@@ -513,7 +515,7 @@ impl DiskBackedStore {
     /// holds a write guard on an entry: that entry is not written, all the
     /// others are.
     pub fn flush(&self) -> Result<()> {
-        self.inner.flush()
+        self.inner.settle(self.inner.flush())
     }
 
     /// Persists the entry `name` if needed and frees its RAM; a later read

@@ -14,7 +14,7 @@ use super::budget::{Account, Lru, SystemPressure};
 use super::entry::Slot;
 use super::meta::EntryFlags;
 use super::stats::Counters;
-use super::storage::{Listed, LocalDir, LockMode, Storage};
+use super::storage::{Backend, Listed, LocalDir, LockMode, Storage};
 use super::{DiskBackedStore, Inner};
 use crate::config::CacheConfig;
 use crate::error::{Error, IoContext, Result};
@@ -60,9 +60,17 @@ pub struct StoreBuilder {
     write_behind: Option<WriteBehindConfig>,
     exclusive: bool,
     lock_timeout: Option<std::time::Duration>,
+    backend: Option<Backend>,
 }
 
 impl StoreBuilder {
+    /// Uses `backend` instead of the local directory (the directory is
+    /// then the backend's local cache).
+    pub(crate) fn backend(mut self, backend: Backend) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
     /// Options for the store at `dir`.
     pub fn new(dir: impl AsRef<Path>) -> Self {
         StoreBuilder {
@@ -75,6 +83,7 @@ impl StoreBuilder {
             write_behind: None,
             exclusive: false,
             lock_timeout: None,
+            backend: None,
         }
     }
 
@@ -245,7 +254,10 @@ impl StoreBuilder {
         if !self.read_only && self.create {
             fs::create_dir_all(&path).ctx("create directory", &path)?;
         }
-        let storage: Arc<dyn Storage> = Arc::new(LocalDir::open(&path)?);
+        let storage: Arc<dyn Storage> = match &self.backend {
+            Some(b) => (b.open)(&path, self.read_only)?,
+            None => Arc::new(LocalDir::open(&path)?),
+        };
         let lease = storage.lock(match (self.read_only, self.exclusive) {
             (true, _) => LockMode::Reader,
             (false, false) => LockMode::Writer,

@@ -405,14 +405,7 @@ impl DiskBackedStore {
             }
         }
         for name in &retired {
-            if let Some(old) = entries.remove(name) {
-                let mut old = old.lock();
-                old.retired = true;
-                if let Some(l) = &old.loaded {
-                    l.link().detach(false);
-                }
-            }
-            self.inner.lru.lock().remove(name);
+            self.inner.retire(&mut entries, name);
         }
         let mut incomplete = self.inner.incomplete.write();
         incomplete.clear();

@@ -18,3 +18,5 @@ mod reliability;
 #[cfg(feature = "remote")]
 mod remote;
 mod store;
+#[cfg(feature = "remote")]
+mod tiers;

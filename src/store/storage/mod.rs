@@ -124,6 +124,13 @@ pub(crate) trait Storage: Send + Sync + fmt::Debug {
     /// The writers registered and alive.
     fn writers(&self) -> Result<Vec<WriterInfo>>;
 
+    /// The entries whose last write lost a race with another writer since
+    /// the last call (an object store's conditional commit): the store
+    /// drops its copy of them, so that they read as the winner's value.
+    fn take_lost(&self) -> Vec<EntryName> {
+        Vec::new()
+    }
+
     /// Takes `name`'s compute lock (for `get_or_compute` across processes),
     /// waiting up to `timeout`; `None` when no other process can compute
     /// (an exclusive writer). Dropping the lease releases it.
@@ -146,6 +153,26 @@ pub(crate) struct Checked {
 pub(crate) trait Lease: Send + Sync + fmt::Debug {}
 
 impl Lease for procs::KeyLock {}
+
+/// Opens the storage of a store other than a local directory (the
+/// object-storage tier of the `remote` feature): given the store's
+/// directory (its local cache) and whether the open is read-only.
+pub(crate) type OpenStorage =
+    dyn Fn(&Path, bool) -> Result<std::sync::Arc<dyn Storage>> + Send + Sync;
+
+/// A storage backend chosen on a [`StoreBuilder`](crate::StoreBuilder).
+#[derive(Clone)]
+pub(crate) struct Backend {
+    /// What it is, for `Debug` (for example the URL).
+    pub describe: String,
+    pub open: std::sync::Arc<OpenStorage>,
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe)
+    }
+}
 
 /// How [`Storage::lock`] opens the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,475 @@
+//! The object store as the durable tier of a [`DiskBackedStore`]:
+//! [`StoreBuilder::remote`] opens the store's directory as the local cache
+//! of a remote prefix. The store keeps its API, its memory budget (RAM, the
+//! first tier) and its entries; this module implements the storage seam
+//! over a [`RemoteStore`] (the local cache, the second tier, and the
+//! commit protocol to the object store, the durable home).
+//!
+//! | store operation | local cache | object store |
+//! |---|---|---|
+//! | durable publish (`insert_durable`, `insert_batch`, `flush`) | data staged in `objects/`, fsynced, pending record | upload, conditional PUT of the metadata object |
+//! | spill (memory budget) | data staged in `objects/`, fsynced | at the next `flush` |
+//! | read of an entry not in RAM | mapped from `objects/` (downloaded first if missing) | ranged GETs |
+//! | `remove` | staged copy dropped | tombstone (conditional PUT) |
+//! | `refresh` | | re-lists the metadata objects |
+
+use std::fs::File;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::*;
+use crate::io::{self, FileId, Found};
+use crate::store::meta::{Attrs, Meta};
+use crate::store::storage::{
+    Backend, Checked, Lease, Listed, Listing, LockMode, PairJob, Recovered, Storage, SyncMode,
+    WriterInfo,
+};
+use crate::StoreBuilder;
+
+impl StoreBuilder {
+    /// Makes the object-store prefix at `url` the store's durable home, with
+    /// the store's directory as its local cache (cargo feature `remote`).
+    ///
+    /// The store keeps its whole API: RAM is the first tier (the
+    /// [`memory_budget`](Self::memory_budget)), the local directory the
+    /// second (entries are downloaded into it and memory-mapped, so reads
+    /// stay zero-copy; [`RemoteOptions::disk_budget`] evicts clean cached
+    /// copies), the object store the durable home. `insert_durable`,
+    /// `insert_batch` and `flush` return once the object store committed
+    /// the entries; a spill of the memory budget is staged durably in the
+    /// local directory and committed by the next `flush` (or by a later
+    /// handle on the same directory after a crash).
+    ///
+    /// URLs are parsed by `object_store`: `s3://bucket/prefix` (credentials,
+    /// region and endpoint from the `AWS_*` environment variables),
+    /// `memory:///prefix` (tests), `file:///dir`. The commit protocol
+    /// (docs/format.md, "Remote stores") makes every entry a complete old or
+    /// new value on every node; a write that lost a race with another node
+    /// is [`Error::Conflict`] naming the key, and the entry then reads as
+    /// the winner's value. Other nodes' commits are seen after
+    /// [`refresh`](crate::DiskBackedStore::refresh), or on a miss.
+    ///
+    /// One handle uses a cache directory at a time (a second open is
+    /// [`Error::Locked`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::{array, Ix1};
+    /// use ndarray_offload::StoreBuilder;
+    ///
+    /// let cache = tempfile::tempdir()?;
+    /// let store = StoreBuilder::new(cache.path())
+    ///     .remote("memory:///bucket/clouds")
+    ///     .memory_budget("256MiB")
+    ///     .open()?;
+    /// store.insert_durable("a", array![1.0f64, 2.0])?;
+    /// assert_eq!(store.get::<f64, Ix1>("a")?.read()?.sum(), 3.0);
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn remote(self, url: impl Into<String>) -> Self {
+        self.remote_with(url, RemoteOptions::default())
+    }
+
+    /// As [`remote`](Self::remote), with `options` (timeouts, retries,
+    /// transfer parallelism, grace period, disk budget of the local cache,
+    /// `object_store` configuration).
+    pub fn remote_with(self, url: impl Into<String>, options: RemoteOptions) -> Self {
+        let url = url.into();
+        let describe = format!("remote {url}");
+        let open = move |dir: &FsPath, _read_only: bool| -> Result<Arc<dyn Storage>> {
+            Ok(Arc::new(Tier::open(&url, dir, options.clone())?) as Arc<dyn Storage>)
+        };
+        self.backend(Backend {
+            describe,
+            open: Arc::new(open),
+        })
+    }
+}
+
+/// The storage seam over a [`RemoteStore`].
+pub(crate) struct Tier {
+    rs: RemoteStore,
+    cache: PathBuf,
+    objects: io::Dir,
+    /// Entries whose commit lost a race, for [`Storage::take_lost`].
+    lost: Mutex<Vec<EntryName>>,
+}
+
+impl std::fmt::Debug for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tier")
+            .field("url", &self.rs.loc.url)
+            .field("cache", &self.cache)
+            .finish()
+    }
+}
+
+/// The cache directory's lock is held by the [`RemoteStore`] itself.
+#[derive(Debug)]
+struct Held;
+
+impl Lease for Held {}
+
+impl Tier {
+    fn open(url: &str, cache: &FsPath, options: RemoteOptions) -> Result<Tier> {
+        let rs = RemoteStore::open_with(url, cache, options)?;
+        let objects = io::Dir::open(&rs.objects)?;
+        Ok(Tier {
+            rs,
+            cache: cache.to_path_buf(),
+            objects,
+            lost: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The local file holding `name`'s current value, if this directory
+    /// has it without a download: a staged write, or the cached copy of the
+    /// committed data object this handle last saw.
+    fn local_file(&self, name: &EntryName) -> Option<String> {
+        let st = self.rs.state.lock();
+        if let Some(p) = st.pending.get(name.as_str()) {
+            return Some(p.file.clone());
+        }
+        match st.view.get(name.as_str()) {
+            Some(Seen::Live(m, _)) => {
+                protocol::data_file_name(&m.ndoffload_remote.data, name.as_str())
+                    .filter(|f| st.cache.contains_key(f))
+            }
+            _ => None,
+        }
+    }
+
+    /// The local file holding `name`'s current value, downloaded if needed.
+    fn file_of(&self, name: &EntryName) -> Result<String> {
+        if let Some(f) = self.local_file(name) {
+            if self.objects.stat(&f).is_some_and(|s| s.is_file()) {
+                return Ok(f);
+            }
+        }
+        let mut retried = false;
+        loop {
+            let meta = self.rs.meta_of(name.as_str())?;
+            match self.rs.fetch(name.as_str(), &meta) {
+                Ok(file) => {
+                    self.rs.evict_except(&file);
+                    return Ok(file);
+                }
+                Err(e) if e.is_not_found() && !retried => {
+                    // The data object was collected: the entry changed.
+                    retried = true;
+                    self.rs.reload(name.as_str())?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes one job's data into `objects/` and registers it as a staged
+    /// write, unless the entry may no longer publish (`None`).
+    fn stage(&self, job: PairJob<'_>) -> Result<Option<(Pending, FileId)>> {
+        let unique = protocol::unique_id();
+        let file = format!("{}.{unique}.npy", job.name.as_str());
+        let target = self.objects.join(&file);
+        let mut tmp = io::TempFile::create_in(&self.objects, "stage", false)?;
+        (job.write_npy)(tmp.writer(), &target)?;
+        tmp.flush_and_sync()?;
+        let id = FileId::of_file(tmp.file(), tmp.path())?;
+        let size = tmp.file().metadata().ctx("stat", tmp.path())?.len();
+        let name = job.name.as_str().to_string();
+        let mut st = self.rs.state.lock();
+        {
+            let _g = io::OWNERSHIP.lock();
+            if !job.publish.load(Ordering::Acquire)
+                || job.version < job.published.load(Ordering::Acquire)
+            {
+                return Ok(None); // dropping `tmp` removes it
+            }
+            tmp.rename_into(&file)?;
+            job.published.fetch_max(job.version, Ordering::AcqRel);
+        }
+        let base = st.view.get(&name).map(|s| VersionRec::from(s.version()));
+        // A staged write on top of a staged write replaces it.
+        if let Some(old) = st.pending.remove(&name) {
+            self.rs.drop_staged(&mut st, &old);
+        }
+        st.tick += 1;
+        let tick = st.tick;
+        st.cache.insert(
+            file.clone(),
+            Cached {
+                size,
+                tick,
+                users: Vec::new(),
+            },
+        );
+        let p = Pending {
+            data: protocol::new_data_rel(job.name, &unique),
+            name: name.clone(),
+            file,
+            shape: job.shape,
+            dtype: job.dtype,
+            base,
+            automatic: job.flags.automatic_offloading,
+            caching: job.flags.caching,
+            attrs: job.attrs.map(|a| (*a).clone()),
+            recorded: false,
+        };
+        st.pending.insert(name, p.clone());
+        Ok(Some((p, id)))
+    }
+
+    /// Records and commits staged writes; a lost race makes the entry read
+    /// as the winner's value.
+    fn commit(&self, staged: Vec<Pending>) -> Result<()> {
+        let mut first = None;
+        for mut p in staged {
+            let name = p.name.clone();
+            let r = self.rs.record(&mut p).and_then(|()| {
+                if let Some(q) = self.rs.state.lock().pending.get_mut(&name) {
+                    if q.file == p.file {
+                        q.recorded = true;
+                    }
+                }
+                self.rs.push(p)
+            });
+            if let Err(e) = r {
+                if matches!(e, Error::Conflict { .. }) {
+                    // Read the winner's version: the entry reads as it.
+                    let _ = self.rs.reload(&name);
+                    if let Ok(n) = EntryName::new(&name) {
+                        self.lost.lock().push(n);
+                    }
+                }
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    fn url_path(&self, rel: &str) -> PathBuf {
+        PathBuf::from(format!("{}/{rel}", self.rs.loc.url.trim_end_matches('/')))
+    }
+
+    fn header_of(&self, file: &File, path: &FsPath) -> Result<NpyInfo> {
+        use std::io::{Read, Seek};
+        let mut buf = Vec::with_capacity(4096);
+        let mut r = file;
+        r.rewind().ctx("read", path)?;
+        r.take(65_545).read_to_end(&mut buf).ctx("read", path)?;
+        r.rewind().ctx("read", path)?;
+        NpyInfo::parse(&buf, path)
+    }
+}
+
+impl Storage for Tier {
+    fn location(&self) -> &FsPath {
+        &self.cache
+    }
+
+    fn data_path(&self, name: &EntryName) -> PathBuf {
+        match self.local_file(name) {
+            Some(f) => self.objects.join(&f),
+            None => self.url_path(&format!("{}/{}.npy", protocol::DATA_DIR, name.as_str())),
+        }
+    }
+
+    fn meta_path(&self, name: &EntryName) -> PathBuf {
+        self.url_path(&format!(
+            "{}/{}{}",
+            protocol::META_DIR,
+            name.as_str(),
+            protocol::META_SUFFIX
+        ))
+    }
+
+    fn lock(&self, _mode: LockMode) -> Result<Box<dyn Lease>> {
+        Ok(Box::new(Held))
+    }
+
+    fn list(&self) -> Result<Listing> {
+        self.rs.refresh()?;
+        let mut entries = std::collections::BTreeMap::new();
+        for k in self.rs.keys() {
+            if let Ok(n) = EntryName::new(&k) {
+                entries.insert(n, Listed::Pair);
+            }
+        }
+        Ok(Listing {
+            entries,
+            pending: Vec::new(),
+        })
+    }
+
+    fn recover(&self, _pending: &[String]) -> Result<Recovered> {
+        // Staged writes of an earlier handle were loaded at open; `flush`
+        // commits them.
+        Ok(Recovered::default())
+    }
+
+    fn read_meta(&self, name: &EntryName) -> Result<Meta> {
+        let staged = self.rs.state.lock().pending.get(name.as_str()).cloned();
+        let (shape, dtype, automatic, caching, attrs) = match staged {
+            Some(p) => (p.shape, p.dtype, p.automatic, p.caching, p.attrs),
+            None => {
+                let m = self.rs.meta_of(name.as_str())?;
+                (
+                    m.shape,
+                    m.dtype,
+                    m.automatic_offloading,
+                    m.enable_caching,
+                    m.ndoffload_attrs,
+                )
+            }
+        };
+        Ok(Meta {
+            class: "DiskBackedNDArray".to_string(),
+            shape: Some(shape),
+            dtype: Some(dtype),
+            purge: Some(false),
+            automatic: Some(automatic),
+            caching: Some(caching),
+            commit: None,
+            attrs: attrs.unwrap_or_default(),
+        })
+    }
+
+    fn read_header(&self, name: &EntryName) -> Result<NpyInfo> {
+        let file = self.file_of(name)?;
+        let f = self.objects.open_regular(&file, io::Access::Read)?;
+        self.header_of(&f, &self.objects.join(&file))
+    }
+
+    fn open_data(&self, name: &EntryName, access: io::Access) -> Result<File> {
+        let file = self.file_of(name)?;
+        self.objects.open_regular(&file, access)
+    }
+
+    fn stat_data(&self, name: &EntryName) -> Option<Found> {
+        self.local_file(name).and_then(|f| self.objects.stat(&f))
+    }
+
+    fn exists(&self, name: &EntryName) -> bool {
+        self.rs.contains(name.as_str())
+    }
+
+    fn publish(&self, jobs: Vec<PairJob<'_>>, sync: SyncMode) -> Result<Vec<Option<FileId>>> {
+        let mut ids = Vec::with_capacity(jobs.len());
+        let mut staged = Vec::new();
+        for job in jobs {
+            match self.stage(job)? {
+                Some((p, id)) => {
+                    staged.push(p);
+                    ids.push(Some(id));
+                }
+                None => ids.push(None),
+            }
+        }
+        if sync != SyncMode::Spill {
+            self.commit(staged)?;
+        }
+        self.rs.evict();
+        Ok(ids)
+    }
+
+    fn remove(&self, name: &EntryName) -> Result<()> {
+        self.rs.remove(name.as_str()).map(|_| ())
+    }
+
+    fn sync(&self) -> Result<()> {
+        let staged: Vec<Pending> = self.rs.state.lock().pending.values().cloned().collect();
+        self.commit(staged)
+    }
+
+    fn set_attrs(&self, name: &EntryName, attrs: &Attrs) -> Result<()> {
+        let attrs = (!attrs.is_empty()).then(|| attrs.clone());
+        {
+            let mut st = self.rs.state.lock();
+            if let Some(p) = st.pending.get_mut(name.as_str()) {
+                p.attrs = attrs;
+                let mut p = p.clone();
+                drop(st);
+                if p.recorded {
+                    p.recorded = false;
+                    self.rs.record(&mut p)?;
+                }
+                return Ok(());
+            }
+        }
+        let meta = self.rs.meta_of(name.as_str())?;
+        let base = match self.rs.state.lock().view.get(name.as_str()) {
+            Some(Seen::Live(_, v)) => v.clone(),
+            _ => return Err(self.rs.not_found(name.as_str())),
+        };
+        let mut meta = meta;
+        meta.ndoffload_attrs = attrs;
+        let r = self.rs.rt.block_on(protocol::commit(
+            &self.rs.loc,
+            name.as_str(),
+            Some(&base),
+            meta.to_bytes(),
+        ));
+        match r {
+            Ok(v) => {
+                self.rs
+                    .state
+                    .lock()
+                    .view
+                    .insert(name.as_str().to_string(), Seen::Live(Box::new(meta), v));
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, Error::Conflict { .. }) {
+                    self.rs.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.rs.reload(name.as_str());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn is_pair(&self, name: &EntryName) -> bool {
+        // Another node may have committed it since the store was listed.
+        self.rs.contains(name.as_str()) || self.rs.reload(name.as_str()).unwrap_or(false)
+    }
+
+    fn read_checked(&self, name: &EntryName) -> Result<Checked> {
+        let meta = self.read_meta(name)?;
+        let Ok(file) = self.file_of(name) else {
+            return Ok(Checked { meta, file: None });
+        };
+        let Ok(f) = self.objects.open_regular(&file, io::Access::Read) else {
+            return Ok(Checked { meta, file: None });
+        };
+        let Ok(info) = self.header_of(&f, &self.objects.join(&file)) else {
+            return Ok(Checked { meta, file: None });
+        };
+        let agrees = meta.dtype.as_ref().is_none_or(|d| *d == info.descr)
+            && meta.shape.as_ref().is_none_or(|s| *s == info.shape);
+        Ok(Checked {
+            meta,
+            file: agrees.then_some((f, info)),
+        })
+    }
+
+    fn writers(&self) -> Result<Vec<WriterInfo>> {
+        Ok(Vec::new())
+    }
+
+    fn take_lost(&self) -> Vec<EntryName> {
+        std::mem::take(&mut *self.lost.lock())
+    }
+
+    fn compute_lock(
+        &self,
+        _name: &EntryName,
+        _timeout: Option<Duration>,
+    ) -> Result<Option<Box<dyn Lease>>> {
+        // No lock across nodes (one handle per cache directory computes a
+        // key once); the lease makes `get_or_compute` commit its value, so
+        // other nodes find it, and a node that loses the commit race
+        // returns the winner's value.
+        Ok(Some(Box::new(Held)))
+    }
+}
