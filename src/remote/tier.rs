@@ -382,6 +382,10 @@ impl Storage for Tier {
         self.commit(staged)
     }
 
+    fn has_unsynced(&self) -> bool {
+        !self.rs.state.lock().pending.is_empty()
+    }
+
     fn set_attrs(&self, name: &EntryName, attrs: &Attrs) -> Result<()> {
         let attrs = (!attrs.is_empty()).then(|| attrs.clone());
         {

@@ -96,7 +96,7 @@ impl Inner {
         // error is returned at the end); everything else is.
         let in_use = in_use_error(self.publish_batch(loaded.iter().map(|l| l.as_ref()).collect()))?;
         // Spills renamed files without syncing the directory.
-        if self.account.take_dir_unsynced() {
+        if self.account.take_dir_unsynced() | self.storage.has_unsynced() {
             if let Err(e) = self.storage.sync() {
                 self.account.mark_dir_unsynced();
                 return Err(e);

@@ -475,8 +475,49 @@ fn remote_writer_child() {
     };
     let w: i64 = w.parse().unwrap();
     let secs: u64 = secs.parse().unwrap();
-    let store = RemoteStore::open_with(&url, &cache, child_options()).unwrap();
     let mut log = std::fs::File::create(&log).unwrap();
+    if w % 2 == 1 {
+        // Odd writers use the store's API over the object store (three
+        // tiers, with a memory budget); even ones the remote handle.
+        let store = ndarray_offload::StoreBuilder::new(&cache)
+            .remote_with(&url, child_options())
+            .memory_budget("64KiB")
+            .open()
+            .unwrap();
+        let mut rng = Rng(w as u64 * 7919 + 1);
+        let start = Instant::now();
+        let mut seq = 0i64;
+        while start.elapsed() < Duration::from_secs(secs) {
+            let key = rng.below(4) as i64;
+            let name = format!("k{key}");
+            store.refresh().unwrap();
+            let base = match store.get::<i64, ndarray::Ix1>(&name) {
+                Ok(a) => {
+                    let v = a.to_owned_array().unwrap();
+                    let (bw, bs, _) = check_writer_value(&v);
+                    assert_eq!(v[2], key);
+                    writeln!(log, "read {key} {bw} {bs}").unwrap();
+                    (bw, bs)
+                }
+                Err(e) if e.is_not_found() => (-1, -1),
+                Err(e) => panic!("read: {e}"),
+            };
+            seq += 1;
+            let len = rng.below(3000);
+            match store.insert_durable(&name, writer_value(w, seq, key, base, len)) {
+                Ok(()) => writeln!(log, "commit {key} {w} {seq} {} {}", base.0, base.1).unwrap(),
+                Err(Error::Conflict { key: k, .. }) => {
+                    assert_eq!(k, name);
+                    writeln!(log, "conflict {key} {w} {seq}").unwrap();
+                }
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        store.close().unwrap();
+        writeln!(log, "done").unwrap();
+        return;
+    }
+    let store = RemoteStore::open_with(&url, &cache, child_options()).unwrap();
     let mut rng = Rng(w as u64 * 7919 + 1);
     let start = Instant::now();
     let mut seq = 0i64;
@@ -627,6 +668,45 @@ fn remote_killed_writer_child() {
     ) else {
         return;
     };
+    if seed.parse::<u64>().unwrap() % 2 == 1 {
+        // Odd rounds: the store's API over the object store, with a memory
+        // budget (spills staged locally, committed by flush).
+        let pending = RemoteStore::open_with(&url, &cache, child_options())
+            .unwrap()
+            .pending()
+            .len();
+        let store = ndarray_offload::StoreBuilder::new(&cache)
+            .remote_with(&url, child_options())
+            .memory_budget("1MiB")
+            .open()
+            .unwrap();
+        let flushed = match store.flush() {
+            Ok(()) => "completed".to_string(),
+            Err(Error::Conflict { .. }) => "abandoned".to_string(),
+            Err(e) => panic!("flush after restart: {e}"),
+        };
+        std::fs::write(&status, format!("{pending} {flushed}\n")).unwrap();
+        let mut rng = Rng(seed.parse().unwrap());
+        for n in 0u64.. {
+            let key = format!("k{}", rng.below(5));
+            let len = if rng.below(3) == 0 {
+                1_400_000
+            } else {
+                rng.below(4000)
+            };
+            let v = Array1::from_shape_fn(len, |i| (n as i64) << 32 | i as i64);
+            let r = if rng.below(2) == 0 {
+                store.insert_durable(&key, v)
+            } else {
+                store.insert(&key, v).and_then(|()| store.flush())
+            };
+            match r {
+                Ok(()) | Err(Error::Conflict { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        return;
+    }
     let store = RemoteStore::open_with(&url, &cache, child_options()).unwrap();
     let pending = store.pending().len();
     let flushed = match store.flush() {

@@ -6,8 +6,8 @@ use std::ffi::OsStr;
 use std::time::Duration;
 
 use ndarray::{array, Array1, ArrayD, Ix1, IxDyn, ShapeBuilder};
-use ndarray_offload::remote::{RemoteOptions, RemoteStore};
-use ndarray_offload::{DiskBackedStore, Element, Error, StoreBuilder};
+use ndarray_offload::remote::{NetOptions, RemoteOptions, RemoteStore};
+use ndarray_offload::{DiskBackedStore, Element, Error, RemoteErrorKind, StoreBuilder};
 
 use crate::common::run_child;
 use crate::remote::Moto;
@@ -304,4 +304,82 @@ fn tiered_store_node_a_writes_node_b_reads() {
         b.get::<f32, Ix1>("small"),
         Err(Error::DtypeMismatch { .. })
     ));
+}
+
+#[test]
+fn tiered_store_server_stopped_and_restarted() {
+    let Some(mut moto) = Moto::start() else {
+        return;
+    };
+    let url = moto.url("tiers/outage");
+    let mut o = moto.options();
+    o.net = NetOptions {
+        max_retries: 2,
+        retry_timeout: Duration::from_secs(3),
+        request_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(1),
+    };
+    let tiered = |cache: &std::path::Path, o: &RemoteOptions| {
+        StoreBuilder::new(cache)
+            .remote_with(&url, o.clone())
+            .memory_budget("1MiB")
+            .open()
+            .unwrap()
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let s = tiered(cache.path(), &o);
+    s.insert_durable("before", Array1::from_elem(10, 1.0f32))
+        .unwrap();
+    // The server hangs (SIGSTOP): the durable insert fails, typed, naming
+    // the key and the URL.
+    moto.signal("-STOP");
+    let err = s
+        .insert_durable("during", Array1::from_elem(10, 2.0f32))
+        .unwrap_err();
+    moto.signal("-CONT");
+    match &err {
+        Error::Remote {
+            kind, key, url: u, ..
+        } => {
+            assert!(
+                matches!(kind, RemoteErrorKind::Timeout | RemoteErrorKind::Network),
+                "{err}"
+            );
+            assert_eq!(key, "during");
+            assert!(u.contains("tiers/outage/data/during."), "{u}");
+        }
+        other => panic!("expected a remote error, got {other}"),
+    }
+    // Nothing lost: this node still reads it, and the next flush commits it.
+    assert_eq!(s.get::<f32, Ix1>("during").unwrap().read().unwrap()[0], 2.0);
+    s.flush().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let b = tiered(other.path(), &o);
+    assert_eq!(b.get::<f32, Ix1>("during").unwrap().read().unwrap()[0], 2.0);
+    assert_eq!(b.get::<f32, Ix1>("before").unwrap().read().unwrap()[0], 1.0);
+    drop(b);
+    // The server is killed: typed errors; the staged write survives a
+    // restart of the node, and its first flush commits it.
+    moto.kill();
+    let err = s
+        .insert_durable("killed", Array1::from_elem(10, 3.0f32))
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Remote {
+                kind: RemoteErrorKind::Network | RemoteErrorKind::Timeout,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    drop(s);
+    moto.restart(); // a new, empty server (moto keeps objects in memory)
+    let s = tiered(cache.path(), &o);
+    assert!(s.contains("killed"));
+    s.flush().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let b = tiered(other.path(), &o);
+    assert_eq!(b.get::<f32, Ix1>("killed").unwrap().read().unwrap()[0], 3.0);
 }

@@ -106,6 +106,13 @@ pub(crate) trait Storage: Send + Sync + fmt::Debug {
     /// Makes spilled publishes ([`SyncMode::Spill`]) durable.
     fn sync(&self) -> Result<()>;
 
+    /// Whether writes staged by [`SyncMode::Spill`] publishes (of this
+    /// handle or, for an object store, of an earlier handle on the same
+    /// cache directory) wait for [`sync`](Self::sync).
+    fn has_unsynced(&self) -> bool {
+        false
+    }
+
     /// Replaces the user attributes in `name`'s metadata atomically and
     /// durably (the data is untouched); after an error the metadata is as
     /// it was.
