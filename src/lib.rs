@@ -24,6 +24,7 @@
 //! | many small arrays or samples in one file, read without copying | [`pack`]: [`pack::PackWriter`], [`pack::PackReader`] |
 //! | check a store, pack or `.npy` without knowing its dtypes (what `ndoffload` does) | [`inspect`] |
 //! | validate an entry name before using it | [`EntryName`] |
+//! | the same store with object storage (S3, MinIO, ...) as its durable home, RAM and a local directory as caches (feature `remote`) | `StoreBuilder::remote` (`StoreBuilder::new(cache).remote("s3://bucket/prefix")`), `remote::RemoteStore` |
 //!
 //! # Example
 //!
