@@ -91,9 +91,29 @@ const PACK_ENTRIES: usize = 6;
 struct Driver<'a> {
     rec: &'a Recording,
     steps: Vec<Step>,
+    /// Files of the crate's folder (`.ndoffload/...`, outside the model)
+    /// put into every crash state: the registrations of the workload's
+    /// writers, unlocked there as after a reboot.
+    extra: Vec<(String, Vec<u8>)>,
 }
 
 impl Driver<'_> {
+    /// Keeps the writers' registration files as they are now (every writer
+    /// of the workload open), for the crash states.
+    fn keep_registrations(&mut self, dir: &Path) {
+        let writers = dir.join(ndarray_offload::CRATE_DIR).join("writers");
+        let mut found: Vec<_> = std::fs::read_dir(&writers)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        found.sort_by_key(|e| e.file_name());
+        for e in found {
+            let name = e.file_name().into_string().unwrap();
+            let rel = format!("{}/writers/{name}", ndarray_offload::CRATE_DIR);
+            self.extra.push((rel, std::fs::read(e.path()).unwrap()));
+        }
+    }
+
     fn op<R>(
         &mut self,
         label: &'static str,
@@ -137,6 +157,7 @@ struct Run {
     snapshot: Snapshot,
     events: Vec<Ev>,
     steps: Vec<Step>,
+    extra: Vec<(String, Vec<u8>)>,
 }
 
 fn scratch_base() -> PathBuf {
@@ -158,9 +179,10 @@ fn record(w: &Workload) -> Run {
     let mut d = Driver {
         rec: &rec,
         steps: Vec::new(),
+        extra: Vec::new(),
     };
     (w.body)(dir.path(), &mut d);
-    let steps = d.steps;
+    let (steps, extra) = (d.steps, d.extra);
     let events = rec.finish();
     Run {
         name: w.name.clone(),
@@ -169,6 +191,7 @@ fn record(w: &Workload) -> Run {
         snapshot,
         events,
         steps,
+        extra,
     }
 }
 
@@ -276,6 +299,17 @@ fn verify(
                 check(key, got)?;
             }
             drop(store);
+            // Recovery removed the dead writers' registrations (and the
+            // checking open its own at close).
+            let writers = dir.join(ndarray_offload::CRATE_DIR).join("writers");
+            if let Ok(rd) = std::fs::read_dir(&writers) {
+                let left: Vec<String> = rd
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect();
+                if !left.is_empty() {
+                    return Err(format!("registrations left after recovery: {left:?}"));
+                }
+            }
             Ok(snap.zip(log))
         }
         Target::Array => {
@@ -423,6 +457,7 @@ fn check_run(run: &Run, opts: Opts, rng: &mut Rng, tally: &mut Tally) {
             let dir = base.path().join(format!("s{n}"));
             std::fs::create_dir(&dir).unwrap();
             materialize(&dir, &state);
+            put_extra(&dir, &run.extra);
             *tally.states.entry(label).or_default() += 1;
             tally.total += 1;
             let want_log = run.target == Target::Store && opts.second > 0;
@@ -485,6 +520,7 @@ fn second_crash(
         let dir = base.path().join(format!("r{n}"));
         std::fs::create_dir(&dir).unwrap();
         materialize(&dir, state);
+        put_extra(&dir, &run.extra);
         *tally.states.entry("recovery (second crash)").or_default() += 1;
         tally.total += 1;
         if let Err(msg) = verify(run.target, &dir, allowed, false) {
@@ -505,6 +541,16 @@ fn second_crash(
             ));
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Writes the files of the crate's folder a run keeps (see
+/// [`Driver::keep_registrations`]).
+fn put_extra(dir: &Path, extra: &[(String, Vec<u8>)]) {
+    for (rel, data) in extra {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
     }
 }
 
@@ -558,6 +604,173 @@ fn store_workload(
             d.op("close", &gone, Durable::All, || s.close());
         }),
     }
+}
+
+/// One operation of a two-writer workload, by writer `h` (0 or 1).
+#[derive(Clone, Debug)]
+enum TwoOp {
+    Insert(usize, &'static str, u32),
+    Durable(usize, &'static str, u32),
+    Batch(usize, Vec<(&'static str, u32)>),
+    Remove(usize, &'static str),
+    Flush(usize),
+}
+
+/// Two writable opens of one store directory (two registered writers, each
+/// with its own registration, temporary names and in-memory entries; their
+/// publishes and removals serialised by the per-key publish locks), running
+/// `ops` interleaved. A flush promises the keys its own writer had
+/// inserted; the last publish of a key wins. Both flush and close at the
+/// end. A crash state has both writers dead: their registrations are on
+/// disk, unlocked.
+fn two_writer_workload(name: &str, initial: &[(&'static str, Ver)], ops: Vec<TwoOp>) -> Workload {
+    let init: Vec<(String, u32)> = initial
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+        .collect();
+    Workload {
+        name: name.into(),
+        target: Target::Store,
+        initial: keys(initial),
+        setup: Box::new(move |d| {
+            let init: Vec<(&str, u32)> = init.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            put_durable(d, &init)
+        }),
+        body: Box::new(move |dir, d| {
+            let open = || StoreBuilder::new(dir).open();
+            let w = [
+                d.op("2 writers: open", &[], Durable::No, open),
+                d.op("2 writers: open", &[], Durable::No, open),
+            ];
+            d.keep_registrations(dir);
+            // What each writer inserted and has not published yet.
+            let mut dirty: [BTreeMap<&'static str, u32>; 2] = Default::default();
+            let flush = |d: &mut Driver<'_>, h: usize, dirty: &mut [BTreeMap<&str, u32>; 2]| {
+                let pending = std::mem::take(&mut dirty[h]);
+                let assign: Vec<(&str, Ver)> =
+                    pending.iter().map(|(k, v)| (*k, Some(*v))).collect();
+                let ks = pending.keys().map(|k| k.to_string()).collect();
+                d.op("2 writers: flush", &assign, Durable::Keys(ks), || {
+                    w[h].flush()
+                });
+            };
+            for op in &ops {
+                match op.clone() {
+                    TwoOp::Insert(h, k, v) => {
+                        // Not on disk before a flush: only the writer's own
+                        // promise changes.
+                        dirty[h].insert(k, v);
+                        d.op("2 writers: insert", &[], Durable::No, || {
+                            w[h].insert(k, value(k, v))
+                        });
+                    }
+                    TwoOp::Durable(h, k, v) => {
+                        dirty[h].remove(k);
+                        d.op(
+                            "2 writers: insert_durable",
+                            &[(k, Some(v))],
+                            Durable::Keys(vec![k.into()]),
+                            || w[h].insert_durable(k, value(k, v)),
+                        );
+                    }
+                    TwoOp::Batch(h, batch) => {
+                        for (k, _) in &batch {
+                            dirty[h].remove(k);
+                        }
+                        let assign: Vec<(&str, Ver)> =
+                            batch.iter().map(|(k, v)| (*k, Some(*v))).collect();
+                        let ks = batch.iter().map(|(k, _)| k.to_string()).collect();
+                        d.op(
+                            "2 writers: insert_batch",
+                            &assign,
+                            Durable::Keys(ks),
+                            || w[h].insert_batch(batch.iter().map(|(k, v)| (*k, value(k, *v)))),
+                        );
+                    }
+                    TwoOp::Remove(h, k) => {
+                        dirty[h].remove(k);
+                        d.op(
+                            "2 writers: remove",
+                            &[(k, None)],
+                            Durable::Keys(vec![k.into()]),
+                            || w[h].remove(k).map(drop),
+                        );
+                    }
+                    TwoOp::Flush(h) => flush(d, h, &mut dirty),
+                }
+            }
+            for h in 0..2 {
+                flush(d, h, &mut dirty);
+            }
+            let [a, b] = w;
+            d.op("2 writers: close", &[], Durable::No, || a.close());
+            d.op("2 writers: close", &[], Durable::All, || b.close());
+        }),
+    }
+}
+
+/// The fixed two-writer workloads: both writers on the same keys.
+fn two_writer_workloads() -> Vec<Workload> {
+    use TwoOp::*;
+    vec![
+        two_writer_workload(
+            "two writers, overlapping keys",
+            &[("a", Some(1)), ("b", None), ("big", Some(1))],
+            vec![
+                Durable(0, "a", 2),
+                Durable(1, "a", 3),
+                Insert(0, "b", 4),
+                Durable(1, "b", 5),
+                Flush(0),
+                Remove(1, "a"),
+                Durable(0, "big", 6),
+                Batch(1, vec![("a", 7), ("big", 8)]),
+                Insert(1, "b", 9),
+                Remove(0, "b"),
+                Flush(1),
+            ],
+        ),
+        two_writer_workload(
+            "two writers, removal races a replace",
+            &[("a", Some(1)), ("big", Some(1))],
+            vec![
+                Insert(0, "a", 2),
+                Remove(1, "a"),
+                Flush(0),
+                Insert(1, "big", 3),
+                Durable(0, "big", 4),
+                Flush(1),
+                Remove(0, "big"),
+                Durable(1, "a", 5),
+            ],
+        ),
+    ]
+}
+
+/// A seeded random interleaving of two writers on three keys.
+fn random_two_writer_workload(seed: u64) -> Workload {
+    let mut rng = Rng::new(seed);
+    let names = ["a", "b", "big"];
+    let mut init = Vec::new();
+    for k in names {
+        init.push((k, if rng.below(2) == 1 { Some(1) } else { None }));
+    }
+    let mut ops = Vec::new();
+    let mut v = 1u32;
+    for _ in 0..(3 + rng.below(4)) {
+        v += 1;
+        let h = rng.below(2);
+        let (k, k2) = (names[rng.below(3)], names[rng.below(3)]);
+        ops.push(match rng.below(6) {
+            0 => TwoOp::Durable(h, k, v),
+            1 | 2 => TwoOp::Insert(h, k, v),
+            3 => TwoOp::Flush(h),
+            4 => TwoOp::Remove(h, k),
+            _ if k2 != k => TwoOp::Batch(h, vec![(k, v), (k2, v)]),
+            _ => TwoOp::Batch(h, vec![(k, v)]),
+        });
+    }
+    two_writer_workload(&format!("random two-writer workload {seed:#x}"), &init, ops)
 }
 
 fn fixed_workloads() -> Vec<Workload> {
@@ -880,14 +1093,20 @@ fn ordered_model_every_crash_state_recovers() {
         second: 1,
     };
     let t0 = std::time::Instant::now();
-    for w in fixed_workloads() {
+    for w in fixed_workloads().into_iter().chain(two_writer_workloads()) {
         let run = record(&w);
         check_run(&run, opts, &mut rng, &mut tally);
         fail_on(&tally, seed);
     }
     let mut i = 0u64;
     while tally.total < target {
-        let run = record(&random_workload(seed.wrapping_add(i)));
+        // One in four interleaves two writers.
+        let w = if i % 4 == 3 {
+            random_two_writer_workload(seed.wrapping_add(i))
+        } else {
+            random_workload(seed.wrapping_add(i))
+        };
+        let run = record(&w);
         check_run(&run, opts, &mut rng, &mut tally);
         fail_on(&tally, seed);
         i += 1;
