@@ -1287,7 +1287,7 @@ fn remote_node_every_crash_state_recovers() {
     let mut tally = Tally::default();
     let t0 = std::time::Instant::now();
     for (name, init, steps) in remote::fixed() {
-        let r = remote::record(name, &init, &steps);
+        let r = remote::record(&name, &init, &steps);
         remote::check_run(&r, 48, &mut rng, &mut tally);
         fail_on(&tally, seed);
     }

@@ -503,12 +503,15 @@ pub fn check_run(r: &RemoteRun, cap: usize, rng: &mut Rng, tally: &mut Tally) {
     }
 }
 
+/// A remote workload: its name, the keys' initial values, its steps.
+pub type Spec = (String, Vec<(&'static str, Ver)>, Vec<ROpStep>);
+
 /// The fixed remote workloads.
-pub fn fixed() -> Vec<(&'static str, Vec<(&'static str, Ver)>, Vec<ROpStep>)> {
+pub fn fixed() -> Vec<Spec> {
     use ROpStep::*;
     vec![
         (
-            "remote: insert_durable, replace, remove",
+            "remote: insert_durable, replace, remove".into(),
             vec![("a", Some(1)), ("b", None), ("big", None)],
             vec![
                 Durable("a", 2),
@@ -519,7 +522,7 @@ pub fn fixed() -> Vec<(&'static str, Vec<(&'static str, Ver)>, Vec<ROpStep>)> {
             ],
         ),
         (
-            "remote: insert, flush, batch",
+            "remote: insert, flush, batch".into(),
             vec![("a", None), ("b", Some(1)), ("big", Some(1))],
             vec![
                 Insert("a", 2),
@@ -532,7 +535,7 @@ pub fn fixed() -> Vec<(&'static str, Vec<(&'static str, Ver)>, Vec<ROpStep>)> {
             ],
         ),
         (
-            "remote: object store down, then flush",
+            "remote: object store down, then flush".into(),
             vec![("a", Some(1)), ("b", None), ("big", None)],
             vec![
                 DurableDown("a", 2),
@@ -548,7 +551,7 @@ pub fn fixed() -> Vec<(&'static str, Vec<(&'static str, Ver)>, Vec<ROpStep>)> {
 }
 
 /// A seeded random remote workload on three keys.
-pub fn random(seed: u64) -> (String, Vec<(&'static str, Ver)>, Vec<ROpStep>) {
+pub fn random(seed: u64) -> Spec {
     let mut rng = Rng::new(seed);
     let names = ["a", "b", "big"];
     let init = names
