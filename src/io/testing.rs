@@ -199,3 +199,28 @@ impl Drop for PlanGuard {
         PLAN.with(|p| *p.borrow_mut() = None);
     }
 }
+
+/// The `object_store` crate the remote tier is built on (the version
+/// [`open_remote_on`] takes a store of).
+#[cfg(feature = "remote")]
+pub use object_store;
+
+/// Opens a [`RemoteStore`](crate::remote::RemoteStore) at `url` (its prefix
+/// and the URL its messages name) whose requests all go to `store` instead
+/// of the client the URL names: several handles, in one process, on one
+/// in-memory object store (each `memory://` open makes its own), or on a
+/// store a test wraps to record, fail or snapshot requests. Otherwise as
+/// [`RemoteStore::open_with`](crate::remote::RemoteStore::open_with).
+///
+/// # Errors
+///
+/// As [`RemoteStore::open_with`](crate::remote::RemoteStore::open_with).
+#[cfg(feature = "remote")]
+pub fn open_remote_on(
+    url: &str,
+    store: Arc<dyn object_store::ObjectStore>,
+    cache_dir: &Path,
+    options: crate::remote::RemoteOptions,
+) -> crate::Result<crate::remote::RemoteStore> {
+    crate::remote::RemoteStore::open_on(url, Some(store), cache_dir, options)
+}

@@ -43,7 +43,7 @@ mod write;
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -205,6 +205,12 @@ struct Pending {
     /// Whether `pending/<name>.json` exists.
     #[serde(skip)]
     recorded: bool,
+    /// The staged file of a recorded write of the same entry this one
+    /// replaces and that is still on disk with its record: both stay until
+    /// this write's record replaces that record (a power cut in between
+    /// keeps the older write staged, never neither).
+    #[serde(skip)]
+    superseded: Option<String>,
 }
 
 struct Cached {
@@ -240,6 +246,10 @@ pub struct RemoteStore {
     loc: Location,
     objects: PathBuf,
     pending_dir: PathBuf,
+    /// `objects` and `pending_dir`, held open: staging and the pending
+    /// records go through the crate's file-system seam.
+    objects_io: crate::io::Dir,
+    pending_io: crate::io::Dir,
     _lock: File,
     opts: RemoteOptions,
     writer: String,
@@ -315,7 +325,19 @@ impl RemoteStore {
         cache_dir: impl AsRef<FsPath>,
         options: RemoteOptions,
     ) -> Result<Self> {
-        let cache = cache_dir.as_ref().to_path_buf();
+        Self::open_on(url, None, cache_dir.as_ref(), options)
+    }
+
+    /// Opens the store at `url`, through `store` instead of the client the
+    /// URL names when given (tests: several handles on one in-memory
+    /// object store, see `__testing::open_remote_on`).
+    pub(crate) fn open_on(
+        url: &str,
+        store: Option<Arc<dyn object_store::ObjectStore>>,
+        cache_dir: &FsPath,
+        options: RemoteOptions,
+    ) -> Result<Self> {
+        let cache = cache_dir.to_path_buf();
         let objects = cache.join("objects");
         let pending_dir = cache.join("pending");
         for d in [&cache, &objects, &pending_dir] {
@@ -339,10 +361,18 @@ impl RemoteStore {
             Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path, e)),
         }
         let rt = runtime()?;
-        let loc = url::open(url, &options.net, &options.config)?;
+        let loc = match store {
+            Some(store) => url::Location {
+                store,
+                ..url::open(url, &options.net, &options.config)?
+            },
+            None => url::open(url, &options.net, &options.config)?,
+        };
         let store = RemoteStore {
             rt,
             loc,
+            objects_io: crate::io::Dir::open(&objects)?,
+            pending_io: crate::io::Dir::open(&pending_dir)?,
             objects,
             pending_dir,
             _lock: lock,
@@ -373,7 +403,7 @@ impl RemoteStore {
                 continue;
             }
             if name.ends_with(".tmp") {
-                let _ = std::fs::remove_file(e.path());
+                self.objects_io.remove_quietly(&name);
                 continue;
             }
             if name.ends_with(".npy") {
@@ -393,7 +423,7 @@ impl RemoteStore {
             let path = e.path();
             let name = e.file_name().to_string_lossy().into_owned();
             if name.ends_with(".tmp") {
-                let _ = std::fs::remove_file(&path);
+                self.pending_io.remove_quietly(&name);
                 continue;
             }
             let text = crate::io::read_bounded(&path, 1 << 20)?;
@@ -401,7 +431,7 @@ impl RemoteStore {
                 Ok(r) => r,
                 Err(_) => {
                     tracing::warn!(path = %path.display(), "unreadable pending record removed");
-                    let _ = std::fs::remove_file(&path);
+                    self.pending_io.remove_quietly(&name);
                     continue;
                 }
             };
@@ -412,7 +442,7 @@ impl RemoteStore {
                 && st.cache.contains_key(&rec.file);
             if !valid {
                 tracing::warn!(path = %path.display(), "pending record without its staged file removed");
-                let _ = std::fs::remove_file(&path);
+                self.pending_io.remove_quietly(&name);
                 continue;
             }
             let mut rec = rec;
@@ -539,6 +569,12 @@ impl RemoteStore {
             };
             (base, had)
         };
+        if had_pending {
+            // The staged write's record is gone for good before the
+            // tombstone is committed: a power cut after the commit must not
+            // leave it to be pushed again.
+            crate::io::sync_dir(&self.pending_dir)?;
+        }
         let Some(base) = base else {
             return Ok(had_pending);
         };

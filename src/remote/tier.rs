@@ -190,10 +190,9 @@ impl Tier {
             job.published.fetch_max(job.version, Ordering::AcqRel);
         }
         let base = st.view.get(&name).map(|s| VersionRec::from(s.version()));
-        // A staged write on top of a staged write replaces it.
-        if let Some(old) = st.pending.remove(&name) {
-            self.rs.drop_staged(&mut st, &old);
-        }
+        // A staged write on top of a staged write replaces it (a recorded
+        // one stays on disk until the new record replaces it).
+        let superseded = self.rs.supersede(&mut st, &name);
         st.tick += 1;
         let tick = st.tick;
         st.cache.insert(
@@ -215,6 +214,7 @@ impl Tier {
             caching: job.flags.caching,
             attrs: job.attrs.map(|a| (*a).clone()),
             recorded: false,
+            superseded,
         };
         st.pending.insert(name, p.clone());
         Ok(Some((p, id)))
@@ -230,6 +230,7 @@ impl Tier {
                 if let Some(q) = self.rs.state.lock().pending.get_mut(&name) {
                     if q.file == p.file {
                         q.recorded = true;
+                        q.superseded = None;
                     }
                 }
                 self.rs.push(p)

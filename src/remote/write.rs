@@ -87,9 +87,7 @@ impl RemoteStore {
                 .view
                 .get(name.as_str())
                 .map(|s| VersionRec::from(s.version()));
-            if let Some(old) = st.pending.remove(name.as_str()) {
-                self.drop_staged(&mut st, &old);
-            }
+            let superseded = self.supersede(&mut st, name.as_str());
             st.tick += 1;
             let tick = st.tick;
             st.cache.insert(
@@ -111,6 +109,7 @@ impl RemoteStore {
                 caching: true,
                 attrs: None,
                 recorded: false,
+                superseded,
             }
         };
         self.record(&mut p)?;
@@ -172,7 +171,10 @@ impl RemoteStore {
                     continue;
                 }
                 if let Some(q) = self.state.lock().pending.get_mut(&p.name) {
-                    q.recorded = true;
+                    if q.file == p.file {
+                        q.recorded = true;
+                        q.superseded = None;
+                    }
                 }
             }
             if let Err(e) = self.push(p) {
@@ -191,33 +193,23 @@ impl RemoteStore {
         let unique = protocol::unique_id();
         let file = format!("{}.{unique}.npy", name.as_str());
         let data = protocol::new_data_rel(name, &unique);
-        let tmp = self.objects.join(format!(".{unique}.stage.tmp"));
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .ctx("create", &tmp)?;
-        let mut w = BufWriter::with_capacity(1 << 20, f);
-        let written = crate::npy::write_array(
-            &mut w,
+        // Through the seam: `.ndo.<unique>.stage.tmp`, removed on error (and
+        // by the next open, as every `*.tmp` of the directory).
+        let mut tmp = crate::io::TempFile::create_in(&self.objects_io, "stage", false)?;
+        let tmp_path = tmp.path().to_path_buf();
+        crate::npy::write_array(
+            tmp.writer(),
             array,
             || CacheConfig::default().effective_chunk_budget(),
-            &tmp,
-        )
-        .and_then(|()| w.flush().ctx("write", &tmp))
-        .and_then(|()| {
-            if durable {
-                w.get_ref().sync_all().ctx("fsync", &tmp)
-            } else {
-                Ok(())
-            }
-        });
-        let path = self.objects.join(&file);
-        let written = written.and_then(|()| std::fs::rename(&tmp, &path).ctx("rename", &tmp));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
+            &tmp_path,
+        )?;
+        if durable {
+            tmp.flush_and_sync()?;
+        } else {
+            tmp.flush_and_close()?;
         }
+        tmp.rename_into(&file)?;
+        let path = self.objects.join(&file);
         let size = std::fs::metadata(&path).ctx("stat", &path)?.len();
         let mut st = self.state.lock();
         let base = st
@@ -225,9 +217,7 @@ impl RemoteStore {
             .get(name.as_str())
             .map(|s| VersionRec::from(s.version()));
         // A staged write on top of a staged write replaces it.
-        if let Some(old) = st.pending.remove(name.as_str()) {
-            self.drop_staged(&mut st, &old);
-        }
+        let superseded = self.supersede(&mut st, name.as_str());
         st.tick += 1;
         let tick = st.tick;
         st.cache.insert(
@@ -249,53 +239,75 @@ impl RemoteStore {
             caching: true,
             attrs: None,
             recorded: false,
+            superseded,
         })
     }
 
-    pub(super) fn drop_staged(&self, st: &mut State, p: &Pending) {
-        if p.recorded {
-            let _ = std::fs::remove_file(self.pending_dir.join(format!("{}.json", p.name)));
+    /// Takes the staged write of `name` (if any) out of the state, for a new
+    /// write of `name` to replace it. An unrecorded one is dropped; a
+    /// recorded one's record and staged file stay on disk until the new
+    /// write's record replaces that record (see [`record`](Self::record)):
+    /// the file is returned, to be carried by the new write.
+    pub(super) fn supersede(&self, st: &mut State, name: &str) -> Option<String> {
+        let old = st.pending.remove(name)?;
+        if old.recorded {
+            return Some(old.file);
         }
+        // The record on disk, if any, is the one `old` carried.
+        self.drop_file(st, &old.file);
+        old.superseded
+    }
+
+    /// Deletes a staged file, unless a handle still maps it.
+    fn drop_file(&self, st: &mut State, file: &str) {
         let live = st
             .cache
-            .get(&p.file)
+            .get(file)
             .is_some_and(|c| c.users.iter().any(|u| u.strong_count() > 0));
         if !live {
-            st.cache.remove(&p.file);
-            let _ = std::fs::remove_file(self.objects.join(&p.file));
+            st.cache.remove(file);
+            self.objects_io.remove_quietly(file);
         }
     }
 
-    /// Makes a staged write durable: fsyncs its file and writes its record.
+    pub(super) fn drop_staged(&self, st: &mut State, p: &Pending) {
+        if p.recorded || p.superseded.is_some() {
+            self.pending_io.remove_quietly(&format!("{}.json", p.name));
+        }
+        self.drop_file(st, &p.file);
+        if let Some(old) = &p.superseded {
+            self.drop_file(st, old);
+        }
+    }
+
+    /// Makes a staged write durable: fsyncs its file and `objects/` (its
+    /// name), then writes its record (synced, renamed into place, `pending/`
+    /// synced).
     pub(super) fn record(&self, p: &mut Pending) -> Result<()> {
         if p.recorded {
             return Ok(());
         }
         let path = self.objects.join(&p.file);
         let f = File::open(&path).ctx("open", &path)?;
-        f.sync_all().ctx("fsync", &path)?;
+        crate::io::sync_file(&f, &path)?;
+        // The staged file's name too: a record durable without it would be
+        // dropped at the next open (a power cut losing a write that
+        // `insert_durable` reported as staged).
+        self.objects_io.sync()?;
         let body = serde_json::to_vec(&*p).map_err(|e| Error::InvalidInput {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        let rec = self.pending_dir.join(format!("{}.json", p.name));
-        let tmp = self
-            .pending_dir
-            .join(format!(".{}.tmp", protocol::unique_id()));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .ctx("create", &tmp)?;
-        let done = f
-            .write_all(&body)
-            .ctx("write", &tmp)
-            .and_then(|()| f.sync_all().ctx("fsync", &tmp))
-            .and_then(|()| std::fs::rename(&tmp, &rec).ctx("rename", &tmp))
-            .and_then(|()| crate::io::sync_dir(&self.pending_dir));
-        if let Err(e) = done {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
+        let mut tmp = crate::io::TempFile::create_in(&self.pending_io, "pending", false)?;
+        let tmp_path = tmp.path().to_path_buf();
+        tmp.writer().write_all(&body).ctx("write", &tmp_path)?;
+        tmp.flush_and_sync()?;
+        tmp.rename_into(&format!("{}.json", p.name))?;
+        self.pending_io.sync()?;
+        // The record of the write this one replaced is gone: its file too.
+        if let Some(old) = p.superseded.take() {
+            let mut st = self.state.lock();
+            self.drop_file(&mut st, &old);
         }
         p.recorded = true;
         Ok(())
@@ -362,11 +374,21 @@ impl RemoteStore {
             Ok(v) => {
                 if current {
                     st.pending.remove(&p.name);
-                    let _ = std::fs::remove_file(self.pending_dir.join(format!("{}.json", p.name)));
+                    self.pending_io.remove_quietly(&format!("{}.json", p.name));
                     st.view
                         .insert(p.name.clone(), Seen::Live(Box::new(meta), v));
                 }
                 drop(st);
+                if current {
+                    // The record's removal made durable before the call
+                    // returns: after a power cut, a record left of a write
+                    // committed and then replaced or removed would be
+                    // pushed again by the next open's flush, and fail as a
+                    // conflict although the write went through.
+                    if let Err(e) = self.pending_io.sync() {
+                        tracing::warn!(error = %e, key = p.name.as_str(), "the pending record's removal may not be durable");
+                    }
+                }
                 self.evict();
                 Ok(())
             }

@@ -265,13 +265,18 @@ impl StoreBuilder {
         })?;
         let mut listing = storage.list()?;
         let mut left = Vec::new();
-        if !self.read_only && !listing.pending.is_empty() {
+        // Recovery runs at every writable open, even with no temporary
+        // file left: it also removes the registrations of dead writers
+        // (a writer that died between operations leaves only that).
+        if !self.read_only {
             let rec = storage.recover(&listing.pending)?;
             if !rec.completed.is_empty() {
                 tracing::info!(dir = %path.display(), completed = ?rec.completed, "recovered interrupted operations");
             }
             left = rec.left;
-            listing = storage.list()?;
+            if !listing.pending.is_empty() {
+                listing = storage.list()?;
+            }
         }
         let defaults = EntryFlags {
             purge_on_drop: self.config.purge_on_drop().unwrap_or(false),

@@ -530,3 +530,43 @@ fn get_or_compute_runs_once_across_processes() {
     assert_ne!(z[1], hung.id().to_string());
     println!("a computing process killed: the key was computed by a waiting process, once");
 }
+
+/// Regression (power loss, "two writers, overlapping keys": a crash between
+/// two operations, no temporary file on disk): both writers' registrations
+/// were left, unlocked, and the next writable open did not remove them, as
+/// recovery ran only when a temporary file was found. Every writable open
+/// now removes dead writers' registrations.
+#[test]
+fn dead_registrations_without_temporaries_are_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let writers = dir.path().join(ndarray_offload::CRATE_DIR).join("writers");
+    {
+        let s = DiskBackedStore::open(dir.path()).unwrap();
+        s.insert_durable("a", Array1::from(vec![1.0f64, 2.0]))
+            .unwrap();
+        s.close().unwrap();
+    }
+    // What a power cut leaves of two writers between their operations:
+    // their registrations, no lock held, no temporary file.
+    let dead = ["1a-1-kx0.writer", "1a-2-kx0.writer"];
+    for n in dead {
+        std::fs::write(
+            writers.join(n),
+            b"{\"id\":\"x\",\"pid\":1,\"host\":\"h\",\"started\":0,\"exclusive\":false}\n",
+        )
+        .unwrap();
+    }
+    let s = DiskBackedStore::open(dir.path()).unwrap();
+    assert!(s.writers().unwrap().len() == 1, "only this writer is alive");
+    let left: Vec<String> = std::fs::read_dir(&writers)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| dead.contains(&n.as_str()))
+        .collect();
+    assert!(left.is_empty(), "dead registrations left: {left:?}");
+    assert_eq!(
+        s.get::<f64, Ix1>("a").unwrap().to_owned_array().unwrap()[1],
+        2.0
+    );
+    s.close().unwrap();
+}

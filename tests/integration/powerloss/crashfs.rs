@@ -8,7 +8,11 @@
 //!
 //! The model covers one directory (the workload's root): names are plain
 //! file names in it, and events on paths outside it (a standalone array's
-//! private temporary directory) are ignored.
+//! private temporary directory) are ignored. A recording of a tree
+//! ([`Recording::start_tree`], a remote store's cache directory) also
+//! covers the root's subdirectories: names are then relative paths
+//! (`objects/x`), and each directory's operations become durable with that
+//! directory's `fsync`, independently of the others'.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -24,6 +28,8 @@ pub const PAGE: u64 = 4096;
 /// The store's lock file: created at open outside the seam, always empty,
 /// recreated by the next open; left out of the model.
 const LOCK: &str = ".ndoffload.lock";
+/// A remote store's lock file in its cache directory, likewise.
+const REMOTE_LOCK: &str = ".ndoffload-remote.lock";
 
 /// One recorded operation, with names relative to the root.
 #[derive(Clone, Debug)]
@@ -40,7 +46,10 @@ pub enum Ev {
     Fsync {
         name: String,
     },
-    SyncDir,
+    /// `fsync` of the directory `dir` (`""`: the root).
+    SyncDir {
+        dir: String,
+    },
     SyncFs,
     Rename {
         from: String,
@@ -55,6 +64,11 @@ pub enum Ev {
     },
     /// An event taken out of a log by a test (keeps indices stable).
     Nop,
+    /// A request changed the object store (durable once it returned): the
+    /// remote log is `n` operations long from here on.
+    Remote {
+        n: usize,
+    },
 }
 
 /// Records the operations under `root` made on the current thread (and the
@@ -66,11 +80,20 @@ pub struct Recording {
 
 impl Recording {
     pub fn start(root: &Path) -> Recording {
+        Self::start_with(root, false)
+    }
+
+    /// Records the root and its subdirectories.
+    pub fn start_tree(root: &Path) -> Recording {
+        Self::start_with(root, true)
+    }
+
+    fn start_with(root: &Path, tree: bool) -> Recording {
         let events: Arc<Mutex<Vec<Ev>>> = Arc::default();
         let sink = events.clone();
         let root = root.to_path_buf();
         let plan = FaultPlan::fail_at(0).with_recorder(move |e| {
-            if let Some(ev) = convert(&root, e) {
+            if let Some(ev) = convert(&root, tree, e) {
                 sink.lock().push(ev);
             }
         });
@@ -78,6 +101,12 @@ impl Recording {
             events,
             _guard: install(plan),
         }
+    }
+
+    /// Where events made elsewhere (the object store's) are appended, in
+    /// the same sequence.
+    pub fn sink(&self) -> Arc<Mutex<Vec<Ev>>> {
+        self.events.clone()
     }
 
     /// Events so far.
@@ -91,16 +120,22 @@ impl Recording {
     }
 }
 
-fn rel(root: &Path, p: &Path) -> Option<String> {
+fn rel(root: &Path, tree: bool, p: &Path) -> Option<String> {
     let r = p.strip_prefix(root).ok()?;
     let s = r.to_str()?;
-    if s.is_empty() || s.contains('/') || s == LOCK {
+    if s.is_empty()
+        || (s.contains('/') && !tree)
+        || s == LOCK
+        || s == REMOTE_LOCK
+        || s.starts_with(ndarray_offload::CRATE_DIR)
+    {
         return None;
     }
     Some(s.to_owned())
 }
 
-fn convert(root: &Path, e: Event) -> Option<Ev> {
+fn convert(root: &Path, tree: bool, e: Event) -> Option<Ev> {
+    let rel = |root: &Path, p: &Path| rel(root, tree, p);
     Some(match e {
         Event::Create { path, ino } => Ev::Create {
             name: rel(root, &path)?,
@@ -115,8 +150,10 @@ fn convert(root: &Path, e: Event) -> Option<Ev> {
         Event::Fsync { path } => Ev::Fsync {
             name: rel(root, &path)?,
         },
-        Event::SyncDir { path } if path == root => Ev::SyncDir,
-        Event::SyncDir { .. } => return None,
+        Event::SyncDir { path } if path == root => Ev::SyncDir { dir: String::new() },
+        Event::SyncDir { path } => Ev::SyncDir {
+            dir: rel(root, &path)?,
+        },
         Event::SyncFs { path } if path == root => Ev::SyncFs,
         Event::SyncFs { .. } => return None,
         Event::Rename { from, to } => Ev::Rename {
@@ -155,12 +192,33 @@ impl Snapshot {
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let name = e.file_name().into_string().expect("utf-8 name");
-            // The lock file and the crate's folder of process files
+            // The lock files and the crate's folder of process files
             // (registrations, lock files) are not store data.
-            if name == LOCK || name == ndarray_offload::CRATE_DIR {
+            if name == LOCK || name == REMOTE_LOCK || name == ndarray_offload::CRATE_DIR {
                 continue;
             }
             let md = std::fs::symlink_metadata(e.path()).expect("stat");
+            if md.is_dir() {
+                // A subdirectory (a remote store's cache): its files, named
+                // by their relative paths.
+                let mut sub: Vec<_> = std::fs::read_dir(e.path())
+                    .expect("list")
+                    .map(|f| f.expect("entry"))
+                    .collect();
+                sub.sort_by_key(|f| f.file_name());
+                for f in sub {
+                    let fmd = std::fs::symlink_metadata(f.path()).expect("stat");
+                    let fname = f.file_name().into_string().expect("utf-8 name");
+                    assert!(fmd.is_file(), "{name}/{fname} is not a regular file");
+                    let i = *by_ino.entry(fmd.ino()).or_insert_with(|| {
+                        s.inodes
+                            .push((fmd.ino(), std::fs::read(f.path()).expect("read")));
+                        s.inodes.len() - 1
+                    });
+                    s.names.insert(format!("{name}/{fname}"), i);
+                }
+                continue;
+            }
             assert!(md.is_file(), "{name} is not a regular file");
             let i = *by_ino.entry(md.ino()).or_insert_with(|| {
                 s.inodes
@@ -224,6 +282,18 @@ enum DirOp {
         name: String,
         ino: usize,
     },
+}
+
+impl DirOp {
+    /// The directory the operation is made in (`""`: the root).
+    fn dir(&self) -> &str {
+        let name = match self {
+            DirOp::Create { name, .. } | DirOp::Remove { name, .. } => name,
+            DirOp::Rename { to, .. } => to,
+            DirOp::Link { dst, .. } => dst,
+        };
+        name.rsplit_once('/').map_or("", |(d, _)| d)
+    }
 }
 
 /// The abstract file system: what is durable, and what is only cached.
@@ -323,8 +393,14 @@ impl Fs {
         }
     }
 
-    fn flush_dir(&mut self) {
-        for op in std::mem::take(&mut self.pending) {
+    /// Makes the pending operations in `dir` durable (`None`: in every
+    /// directory).
+    fn flush_dir(&mut self, dir: Option<&str>) {
+        let (now, later): (Vec<DirOp>, Vec<DirOp>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|op| dir.is_none_or(|d| op.dir() == d));
+        self.pending = later;
+        for op in now {
             let ok = replay(&mut self.durable, &op);
             assert!(
                 ok,
@@ -336,7 +412,7 @@ impl Fs {
     /// Applies one recorded event.
     pub fn apply(&mut self, ev: &Ev) {
         match ev {
-            Ev::Nop => {}
+            Ev::Nop | Ev::Remote { .. } => {}
             Ev::Create { name, ino } => {
                 let i = self.inodes.len();
                 self.inodes.push(Inode::default());
@@ -372,12 +448,12 @@ impl Fs {
                 let i = self.ino(name);
                 self.flush_data(i);
             }
-            Ev::SyncDir => self.flush_dir(),
+            Ev::SyncDir { dir } => self.flush_dir(Some(dir)),
             Ev::SyncFs => {
                 for i in 0..self.inodes.len() {
                     self.flush_data(i);
                 }
-                self.flush_dir();
+                self.flush_dir(None);
             }
             Ev::Rename { from, to } => {
                 let i = self.ino(from);
@@ -422,12 +498,13 @@ impl Fs {
         };
         match model {
             Model::Ordered => {
-                // Count the combinations: per prefix of directory operations,
-                // the product of (pieces + 1) over named inodes.
+                // Count the combinations: per prefix of directory operations
+                // (of each directory's, independently), the product of
+                // (pieces + 1) over named inodes.
                 let mut total = 0usize;
                 let mut prefixes = Vec::new();
-                for k in 0..=self.pending.len() {
-                    let names = self.names_with(&self.pending[..k].iter().collect::<Vec<_>>());
+                for kept in self.dir_prefixes() {
+                    let names = self.names_with(&kept);
                     let dims = self.data_dims(&names);
                     let n = dims
                         .iter()
@@ -506,6 +583,54 @@ impl Fs {
                     let names = self.names_with(&keep);
                     push(self.build_weak(&names, WeakData::Random, rng), &mut out);
                 }
+            }
+        }
+        out
+    }
+
+    /// Every combination of a prefix of each directory's pending
+    /// operations (in log order); for one directory, its prefixes from the
+    /// empty one to the whole.
+    fn dir_prefixes(&self) -> Vec<Vec<&DirOp>> {
+        let mut dirs: Vec<&str> = Vec::new();
+        let mut pos = Vec::with_capacity(self.pending.len());
+        let mut counts: Vec<usize> = Vec::new();
+        for op in &self.pending {
+            let d = match dirs.iter().position(|x| *x == op.dir()) {
+                Some(d) => d,
+                None => {
+                    dirs.push(op.dir());
+                    counts.push(0);
+                    dirs.len() - 1
+                }
+            };
+            pos.push((d, counts[d]));
+            counts[d] += 1;
+        }
+        let mut out = Vec::new();
+        let mut cut = vec![0usize; dirs.len()];
+        loop {
+            out.push(
+                self.pending
+                    .iter()
+                    .zip(&pos)
+                    .filter(|(_, (d, k))| *k < cut[*d])
+                    .map(|(op, _)| op)
+                    .collect(),
+            );
+            // The last directory varies slowest: one directory gives its
+            // prefixes in order.
+            let mut j = 0;
+            while j < cut.len() {
+                cut[j] += 1;
+                if cut[j] <= counts[j] {
+                    break;
+                }
+                cut[j] = 0;
+                j += 1;
+            }
+            if j == cut.len() {
+                break;
             }
         }
         out
@@ -665,6 +790,9 @@ pub fn materialize(dir: &Path, state: &CrashState) {
     let mut real: HashMap<usize, u64> = HashMap::new();
     for (name, &i) in &state.names {
         let p = dir.join(name);
+        if let Some(parent) = p.parent().filter(|d| *d != dir) {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
         match first.get(&i) {
             Some(f) => std::fs::hard_link(f, &p).expect("link"),
             None => {
