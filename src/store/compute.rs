@@ -150,11 +150,14 @@ impl DiskBackedStore {
         durable: bool,
     ) -> Result<StoredArray<T, D>> {
         self.check_writable()?;
+        // Computed entries may be computed again: the disk budget may
+        // delete them.
         let loaded = self.insert_entry(
             name.clone(),
             array.into_dyn(),
             &ConfigOverrides::default(),
             None,
+            true,
         );
         if durable {
             loaded.flush()?;
