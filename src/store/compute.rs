@@ -26,6 +26,11 @@ impl DiskBackedStore {
     /// and then map the stored entry. A computation that fails, or whose
     /// process dies, releases the key: a waiter then computes it.
     ///
+    /// The entry is *recomputable* (`ndoffload_recomputable` in its
+    /// metadata): the disk budget
+    /// ([`StoreBuilder::disk_budget`](crate::StoreBuilder::disk_budget)) may
+    /// delete it, and the next call computes it again.
+    ///
     /// # Errors
     ///
     /// As [`get`](Self::get) and [`insert`](Self::insert); [`Error::Locked`]

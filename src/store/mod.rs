@@ -10,11 +10,12 @@
 //! 2. **Store locks**, all fields of `Inner` below (its methods are in
 //!    `inner.rs`, the handle's reads in `read.rs`): a `get_or_compute` gate
 //!    (in `inflight`, held while the value is computed: `compute.rs`),
-//!    `evicting` (`budget.rs`), the map `entries`, a slot's mutex, `lru` and
-//!    `incomplete`, in that order.
+//!    `evicting`, `disk_evicting` (`budget.rs`; only ever try-locked), the
+//!    map `entries`, a slot's mutex, `lru` and `incomplete`, in that order.
 //! 3. **Leaf locks**, under which nothing else is waited for:
 //!    `io::OWNERSHIP`, an entry's `counted` and `pinned` (`entry.rs`), the
-//!    registry of waiting threads (`array/guard.rs`).
+//!    disk ledger in `Account` (`budget.rs`), the registry of waiting
+//!    threads (`array/guard.rs`).
 //!
 //! Rules that make every wait end:
 //!
