@@ -249,7 +249,7 @@ fn crash_behind_child() {
     let mut say = |line: &str| log.write_all(line.as_bytes()).unwrap();
     let mut rng = Rng(seed ^ 0xB0B);
     for n in 0.. {
-        if rng.next() % 12 == 0 {
+        if rng.next().is_multiple_of(12) {
             say("F\n");
             store.flush().unwrap();
             say("D\n");
