@@ -163,8 +163,10 @@ impl Inner {
                 }
                 return Err(e);
             }
-            self.account.disk_removed(name);
         }
+        // No file of the name is left (the disk budget stops counting one
+        // that vanished without the store).
+        self.account.disk_removed(name);
         if let Some(old) = entries.remove(name) {
             let mut old = old.lock();
             old.retired = true;
