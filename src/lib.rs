@@ -17,6 +17,7 @@
 //! | read without naming the element type | [`DiskBackedStore::get_dyn`] → [`DynView`] |
 //! | read converting the element type (`u16` → `f64`) or the byte order (big-endian files) | [`DiskBackedStore::get_as`], [`DiskBackedStore::read_dyn`], [`Widen`] |
 //! | keep the data set larger than RAM: spill least-recently-used entries | [`StoreBuilder::memory_budget`] (`"2GiB"`), [`StoreStats`] |
+//! | cap the disk space of entries that can be computed again (deleted least recently used first) | [`StoreBuilder::disk_budget`], [`DiskBackedStore::insert_recomputable`] |
 //! | compute an entry once, store it, reuse it (`?` inside with [`try_get_or_compute`](DiskBackedStore::try_get_or_compute)) | [`DiskBackedStore::get_or_compute`], [`KeyHasher`] for names from inputs |
 //! | attach attributes to an entry (CRS, origin, units, provenance) | [`DiskBackedStore::insert_with_attrs`], [`DiskBackedStore::set_attrs`], [`EntryInfo::attrs`] |
 //! | write many entries durably with one round of syncs | [`DiskBackedStore::insert_batch`] |

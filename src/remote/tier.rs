@@ -332,6 +332,9 @@ impl Storage for Tier {
             automatic: Some(automatic),
             caching: Some(caching),
             commit: None,
+            // The disk budget of a remote store is the cache's
+            // (`RemoteOptions::disk_budget`): no entry is deleted remotely.
+            recomputable: None,
             attrs: attrs.unwrap_or_default(),
         })
     }

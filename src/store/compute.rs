@@ -26,6 +26,11 @@ impl DiskBackedStore {
     /// and then map the stored entry. A computation that fails, or whose
     /// process dies, releases the key: a waiter then computes it.
     ///
+    /// The entry is *recomputable* (`ndoffload_recomputable` in its
+    /// metadata): the disk budget
+    /// ([`StoreBuilder::disk_budget`](crate::StoreBuilder::disk_budget)) may
+    /// delete it, and the next call computes it again.
+    ///
     /// # Errors
     ///
     /// As [`get`](Self::get) and [`insert`](Self::insert); [`Error::Locked`]
@@ -150,11 +155,14 @@ impl DiskBackedStore {
         durable: bool,
     ) -> Result<StoredArray<T, D>> {
         self.check_writable()?;
+        // Computed entries may be computed again: the disk budget may
+        // delete them.
         let loaded = self.insert_entry(
             name.clone(),
             array.into_dyn(),
             &ConfigOverrides::default(),
             None,
+            true,
         );
         if durable {
             match self.inner.settle(loaded.flush()) {

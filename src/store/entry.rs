@@ -38,6 +38,8 @@ pub(crate) struct EntryLink {
     name: EntryName,
     meta_path: PathBuf,
     purge: AtomicBool,
+    /// Whether the disk budget may delete the entry (`ndoffload_recomputable`).
+    recomputable: bool,
     /// The store's accounting of resident bytes, while the entry belongs to
     /// the store.
     account: Arc<Account>,
@@ -79,7 +81,7 @@ impl EntryLink {
     fn new(
         storage: &Arc<dyn Storage>,
         name: &EntryName,
-        purge: bool,
+        flags: EntryFlags,
         publish: bool,
         account: Arc<Account>,
     ) -> Self {
@@ -87,7 +89,8 @@ impl EntryLink {
             storage: storage.clone(),
             name: name.clone(),
             meta_path: storage.meta_path(name),
-            purge: AtomicBool::new(purge),
+            purge: AtomicBool::new(flags.purge_on_drop),
+            recomputable: flags.recomputable,
             account,
             attached: AtomicBool::new(true),
             publish: AtomicBool::new(publish),
@@ -132,6 +135,7 @@ impl EntryLink {
                 purge_on_drop: self.purge.load(Ordering::Relaxed),
                 automatic_offloading: s.automatic_offloading,
                 caching: s.caching,
+                recomputable: self.recomputable,
             },
             attrs: self.attrs.lock().clone(),
             publish: &self.publish,
@@ -240,8 +244,12 @@ impl Owner for EntryLink {
             SyncMode::PerFile
         };
         let id = self.storage.publish(vec![self.job(snapshot)], sync)?[0];
-        if id.is_some() && spill {
-            self.account.mark_dir_unsynced();
+        if id.is_some() {
+            if spill {
+                self.account.mark_dir_unsynced();
+            }
+            self.account
+                .disk_published(&*self.storage, &self.name, self.recomputable);
         }
         Ok(id)
     }
@@ -346,13 +354,7 @@ impl<T: Element> StoreEntry<T> {
         config: &CacheConfig,
         account: Arc<Account>,
     ) -> Self {
-        let link = Arc::new(EntryLink::new(
-            storage,
-            name,
-            flags.purge_on_drop,
-            publish,
-            account,
-        ));
+        let link = Arc::new(EntryLink::new(storage, name, flags, publish, account));
         let array = DiskBackedArray::owned_by(
             link.clone(),
             data,
@@ -438,6 +440,7 @@ impl<T: Element> AnyEntry for StoreEntry<T> {
             purge_on_drop: self.link.purge.load(Ordering::Relaxed),
             automatic_offloading: self.array.automatic_offloading(),
             caching: self.array.caching(),
+            recomputable: self.link.recomputable,
         }
     }
     fn try_offload(&self) -> Result<bool> {

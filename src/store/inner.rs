@@ -73,16 +73,31 @@ impl Inner {
             return Ok(());
         }
         let versions: Vec<u64> = jobs.iter().map(|j| j.version).collect();
+        let named: Vec<(EntryName, bool)> = jobs
+            .iter()
+            .map(|j| (j.name.clone(), j.flags.recomputable))
+            .collect();
         let ids = self.storage.publish(jobs, SyncMode::FileSystem)?;
-        for ((a, v), id) in marks.into_iter().zip(versions).zip(ids) {
+        for (((a, v), id), (name, recomputable)) in
+            marks.into_iter().zip(versions).zip(ids).zip(named)
+        {
             if let Some(id) = id {
                 a.mark_published(v, id);
+                self.account
+                    .disk_published(&*self.storage, &name, recomputable);
             }
         }
         Ok(())
     }
 
     pub(super) fn flush(&self) -> Result<()> {
+        let r = self.flush_entries();
+        // What the flush wrote may take the files over the disk budget.
+        self.enforce_disk_budget();
+        r
+    }
+
+    fn flush_entries(&self) -> Result<()> {
         if self.read_only {
             return Ok(());
         }
@@ -154,6 +169,15 @@ impl Inner {
     pub(super) fn remove(&self, name: &EntryName) -> Result<bool> {
         self.check_writable()?;
         let mut entries = self.entries.write();
+        self.remove_locked(&mut entries, name)
+    }
+
+    /// [`remove`](Self::remove), with the map held.
+    pub(super) fn remove_locked(
+        &self,
+        entries: &mut BTreeMap<EntryName, Arc<Mutex<Slot>>>,
+        name: &EntryName,
+    ) -> Result<bool> {
         let on_disk = self.storage.exists(name);
         let broken = self.incomplete.read().contains_key(name);
         let existed = entries.contains_key(name) || broken;
@@ -175,6 +199,9 @@ impl Inner {
                 return Err(e);
             }
         }
+        // No file of the name is left (the disk budget stops counting one
+        // that vanished without the store).
+        self.account.disk_removed(name);
         if let Some(old) = entries.remove(name) {
             let mut old = old.lock();
             old.retired = true;

@@ -15,6 +15,9 @@ pub(crate) const META_LIMIT: u64 = 4 << 20;
 pub const KNOWN_CLASSES: &[&str] = &["DiskBackedNDArray"];
 /// The field holding an entry's user attributes (GSEGUtils ignores it).
 pub(crate) const ATTRS_FIELD: &str = "ndoffload_attrs";
+/// The field marking an entry the disk budget may delete (written only when
+/// `true`; GSEGUtils ignores it).
+pub(crate) const RECOMPUTABLE_FIELD: &str = "ndoffload_recomputable";
 /// The field holding where an in-flight publish staged its `.npy`.
 pub(crate) const COMMIT_FIELD: &str = "ndoffload_commit";
 /// GSEGUtils' fields, in the order it writes them.
@@ -47,6 +50,16 @@ pub struct EntryFlags {
     pub automatic_offloading: bool,
     /// `enable_caching`: the entry may live on disk.
     pub caching: bool,
+    /// `ndoffload_recomputable`, this crate's own field: the entry can be
+    /// computed again (it was made by
+    /// [`get_or_compute`](crate::DiskBackedStore::get_or_compute) or
+    /// inserted with
+    /// [`insert_recomputable`](crate::DiskBackedStore::insert_recomputable)),
+    /// so the disk budget
+    /// ([`StoreBuilder::disk_budget`](crate::StoreBuilder::disk_budget)) may
+    /// delete it. Missing means `false`: entries written by GSEGUtils or
+    /// numpy never are.
+    pub recomputable: bool,
 }
 
 /// Where the temporary `.npy` of an in-flight pair was, so an interrupted
@@ -69,6 +82,8 @@ pub(crate) struct Meta {
     pub purge: Option<bool>,
     pub automatic: Option<bool>,
     pub caching: Option<bool>,
+    /// `ndoffload_recomputable` (`None` when absent).
+    pub recomputable: Option<bool>,
     pub commit: Option<Commit>,
     /// The user attributes (`ndoffload_attrs`); empty when absent.
     pub attrs: Attrs,
@@ -173,6 +188,7 @@ impl Meta {
             purge: flag("purge_disk_on_gc")?,
             automatic: flag("automatic_offloading")?,
             caching: flag("enable_caching")?,
+            recomputable: flag(RECOMPUTABLE_FIELD)?,
             commit,
             attrs,
         })
@@ -190,12 +206,14 @@ impl Meta {
         Meta::parse(&bytes, &dir.join(name))
     }
 
-    /// The flags, with missing ones taken from `defaults`.
+    /// The flags, with missing ones taken from `defaults` (a missing
+    /// `ndoffload_recomputable` is `false`, whatever the defaults).
     pub(crate) fn flags(&self, defaults: EntryFlags) -> EntryFlags {
         EntryFlags {
             purge_on_drop: self.purge.unwrap_or(defaults.purge_on_drop),
             automatic_offloading: self.automatic.unwrap_or(defaults.automatic_offloading),
             caching: self.caching.unwrap_or(defaults.caching),
+            recomputable: self.recomputable.unwrap_or(false),
         }
     }
 }
@@ -209,8 +227,9 @@ fn parse_commit(v: &Value) -> Option<Commit> {
 }
 
 /// Renders the metadata as GSEGUtils writes it (one line, its field order),
-/// followed by this crate's own fields: `ndoffload_attrs` (the user
-/// attributes, when there are any) and `ndoffload_commit`.
+/// followed by this crate's own fields: `ndoffload_recomputable` (only when
+/// `true`), `ndoffload_attrs` (the user attributes, when there are any) and
+/// `ndoffload_commit`.
 pub(crate) fn render(
     shape: &[usize],
     dtype: &str,
@@ -236,6 +255,9 @@ pub(crate) fn render(
         flags.automatic_offloading,
         flags.caching
     );
+    if flags.recomputable {
+        let _ = write!(s, ", \"{RECOMPUTABLE_FIELD}\": true");
+    }
     if let Some(a) = attrs.filter(|a| !a.is_empty()) {
         let _ = write!(s, ", \"{ATTRS_FIELD}\": {}", Value::Object(a.clone()));
     }
@@ -293,6 +315,7 @@ mod tests {
         purge_on_drop: true,
         automatic_offloading: false,
         caching: true,
+        recomputable: false,
     };
 
     #[test]
@@ -310,6 +333,41 @@ mod tests {
         assert_eq!(m.shape, Some(Vec::<usize>::new()));
         assert_eq!(m.commit, Some(c));
         assert_eq!(m.flags(F), F);
+    }
+
+    #[test]
+    fn the_recomputable_flag_is_written_only_when_set_and_kept_by_set_attrs() {
+        let p = Path::new("k.meta.json");
+        assert!(!render(&[2], "<f8", F, None, None).contains(RECOMPUTABLE_FIELD));
+        let r = EntryFlags {
+            recomputable: true,
+            ..F
+        };
+        let text = render(&[2], "<f8", r, None, None);
+        assert!(text.ends_with(r#""enable_caching": true, "ndoffload_recomputable": true}"#));
+        let m = Meta::parse(text.as_bytes(), p).unwrap();
+        assert_eq!(m.flags(F), r);
+        let mut a = Attrs::new();
+        a.insert("units".into(), Value::from("m"));
+        let new = with_attrs(text.as_bytes(), p, &a).unwrap();
+        assert_eq!(Meta::parse(new.as_bytes(), p).unwrap().flags(F), r);
+        // Defaults never make an entry recomputable; a non-boolean is corrupt.
+        let bare = r#"{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray"}"#;
+        let d = EntryFlags {
+            recomputable: true,
+            ..F
+        };
+        assert!(
+            !Meta::parse(bare.as_bytes(), p)
+                .unwrap()
+                .flags(d)
+                .recomputable
+        );
+        let bad = r#"{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray", "ndoffload_recomputable": 1}"#;
+        assert!(matches!(
+            Meta::parse(bad.as_bytes(), p),
+            Err(Error::Corrupt { .. })
+        ));
     }
 
     #[test]

@@ -10,11 +10,12 @@
 //! 2. **Store locks**, all fields of `Inner` below (its methods are in
 //!    `inner.rs`, the handle's reads in `read.rs`): a `get_or_compute` gate
 //!    (in `inflight`, held while the value is computed: `compute.rs`),
-//!    `evicting` (`budget.rs`), the map `entries`, a slot's mutex, `lru` and
-//!    `incomplete`, in that order.
+//!    `evicting`, `disk_evicting` (`budget.rs`; only ever try-locked), the
+//!    map `entries`, a slot's mutex, `lru` and `incomplete`, in that order.
 //! 3. **Leaf locks**, under which nothing else is waited for:
 //!    `io::OWNERSHIP`, an entry's `counted` and `pinned` (`entry.rs`), the
-//!    registry of waiting threads (`array/guard.rs`).
+//!    disk ledger in `Account` (`budget.rs`), the registry of waiting
+//!    threads (`array/guard.rs`).
 //!
 //! Rules that make every wait end:
 //!
@@ -97,6 +98,10 @@ struct Inner {
     account: Arc<Account>,
     /// The budget in bytes (`u64::MAX`: none).
     budget: AtomicU64,
+    /// The disk budget in bytes (`u64::MAX`: none).
+    disk_budget: AtomicU64,
+    /// Held while recomputable entries are deleted for the disk budget.
+    disk_evicting: Mutex<()>,
     pressure: Option<SystemPressure>,
     lru: Mutex<Lru>,
     evicting: Mutex<()>,
@@ -220,6 +225,7 @@ impl DiskBackedStore {
                 purge_on_drop: overrides.purge_on_drop.unwrap_or(d.purge_on_drop),
                 automatic_offloading: c.automatic_offloading(),
                 caching: c.caching(),
+                recomputable: false,
             },
             c,
         )
@@ -280,7 +286,7 @@ impl DiskBackedStore {
         self.check_writable()?;
         let name = EntryName::new(name.as_ref())?;
         let array = array.into_stored_array().into_dyn();
-        self.insert_entry(name, array, overrides, None);
+        self.insert_entry(name, array, overrides, None, false);
         self.inner.enforce_budget();
         self.inner.take_behind_error()
     }
@@ -323,9 +329,50 @@ impl DiskBackedStore {
         let name = EntryName::new(name.as_ref())?;
         let attrs = attrs_object(&name, attrs)?;
         let array = array.into_stored_array().into_dyn();
-        self.insert_entry(name, array, &ConfigOverrides::default(), attrs);
+        self.insert_entry(name, array, &ConfigOverrides::default(), attrs, false);
         self.inner.enforce_budget();
         Ok(())
+    }
+
+    /// [`insert`](Self::insert) of a *recomputable* entry: one the program
+    /// can compute again, which the disk budget
+    /// ([`StoreBuilder::disk_budget`](crate::StoreBuilder::disk_budget))
+    /// may delete, least recently used first, when the entries' files
+    /// exceed it. The flag is written in the entry's `.meta.json`
+    /// (`ndoffload_recomputable`), so a later open knows it too, and shows
+    /// in [`EntryInfo::flags`]. Entries made by
+    /// [`get_or_compute`](Self::get_or_compute) are recomputable; those of
+    /// every other insert are not, and replacing a recomputable entry with
+    /// one of them makes the key ordinary again.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert`](Self::insert).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::Array1;
+    /// use ndarray_offload::DiskBackedStore;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = DiskBackedStore::open(dir.path())?;
+    /// store.insert_recomputable("smoothed", Array1::<f32>::zeros(100))?;
+    /// store.flush()?;
+    /// assert!(store.info("smoothed")?.flags.recomputable);
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn insert_recomputable<A: IntoStoredArray>(
+        &self,
+        name: impl AsRef<str>,
+        array: A,
+    ) -> Result<()> {
+        self.check_writable()?;
+        let name = EntryName::new(name.as_ref())?;
+        let array = array.into_stored_array().into_dyn();
+        self.insert_entry(name, array, &ConfigOverrides::default(), None, true);
+        self.inner.enforce_budget();
+        self.inner.take_behind_error()
     }
 
     /// Replaces the user attributes of the entry `name` (see
@@ -364,8 +411,10 @@ impl DiskBackedStore {
         array: ArrayD<T>,
         overrides: &ConfigOverrides,
         attrs: Option<Arc<Attrs>>,
+        recomputable: bool,
     ) -> Loaded {
-        let (flags, config) = self.flags_for(overrides);
+        let (mut flags, config) = self.flags_for(overrides);
+        flags.recomputable = recomputable;
         let shape = array.shape().to_vec();
         let loaded: Loaded = Arc::new(StoreEntry::new(
             array,
@@ -399,6 +448,9 @@ impl DiskBackedStore {
             }
         }
         drop(entries);
+        // The name's file (the old entry's, until this one is written) is
+        // now this entry's for the disk budget.
+        self.inner.account.disk_touch(&name, Some(recomputable));
         // Only now may the new entry's files replace the old entry's.
         loaded.link().enable_publish();
         if flags.caching {
@@ -423,7 +475,7 @@ impl DiskBackedStore {
         self.check_writable()?;
         let name = EntryName::new(name.as_ref())?;
         let array = array.into_stored_array().into_dyn();
-        let loaded = self.insert_entry(name, array, &ConfigOverrides::default(), None);
+        let loaded = self.insert_entry(name, array, &ConfigOverrides::default(), None, false);
         let r = self.inner.settle(loaded.flush());
         self.inner.enforce_budget();
         r
@@ -475,12 +527,13 @@ impl DiskBackedStore {
             .into_iter()
             .map(|(n, a)| {
                 let a = a.into_stored_array().into_dyn();
-                self.insert_entry(n, a, &ConfigOverrides::default(), None)
+                self.insert_entry(n, a, &ConfigOverrides::default(), None, false)
             })
             .collect();
         let r = self
             .inner
             .publish_batch(loaded.iter().map(|l| l.as_ref()).collect());
+        self.inner.enforce_disk_budget();
         self.inner.settle(r)
     }
 
@@ -582,6 +635,7 @@ impl DiskBackedStore {
                 Counters::add(&self.inner.counters.offloads);
             }
         }
+        self.inner.enforce_disk_budget();
         in_use.map_or(Ok(()), Err)
     }
 

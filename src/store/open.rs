@@ -31,6 +31,7 @@ use crate::size::{IntoByteSize, SizeSetting};
 /// | [`create`](Self::create) | `true`: create the directory if it does not exist |
 /// | [`entry_config`](Self::entry_config) | [`CacheConfig::default()`] with purge-on-drop off: entries may be offloaded, are not re-offloaded automatically, and are kept when the store is closed |
 /// | [`memory_budget`](Self::memory_budget) | none: entries stay in RAM until flushed, offloaded or the store is closed |
+/// | [`disk_budget`](Self::disk_budget) | none: no entry is ever deleted to save disk space |
 /// | [`system_pressure`](Self::system_pressure) | off: the host's free memory is not watched |
 ///
 /// Reads map entries read-only ([`LoadMode::ReadOnly`](crate::LoadMode));
@@ -56,6 +57,7 @@ pub struct StoreBuilder {
     create: bool,
     config: CacheConfig,
     budget: Option<SizeSetting>,
+    disk_budget: Option<SizeSetting>,
     pressure: Option<SystemPressure>,
     write_behind: Option<WriteBehindConfig>,
     exclusive: bool,
@@ -79,6 +81,7 @@ impl StoreBuilder {
             create: true,
             config: CacheConfig::default().with_purge_on_drop(false),
             budget: None,
+            disk_budget: None,
             pressure: None,
             write_behind: None,
             exclusive: false,
@@ -143,6 +146,68 @@ impl StoreBuilder {
     /// ```
     pub fn memory_budget(mut self, budget: impl IntoByteSize) -> Self {
         self.budget = Some(SizeSetting::new(budget));
+        self
+    }
+
+    /// Caps the bytes of the entries' files (default: no cap) by deleting
+    /// *recomputable* entries, least recently used first: those made by
+    /// [`get_or_compute`](DiskBackedStore::get_or_compute) (or
+    /// [`try_get_or_compute`](DiskBackedStore::try_get_or_compute)) and
+    /// those inserted with
+    /// [`insert_recomputable`](DiskBackedStore::insert_recomputable). The
+    /// flag is kept in the entry's `.meta.json` (`ndoffload_recomputable`,
+    /// see `docs/format.md`), so a reopened store still knows which
+    /// entries it may delete; entries written by GSEGUtils or numpy never
+    /// are, and neither is any other entry.
+    ///
+    /// What is counted is the length of each entry's `.npy` file (header
+    /// included; the small `.meta.json` files are not), for the entries this
+    /// handle listed at open or wrote since. After each call that adds to
+    /// it (an insert that spills, `insert_durable`, `insert_batch`,
+    /// `flush`, the `offload` calls, `get_or_compute`, and the open itself),
+    /// recomputable entries are deleted, least recently used by this handle
+    /// first (after a reopen, entries not used yet go first, in name order),
+    /// until the files are within the budget. A deletion is a
+    /// [`remove`](DiskBackedStore::remove): durable, and a handle or guard
+    /// on the entry keeps its data; the next `get_or_compute` of the key
+    /// computes it again. When only ordinary entries are left the budget is
+    /// exceeded: nothing else is deleted, and the event is counted in
+    /// [`StoreStats::disk_over_budget_events`](crate::StoreStats::disk_over_budget_events);
+    /// deletions are counted in
+    /// [`StoreStats::disk_evictions`](crate::StoreStats::disk_evictions).
+    /// A read-only open ignores it.
+    ///
+    /// `budget` is a string (`"2GiB"`, `"500MB"`, see [`ByteSize::parse`]),
+    /// a `u64` of bytes or a [`ByteSize`]. A malformed string is reported by
+    /// [`open`](Self::open) as [`Error::InvalidSize`] naming this option.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::{Array1, Ix1};
+    /// use ndarray_offload::StoreBuilder;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// // 8000 bytes of data (+ a 128-byte header) per entry; room for two.
+    /// let store = StoreBuilder::new(dir.path()).disk_budget("17KB").open()?;
+    /// store.insert_durable("raw", Array1::<f64>::zeros(1000))?; // ordinary: kept
+    /// for key in ["mean", "median"] {
+    ///     store.get_or_compute::<f64, Ix1, _>(key, || Array1::ones(1000))?;
+    /// }
+    /// store.flush()?;
+    /// // "mean", least recently used of the recomputable entries, was deleted.
+    /// assert_eq!(store.stats().disk_evictions, 1);
+    /// assert!(store.contains("raw") && !store.contains("mean"));
+    /// // Asked for again, it is computed again.
+    /// store.get_or_compute::<f64, Ix1, _>("mean", || Array1::ones(1000))?;
+    /// assert_eq!(store.stats().computes, 3);
+    ///
+    /// let err = StoreBuilder::new(dir.path()).disk_budget("a lot").open().unwrap_err();
+    /// assert!(err.to_string().contains("disk_budget"));
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn disk_budget(mut self, budget: impl IntoByteSize) -> Self {
+        self.disk_budget = Some(SizeSetting::new(budget));
         self
     }
 
@@ -228,7 +293,8 @@ impl StoreBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidSize`] for a malformed size string,
+    /// [`Error::InvalidSize`] for a malformed size string (naming
+    /// `memory_budget` or `disk_budget`),
     /// [`Error::NotADirectory`] when the path is a file ("is a file, not a
     /// store directory"), [`Error::NotFound`] for a missing directory (read-only, or with
     /// `create(false)`), [`Error::PermissionDenied`] naming a directory the
@@ -247,7 +313,22 @@ impl StoreBuilder {
             Some(b) => Some(b.get("memory_budget")?),
             None => None,
         };
+        let disk_budget = match &self.disk_budget {
+            Some(b) => Some(b.get("disk_budget")?),
+            None => None,
+        };
         let path = self.dir;
+        if let (Some(b), Some(_)) = (&self.backend, disk_budget) {
+            // Deleting recomputable entries would delete them from the
+            // durable tier: the local cache has its own budget.
+            return Err(Error::InvalidInput {
+                path,
+                reason: format!(
+                    "disk_budget deletes entries; with {} set the cache's budget (RemoteOptions::disk_budget) instead",
+                    b.describe
+                ),
+            });
+        }
         if fs::metadata(&path).is_ok_and(|m| !m.is_dir()) {
             return Err(Error::NotADirectory { path });
         }
@@ -282,6 +363,7 @@ impl StoreBuilder {
             purge_on_drop: self.config.purge_on_drop().unwrap_or(false),
             automatic_offloading: self.config.automatic_offloading(),
             caching: self.config.caching(),
+            recomputable: false,
         };
         let mut entries = BTreeMap::new();
         let mut incomplete = BTreeMap::new();
@@ -308,7 +390,7 @@ impl StoreBuilder {
             Some(c) => Some(WriteBehind::start(c).ctx("start the write-behind threads of", &path)?),
             None => None,
         };
-        Ok(DiskBackedStore {
+        let store = DiskBackedStore {
             inner: Arc::new_cyclic(|weak| Inner {
                 storage,
                 read_only: self.read_only,
@@ -319,6 +401,8 @@ impl StoreBuilder {
                 _lease: lease,
                 account: Arc::new(Account::new(weak.clone())),
                 budget: AtomicU64::new(budget.unwrap_or(u64::MAX)),
+                disk_budget: AtomicU64::new(u64::MAX),
+                disk_evicting: Mutex::new(()),
                 pressure,
                 lru: Mutex::new(Lru::default()),
                 evicting: Mutex::new(()),
@@ -328,6 +412,11 @@ impl StoreBuilder {
                 write_behind,
                 lock_timeout: self.lock_timeout,
             }),
-        })
+        };
+        if disk_budget.is_some() {
+            // Counts the files listed and deletes what is over the budget.
+            store.inner.set_disk_budget(disk_budget);
+        }
+        Ok(store)
     }
 }

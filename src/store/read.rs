@@ -173,6 +173,9 @@ impl DiskBackedStore {
             // Mapped entries count against the budget too: track them all.
             self.inner.lru.lock().touch(&name);
         }
+        self.inner
+            .account
+            .disk_touch(&name, Some(loaded.flags().recomputable));
         let meta_path = meta_path();
         StoredArray::of(loaded, name, meta_path)
     }

@@ -22,6 +22,9 @@ pub(crate) struct Counters {
     pub evictions: AtomicU64,
     pub over_budget: AtomicU64,
     pub computes: AtomicU64,
+    pub disk_evictions: AtomicU64,
+    pub disk_evicted_bytes: AtomicU64,
+    pub disk_over_budget: AtomicU64,
 }
 
 impl Counters {
@@ -38,6 +41,9 @@ impl Counters {
             &self.evictions,
             &self.over_budget,
             &self.computes,
+            &self.disk_evictions,
+            &self.disk_evicted_bytes,
+            &self.disk_over_budget,
         ] {
             c.store(0, Relaxed);
         }
@@ -83,6 +89,18 @@ pub struct StoreStats {
     /// Background writes that failed (their entries stayed in RAM; each
     /// failure is also returned by a later call).
     pub write_behind_failures: u64,
+    /// The disk budget, if any (see `StoreBuilder::disk_budget`).
+    pub disk_budget: Option<u64>,
+    /// Bytes of the entries' `.npy` files the disk budget counts (`None`
+    /// when no disk budget was ever set: they are not counted).
+    pub bytes_in_files: Option<u64>,
+    /// Recomputable entries deleted by the disk budget.
+    pub disk_evictions: u64,
+    /// Bytes of the files of the entries deleted by the disk budget.
+    pub bytes_disk_evicted: u64,
+    /// Times the entries' files stayed over the disk budget because no
+    /// recomputable entry was left to delete.
+    pub disk_over_budget_events: u64,
 }
 
 impl StoreStats {
@@ -135,6 +153,26 @@ impl fmt::Display for StoreStats {
             "  on disk    {:>10}   in {} entries",
             ByteSize::new(self.bytes_on_disk).to_string(),
             self.entries_on_disk
+        )?;
+        if let Some(b) = self.disk_budget {
+            write!(
+                f,
+                " (files {}, disk budget {})",
+                ByteSize::new(self.bytes_in_files.unwrap_or(0)),
+                ByteSize::new(b)
+            )?;
+        }
+        writeln!(f)?;
+        writeln!(
+            f,
+            "  disk evictions{:>7}   ({} of recomputable entries deleted)",
+            self.disk_evictions,
+            ByteSize::new(self.bytes_disk_evicted)
+        )?;
+        write!(
+            f,
+            "  disk over budget{:>5}   (only ordinary entries were left)",
+            self.disk_over_budget_events
         )
     }
 }
@@ -177,6 +215,11 @@ impl DiskBackedStore {
                 .as_ref()
                 .map_or(0, |w| w.in_flight()),
             write_behind_failures: self.inner.write_behind.as_ref().map_or(0, |w| w.failures()),
+            disk_budget: self.inner.disk_budget(),
+            bytes_in_files: self.inner.account.disk_bytes(),
+            disk_evictions: c.disk_evictions.load(Ordering::Relaxed),
+            bytes_disk_evicted: c.disk_evicted_bytes.load(Ordering::Relaxed),
+            disk_over_budget_events: c.disk_over_budget.load(Ordering::Relaxed),
             ..Default::default()
         };
         let slots: Vec<(EntryName, Arc<Mutex<Slot>>)> = self
@@ -218,7 +261,8 @@ impl DiskBackedStore {
     }
 
     /// Resets the counters (hits, misses, loads, computes, offloads,
-    /// evictions, over-budget events).
+    /// evictions, over-budget events, disk evictions and their bytes, disk
+    /// over-budget events).
     pub fn reset_stats(&self) {
         self.inner.counters.reset();
         if let Some(w) = &self.inner.write_behind {

@@ -214,3 +214,180 @@ fn kill_during_random_operations() {
         "the children did too little work to test anything"
     );
 }
+
+/// Keys of the write-behind crash test.
+const BEHIND_KEYS: usize = 8;
+
+/// The child of `kill_during_write_behind_spills`: in-memory inserts under a
+/// memory budget small enough that almost every insert hands entries to
+/// the background writers, with a `flush` now and then. Each insert is
+/// announced in the log before it starts (`I key digest`), each flush too
+/// (`F`), and a flush that returned `Ok` is confirmed (`D`); `W` follows an
+/// insert that returned while spills were in flight. The log is written
+/// with plain `write`s: a killed process loses nothing it wrote.
+#[test]
+#[ignore = "run in a child process by kill_during_write_behind_spills"]
+fn crash_behind_child() {
+    let (Ok(dir), Ok(seed)) = (
+        std::env::var("NDOFFLOAD_CRASH_DIR"),
+        std::env::var("NDOFFLOAD_CRASH_SEED"),
+    ) else {
+        return;
+    };
+    let seed: u64 = seed.parse().unwrap();
+    let dir = Path::new(&dir);
+    let store = StoreBuilder::new(dir.join("store"))
+        .memory_budget(30_000u64)
+        .write_behind(2, ndarray_offload::ByteSize::new(48_000))
+        .open()
+        .unwrap();
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("log"))
+        .unwrap();
+    let mut say = |line: &str| log.write_all(line.as_bytes()).unwrap();
+    let mut rng = Rng(seed ^ 0xB0B);
+    for n in 0.. {
+        if rng.next().is_multiple_of(12) {
+            say("F\n");
+            store.flush().unwrap();
+            say("D\n");
+            continue;
+        }
+        let key = format!("k{}", rng.next() % BEHIND_KEYS as u64);
+        let v = value(seed, n);
+        say(&format!("I {key} {}\n", digest(&v)));
+        store.insert(&key, v).unwrap();
+        if store.stats().bytes_in_flight > 0 {
+            say("W\n");
+        }
+    }
+}
+
+/// What the write-behind log allows for each key: its last confirmed value
+/// (`-`: absent) and every value inserted since (any of them may have been
+/// spilled, or been in flight, when the child was killed).
+fn behind_acceptable(log: &str) -> BTreeMap<String, Vec<String>> {
+    let mut confirmed: BTreeMap<String, String> = BTreeMap::new();
+    let mut since: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in log.lines() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        match parts.as_slice() {
+            ["I", key, v] => since
+                .entry(key.to_string())
+                .or_default()
+                .push(v.to_string()),
+            ["D"] => {
+                // The flush wrote every entry as it was when it was called:
+                // the last value inserted before it.
+                for (k, vs) in std::mem::take(&mut since) {
+                    if let Some(last) = vs.last() {
+                        confirmed.insert(k, last.clone());
+                    }
+                }
+            }
+            // `F`, `W`, a restart's `C` lines, or a torn last line (the
+            // operation had not started).
+            ["C", key, v] => {
+                confirmed.insert(key.to_string(), v.to_string());
+            }
+            _ => {}
+        }
+    }
+    (0..BEHIND_KEYS)
+        .map(|i| {
+            let k = format!("k{i}");
+            let mut ok = vec![confirmed.get(&k).cloned().unwrap_or_else(|| "-".into())];
+            ok.extend(since.get(&k).into_iter().flatten().cloned());
+            (k, ok)
+        })
+        .collect()
+}
+
+#[test]
+fn kill_during_write_behind_spills() {
+    let kills: u64 = std::env::var("NDOFFLOAD_CRASH_BEHIND_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = Rng(0xBE41D);
+    let (mut checked_keys, mut inserts, mut flushes, mut in_flight) = (0usize, 0, 0, 0);
+    let (mut mid_flush, mut changed_since_flush) = (0usize, 0usize);
+    for round in 0..kills {
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "crash::crash_behind_child",
+                "--include-ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("NDOFFLOAD_CRASH_DIR", dir.path())
+            .env("NDOFFLOAD_CRASH_SEED", (round + 1).to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(10 + rng.next() % 90));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+
+        let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+        inserts += log.lines().filter(|l| l.starts_with("I ")).count();
+        flushes += log.lines().filter(|l| *l == "D").count();
+        in_flight += log.lines().filter(|l| *l == "W").count();
+        mid_flush += usize::from(log.lines().rev().find(|l| *l == "F" || *l == "D") == Some("F"));
+        let ok = behind_acceptable(&log);
+        let store_dir = dir.path().join("store");
+        if !store_dir.exists() {
+            continue;
+        }
+        let store = DiskBackedStore::open(&store_dir).unwrap();
+        assert!(
+            temp_files(&store_dir).is_empty(),
+            "round {round}: temp files survived open: {:?}",
+            temp_files(&store_dir)
+        );
+        assert!(
+            store.incomplete().is_empty(),
+            "round {round}: {:?}",
+            store.incomplete()
+        );
+        let mut fresh = String::new();
+        for (k, allowed) in &ok {
+            let got = match store.get::<i64, Ix1>(k) {
+                Ok(h) => digest(&h.to_owned_array().unwrap()),
+                Err(e) if e.is_not_found() => "-".to_string(),
+                Err(e) => panic!("round {round}: {k}: {e}"),
+            };
+            assert!(
+                allowed.contains(&got),
+                "round {round}: {k} holds {got}, expected one of {allowed:?}\nlog tail: {}",
+                log.lines().rev().take(8).collect::<Vec<_>>().join(" | ")
+            );
+            changed_since_flush += usize::from(got != allowed[0]);
+            checked_keys += 1;
+            // The next child starts from what is on disk now.
+            fresh.push_str(&format!("C {k} {got}\n"));
+        }
+        store.close().unwrap();
+        std::fs::write(dir.path().join("log"), fresh).unwrap();
+    }
+    eprintln!(
+        "write-behind crash: {kills} kills, {inserts} inserts, {flushes} flushes confirmed, \
+         {in_flight} inserts returned with spills in flight, {mid_flush} kills during a flush, \
+         {checked_keys} key checks, {changed_since_flush} keys held a value newer than their last flush"
+    );
+    assert!(checked_keys > 0);
+    assert!(
+        inserts as u64 >= kills,
+        "the children did too little work to test anything"
+    );
+    assert!(
+        in_flight > 0,
+        "no insert ever returned with spills in flight"
+    );
+}

@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod concurrency;
 mod crash;
+mod disk_budget;
 mod faults;
 mod hardening;
 mod numpy;

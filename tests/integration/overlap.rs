@@ -1,5 +1,5 @@
-//! Write-behind spills, prefetch and the disk budget for recomputable
-//! entries.
+//! Write-behind spills and prefetch (the disk budget for recomputable
+//! entries: `disk_budget.rs`).
 
 use ndarray::{Array1, Ix1};
 use ndarray_offload::__testing::{install, FaultPlan};

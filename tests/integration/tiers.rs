@@ -383,3 +383,49 @@ fn tiered_store_server_stopped_and_restarted() {
     let b = tiered(other.path(), &o);
     assert_eq!(b.get::<f32, Ix1>("killed").unwrap().read().unwrap()[0], 3.0);
 }
+
+#[test]
+fn tiered_store_over_a_memory_url_and_its_option_checks() {
+    let cache = tempfile::tempdir().unwrap();
+    let s = StoreBuilder::new(cache.path())
+        .remote("memory:///b/p")
+        .memory_budget("64KiB")
+        .open()
+        .unwrap();
+    for i in 0..8 {
+        s.insert(format!("t{i}"), Array1::from_elem(4096, i as u32))
+            .unwrap();
+    }
+    assert!(s.stats().evictions > 0);
+    s.flush().unwrap();
+    for i in 0..8 {
+        let t = s.get::<u32, Ix1>(format!("t{i}")).unwrap();
+        assert_eq!(t.read().unwrap()[4095], i as u32);
+    }
+    assert!(s.remove("t0").unwrap());
+    assert!(!s.contains("t0"));
+    // A disk budget would delete entries from the durable tier: refused.
+    let other = tempfile::tempdir().unwrap();
+    let err = StoreBuilder::new(other.path())
+        .remote("memory:///b/q")
+        .disk_budget("1MiB")
+        .open()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput { reason, .. } if reason.contains("RemoteOptions::disk_budget")),
+        "{err}"
+    );
+    // A bad URL is a typed remote error naming it.
+    let err = StoreBuilder::new(other.path())
+        .remote("nosuchscheme://x/y")
+        .open()
+        .unwrap_err();
+    assert!(err.to_string().contains("nosuchscheme"), "{err}");
+    // One handle per cache directory.
+    assert!(matches!(
+        StoreBuilder::new(cache.path())
+            .remote("memory:///b/p")
+            .open(),
+        Err(Error::Locked { .. })
+    ));
+}
