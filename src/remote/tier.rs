@@ -168,15 +168,20 @@ impl Tier {
 
     /// Writes one job's data into `objects/` and registers it as a staged
     /// write, unless the entry may no longer publish (`None`).
-    fn stage(&self, job: PairJob<'_>) -> Result<Option<(Pending, FileId)>> {
+    ///
+    /// A spill's file is `fsync`ed here; a durable write's by its record,
+    /// while its upload runs ([`commit`](Self::commit)).
+    fn stage(&self, job: PairJob<'_>, spill: bool) -> Result<Option<(Pending, FileId)>> {
         let unique = protocol::unique_id();
         let file = format!("{}.{unique}.npy", job.name.as_str());
         let target = self.objects.join(&file);
         let mut tmp = io::TempFile::create_in(&self.objects, "stage", false)?;
         (job.write_npy)(tmp.writer(), &target)?;
-        tmp.flush_and_sync()?;
-        let id = FileId::of_file(tmp.file(), tmp.path())?;
-        let size = tmp.file().metadata().ctx("stat", tmp.path())?.len();
+        if spill {
+            tmp.flush_and_sync()?;
+        } else {
+            tmp.flush_and_close()?;
+        }
         let name = job.name.as_str().to_string();
         let mut st = self.rs.state.lock();
         {
@@ -189,6 +194,14 @@ impl Tier {
             tmp.rename_into(&file)?;
             job.published.fetch_max(job.version, Ordering::AcqRel);
         }
+        let found = self.objects.stat(&file).filter(|f| f.is_file());
+        let Some(found) = found else {
+            return Err(Error::NoFile {
+                path: target,
+                reason: "a staged file vanished from the cache directory",
+            });
+        };
+        let (id, size) = (found.id, found.len);
         let base = st.view.get(&name).map(|s| VersionRec::from(s.version()));
         // A staged write on top of a staged write replaces it (a recorded
         // one stays on disk until the new record replaces it).
@@ -224,17 +237,9 @@ impl Tier {
     /// as the winner's value.
     fn commit(&self, staged: Vec<Pending>) -> Result<()> {
         let mut first = None;
-        for mut p in staged {
+        for p in staged {
             let name = p.name.clone();
-            let r = self.rs.record(&mut p).and_then(|()| {
-                if let Some(q) = self.rs.state.lock().pending.get_mut(&name) {
-                    if q.file == p.file {
-                        q.recorded = true;
-                        q.superseded = None;
-                    }
-                }
-                self.rs.push(p)
-            });
+            let r = self.record_and_push(p);
             if let Err(e) = r {
                 if matches!(e, Error::Conflict { .. }) {
                     // Read the winner's version: the entry reads as it.
@@ -247,6 +252,40 @@ impl Tier {
             }
         }
         first.map_or(Ok(()), Err)
+    }
+
+    /// Makes a staged write durable locally (its record) while its data
+    /// object uploads, then commits it: the local `fsync`s overlap the
+    /// transfer. After a failure of either, the write stays staged when
+    /// its record was written.
+    fn record_and_push(&self, mut p: Pending) -> Result<()> {
+        let (recorded, uploaded) = if p.recorded {
+            (Ok(()), self.rs.upload(&p))
+        } else {
+            let mut q = p.clone();
+            std::thread::scope(|s| {
+                let rec = s.spawn(|| self.rs.record(&mut q));
+                let up = self.rs.upload(&p);
+                let rec = rec.join().unwrap_or_else(|_| {
+                    Err(Error::InvalidInput {
+                        path: self.objects.join(&p.file),
+                        reason: "recording the staged write panicked".into(),
+                    })
+                });
+                (rec, up)
+            })
+        };
+        recorded?;
+        p.recorded = true;
+        p.superseded = None;
+        if let Some(q) = self.rs.state.lock().pending.get_mut(&p.name) {
+            if q.file == p.file {
+                q.recorded = true;
+                q.superseded = None;
+            }
+        }
+        let (size, crc, started) = uploaded?;
+        self.rs.commit_uploaded(p, size, crc, started)
     }
 
     fn url_path(&self, rel: &str) -> PathBuf {
@@ -362,7 +401,7 @@ impl Storage for Tier {
         let mut ids = Vec::with_capacity(jobs.len());
         let mut staged = Vec::new();
         for job in jobs {
-            match self.stage(job)? {
+            match self.stage(job, sync == SyncMode::Spill)? {
                 Some((p, id)) => {
                     staged.push(p);
                     ids.push(Some(id));

@@ -315,6 +315,13 @@ impl RemoteStore {
 
     /// Uploads and commits one staged write.
     pub(super) fn push(&self, p: Pending) -> Result<()> {
+        let (size, crc, started) = self.upload(&p)?;
+        self.commit_uploaded(p, size, crc, started)
+    }
+
+    /// Uploads the data object of a staged write: its size, CRC-32 and
+    /// when the upload started.
+    pub(super) fn upload(&self, p: &Pending) -> Result<(u64, u32, std::time::Instant)> {
         let local = self.objects.join(&p.file);
         let dest = protocol::rel_path(&self.loc, &p.data);
         let url = self.loc.url_of(&dest);
@@ -334,6 +341,19 @@ impl RemoteStore {
             .map_err(|e| upload_err("upload", &p.name, url.clone(), e))?;
         self.counters.uploads.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes_up.fetch_add(size, Ordering::Relaxed);
+        Ok((size, crc, started))
+    }
+
+    /// Commits a staged write whose data object [`upload`](Self::upload)ed.
+    pub(super) fn commit_uploaded(
+        &self,
+        p: Pending,
+        size: u64,
+        crc: u32,
+        started: std::time::Instant,
+    ) -> Result<()> {
+        let dest = protocol::rel_path(&self.loc, &p.data);
+        let url = self.loc.url_of(&dest);
         if !self.opts.grace.is_zero() && started.elapsed() > self.opts.grace / 2 {
             // gc may already have marked the upload: upload again (flush).
             return Err(Error::Remote {
