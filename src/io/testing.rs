@@ -224,3 +224,28 @@ pub fn open_remote_on(
 ) -> crate::Result<crate::remote::RemoteStore> {
     crate::remote::RemoteStore::open_on(url, Some(store), cache_dir, options)
 }
+
+/// Opens a [`DiskBackedStore`](crate::DiskBackedStore) over the remote
+/// prefix `url` with `cache_dir` as its local cache (as
+/// [`StoreBuilder::remote_with`](crate::StoreBuilder::remote_with)), its
+/// requests all going to `store` (as [`open_remote_on`]), with
+/// `memory_budget` bytes of RAM when given.
+///
+/// # Errors
+///
+/// As [`StoreBuilder::open`](crate::StoreBuilder::open).
+#[cfg(feature = "remote")]
+pub fn open_tiered_on(
+    url: &str,
+    store: Arc<dyn object_store::ObjectStore>,
+    cache_dir: &Path,
+    options: crate::remote::RemoteOptions,
+    memory_budget: Option<u64>,
+) -> crate::Result<crate::DiskBackedStore> {
+    let mut b =
+        crate::StoreBuilder::new(cache_dir).remote_on(url.to_string(), Some(store), options);
+    if let Some(m) = memory_budget {
+        b = b.memory_budget(m);
+    }
+    b.open()
+}

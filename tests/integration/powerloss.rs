@@ -1309,6 +1309,41 @@ fn remote_node_every_crash_state_recovers() {
     fail_on(&tally, seed);
 }
 
+/// A power cut on a node of a three-tier store (a `DiskBackedStore` over a
+/// remote prefix, under a memory budget that spills): every crash state of
+/// its cache directory, with the object store as it was at that point; the
+/// store restarts and flushes, every promise holds, from it and from a
+/// fresh node; nothing stays pending; `gc` leaves exactly the referenced
+/// data objects. `NDOFFLOAD_POWERLOSS_STATES` / 10 states at least (seeded
+/// random tiered workloads added until then).
+#[cfg(feature = "remote")]
+#[test]
+fn tiered_node_every_crash_state_recovers() {
+    let target = env_u64("NDOFFLOAD_POWERLOSS_STATES", 10_000) / 10;
+    let seed = env_u64("NDOFFLOAD_POWERLOSS_SEED", 0x5eed_0005);
+    let mut rng = Rng::new(seed);
+    let mut tally = Tally::default();
+    let t0 = std::time::Instant::now();
+    for (name, init, steps) in remote::tiered_fixed() {
+        let r = remote::record_tiered(&name, &init, &steps);
+        remote::check_run(&r, 48, &mut rng, &mut tally);
+        fail_on(&tally, seed);
+    }
+    let mut i = 0u64;
+    while tally.total < target {
+        let (name, init, steps) = remote::tiered_random(seed.wrapping_add(i));
+        let r = remote::record_tiered(&name, &init, &steps);
+        remote::check_run(&r, 48, &mut rng, &mut tally);
+        fail_on(&tally, seed);
+        i += 1;
+    }
+    tally.print(&format!(
+        "power loss, three-tier store (seed {seed:#x}, {i} random workloads, {:.1} s)",
+        t0.elapsed().as_secs_f64()
+    ));
+    fail_on(&tally, seed);
+}
+
 /// Regression (power loss, "remote: object store down, then flush": a crash
 /// after `insert_durable` failed with the object store unreachable): the
 /// pending record was durable but the rename of its staged file into
