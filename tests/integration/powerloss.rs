@@ -1387,3 +1387,30 @@ fn remote_remove_after_commit_stale_pending_record() {
     tally.print("remote: insert_durable then remove");
     fail_on(&tally, 4);
 }
+
+/// Regression (power loss, staging a new value of a key over a recorded
+/// staged write of it): the old write's record and staged file were
+/// dropped when the new value was staged, before the new record was
+/// durable, so a power cut in between (or after a non-durable `insert`
+/// over it, once another record made `pending/` durable) lost the write
+/// `insert_durable` had reported as staged. The old record and file now
+/// stay until the new record replaces them (`Pending.superseded`).
+#[cfg(feature = "remote")]
+#[test]
+fn remote_staging_over_a_recorded_write_keeps_it_until_the_new_record() {
+    use remote::ROpStep::*;
+    let r = remote::record(
+        "remote: staging over a recorded staged write",
+        &[("a", Some(1)), ("b", None)],
+        &[
+            DurableDown("a", 2),
+            DurableDown("a", 3),
+            Insert("a", 4),
+            DurableDown("b", 5),
+        ],
+    );
+    let mut tally = Tally::default();
+    remote::check_run(&r, 48, &mut Rng::new(5), &mut tally);
+    tally.print("remote: staging over a recorded staged write");
+    fail_on(&tally, 5);
+}
