@@ -9,7 +9,8 @@
 //!
 //! `NDOFFLOAD_POWERLOSS_STATES` sets the number of crash states to check
 //! (default 10,000: four fifths on local stores, one or two writers, one
-//! fifth on a remote store's node; seeded random workloads are added until
+//! tenth on a remote store's node, one tenth on a three-tier store's node;
+//! seeded random workloads are added until
 //! it is reached), `NDOFFLOAD_POWERLOSS_SEED` the seed (printed on failure).
 
 mod crashfs;
@@ -1115,8 +1116,9 @@ fn fail_on(tally: &Tally, seed: u64) {
 /// model: no violation.
 #[test]
 fn ordered_model_every_crash_state_recovers() {
-    // Four fifths of the states here, one fifth on a remote store's node
-    // (`remote_node_every_crash_state_recovers`).
+    // Four fifths of the states here, one tenth on a remote store's node
+    // (`remote_node_every_crash_state_recovers`), one tenth on a three-tier
+    // store's (`tiered_node_every_crash_state_recovers`).
     let target = env_u64("NDOFFLOAD_POWERLOSS_STATES", 10_000) * 4 / 5;
     let seed = env_u64("NDOFFLOAD_POWERLOSS_SEED", 0x5eed_0001);
     let mut rng = Rng::new(seed);
@@ -1256,6 +1258,7 @@ fn weak_model_report() {
     let seed = env_u64("NDOFFLOAD_POWERLOSS_SEED", 0x5eed_0002);
     let mut rng = Rng::new(seed);
     let mut tally = Tally::default();
+    let t0 = std::time::Instant::now();
     let opts = Opts {
         model: Model::Weak,
         cap: 24,
@@ -1265,7 +1268,10 @@ fn weak_model_report() {
         let run = record(&w);
         check_run(&run, opts, &mut rng, &mut tally);
     }
-    tally.print(&format!("power loss, weak model (seed {seed:#x})"));
+    tally.print(&format!(
+        "power loss, weak model (seed {seed:#x}, {:.1} s)",
+        t0.elapsed().as_secs_f64()
+    ));
     for v in tally.violations.iter().take(10) {
         eprintln!("{v}");
     }
@@ -1279,12 +1285,12 @@ fn weak_model_report() {
 /// directory (staged writes, pending records), with the object store as it
 /// was at that point; the node restarts and flushes, and every promise
 /// holds, from it and from a fresh node; `gc` leaves exactly the
-/// referenced data objects. `NDOFFLOAD_POWERLOSS_STATES` / 5 states at least
+/// referenced data objects. `NDOFFLOAD_POWERLOSS_STATES` / 10 states at least
 /// (seeded random remote workloads added until then).
 #[cfg(feature = "remote")]
 #[test]
 fn remote_node_every_crash_state_recovers() {
-    let target = env_u64("NDOFFLOAD_POWERLOSS_STATES", 10_000) / 5;
+    let target = env_u64("NDOFFLOAD_POWERLOSS_STATES", 10_000) / 10;
     let seed = env_u64("NDOFFLOAD_POWERLOSS_SEED", 0x5eed_0003);
     let mut rng = Rng::new(seed);
     let mut tally = Tally::default();
