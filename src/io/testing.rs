@@ -200,6 +200,23 @@ impl Drop for PlanGuard {
     }
 }
 
+thread_local! {
+    static READ_ATTEMPTS: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+/// Sets how many times a read on the calling thread reads a pair whose
+/// `.npy` header disagrees with its metadata before reporting
+/// `Error::Mismatch` (`None`: the default, about 1 s of attempts). A
+/// checker of stores no writer is changing (crash states) sets `1`: the
+/// retries wait for a publish that will not come.
+pub fn set_read_attempts(n: Option<u32>) {
+    READ_ATTEMPTS.with(|c| c.set(n.map(|n| n.max(1))));
+}
+
+pub(crate) fn read_attempts() -> Option<u32> {
+    READ_ATTEMPTS.with(std::cell::Cell::get)
+}
+
 /// The `object_store` crate the remote tier is built on (the version
 /// [`open_remote_on`] takes a store of).
 #[cfg(feature = "remote")]
