@@ -200,6 +200,23 @@ impl Drop for PlanGuard {
     }
 }
 
+thread_local! {
+    static READ_ATTEMPTS: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+/// Sets how many times a read on the calling thread reads a pair whose
+/// `.npy` header disagrees with its metadata before reporting
+/// `Error::Mismatch` (`None`: the default, about 1 s of attempts). A
+/// checker of stores no writer is changing (crash states) sets `1`: the
+/// retries wait for a publish that will not come.
+pub fn set_read_attempts(n: Option<u32>) {
+    READ_ATTEMPTS.with(|c| c.set(n.map(|n| n.max(1))));
+}
+
+pub(crate) fn read_attempts() -> Option<u32> {
+    READ_ATTEMPTS.with(std::cell::Cell::get)
+}
+
 /// The `object_store` crate the remote tier is built on (the version
 /// [`open_remote_on`] takes a store of).
 #[cfg(feature = "remote")]
@@ -223,4 +240,29 @@ pub fn open_remote_on(
     options: crate::remote::RemoteOptions,
 ) -> crate::Result<crate::remote::RemoteStore> {
     crate::remote::RemoteStore::open_on(url, Some(store), cache_dir, options)
+}
+
+/// Opens a [`DiskBackedStore`](crate::DiskBackedStore) over the remote
+/// prefix `url` with `cache_dir` as its local cache (as
+/// [`StoreBuilder::remote_with`](crate::StoreBuilder::remote_with)), its
+/// requests all going to `store` (as [`open_remote_on`]), with
+/// `memory_budget` bytes of RAM when given.
+///
+/// # Errors
+///
+/// As [`StoreBuilder::open`](crate::StoreBuilder::open).
+#[cfg(feature = "remote")]
+pub fn open_tiered_on(
+    url: &str,
+    store: Arc<dyn object_store::ObjectStore>,
+    cache_dir: &Path,
+    options: crate::remote::RemoteOptions,
+    memory_budget: Option<u64>,
+) -> crate::Result<crate::DiskBackedStore> {
+    let mut b =
+        crate::StoreBuilder::new(cache_dir).remote_on(url.to_string(), Some(store), options);
+    if let Some(m) = memory_budget {
+        b = b.memory_budget(m);
+    }
+    b.open()
 }

@@ -76,10 +76,22 @@ impl StoreBuilder {
     /// transfer parallelism, grace period, disk budget of the local cache,
     /// `object_store` configuration).
     pub fn remote_with(self, url: impl Into<String>, options: RemoteOptions) -> Self {
-        let url = url.into();
+        self.remote_on(url.into(), None, options)
+    }
+
+    /// As [`remote_with`](Self::remote_with), through `store` instead of
+    /// the client the URL names when given (tests, see
+    /// `__testing::open_tiered_on`).
+    pub(crate) fn remote_on(
+        self,
+        url: String,
+        store: Option<Arc<dyn object_store::ObjectStore>>,
+        options: RemoteOptions,
+    ) -> Self {
         let describe = format!("remote {url}");
         let open = move |dir: &FsPath, _read_only: bool| -> Result<Arc<dyn Storage>> {
-            Ok(Arc::new(Tier::open(&url, dir, options.clone())?) as Arc<dyn Storage>)
+            let t = Tier::open(&url, store.clone(), dir, options.clone())?;
+            Ok(Arc::new(t) as Arc<dyn Storage>)
         };
         self.backend(Backend {
             describe,
@@ -113,8 +125,13 @@ struct Held;
 impl Lease for Held {}
 
 impl Tier {
-    fn open(url: &str, cache: &FsPath, options: RemoteOptions) -> Result<Tier> {
-        let rs = RemoteStore::open_with(url, cache, options)?;
+    fn open(
+        url: &str,
+        store: Option<Arc<dyn object_store::ObjectStore>>,
+        cache: &FsPath,
+        options: RemoteOptions,
+    ) -> Result<Tier> {
+        let rs = RemoteStore::open_on(url, store, cache, options)?;
         let objects = io::Dir::open(&rs.objects)?;
         Ok(Tier {
             rs,

@@ -9,7 +9,8 @@
 //!
 //! `NDOFFLOAD_POWERLOSS_STATES` sets the number of crash states to check
 //! (default 10,000: four fifths on local stores, one or two writers, one
-//! fifth on a remote store's node; seeded random workloads are added until
+//! tenth on a remote store's node, one tenth on a three-tier store's node;
+//! seeded random workloads are added until
 //! it is reached), `NDOFFLOAD_POWERLOSS_SEED` the seed (printed on failure).
 
 mod crashfs;
@@ -466,6 +467,9 @@ fn check_run(run: &Run, opts: Opts, rng: &mut Rng, tally: &mut Tally) {
             eprintln!("  {i:>4} {:<28} {}", step.map_or("", |s| s.label), short(e));
         }
     }
+    // No writer changes a crash state: a pair that disagrees is reported
+    // at once, without the retries that wait for a publish in progress.
+    ndarray_offload::__testing::set_read_attempts(Some(1));
     let base = tempfile::tempdir_in(scratch_base()).unwrap();
     let mut fs = Fs::from_snapshot(&run.snapshot);
     let mut seen: HashSet<(u64, u64)> = HashSet::new();
@@ -1115,8 +1119,9 @@ fn fail_on(tally: &Tally, seed: u64) {
 /// model: no violation.
 #[test]
 fn ordered_model_every_crash_state_recovers() {
-    // Four fifths of the states here, one fifth on a remote store's node
-    // (`remote_node_every_crash_state_recovers`).
+    // Four fifths of the states here, one tenth on a remote store's node
+    // (`remote_node_every_crash_state_recovers`), one tenth on a three-tier
+    // store's (`tiered_node_every_crash_state_recovers`).
     let target = env_u64("NDOFFLOAD_POWERLOSS_STATES", 10_000) * 4 / 5;
     let seed = env_u64("NDOFFLOAD_POWERLOSS_SEED", 0x5eed_0001);
     let mut rng = Rng::new(seed);
@@ -1256,6 +1261,7 @@ fn weak_model_report() {
     let seed = env_u64("NDOFFLOAD_POWERLOSS_SEED", 0x5eed_0002);
     let mut rng = Rng::new(seed);
     let mut tally = Tally::default();
+    let t0 = std::time::Instant::now();
     let opts = Opts {
         model: Model::Weak,
         cap: 24,
@@ -1265,7 +1271,10 @@ fn weak_model_report() {
         let run = record(&w);
         check_run(&run, opts, &mut rng, &mut tally);
     }
-    tally.print(&format!("power loss, weak model (seed {seed:#x})"));
+    tally.print(&format!(
+        "power loss, weak model (seed {seed:#x}, {:.1} s)",
+        t0.elapsed().as_secs_f64()
+    ));
     for v in tally.violations.iter().take(10) {
         eprintln!("{v}");
     }
@@ -1279,12 +1288,12 @@ fn weak_model_report() {
 /// directory (staged writes, pending records), with the object store as it
 /// was at that point; the node restarts and flushes, and every promise
 /// holds, from it and from a fresh node; `gc` leaves exactly the
-/// referenced data objects. `NDOFFLOAD_POWERLOSS_STATES` / 5 states at least
+/// referenced data objects. `NDOFFLOAD_POWERLOSS_STATES` / 10 states at least
 /// (seeded random remote workloads added until then).
 #[cfg(feature = "remote")]
 #[test]
 fn remote_node_every_crash_state_recovers() {
-    let target = env_u64("NDOFFLOAD_POWERLOSS_STATES", 10_000) / 5;
+    let target = env_u64("NDOFFLOAD_POWERLOSS_STATES", 10_000) / 10;
     let seed = env_u64("NDOFFLOAD_POWERLOSS_SEED", 0x5eed_0003);
     let mut rng = Rng::new(seed);
     let mut tally = Tally::default();
@@ -1304,6 +1313,41 @@ fn remote_node_every_crash_state_recovers() {
     }
     tally.print(&format!(
         "power loss, remote node (seed {seed:#x}, {i} random workloads, {:.1} s)",
+        t0.elapsed().as_secs_f64()
+    ));
+    fail_on(&tally, seed);
+}
+
+/// A power cut on a node of a three-tier store (a `DiskBackedStore` over a
+/// remote prefix, under a memory budget that spills): every crash state of
+/// its cache directory, with the object store as it was at that point; the
+/// store restarts and flushes, every promise holds, from it and from a
+/// fresh node; nothing stays pending; `gc` leaves exactly the referenced
+/// data objects. `NDOFFLOAD_POWERLOSS_STATES` / 10 states at least (seeded
+/// random tiered workloads added until then).
+#[cfg(feature = "remote")]
+#[test]
+fn tiered_node_every_crash_state_recovers() {
+    let target = env_u64("NDOFFLOAD_POWERLOSS_STATES", 10_000) / 10;
+    let seed = env_u64("NDOFFLOAD_POWERLOSS_SEED", 0x5eed_0005);
+    let mut rng = Rng::new(seed);
+    let mut tally = Tally::default();
+    let t0 = std::time::Instant::now();
+    for (name, init, steps) in remote::tiered_fixed() {
+        let r = remote::record_tiered(&name, &init, &steps);
+        remote::check_run(&r, 48, &mut rng, &mut tally);
+        fail_on(&tally, seed);
+    }
+    let mut i = 0u64;
+    while tally.total < target {
+        let (name, init, steps) = remote::tiered_random(seed.wrapping_add(i));
+        let r = remote::record_tiered(&name, &init, &steps);
+        remote::check_run(&r, 48, &mut rng, &mut tally);
+        fail_on(&tally, seed);
+        i += 1;
+    }
+    tally.print(&format!(
+        "power loss, three-tier store (seed {seed:#x}, {i} random workloads, {:.1} s)",
         t0.elapsed().as_secs_f64()
     ));
     fail_on(&tally, seed);
@@ -1351,4 +1395,59 @@ fn remote_remove_after_commit_stale_pending_record() {
     remote::check_run(&r, 48, &mut Rng::new(4), &mut tally);
     tally.print("remote: insert_durable then remove");
     fail_on(&tally, 4);
+}
+
+/// Regression (power loss, staging a new value of a key over a recorded
+/// staged write of it): the old write's record and staged file were
+/// dropped when the new value was staged, before the new record was
+/// durable, so a power cut in between (or after a non-durable `insert`
+/// over it, once another record made `pending/` durable) lost the write
+/// `insert_durable` had reported as staged. The old record and file now
+/// stay until the new record replaces them (`Pending.superseded`).
+#[cfg(feature = "remote")]
+#[test]
+fn remote_staging_over_a_recorded_write_keeps_it_until_the_new_record() {
+    use remote::ROpStep::*;
+    let r = remote::record(
+        "remote: staging over a recorded staged write",
+        &[("a", Some(1)), ("b", None)],
+        &[
+            DurableDown("a", 2),
+            DurableDown("a", 3),
+            Insert("a", 4),
+            DurableDown("b", 5),
+        ],
+    );
+    let mut tally = Tally::default();
+    remote::check_run(&r, 48, &mut Rng::new(5), &mut tally);
+    tally.print("remote: staging over a recorded staged write");
+    fail_on(&tally, 5);
+}
+
+/// Found by the three-tier workloads (random tiered workload 0x5eed0015,
+/// beyond the default run: `NDOFFLOAD_POWERLOSS_STATES=30000`): a crash
+/// during `remove` of a key with a recorded staged write (an
+/// `insert_durable` that failed with the object store unreachable, promised
+/// to the next flush) over a committed value. `remove` drops the staged
+/// write's record durably *before* it commits the tombstone (so that a
+/// record is never left to be pushed again after the tombstone), and a
+/// power cut between the two leaves neither: the key reads as the value
+/// committed before the promised write. Committing the tombstone first
+/// reopens the stale-record conflict
+/// (`remote_remove_after_commit_stale_pending_record`); the fix needs a
+/// durable removal intent in the pending record. Not fixed yet.
+#[cfg(feature = "remote")]
+#[test]
+#[ignore = "open: remove drops a promised staged write before its tombstone is committed"]
+fn remote_remove_of_a_staged_write_crash_before_the_tombstone() {
+    use remote::ROpStep::*;
+    let init = [("b", Some(1))];
+    let steps = [DurableDown("b", 2), Remove("b")];
+    let mut tally = Tally::default();
+    let r = remote::record("remote: remove of a staged write", &init, &steps);
+    remote::check_run(&r, 48, &mut Rng::new(6), &mut tally);
+    let r = remote::record_tiered("tiered: remove of a staged write", &init, &steps);
+    remote::check_run(&r, 48, &mut Rng::new(6), &mut tally);
+    tally.print("remove of a staged write");
+    fail_on(&tally, 6);
 }

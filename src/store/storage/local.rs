@@ -277,7 +277,7 @@ impl Storage for LocalDir {
                 FileId::of_file(&file, &path).is_ok_and(|id| id.ino() == c.npy_ino)
             });
             attempt += 1;
-            if committed || attempt >= READ_ATTEMPTS {
+            if committed || attempt >= read_attempts() {
                 // Reported as a mismatch when the data is read.
                 return Ok(Checked { meta, file: None });
             }
@@ -312,6 +312,16 @@ impl Storage for LocalDir {
 /// but a writer descheduled between them on a loaded machine can take tens
 /// of milliseconds; a pair that still disagrees after that is reported).
 const READ_ATTEMPTS: u32 = 500;
+
+/// [`READ_ATTEMPTS`], or the calling thread's override (tests that check
+/// stores no writer is changing, see `__testing::set_read_attempts`).
+fn read_attempts() -> u32 {
+    #[cfg(feature = "testing")]
+    if let Some(n) = io::testing::read_attempts() {
+        return n;
+    }
+    READ_ATTEMPTS
+}
 
 /// The header of an open `.npy` file (a bounded read from its start).
 fn read_header_of(file: &File, path: &Path) -> Result<NpyInfo> {

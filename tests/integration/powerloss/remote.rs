@@ -30,9 +30,9 @@ use ndarray_offload::__testing::object_store::{
     self as os, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
     ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
-use ndarray_offload::__testing::open_remote_on;
+use ndarray_offload::__testing::{open_remote_on, open_tiered_on};
 use ndarray_offload::remote::{RemoteOptions, RemoteStore};
-use ndarray_offload::Error;
+use ndarray_offload::{DiskBackedStore, Error};
 use parking_lot::Mutex;
 
 use super::crashfs::{materialize, Ev, Fs, Model, Recording, Rng, Snapshot};
@@ -200,6 +200,9 @@ pub enum ROpStep {
 pub struct RemoteRun {
     run: Run,
     ops: Vec<ROp>,
+    /// The memory budget of a three-tier store's workload (a
+    /// `DiskBackedStore` over the prefix), `None` for a `RemoteStore`'s.
+    tiered: Option<u64>,
 }
 
 fn opts() -> RemoteOptions {
@@ -309,6 +312,123 @@ pub fn record(name: &str, initial: &[(&'static str, Ver)], steps: &[ROpStep]) ->
             extra: Vec::new(),
         },
         ops,
+        tiered: None,
+    }
+}
+
+/// Labels of a three-tier store's operations.
+fn tiered_label(st: &ROpStep) -> &'static str {
+    match st {
+        ROpStep::Insert(..) => "tiered: insert (budget spills)",
+        ROpStep::Durable(..) => "tiered: insert_durable",
+        ROpStep::DurableDown(..) => "tiered: insert_durable (store down)",
+        ROpStep::Batch(..) => "tiered: insert_batch",
+        ROpStep::Remove(..) => "tiered: remove",
+        ROpStep::Flush => "tiered: flush",
+    }
+}
+
+/// The memory budget of the three-tier workloads: a `big*` value (over
+/// 5 KiB) always spills, two or three small ones fit.
+pub const TIERED_BUDGET: u64 = 3000;
+
+fn open_tiered(
+    cache: &Path,
+    shared: &Arc<dyn ObjectStore>,
+) -> ndarray_offload::Result<DiskBackedStore> {
+    open_tiered_on(URL, shared.clone(), cache, opts(), Some(TIERED_BUDGET))
+}
+
+/// Records `steps` on a three-tier store (a `DiskBackedStore` over the
+/// prefix, under a memory budget that spills), after `initial` was
+/// committed by an earlier handle on the same cache directory. A spill
+/// stages only (committed by the next flush); `flush` promises every key.
+pub fn record_tiered(name: &str, initial: &[(&'static str, Ver)], steps: &[ROpStep]) -> RemoteRun {
+    let cache = tempfile::tempdir_in(super::scratch_base()).unwrap();
+    let remote = RecStore::new();
+    let shared: Arc<dyn ObjectStore> = remote.clone();
+    {
+        let s = open_tiered(cache.path(), &shared).unwrap();
+        for (k, v) in initial {
+            if let Some(v) = v {
+                s.insert_durable(*k, value(k, *v)).unwrap();
+            }
+        }
+        s.close().unwrap();
+    }
+    let snapshot = Snapshot::read(cache.path());
+    let rec = Recording::start_tree(cache.path());
+    *remote.sink.lock() = Some(rec.sink());
+    let mut d = Driver {
+        rec: &rec,
+        steps: Vec::new(),
+        extra: Vec::new(),
+    };
+    let s = d.op("tiered: open", &[], Durable::No, || {
+        open_tiered(cache.path(), &shared)
+    });
+    for st in steps {
+        let label = tiered_label(st);
+        match st.clone() {
+            ROpStep::Insert(k, v) => {
+                d.op(label, &[(k, Some(v))], Durable::No, || {
+                    s.insert(k, value(k, v))
+                });
+            }
+            ROpStep::Durable(k, v) => {
+                d.op(
+                    label,
+                    &[(k, Some(v))],
+                    Durable::Keys(vec![k.into()]),
+                    || s.insert_durable(k, value(k, v)),
+                );
+            }
+            ROpStep::DurableDown(k, v) => {
+                remote.down.store(true, Ordering::SeqCst);
+                // Failed, but staged durably with its record: the next
+                // flush commits it.
+                d.op_failing(
+                    label,
+                    &[(k, Some(v))],
+                    Durable::Keys(vec![k.into()]),
+                    || s.insert_durable(k, value(k, v)),
+                );
+                remote.down.store(false, Ordering::SeqCst);
+            }
+            ROpStep::Batch(batch) => {
+                let assign: Vec<(&str, Ver)> = batch.iter().map(|(k, v)| (*k, Some(*v))).collect();
+                let ks = batch.iter().map(|(k, _)| k.to_string()).collect();
+                d.op(label, &assign, Durable::Keys(ks), || {
+                    s.insert_batch(batch.iter().map(|(k, v)| (*k, value(k, *v))))
+                });
+            }
+            ROpStep::Remove(k) => {
+                d.op(label, &[(k, None)], Durable::Keys(vec![k.into()]), || {
+                    s.remove(k).map(drop)
+                });
+            }
+            ROpStep::Flush => {
+                d.op(label, &[], Durable::All, || s.flush());
+            }
+        }
+    }
+    d.op("tiered: close", &[], Durable::All, || s.close());
+    let steps = d.steps;
+    let events = rec.finish();
+    *remote.sink.lock() = None;
+    let ops = remote.log.lock().clone();
+    RemoteRun {
+        run: Run {
+            name: name.into(),
+            target: Target::Remote,
+            initial: keys(initial).into_iter().collect(),
+            snapshot,
+            events,
+            steps,
+            extra: Vec::new(),
+        },
+        ops,
+        tiered: Some(TIERED_BUDGET),
     }
 }
 
@@ -320,6 +440,93 @@ fn start_n(r: &RemoteRun) -> usize {
         _ => None,
     });
     first.unwrap_or(r.ops.len())
+}
+
+/// Reads every key of `allowed` through `get` (`None`: not found).
+fn read_keys(
+    allowed: &BTreeMap<String, BTreeSet<Ver>>,
+    get: impl Fn(&str) -> ndarray_offload::Result<ndarray::ArrayD<f32>>,
+) -> Result<BTreeMap<String, Ver>, String> {
+    let mut out = BTreeMap::new();
+    for key in allowed.keys() {
+        let got = match get(key) {
+            Ok(a) => Some(version_of(key, &a)?),
+            Err(Error::KeyNotFound { .. }) => None,
+            Err(e) => return Err(format!("{key}: read failed: {e}")),
+        };
+        out.insert(key.clone(), got);
+    }
+    Ok(out)
+}
+
+fn read_tiered(
+    s: &DiskBackedStore,
+    allowed: &BTreeMap<String, BTreeSet<Ver>>,
+) -> Result<BTreeMap<String, Ver>, String> {
+    read_keys(allowed, |k| {
+        s.get::<f32, IxDyn>(k).and_then(|h| h.to_owned_array())
+    })
+}
+
+/// Restarts a three-tier store (a `DiskBackedStore` over the prefix, the
+/// same memory budget) on the crash state in `dir` against `remote`,
+/// flushes it, and checks the contract, also from a fresh node (an empty
+/// cache directory); then no write stays pending in `dir`, and `gc` (grace
+/// zero) leaves exactly the referenced data objects.
+fn verify_tiered(
+    dir: &Path,
+    remote: Arc<InMemory>,
+    budget: u64,
+    allowed: &BTreeMap<String, BTreeSet<Ver>>,
+) -> Result<(), String> {
+    let shared: Arc<dyn ObjectStore> = remote.clone();
+    let node = open_tiered_on(URL, shared.clone(), dir, opts(), Some(budget))
+        .map_err(|e| format!("restart: open failed: {e}"))?;
+    node.flush()
+        .map_err(|e| format!("restart: flush failed: {e}"))?;
+    let seen = read_tiered(&node, allowed)?;
+    for (key, got) in &seen {
+        let ok = &allowed[key];
+        if !ok.contains(got) {
+            return Err(format!("{key}: found version {got:?}, allowed {ok:?}"));
+        }
+    }
+    for k in node.keys() {
+        if !allowed.contains_key(k.as_str()) {
+            return Err(format!("unexpected entry {}", k.as_str()));
+        }
+    }
+    node.close()
+        .map_err(|e| format!("restart: close failed: {e}"))?;
+    // The cache directory as a `RemoteStore` sees it: nothing pending.
+    let rs = open_remote_on(URL, shared.clone(), dir, opts())
+        .map_err(|e| format!("reopen: open failed: {e}"))?;
+    if !rs.pending().is_empty() {
+        return Err(format!("still pending after flush: {:?}", rs.pending()));
+    }
+    let left = temps_in(dir);
+    if !left.is_empty() {
+        return Err(format!("temporary files left: {left:?}"));
+    }
+    let fresh_dir = tempfile::tempdir_in(super::scratch_base()).unwrap();
+    let fresh = open_tiered_on(URL, shared, fresh_dir.path(), opts(), Some(budget))
+        .map_err(|e| format!("fresh node: open failed: {e}"))?;
+    let fresh_seen = read_tiered(&fresh, allowed).map_err(|e| format!("fresh node: {e}"))?;
+    drop(fresh);
+    if fresh_seen != seen {
+        return Err(format!(
+            "fresh node: sees {fresh_seen:?}, the restarted node {seen:?}"
+        ));
+    }
+    rs.gc_with_grace(Duration::ZERO)
+        .map_err(|e| format!("gc failed: {e}"))?;
+    let (data, referenced) = data_objects(&remote);
+    if data != referenced {
+        return Err(format!(
+            "gc: data objects {data:?}, referenced {referenced:?}"
+        ));
+    }
+    Ok(())
 }
 
 fn read_all(
@@ -481,7 +688,11 @@ pub fn check_run(r: &RemoteRun, cap: usize, rng: &mut Rng, tally: &mut Tally) {
             *tally.states.entry(label).or_default() += 1;
             tally.total += 1;
             let store = RecStore::replay(&r.ops[..n_remote]);
-            if let Err(msg) = verify(&dir, store, &allowed) {
+            let checked = match r.tiered {
+                None => verify(&dir, store, &allowed),
+                Some(budget) => verify_tiered(&dir, store, budget, &allowed),
+            };
+            if let Err(msg) = checked {
                 let key = msg.split(": ").next().unwrap_or("");
                 if allowed.get(key).is_none_or(|ok| ok.len() == 1) {
                     tally.settled += 1;
@@ -575,4 +786,69 @@ pub fn random(seed: u64) -> Spec {
     }
     ops.push(ROpStep::Flush);
     (format!("random remote workload {seed:#x}"), init, ops)
+}
+
+/// The fixed three-tier workloads.
+pub fn tiered_fixed() -> Vec<Spec> {
+    use ROpStep::*;
+    vec![
+        (
+            "tiered: spills, flush, insert_durable, replace, remove".into(),
+            vec![("a", Some(1)), ("b", None), ("c", None), ("big", None)],
+            vec![
+                Insert("big", 2),
+                Insert("a", 3),
+                Insert("b", 4),
+                Insert("c", 5),
+                Flush,
+                Durable("a", 6),
+                Insert("b", 7),
+                Durable("b", 8),
+                Remove("a"),
+                Durable("big", 9),
+            ],
+        ),
+        (
+            "tiered: batch, replacements, object store down".into(),
+            vec![("a", None), ("b", Some(1)), ("big", Some(1))],
+            vec![
+                Insert("big", 2),
+                Batch(vec![("a", 3), ("b", 4)]),
+                Insert("b", 5),
+                Insert("a", 6),
+                DurableDown("big", 7),
+                Batch(vec![("big", 8), ("a", 9)]),
+                Remove("b"),
+                Insert("a", 10),
+                Flush,
+            ],
+        ),
+    ]
+}
+
+/// A seeded random three-tier workload on four keys.
+pub fn tiered_random(seed: u64) -> Spec {
+    let mut rng = Rng::new(seed);
+    let names = ["a", "b", "c", "big"];
+    let init = names
+        .iter()
+        .map(|k| (*k, if rng.below(2) == 1 { Some(1) } else { None }))
+        .collect();
+    let mut ops = Vec::new();
+    let mut v = 1u32;
+    for _ in 0..(4 + rng.below(5)) {
+        v += 1;
+        let (k, k2) = (names[rng.below(4)], names[rng.below(4)]);
+        ops.push(match rng.below(9) {
+            0 => ROpStep::Durable(k, v),
+            1 => ROpStep::DurableDown(k, v),
+            2..=4 => ROpStep::Insert(k, v),
+            5 => ROpStep::Flush,
+            6 => ROpStep::Remove(k),
+            _ if k2 != k => ROpStep::Batch(vec![(k, v), (k2, v)]),
+            _ => ROpStep::Batch(vec![(k, v)]),
+        });
+    }
+    ops.push(ROpStep::Flush);
+    (format!("random tiered workload {seed:#x}"), init, ops)
 }
