@@ -211,6 +211,9 @@ struct Pending {
     /// keeps the older write staged, never neither).
     #[serde(skip)]
     superseded: Option<String>,
+    /// A removal intent, not a write (`file` and `data` are empty).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    remove: bool,
 }
 
 struct Cached {
@@ -223,6 +226,10 @@ struct Cached {
 struct State {
     view: BTreeMap<String, Seen>,
     pending: BTreeMap<String, Pending>,
+    /// Removals of keys whose staged write was recorded, not yet committed:
+    /// their record (`pending/K.json` with `remove`) replaced the write's,
+    /// so a power cut never brings back the value before the write.
+    removals: BTreeMap<String, Option<VersionRec>>,
     cache: HashMap<String, Cached>,
     tick: u64,
 }
@@ -435,7 +442,15 @@ impl RemoteStore {
                     continue;
                 }
             };
-            let valid = EntryName::new(&rec.name).is_ok()
+            if rec.remove
+                && EntryName::new(&rec.name).is_ok()
+                && format!("{}.json", rec.name) == name
+            {
+                st.removals.insert(rec.name.clone(), rec.base.clone());
+                continue;
+            }
+            let valid = !rec.remove
+                && EntryName::new(&rec.name).is_ok()
                 && protocol::data_file_name(&rec.data, &rec.name).as_deref()
                     == Some(rec.file.as_str())
                 && format!("{}.json", rec.name) == name
@@ -501,7 +516,7 @@ impl RemoteStore {
             }
             Some(Head::Live(m, v)) => {
                 st.view.insert(name.to_string(), Seen::Live(m, v));
-                true
+                !st.removals.contains_key(name)
             }
         }
     }
@@ -511,7 +526,8 @@ impl RemoteStore {
         let st = self.state.lock();
         let n = name.as_ref();
         st.pending.contains_key(n)
-            || matches!(st.view.get(n), Some(Seen::Listed(_) | Seen::Live(..)))
+            || (!st.removals.contains_key(n)
+                && matches!(st.view.get(n), Some(Seen::Listed(_) | Seen::Live(..))))
     }
 
     /// The names of the known entries, sorted.
@@ -520,7 +536,7 @@ impl RemoteStore {
         let mut keys: Vec<String> = st
             .view
             .iter()
-            .filter(|(_, s)| !matches!(s, Seen::Removed(_)))
+            .filter(|(k, s)| !matches!(s, Seen::Removed(_)) && !st.removals.contains_key(*k))
             .map(|(k, _)| k.clone())
             .chain(st.pending.keys().cloned())
             .collect();
@@ -554,54 +570,137 @@ impl RemoteStore {
     /// [`Error::Remote`].
     pub fn remove(&self, name: impl AsRef<str>) -> Result<bool> {
         let name = name_of(name.as_ref())?;
-        let (base, had_pending) = {
+        let (base, had_pending, intent) = {
             let mut st = self.state.lock();
-            let had = match st.pending.remove(name.as_str()) {
-                Some(p) => {
-                    self.drop_staged(&mut st, &p);
-                    true
-                }
-                None => false,
-            };
             let base = match st.view.get(name.as_str()) {
-                Some(Seen::Live(_, v) | Seen::Listed(v)) => Some(v.clone()),
+                Some(Seen::Live(_, v) | Seen::Listed(v)) => Some(VersionRec::from(&*v)),
                 _ => None,
             };
-            (base, had)
+            let staged = st.pending.remove(name.as_str());
+            // A recorded write is promised to the next flush: its record is
+            // replaced by a removal intent (atomically, before the staged
+            // file goes), so that a power cut before the tombstone leaves
+            // the removal to complete, never the value before the write.
+            let recorded = staged
+                .as_ref()
+                .is_some_and(|p| p.recorded || p.superseded.is_some());
+            let intent = recorded || st.removals.contains_key(name.as_str());
+            if intent {
+                st.removals.insert(name.as_str().to_string(), base.clone());
+            }
+            (base, staged, intent)
         };
-        if had_pending {
-            // The staged write's record is gone for good before the
-            // tombstone is committed: a power cut after the commit must not
-            // leave it to be pushed again.
-            crate::io::sync_dir(&self.pending_dir)?;
+        if intent {
+            self.record_removal(name.as_str(), base.clone())?;
         }
-        let Some(base) = base else {
-            return Ok(had_pending);
+        let had = had_pending.is_some();
+        if let Some(p) = had_pending {
+            let mut st = self.state.lock();
+            if intent {
+                // The record is the intent now: only the files go.
+                self.drop_file(&mut st, &p.file);
+                if let Some(old) = &p.superseded {
+                    self.drop_file(&mut st, old);
+                }
+            } else {
+                self.drop_staged(&mut st, &p);
+            }
+        }
+        if base.is_none() && !intent {
+            return Ok(had);
+        }
+        self.commit_removal(name.as_str(), base).map(|()| true)
+    }
+
+    /// Writes `pending/K.json` as a removal intent over `base` (durable).
+    fn record_removal(&self, name: &str, base: Option<VersionRec>) -> Result<()> {
+        let rec = Pending {
+            name: name.to_string(),
+            file: String::new(),
+            data: String::new(),
+            shape: Vec::new(),
+            dtype: String::new(),
+            base,
+            automatic: false,
+            caching: true,
+            attrs: None,
+            recorded: true,
+            superseded: None,
+            remove: true,
         };
-        let result = self.rt.block_on(protocol::commit(
-            &self.loc,
-            name.as_str(),
-            Some(&base),
-            Vec::new(),
-        ));
+        self.write_record(&rec, &self.pending_dir.join(format!("{name}.json")))
+    }
+
+    /// Commits the tombstone of `name` over `base` (nothing to commit
+    /// without one) and ends its removal intent, if any. A condition that
+    /// fails because the key is already removed counts as done (a removal
+    /// committed before a power cut, completed again by the next flush).
+    fn commit_removal(&self, name: &str, base: Option<VersionRec>) -> Result<()> {
+        let result = match &base {
+            Some(b) => {
+                let b: UpdateVersion = b.clone().into();
+                match self
+                    .rt
+                    .block_on(protocol::commit(&self.loc, name, Some(&b), Vec::new()))
+                {
+                    Err(Error::Conflict { key, url }) => {
+                        match self.rt.block_on(protocol::read_meta(&self.loc, name)) {
+                            Ok(Some(Head::Removed(v))) => Ok(Some(v)),
+                            Ok(None) => Ok(None),
+                            _ => Err(Error::Conflict { key, url }),
+                        }
+                    }
+                    r => r.map(Some),
+                }
+            }
+            None => Ok(None),
+        };
         let mut st = self.state.lock();
         match result {
             Ok(v) => {
-                st.view.insert(name.as_str().to_string(), Seen::Removed(v));
-                Ok(true)
+                if let Some(v) = v {
+                    st.view.insert(name.to_string(), Seen::Removed(v));
+                } else {
+                    st.view.remove(name);
+                }
+                if st.removals.remove(name).is_some() {
+                    drop(st);
+                    self.end_record(name);
+                }
+                Ok(())
             }
             Err(e @ Error::Conflict { .. }) => {
                 self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                // The removal lost: another writer's value stands.
+                if st.removals.remove(name).is_some() {
+                    drop(st);
+                    self.end_record(name);
+                }
                 Err(e)
             }
+            // Kept: the next flush commits it.
             Err(e) => Err(e),
+        }
+    }
+
+    /// Removes `pending/K.json` durably.
+    fn end_record(&self, name: &str) {
+        self.pending_io.remove_quietly(&format!("{name}.json"));
+        if let Err(e) = self.pending_io.sync() {
+            tracing::warn!(error = %e, key = name, "the end of a pending record may not be durable");
         }
     }
 
     /// The committed metadata of `name`, read from the object store if this
     /// handle has not read it yet.
     fn meta_of(&self, name: &str) -> Result<RemoteMeta> {
-        let seen = self.state.lock().view.get(name).cloned();
+        let seen = {
+            let st = self.state.lock();
+            if st.removals.contains_key(name) {
+                return Err(self.not_found(name));
+            }
+            st.view.get(name).cloned()
+        };
         match seen {
             Some(Seen::Live(m, _)) => return Ok(*m),
             Some(Seen::Removed(_)) => return Err(self.not_found(name)),

@@ -245,6 +245,7 @@ impl Tier {
             attrs: job.attrs.map(|a| (*a).clone()),
             recorded: false,
             superseded,
+            remove: false,
         };
         st.pending.insert(name, p.clone());
         Ok(Some((p, id)))
@@ -280,8 +281,12 @@ impl Tier {
             (Ok(()), self.rs.upload(&p))
         } else {
             let mut q = p.clone();
+            let plan = io::current_plan();
             std::thread::scope(|s| {
-                let rec = s.spawn(|| self.rs.record(&mut q));
+                let rec = s.spawn(|| {
+                    let _plan = io::adopt_plan(plan);
+                    self.rs.record(&mut q)
+                });
                 let up = self.rs.upload(&p);
                 let rec = rec.join().unwrap_or_else(|_| {
                     Err(Error::InvalidInput {
@@ -438,12 +443,14 @@ impl Storage for Tier {
     }
 
     fn sync(&self) -> Result<()> {
+        let removed = self.rs.flush_removals();
         let staged: Vec<Pending> = self.rs.state.lock().pending.values().cloned().collect();
-        self.commit(staged)
+        self.commit(staged).and(removed)
     }
 
     fn has_unsynced(&self) -> bool {
-        !self.rs.state.lock().pending.is_empty()
+        let st = self.rs.state.lock();
+        !st.pending.is_empty() || !st.removals.is_empty()
     }
 
     fn set_attrs(&self, name: &EntryName, attrs: &Attrs) -> Result<()> {

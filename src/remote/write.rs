@@ -110,6 +110,7 @@ impl RemoteStore {
                 attrs: None,
                 recorded: false,
                 superseded,
+                remove: false,
             }
         };
         self.record(&mut p)?;
@@ -162,8 +163,8 @@ impl RemoteStore {
     ///
     /// [`Error::Conflict`], [`Error::Remote`], local I/O errors.
     pub fn flush(&self) -> Result<()> {
+        let mut first = self.flush_removals().err();
         let all: Vec<Pending> = self.state.lock().pending.values().cloned().collect();
-        let mut first = None;
         for mut p in all {
             if !p.recorded {
                 if let Err(e) = self.record(&mut p) {
@@ -178,6 +179,25 @@ impl RemoteStore {
                 }
             }
             if let Err(e) = self.push(p) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Commits the removals whose intent is recorded (see
+    /// [`remove`](Self::remove)). Returns the first error after trying all.
+    pub(super) fn flush_removals(&self) -> Result<()> {
+        let removals: Vec<(String, Option<VersionRec>)> = self
+            .state
+            .lock()
+            .removals
+            .iter()
+            .map(|(k, b)| (k.clone(), b.clone()))
+            .collect();
+        let mut first = None;
+        for (name, base) in removals {
+            if let Err(e) = self.commit_removal(&name, base) {
                 first.get_or_insert(e);
             }
         }
@@ -240,6 +260,7 @@ impl RemoteStore {
             attrs: None,
             recorded: false,
             superseded,
+            remove: false,
         })
     }
 
@@ -259,7 +280,7 @@ impl RemoteStore {
     }
 
     /// Deletes a staged file, unless a handle still maps it.
-    fn drop_file(&self, st: &mut State, file: &str) {
+    pub(super) fn drop_file(&self, st: &mut State, file: &str) {
         let live = st
             .cache
             .get(file)
@@ -294,16 +315,7 @@ impl RemoteStore {
         // dropped at the next open (a power cut losing a write that
         // `insert_durable` reported as staged).
         self.objects_io.sync()?;
-        let body = serde_json::to_vec(&*p).map_err(|e| Error::InvalidInput {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        let mut tmp = crate::io::TempFile::create_in(&self.pending_io, "pending", false)?;
-        let tmp_path = tmp.path().to_path_buf();
-        tmp.writer().write_all(&body).ctx("write", &tmp_path)?;
-        tmp.flush_and_sync()?;
-        tmp.rename_into(&format!("{}.json", p.name))?;
-        self.pending_io.sync()?;
+        self.write_record(p, &path)?;
         // The record of the write this one replaced is gone: its file too.
         if let Some(old) = p.superseded.take() {
             let mut st = self.state.lock();
@@ -311,6 +323,22 @@ impl RemoteStore {
         }
         p.recorded = true;
         Ok(())
+    }
+
+    /// Writes `p` as `pending/K.json`: a temporary file, `fsync`, renamed
+    /// over any record of `K`, `pending/` synced. `path` names the data in
+    /// messages.
+    pub(super) fn write_record(&self, p: &Pending, path: &FsPath) -> Result<()> {
+        let body = serde_json::to_vec(p).map_err(|e| Error::InvalidInput {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let mut tmp = crate::io::TempFile::create_in(&self.pending_io, "pending", false)?;
+        let tmp_path = tmp.path().to_path_buf();
+        tmp.writer().write_all(&body).ctx("write", &tmp_path)?;
+        tmp.flush_and_sync()?;
+        tmp.rename_into(&format!("{}.json", p.name))?;
+        self.pending_io.sync()
     }
 
     /// Uploads and commits one staged write.

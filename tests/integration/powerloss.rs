@@ -1425,20 +1425,19 @@ fn remote_staging_over_a_recorded_write_keeps_it_until_the_new_record() {
 }
 
 /// Found by the three-tier workloads (random tiered workload 0x5eed0015,
-/// beyond the default run: `NDOFFLOAD_POWERLOSS_STATES=30000`): a crash
-/// during `remove` of a key with a recorded staged write (an
-/// `insert_durable` that failed with the object store unreachable, promised
-/// to the next flush) over a committed value. `remove` drops the staged
-/// write's record durably *before* it commits the tombstone (so that a
-/// record is never left to be pushed again after the tombstone), and a
-/// power cut between the two leaves neither: the key reads as the value
-/// committed before the promised write. Committing the tombstone first
-/// reopens the stale-record conflict
-/// (`remote_remove_after_commit_stale_pending_record`); the fix needs a
-/// durable removal intent in the pending record. Not fixed yet.
+/// beyond the default run: `NDOFFLOAD_POWERLOSS_STATES=30000`; also random
+/// remote workload 0x5eed008d of a 1,000,000-state run): a crash during
+/// `remove` of a key with a recorded staged write (an `insert_durable` that
+/// failed with the object store unreachable, promised to the next flush)
+/// over a committed value. `remove` dropped the staged write's record
+/// durably *before* it committed the tombstone, and a power cut between the
+/// two left neither: the key read as the value committed before the
+/// promised write. Fixed by a durable removal intent: the record is
+/// replaced by `{"remove": true, ...}` before the staged file goes, the
+/// next flush commits the tombstone, and a tombstone already there counts
+/// as done.
 #[cfg(feature = "remote")]
 #[test]
-#[ignore = "open: remove drops a promised staged write before its tombstone is committed"]
 fn remote_remove_of_a_staged_write_crash_before_the_tombstone() {
     use remote::ROpStep::*;
     let init = [("b", Some(1))];

@@ -610,7 +610,7 @@ fn remote_four_writers_overlapping_keys() {
                     let prev = bases.insert((n(1), (n(4), n(5))), (n(2), n(3)));
                     assert!(
                         prev.is_none(),
-                        "two commits replaced {line:?}: silent overwrite"
+                        "two commits replaced the same value, {line:?} (writer {w}) and (writer, seq) {prev:?}: silent overwrite (odd writers use DiskBackedStore over the prefix, even ones RemoteStore)"
                     );
                 }
                 "conflict" => n_conflicts += 1,
