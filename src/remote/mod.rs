@@ -573,7 +573,7 @@ impl RemoteStore {
         let (base, had_pending, intent) = {
             let mut st = self.state.lock();
             let base = match st.view.get(name.as_str()) {
-                Some(Seen::Live(_, v) | Seen::Listed(v)) => Some(VersionRec::from(&*v)),
+                Some(Seen::Live(_, v) | Seen::Listed(v)) => Some(VersionRec::from(v)),
                 _ => None,
             };
             let staged = st.pending.remove(name.as_str());
