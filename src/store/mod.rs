@@ -47,6 +47,7 @@ mod behind;
 mod budget;
 mod compute;
 mod entry;
+mod import;
 mod inner;
 pub(crate) mod meta;
 mod open;

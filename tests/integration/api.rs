@@ -375,3 +375,68 @@ fn attributes_survive_a_read_from_disk_and_a_rewrite() {
     let a: Array1<f64> = ndarray_npy::read_npy(dir.path().join("t.npy")).unwrap();
     assert_eq!(a[0], 5.0);
 }
+
+#[test]
+fn a_npy_file_is_stored_without_reading_it_into_memory() {
+    use ndarray_offload::NpyStreamWriter;
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.npy");
+    let mut w = NpyStreamWriter::<f64, ndarray::Ix2>::create(&big, &[4000, 3]).unwrap();
+    for c in 0..4 {
+        w.write_chunk(&ndarray::Array2::from_shape_fn((1000, 3), |(i, j)| {
+            ((c * 1000 + i) * 3 + j) as f64
+        }))
+        .unwrap();
+    }
+    w.finish().unwrap();
+    let store = ndarray_offload::DiskBackedStore::open(dir.path().join("s")).unwrap();
+    // Over an entry held in RAM, with a handle: the handle keeps its value.
+    store
+        .insert("points", ndarray::array![[1.0f64, 2.0, 3.0]])
+        .unwrap();
+    let old = store.get::<f64, ndarray::Ix2>("points").unwrap();
+    store.insert_npy_file("points", &big).unwrap();
+    assert_eq!(old.read().unwrap().nrows(), 1);
+    let new = store.get::<f64, ndarray::Ix2>("points").unwrap();
+    assert_eq!(new.read().unwrap()[[3999, 2]], (3999 * 3 + 2) as f64);
+    drop((old, new));
+    // Durable: a reopened store has it, numpy's layout.
+    store.close().unwrap();
+    let store = ndarray_offload::DiskBackedStore::open(dir.path().join("s")).unwrap();
+    assert_eq!(
+        store
+            .get::<f64, ndarray::Ix2>("points")
+            .unwrap()
+            .read()
+            .unwrap()[[1, 0]],
+        3.0
+    );
+    // What is not a whole .npy file is a typed error; the entry stays.
+    let short = dir.path().join("short.npy");
+    let bytes = std::fs::read(&big).unwrap();
+    std::fs::write(&short, &bytes[..bytes.len() - 8]).unwrap();
+    assert!(matches!(
+        store.insert_npy_file("points", &short),
+        Err(Error::Truncated { .. })
+    ));
+    let fifo = dir.path().join("fifo.npy");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let err = store.insert_npy_file("points", &fifo).unwrap_err();
+    assert!(err.to_string().contains("fifo.npy"), "{err}");
+    let link = dir.path().join("link.npy");
+    std::os::unix::fs::symlink(&big, &link).unwrap();
+    assert!(store.insert_npy_file("points", &link).is_err());
+    assert_eq!(
+        store
+            .get::<f64, ndarray::Ix2>("points")
+            .unwrap()
+            .read()
+            .unwrap()[[3999, 2]],
+        (3999 * 3 + 2) as f64
+    );
+    assert!(store.insert_npy_file("bad/name", &big).is_err());
+}

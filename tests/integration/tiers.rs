@@ -81,6 +81,25 @@ fn tiered_store_round_trips_every_dtype_and_layout() {
         num_complex::Complex::new(i as f32, -(i as f32))
     });
     n += round_trip(&a, &b, "c16", |i| num_complex::Complex::new(i as f64, 0.5));
+    // A .npy file stored without reading it into memory (a copy in the
+    // cache, uploaded by parts).
+    let file = ca
+        .path()
+        .join("..")
+        .join(format!("ndo-tiers-{}.npy", std::process::id()));
+    let streamed = Array1::from_shape_fn(3 << 20, |i| (i as u32).wrapping_mul(7));
+    ndarray_npy::write_npy(&file, &streamed).unwrap();
+    a.insert_npy_file("streamed", &file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(
+        b.get::<u32, Ix1>("streamed")
+            .unwrap()
+            .read()
+            .unwrap()
+            .view(),
+        streamed.view()
+    );
+    n += 1;
     // A multipart entry (3 parts of 5 MiB), larger than the budget.
     let big = Array1::from_shape_fn(12 << 17, |i| i as f64);
     a.insert_durable("big", big.clone()).unwrap();
