@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::stats::Counters;
 use super::{DiskBackedStore, Inner};
 use crate::array::ArrayState;
+use crate::mmap::LoadMode;
 use crate::name::EntryName;
 use crate::size::{available_memory, ByteSize};
 
@@ -231,17 +232,24 @@ impl Inner {
             return;
         }
         let _g = self.evicting.lock();
+        // Least recently used first, but clean entries (mapped read-only:
+        // releasing them unmaps, no write) before entries that must be
+        // written: a pass reading spilled entries back then releases the
+        // entries it read instead of spilling the ones still in RAM.
         let order = self.lru.lock().oldest_first();
+        let mut candidates = Vec::with_capacity(order.len());
         for name in order {
+            let slot = self.entries.read().get(&name).cloned();
+            match slot.and_then(|s| s.lock().loaded.clone()) {
+                Some(l) => candidates.push((name, l)),
+                None => self.lru.lock().remove(&name),
+            }
+        }
+        candidates.sort_by_key(|(_, l)| l.state() != ArrayState::Mapped(LoadMode::ReadOnly));
+        for (name, l) in candidates {
             if !excess() {
                 break;
             }
-            let slot = self.entries.read().get(&name).cloned();
-            let loaded = slot.and_then(|s| s.lock().loaded.clone());
-            let Some(l) = loaded else {
-                self.lru.lock().remove(&name);
-                continue;
-            };
             let bytes = l.resident_bytes();
             if let Some(wb) = wb {
                 // Data in RAM is written behind; mapped data is released
