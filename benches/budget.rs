@@ -577,7 +577,10 @@ fn main() {
                 "block {block}: compute only {:.2} s, raw I/O {:.2} s, synchronous store {:.2} s ({:.3}x max), overlapped store {:.2} s ({:.3}x max)",
                 t[0].total(), t[1].total(), t[2].total(), t[2].total() / bound, t[3].total(), t[3].total() / bound
             );
-            for (k, what) in ["compute", "raw I/O", "sync store", "overlapped"].iter().enumerate() {
+            for (k, what) in ["compute", "raw I/O", "sync store", "overlapped"]
+                .iter()
+                .enumerate()
+            {
                 println!(
                     "  {what:10}: insert phase {:.2} s (in insert {:.2} s), read phase {:.2} s (in get {:.2} s), {} evictions; CPU {:.2} s, {} minor faults",
                     t[k].insert, t[k].in_insert, t[k].read, t[k].in_get, t[k].spills, t[k].cpu, t[k].faults

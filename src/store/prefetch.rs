@@ -12,9 +12,11 @@
 //! and the faults of a mapping read the file in synchronous read-around
 //! windows. The iterator therefore starts one reader thread that runs up to
 //! `ahead` entries ahead of the caller: for each entry it reads the
-//! metadata file, then the data file sequentially with `read(2)` (as `cat`
-//! does, so that the kernel's asynchronous read-ahead keeps the disk busy),
-//! into a reused 1 MiB buffer. The caller's map of the entry then finds
+//! metadata file, then the data file sequentially (as `cat` does, so that
+//! the kernel's asynchronous read-ahead keeps the disk busy) with
+//! `sendfile(2)` to `/dev/null`, which brings the pages into the page cache
+//! without copying them (`read(2)` into a 1 MiB buffer where that is
+//! refused). The caller's map of the entry then finds
 //! every page in the page cache and faults only on page-table entries.
 //! Nothing is mapped or counted as resident by the reader (the pages are
 //! the kernel's, reclaimable cache); the entries ahead are at most the
@@ -203,8 +205,10 @@ impl Reader {
             .name("ndarray-offload-prefetch".into())
             .spawn(move || {
                 let mut buf = vec![0u8; 1 << 20];
+                let null = std::fs::OpenOptions::new().write(true).open("/dev/null");
+                let null = null.ok();
                 while let Ok((seq, name)) = rx.recv() {
-                    if !read_ahead(&*storage, seq, &name, &mut buf, &sh, cap) {
+                    if !read_ahead(&*storage, seq, &name, null.as_ref(), &mut buf, &sh, cap) {
                         return;
                     }
                 }
@@ -253,6 +257,7 @@ fn read_ahead(
     storage: &dyn Storage,
     seq: u64,
     name: &EntryName,
+    null: Option<&std::fs::File>,
     buf: &mut [u8],
     shared: &ReaderShared,
     cap: u64,
@@ -279,11 +284,26 @@ fn read_ahead(
         }
         p.ahead.push_back((seq, len));
     }
+    // `sendfile` to /dev/null reads the file into the page cache (with the
+    // kernel's read-ahead) without copying it to user memory; `read` into
+    // the buffer where that is refused.
+    let mut splice = null;
     loop {
         if shared.progress.lock().stop {
             return false;
         }
-        match f.read(buf) {
+        let step = match splice {
+            Some(null) => match rustix::fs::sendfile(null, &f, None, 8 << 20) {
+                Ok(n) => Ok(n),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => {
+                    splice = None; // retried with `read`
+                    continue;
+                }
+            },
+            None => f.read(buf),
+        };
+        match step {
             Ok(0) => return true,
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
