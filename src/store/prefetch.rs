@@ -24,9 +24,11 @@
 
 use std::collections::VecDeque;
 use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -184,6 +186,8 @@ struct Progress {
 struct ReaderShared {
     progress: Mutex<Progress>,
     changed: Condvar,
+    /// Nanoseconds the reader spent reading.
+    busy_ns: AtomicU64,
 }
 
 /// The reader thread of a [`Prefetching`].
@@ -199,6 +203,7 @@ impl Reader {
         let shared = Arc::new(ReaderShared {
             progress: Mutex::new(Progress::default()),
             changed: Condvar::new(),
+            busy_ns: AtomicU64::new(0),
         });
         let sh = shared.clone();
         let handle = std::thread::Builder::new()
@@ -208,7 +213,9 @@ impl Reader {
                 let null = std::fs::OpenOptions::new().write(true).open("/dev/null");
                 let null = null.ok();
                 while let Ok((seq, name)) = rx.recv() {
-                    if !read_ahead(&*storage, seq, &name, null.as_ref(), &mut buf, &sh, cap) {
+                    let go_on =
+                        read_ahead(&*storage, seq, &name, null.as_ref(), &mut buf, &sh, cap);
+                    if !go_on {
                         return;
                     }
                 }
@@ -284,6 +291,22 @@ fn read_ahead(
         }
         p.ahead.push_back((seq, len));
     }
+    let started = Instant::now();
+    let go_on = fill(&mut f, name, null, buf, shared);
+    let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    shared.busy_ns.fetch_add(ns, Ordering::Relaxed);
+    go_on
+}
+
+/// Reads `f` to its end (see [`read_ahead`]); `false` when the reader is to
+/// stop.
+fn fill(
+    f: &mut std::fs::File,
+    name: &EntryName,
+    null: Option<&std::fs::File>,
+    buf: &mut [u8],
+    shared: &ReaderShared,
+) -> bool {
     // `sendfile` to /dev/null reads the file into the page cache (with the
     // kernel's read-ahead) without copying it to user memory; `read` into
     // the buffer where that is refused.
@@ -293,7 +316,7 @@ fn read_ahead(
             return false;
         }
         let step = match splice {
-            Some(null) => match rustix::fs::sendfile(null, &f, None, 8 << 20) {
+            Some(null) => match rustix::fs::sendfile(null, &*f, None, 8 << 20) {
                 Ok(n) => Ok(n),
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(_) => {
@@ -334,6 +357,18 @@ where
             r.taken(seq);
         }
         Some(n)
+    }
+}
+
+impl<I: Iterator> Prefetching<'_, I> {
+    /// Time the reader thread spent reading data files ahead so far
+    /// (waiting for the disk included, waiting for room within the memory
+    /// budget not): I/O the caller did not wait for, unless it caught up
+    /// with the reader.
+    pub fn read_time(&self) -> Duration {
+        self.reader.as_ref().map_or(Duration::ZERO, |r| {
+            Duration::from_nanos(r.shared.busy_ns.load(Ordering::Relaxed))
+        })
     }
 }
 

@@ -83,6 +83,9 @@ pub struct StoreStats {
     /// Background writes that failed (their entries stayed in RAM; each
     /// failure is also returned by a later call).
     pub write_behind_failures: u64,
+    /// Time the write-behind writers spent writing (summed over them): I/O
+    /// the callers did not wait for.
+    pub write_behind_time: std::time::Duration,
 }
 
 impl StoreStats {
@@ -177,6 +180,11 @@ impl DiskBackedStore {
                 .as_ref()
                 .map_or(0, |w| w.in_flight()),
             write_behind_failures: self.inner.write_behind.as_ref().map_or(0, |w| w.failures()),
+            write_behind_time: self
+                .inner
+                .write_behind
+                .as_ref()
+                .map_or_else(Default::default, |w| w.busy()),
             ..Default::default()
         };
         let slots: Vec<(EntryName, Arc<Mutex<Slot>>)> = self
