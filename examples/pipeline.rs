@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array1, Array2, ArrayRef, Dimension, Ix1, Ix2};
-use ndarray_offload::{ByteSize, DiskBackedStore, StoreBuilder};
+use ndarray_offload::{ByteSize, StoreBuilder};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -233,7 +233,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Reopen, as a later process would, and check every tile against the
     // checksum in its attributes.
     let t1 = Instant::now();
-    let store = DiskBackedStore::open_read_only(&dir)?;
+    let store = StoreBuilder::new(&dir)
+        .read_only(true)
+        .memory_budget(o.budget.as_str())
+        .open()?;
     let bar = progress(o.tiles, "verifying");
     let mut bad = Vec::new();
     let mut ahead = store.prefetching((0..o.tiles).flat_map(tile_names), 2 * o.ahead);

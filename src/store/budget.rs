@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
+use super::entry::Loaded;
 use super::stats::Counters;
 use super::{DiskBackedStore, Inner};
 use crate::array::ArrayState;
@@ -207,9 +208,6 @@ impl Inner {
     /// pinned entries remain, the event is counted and eviction resumes when
     /// a guard ends.
     pub(super) fn enforce_budget(&self) {
-        if self.read_only {
-            return;
-        }
         let wb = self.write_behind.as_ref();
         if let Some(wb) = wb {
             let back = wb.take_requeued();
@@ -245,7 +243,12 @@ impl Inner {
                 None => self.lru.lock().remove(&name),
             }
         }
-        candidates.sort_by_key(|(_, l)| l.state() != ArrayState::Mapped(LoadMode::ReadOnly));
+        let clean = |l: &Loaded| l.state() == ArrayState::Mapped(LoadMode::ReadOnly);
+        // A read-only store releases mapped entries only (it writes nothing).
+        if self.read_only {
+            candidates.retain(|(_, l)| clean(l));
+        }
+        candidates.sort_by_key(|(_, l)| !clean(l));
         for (name, l) in candidates {
             if !excess() {
                 break;
