@@ -4,6 +4,9 @@
 //! cargo bench --bench budget                    # spill vs raw write+fsync, order-controlled blocks
 //! cargo bench --bench budget -- --attribute      # where the spill time goes (held arrays, second file)
 //! cargo bench --bench budget -- --rss           # one pass, for /usr/bin/time -v
+//! cargo bench --bench budget -- --pipeline      # compute/I-O overlap: compute only, raw I/O, sync and overlapped store
+//! cargo bench --bench budget -- --pipeline-rss  # one overlapped pipeline, for /usr/bin/time -v
+//! cargo bench --bench budget -- --read          # cold sequential read: raw, store, store + prefetching (root: drops caches)
 //! ```
 //!
 //! Budget 256 MiB, arrays of 16 MiB (f32), 48 arrays (768 MiB): insert all
@@ -366,7 +369,16 @@ fn read_pass(count: usize, array_mib: usize, template: &Array1<f32>) {
                 names.iter().for_each(sum);
             }
         }
-        rates[kind].push(total_mib / t.elapsed().as_secs_f64());
+        let rate = total_mib / t.elapsed().as_secs_f64();
+        println!(
+            "  pass {}: {rate:.0} MiB/s",
+            [
+                "raw read",
+                "store without prefetch",
+                "store with prefetching"
+            ][kind]
+        );
+        rates[kind].push(rate);
     }
     let med = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
