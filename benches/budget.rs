@@ -4,6 +4,9 @@
 //! cargo bench --bench budget                    # spill vs raw write+fsync, order-controlled blocks
 //! cargo bench --bench budget -- --attribute      # where the spill time goes (held arrays, second file)
 //! cargo bench --bench budget -- --rss           # one pass, for /usr/bin/time -v
+//! cargo bench --bench budget -- --pipeline      # compute/I-O overlap: compute only, raw I/O, sync and overlapped store
+//! cargo bench --bench budget -- --pipeline-rss  # one overlapped pipeline, for /usr/bin/time -v
+//! cargo bench --bench budget -- --read          # cold sequential read: raw, store, store + prefetching (root: drops caches)
 //! ```
 //!
 //! Budget 256 MiB, arrays of 16 MiB (f32), 48 arrays (768 MiB): insert all
@@ -135,9 +138,53 @@ fn work(a: &Array1<f32>, passes: usize) -> f32 {
     std::hint::black_box(acc)
 }
 
+/// Times of one pipeline run, in seconds.
+#[derive(Clone, Copy, Default)]
+struct Phases {
+    /// Making, working on and inserting the tiles.
+    insert: f64,
+    /// Of which inside `insert` (evictions; waits for the writers).
+    in_insert: f64,
+    /// Reading the tiles back in order and summing them.
+    read: f64,
+    /// Of which getting and mapping (`get`, `read`, prefetch).
+    in_get: f64,
+    /// Evictions (spills, and releases of mapped tiles).
+    spills: u64,
+    /// CPU time of the process (all threads, user + system) over the run.
+    cpu: f64,
+    /// Minor page faults of the process over the run.
+    faults: u64,
+}
+
+/// CPU time of the process so far (user + system, all threads), seconds
+/// (from `/proc/self/stat`, in clock ticks of 10 ms).
+fn cpu_time() -> f64 {
+    let s = fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // utime and stime are the 14th and 15th fields, the 12th and 13th after
+    // the command name.
+    let f: Vec<f64> = s
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    f.iter().sum::<f64>() / 100.0
+}
+
+impl Phases {
+    fn total(&self) -> f64 {
+        self.insert + self.read
+    }
+}
+
 /// One pipeline run: make each tile, work on it, insert it; then read every
-/// tile back in order and work on it again. `overlap`: write-behind and
-/// prefetching on. Returns the wall time.
+/// tile back in order and sum it. `overlap`: write-behind and prefetching
+/// on. The store is dropped (its remaining entries written) untimed.
 fn pipeline(
     dir: &Path,
     budget: u64,
@@ -145,64 +192,131 @@ fn pipeline(
     count: usize,
     passes: usize,
     overlap: bool,
-) -> f64 {
+) -> Phases {
     let mut b = StoreBuilder::new(dir).memory_budget(ByteSize::new(budget));
     if overlap {
-        b = b.write_behind(1, ByteSize::new(64 << 20));
+        b = b.write_behind(1, ByteSize::new(IN_FLIGHT));
     }
     let store = b.open().unwrap();
+    let mut ph = Phases::default();
     let t = Instant::now();
     for i in 0..count {
         let mut a = template.clone();
         a[0] = i as f32;
         work(&a, passes);
+        let ti = Instant::now();
         store.insert(format!("a{i:04}"), a).unwrap();
+        ph.in_insert += ti.elapsed().as_secs_f64();
     }
+    ph.insert = t.elapsed().as_secs_f64();
     let names: Vec<String> = (0..count).map(|i| format!("a{i:04}")).collect();
+    let t = Instant::now();
+    let mut in_get = 0f64;
     let read = |n: &String, i: usize| {
+        let tg = Instant::now();
         let h = store.get::<f32, Ix1>(n).unwrap();
         let g = h.read().unwrap();
+        let got = tg.elapsed().as_secs_f64();
         assert_eq!(g.view()[0], i as f32);
         std::hint::black_box(g.view().fold(0f32, |s, &x| s + x));
+        got
     };
     if overlap {
-        for (i, n) in store.prefetching(names.iter(), 2).enumerate() {
-            read(n, i);
+        let mut it = store.prefetching(names.iter(), 2);
+        let mut i = 0;
+        loop {
+            let tg = Instant::now();
+            let Some(n) = it.next() else { break };
+            in_get += tg.elapsed().as_secs_f64();
+            in_get += read(n, i);
+            i += 1;
         }
     } else {
         for (i, n) in names.iter().enumerate() {
-            read(n, i);
+            in_get += read(n, i);
         }
     }
-    let s = t.elapsed().as_secs_f64();
+    ph.read = t.elapsed().as_secs_f64();
+    ph.in_get = in_get;
+    let st = store.stats();
+    ph.spills = st.evictions;
     drop(store);
-    s
+    ph
 }
 
+/// Bytes the overlapped pipeline lets the writers hold in flight.
+const IN_FLIGHT: u64 = 64 << 20;
+
 /// The compute alone (no store, no budget): the same tiles and work.
-fn compute_only(template: &Array1<f32>, count: usize, passes: usize) -> f64 {
+fn compute_only(template: &Array1<f32>, count: usize, passes: usize) -> Phases {
+    let mut ph = Phases::default();
     let t = Instant::now();
+    let mut tiles = Vec::with_capacity(count);
     for i in 0..count {
         let mut a = template.clone();
         a[0] = i as f32;
         work(&a, passes);
+        tiles.push(a[0]);
+        drop(a);
+    }
+    ph.insert = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut a = template.clone();
+    for (i, &v) in tiles.iter().enumerate() {
+        a[0] = v;
+        assert_eq!(a[0], i as f32);
         std::hint::black_box(a.fold(0f32, |s, &x| s + x));
     }
-    t.elapsed().as_secs_f64()
+    ph.read = t.elapsed().as_secs_f64();
+    ph
 }
 
-/// The I/O alone: the spilled tiles written with `write` + `fsync`, then
-/// every tile's bytes read back in order (page cache as the store finds it).
-fn raw_io(dir: &Path, template: &Array1<f32>, count: usize, spilled: usize) -> f64 {
+/// The I/O alone: the spilled tiles made and written with `write` + `fsync`,
+/// then the bytes of every spilled tile read back in order (page cache as the
+/// store finds it).
+fn raw_io(dir: &Path, template: &Array1<f32>, count: usize, spilled: usize) -> Phases {
     use std::io::Read;
+    let mut ph = Phases::default();
     let t = Instant::now();
     raw(dir, template, count, spilled);
+    ph.insert = t.elapsed().as_secs_f64();
+    let t = Instant::now();
     let mut buf = vec![0u8; 1 << 20];
     for i in 0..spilled {
         let mut f = File::open(dir.join(format!("a{i:04}.raw"))).unwrap();
         while f.read(&mut buf).unwrap() > 0 {}
     }
-    t.elapsed().as_secs_f64()
+    ph.read = t.elapsed().as_secs_f64();
+    ph.spills = spilled as u64;
+    ph
+}
+
+/// The number of work passes that takes about as long as writing one tile
+/// (`write` + `fsync`), as the pipeline's premise asks: medians of 5 of a
+/// tile written and of 4 passes over a fresh copy, after one of each
+/// untimed.
+fn calibrate(dir: &Path, template: &Array1<f32>) -> (usize, f64, f64) {
+    use ndarray_npy::WritableElement;
+    let mut w = Vec::new();
+    let mut c = Vec::new();
+    for k in 0..6 {
+        let t = Instant::now();
+        let mut f = File::create(dir.join(format!("calibrate{k}"))).unwrap();
+        f32::write_slice(template.as_slice().unwrap(), &mut f).unwrap();
+        f.sync_all().unwrap();
+        w.push(t.elapsed().as_secs_f64());
+        let a = template.clone();
+        let t = Instant::now();
+        work(&a, 4);
+        c.push(t.elapsed().as_secs_f64() / 4.0);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.remove(0);
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (w, c) = (med(&mut w), med(&mut c));
+    (((w / c).round() as usize).max(1), w, c)
 }
 
 fn drop_caches() -> bool {
@@ -255,7 +369,16 @@ fn read_pass(count: usize, array_mib: usize, template: &Array1<f32>) {
                 names.iter().for_each(sum);
             }
         }
-        rates[kind].push(total_mib / t.elapsed().as_secs_f64());
+        let rate = total_mib / t.elapsed().as_secs_f64();
+        println!(
+            "  pass {}: {rate:.0} MiB/s",
+            [
+                "raw read",
+                "store without prefetch",
+                "store with prefetching"
+            ][kind]
+        );
+        rates[kind].push(rate);
     }
     let med = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
@@ -417,41 +540,78 @@ fn main() {
     let passes = env("NDOFFLOAD_BENCH_PASSES", 8);
     if args.iter().any(|a| a == "--pipeline-rss") {
         let dir = bench_dir();
-        let s = pipeline(dir.path(), budget, &template, count, passes, true);
+        let s = pipeline(dir.path(), budget, &template, count, passes, true).total();
         println!(
-            "overlapped pipeline: {s:.2} s; peak RSS {:?} KiB",
-            peak_rss_kib()
+            "overlapped pipeline: {s:.2} s; peak RSS {:?} KiB; bound budget + in flight + 2 arrays + 32 MiB = {} KiB",
+            peak_rss_kib(),
+            (budget + IN_FLIGHT + 2 * (array_mib as u64) * (1 << 20) + (32 << 20)) >> 10
         );
         return;
     }
     if args.iter().any(|a| a == "--pipeline") {
-        let t1 = Instant::now();
-        work(&template, 1);
+        let cal = bench_dir();
+        let (auto, w, c) = calibrate(cal.path(), &template);
+        drop(cal);
+        let passes = env("NDOFFLOAD_BENCH_PASSES", auto);
         println!(
-            "work: {passes} passes of {:.1} ms per tile",
-            t1.elapsed().as_secs_f64() * 1e3
+            "one tile: write+fsync {:.1} ms, one work pass {:.1} ms; {passes} passes per tile ({:.1} ms)",
+            w * 1e3,
+            c * 1e3,
+            c * passes as f64 * 1e3
         );
+        let mut ratios = [Vec::new(), Vec::new()];
         for block in 0..env("NDOFFLOAD_BENCH_REPS", 3) {
             let scratch = bench_dir();
             prime(scratch.path(), (spilled * array_mib) as u64 * (1 << 20));
-            let mut t = [0f64; 4];
+            let mut t = [Phases::default(); 4];
             // compute, raw I/O, sync store, overlapped store, then reversed.
             for k in [0, 1, 2, 3, 3, 2, 1, 0] {
                 let d = bench_dir();
-                t[k] += match k {
+                let (c0, f0) = (cpu_time(), minor_faults());
+                let mut p = match k {
                     0 => compute_only(&template, count, passes),
                     1 => raw_io(d.path(), &template, count, spilled),
                     2 => pipeline(d.path(), budget, &template, count, passes, false),
                     _ => pipeline(d.path(), budget, &template, count, passes, true),
-                } / 2.0;
+                };
+                (p.cpu, p.faults) = (cpu_time() - c0, minor_faults() - f0);
+                let s = &mut t[k];
+                s.insert += p.insert / 2.0;
+                s.in_insert += p.in_insert / 2.0;
+                s.read += p.read / 2.0;
+                s.in_get += p.in_get / 2.0;
+                s.spills = p.spills;
+                s.cpu += p.cpu / 2.0;
+                s.faults += p.faults / 2;
             }
-            let bound = t[0].max(t[1]);
+            let bound = t[0].total().max(t[1].total());
             println!(
                 "block {block}: compute only {:.2} s, raw I/O {:.2} s, synchronous store {:.2} s ({:.3}x max), overlapped store {:.2} s ({:.3}x max)",
-                t[0], t[1], t[2], t[2] / bound, t[3], t[3] / bound
+                t[0].total(), t[1].total(), t[2].total(), t[2].total() / bound, t[3].total(), t[3].total() / bound
             );
+            for (k, what) in ["compute", "raw I/O", "sync store", "overlapped"]
+                .iter()
+                .enumerate()
+            {
+                println!(
+                    "  {what:10}: insert phase {:.2} s (in insert {:.2} s), read phase {:.2} s (in get {:.2} s), {} evictions; CPU {:.2} s, {} minor faults",
+                    t[k].insert, t[k].in_insert, t[k].read, t[k].in_get, t[k].spills, t[k].cpu, t[k].faults
+                );
+            }
+            ratios[0].push(t[2].total() / bound);
+            ratios[1].push(t[3].total() / bound);
             drop(scratch);
             std::thread::sleep(Duration::from_secs(2));
+        }
+        for (r, what) in ratios.iter_mut().zip(["synchronous", "overlapped"]) {
+            r.sort_by(|a, b| a.total_cmp(b));
+            println!(
+                "{what} store / max(compute, raw I/O): median {:.3} (min {:.3}, max {:.3}, {} blocks)",
+                r[r.len() / 2],
+                r[0],
+                r[r.len() - 1],
+                r.len()
+            );
         }
         return;
     }

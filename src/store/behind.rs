@@ -58,6 +58,8 @@ struct Shared {
     written: AtomicU64,
     /// Background writes that failed (the entry stayed in RAM).
     failures: AtomicU64,
+    /// Nanoseconds the writers spent writing.
+    busy_ns: AtomicU64,
     /// Entries the writers gave back (a guard held them, or the write
     /// failed): the store puts them back into its least-recently-used order.
     requeued: Mutex<Vec<EntryName>>,
@@ -83,6 +85,7 @@ impl WriteBehind {
             error: Mutex::new(None),
             written: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
             requeued: Mutex::new(Vec::new()),
         });
         let mut handles = Vec::new();
@@ -171,10 +174,16 @@ impl WriteBehind {
         self.shared.failures.load(Ordering::Relaxed)
     }
 
-    /// Resets the counts of written entries and failures.
+    /// Time the writers spent writing so far (summed over the writers).
+    pub(crate) fn busy(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.shared.busy_ns.load(Ordering::Relaxed))
+    }
+
+    /// Resets the counts of written entries and failures, and the time.
     pub(crate) fn reset_counts(&self) {
         self.shared.written.store(0, Ordering::Relaxed);
         self.shared.failures.store(0, Ordering::Relaxed);
+        self.shared.busy_ns.store(0, Ordering::Relaxed);
     }
 
     /// Stops the writers once the queue is empty.
@@ -204,7 +213,10 @@ fn writer(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
         };
         let _plan = io::adopt_plan(job.plan);
         // Never waits for the entry: a guard makes it `Ok(false)`.
+        let started = std::time::Instant::now();
         let result = job.entry.try_offload();
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        shared.busy_ns.fetch_add(ns, Ordering::Relaxed);
         job.entry.link().end_write_behind();
         match result {
             Ok(true) => {

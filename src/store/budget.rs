@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::entry::Loaded;
 use super::stats::Counters;
 use super::storage::Storage;
 use super::{DiskBackedStore, Inner};
 use crate::array::ArrayState;
+use crate::mmap::LoadMode;
 use crate::name::EntryName;
 use crate::size::{available_memory, ByteSize};
 
@@ -513,9 +515,6 @@ impl Inner {
     /// pinned entries remain, the event is counted and eviction resumes when
     /// a guard ends.
     fn enforce_memory_budget(&self) {
-        if self.read_only {
-            return;
-        }
         let wb = self.write_behind.as_ref();
         if let Some(wb) = wb {
             let back = wb.take_requeued();
@@ -538,17 +537,29 @@ impl Inner {
             return;
         }
         let _g = self.evicting.lock();
+        // Least recently used first, but clean entries (mapped read-only:
+        // releasing them unmaps, no write) before entries that must be
+        // written: a pass reading spilled entries back then releases the
+        // entries it read instead of spilling the ones still in RAM.
         let order = self.lru.lock().oldest_first();
+        let mut candidates = Vec::with_capacity(order.len());
         for name in order {
+            let slot = self.entries.read().get(&name).cloned();
+            match slot.and_then(|s| s.lock().loaded.clone()) {
+                Some(l) => candidates.push((name, l)),
+                None => self.lru.lock().remove(&name),
+            }
+        }
+        let clean = |l: &Loaded| l.state() == ArrayState::Mapped(LoadMode::ReadOnly);
+        // A read-only store releases mapped entries only (it writes nothing).
+        if self.read_only {
+            candidates.retain(|(_, l)| clean(l));
+        }
+        candidates.sort_by_key(|(_, l)| !clean(l));
+        for (name, l) in candidates {
             if !excess() {
                 break;
             }
-            let slot = self.entries.read().get(&name).cloned();
-            let loaded = slot.and_then(|s| s.lock().loaded.clone());
-            let Some(l) = loaded else {
-                self.lru.lock().remove(&name);
-                continue;
-            };
             let bytes = l.resident_bytes();
             if let Some(wb) = wb {
                 // Data in RAM is written behind; mapped data is released

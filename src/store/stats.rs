@@ -101,6 +101,9 @@ pub struct StoreStats {
     /// Times the entries' files stayed over the disk budget because no
     /// recomputable entry was left to delete.
     pub disk_over_budget_events: u64,
+    /// Time the write-behind writers spent writing (summed over them): I/O
+    /// the callers did not wait for.
+    pub write_behind_time: std::time::Duration,
 }
 
 impl StoreStats {
@@ -220,6 +223,11 @@ impl DiskBackedStore {
             disk_evictions: c.disk_evictions.load(Ordering::Relaxed),
             bytes_disk_evicted: c.disk_evicted_bytes.load(Ordering::Relaxed),
             disk_over_budget_events: c.disk_over_budget.load(Ordering::Relaxed),
+            write_behind_time: self
+                .inner
+                .write_behind
+                .as_ref()
+                .map_or_else(Default::default, |w| w.busy()),
             ..Default::default()
         };
         let slots: Vec<(EntryName, Arc<Mutex<Slot>>)> = self

@@ -1,5 +1,5 @@
-//! Write-behind spills and prefetch (the disk budget for recomputable
-//! entries: `disk_budget.rs`).
+//! Write-behind spills, prefetch and eviction order under a budget (the
+//! disk budget for recomputable entries: `disk_budget.rs`).
 
 use ndarray::{Array1, Ix1};
 use ndarray_offload::__testing::{install, FaultPlan};
@@ -104,5 +104,88 @@ fn a_failed_background_write_surfaces_on_the_next_call_and_loses_nothing() {
         let s = StoreBuilder::new(dir.path()).open().unwrap();
         assert_eq!(read(&s, "a"), 1.0, "fault {n} after reopen");
         assert_eq!(read(&s, "b"), 2.0, "fault {n} after reopen");
+    }
+}
+
+#[test]
+fn prefetching_yields_every_name_in_order_and_reads_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = StoreBuilder::new(dir.path())
+        .memory_budget(ByteSize::new(24_000))
+        .open()
+        .unwrap();
+    for i in 0..10 {
+        s.insert(format!("k{i}"), entry(i as f64)).unwrap();
+    }
+    s.flush().unwrap();
+    // Entries on disk, in RAM, missing and invalid names all pass through.
+    let mut names: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+    names.push("missing".into());
+    names.push("bad/name".into());
+    let mut it = s.prefetching(names.clone(), 3);
+    let mut seen = Vec::new();
+    for n in it.by_ref() {
+        if let Some(i) = n.strip_prefix('k') {
+            assert_eq!(read(&s, &n), i.parse::<f64>().unwrap());
+        }
+        seen.push(n);
+    }
+    assert_eq!(seen, names);
+    // The reader may have had nothing left to do: the caller was faster.
+    let _ = it.read_time();
+    drop(it);
+    // Dropped early: the reader stops.
+    let mut it = s.prefetching((0..10).map(|i| format!("k{i}")), 4);
+    assert_eq!(it.next().as_deref(), Some("k0"));
+    drop(it);
+    s.close().unwrap();
+}
+
+#[test]
+fn reading_spilled_entries_back_releases_them_instead_of_spilling_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = StoreBuilder::new(dir.path())
+        .memory_budget(ByteSize::new(24_000))
+        .open()
+        .unwrap();
+    for i in 0..6 {
+        s.insert(format!("k{i}"), entry(i as f64)).unwrap();
+    }
+    // k0..k2 spilled, k3..k5 in RAM.
+    let evictions = s.stats().evictions;
+    for i in 0..3 {
+        assert_eq!(read(&s, &format!("k{i}")), i as f64);
+    }
+    for i in 3..6 {
+        assert_eq!(
+            s.info(format!("k{i}")).unwrap().state,
+            ndarray_offload::ArrayState::InMemory,
+            "k{i} was spilled by a read of a spilled entry"
+        );
+    }
+    // Each read mapped one entry and released the one read before.
+    assert!(s.stats().evictions - evictions <= 3);
+    assert!(s.resident_bytes() <= 24_000 + 8_000);
+    s.close().unwrap();
+}
+
+#[test]
+fn a_read_only_store_with_a_budget_releases_mapped_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = StoreBuilder::new(dir.path()).open().unwrap();
+        for i in 0..8 {
+            s.insert(format!("k{i}"), entry(i as f64)).unwrap();
+        }
+        s.close().unwrap();
+    }
+    let s = StoreBuilder::new(dir.path())
+        .read_only(true)
+        .memory_budget(ByteSize::new(16_500))
+        .open()
+        .unwrap();
+    for name in s.prefetching((0..8).map(|i| format!("k{i}")), 2) {
+        read(&s, &name);
+        assert!(s.resident_bytes() <= 16_500 + 8_200, "{:?}", s.stats());
     }
 }
