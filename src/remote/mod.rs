@@ -264,6 +264,15 @@ pub struct RemoteStore {
     counters: Counters,
 }
 
+impl Drop for RemoteStore {
+    fn drop(&mut self) {
+        // Unlock explicitly: closing the descriptor would leave the cache
+        // directory locked while a child process forked meanwhile (by any
+        // thread of the program) still holds a copy of it.
+        let _ = self._lock.unlock();
+    }
+}
+
 impl std::fmt::Debug for RemoteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteStore")
