@@ -270,6 +270,10 @@ impl RemoteStore {
     /// write's record replaces that record (see [`record`](Self::record)):
     /// the file is returned, to be carried by the new write.
     pub(super) fn supersede(&self, st: &mut State, name: &str) -> Option<String> {
+        // A new write replaces a removal not yet committed, as it replaces
+        // the value: its record takes the intent's place (`pending/K.json`,
+        // renamed over it), and until then the intent stands.
+        st.removals.remove(name);
         let old = st.pending.remove(name)?;
         if old.recorded {
             return Some(old.file);
