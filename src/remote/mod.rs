@@ -667,10 +667,10 @@ impl RemoteStore {
         let mut st = self.state.lock();
         match result {
             Ok(v) => {
+                // Nothing committed (no base: the key was never committed,
+                // or is already a tombstone): the view stands.
                 if let Some(v) = v {
                     st.view.insert(name.to_string(), Seen::Removed(v));
-                } else {
-                    st.view.remove(name);
                 }
                 if st.removals.remove(name).is_some() {
                     drop(st);

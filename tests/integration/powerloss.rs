@@ -1450,3 +1450,39 @@ fn remote_remove_of_a_staged_write_crash_before_the_tombstone() {
     tally.print("remove of a staged write");
     fail_on(&tally, 6);
 }
+
+/// Regression (random remote workload 0x5eed0235 of a 1,000,000-state run,
+/// at recording time): a removal of a key already removed, whose staged
+/// write (`insert_durable` with the object store unreachable) was promised
+/// to the next flush, forgot the key's tombstone, so the next write of the
+/// key was made as a creation and failed as a spurious `Error::Conflict`.
+/// The removal now leaves the view as it is when it commits nothing.
+#[cfg(feature = "remote")]
+#[test]
+fn remote_removal_over_a_tombstone_keeps_it_for_the_next_write() {
+    use remote::ROpStep::*;
+    let init = [("big", Some(1))];
+    let steps = [
+        Remove("big"),
+        Flush,
+        DurableDown("big", 4),
+        Remove("big"),
+        Insert("big", 6),
+        Flush,
+    ];
+    let mut tally = Tally::default();
+    let r = remote::record(
+        "remote: remove over a tombstone, then a write",
+        &init,
+        &steps,
+    );
+    remote::check_run(&r, 48, &mut Rng::new(7), &mut tally);
+    let r = remote::record_tiered(
+        "tiered: remove over a tombstone, then a write",
+        &init,
+        &steps,
+    );
+    remote::check_run(&r, 48, &mut Rng::new(7), &mut tally);
+    tally.print("remove over a tombstone, then a write");
+    fail_on(&tally, 7);
+}
