@@ -7,7 +7,8 @@
 //! by a background thread while the next tile is computed). Processes
 //! every tile (bounding box, mean intensity, voxel downsample) and stores
 //! the results, reading spilled tiles ahead on a background thread
-//! (`prefetching`). Then it reopens the store, as a later process would,
+//! (`prefetching`); the results are recomputable, so a disk budget
+//! (`--disk-budget`) may delete them, never the tiles. Then it reopens the store, as a later process would,
 //! and checks every tile against the checksum in its attributes, again
 //! reading ahead. It prints the compute time and the background I/O time
 //! it overlapped next to its throughput.
@@ -54,6 +55,11 @@ struct Options {
     /// Tiles read ahead of the one being processed or verified.
     #[arg(long, default_value_t = 2)]
     ahead: usize,
+    /// Disk budget: the voxel summaries can be computed again, so beyond it
+    /// they are deleted from disk, least recently used first; the tiles
+    /// never are.
+    #[arg(long, default_value = "2GiB")]
+    disk_budget: String,
 }
 
 /// The names of tile `i`'s two entries.
@@ -164,6 +170,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = StoreBuilder::new(&dir)
         .memory_budget(o.budget.as_str())
         .write_behind(1, in_flight)
+        .disk_budget(o.disk_budget.as_str())
         .open()?;
     let total = o.tiles * o.points * (3 * 8 + 2);
     println!(
@@ -189,7 +196,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (summary, down) = process(&xyz, &intensity, o.voxel);
         *compute += t.elapsed();
         drop((xyz, intensity));
-        store.insert_with_attrs(
+        // Derived data: recomputable, so the disk budget may delete it.
+        store.insert_recomputable_with_attrs(
             format!("tile_{j:05}_voxels"),
             down,
             json!({"voxel": o.voxel, "summary": summary}),
@@ -303,9 +311,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (
             "on disk",
             format!(
-                "{} in {} entries",
+                "{} in {} entries; disk budget {}: {} recomputable entries deleted ({} over-budget events)",
                 ByteSize::new(st.bytes_on_disk),
-                st.entries_on_disk
+                st.entries_on_disk,
+                o.disk_budget,
+                st.disk_evictions,
+                st.disk_over_budget_events
             ),
         ),
         (

@@ -376,6 +376,43 @@ impl DiskBackedStore {
         self.inner.take_behind_error()
     }
 
+    /// [`insert_recomputable`](Self::insert_recomputable) with user
+    /// attributes, written with the entry's first write (as
+    /// [`insert_with_attrs`](Self::insert_with_attrs)).
+    ///
+    /// # Errors
+    ///
+    /// As [`insert_with_attrs`](Self::insert_with_attrs).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use ndarray_offload::DiskBackedStore;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = DiskBackedStore::open(dir.path())?;
+    /// store.insert_recomputable_with_attrs("mean", array![0.5f32], serde_json::json!({"of": "tile_0"}))?;
+    /// let info = store.info("mean")?;
+    /// assert!(info.flags.recomputable);
+    /// assert_eq!(info.attrs["of"], "tile_0");
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn insert_recomputable_with_attrs<A: IntoStoredArray>(
+        &self,
+        name: impl AsRef<str>,
+        array: A,
+        attrs: serde_json::Value,
+    ) -> Result<()> {
+        self.check_writable()?;
+        let name = EntryName::new(name.as_ref())?;
+        let attrs = attrs_object(&name, attrs)?;
+        let array = array.into_stored_array().into_dyn();
+        self.insert_entry(name, array, &ConfigOverrides::default(), attrs, true);
+        self.inner.enforce_budget();
+        self.inner.take_behind_error()
+    }
+
     /// Replaces the user attributes of the entry `name` (see
     /// [`insert_with_attrs`](Self::insert_with_attrs)); an empty object
     /// removes them. When the entry is on disk, a new `.meta.json` is

@@ -68,6 +68,7 @@ pub struct StoreBuilder {
 impl StoreBuilder {
     /// Uses `backend` instead of the local directory (the directory is
     /// then the backend's local cache).
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
     pub(crate) fn backend(mut self, backend: Backend) -> Self {
         self.backend = Some(backend);
         self
