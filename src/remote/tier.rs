@@ -22,8 +22,8 @@ use super::*;
 use crate::io::{self, FileId, Found};
 use crate::store::meta::{Attrs, Meta};
 use crate::store::storage::{
-    Backend, Checked, Lease, Listed, Listing, LockMode, PairJob, Recovered, Storage, SyncMode,
-    WriterInfo,
+    read_header_of, Backend, Checked, Lease, Listed, Listing, LockMode, PairJob, Recovered,
+    Storage, SyncMode, WriterInfo,
 };
 use crate::StoreBuilder;
 
@@ -219,20 +219,7 @@ impl Tier {
             });
         };
         let (id, size) = (found.id, found.len);
-        let base = st.view.get(&name).map(|s| VersionRec::from(s.version()));
-        // A staged write on top of a staged write replaces it (a recorded
-        // one stays on disk until the new record replaces it).
-        let superseded = self.rs.supersede(&mut st, &name);
-        st.tick += 1;
-        let tick = st.tick;
-        st.cache.insert(
-            file.clone(),
-            Cached {
-                size,
-                tick,
-                users: Vec::new(),
-            },
-        );
+        let (base, superseded) = self.rs.register_staged(&mut st, &name, &file, size);
         let p = Pending {
             data: protocol::new_data_rel(job.name, &unique),
             name: name.clone(),
@@ -312,16 +299,6 @@ impl Tier {
 
     fn url_path(&self, rel: &str) -> PathBuf {
         PathBuf::from(format!("{}/{rel}", self.rs.loc.url.trim_end_matches('/')))
-    }
-
-    fn header_of(&self, file: &File, path: &FsPath) -> Result<NpyInfo> {
-        use std::io::{Read, Seek};
-        let mut buf = Vec::with_capacity(4096);
-        let mut r = file;
-        r.rewind().ctx("read", path)?;
-        r.take(65_545).read_to_end(&mut buf).ctx("read", path)?;
-        r.rewind().ctx("read", path)?;
-        NpyInfo::parse(&buf, path)
     }
 }
 
@@ -403,7 +380,7 @@ impl Storage for Tier {
     fn read_header(&self, name: &EntryName) -> Result<NpyInfo> {
         let file = self.file_of(name)?;
         let f = self.objects.open_regular(&file, io::Access::Read)?;
-        self.header_of(&f, &self.objects.join(&file))
+        read_header_of(&f, &self.objects.join(&file))
     }
 
     fn open_data(&self, name: &EntryName, access: io::Access) -> Result<File> {
@@ -513,7 +490,7 @@ impl Storage for Tier {
         let Ok(f) = self.objects.open_regular(&file, io::Access::Read) else {
             return Ok(Checked { meta, file: None });
         };
-        let Ok(info) = self.header_of(&f, &self.objects.join(&file)) else {
+        let Ok(info) = read_header_of(&f, &self.objects.join(&file)) else {
             return Ok(Checked { meta, file: None });
         };
         let agrees = meta.dtype.as_ref().is_none_or(|d| *d == info.descr)

@@ -83,21 +83,7 @@ impl RemoteStore {
         }
         let mut p = {
             let mut st = self.state.lock();
-            let base = st
-                .view
-                .get(name.as_str())
-                .map(|s| VersionRec::from(s.version()));
-            let superseded = self.supersede(&mut st, name.as_str());
-            st.tick += 1;
-            let tick = st.tick;
-            st.cache.insert(
-                file.clone(),
-                Cached {
-                    size: len,
-                    tick,
-                    users: Vec::new(),
-                },
-            );
+            let (base, superseded) = self.register_staged(&mut st, name.as_str(), &file, len);
             Pending {
                 name: name.as_str().to_string(),
                 file,
@@ -232,22 +218,7 @@ impl RemoteStore {
         let path = self.objects.join(&file);
         let size = std::fs::metadata(&path).ctx("stat", &path)?.len();
         let mut st = self.state.lock();
-        let base = st
-            .view
-            .get(name.as_str())
-            .map(|s| VersionRec::from(s.version()));
-        // A staged write on top of a staged write replaces it.
-        let superseded = self.supersede(&mut st, name.as_str());
-        st.tick += 1;
-        let tick = st.tick;
-        st.cache.insert(
-            file.clone(),
-            Cached {
-                size,
-                tick,
-                users: Vec::new(),
-            },
-        );
+        let (base, superseded) = self.register_staged(&mut st, name.as_str(), &file, size);
         Ok(Pending {
             name: name.as_str().to_string(),
             file,
@@ -262,6 +233,32 @@ impl RemoteStore {
             superseded,
             remove: false,
         })
+    }
+
+    /// Registers `file` (in `objects/`, `size` bytes) as the new staged
+    /// write of `name`: a cached copy, replacing any staged write of `name`
+    /// (see [`supersede`](Self::supersede)). Returns the version it
+    /// replaces and the superseded file.
+    pub(super) fn register_staged(
+        &self,
+        st: &mut State,
+        name: &str,
+        file: &str,
+        size: u64,
+    ) -> (Option<VersionRec>, Option<String>) {
+        let base = st.view.get(name).map(|s| VersionRec::from(s.version()));
+        let superseded = self.supersede(st, name);
+        st.tick += 1;
+        let tick = st.tick;
+        st.cache.insert(
+            file.to_string(),
+            Cached {
+                size,
+                tick,
+                users: Vec::new(),
+            },
+        );
+        (base, superseded)
     }
 
     /// Takes the staged write of `name` (if any) out of the state, for a new

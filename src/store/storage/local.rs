@@ -324,7 +324,7 @@ fn read_attempts() -> u32 {
 }
 
 /// The header of an open `.npy` file (a bounded read from its start).
-fn read_header_of(file: &File, path: &Path) -> Result<NpyInfo> {
+pub(crate) fn read_header_of(file: &File, path: &Path) -> Result<NpyInfo> {
     use std::io::Read;
     let mut buf = Vec::with_capacity(4096);
     let mut r = file;

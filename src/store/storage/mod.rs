@@ -44,8 +44,8 @@ mod local;
 mod pair;
 mod procs;
 
-pub(crate) use local::LocalDir;
 pub use local::LOCK_FILE;
+pub(crate) use local::{read_header_of, LocalDir};
 pub use procs::{WriterInfo, CRATE_DIR};
 
 /// Where a store's entries live, and every operation the store makes on
