@@ -474,13 +474,19 @@ impl Dir {
     /// Creates the hard link `link` to `src` (a symbolic link at `src` is
     /// linked, not followed).
     pub(crate) fn link(&self, src: &str, link: &str) -> Result<()> {
-        let path = self.join(link);
+        self.link_into(src, self, link)
+    }
+
+    /// Creates the hard link `link` in the directory `to` to `src` of this
+    /// directory (a symbolic link at `src` is linked, not followed).
+    pub(crate) fn link_into(&self, src: &str, to: &Dir, link: &str) -> Result<()> {
+        let path = to.join(link);
         check(Op::Link, &path).ctx("link", &path)?;
         #[cfg(unix)]
         rustix::fs::linkat(
             &self.0.fd,
             src,
-            &self.0.fd,
+            &to.0.fd,
             link,
             rustix::fs::AtFlags::empty(),
         )

@@ -22,8 +22,8 @@ use super::*;
 use crate::io::{self, FileId, Found};
 use crate::store::meta::{Attrs, Meta};
 use crate::store::storage::{
-    read_header_of, Backend, Checked, Lease, Listed, Listing, LockMode, PairJob, Recovered,
-    Storage, SyncMode, WriterInfo,
+    read_header_of, Backend, Checked, Lease, Listed, Listing, LockMode, PairJob, Published,
+    Recovered, Storage, SyncMode, WriterInfo,
 };
 use crate::StoreBuilder;
 
@@ -370,6 +370,7 @@ impl Storage for Tier {
             automatic: Some(automatic),
             caching: Some(caching),
             commit: None,
+            version: None,
             // The disk budget of a remote store is the cache's
             // (`RemoteOptions::disk_budget`): no entry is deleted remotely.
             recomputable: None,
@@ -396,14 +397,14 @@ impl Storage for Tier {
         self.rs.contains(name.as_str())
     }
 
-    fn publish(&self, jobs: Vec<PairJob<'_>>, sync: SyncMode) -> Result<Vec<Option<FileId>>> {
+    fn publish(&self, jobs: Vec<PairJob<'_>>, sync: SyncMode) -> Result<Vec<Option<Published>>> {
         let mut ids = Vec::with_capacity(jobs.len());
         let mut staged = Vec::new();
         for job in jobs {
             match self.stage(job, sync == SyncMode::Spill)? {
                 Some((p, id)) => {
                     staged.push(p);
-                    ids.push(Some(id));
+                    ids.push(Some(Published { id, token: None }));
                 }
                 None => ids.push(None),
             }
@@ -485,19 +486,32 @@ impl Storage for Tier {
     fn read_checked(&self, name: &EntryName) -> Result<Checked> {
         let meta = self.read_meta(name)?;
         let Ok(file) = self.file_of(name) else {
-            return Ok(Checked { meta, file: None });
+            return Ok(Checked {
+                meta,
+                file: None,
+                version: None,
+            });
         };
         let Ok(f) = self.objects.open_regular(&file, io::Access::Read) else {
-            return Ok(Checked { meta, file: None });
+            return Ok(Checked {
+                meta,
+                file: None,
+                version: None,
+            });
         };
         let Ok(info) = read_header_of(&f, &self.objects.join(&file)) else {
-            return Ok(Checked { meta, file: None });
+            return Ok(Checked {
+                meta,
+                file: None,
+                version: None,
+            });
         };
         let agrees = meta.dtype.as_ref().is_none_or(|d| *d == info.descr)
             && meta.shape.as_ref().is_none_or(|s| *s == info.shape);
         Ok(Checked {
             meta,
             file: agrees.then_some((f, info)),
+            version: None,
         })
     }
 

@@ -18,7 +18,7 @@ use ndarray::{ArrayD, IxDyn};
 use parking_lot::Mutex;
 
 use super::meta::{Attrs, EntryFlags};
-use super::storage::{PairJob, Storage, SyncMode};
+use super::storage::{PairJob, Published, Storage, SyncMode};
 use super::Account;
 use crate::array::{ArrayState, DiskBackedArray, InitialData, Owner, Snapshot, Unpublished};
 use crate::config::CacheConfig;
@@ -75,6 +75,10 @@ pub(crate) struct EntryLink {
     behind: AtomicBool,
     /// The user attributes written with each publish.
     attrs: Mutex<Option<Arc<Attrs>>>,
+    /// The newest version of the entry's file this handle knows for sure
+    /// (published by it, or read with a proven version): the file and its
+    /// version token.
+    version: Mutex<Option<Published>>,
 }
 
 impl EntryLink {
@@ -101,7 +105,22 @@ impl EntryLink {
             loaded_unseen: AtomicBool::new(false),
             behind: AtomicBool::new(false),
             attrs: Mutex::new(None),
+            version: Mutex::new(None),
         }
+    }
+
+    /// Records `v` as a version of the entry's file this handle knows.
+    pub(crate) fn note_version(&self, v: Published) {
+        *self.version.lock() = Some(v);
+    }
+
+    /// The version token of the file `id`, if this handle knows it.
+    pub(crate) fn token_of(&self, id: FileId) -> Option<Arc<str>> {
+        self.version
+            .lock()
+            .as_ref()
+            .filter(|v| v.id == id)
+            .and_then(|v| v.token.clone())
     }
 
     /// Marks the entry as handed to the write-behind writers; `false` if it
@@ -243,7 +262,15 @@ impl Owner for EntryLink {
         } else {
             SyncMode::PerFile
         };
-        let id = self.storage.publish(vec![self.job(snapshot)], sync)?[0];
+        let published = self
+            .storage
+            .publish(vec![self.job(snapshot)], sync)?
+            .remove(0);
+        let id = published.map(|p| {
+            let id = p.id;
+            self.note_version(p);
+            id
+        });
         if id.is_some() {
             if spill {
                 self.account.mark_dir_unsynced();
@@ -327,6 +354,7 @@ impl<T: Element> StoreEntry<T> {
     pub(crate) fn persisted(
         shape: Vec<usize>,
         opened: Option<File>,
+        version: Option<Published>,
         storage: &Arc<dyn Storage>,
         name: &EntryName,
         flags: EntryFlags,
@@ -342,6 +370,7 @@ impl<T: Element> StoreEntry<T> {
         let data = InitialData::InFile { shape, id };
         let entry = Self::make(data, true, storage, name, flags, config, account);
         *entry.link.opened.lock() = opened;
+        *entry.link.version.lock() = version;
         entry
     }
 

@@ -81,8 +81,9 @@ impl Inner {
         for (((a, v), id), (name, recomputable)) in
             marks.into_iter().zip(versions).zip(ids).zip(named)
         {
-            if let Some(id) = id {
-                a.mark_published(v, id);
+            if let Some(p) = id {
+                a.mark_published(v, p.id);
+                a.link().note_version(p);
                 self.account
                     .disk_published(&*self.storage, &name, recomputable);
             }

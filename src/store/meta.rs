@@ -20,6 +20,10 @@ pub(crate) const ATTRS_FIELD: &str = "ndoffload_attrs";
 pub(crate) const RECOMPUTABLE_FIELD: &str = "ndoffload_recomputable";
 /// The field holding where an in-flight publish staged its `.npy`.
 pub(crate) const COMMIT_FIELD: &str = "ndoffload_commit";
+/// The field holding the version token of the published `.npy`: the name
+/// under which `.ndoffload/versions/` holds a hard link of that very file
+/// (see docs/format.md, "Version identity").
+pub(crate) const VERSION_FIELD: &str = "ndoffload_version";
 /// GSEGUtils' fields, in the order it writes them.
 const GSEG_FIELDS: &[&str] = &[
     "schema_version",
@@ -68,6 +72,9 @@ pub struct EntryFlags {
 pub(crate) struct Commit {
     pub npy_tmp: String,
     pub npy_ino: u64,
+    /// The version token of the staged `.npy` (rendered as the top-level
+    /// `ndoffload_version`), when a version link is made for it.
+    pub version: Option<String>,
 }
 
 /// A parsed `.meta.json`.
@@ -85,6 +92,9 @@ pub(crate) struct Meta {
     /// `ndoffload_recomputable` (`None` when absent).
     pub recomputable: Option<bool>,
     pub commit: Option<Commit>,
+    /// `ndoffload_version`: the token of the published `.npy` (`None` for
+    /// pairs written by numpy, GSEGUtils or older versions of the crate).
+    pub version: Option<String>,
     /// The user attributes (`ndoffload_attrs`); empty when absent.
     pub attrs: Attrs,
 }
@@ -171,6 +181,13 @@ impl Meta {
             }
         };
         let commit = o.get(COMMIT_FIELD).and_then(parse_commit);
+        // A token is a plain name part (it names a file): anything else is
+        // not one this crate wrote, and is read as no token.
+        let version = o
+            .get(VERSION_FIELD)
+            .and_then(Value::as_str)
+            .filter(|t| is_token(t))
+            .map(str::to_owned);
         let attrs = match o.get(ATTRS_FIELD) {
             None | Some(Value::Null) => Attrs::new(),
             Some(Value::Object(m)) => m.clone(),
@@ -190,6 +207,7 @@ impl Meta {
             caching: flag("enable_caching")?,
             recomputable: flag(RECOMPUTABLE_FIELD)?,
             commit,
+            version,
             attrs,
         })
     }
@@ -223,6 +241,7 @@ fn parse_commit(v: &Value) -> Option<Commit> {
     Some(Commit {
         npy_tmp: o.get("npy_tmp")?.as_str()?.to_owned(),
         npy_ino: o.get("npy_ino")?.as_u64()?,
+        version: None,
     })
 }
 
@@ -268,6 +287,9 @@ pub(crate) fn render(
             Value::String(c.npy_tmp.clone()),
             c.npy_ino
         );
+        if let Some(v) = &c.version {
+            let _ = write!(s, ", \"{VERSION_FIELD}\": {}", Value::String(v.clone()));
+        }
     }
     s.push('}');
     s
@@ -307,6 +329,14 @@ pub(crate) fn with_attrs(bytes: &[u8], path: &Path, attrs: &Attrs) -> Result<Str
     Ok(s)
 }
 
+/// Whether `t` is a version token: 1 to 64 characters of `[0-9a-z-]`.
+pub(crate) fn is_token(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 64
+        && t.bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || b == b'-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +357,7 @@ mod tests {
         let c = Commit {
             npy_tmp: ".ndo.x.k.npy.tmp".into(),
             npy_ino: 42,
+            version: None,
         };
         let text = render(&[], "|b1", F, Some(&c), None);
         let m = Meta::parse(text.as_bytes(), Path::new("k.meta.json")).unwrap();
@@ -413,6 +444,7 @@ mod tests {
         let c = Commit {
             npy_tmp: "t".into(),
             npy_ino: 1,
+            version: None,
         };
         let text = render(&[2], "<f8", F, Some(&c), Some(&a));
         assert!(text.contains(r#""ndoffload_attrs": {"crs":"EPSG:2056"}, "ndoffload_commit""#));

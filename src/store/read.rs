@@ -111,6 +111,7 @@ impl DiskBackedStore {
             // its data file are read together, so that they agree even while
             // another process replaces the pair.
             let mut opened = None;
+            let mut version = None;
             if s.loaded.is_none() {
                 let checked = self.inner.storage.read_checked(&name)?;
                 let flags = checked.meta.flags(self.inner.defaults);
@@ -126,6 +127,7 @@ impl DiskBackedStore {
                 };
                 s.meta = v.map(|(d, sh)| (d, sh, flags));
                 opened = checked.file.map(|(f, _)| f);
+                version = checked.version;
             }
             let (dtype, shape, flags) = self.read_meta(&name, &mut s)?;
             if dtype != T::dtype() {
@@ -151,6 +153,7 @@ impl DiskBackedStore {
                     let l: Loaded = Arc::new(StoreEntry::<T>::persisted(
                         shape,
                         opened,
+                        version,
                         &self.inner.storage,
                         &name,
                         flags,
@@ -214,10 +217,10 @@ impl DiskBackedStore {
     /// ```
     pub fn get_dyn(&self, name: impl AsRef<str>) -> Result<DynStoredArray> {
         let name = EntryName::new(name.as_ref())?;
-        let dtype = self.dtype_of(&name)?;
-        if let Some(a) = DynStoredArray::get(self, name.as_str(), &dtype)? {
-            return Ok(a);
-        }
+        let dtype = match self.dyn_entry(&name)? {
+            Ok(a) => return Ok(a),
+            Err(dtype) => dtype,
+        };
         let path = self.inner.storage.meta_path(&name);
         match crate::element::rust_type_name(&dtype) {
             Some(_) => Err(Error::DtypeMismatch {
@@ -232,10 +235,39 @@ impl DiskBackedStore {
         }
     }
 
+    /// The entry `name` as the [`DynStoredArray`] of its own dtype, or
+    /// that dtype when no element type maps it. The dtype is the one of the
+    /// version read: when another process replaced the entry with one of
+    /// another dtype between reading its metadata and reading the pair,
+    /// the entry is looked up again (up to [`DYN_ATTEMPTS`] times), so an
+    /// untyped read never fails because of a concurrent replace.
+    fn dyn_entry(&self, name: &EntryName) -> Result<std::result::Result<DynStoredArray, String>> {
+        let mut attempt = 0;
+        loop {
+            let dtype = self.dtype_of(name)?;
+            match DynStoredArray::get(self, name.as_str(), &dtype) {
+                Ok(Some(a)) => return Ok(Ok(a)),
+                Ok(None) => return Ok(Err(dtype)),
+                Err(e @ Error::DtypeMismatch { .. }) => {
+                    attempt += 1;
+                    // The dtype of the version now known to this handle.
+                    if attempt >= DYN_ATTEMPTS || self.dtype_of(name)? == dtype {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// A copy in RAM of the entry `name`, whatever its element type and
     /// byte order: big-endian `.npy` files (written by numpy or GSEGUtils on
     /// another machine, or with `dtype=">f8"`) are read and swapped, as
     /// numpy and `ndarray-npy`'s `read_npy` do.
+    ///
+    /// The metadata and the data read are one version of the entry, whatever
+    /// other processes replace meanwhile (with values of another dtype or
+    /// shape too).
     ///
     /// # Errors
     ///
@@ -243,32 +275,34 @@ impl DiskBackedStore {
     /// not read, [`Error::Unsupported`] for a dtype no element type holds.
     pub fn read_dyn(&self, name: impl AsRef<str>) -> Result<DynArray> {
         let name = EntryName::new(name.as_ref())?;
-        let dtype = self.dtype_of(&name)?;
-        if let Some(a) = DynStoredArray::get(self, name.as_str(), &dtype)? {
+        if let Ok(a) = self.dyn_entry(&name)? {
             return a.to_owned_array();
         }
+        // Not mappable (the other byte order): read the pair once more as
+        // one version, and the data from the file opened with it.
         let path = self.inner.storage.data_path(&name);
-        let file = self
-            .inner
-            .storage
-            .open_data(&name, crate::io::Access::Read)?;
-        let a = DynArray::read_npy(&dtype, std::io::BufReader::new(file), &path)?;
-        let (meta_path, found) = (self.inner.storage.meta_path(&name), a.shape().to_vec());
-        let (_, shape, _) = {
-            let slot = self.slot(&name)?;
-            let mut s = slot.lock();
-            self.read_meta(&name, &mut s)?
-        };
-        if found != shape {
+        let checked = self.inner.storage.read_checked(&name)?;
+        let Some((file, info)) = checked.file else {
+            // The pair disagrees for good: the same error as a typed read.
+            let found = self.inner.storage.read_header(&name)?;
+            let meta_path = self.inner.storage.meta_path(&name);
+            let (field, found, expected) = match &checked.meta.dtype {
+                Some(d) if *d != found.descr => ("dtype", found.descr, d.clone()),
+                _ => (
+                    "shape",
+                    format!("{:?}", found.shape),
+                    format!("{:?}", checked.meta.shape.unwrap_or_default()),
+                ),
+            };
             return Err(Error::Mismatch {
                 path,
-                field: "shape",
-                found: format!("{found:?}"),
-                expected: format!("{shape:?}"),
+                field,
+                found,
+                expected,
                 other: meta_path,
             });
-        }
-        Ok(a)
+        };
+        DynArray::read_npy(&info.descr, std::io::BufReader::new(file), &path)
     }
 
     /// The entry `name` as an owned array of `T`, converted from its stored
@@ -400,7 +434,10 @@ impl DiskBackedStore {
                 Some(l) => match l.clean_file() {
                     // In RAM and not written: this handle's value stands.
                     None => false,
-                    Some(id) => self.inner.storage.stat_data(name).map(|f| f.id) != Some(id),
+                    Some(id) => {
+                        let token = l.link().token_of(id);
+                        !self.inner.storage.is_current(name, id, token.as_deref())
+                    }
                 },
             };
             if stale {
@@ -478,6 +515,12 @@ impl DiskBackedStore {
         self.keys().into_iter().map(move |k| self.info(k.as_str()))
     }
 }
+
+/// How many times an untyped read looks an entry up again when another
+/// process changed its dtype in between (each look-up reads a newer
+/// version, so this bounds only a writer replacing the entry faster than it
+/// can be read).
+const DYN_ATTEMPTS: u32 = 1000;
 
 /// `dtype` in the host's byte order (`">f8"` -> `"<f8"` on little-endian).
 fn native_order(dtype: &str) -> String {

@@ -21,3 +21,4 @@ mod remote;
 mod store;
 #[cfg(feature = "remote")]
 mod tiers;
+mod versions;

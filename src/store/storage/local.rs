@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use super::procs::{self, Procs, WriterInfo};
+use super::procs::{self, Procs, WriterInfo, CRATE_DIR};
 use super::{
-    pair, Checked, Lease, Listed, Listing, LockMode, PairJob, Recovered, Storage, SyncMode,
+    pair, Checked, Lease, Listed, Listing, LockMode, PairJob, Published, Recovered, Storage,
+    SyncMode,
 };
 use crate::error::{Error, IoContext, Result};
 use crate::io::{self, FileId, Found, Kind};
@@ -29,6 +30,9 @@ pub(crate) struct LocalDir {
     dir: io::Dir,
     /// This writer's registration and the per-key locks (writable opens).
     procs: OnceLock<Arc<Procs>>,
+    /// The folder of version links, once found (a reader opens it when it
+    /// first needs it: a writer may create it after the reader opened).
+    versions: OnceLock<io::Dir>,
 }
 
 /// A writable open's hold on the store: the store lock file, locked shared
@@ -65,11 +69,47 @@ impl LocalDir {
         Ok(LocalDir {
             dir: io::Dir::open(path)?,
             procs: OnceLock::new(),
+            versions: OnceLock::new(),
         })
     }
 
     fn procs(&self) -> Option<&Procs> {
         self.procs.get().map(|p| &**p)
+    }
+
+    /// The folder of version links (`None`: there is none yet, or it is
+    /// not a directory: every version then counts as unproven).
+    fn versions(&self) -> Option<&io::Dir> {
+        if let Some(v) = self.versions.get() {
+            return Some(v);
+        }
+        let own = self.dir.open_subdir(CRATE_DIR, false).ok()??;
+        let v = own.open_subdir(procs::VERSIONS, false).ok()??;
+        Some(self.versions.get_or_init(|| v))
+    }
+
+    /// Whether `file`, opened at `name`'s data file, is the version `meta`
+    /// records, as far as that can be told: `Some(true)` proven (its
+    /// version link is this file), `Some(false)` not this version (a
+    /// publish in flight), `None` no version to check (the metadata has
+    /// no token, or the file has no other link: written by numpy,
+    /// GSEGUtils, an older version of the crate, or copied without its
+    /// links).
+    fn check_version(&self, name: &EntryName, meta: &Meta, file: &File) -> Option<bool> {
+        let token = meta.version.as_deref()?;
+        let md = file.metadata().ok()?;
+        if nlink(&md) < 2 {
+            return None;
+        }
+        let Some(versions) = self.versions() else {
+            return Some(false);
+        };
+        Some(pair::is_version(
+            versions,
+            name,
+            token,
+            FileId::from_meta(&md),
+        ))
     }
 }
 
@@ -118,6 +158,7 @@ impl Storage for LocalDir {
                 return Err(e);
             }
         };
+        let _ = self.versions.set(procs.versions().clone());
         let _ = self.procs.set(procs.clone());
         Ok(Box::new(WriterLease { lock: file, procs }))
     }
@@ -177,17 +218,24 @@ impl Storage for LocalDir {
         }
         let mut completed = Vec::new();
         let mut left_raw = Vec::new();
+        let any_dead = !by_key.is_empty();
         for (key, temps) in by_key {
             let name = key.as_deref().and_then(|k| EntryName::new(k).ok());
             let _lock = match &name {
                 Some(n) => procs.publish_locks(&[n])?,
                 None => Vec::new(),
             };
-            let rec = pair::recover(&self.dir, &temps)?;
+            let rec = pair::recover(&self.dir, procs.versions(), &temps)?;
             completed.extend(rec.completed);
             left_raw.extend(rec.left);
         }
-        procs.remove_dead_registrations();
+        // Version links a dead writer left (made for a publish it never
+        // committed, or of a version it replaced and had not unlinked yet)
+        // hold old data: swept only when a writer died, so that an open
+        // after clean closes lists nothing more.
+        if procs.remove_dead_registrations() > 0 || any_dead {
+            pair::sweep_versions(&self.dir, procs)?;
+        }
         // A temporary name that is not a regular file was never staged by
         // this crate: recovery left it alone, and its key is reported.
         let left = left_raw
@@ -229,7 +277,7 @@ impl Storage for LocalDir {
         self.dir.stat(&name.npy_file()).is_some() || self.dir.stat(&name.meta_file()).is_some()
     }
 
-    fn publish(&self, jobs: Vec<PairJob<'_>>, sync: SyncMode) -> Result<Vec<Option<FileId>>> {
+    fn publish(&self, jobs: Vec<PairJob<'_>>, sync: SyncMode) -> Result<Vec<Option<Published>>> {
         pair::publish_pairs(&self.dir, self.procs(), jobs, sync)
     }
 
@@ -258,34 +306,75 @@ impl Storage for LocalDir {
             // Errors of the data file are reported when it is read, as for
             // any entry.
             let Ok(file) = self.open_data(name, io::Access::Read) else {
-                return Ok(Checked { meta, file: None });
+                return Ok(Checked {
+                    meta,
+                    file: None,
+                    version: None,
+                });
             };
             let path = self.dir.join(&name.npy_file());
             let Ok(info) = read_header_of(&file, &path) else {
-                return Ok(Checked { meta, file: None });
+                return Ok(Checked {
+                    meta,
+                    file: None,
+                    version: None,
+                });
             };
             let agrees = meta.dtype.as_ref().is_none_or(|d| *d == info.descr)
                 && meta.shape.as_ref().is_none_or(|s| *s == info.shape);
-            if agrees {
+            attempt += 1;
+            let last = attempt >= read_attempts();
+            let proven = match self.check_version(name, &meta, &file) {
+                // The very file published with this metadata: a header
+                // that disagrees is reported when the data is read.
+                Some(true) => true,
+                // Another version than the metadata's: a publish between
+                // the two reads (its `.npy` renamed, its metadata not yet).
+                Some(false) if !last => false,
+                // No version to check (or it could not be proven within the
+                // bound): the header must agree with the metadata.
+                _ if agrees => {
+                    return Ok(Checked {
+                        meta,
+                        file: Some((file, info)),
+                        version: None,
+                    })
+                }
+                _ if last => {
+                    // Reported as a mismatch when the data is read.
+                    return Ok(Checked {
+                        meta,
+                        file: None,
+                        version: None,
+                    });
+                }
+                _ => false,
+            };
+            if proven {
+                let version = FileId::of_file(&file, &path).ok().map(|id| Published {
+                    id,
+                    token: meta.version.as_deref().map(Arc::from),
+                });
+                let file = agrees.then_some((file, info));
                 return Ok(Checked {
                     meta,
-                    file: Some((file, info)),
+                    file,
+                    version,
                 });
             }
-            // The metadata names this very file: the pair disagrees for good.
-            let committed = meta.commit.as_ref().is_some_and(|c| {
-                FileId::of_file(&file, &path).is_ok_and(|id| id.ino() == c.npy_ino)
-            });
-            attempt += 1;
-            if committed || attempt >= read_attempts() {
-                // Reported as a mismatch when the data is read.
-                return Ok(Checked { meta, file: None });
-            }
-            // A publish between the two reads (its `.npy` renamed, its
-            // metadata not yet): read both again.
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_millis(2));
         }
+    }
+
+    fn is_current(&self, name: &EntryName, id: FileId, token: Option<&str>) -> bool {
+        // Without a token the identity proves nothing: the file may have
+        // been replaced and its inode number given to the new file.
+        let (Some(token), Some(versions)) = (token, self.versions()) else {
+            return false;
+        };
+        pair::is_version(versions, name, token, id)
+            && self.dir.stat(&name.npy_file()).is_some_and(|f| f.id == id)
     }
 
     fn writers(&self) -> Result<Vec<WriterInfo>> {
@@ -321,6 +410,17 @@ fn read_attempts() -> u32 {
         return n;
     }
     READ_ATTEMPTS
+}
+
+#[cfg(unix)]
+fn nlink(md: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    md.nlink()
+}
+
+#[cfg(not(unix))]
+fn nlink(_: &std::fs::Metadata) -> u64 {
+    1
 }
 
 /// The header of an open `.npy` file (a bounded read from its start).

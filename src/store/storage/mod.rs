@@ -98,7 +98,7 @@ pub(crate) trait Storage: Send + Sync + fmt::Debug {
     /// a job whose entry may no longer publish or was overtaken by a newer
     /// version: it changes nothing). After an error each entry reads as its
     /// complete old or complete new value.
-    fn publish(&self, jobs: Vec<PairJob<'_>>, sync: SyncMode) -> Result<Vec<Option<FileId>>>;
+    fn publish(&self, jobs: Vec<PairJob<'_>>, sync: SyncMode) -> Result<Vec<Option<Published>>>;
 
     /// Removes `name`'s files durably; after an error they are as they were.
     fn remove(&self, name: &EntryName) -> Result<()>;
@@ -131,6 +131,16 @@ pub(crate) trait Storage: Send + Sync + fmt::Debug {
     /// The writers registered and alive.
     fn writers(&self) -> Result<Vec<WriterInfo>>;
 
+    /// Whether `name`'s current data is still the version this handle
+    /// knows: the file `id`, published (or read) with the version token
+    /// `token`. `false` whenever that cannot be proven (a file system may
+    /// give a freed inode number to the next file, so an equal `id` alone
+    /// proves nothing once the file was closed).
+    fn is_current(&self, name: &EntryName, id: FileId, token: Option<&str>) -> bool {
+        let _ = token;
+        self.stat_data(name).map(|f| f.id) == Some(id)
+    }
+
     /// The entries whose last write lost a race with another writer since
     /// the last call (an object store's conditional commit): the store
     /// drops its copy of them, so that they read as the winner's value.
@@ -148,12 +158,23 @@ pub(crate) trait Storage: Send + Sync + fmt::Debug {
     ) -> Result<Option<Box<dyn Lease>>>;
 }
 
+/// A published version of an entry's data: its file, and the version
+/// token its metadata records (`None`: the storage has none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Published {
+    pub id: FileId,
+    pub token: Option<std::sync::Arc<str>>,
+}
+
 /// What [`Storage::read_checked`] read.
 #[derive(Debug)]
 pub(crate) struct Checked {
     pub meta: Meta,
     /// The data file and its header, agreeing with `meta`.
     pub file: Option<(File, NpyInfo)>,
+    /// The version read, when proven: `file` is the very file published
+    /// with `meta`'s version token.
+    pub version: Option<Published>,
 }
 
 /// A held store lock; dropping it releases the lock.

@@ -35,9 +35,10 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use super::procs::Procs;
-use super::{PairJob, SyncMode};
+use super::{PairJob, Published, SyncMode};
 use crate::error::{Error, IoContext, Result};
 use crate::io::{self, Dir, FileId, Kind, TempFile};
 use crate::name::EntryName;
@@ -47,9 +48,10 @@ struct Staged {
     npy: TempFile,
     meta: TempFile,
     id: FileId,
+    token: Option<String>,
 }
 
-/// Publishes every job; returns the new `.npy` identities in job order
+/// Publishes every job; returns the new `.npy` versions in job order
 /// (`None` for a job whose entry was replaced or removed before its rename:
 /// its files are dropped, so that it never overwrites its successor's).
 pub(crate) fn publish_pairs(
@@ -57,16 +59,23 @@ pub(crate) fn publish_pairs(
     procs: Option<&Procs>,
     jobs: Vec<PairJob<'_>>,
     sync: SyncMode,
-) -> Result<Vec<Option<FileId>>> {
+) -> Result<Vec<Option<Published>>> {
     let per_file = sync != SyncMode::FileSystem || !cfg!(target_os = "linux");
     let dir_sync = sync != SyncMode::Spill;
     let mut staged = Vec::with_capacity(jobs.len());
     let mut names = Vec::with_capacity(jobs.len());
+    // The version links made so far: removed again unless their publish
+    // commits.
+    let mut links = Links::new(procs.map(Procs::versions));
     for job in jobs {
         let (npy_name, meta_name) = (job.name.npy_file(), job.name.meta_file());
         let target = dir.join(&npy_name);
         let mut npy = TempFile::create_in(dir, &npy_name, false)?;
         keep_mode(dir, &npy_name, &npy)?;
+        // The version token is the staged file's unique part; the link
+        // `versions/K.<token>` names this very file from before its rename
+        // until the next publish of the key has committed.
+        let token = links.make(dir, npy.name(), job.name)?;
         // With an `fsync` per file (Unix: the inode is known at creation),
         // the metadata file is staged before the data is written: the data
         // file's `fsync` then also writes the directory and inode-table
@@ -75,8 +84,9 @@ pub(crate) fn publish_pairs(
         let early = per_file && cfg!(unix);
         let (shape, dtype, flags, attrs) = (&job.shape, &job.dtype, job.flags, job.attrs.clone());
         let render = |c: &Commit| meta::render(shape, dtype, flags, Some(c), attrs.as_deref());
+        let tok = token.as_deref();
         let mut m = match early {
-            true => Some(stage_meta(dir, render, &meta_name, &npy, None)?),
+            true => Some(stage_meta(dir, render, &meta_name, &npy, None, tok)?),
             false => None,
         };
         (job.write_npy)(npy.writer(), &target)?;
@@ -89,18 +99,26 @@ pub(crate) fn publish_pairs(
         }
         let mut m = match m.take() {
             Some(m) => m,
-            None => stage_meta(dir, render, &meta_name, &npy, Some(id))?,
+            None => stage_meta(dir, render, &meta_name, &npy, Some(id), tok)?,
         };
         if per_file {
             m.flush_and_sync()?;
         } else {
             m.flush_and_close()?;
         }
-        staged.push(Staged { npy, meta: m, id });
+        staged.push(Staged {
+            npy,
+            meta: m,
+            id,
+            token,
+        });
         names.push((job.name, job.publish, job.version, job.published));
     }
     if !per_file {
         dir.syncfs()?;
+    } else {
+        // The links must be durable before the renames that they vouch for.
+        links.sync()?;
     }
     // Other writers' publishes and removals of these keys wait from here to
     // the end of the rollback or of the clean-up: whatever is at the final
@@ -110,7 +128,18 @@ pub(crate) fn publish_pairs(
         None => Vec::new(),
     };
     let mut backups: Vec<Backup> = Vec::with_capacity(staged.len());
-    let mut ids: Vec<Option<FileId>> = staged.iter().map(|s| Some(s.id)).collect();
+    let mut ids: Vec<Option<Published>> = staged
+        .iter()
+        .map(|s| {
+            Some(Published {
+                id: s.id,
+                token: s.token.as_deref().map(Arc::from),
+            })
+        })
+        .collect();
+    // The versions the committed publishes replaced, whose links go once
+    // the new pairs are durable.
+    let mut replaced: Vec<(&EntryName, String)> = Vec::new();
     let result = (|| -> Result<()> {
         for (i, (s, &(name, publish, version, published))) in
             staged.into_iter().zip(&names).enumerate()
@@ -120,11 +149,17 @@ pub(crate) fn publish_pairs(
                 ids[i] = None;
                 continue; // dropping `s` removes its temporary files
             }
+            if links.is_on() {
+                if let Some(old) = version_of(dir, name) {
+                    replaced.push((name, old));
+                }
+            }
             let b = Backup::take(dir, name)?;
             backups.push(b);
             s.npy.rename_into(&name.npy_file())?;
             s.meta.rename_into(&name.meta_file())?;
             published.fetch_max(version, Ordering::AcqRel);
+            links.keep(i);
         }
         if dir_sync {
             dir.sync()
@@ -136,6 +171,10 @@ pub(crate) fn publish_pairs(
         Ok(()) => {
             for b in backups {
                 b.discard(dir);
+            }
+            links.confirm();
+            for (name, old) in replaced {
+                links.remove(name, &old);
             }
             Ok(ids)
         }
@@ -159,6 +198,7 @@ fn stage_meta(
     meta_name: &str,
     npy: &TempFile,
     id: Option<FileId>,
+    version: Option<&str>,
 ) -> Result<TempFile> {
     let id = match id {
         Some(id) => id,
@@ -167,6 +207,7 @@ fn stage_meta(
     let commit = Commit {
         npy_tmp: npy.name().to_owned(),
         npy_ino: id.ino(),
+        version: version.map(str::to_owned),
     };
     let text = render(&commit);
     let mut m = TempFile::create_in(dir, meta_name, false)?;
@@ -175,6 +216,118 @@ fn stage_meta(
     std::io::Write::write_all(w, text.as_bytes()).ctx("write", m.path())?;
     std::io::Write::flush(m.writer()).ctx("write", m.path())?;
     Ok(m)
+}
+
+/// The name of the version link of `name`'s version `token` in `versions/`.
+pub(crate) fn version_link(name: &EntryName, token: &str) -> String {
+    format!("{name}.{token}")
+}
+
+/// The `(key, token)` a name in `versions/` is the link of.
+pub(crate) fn parse_version_link(link: &str) -> Option<(&str, &str)> {
+    let (key, token) = link.rsplit_once('.')?;
+    (meta::is_token(token) && !key.is_empty()).then_some((key, token))
+}
+
+/// The version token `name`'s current metadata records (`None`: none, or
+/// no metadata that parses).
+pub(crate) fn version_of(dir: &Dir, name: &EntryName) -> Option<String> {
+    Meta::read_in(dir, &name.meta_file()).ok()?.version
+}
+
+/// Whether the version link `versions/K.<token>` and `K.npy` (or the
+/// file `id`) are one file. The link holds its file from before the
+/// `.npy` is renamed into place until after a later publish replaced it,
+/// so its inode number cannot be reused meanwhile: equal identities are
+/// the same file, never a reused number.
+pub(crate) fn is_version(versions: &Dir, name: &EntryName, token: &str, id: FileId) -> bool {
+    versions
+        .stat(&version_link(name, token))
+        .is_some_and(|f| f.is_file() && f.id == id)
+}
+
+/// The version links one publish makes: each is removed again when the
+/// set is dropped, unless its job committed ([`keep`](Self::keep)) and the
+/// publish succeeded ([`confirm`](Self::confirm)).
+struct Links<'d> {
+    versions: Option<&'d Dir>,
+    made: Vec<Option<String>>,
+    kept: Vec<bool>,
+}
+
+impl<'d> Links<'d> {
+    fn new(versions: Option<&'d Dir>) -> Self {
+        Links {
+            versions,
+            made: Vec::new(),
+            kept: Vec::new(),
+        }
+    }
+
+    /// Whether links are made (a registered writer).
+    fn is_on(&self) -> bool {
+        self.versions.is_some()
+    }
+
+    /// Links the staged file `staged` of `dir` as the next job's version
+    /// of `name`; returns its token (`None`: no links are made).
+    fn make(&mut self, dir: &Dir, staged: &str, name: &EntryName) -> Result<Option<String>> {
+        self.kept.push(false);
+        let token = match (self.versions, temp_parts(staged)) {
+            (Some(versions), Some((token, _))) => {
+                let link = version_link(name, token);
+                dir.link_into(staged, versions, &link)?;
+                self.made.push(Some(link));
+                Some(token.to_owned())
+            }
+            _ => {
+                self.made.push(None);
+                None
+            }
+        };
+        Ok(token)
+    }
+
+    /// Makes the links durable.
+    fn sync(&self) -> Result<()> {
+        match self.versions {
+            Some(v) if self.made.iter().any(Option::is_some) => v.sync(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Job `i` committed.
+    fn keep(&mut self, i: usize) {
+        if let Some(k) = self.kept.get_mut(i) {
+            *k = true;
+        }
+    }
+
+    /// The publish succeeded: the links of the jobs that committed stay.
+    fn confirm(&mut self) {
+        for (m, &k) in self.made.iter_mut().zip(&self.kept) {
+            if k {
+                *m = None;
+            }
+        }
+    }
+
+    /// Removes the link of `name`'s replaced version `token`.
+    fn remove(&self, name: &EntryName, token: &str) {
+        if let Some(v) = self.versions {
+            v.remove_quietly(&version_link(name, token));
+        }
+    }
+}
+
+impl Drop for Links<'_> {
+    fn drop(&mut self) {
+        if let Some(v) = self.versions {
+            for l in self.made.iter().flatten() {
+                v.remove_quietly(l);
+            }
+        }
+    }
 }
 
 /// Replaces the user attributes in `name`'s metadata: a new `.meta.json`
@@ -307,6 +460,8 @@ pub(crate) fn remove_pair(dir: &Dir, procs: Option<&Procs>, name: &EntryName) ->
             ));
         }
     }
+    // The version removed, whose link goes with it.
+    let version = procs.and_then(|_| version_of(dir, name));
     let unique = dir.temp_unique();
     let npy_tomb = io::temp_name_with(&unique, &format!("{npy}.del"));
     let meta_tomb = io::temp_name_with(&unique, &format!("{meta}.del"));
@@ -333,6 +488,9 @@ pub(crate) fn remove_pair(dir: &Dir, procs: Option<&Procs>, name: &EntryName) ->
             for t in [&meta_tomb, &npy_tomb] {
                 dir.remove_quietly(t);
             }
+            if let (Some(p), Some(v)) = (procs, version) {
+                p.versions().remove_quietly(&version_link(name, &v));
+            }
             Ok(())
         }
         Err(e) => {
@@ -349,6 +507,62 @@ pub(crate) fn remove_pair(dir: &Dir, procs: Option<&Procs>, name: &EntryName) ->
             Err(e)
         }
     }
+}
+
+/// Whether `name`'s current pair is one version: its metadata's version
+/// link is `K.npy` (the file `npy`), or, for metadata without a version,
+/// the `.npy` header agrees with it.
+fn pair_is_whole(dir: &Dir, versions: &Dir, name: &EntryName, npy: FileId) -> bool {
+    match Meta::read_in(dir, &name.meta_file()) {
+        Ok(m) => match &m.version {
+            Some(token) => is_version(versions, name, token, npy),
+            None => header_agrees(dir, name, &m),
+        },
+        Err(_) => false,
+    }
+}
+
+/// Whether the header of `name`'s `.npy` agrees with `m`'s dtype and shape.
+fn header_agrees(dir: &Dir, name: &EntryName, m: &Meta) -> bool {
+    let file = name.npy_file();
+    let Ok(f) = dir.open_regular(&file, io::Access::Read) else {
+        return false;
+    };
+    let Ok(info) = super::read_header_of(&f, &dir.join(&file)) else {
+        return false;
+    };
+    m.dtype.as_ref().is_none_or(|d| *d == info.descr)
+        && m.shape.as_ref().is_none_or(|s| *s == info.shape)
+}
+
+/// Removes the version links in `procs`' `versions/` that no longer vouch
+/// for a current version: those whose key's metadata records another token
+/// (or none), unless the writer that made the link is alive (its publish
+/// may be in flight). Each link is removed under its key's publish lock.
+pub(crate) fn sweep_versions(dir: &Dir, procs: &Procs) -> Result<usize> {
+    let versions = procs.versions();
+    let mut removed = 0;
+    for (link, kind) in versions.list()? {
+        if kind != Kind::File {
+            continue;
+        }
+        let Some((key, token)) = parse_version_link(&link) else {
+            continue;
+        };
+        let Ok(name) = EntryName::new(key) else {
+            continue;
+        };
+        if io::temp_owner(token).is_some_and(|o| procs.is_alive(o)) {
+            continue;
+        }
+        let _lock = procs.publish_locks(&[&name])?;
+        if version_of(dir, &name).as_deref() != Some(token) {
+            // Another writer's sweep may have removed it just before.
+            versions.remove_quietly(&link);
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// What recovery did at open.
@@ -398,7 +612,7 @@ pub(crate) fn temp_key(name: &str) -> Option<&str> {
 /// stray temporary files in `dir` (see the module docs). A temporary name
 /// that is not a regular file is never opened, renamed or deleted: it is
 /// returned in [`Recovery::left`].
-pub(crate) fn recover(dir: &Dir, temps: &[String]) -> Result<Recovery> {
+pub(crate) fn recover(dir: &Dir, versions: &Dir, temps: &[String]) -> Result<Recovery> {
     let mut rec = Recovery::default();
     let mut done: BTreeSet<&str> = BTreeSet::new();
     let found = |n: &str| dir.stat(n);
@@ -434,21 +648,43 @@ pub(crate) fn recover(dir: &Dir, temps: &[String]) -> Result<Recovery> {
             ),
         }
     }
-    // Metadata published after its .npy: complete it.
+    // Metadata published after its .npy: complete it, but only when the
+    // current `K.npy` is provably the file staged with it: its version link
+    // (which has held that file since before its rename, so its inode
+    // number cannot have been reused) is `K.npy`. Staged metadata without a
+    // version (older versions of the crate) records an inode number only,
+    // which a later file may have been given: it is installed only over a
+    // pair that is not whole (its `.npy` disagrees with its metadata) and
+    // when the `.npy` agrees with it, never over a whole pair.
     for t in temps {
         let Some(tag) = temp_tag(t) else { continue };
         let Some(key) = tag.strip_suffix(".meta.json") else {
             continue;
         };
+        let Ok(name) = EntryName::new(key) else {
+            continue;
+        };
         let Ok(m) = Meta::read_in(dir, t) else {
             continue;
         };
-        if let Some(c) = &m.commit {
-            if regular_ino(&format!("{key}.npy")) == Some(c.npy_ino) {
-                dir.rename(t, &format!("{key}.meta.json"))?;
-                rec.completed.push(format!("publish of {key}"));
-                done.insert(t);
+        let Some(c) = &m.commit else {
+            continue;
+        };
+        let Some(current) = found(&name.npy_file()).filter(|f| f.is_file()) else {
+            continue;
+        };
+        let complete = match &m.version {
+            Some(token) => is_version(versions, &name, token, current.id),
+            None => {
+                c.npy_ino == current.id.ino()
+                    && !pair_is_whole(dir, versions, &name, current.id)
+                    && header_agrees(dir, &name, &m)
             }
+        };
+        if complete {
+            dir.rename(t, &name.meta_file())?;
+            rec.completed.push(format!("publish of {key}"));
+            done.insert(t);
         }
     }
     // A .npy whose metadata was published first: complete it.

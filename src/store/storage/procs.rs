@@ -41,6 +41,8 @@ use crate::name::EntryName;
 pub const CRATE_DIR: &str = ".ndoffload";
 const WRITERS: &str = "writers";
 const LOCKS: &str = "locks";
+/// The folder of version links (see `pair.rs`).
+pub(crate) const VERSIONS: &str = "versions";
 const WRITER_SUFFIX: &str = ".writer";
 /// Bytes read of a registration or lock file.
 const RECORD_LIMIT: u64 = 4096;
@@ -107,6 +109,9 @@ fn host_name() -> String {
 pub(crate) struct Procs {
     writers: io::Dir,
     locks: io::Dir,
+    /// `versions/`: a hard link of every published `.npy`, named by its
+    /// version token.
+    versions: io::Dir,
     id: String,
     exclusive: bool,
     /// The registration file, locked for as long as the store is open.
@@ -121,8 +126,12 @@ impl Procs {
     /// writes the record.
     pub(crate) fn register(dir: &io::Dir, exclusive: bool) -> Result<Procs> {
         let (writers, locks) = Self::folders(dir, true)?;
-        let (writers, locks) = match (writers, locks) {
-            (Some(w), Some(l)) => (w, l),
+        let versions = match dir.open_subdir(CRATE_DIR, true)? {
+            Some(own) => own.open_subdir(VERSIONS, true)?,
+            None => None,
+        };
+        let (writers, locks, versions) = match (writers, locks, versions) {
+            (Some(w), Some(l), Some(v)) => (w, l, v),
             _ => return Err(Error::corrupt(&dir.join(CRATE_DIR), "could not be created")),
         };
         loop {
@@ -149,6 +158,7 @@ impl Procs {
             return Ok(Procs {
                 writers,
                 locks,
+                versions,
                 id,
                 exclusive,
                 registration: file,
@@ -166,6 +176,11 @@ impl Procs {
             own.open_subdir(WRITERS, create)?,
             own.open_subdir(LOCKS, create)?,
         ))
+    }
+
+    /// The folder of version links.
+    pub(crate) fn versions(&self) -> &io::Dir {
+        &self.versions
     }
 
     /// Ends the registration (the store is closed): removes the file, then
@@ -207,10 +222,12 @@ impl Procs {
     /// Removes the registration files of dead writers (after recovery dealt
     /// with their temporary files): each is locked first and removed only if
     /// its name still names the file locked.
-    pub(crate) fn remove_dead_registrations(&self) {
+    /// Returns how many it removed.
+    pub(crate) fn remove_dead_registrations(&self) -> usize {
         let Ok(names) = self.writers.list() else {
-            return;
+            return 0;
         };
+        let mut removed = 0;
         for (name, kind) in names {
             if kind != Kind::File || !name.ends_with(WRITER_SUFFIX) || name.starts_with(&self.id) {
                 continue;
@@ -227,10 +244,12 @@ impl Procs {
             {
                 if found.id == id {
                     self.writers.remove_quietly(&name);
+                    removed += 1;
                 }
             }
             let _ = f.unlock();
         }
+        removed
     }
 
     /// Takes the publish lock of each of `names` (in name order, so that

@@ -120,9 +120,16 @@ impl Recording {
     }
 }
 
+/// The store's folder of version links (hard links of published `.npy`
+/// files): part of the model, as a directory of its own.
+pub const VERSIONS: &str = ".ndoffload/versions";
+
 fn rel(root: &Path, tree: bool, p: &Path) -> Option<String> {
     let r = p.strip_prefix(root).ok()?;
     let s = r.to_str()?;
+    if s == VERSIONS || s.strip_prefix(VERSIONS).is_some_and(|t| t.starts_with('/')) {
+        return Some(s.to_owned());
+    }
     if s.is_empty()
         || (s.contains('/') && !tree)
         || s == LOCK
@@ -194,7 +201,28 @@ impl Snapshot {
             let name = e.file_name().into_string().expect("utf-8 name");
             // The lock files and the crate's folder of process files
             // (registrations, lock files) are not store data.
-            if name == LOCK || name == REMOTE_LOCK || name == ndarray_offload::CRATE_DIR {
+            if name == ndarray_offload::CRATE_DIR {
+                // Of the crate's folder, only the version links are store
+                // data (hard links of published files).
+                let versions = dir.join(VERSIONS);
+                let Ok(rd) = std::fs::read_dir(&versions) else {
+                    continue;
+                };
+                let mut sub: Vec<_> = rd.map(|f| f.expect("entry")).collect();
+                sub.sort_by_key(|f| f.file_name());
+                for f in sub {
+                    let fmd = std::fs::symlink_metadata(f.path()).expect("stat");
+                    let fname = f.file_name().into_string().expect("utf-8 name");
+                    let i = *by_ino.entry(fmd.ino()).or_insert_with(|| {
+                        s.inodes
+                            .push((fmd.ino(), std::fs::read(f.path()).expect("read")));
+                        s.inodes.len() - 1
+                    });
+                    s.names.insert(format!("{VERSIONS}/{fname}"), i);
+                }
+                continue;
+            }
+            if name == LOCK || name == REMOTE_LOCK {
                 continue;
             }
             let md = std::fs::symlink_metadata(e.path()).expect("stat");

@@ -1,0 +1,486 @@
+//! Version identity across processes: a file system may give a freed inode
+//! number to the next file it creates (ext4 hands out the lowest free one),
+//! so an inode number alone never tells two versions of an entry apart.
+//! Each test here runs its writers in separate processes, makes the reuse
+//! happen (on a fresh ext4 file system when this process may mount one),
+//! and asserts that it did before it checks what the store returns.
+
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ndarray::{Array1, ArrayD, Ix1, IxDyn, ShapeBuilder};
+use ndarray_offload::__testing::{install, FaultPlan};
+use ndarray_offload::{DiskBackedStore, StoreBuilder};
+use serde_json::json;
+
+use crate::common::{can_mount, run_child, temp_files};
+
+/// A directory on a file system that reuses freed inode numbers at once: a
+/// fresh ext4 image mounted through a loop device when this process may
+/// mount (the numbers are then deterministic), else the temporary directory
+/// (ext4 on most machines; the tests assert the reuse they need happened).
+pub struct ReuseFs {
+    dir: tempfile::TempDir,
+    mounted: bool,
+}
+
+impl ReuseFs {
+    pub fn new() -> ReuseFs {
+        let dir = tempfile::tempdir().unwrap();
+        let mut mounted = false;
+        if can_mount_ext4() {
+            let img = dir.path().join("fs.img");
+            let mnt = dir.path().join("mnt");
+            std::fs::create_dir(&mnt).unwrap();
+            let ok = std::fs::File::create(&img)
+                .and_then(|f| f.set_len(64 << 20))
+                .is_ok()
+                && Command::new("mkfs.ext4")
+                    .args(["-q", "-F"])
+                    .arg(&img)
+                    .status()
+                    .is_ok_and(|s| s.success())
+                && Command::new("mount")
+                    .args(["-o", "loop"])
+                    .arg(&img)
+                    .arg(&mnt)
+                    .status()
+                    .is_ok_and(|s| s.success());
+            mounted = ok;
+        }
+        ReuseFs { dir, mounted }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        if self.mounted {
+            self.dir.path().join("mnt")
+        } else {
+            self.dir.path().to_path_buf()
+        }
+    }
+}
+
+fn can_mount_ext4() -> bool {
+    can_mount()
+        && Command::new("mkfs.ext4")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
+impl Drop for ReuseFs {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount")
+                .arg(self.dir.path().join("mnt"))
+                .status();
+        }
+    }
+}
+
+fn ino(p: &Path) -> u64 {
+    std::fs::symlink_metadata(p).unwrap().ino()
+}
+
+/// The inode numbers of the version links in `store`.
+fn version_links(store: &Path) -> Vec<u64> {
+    std::fs::read_dir(store.join(".ndoffload").join("versions"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.metadata().unwrap().ino())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Kills this process with SIGKILL when it is about to rename a file into
+/// `target` (a name in the store): installed on the calling thread, it
+/// stops a publish between its two renames.
+fn die_at_rename_into(target: &'static str) -> ndarray_offload::__testing::PlanGuard {
+    install(FaultPlan::fail_at(0).with_hook(move |op, path| {
+        if format!("{op:?}") == "Rename" && path.file_name().is_some_and(|n| n == target) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &std::process::id().to_string()])
+                .status();
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }))
+}
+
+fn attrs(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    v.as_object().unwrap().clone()
+}
+
+// ---------------------------------------------------------------------------
+// 1. Recovery never installs a dead writer's metadata over a live pair.
+
+/// The dead writer: publishes `k` (a value of another dtype and shape, or
+/// the live writer's, by `NDOFFLOAD_VA_SAME`) and is killed between its
+/// `.npy` rename and its `.meta.json` rename.
+#[test]
+#[ignore = "run in a child process by the recovery tests"]
+fn va_dead_writer_child() {
+    let Ok(dir) = std::env::var("NDOFFLOAD_VA_DIR") else {
+        return;
+    };
+    let same = std::env::var("NDOFFLOAD_VA_SAME").is_ok();
+    let store = DiskBackedStore::open(&dir).unwrap();
+    let who = json!({"who": "dead"});
+    let _g = die_at_rename_into("k.meta.json");
+    if same {
+        store
+            .insert_with_attrs("k", Array1::<f64>::from_elem(5, -1.0), who)
+            .unwrap();
+    } else {
+        let a = ArrayD::<f32>::from_elem(IxDyn(&[7, 3]), -1.0);
+        store.insert_with_attrs("k", a, who).unwrap();
+    }
+    store.flush().unwrap();
+    unreachable!("the writer was to be killed between its renames");
+}
+
+fn recovery_case(same: bool) {
+    let fs = ReuseFs::new();
+    let dir = fs.path().join("store");
+    {
+        let s = DiskBackedStore::open(&dir).unwrap();
+        s.insert_with_attrs("k", Array1::<f64>::zeros(5), json!({"who": "first"}))
+            .unwrap();
+        s.flush().unwrap();
+    }
+    // The live writer, open before the other writer dies (so its open
+    // recovered nothing) and for the rest of the test.
+    let live = DiskBackedStore::open(&dir).unwrap();
+    let mut env: Vec<(&str, &std::ffi::OsStr)> = vec![("NDOFFLOAD_VA_DIR", dir.as_os_str())];
+    if same {
+        env.push(("NDOFFLOAD_VA_SAME", std::ffi::OsStr::new("1")));
+    }
+    let run = run_child(
+        "versions::va_dead_writer_child",
+        &env,
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        run.status.and_then(|s| s.signal()),
+        Some(9),
+        "the writer was to die by SIGKILL between its renames: {}",
+        run.output
+    );
+    // Killed between the renames: its `.npy` is in place, its metadata
+    // staged.
+    let staged: Vec<String> = temp_files(&dir)
+        .into_iter()
+        .filter(|t| t.ends_with(".k.meta.json.tmp"))
+        .collect();
+    assert_eq!(staged.len(), 1, "{:?}", temp_files(&dir));
+    let dead_ino = ino(&dir.join("k.npy"));
+
+    // The live writer publishes `k` until one of its files is given the
+    // inode number of the dead writer's `.npy`, or of one of its own
+    // earlier versions (the file system reuses numbers: asserted).
+    let mut seen = vec![ino(&dir.join("k.npy"))];
+    let (mut dead_reused, mut own_reused) = (false, false);
+    let mut last = 0;
+    for n in 1..=300u32 {
+        let v = Array1::<f64>::from_elem(5, f64::from(n));
+        live.insert_with_attrs("k", v, json!({"who": "live", "n": n}))
+            .unwrap();
+        live.flush().unwrap();
+        last = n;
+        let now = ino(&dir.join("k.npy"));
+        dead_reused |= now == dead_ino;
+        own_reused |= seen[1..].contains(&now);
+        seen.push(now);
+        // Recovery is to run while `k.npy` has the dead writer's number (if
+        // it ever gets it), or once the file system showed that it reuses
+        // numbers.
+        if dead_reused || (own_reused && n >= 20) {
+            break;
+        }
+    }
+    // The dead writer's file is held by its version link for as long as
+    // its leftover may be recovered, so its number cannot be given to a
+    // live file; the file system did reuse numbers meanwhile.
+    let held = version_links(&dir).contains(&dead_ino);
+    assert!(
+        own_reused || dead_reused,
+        "the file system never reused an inode number: this test proves nothing here ({})",
+        fs.path().display()
+    );
+    assert!(
+        dead_reused || held,
+        "the dead writer's file was neither reused nor held"
+    );
+    eprintln!("dead writer's inode reused: {dead_reused}, held by its version link: {held}");
+
+    // A writable open recovers the dead writer's leftovers.
+    drop(DiskBackedStore::open(&dir).unwrap());
+    assert!(temp_files(&dir).is_empty(), "{:?}", temp_files(&dir));
+    let want = Array1::<f64>::from_elem(5, f64::from(last));
+    let want_attrs = attrs(json!({"who": "live", "n": last}));
+    for s in [
+        StoreBuilder::new(&dir).read_only(true).open().unwrap(),
+        live.clone(),
+    ] {
+        s.refresh().unwrap();
+        let got = s.get::<f64, Ix1>("k").unwrap().to_owned_array().unwrap();
+        assert_eq!(got, want);
+        assert_eq!(s.info("k").unwrap().attrs, want_attrs);
+        let d = s.read_dyn("k").unwrap();
+        assert_eq!(d.shape(), &[5]);
+    }
+    // Nothing of the dead writer is left to recover later.
+    let held_after = version_links(&dir).contains(&dead_ino);
+    assert!(!held_after, "the dead writer's version link was not swept");
+}
+
+#[test]
+fn recovery_keeps_a_live_pair_when_a_dead_writer_changed_dtype_and_shape() {
+    recovery_case(false);
+}
+
+#[test]
+fn recovery_keeps_a_live_pairs_attributes_when_a_dead_writer_had_the_same_shape() {
+    recovery_case(true);
+}
+
+// ---------------------------------------------------------------------------
+// 2. `refresh` sees a replacement whose file reuses the inode number.
+
+/// Replaces `k` with `f32` values of shape (3, 4) until `k.npy` has the
+/// inode number `NDOFFLOAD_VB_INO`; exits with 0 if it got it, 3 if not.
+#[test]
+#[ignore = "run in a child process by refresh_sees_a_replacement_that_reuses_the_inode_number"]
+fn vb_writer_child() {
+    let (Ok(dir), Ok(target)) = (
+        std::env::var("NDOFFLOAD_VB_DIR"),
+        std::env::var("NDOFFLOAD_VB_INO"),
+    ) else {
+        return;
+    };
+    let target: u64 = target.parse().unwrap();
+    let dir = PathBuf::from(dir);
+    let store = DiskBackedStore::open(&dir).unwrap();
+    for n in 1..=300u32 {
+        let a = ndarray::Array2::<f32>::from_elem((3, 4), n as f32);
+        store.insert_with_attrs("k", a, json!({"gen": n})).unwrap();
+        store.flush().unwrap();
+        if ino(&dir.join("k.npy")) == target {
+            println!("reused at gen {n}");
+            std::fs::write(dir.join("gen"), n.to_string()).unwrap();
+            return;
+        }
+    }
+    std::process::exit(3);
+}
+
+#[test]
+fn refresh_sees_a_replacement_that_reuses_the_inode_number() {
+    let fs = ReuseFs::new();
+    let dir = fs.path().join("store");
+    {
+        let s = DiskBackedStore::open(&dir).unwrap();
+        s.insert_with_attrs("k", Array1::<f64>::zeros(100), json!({"gen": 0}))
+            .unwrap();
+        s.insert("other", Array1::<f64>::ones(100)).unwrap();
+        s.flush().unwrap();
+    }
+    for writable in [false, true] {
+        let reader = StoreBuilder::new(&dir)
+            .read_only(!writable)
+            .memory_budget(1000u64)
+            .open()
+            .unwrap();
+        // Read the entry, then let the budget take it from memory (no map,
+        // no file held: its inode number is free once another process
+        // replaces it).
+        let first = reader.get_dyn("k").unwrap().to_owned_array().unwrap();
+        let _ = reader.get_dyn("other").unwrap().to_owned_array().unwrap();
+        let old = ino(&dir.join("k.npy"));
+        let run = run_child(
+            "versions::vb_writer_child",
+            &[
+                ("NDOFFLOAD_VB_DIR", dir.as_os_str()),
+                ("NDOFFLOAD_VB_INO", std::ffi::OsStr::new(&old.to_string())),
+            ],
+            Duration::from_secs(120),
+        );
+        assert!(
+            run.ok(),
+            "the writer never got the old inode number back: {}",
+            run.output
+        );
+        assert_eq!(ino(&dir.join("k.npy")), old, "the inode number was reused");
+        let gen: u32 = std::fs::read_to_string(dir.join("gen"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        reader.refresh().unwrap();
+        let got = reader.get_dyn("k").unwrap().to_owned_array().unwrap();
+        assert_ne!(got.dtype(), first.dtype());
+        assert_eq!(got.dtype(), "<f4");
+        assert_eq!(got.shape(), &[3, 4]);
+        let a = got.into_array::<f64>().unwrap();
+        assert!(a.iter().all(|&x| x == f64::from(gen)));
+        assert_eq!(reader.info("k").unwrap().attrs, attrs(json!({"gen": gen})));
+        let typed = reader.get::<f32, ndarray::Ix2>("k").unwrap();
+        assert_eq!(typed.read().unwrap()[[2, 3]], gen as f32);
+        drop(typed);
+        drop(reader);
+        // The next round starts from a value of the first kind again.
+        let s = DiskBackedStore::open(&dir).unwrap();
+        s.insert_with_attrs("k", Array1::<f64>::zeros(100), json!({"gen": 0}))
+            .unwrap();
+        s.flush().unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 3. Untyped reads while another process changes the entry's dtype.
+
+/// The value of generation `g`: its dtype, shape and layout follow from
+/// `g`, and every element is `g`.
+pub fn mixed_value(g: u64) -> (String, ArrayD<f64>, bool) {
+    let shapes: [&[usize]; 3] = [&[1000], &[37, 11], &[5, 3, 7]];
+    let shape = shapes[(g / 4 % 3) as usize];
+    let fortran = g / 12 % 2 == 1;
+    let dtype = ["<f4", "<f8", "<i2", "|u1"][(g % 4) as usize];
+    let a = if fortran {
+        ArrayD::from_elem(IxDyn(shape).f(), (g % 200) as f64)
+    } else {
+        ArrayD::from_elem(IxDyn(shape), (g % 200) as f64)
+    };
+    (dtype.to_owned(), a, fortran)
+}
+
+/// Inserts generation `g` of `key` with attributes naming it.
+pub fn insert_mixed(store: &DiskBackedStore, key: &str, g: u64) {
+    let (dtype, a, _) = mixed_value(g);
+    let at = json!({"gen": g, "dtype": dtype, "shape": a.shape()});
+    match dtype.as_str() {
+        "<f4" => store.insert_with_attrs(key, a.mapv(|x| x as f32), at),
+        "<f8" => store.insert_with_attrs(key, a, at),
+        "<i2" => store.insert_with_attrs(key, a.mapv(|x| x as i16), at),
+        _ => store.insert_with_attrs(key, a.mapv(|x| x as u8), at),
+    }
+    .unwrap();
+}
+
+/// Checks an untyped read: a dtype and a shape of one generation, and its
+/// elements all that generation's.
+pub fn check_mixed(d: &ndarray_offload::DynArray) -> Result<(), String> {
+    let dtype = d.dtype();
+    let shape = d.shape().to_vec();
+    let a = d
+        .clone()
+        .into_array::<f64>()
+        .ok_or_else(|| format!("{dtype} does not widen to f64"))?;
+    let first = a.iter().next().copied().unwrap_or(0.0);
+    let ok = (0..1200u64).any(|g| {
+        let (dt, v, _) = mixed_value(g);
+        dt == dtype && v.shape() == shape.as_slice() && (g % 200) as f64 == first
+    });
+    if !ok || a.iter().any(|&x| x != first) {
+        return Err(format!(
+            "torn or foreign value: {dtype} {shape:?} first {first}"
+        ));
+    }
+    Ok(())
+}
+
+/// Replaces `k` with values of changing dtype, shape and layout until the
+/// file `stop` appears.
+#[test]
+#[ignore = "run in a child process by untyped_reads_never_fail_while_another_process_changes_the_dtype"]
+fn vc_writer_child() {
+    let Ok(dir) = std::env::var("NDOFFLOAD_VC_DIR") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let store = DiskBackedStore::open(dir.join("store")).unwrap();
+    let mut g = 1;
+    while !dir.join("stop").exists() {
+        insert_mixed(&store, "k", g);
+        store.flush().unwrap();
+        g += 1;
+    }
+    println!("generations={g}");
+}
+
+#[test]
+fn untyped_reads_never_fail_while_another_process_changes_the_dtype() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    {
+        let s = DiskBackedStore::open(dir.join("store")).unwrap();
+        insert_mixed(&s, "k", 0);
+        s.flush().unwrap();
+    }
+    let d2 = dir.clone();
+    let writer = std::thread::spawn(move || {
+        run_child(
+            "versions::vc_writer_child",
+            &[("NDOFFLOAD_VC_DIR", d2.as_os_str())],
+            Duration::from_secs(120),
+        )
+    });
+    let store_dir = dir.join("store");
+    let run_for = Duration::from_secs(4);
+    let results: Vec<(u64, Vec<String>)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..3)
+            .map(|mode| {
+                let store_dir = &store_dir;
+                sc.spawn(move || {
+                    let (mut reads, mut errors) = (0u64, Vec::new());
+                    let start = Instant::now();
+                    let long = StoreBuilder::new(store_dir).read_only(true).open().unwrap();
+                    while start.elapsed() < run_for {
+                        let r = match mode {
+                            // A fresh handle: `get_dyn` and a read.
+                            0 => StoreBuilder::new(store_dir)
+                                .read_only(true)
+                                .open()
+                                .and_then(|s| s.get_dyn("k")?.to_owned_array()),
+                            // A fresh handle: `read_dyn`.
+                            1 => StoreBuilder::new(store_dir)
+                                .read_only(true)
+                                .open()
+                                .and_then(|s| s.read_dyn("k")),
+                            // One handle, refreshed before each read.
+                            _ => long.refresh().and_then(|()| long.read_dyn("k")),
+                        };
+                        reads += 1;
+                        match r {
+                            Ok(d) => {
+                                if let Err(e) = check_mixed(&d) {
+                                    errors.push(e);
+                                }
+                            }
+                            Err(e) => errors.push(e.to_string()),
+                        }
+                    }
+                    (reads, errors)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    std::fs::write(dir.join("stop"), b"").unwrap();
+    let run = writer.join().unwrap();
+    assert!(run.ok(), "{}", run.output);
+    for (mode, (reads, errors)) in results.iter().enumerate() {
+        eprintln!("reader {mode}: {reads} reads, {} errors", errors.len());
+        assert!(*reads > 20, "reader {mode} read {reads} times only");
+        assert!(
+            errors.is_empty(),
+            "reader {mode}: {} of {reads} reads failed, first: {}",
+            errors.len(),
+            errors[0]
+        );
+    }
+}
