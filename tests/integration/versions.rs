@@ -99,7 +99,7 @@ fn version_links(store: &Path) -> Vec<u64> {
 /// Kills this process with SIGKILL when it is about to rename a file into
 /// `target` (a name in the store): installed on the calling thread, it
 /// stops a publish between its two renames.
-fn die_at_rename_into(target: &'static str) -> ndarray_offload::__testing::PlanGuard {
+pub fn die_at_rename_into(target: &'static str) -> ndarray_offload::__testing::PlanGuard {
     install(FaultPlan::fail_at(0).with_hook(move |op, path| {
         if format!("{op:?}") == "Rename" && path.file_name().is_some_and(|n| n == target) {
             let _ = Command::new("kill")

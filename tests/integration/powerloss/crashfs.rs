@@ -794,7 +794,12 @@ fn replay(names: &mut BTreeMap<String, usize>, op: &DirOp) -> bool {
             names.insert(to.clone(), *ino);
         }
         DirOp::Link { src, dst, ino } => {
-            if names.get(src) != Some(ino) || names.contains_key(dst) {
+            // A link into another directory names the inode whether or not
+            // the source name's directory entry is on disk yet (each
+            // directory's operations persist on their own).
+            let dir = |n: &str| n.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
+            let same_dir = dir(src) == dir(dst);
+            if (same_dir && names.get(src) != Some(ino)) || names.contains_key(dst) {
                 return false;
             }
             names.insert(dst.clone(), *ino);
