@@ -484,3 +484,339 @@ fn untyped_reads_never_fail_while_another_process_changes_the_dtype() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// Many processes, values of changing dtype, shape and layout.
+
+const MIXED_KEYS: u64 = 6;
+
+/// Seconds the reader test runs: 60 in CI, `NDOFFLOAD_VD_SECS` or 8 here.
+fn mixed_secs() -> u64 {
+    std::env::var("NDOFFLOAD_VD_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if crate::common::in_ci() { 60 } else { 8 })
+}
+
+/// Checks that `d` is generation `gen` exactly (dtype, shape, elements).
+fn is_generation(d: &ndarray_offload::DynArray, gen: u64) -> Result<(), String> {
+    let (dtype, want, _) = mixed_value(gen);
+    if d.dtype() != dtype || d.shape() != want.shape() {
+        return Err(format!(
+            "gen {gen}: read {} {:?}, expected {dtype} {:?}",
+            d.dtype(),
+            d.shape(),
+            want.shape()
+        ));
+    }
+    let a = d.clone().into_array::<f64>().unwrap();
+    if a != want {
+        return Err(format!("gen {gen}: elements of another generation (torn)"));
+    }
+    Ok(())
+}
+
+fn gen_of(store: &DiskBackedStore, key: &str) -> Result<u64, String> {
+    store
+        .info(key)
+        .map_err(|e| e.to_string())?
+        .attrs
+        .get("gen")
+        .and_then(|g| g.as_u64())
+        .ok_or_else(|| format!("{key}: no gen attribute"))
+}
+
+/// The writer of the reader test: replaces `m0..m5` with generations of
+/// changing dtype, shape and layout until `stop` appears.
+#[test]
+#[ignore = "run in a child process by mixed_replacements_one_writer_four_reader_processes"]
+fn vd_writer_child() {
+    let Ok(dir) = std::env::var("NDOFFLOAD_VD_DIR") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let store = DiskBackedStore::open(dir.join("store")).unwrap();
+    let mut g = MIXED_KEYS;
+    while !dir.join("stop").exists() {
+        insert_mixed(&store, &format!("m{}", g % MIXED_KEYS), g);
+        if g % 3 == 0 {
+            store.flush().unwrap();
+        }
+        g += 1;
+    }
+    store.flush().unwrap();
+    println!("generations={g}");
+}
+
+/// A reader of the reader test (`NDOFFLOAD_VD_MODE`: typed, dyn, read_dyn
+/// or get_as): one read-only handle, refreshed every few reads; prints
+/// `reads=N errors=M` and the first errors.
+#[test]
+#[ignore = "run in a child process by mixed_replacements_one_writer_four_reader_processes"]
+fn vd_reader_child() {
+    let (Ok(dir), Ok(mode)) = (
+        std::env::var("NDOFFLOAD_VD_DIR"),
+        std::env::var("NDOFFLOAD_VD_MODE"),
+    ) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let store = StoreBuilder::new(dir.join("store"))
+        .read_only(true)
+        .open()
+        .unwrap();
+    let (mut reads, mut errors, mut retypes) = (0u64, Vec::<String>::new(), 0u64);
+    let mut n = 0u64;
+    while !dir.join("stop").exists() {
+        n += 1;
+        if n % 4 == 0 {
+            store.refresh().unwrap();
+        }
+        let key = format!("m{}", n % MIXED_KEYS);
+        let r: Result<(), String> = (|| {
+            let d = match mode.as_str() {
+                "typed" => {
+                    // The dtype this handle knows, then a typed read: a
+                    // `DtypeMismatch` is right only when the entry read
+                    // really holds another dtype than the one asked for.
+                    let dtype = store.info(&key).map_err(|e| e.to_string())?.dtype;
+                    let got = match dtype.as_str() {
+                        "<f4" => store
+                            .get::<f32, IxDyn>(&key)
+                            .map(|h| h.to_owned_array().map(|a| a.mapv(f64::from))),
+                        "<f8" => store.get::<f64, IxDyn>(&key).map(|h| h.to_owned_array()),
+                        "<i2" => store
+                            .get::<i16, IxDyn>(&key)
+                            .map(|h| h.to_owned_array().map(|a| a.mapv(f64::from))),
+                        _ => store
+                            .get::<u8, IxDyn>(&key)
+                            .map(|h| h.to_owned_array().map(|a| a.mapv(f64::from))),
+                    };
+                    match got {
+                        Ok(a) => {
+                            let a = a.map_err(|e| e.to_string())?;
+                            let gen = gen_of(&store, &key)?;
+                            let (dt, want, _) = mixed_value(gen);
+                            if dt != dtype || a != want {
+                                return Err(format!("{key}: typed read is not gen {gen}"));
+                            }
+                            return Ok(());
+                        }
+                        Err(ndarray_offload::Error::DtypeMismatch {
+                            found, expected, ..
+                        }) if found != expected => {
+                            retypes += 1;
+                            return Ok(());
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                "dyn" => store
+                    .get_dyn(&key)
+                    .and_then(|h| h.to_owned_array())
+                    .map_err(|e| e.to_string())?,
+                "read_dyn" => store.read_dyn(&key).map_err(|e| e.to_string())?,
+                _ => {
+                    let a = store
+                        .get_as::<f64, IxDyn>(&key)
+                        .map_err(|e| e.to_string())?;
+                    let gen = gen_of(&store, &key)?;
+                    let (_, want, _) = mixed_value(gen);
+                    if a != want {
+                        return Err(format!("{key}: get_as read is not gen {gen}"));
+                    }
+                    return Ok(());
+                }
+            };
+            is_generation(&d, gen_of(&store, &key)?)
+        })();
+        reads += 1;
+        if let Err(e) = r {
+            errors.push(e);
+        }
+    }
+    println!("reads={reads} errors={} retypes={retypes}", errors.len());
+    for e in errors.iter().take(5) {
+        println!("error: {e}");
+    }
+}
+
+fn field(out: &str, name: &str) -> Option<u64> {
+    out.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn mixed_replacements_one_writer_four_reader_processes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    {
+        let s = DiskBackedStore::open(dir.join("store")).unwrap();
+        for g in 0..MIXED_KEYS {
+            insert_mixed(&s, &format!("m{g}"), g);
+        }
+        s.flush().unwrap();
+    }
+    let secs = mixed_secs();
+    let timeout = Duration::from_secs(secs + 120);
+    let spawn = |test: &'static str, mode: &'static str| {
+        let d = dir.clone();
+        std::thread::spawn(move || {
+            run_child(
+                test,
+                &[
+                    ("NDOFFLOAD_VD_DIR", d.as_os_str()),
+                    ("NDOFFLOAD_VD_MODE", std::ffi::OsStr::new(mode)),
+                ],
+                timeout,
+            )
+        })
+    };
+    let writer = spawn("versions::vd_writer_child", "");
+    let readers: Vec<_> = ["typed", "dyn", "read_dyn", "get_as"]
+        .into_iter()
+        .map(|m| (m, spawn("versions::vd_reader_child", m)))
+        .collect();
+    std::thread::sleep(Duration::from_secs(secs));
+    std::fs::write(dir.join("stop"), b"").unwrap();
+    let w = writer.join().unwrap();
+    assert!(w.ok(), "writer: {}", w.output);
+    eprintln!("writer: generations={:?}", field(&w.output, "generations"));
+    for (mode, r) in readers {
+        let r = r.join().unwrap();
+        assert!(r.ok(), "{mode} reader: {}", r.output);
+        let reads = field(&r.output, "reads").unwrap_or(0);
+        let errors = field(&r.output, "errors").unwrap_or(u64::MAX);
+        eprintln!(
+            "{mode} reader: reads={reads} errors={errors} retypes={:?}",
+            field(&r.output, "retypes")
+        );
+        assert!(reads > 50, "{mode} reader read {reads} times: {}", r.output);
+        assert_eq!(errors, 0, "{mode} reader: {}", r.output);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Four writers SIGKILLed at random, values of changing dtype and shape.
+
+/// A writer of `four_writers_killed_with_mixed_values`: publishes
+/// generations `NDOFFLOAD_VE_ID * 10^9 + n` of random keys, logging each
+/// before it starts (`start`) and after it returned (`done`).
+#[test]
+#[ignore = "run in a child process by four_writers_killed_with_mixed_values"]
+fn ve_writer_child() {
+    use std::io::Write;
+    let (Ok(dir), Ok(id)) = (
+        std::env::var("NDOFFLOAD_VE_DIR"),
+        std::env::var("NDOFFLOAD_VE_ID"),
+    ) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let id: u64 = id.parse().unwrap();
+    let store = DiskBackedStore::open(dir.join("store")).unwrap();
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("log"))
+        .unwrap();
+    let mut rng = crate::common::Rng(id ^ u64::from(std::process::id()) << 20);
+    for n in 0.. {
+        let key = format!("w{}", rng.below(4));
+        let gen = id * 1_000_000_000 + u64::from(std::process::id()) * 10_000 + n;
+        log.write_all(format!("start {key} {gen}\n").as_bytes())
+            .unwrap();
+        insert_mixed(&store, &key, gen);
+        store.flush().unwrap();
+        log.write_all(format!("done {key} {gen}\n").as_bytes())
+            .unwrap();
+    }
+}
+
+#[test]
+fn four_writers_killed_with_mixed_values() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let kills_wanted: u64 = std::env::var("NDOFFLOAD_VE_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if crate::common::in_ci() { 200 } else { 60 });
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    drop(DiskBackedStore::open(dir.join("store")).unwrap());
+    let exe = std::env::current_exe().unwrap();
+    let start = |id: u64| {
+        Command::new(&exe)
+            .args([
+                "versions::ve_writer_child",
+                "--exact",
+                "--include-ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("NDOFFLOAD_VE_DIR", &dir)
+            .env("NDOFFLOAD_VE_ID", (id + 1).to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut writers: Vec<_> = (0..4).map(start).collect();
+    let mut rng = crate::common::Rng(0x5eed_7e);
+    let mut kills = 0;
+    while kills < kills_wanted {
+        std::thread::sleep(Duration::from_millis(5 + rng.below(40) as u64));
+        let i = rng.below(4);
+        writers[i].kill().unwrap();
+        let status = writers[i].wait().unwrap();
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "writer {i} ended by itself: {status:?}"
+        );
+        kills += 1;
+        writers[i] = start(i as u64);
+    }
+    for mut w in writers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    // Every key holds a generation some writer completed or was
+    // completing, whole, with its own attributes.
+    let log = std::fs::read_to_string(dir.join("log")).unwrap();
+    let mut started: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    let mut done = 0;
+    for l in log.lines() {
+        let p: Vec<&str> = l.split(' ').collect();
+        if p.len() == 3 {
+            if p[0] == "done" {
+                done += 1;
+            }
+            if let Ok(g) = p[2].parse() {
+                started.entry(p[1].to_owned()).or_default().insert(g);
+            }
+        }
+    }
+    let store = DiskBackedStore::open(dir.join("store")).unwrap();
+    assert!(store.incomplete().is_empty(), "{:?}", store.incomplete());
+    assert!(temp_files(&dir.join("store")).is_empty());
+    for (key, gens) in &started {
+        let Ok(d) = store.read_dyn(key) else {
+            panic!("{key}: unreadable: {:?}", store.read_dyn(key).err());
+        };
+        let gen = gen_of(&store, key).unwrap();
+        assert!(gens.contains(&gen), "{key}: gen {gen} was never written");
+        is_generation(&d, gen).unwrap();
+    }
+    drop(store);
+    // One version link per key is left, each of its key's current version.
+    let links = std::fs::read_dir(dir.join("store/.ndoffload/versions"))
+        .unwrap()
+        .count();
+    assert_eq!(links, started.len());
+    eprintln!(
+        "{kills} kills, {done} completed publishes, {} keys",
+        started.len()
+    );
+}
