@@ -21,9 +21,12 @@ or ``ValueError: mmap length is greater than file size``; and a
    file with the same ``(st_dev, st_ino)`` as the opened ``K.npy``: the
    hard link the writer made to the very ``.npy`` it published with ``T``.
    Without a token (a pair written by numpy, GSEGUtils or an older version
-   of the crate), or when the opened ``K.npy`` has a single link (a foreign
-   file, or a store copied with ``cp -r``), the ``.npy`` header must agree
-   with the metadata's ``dtype`` and ``shape`` instead;
+   of the crate), or when the opened ``K.npy`` has a single link and is
+   still the file at ``K.npy`` (a foreign file, or a store copied with
+   ``cp -r``), the ``.npy`` header must agree with the metadata's
+   ``dtype`` and ``shape`` instead (the legacy rule). A single-link file no
+   longer at ``K.npy`` was replaced after it was opened: its one name may be
+   its version link, so it is read again;
 4. otherwise a publish is in flight: read again after a short sleep (50 us
    doubling up to 2 ms, 500 attempts, about 1 s), then fall back to the
    header-agreement rule and raise ``EntryError`` if that fails too;
@@ -188,7 +191,35 @@ def _link_matches(d, key, token, st):
         ls = d.lstat(os.path.join(VERSIONS_DIR, f"{key}.{token}"))
     except OSError:
         return False
-    return stat.S_ISREG(ls.st_mode) and (ls.st_dev, ls.st_ino) == (st.st_dev, st.st_ino)
+    return stat.S_ISREG(ls.st_mode) and _same_file(ls, st)
+
+
+def _same_file(a, b):
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _rule(d, key, npy, token, st):
+    """How to tell whether the metadata (version `token`) and the opened
+    `.npy` (`st`, its ``fstat``) are one version: ``"link"`` (the version
+    link is that file: they are), ``"header"`` (the legacy rule: the header
+    must agree with the metadata), or ``"retry"`` (a publish is in flight).
+    """
+    if token is None:
+        return "header"
+    if _link_matches(d, key, token, st):
+        return "link"
+    if st.st_nlink == 1:
+        # One link: a foreign file (GSEGUtils', or a store copied with
+        # `cp -r`) if it is still the file at K.npy. A file the crate
+        # published has two links while it is at K.npy (K.npy and its
+        # version link); one that was renamed over after it was opened may
+        # be left with only its version link: then a publish is in flight.
+        try:
+            now = d.lstat(npy)
+        except OSError:
+            return "retry"
+        return "header" if _same_file(now, st) else "retry"
+    return "retry"
 
 
 def _read_header(fp, path):
@@ -317,17 +348,20 @@ def load(store_dir, key, mmap=True):
             fd, st = d.open_regular(npy)
             try:
                 with os.fdopen(fd, "rb", closefd=False) as fp:
-                    if token is not None and st.st_nlink != 1 and not fallback:
-                        consistent = _link_matches(d, key, token, st)
-                        header = _read_header(fp, path) if consistent else None
-                        if consistent and not _agrees(meta, header):
+                    rule = _rule(d, key, npy, token, st) if not fallback else "header"
+                    if rule == "link":
+                        header = _read_header(fp, path)
+                        if not _agrees(meta, header):
                             raise EntryError(
                                 f"{path}: its header disagrees with "
                                 f"{d.join(key + META_SUFFIX)} of the same version {token}"
                             )
-                    else:
+                        consistent = True
+                    elif rule == "header":
                         header = _read_header(fp, path)
                         consistent = _agrees(meta, header)
+                    else:
+                        consistent = False
                 if consistent:
                     return _array(fd, st, header, path, mmap), _attrs(meta, d.join(key + META_SUFFIX))
             finally:

@@ -38,6 +38,37 @@ def meta_of(a, attrs=None, token=None, dtype=None, shape=None):
     return m
 
 
+#: A writer process emulating the crate's publish with version links (argv:
+#: store directory, stop file): stage K.npy, link it as
+#: .ndoffload/versions/K.<token>, stage K.meta.json naming the token, rename
+#: the .npy and then the metadata into place, then remove the previous
+#: version's link.
+VERSIONED_WRITER = r"""
+import json, os, sys
+import numpy as np
+store, stop = sys.argv[1], sys.argv[2]
+versions = os.path.join(store, ".ndoffload", "versions")
+os.makedirs(versions, exist_ok=True)
+gen, prev = 0, None
+while not os.path.exists(stop):
+    token = "%d-%x" % (os.getpid(), gen)
+    tmp_npy = os.path.join(store, ".ndo.%s.e.npy.tmp" % token)
+    tmp_meta = os.path.join(store, ".ndo.%s.e.meta.json.tmp" % token)
+    with open(tmp_npy, "wb") as f:
+        np.save(f, np.full((64, 8), gen, dtype=np.int64))
+    os.link(tmp_npy, os.path.join(versions, "e." + token))
+    with open(tmp_meta, "w") as f:
+        json.dump({"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray",
+                   "shape": [64, 8], "dtype": "<i8", "ndoffload_attrs": {"gen": gen},
+                   "ndoffload_version": token}, f)
+    os.rename(tmp_npy, os.path.join(store, "e.npy"))
+    os.rename(tmp_meta, os.path.join(store, "e.meta.json"))
+    if prev is not None:
+        os.remove(os.path.join(versions, "e." + prev))
+    gen, prev = gen + 1, token
+"""
+
+
 class StoreTest(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory()
@@ -177,6 +208,36 @@ class StoreTest(unittest.TestCase):
             self.put("a", a, token=token)
             with self.assertRaisesRegex(S.EntryError, "invalid ndoffload_version"):
                 S.load(self.dir, "a")
+
+    def test_a_versioned_writer_process_running(self):
+        # A writer process following the crate's protocol publishes versions
+        # that all have the same header (so the header-agreement rule alone
+        # could not tell them apart): every element and the attributes carry
+        # the generation; only the version link keeps the pair consistent.
+        import subprocess
+
+        stop = self.path("stop")
+        writer = subprocess.Popen([sys.executable, "-c", VERSIONED_WRITER, self.dir, stop])
+        try:
+            deadline = time.monotonic() + 30
+            while not os.path.exists(self.path("e.meta.json")):
+                self.assertIsNone(writer.poll(), "the writer exited")
+                self.assertLess(time.monotonic(), deadline, "no first publish")
+                time.sleep(0.001)
+            reads, bad, gens = 0, [], set()
+            end = time.monotonic() + 2
+            while time.monotonic() < end:
+                a, attrs = S.load(self.dir, "e", mmap=reads % 2 == 0)
+                reads += 1
+                gens.add(attrs["gen"])
+                if not (a == attrs["gen"]).all():
+                    bad.append((attrs["gen"], np.unique(a).tolist()))
+        finally:
+            open(stop, "w").close()
+            writer.wait(30)
+        self.assertEqual(writer.returncode, 0)
+        self.assertEqual(bad[:5], [], f"{len(bad)} torn reads of {reads}")
+        self.assertGreater(len(gens), 1, "the writer published while the reader read")
 
     # -- the file itself -----------------------------------------------------
 
