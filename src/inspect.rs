@@ -167,8 +167,8 @@ pub fn path_kind(path: &Path) -> Result<PathKind> {
 
 /// Inspects every entry of the store at `dir`, complete or not, in name
 /// order. Opens the store read-only: nothing is written. `dir` may be a
-/// symbolic link to the store; anything but a directory (a regular file, a
-/// FIFO, ...) is refused before anything is read.
+/// symbolic link to the store; anything but a directory is refused before
+/// anything is read.
 ///
 /// Files named like an entry's (`NAME.npy`, `NAME.meta.json`) whose name
 /// the store refuses (a Windows device name, a control character, longer
@@ -181,8 +181,9 @@ pub fn path_kind(path: &Path) -> Result<PathKind> {
 ///
 /// # Errors
 ///
-/// Errors opening the store ([`Error::NotFound`], [`Error::InvalidInput`]
-/// for a path that is not a directory, ...). Writers may be at
+/// Errors opening the store ([`Error::NotFound`],
+/// [`Error::NotADirectory`] for a regular file, [`Error::InvalidInput`] for
+/// a FIFO, socket or device, ...). Writers may be at
 /// work meanwhile: the store is opened read-only, which takes no lock.
 /// Problems with single entries are reported in their [`EntryReport`].
 ///
@@ -201,7 +202,9 @@ pub fn path_kind(path: &Path) -> Result<PathKind> {
 /// # Ok::<_, Box<dyn std::error::Error>>(())
 /// ```
 pub fn inspect_store(dir: &Path, opts: InspectOptions) -> Result<Vec<EntryReport>> {
-    crate::io::open_argument(dir, crate::io::Want::Dir)?;
+    // A FIFO, socket or device is refused here, naming what it is; a
+    // regular file is refused by the store's open (`Error::NotADirectory`).
+    crate::io::open_argument(dir, crate::io::Want::FileOrDir)?;
     let store = DiskBackedStore::open_read_only(dir)?;
     let mut out: Vec<EntryReport> = store
         .keys()

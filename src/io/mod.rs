@@ -301,8 +301,6 @@ pub(crate) fn open_regular(path: &Path, access: Access) -> Result<File> {
 pub(crate) enum Want {
     /// A regular file only.
     File,
-    /// A directory only.
-    Dir,
     /// A regular file or a directory.
     FileOrDir,
 }
@@ -311,14 +309,13 @@ impl Want {
     fn accepts(self, kind: Kind) -> bool {
         matches!(
             (self, kind),
-            (Want::File | Want::FileOrDir, Kind::File) | (Want::Dir | Want::FileOrDir, Kind::Dir)
+            (Want::File | Want::FileOrDir, Kind::File) | (Want::FileOrDir, Kind::Dir)
         )
     }
 
     fn describe(self) -> &'static str {
         match self {
             Want::File => "a regular file",
-            Want::Dir => "a directory",
             Want::FileOrDir => "a regular file or directory",
         }
     }
