@@ -3,8 +3,11 @@
 
 Every entry is a pair `NAME.npy` + `NAME.meta.json`; the entry's user
 attributes are the JSON object under `ndoffload_attrs` in the metadata
-(see docs/format.md). For each tile this checks the data against the
-SHA-256 in its attributes and prints one JSON object per line:
+(see docs/format.md). Entries are read with `ndoffload_store.load` (next
+to this file), which returns the array and the attributes of one and the
+same version even while a writer replaces the entry. For each tile this
+checks the data against the SHA-256 in its attributes and prints one JSON
+object per line:
 
     python python/read_pipeline.py DIR
 
@@ -18,14 +21,15 @@ import sys
 
 import numpy as np
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import ndoffload_store  # noqa: E402
+
 
 def entries(store):
     """(name, array mapped read-only, attributes) for every pair in `store`."""
-    for meta_path in sorted(store.glob("*.meta.json")):
-        name = meta_path.name[: -len(".meta.json")]
-        meta = json.loads(meta_path.read_text())
-        array = np.load(store / f"{name}.npy", mmap_mode="r")
-        yield name, array, meta.get("ndoffload_attrs", {})
+    for name in ndoffload_store.keys(store):
+        array, attrs = ndoffload_store.load(store, name)
+        yield name, array, attrs
 
 
 def main(argv):

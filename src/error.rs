@@ -233,10 +233,12 @@ pub enum Error {
         reason: &'static str,
     },
     /// Data handed to the crate does not fit what was declared (for example a
-    /// chunk of the wrong shape given to a streaming writer).
+    /// chunk of the wrong shape given to a streaming writer), or a path
+    /// given to the inspector is not what it must be (a FIFO, socket or
+    /// device where a file or directory is expected).
     #[error("{path}: {reason}")]
     InvalidInput {
-        /// The file being written.
+        /// The file being written, or the path given.
         path: PathBuf,
         /// What is wrong.
         reason: String,

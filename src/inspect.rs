@@ -107,8 +107,68 @@ impl InspectOptions {
     }
 }
 
+/// What a path given to the inspector is: see [`path_kind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathKind {
+    /// A directory: a store, for [`inspect_store`].
+    Store,
+    /// A regular file not starting with the `.npy` magic: a pack, for
+    /// [`inspect_pack`].
+    Pack,
+    /// A regular file starting with the `.npy` magic (`\x93NUMPY`), for
+    /// [`inspect_npy`].
+    Npy,
+}
+
+/// What the path a user names is: a directory ([`PathKind::Store`]) or a
+/// regular file, told apart by its first 6 bytes ([`PathKind::Npy`] or
+/// [`PathKind::Pack`]).
+///
+/// The path is opened once, read-only, as the crate opens the files it
+/// reads, except that a symbolic link at `path` is followed: without
+/// blocking (`O_NONBLOCK`), then checked with `fstat` on the descriptor
+/// before anything is read from it. A FIFO, socket or device (or a link to
+/// one) never hangs the call and is never read.
+///
+/// # Errors
+///
+/// [`Error::InvalidInput`] naming `path` and what it is (`"is a FIFO, not a
+/// regular file or directory"`); [`Error::NotFound`],
+/// [`Error::PermissionDenied`] and I/O errors opening or reading it.
+///
+/// # Examples
+///
+/// ```
+/// use ndarray_offload::inspect::{path_kind, PathKind};
+///
+/// let dir = tempfile::tempdir()?;
+/// assert_eq!(path_kind(dir.path())?, PathKind::Store);
+/// let npy = dir.path().join("a.npy");
+/// ndarray_npy::write_npy(&npy, &ndarray::array![1u8])?;
+/// assert_eq!(path_kind(&npy)?, PathKind::Npy);
+/// assert!(path_kind(std::path::Path::new("/dev/null")).is_err());
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// ```
+pub fn path_kind(path: &Path) -> Result<PathKind> {
+    use crate::error::IoContext;
+    use std::io::Read;
+    let (file, kind) = crate::io::open_argument(path, crate::io::Want::FileOrDir)?;
+    if kind == crate::io::Kind::Dir {
+        return Ok(PathKind::Store);
+    }
+    let mut magic = Vec::with_capacity(6);
+    file.take(6).read_to_end(&mut magic).ctx("read", path)?;
+    Ok(if magic == b"\x93NUMPY" {
+        PathKind::Npy
+    } else {
+        PathKind::Pack
+    })
+}
+
 /// Inspects every entry of the store at `dir`, complete or not, in name
-/// order. Opens the store read-only: nothing is written.
+/// order. Opens the store read-only: nothing is written. `dir` may be a
+/// symbolic link to the store; anything but a directory is refused before
+/// anything is read.
 ///
 /// Files named like an entry's (`NAME.npy`, `NAME.meta.json`) whose name
 /// the store refuses (a Windows device name, a control character, longer
@@ -121,7 +181,9 @@ impl InspectOptions {
 ///
 /// # Errors
 ///
-/// Errors opening the store ([`Error::NotFound`], ...). Writers may be at
+/// Errors opening the store ([`Error::NotFound`],
+/// [`Error::NotADirectory`] for a regular file, [`Error::InvalidInput`] for
+/// a FIFO, socket or device, ...). Writers may be at
 /// work meanwhile: the store is opened read-only, which takes no lock.
 /// Problems with single entries are reported in their [`EntryReport`].
 ///
@@ -140,6 +202,9 @@ impl InspectOptions {
 /// # Ok::<_, Box<dyn std::error::Error>>(())
 /// ```
 pub fn inspect_store(dir: &Path, opts: InspectOptions) -> Result<Vec<EntryReport>> {
+    // A FIFO, socket or device is refused here, naming what it is; a
+    // regular file is refused by the store's open (`Error::NotADirectory`).
+    crate::io::open_argument(dir, crate::io::Want::FileOrDir)?;
     let store = DiskBackedStore::open_read_only(dir)?;
     let mut out: Vec<EntryReport> = store
         .keys()
@@ -286,7 +351,10 @@ fn check_entry(dir: &Path, name: &str, opts: InspectOptions, r: &mut EntryReport
     r.attrs.clone_from(&meta.attrs);
     r.dtype = meta.dtype.clone();
     r.shape = meta.shape.clone();
-    let (info, len) = NpyInfo::read(&npy_path)?;
+    // One descriptor for the header and the data: a publish renaming
+    // another file over the name meanwhile changes neither.
+    let file = crate::io::open_regular(&npy_path, crate::io::Access::Read)?;
+    let (info, len) = NpyInfo::read_file(&file, &npy_path)?;
     r.fortran_order = info.fortran;
     r.nbytes = info.data_len;
     // A field the metadata leaves out is taken from the .npy header.
@@ -320,16 +388,21 @@ fn check_entry(dir: &Path, name: &str, opts: InspectOptions, r: &mut EntryReport
     };
     info.check_len(len, &npy_path)?;
     if opts.read_data {
-        r.sha256 = Some(data_sha256(&npy_path, &info, itemsize)?);
+        r.sha256 = Some(data_sha256(&file, &npy_path, &info, itemsize)?);
     }
     Ok(())
 }
 
-/// Reads the data of the `.npy` at `npy_path` (header `info`), checks
-/// `bool` values and returns the SHA-256 of its values in C order.
-fn data_sha256(npy_path: &Path, info: &NpyInfo, itemsize: usize) -> Result<String> {
-    let file = crate::io::open_regular(npy_path, crate::io::Access::Read)?;
-    let map = mmap::map_readonly(&file, npy_path)?;
+/// Reads the data of the open `.npy` `file` (named `npy_path`, header
+/// `info` read from the same descriptor), checks `bool` values and returns
+/// the SHA-256 of its values in C order.
+fn data_sha256(
+    file: &std::fs::File,
+    npy_path: &Path,
+    info: &NpyInfo,
+    itemsize: usize,
+) -> Result<String> {
+    let map = mmap::map_readonly(file, npy_path)?;
     let end = (info.data_offset as u64).saturating_add(info.data_len.unwrap_or(0));
     let data = usize::try_from(end)
         .ok()
@@ -359,10 +432,15 @@ fn data_sha256(npy_path: &Path, info: &NpyInfo, itemsize: usize) -> Result<Strin
 /// bytes) and, with `read_data`, its values (checked, and their SHA-256 in
 /// C order). The report is named after the file.
 ///
+/// The file is opened once, as [`path_kind`] opens it (a symbolic link at
+/// `path` is followed, `O_NONBLOCK`, `fstat`), and its header and data are
+/// read from that one descriptor.
+///
 /// # Errors
 ///
-/// Errors opening the file ([`Error::NotFound`], ...) and reading its
-/// header ([`Error::Corrupt`], [`Error::Truncated`]); a problem with the
+/// Errors opening the file ([`Error::NotFound`], [`Error::InvalidInput`]
+/// for anything but a regular file, ...) and reading its header
+/// ([`Error::Corrupt`], [`Error::Truncated`]); a problem with the
 /// data is in the report.
 ///
 /// # Examples
@@ -384,7 +462,8 @@ pub fn inspect_npy(path: &Path, opts: InspectOptions) -> Result<EntryReport> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string());
-    let (info, len) = NpyInfo::read(path)?;
+    let (file, _) = crate::io::open_argument(path, crate::io::Want::File)?;
+    let (info, len) = NpyInfo::read_file(&file, path)?;
     let mut r = EntryReport::named(name);
     r.dtype = Some(info.descr.clone());
     r.shape = Some(info.shape.clone());
@@ -394,7 +473,7 @@ pub fn inspect_npy(path: &Path, opts: InspectOptions) -> Result<EntryReport> {
         let itemsize = dtype_itemsize(&info.descr)
             .ok_or_else(|| Error::corrupt(path, format!("unsupported dtype {}", info.descr)))?;
         if opts.read_data {
-            r.sha256 = Some(data_sha256(path, &info, itemsize)?);
+            r.sha256 = Some(data_sha256(&file, path, &info, itemsize)?);
         }
         Ok(())
     });
@@ -409,11 +488,13 @@ pub fn inspect_npy(path: &Path, opts: InspectOptions) -> Result<EntryReport> {
 /// a sample; an entry whose metadata does not parse has that problem in
 /// the report of each of its arrays. With `read_data`, each payload's
 /// checksum is verified (and compressed payloads decoded) and the SHA-256
-/// of its values computed.
+/// of its values computed. The pack is opened as [`path_kind`] opens it (a
+/// symbolic link at `path` is followed).
 ///
 /// # Errors
 ///
-/// Errors opening the pack ([`Error::NotFound`], [`Error::Corrupt`], ...).
+/// Errors opening the pack ([`Error::NotFound`], [`Error::InvalidInput`]
+/// for anything but a regular file, [`Error::Corrupt`], ...).
 /// Problems with single entries are reported in their [`EntryReport`].
 ///
 /// # Examples
@@ -434,7 +515,8 @@ pub fn inspect_npy(path: &Path, opts: InspectOptions) -> Result<EntryReport> {
 /// # Ok::<_, Box<dyn std::error::Error>>(())
 /// ```
 pub fn inspect_pack(path: &Path, opts: InspectOptions) -> Result<Vec<EntryReport>> {
-    let reader = crate::pack::PackReader::open(path)?;
+    let (file, _) = crate::io::open_argument(path, crate::io::Want::File)?;
+    let reader = crate::pack::PackReader::from_file(file, path)?;
     let mut out = Vec::with_capacity(reader.len());
     for (i, entry) in reader.iter().enumerate() {
         let entry = match entry {

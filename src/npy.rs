@@ -124,11 +124,21 @@ impl NpyInfo {
 
     /// Reads and parses the header of the file at `path`.
     pub(crate) fn read(path: &Path) -> Result<(Self, u64)> {
-        use std::io::Read;
         let file = crate::io::open_regular(path, crate::io::Access::Read)?;
+        Self::read_file(&file, path)
+    }
+
+    /// Reads and parses the header of the open regular `file` (named
+    /// `path` in errors), from its start, and returns it with the file's
+    /// length: the header and a later map of the same descriptor describe
+    /// the same file, whatever is renamed over `path` meanwhile.
+    pub(crate) fn read_file(file: &std::fs::File, path: &Path) -> Result<(Self, u64)> {
+        use std::io::{Read, Seek, SeekFrom};
         let len = file.metadata().ctx("stat", path)?.len();
         let mut buf = Vec::with_capacity(256);
-        file.take(4096).read_to_end(&mut buf).ctx("read", path)?;
+        let mut f = file;
+        f.seek(SeekFrom::Start(0)).ctx("read", path)?;
+        f.take(4096).read_to_end(&mut buf).ctx("read", path)?;
         let hint = header_len_hint(&buf);
         if buf.starts_with(b"\x93NUMPY") && hint > len {
             return Err(Error::Truncated {
@@ -144,8 +154,8 @@ impl NpyInfo {
         if hint > buf.len() as u64 && hint <= len {
             // A long (format 2.0) header: read all of it.
             buf.clear();
-            let file = crate::io::open_regular(path, crate::io::Access::Read)?;
-            file.take(hint).read_to_end(&mut buf).ctx("read", path)?;
+            f.seek(SeekFrom::Start(0)).ctx("read", path)?;
+            f.take(hint).read_to_end(&mut buf).ctx("read", path)?;
         }
         Ok((Self::parse(&buf, path)?, len))
     }

@@ -23,7 +23,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use ndarray_offload::inspect::{
-    active_writers, inspect_npy, inspect_pack, inspect_store, EntryReport, InspectOptions,
+    active_writers, inspect_npy, inspect_pack, inspect_store, path_kind, EntryReport,
+    InspectOptions, PathKind,
 };
 use ndarray_offload::{ByteSize, Error};
 use serde_json::{json, Value};
@@ -92,35 +93,23 @@ struct LsArgs {
     path: PathBuf,
 }
 
-/// What PATH is.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Store,
-    Pack,
-    Npy,
-}
-
-/// What is at `path`, or the message to exit with.
-fn kind_of(path: &Path) -> Result<Kind, String> {
-    if !path.exists() {
-        return Err(format!("{}: no such file or directory", path.display()));
+/// What is at `path`, or the message to exit with. The path is opened once
+/// without blocking and checked with `fstat` before anything is read (a
+/// FIFO, socket or device is refused at once, never read); a symbolic link
+/// given as PATH is followed.
+fn kind_of(path: &Path) -> Result<PathKind, String> {
+    let kind = path_kind(path).map_err(|e| match e {
+        Error::NotFound { .. } => format!("{}: no such file or directory", path.display()),
+        e => e.to_string(),
+    })?;
+    if kind == PathKind::Store && !looks_like_store(path) {
+        return Err(format!(
+            "{}: not a store (no .npy, .meta.json or {} files)",
+            path.display(),
+            ndarray_offload::LOCK_FILE
+        ));
     }
-    if path.is_dir() {
-        if !looks_like_store(path) {
-            return Err(format!(
-                "{}: not a store (no .npy, .meta.json or {} files)",
-                path.display(),
-                ndarray_offload::LOCK_FILE
-            ));
-        }
-        return Ok(Kind::Store);
-    }
-    let mut magic = [0u8; 6];
-    let is_npy = std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-        .is_ok()
-        && &magic == b"\x93NUMPY";
-    Ok(if is_npy { Kind::Npy } else { Kind::Pack })
+    Ok(kind)
 }
 
 /// Whether `dir` holds any store file. A directory that cannot be listed
@@ -138,31 +127,31 @@ fn looks_like_store(dir: &Path) -> bool {
         .unwrap_or(true)
 }
 
-fn inspect(path: &Path, kind: Kind, read_data: bool) -> Result<Vec<EntryReport>, Error> {
+fn inspect(path: &Path, kind: PathKind, read_data: bool) -> Result<Vec<EntryReport>, Error> {
     let opts = InspectOptions::new(read_data);
     match kind {
-        Kind::Store => inspect_store(path, opts),
-        Kind::Pack => inspect_pack(path, opts),
-        Kind::Npy => inspect_npy(path, opts).map(|r| vec![r]),
+        PathKind::Store => inspect_store(path, opts),
+        PathKind::Pack => inspect_pack(path, opts),
+        PathKind::Npy => inspect_npy(path, opts).map(|r| vec![r]),
     }
 }
 
 /// The state of an entry: where it is, or why it cannot be used.
-fn state(r: &EntryReport, kind: Kind) -> &'static str {
+fn state(r: &EntryReport, kind: PathKind) -> &'static str {
     if r.ignored {
         "ignored"
     } else if r.problem.is_some() {
         "unreadable"
     } else {
         match kind {
-            Kind::Store => "on disk",
-            Kind::Pack => "in pack",
-            Kind::Npy => "file",
+            PathKind::Store => "on disk",
+            PathKind::Pack => "in pack",
+            PathKind::Npy => "file",
         }
     }
 }
 
-fn entry_json(r: &EntryReport, kind: Kind, checksum: bool) -> Value {
+fn entry_json(r: &EntryReport, kind: PathKind, checksum: bool) -> Value {
     let mut o = json!({
         "name": r.name,
         "dtype": r.dtype,
@@ -181,11 +170,12 @@ fn entry_json(r: &EntryReport, kind: Kind, checksum: bool) -> Value {
 
 /// Bytes the files of `path` take: the pack or `.npy` file, or each
 /// entry's pair.
-fn bytes_on_disk(path: &Path, kind: Kind, reports: &[EntryReport]) -> u64 {
+fn bytes_on_disk(path: &Path, kind: PathKind, reports: &[EntryReport]) -> u64 {
     let len = |p: PathBuf| std::fs::symlink_metadata(p).map_or(0, |m| m.len());
     match kind {
-        Kind::Pack | Kind::Npy => len(path.to_path_buf()),
-        Kind::Store => reports
+        // PATH itself may be a symbolic link to the file.
+        PathKind::Pack | PathKind::Npy => std::fs::metadata(path).map_or(0, |m| m.len()),
+        PathKind::Store => reports
             .iter()
             .filter(|r| !r.ignored)
             .map(|r| {
@@ -196,7 +186,7 @@ fn bytes_on_disk(path: &Path, kind: Kind, reports: &[EntryReport]) -> u64 {
     }
 }
 
-fn totals_line(path: &Path, kind: Kind, reports: &[EntryReport]) -> String {
+fn totals_line(path: &Path, kind: PathKind, reports: &[EntryReport]) -> String {
     let mut by_dtype: BTreeMap<&str, u64> = BTreeMap::new();
     for r in reports.iter().filter(|r| r.problem.is_none()) {
         if let (Some(d), Some(n)) = (&r.dtype, r.nbytes) {
@@ -314,7 +304,7 @@ fn print_npy(out: &mut impl Write, path: &Path, r: &EntryReport) {
     let _ = writeln!(out, "status  {}", r.status());
 }
 
-fn ls(a: &LsArgs, kind: Kind) -> Result<ExitCode, Error> {
+fn ls(a: &LsArgs, kind: PathKind) -> Result<ExitCode, Error> {
     let reports = inspect(&a.path, kind, a.checksum)?;
     let mut out = std::io::stdout().lock();
     if a.json {
@@ -327,12 +317,12 @@ fn ls(a: &LsArgs, kind: Kind) -> Result<ExitCode, Error> {
         for r in &reports {
             let _ = writeln!(out, "{}", entry_json(r, kind, a.checksum));
         }
-    } else if kind == Kind::Npy {
+    } else if kind == PathKind::Npy {
         print_npy(&mut out, &a.path, &reports[0]);
     } else {
         print_table(&mut out, &reports, a.checksum);
         let _ = writeln!(out, "{}", totals_line(&a.path, kind, &reports));
-        if kind == Kind::Store {
+        if kind == PathKind::Store {
             // Writers at work on the store (none: nothing printed). A crate
             // folder that cannot be read hides no entry: say so.
             let writers = active_writers(&a.path).unwrap_or_else(|e| {
@@ -347,7 +337,7 @@ fn ls(a: &LsArgs, kind: Kind) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(path: &Path, kind: Kind) -> Result<ExitCode, Error> {
+fn verify(path: &Path, kind: PathKind) -> Result<ExitCode, Error> {
     let reports = inspect(path, kind, true)?;
     let mut out = std::io::stdout().lock();
     // Ignored files are reported as bad: the store cannot see them.

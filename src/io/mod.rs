@@ -296,6 +296,76 @@ pub(crate) fn open_regular(path: &Path, access: Access) -> Result<File> {
     Ok(file)
 }
 
+/// What [`open_argument`] may accept at a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Want {
+    /// A regular file only.
+    File,
+    /// A regular file or a directory.
+    FileOrDir,
+}
+
+impl Want {
+    fn accepts(self, kind: Kind) -> bool {
+        matches!(
+            (self, kind),
+            (Want::File | Want::FileOrDir, Kind::File) | (Want::FileOrDir, Kind::Dir)
+        )
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Want::File => "a regular file",
+            Want::FileOrDir => "a regular file or directory",
+        }
+    }
+}
+
+/// Opens a path a user names (a command-line argument, the path given to
+/// an inspection function) read-only, as the crate opens every file it
+/// reads, except that a symbolic link at `path` is followed (users pass
+/// links legitimately): without blocking (`O_NONBLOCK`, so a FIFO with no
+/// writer does not hang the open), then checked with `fstat` on the open
+/// descriptor before anything is read. Returns the descriptor and whether
+/// it is a regular file or a directory.
+///
+/// # Errors
+///
+/// [`Error::InvalidInput`] naming `path` and what it is (`"is a FIFO, not
+/// a regular file or directory"`) when it is not what `want` accepts;
+/// [`Error::NotFound`] and the other open errors as usual.
+pub(crate) fn open_argument(path: &Path, want: Want) -> Result<(File, Kind)> {
+    let refuse = |kind: Kind| Error::InvalidInput {
+        path: path.to_path_buf(),
+        reason: format!("is {}, not {}", kind.describe(), want.describe()),
+    };
+    let mut o = OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    {
+        use rustix::fs::OFlags;
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(OFlags::NONBLOCK.bits() as i32);
+    }
+    let file = match o.open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            // A socket cannot be opened (ENXIO): name what is there.
+            return Err(match fs::metadata(path) {
+                Ok(m) if !want.accepts(Kind::of(&m.file_type())) => {
+                    refuse(Kind::of(&m.file_type()))
+                }
+                _ => Error::io("open", path, e),
+            });
+        }
+    };
+    let kind = Kind::of(&file.metadata().ctx("stat", path)?.file_type());
+    if !want.accepts(kind) {
+        return Err(refuse(kind));
+    }
+    Ok((file, kind))
+}
+
 fn not_regular_dir(path: &Path, what: &str) -> Error {
     Error::corrupt(
         path,

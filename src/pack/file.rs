@@ -32,8 +32,13 @@ impl PackFile {
     /// Opens and maps the pack at `path`, reading only its trailer (and
     /// the preamble of a file of at most 4 KiB).
     pub(super) fn open(path: &Path) -> Result<Self> {
+        let file = crate::io::open_regular(path, crate::io::Access::Read)?;
+        Self::from_file(file, path)
+    }
+
+    /// [`PackFile::open`] of a regular file already open (named `path`).
+    pub(super) fn from_file(file: File, path: &Path) -> Result<Self> {
         let path = path.to_path_buf();
-        let file = crate::io::open_regular(&path, crate::io::Access::Read)?;
         let map = map_readonly(&file, &path)?;
         let len = map.len() as u64;
         let min = PREAMBLE_LEN + TRAILER_LEN;

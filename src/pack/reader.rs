@@ -110,6 +110,14 @@ impl PackReader {
         })
     }
 
+    /// [`PackReader::open`] of a regular file already open (named `path`
+    /// in errors): the inspector's, which opens the path it is given once.
+    pub(crate) fn from_file(file: std::fs::File, path: &Path) -> Result<Self> {
+        Ok(PackReader {
+            f: PackFile::from_file(file, path)?,
+        })
+    }
+
     /// The pack's path.
     ///
     /// # Examples

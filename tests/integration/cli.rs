@@ -379,3 +379,177 @@ fn verify_and_ls_report_files_the_store_ignores() {
     assert_eq!(s.keys().len(), 1);
     assert!(s.incomplete().is_empty());
 }
+
+/// Runs `ndoffload` once per argument list, all at once, killing any still
+/// running after `timeout`. Returns `(exit code, stdout, stderr)` per run,
+/// `None` for a run that had to be killed.
+fn ndoffload_all(
+    runs: &[Vec<String>],
+    timeout: std::time::Duration,
+) -> Vec<Option<(i32, String, String)>> {
+    use std::io::{Read, Seek};
+    let mut children: Vec<_> = runs
+        .iter()
+        .map(|args| {
+            let out = tempfile::tempfile().unwrap();
+            let err = tempfile::tempfile().unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_ndoffload"))
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .stdout(out.try_clone().unwrap())
+                .stderr(err.try_clone().unwrap())
+                .spawn()
+                .unwrap();
+            (child, out, err, None)
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    loop {
+        let mut running = 0;
+        for (child, _, _, status) in children.iter_mut() {
+            if status.is_none() {
+                match child.try_wait().unwrap() {
+                    Some(s) => *status = Some(s),
+                    None => running += 1,
+                }
+            }
+        }
+        if running == 0 || start.elapsed() > timeout {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    children
+        .into_iter()
+        .map(|(mut child, mut out, mut err, status)| {
+            let Some(status) = status else {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            };
+            let read = |f: &mut std::fs::File| {
+                let mut s = String::new();
+                f.seek(std::io::SeekFrom::Start(0)).unwrap();
+                f.read_to_string(&mut s).unwrap();
+                s
+            };
+            Some((status.code().unwrap_or(-1), read(&mut out), read(&mut err)))
+        })
+        .collect()
+}
+
+/// A FIFO, a socket, a character device or a symbolic link to a FIFO given
+/// as PATH is refused at once, naming the path and what it is: never a
+/// hang on an open or a read, never an unbounded read.
+#[test]
+fn paths_that_are_no_file_or_directory_are_refused_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success(), "mkfifo failed");
+    let sock = dir.path().join("sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let link = dir.path().join("link-to-fifo.npy");
+    std::os::unix::fs::symlink(&fifo, &link).unwrap();
+    let cases = [
+        (fifo.clone(), "a FIFO"),
+        (sock.clone(), "a socket"),
+        ("/dev/null".into(), "a character device"),
+        (link.clone(), "a FIFO"),
+    ];
+    let commands: [&[&str]; 4] = [
+        &["ls"],
+        &["ls", "--json"],
+        &["verify"],
+        &["ls", "--checksum"],
+    ];
+    let mut runs = Vec::new();
+    let mut expected = Vec::new();
+    for (path, what) in &cases {
+        for cmd in commands {
+            let mut args: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+            args.push(path.display().to_string());
+            runs.push(args.clone());
+            expected.push((args, path.display().to_string(), *what));
+        }
+    }
+    let results = ndoffload_all(&runs, std::time::Duration::from_secs(10));
+    let mut failures = Vec::new();
+    for (r, (args, path, what)) in results.into_iter().zip(expected) {
+        match r {
+            None => failures.push(format!("{args:?}: still running after 10 s (killed)")),
+            Some((code, out, err)) => {
+                if code != 2 || !err.contains(&path) || !err.contains(what) {
+                    failures.push(format!(
+                        "{args:?}: exit {code}, expected 2 and an error naming {path} as {what}; \
+                         stdout: {out:?} stderr: {err:?}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A symbolic link to a `.npy` file or a pack given as PATH is followed
+/// (users pass links legitimately); files inside a store never are.
+#[test]
+fn symbolic_links_given_as_path_are_followed() {
+    use ndarray_offload::pack::PackWriter;
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("a.npy");
+    ndarray_npy::write_npy(&npy, &array![1.0f64, 2.0]).unwrap();
+    let pack = dir.path().join("a.pack");
+    let mut w = PackWriter::create(&pack).unwrap();
+    w.append("t0", &array![1u8, 2]).unwrap();
+    w.finish().unwrap();
+    let store = dir.path().join("store");
+    DiskBackedStore::open(&store)
+        .unwrap()
+        .insert_durable("k", array![3u16])
+        .unwrap();
+    for (target, name) in [
+        (&npy, "npy-link"),
+        (&pack, "pack-link"),
+        (&store, "store-link"),
+    ] {
+        let link = dir.path().join(name);
+        std::os::unix::fs::symlink(target, &link).unwrap();
+        let l = link.to_str().unwrap();
+        for args in [&["ls", "--checksum", l][..], &["verify", l]] {
+            let (code, out, err) = ndoffload(args);
+            assert_eq!(code, 0, "{args:?}: {out}{err}");
+        }
+    }
+}
+
+/// The library's inspection functions check what they are given as the
+/// CLI does: a directory where a file is expected, a FIFO where a store
+/// directory is expected.
+#[test]
+fn inspect_functions_refuse_the_wrong_kind_of_path() {
+    use ndarray_offload::inspect::{inspect_npy, inspect_pack, inspect_store, InspectOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let opts = InspectOptions::new(true);
+    for e in [
+        inspect_npy(dir.path(), opts).map(|_| ()).unwrap_err(),
+        inspect_pack(dir.path(), opts).map(|_| ()).unwrap_err(),
+    ] {
+        let msg = e.to_string();
+        assert!(msg.contains("is a directory, not a regular file"), "{msg}");
+    }
+    let fifo = dir.path().join("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for e in [
+        inspect_npy(&fifo, opts).map(|_| ()).unwrap_err(),
+        inspect_pack(&fifo, opts).map(|_| ()).unwrap_err(),
+        inspect_store(&fifo, opts).map(|_| ()).unwrap_err(),
+    ] {
+        let msg = e.to_string();
+        assert!(msg.contains("fifo") && msg.contains("is a FIFO"), "{msg}");
+    }
+}

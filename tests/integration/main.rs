@@ -15,6 +15,7 @@ mod overlap;
 mod pack;
 mod powerloss;
 mod processes;
+mod python_reader;
 mod reliability;
 #[cfg(feature = "remote")]
 mod remote;
