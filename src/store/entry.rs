@@ -354,7 +354,6 @@ impl<T: Element> StoreEntry<T> {
     pub(crate) fn persisted(
         shape: Vec<usize>,
         opened: Option<File>,
-        version: Option<Published>,
         storage: &Arc<dyn Storage>,
         name: &EntryName,
         flags: EntryFlags,
@@ -370,7 +369,6 @@ impl<T: Element> StoreEntry<T> {
         let data = InitialData::InFile { shape, id };
         let entry = Self::make(data, true, storage, name, flags, config, account);
         *entry.link.opened.lock() = opened;
-        *entry.link.version.lock() = version;
         entry
     }
 

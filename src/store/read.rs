@@ -153,7 +153,6 @@ impl DiskBackedStore {
                     let l: Loaded = Arc::new(StoreEntry::<T>::persisted(
                         shape,
                         opened,
-                        version,
                         &self.inner.storage,
                         &name,
                         flags,
@@ -161,6 +160,9 @@ impl DiskBackedStore {
                         self.inner.account.clone(),
                     ));
                     l.link().set_attrs(s.attrs.clone());
+                    if let Some(v) = version {
+                        l.link().note_version(v);
+                    }
                     s.loaded = Some(l.clone());
                     l
                 }

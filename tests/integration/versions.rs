@@ -539,7 +539,7 @@ fn vd_writer_child() {
     let mut g = MIXED_KEYS;
     while !dir.join("stop").exists() {
         insert_mixed(&store, &format!("m{}", g % MIXED_KEYS), g);
-        if g % 3 == 0 {
+        if g.is_multiple_of(3) {
             store.flush().unwrap();
         }
         g += 1;
@@ -569,7 +569,7 @@ fn vd_reader_child() {
     let mut n = 0u64;
     while !dir.join("stop").exists() {
         n += 1;
-        if n % 4 == 0 {
+        if n.is_multiple_of(4) {
             store.refresh().unwrap();
         }
         let key = format!("m{}", n % MIXED_KEYS);
@@ -763,7 +763,7 @@ fn four_writers_killed_with_mixed_values() {
             .unwrap()
     };
     let mut writers: Vec<_> = (0..4).map(start).collect();
-    let mut rng = crate::common::Rng(0x5eed_7e);
+    let mut rng = crate::common::Rng(0x005e_ed7e);
     let mut kills = 0;
     while kills < kills_wanted {
         std::thread::sleep(Duration::from_millis(5 + rng.below(40) as u64));
