@@ -641,6 +641,37 @@ fn vd_reader_child() {
     }
 }
 
+/// The numpy reader of `mixed_replacements_one_writer_four_reader_processes`
+/// (arguments: the `python/` folder, the test directory).
+const NUMPY_READER: &str = r#"
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import ndoffload_store
+top = sys.argv[2]
+store = os.path.join(top, "store")
+reads, errors, n = 0, [], 0
+while not os.path.exists(os.path.join(top, "stop")):
+    key = "m%d" % (n % 6)
+    n += 1
+    try:
+        a, attrs = ndoffload_store.load(store, key)
+        g = attrs["gen"]
+        want = np.dtype(attrs["dtype"])
+        ok = a.dtype == want and list(a.shape) == list(attrs["shape"]) and bool(np.all(a == g % 200))
+        if a.ndim > 1:
+            ok = ok and (a.flags.f_contiguous if (g // 12) % 2 == 1 else a.flags.c_contiguous)
+        if not ok:
+            errors.append("%s: gen %d read as %s %s" % (key, g, a.dtype, a.shape))
+        del a
+    except Exception as e:
+        errors.append("%s: %r" % (key, e))
+    reads += 1
+print("reads=%d errors=%d" % (reads, len(errors)))
+for e in errors[:5]:
+    print("error:", e)
+"#;
+
 fn field(out: &str, name: &str) -> Option<u64> {
     out.split_whitespace()
         .find_map(|w| w.strip_prefix(&format!("{name}=")))
@@ -678,8 +709,31 @@ fn mixed_replacements_one_writer_four_reader_processes() {
         .into_iter()
         .map(|m| (m, spawn("versions::vd_reader_child", m)))
         .collect();
+    // A numpy reader the documented way (`python/ndoffload_store.py`).
+    let numpy = crate::common::numpy_python().map(|py| {
+        let pydir = Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
+        Command::new(py)
+            .arg("-c")
+            .arg(NUMPY_READER)
+            .arg(&pydir)
+            .arg(&dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    });
     std::thread::sleep(Duration::from_secs(secs));
     std::fs::write(dir.join("stop"), b"").unwrap();
+    if let Some(np) = numpy {
+        let out = np.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "numpy reader: {text}");
+        let (reads, errors) = (field(&text, "reads").unwrap_or(0), field(&text, "errors"));
+        eprintln!("numpy reader: reads={reads} errors={errors:?}");
+        assert!(reads > 50, "numpy reader: {text}");
+        assert_eq!(errors, Some(0), "numpy reader: {text}");
+    }
     let w = writer.join().unwrap();
     assert!(w.ok(), "writer: {}", w.output);
     eprintln!("writer: generations={:?}", field(&w.output, "generations"));
