@@ -99,7 +99,15 @@ impl LocalDir {
         let token = meta.version.as_deref()?;
         let md = file.metadata().ok()?;
         if nlink(&md) < 2 {
-            return None;
+            // A single link: a foreign file only while `K.npy` still names
+            // it (a published file keeps its version link for as long as it
+            // is at `K.npy`). Otherwise it was replaced, and its version link
+            // removed, after it was opened: read again.
+            let at_name = self
+                .dir
+                .stat(&name.npy_file())
+                .is_some_and(|f| f.id == FileId::from_meta(&md));
+            return if at_name { None } else { Some(false) };
         }
         let Some(versions) = self.versions() else {
             return Some(false);
