@@ -197,10 +197,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         *compute += t.elapsed();
         drop((xyz, intensity));
         // Derived data: recomputable, so the disk budget may delete it.
-        store.insert_recomputable_with_attrs(
+        store.insert_opts(
             format!("tile_{j:05}_voxels"),
             down,
-            json!({"voxel": o.voxel, "summary": summary}),
+            &ndarray_offload::InsertOptions::new()
+                .recomputable(true)
+                .attrs(json!({"voxel": o.voxel, "summary": summary})),
         )
     };
     for i in 0..o.tiles {
@@ -214,8 +216,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         compute += t.elapsed();
         let [n_xyz, n_intensity] = tile_names(i);
-        store.insert_with_attrs(n_xyz, xyz, attrs(sha))?;
-        store.insert_with_attrs(n_intensity, intensity, attrs(sha_i))?;
+        store.insert_opts(
+            n_xyz,
+            xyz,
+            &ndarray_offload::InsertOptions::new().attrs(attrs(sha)),
+        )?;
+        store.insert_opts(
+            n_intensity,
+            intensity,
+            &ndarray_offload::InsertOptions::new().attrs(attrs(sha_i)),
+        )?;
         // Processing lags generation by half: tile i/2 is read back (from
         // RAM or, once spilled, from a memory map) while tile i arrives.
         if i % 2 == 0 {

@@ -17,9 +17,9 @@
 //! | read without naming the element type | [`DiskBackedStore::get_dyn`] → [`DynView`] |
 //! | read converting the element type (`u16` → `f64`) or the byte order (big-endian files) | [`DiskBackedStore::get_as`], [`DiskBackedStore::read_dyn`], [`Widen`] |
 //! | keep the data set larger than RAM: spill least-recently-used entries | [`StoreBuilder::memory_budget`] (`"2GiB"`), [`StoreStats`] |
-//! | cap the disk space of entries that can be computed again (deleted least recently used first) | [`StoreBuilder::disk_budget`], [`DiskBackedStore::insert_recomputable`] |
+//! | cap the disk space of entries that can be computed again (deleted least recently used first) | [`StoreBuilder::disk_budget`], [`InsertOptions::recomputable`] |
 //! | compute an entry once, store it, reuse it (`?` inside with [`try_get_or_compute`](DiskBackedStore::try_get_or_compute)) | [`DiskBackedStore::get_or_compute`], [`KeyHasher`] for names from inputs |
-//! | attach attributes to an entry (CRS, origin, units, provenance) | [`DiskBackedStore::insert_with_attrs`], [`DiskBackedStore::set_attrs`], [`EntryInfo::attrs`] |
+//! | attach attributes to an entry (CRS, origin, units, provenance) | [`InsertOptions::attrs`], [`DiskBackedStore::set_attrs`], [`EntryInfo::attrs`] |
 //! | write many entries durably with one round of syncs | [`DiskBackedStore::insert_batch`] |
 //! | write an array larger than RAM chunk by chunk | [`NpyStreamWriter`] |
 //! | many small arrays or samples in one file, read without copying | [`pack`]: [`pack::PackWriter`], [`pack::PackReader`] |
@@ -43,7 +43,7 @@
 //! for i in 0..8 {
 //!     let xyz = Array2::<f64>::from_elem((20_000, 3), i as f64); // 480 KB
 //!     let attrs = json!({"crs": "EPSG:2056", "origin": [i * 100, 0]});
-//!     store.insert_with_attrs(format!("tile_{i}"), xyz, attrs)?; // moved, no copy
+//!     store.insert_opts(format!("tile_{i}"), xyz, &ndarray_offload::InsertOptions::new().attrs(attrs))?; // moved, no copy
 //! }
 //! assert!(store.stats().evictions > 0);
 //!
@@ -169,8 +169,9 @@ pub use mmap::LoadMode;
 pub use name::{EntryName, MAX_NAME_BYTES};
 pub use size::{ByteSize, IntoByteSize};
 pub use store::{
-    Attrs, DiskBackedStore, DynReadGuard, DynStoredArray, EntryFlags, EntryInfo, Prefetching,
-    StoreBuilder, StoreStats, StoredArray, SystemPressure, CRATE_DIR, LOCK_FILE,
+    Attrs, Batch, DiskBackedStore, DynReadGuard, DynStoredArray, EntryFlags, EntryInfo,
+    InsertOptions, Prefetching, StoreBuilder, StoreStats, StoredArray, SystemPressure, CRATE_DIR,
+    LOCK_FILE,
 };
 pub use stream::{NpyStreamWriter, NpyStreamWriterDyn};
 

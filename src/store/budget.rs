@@ -299,17 +299,13 @@ impl Account {
 }
 
 impl DiskBackedStore {
-    /// Changes the memory budget (`None`: no budget) and enforces it.
+    /// Changes the memory budget (`None`: no budget) and enforces it:
+    /// least-recently-used entries are offloaded until the store is within
+    /// it (as after every insert, and whenever a guard ends while the store
+    /// is over budget).
     pub fn set_memory_budget(&self, budget: Option<ByteSize>) {
         let b = budget.map_or(u64::MAX, |b| b.bytes().min(u64::MAX - 1));
         self.inner.budget.store(b, Ordering::Relaxed);
-        self.inner.enforce_budget();
-    }
-
-    /// Offloads least-recently-used entries until the store is within its
-    /// memory budget (this also happens after every insert and whenever a
-    /// guard ends while the store is over budget).
-    pub fn enforce_budget(&self) {
         self.inner.enforce_budget();
     }
 

@@ -7,7 +7,6 @@ use ndarray::{Array, Dimension};
 
 use super::stats::Counters;
 use super::{DiskBackedStore, StoredArray};
-use crate::config::ConfigOverrides;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::name::EntryName;
@@ -157,13 +156,7 @@ impl DiskBackedStore {
         self.check_writable()?;
         // Computed entries may be computed again: the disk budget may
         // delete them.
-        let loaded = self.insert_entry(
-            name.clone(),
-            array.into_dyn(),
-            &ConfigOverrides::default(),
-            None,
-            true,
-        );
+        let loaded = self.insert_new(name.clone(), array.into_dyn(), true);
         if durable {
             match self.inner.settle(loaded.flush()) {
                 Ok(()) => {}

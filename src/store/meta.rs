@@ -58,7 +58,7 @@ pub struct EntryFlags {
     /// computed again (it was made by
     /// [`get_or_compute`](crate::DiskBackedStore::get_or_compute) or
     /// inserted with
-    /// [`insert_recomputable`](crate::DiskBackedStore::insert_recomputable)),
+    /// [`InsertOptions::recomputable`](crate::InsertOptions::recomputable)),
     /// so the disk budget
     /// ([`StoreBuilder::disk_budget`](crate::StoreBuilder::disk_budget)) may
     /// delete it. Missing means `false`: entries written by GSEGUtils or

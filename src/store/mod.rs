@@ -49,6 +49,7 @@ mod compute;
 mod entry;
 mod import;
 mod inner;
+mod insert;
 pub(crate) mod meta;
 mod open;
 mod prefetch;
@@ -63,10 +64,10 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ndarray::{ArrayD, Dimension};
+use ndarray::Dimension;
 use parking_lot::{Mutex, RwLock};
 
-use crate::array::{ArrayState, IntoStoredArray};
+use crate::array::ArrayState;
 use crate::config::{CacheConfig, ConfigOverrides};
 use crate::dynarray::DynArray;
 use crate::element::Element;
@@ -77,6 +78,7 @@ pub use budget::SystemPressure;
 use budget::{Account, Lru};
 use entry::{AnyEntry, BatchJob, Loaded, Slot, StoreEntry};
 use inner::{attrs_object, in_use_error};
+pub use insert::{Batch, InsertOptions};
 pub use meta::{Attrs, EntryFlags};
 pub use open::StoreBuilder;
 pub use prefetch::Prefetching;
@@ -180,7 +182,7 @@ pub struct EntryInfo {
     /// The entry's flags.
     pub flags: EntryFlags,
     /// The entry's user attributes (empty when it has none); see
-    /// [`DiskBackedStore::insert_with_attrs`].
+    /// [`InsertOptions::attrs`](crate::InsertOptions::attrs).
     pub attrs: Attrs,
 }
 
@@ -232,189 +234,8 @@ impl DiskBackedStore {
         )
     }
 
-    /// Inserts (or replaces) `name` with `array`, kept in RAM until the entry
-    /// is flushed, offloaded or the store is closed. Replacing an entry never
-    /// disturbs readers holding the old value.
-    ///
-    /// `array` is any [`IntoStoredArray`]: an owned [`Array`](ndarray::Array)
-    /// is moved without a copy; a view, a slice or a reference (`&a`) is
-    /// copied once.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidName`] (nothing on disk is touched),
-    /// [`Error::ReadOnly`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use ndarray::{array, s};
-    /// use ndarray_offload::DiskBackedStore;
-    ///
-    /// let dir = tempfile::tempdir()?;
-    /// let store = DiskBackedStore::open(dir.path())?;
-    /// let big = array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]];
-    /// store.insert("head", big.slice(s![..2, ..]))?; // a view: copied
-    /// store.insert("copy", &big)?; // a reference: copied
-    /// store.insert("labels", array![1u8, 0, 1])?; // owned: moved
-    /// store.flush()?; // now durable
-    /// assert_eq!(store.keys().len(), 3);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn insert<A: IntoStoredArray>(&self, name: impl AsRef<str>, array: A) -> Result<()> {
-        self.insert_with(name, array, &ConfigOverrides::default())
-    }
-
-    /// [`insert`](Self::insert) with per-entry overrides of the store's
-    /// defaults (caching, automatic offloading, purge on drop), as the
-    /// Python GSEGUtils' `add_data_to_store(..., **overrides)` takes them.
-    ///
-    /// Purge-on-drop makes a *scratch entry*: this handle deletes its pair
-    /// when the store is closed or dropped. That is a choice of this process
-    /// only: it is recorded as GSEGUtils' `purge_disk_on_gc` flag, which
-    /// never deletes a pair when the store is opened again (by this crate or
-    /// by GSEGUtils), and an entry left by a crash stays on disk whole.
-    ///
-    /// # Errors
-    ///
-    /// As [`insert`](Self::insert).
-    pub fn insert_with<A: IntoStoredArray>(
-        &self,
-        name: impl AsRef<str>,
-        array: A,
-        overrides: &ConfigOverrides,
-    ) -> Result<()> {
-        self.check_writable()?;
-        let name = EntryName::new(name.as_ref())?;
-        let array = array.into_stored_array().into_dyn();
-        self.insert_entry(name, array, overrides, None, false);
-        self.inner.enforce_budget();
-        self.inner.take_behind_error()
-    }
-
-    /// [`insert`](Self::insert) with user attributes: a JSON object (a CRS,
-    /// a tile origin, units, provenance, ...) stored with the entry in its
-    /// `.meta.json` under the field `ndoffload_attrs`, which GSEGUtils
-    /// ignores and numpy users read with `json.load`. Read them back with
-    /// [`info`](Self::info); change them with [`set_attrs`](Self::set_attrs).
-    ///
-    /// # Errors
-    ///
-    /// As [`insert`](Self::insert), and [`Error::InvalidAttrs`] when
-    /// `attrs` is not a JSON object (nothing is inserted).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use ndarray::Array2;
-    /// use ndarray_offload::DiskBackedStore;
-    /// use serde_json::json;
-    ///
-    /// let dir = tempfile::tempdir()?;
-    /// let store = DiskBackedStore::open(dir.path())?;
-    /// let attrs = json!({"crs": "EPSG:2056", "origin": [2600000.0, 1200000.0]});
-    /// store.insert_with_attrs("tile_0001", Array2::<f64>::zeros((100, 3)), attrs)?;
-    /// store.flush()?;
-    /// assert_eq!(store.info("tile_0001")?.attrs["crs"], "EPSG:2056");
-    /// store.set_attrs("tile_0001", json!({"crs": "EPSG:4326"}))?;
-    /// assert_eq!(store.info("tile_0001")?.attrs["crs"], "EPSG:4326");
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn insert_with_attrs<A: IntoStoredArray>(
-        &self,
-        name: impl AsRef<str>,
-        array: A,
-        attrs: serde_json::Value,
-    ) -> Result<()> {
-        self.check_writable()?;
-        let name = EntryName::new(name.as_ref())?;
-        let attrs = attrs_object(&name, attrs)?;
-        let array = array.into_stored_array().into_dyn();
-        self.insert_entry(name, array, &ConfigOverrides::default(), attrs, false);
-        self.inner.enforce_budget();
-        Ok(())
-    }
-
-    /// [`insert`](Self::insert) of a *recomputable* entry: one the program
-    /// can compute again, which the disk budget
-    /// ([`StoreBuilder::disk_budget`](crate::StoreBuilder::disk_budget))
-    /// may delete, least recently used first, when the entries' files
-    /// exceed it. The flag is written in the entry's `.meta.json`
-    /// (`ndoffload_recomputable`), so a later open knows it too, and shows
-    /// in [`EntryInfo::flags`]. Entries made by
-    /// [`get_or_compute`](Self::get_or_compute) are recomputable; those of
-    /// every other insert are not, and replacing a recomputable entry with
-    /// one of them makes the key ordinary again.
-    ///
-    /// # Errors
-    ///
-    /// As [`insert`](Self::insert).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use ndarray::Array1;
-    /// use ndarray_offload::DiskBackedStore;
-    ///
-    /// let dir = tempfile::tempdir()?;
-    /// let store = DiskBackedStore::open(dir.path())?;
-    /// store.insert_recomputable("smoothed", Array1::<f32>::zeros(100))?;
-    /// store.flush()?;
-    /// assert!(store.info("smoothed")?.flags.recomputable);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn insert_recomputable<A: IntoStoredArray>(
-        &self,
-        name: impl AsRef<str>,
-        array: A,
-    ) -> Result<()> {
-        self.check_writable()?;
-        let name = EntryName::new(name.as_ref())?;
-        let array = array.into_stored_array().into_dyn();
-        self.insert_entry(name, array, &ConfigOverrides::default(), None, true);
-        self.inner.enforce_budget();
-        self.inner.take_behind_error()
-    }
-
-    /// [`insert_recomputable`](Self::insert_recomputable) with user
-    /// attributes, written with the entry's first write (as
-    /// [`insert_with_attrs`](Self::insert_with_attrs)).
-    ///
-    /// # Errors
-    ///
-    /// As [`insert_with_attrs`](Self::insert_with_attrs).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use ndarray::array;
-    /// use ndarray_offload::DiskBackedStore;
-    ///
-    /// let dir = tempfile::tempdir()?;
-    /// let store = DiskBackedStore::open(dir.path())?;
-    /// store.insert_recomputable_with_attrs("mean", array![0.5f32], serde_json::json!({"of": "tile_0"}))?;
-    /// let info = store.info("mean")?;
-    /// assert!(info.flags.recomputable);
-    /// assert_eq!(info.attrs["of"], "tile_0");
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn insert_recomputable_with_attrs<A: IntoStoredArray>(
-        &self,
-        name: impl AsRef<str>,
-        array: A,
-        attrs: serde_json::Value,
-    ) -> Result<()> {
-        self.check_writable()?;
-        let name = EntryName::new(name.as_ref())?;
-        let attrs = attrs_object(&name, attrs)?;
-        let array = array.into_stored_array().into_dyn();
-        self.insert_entry(name, array, &ConfigOverrides::default(), attrs, true);
-        self.inner.enforce_budget();
-        self.inner.take_behind_error()
-    }
-
     /// Replaces the user attributes of the entry `name` (see
-    /// [`insert_with_attrs`](Self::insert_with_attrs)); an empty object
+    /// [`InsertOptions::attrs`](crate::InsertOptions::attrs)); an empty object
     /// removes them. When the entry is on disk, a new `.meta.json` is
     /// written and renamed over the old one (durably, before this returns):
     /// a crash leaves the old or the new attributes, and the data file is
@@ -441,138 +262,6 @@ impl DiskBackedStore {
         }
         s.attrs = Some(attrs);
         Ok(())
-    }
-
-    fn insert_entry<T: Element>(
-        &self,
-        name: EntryName,
-        array: ArrayD<T>,
-        overrides: &ConfigOverrides,
-        attrs: Option<Arc<Attrs>>,
-        recomputable: bool,
-    ) -> Loaded {
-        let (mut flags, config) = self.flags_for(overrides);
-        flags.recomputable = recomputable;
-        let shape = array.shape().to_vec();
-        let loaded: Loaded = Arc::new(StoreEntry::new(
-            array,
-            &self.inner.storage,
-            &name,
-            flags,
-            &config,
-            self.inner.account.clone(),
-        ));
-        loaded.link().set_attrs(attrs.clone());
-        let slot = Slot {
-            meta: Some((T::dtype(), shape, flags)),
-            attrs: Some(attrs.unwrap_or_default()),
-            loaded: Some(loaded.clone()),
-            retired: false,
-            scratch: flags.purge_on_drop,
-        };
-        self.inner.incomplete.write().remove(&name);
-        // The old entry is detached (keeping its file) before the map is
-        // released: a removal of the name, which takes the map, must not
-        // delete the file before the old entry kept it. Detaching takes no
-        // entry lock (see the lock order above).
-        let mut entries = self.inner.entries.write();
-        let old = entries.insert(name.clone(), Arc::new(Mutex::new(slot)));
-        if let Some(old) = old {
-            let mut old = old.lock();
-            old.retired = true;
-            if let Some(l) = &old.loaded {
-                // A handle may hold the old entry: it keeps its data.
-                l.link().detach(true);
-            }
-        }
-        drop(entries);
-        // The name's file (the old entry's, until this one is written) is
-        // now this entry's for the disk budget.
-        self.inner.account.disk_touch(&name, Some(recomputable));
-        // Only now may the new entry's files replace the old entry's.
-        loaded.link().enable_publish();
-        if flags.caching {
-            self.inner.lru.lock().touch(&name);
-        }
-        loaded
-    }
-
-    /// Inserts and writes the entry durably before returning (one atomic
-    /// pair publish: two `fsync`s, two renames, one directory `fsync`).
-    ///
-    /// # Errors
-    ///
-    /// As [`insert`](Self::insert), plus I/O errors. After an I/O error the
-    /// previous pair on disk is byte-identical, no temporary file is left,
-    /// and the new value stays in the store in RAM (a later flush retries).
-    pub fn insert_durable<A: IntoStoredArray>(
-        &self,
-        name: impl AsRef<str>,
-        array: A,
-    ) -> Result<()> {
-        self.check_writable()?;
-        let name = EntryName::new(name.as_ref())?;
-        let array = array.into_stored_array().into_dyn();
-        let loaded = self.insert_entry(name, array, &ConfigOverrides::default(), None, false);
-        let r = self.inner.settle(loaded.flush());
-        self.inner.enforce_budget();
-        r
-    }
-
-    /// Inserts many entries and writes them durably with one round of
-    /// syncs: every temporary file is written, then one `syncfs(2)` of the
-    /// store's file system (Linux; an `fsync` per file elsewhere), then the
-    /// renames and one directory `fsync`.
-    ///
-    /// `syncfs` also flushes other programs' pending writes to the same file
-    /// system, which can make it slower on a busy disk.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidName`] for any name (nothing is inserted); I/O errors
-    /// (entries stay in RAM; pairs already on disk are unchanged).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use ndarray::Array2;
-    /// use ndarray_offload::DiskBackedStore;
-    ///
-    /// let dir = tempfile::tempdir()?;
-    /// let store = DiskBackedStore::open(dir.path())?;
-    /// let tiles = (0..100).map(|i| (format!("tile_{i:04}"), Array2::<f64>::zeros((10, 3))));
-    /// store.insert_batch(tiles)?;
-    /// assert_eq!(store.len(), 100);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn insert_batch<A, N, I>(&self, entries: I) -> Result<()>
-    where
-        A: IntoStoredArray,
-        N: AsRef<str>,
-        I: IntoIterator<Item = (N, A)>,
-    {
-        self.check_writable()?;
-        let mut named = Vec::new();
-        for (n, a) in entries {
-            named.push((EntryName::new(n.as_ref())?, a));
-        }
-        // A name given twice: the later array wins (as with repeated inserts).
-        let mut seen = std::collections::HashSet::new();
-        named.reverse();
-        named.retain(|(n, _)| seen.insert(n.clone()));
-        named.reverse();
-        let loaded: Vec<Loaded> = named
-            .into_iter()
-            .map(|(n, a)| {
-                let a = a.into_stored_array().into_dyn();
-                self.insert_entry(n, a, &ConfigOverrides::default(), None, false)
-            })
-            .collect();
-        let r = self
-            .inner
-            .publish_batch(loaded.iter().map(|l| l.as_ref()).collect());
-        self.inner.enforce_disk_budget();
-        self.inner.settle(r)
     }
 
     /// Removes `name` and deletes its files durably. Returns whether it
@@ -678,7 +367,7 @@ impl DiskBackedStore {
     }
 
     /// Flushes, deletes the scratch entries (those inserted through this
-    /// handle with purge-on-drop on, see [`insert_with`](Self::insert_with)),
+    /// handle with purge-on-drop on, see [`InsertOptions::scratch`](crate::InsertOptions::scratch)),
     /// and releases the lock. Entries read from disk are never deleted,
     /// whatever their `purge_disk_on_gc` flag says.
     ///

@@ -155,7 +155,7 @@ impl StoreBuilder {
     /// [`get_or_compute`](DiskBackedStore::get_or_compute) (or
     /// [`try_get_or_compute`](DiskBackedStore::try_get_or_compute)) and
     /// those inserted with
-    /// [`insert_recomputable`](DiskBackedStore::insert_recomputable). The
+    /// [`InsertOptions::recomputable`](crate::InsertOptions::recomputable). The
     /// flag is kept in the entry's `.meta.json` (`ndoffload_recomputable`,
     /// see `docs/format.md`), so a reopened store still knows which
     /// entries it may delete; entries written by GSEGUtils or numpy never

@@ -212,7 +212,11 @@ fn attributes_are_set_updated_and_kept() {
         let store = DiskBackedStore::open(dir.path()).unwrap();
         let attrs = json!({"crs": "EPSG:2056", "origin": [2600000.0, 1200000.0], "units": "m"});
         store
-            .insert_with_attrs("tile", Array2::<f64>::zeros((4, 3)), attrs)
+            .insert_opts(
+                "tile",
+                Array2::<f64>::zeros((4, 3)),
+                &ndarray_offload::InsertOptions::new().attrs(attrs),
+            )
             .unwrap();
         assert_eq!(store.info("tile").unwrap().attrs["units"], "m");
         store.flush().unwrap();
@@ -358,8 +362,12 @@ fn attributes_survive_a_read_from_disk_and_a_rewrite() {
     let dir = tempfile::tempdir().unwrap();
     {
         let s = DiskBackedStore::open(dir.path()).unwrap();
-        s.insert_with_attrs("t", array![1.0f64, 2.0], json!({"crs": "EPSG:2056"}))
-            .unwrap();
+        s.insert_opts(
+            "t",
+            array![1.0f64, 2.0],
+            &ndarray_offload::InsertOptions::new().attrs(json!({"crs": "EPSG:2056"})),
+        )
+        .unwrap();
         s.close().unwrap();
     }
     let s = DiskBackedStore::open(dir.path()).unwrap();

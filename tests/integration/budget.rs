@@ -252,7 +252,7 @@ fn system_pressure_offloads_down_to_the_target() {
         s.insert(k, entry(1.0)).unwrap();
         // Pressure is checked at most every 100 ms.
         std::thread::sleep(std::time::Duration::from_millis(110));
-        s.enforce_budget();
+        crate::common::enforce_budget(&s);
     }
     let st = s.stats();
     assert!(st.bytes_resident <= 16_000, "{st}");

@@ -180,10 +180,10 @@ fn ls_shows_totals_attributes_and_no_constant_columns() {
     let dir = tempfile::tempdir().unwrap();
     {
         let s = DiskBackedStore::open(dir.path()).unwrap();
-        s.insert_with_attrs(
+        s.insert_opts(
             "tile",
             Array2::<f64>::zeros((4, 3)),
-            serde_json::json!({"crs": "EPSG:2056"}),
+            &ndarray_offload::InsertOptions::new().attrs(serde_json::json!({"crs": "EPSG:2056"})),
         )
         .unwrap();
         s.insert("labels", array![1u8, 0, 1, 1]).unwrap();

@@ -243,3 +243,8 @@ pub fn run_child_with(
     let _ = out.read_to_string(&mut output);
     ChildRun { status, output }
 }
+
+/// Enforces `s`'s memory budget now (setting it again enforces it).
+pub fn enforce_budget(s: &ndarray_offload::DiskBackedStore) {
+    s.set_memory_budget(s.stats().budget.map(ndarray_offload::ByteSize::from));
+}

@@ -970,7 +970,7 @@ fn guards_across_store_calls_under_a_stall_watchdog() {
         n
     });
     s.flush().unwrap();
-    s.enforce_budget();
+    crate::common::enforce_budget(&s);
     eprintln!(
         "guards across store calls: {} s, {} mixed operations ({} with guards held across store calls), {guard_ops} store calls under a guard; {}",
         secs,

@@ -1,5 +1,5 @@
 //! The disk budget: recomputable entries (made by `get_or_compute` or
-//! inserted with `insert_recomputable`) are deleted, least recently used
+//! inserted with `InsertOptions::recomputable`) are deleted, least recently used
 //! first, when the entries' files exceed it; ordinary and foreign entries
 //! never are.
 
@@ -49,7 +49,12 @@ fn the_recomputable_flag_is_persisted_and_survives_reopen() {
     {
         let s = DiskBackedStore::open(dir.path()).unwrap();
         s.insert("ordinary", entry(10, 1.0)).unwrap();
-        s.insert_recomputable("inserted", entry(10, 2.0)).unwrap();
+        s.insert_opts(
+            "inserted",
+            entry(10, 2.0),
+            &ndarray_offload::InsertOptions::new().recomputable(true),
+        )
+        .unwrap();
         s.get_or_compute::<f64, Ix1, _>("computed", || entry(10, 3.0))
             .unwrap();
         s.close().unwrap();
@@ -193,7 +198,12 @@ fn an_evicted_entry_is_recomputed_and_evictions_are_counted() {
     assert_eq!(s.stats().disk_evictions, 0);
     // "a" is used: "b" is now the least recently used recomputable entry.
     assert_eq!(value(&s, "a")[0], 1.0);
-    s.insert_recomputable("c", entry(1000, 3.0)).unwrap();
+    s.insert_opts(
+        "c",
+        entry(1000, 3.0),
+        &ndarray_offload::InsertOptions::new().recomputable(true),
+    )
+    .unwrap();
     s.flush().unwrap();
     assert!(!s.contains("b") && s.contains("a") && s.contains("c"));
     let st = s.stats();
@@ -262,7 +272,12 @@ fn a_recomputable_key_replaced_by_an_ordinary_insert_is_never_deleted() {
         .disk_budget(HEADER + 8000)
         .open()
         .unwrap();
-    s.insert_recomputable("k", entry(1000, 1.0)).unwrap();
+    s.insert_opts(
+        "k",
+        entry(1000, 1.0),
+        &ndarray_offload::InsertOptions::new().recomputable(true),
+    )
+    .unwrap();
     s.flush().unwrap();
     // Still only in RAM: the file on disk is the recomputable value's.
     s.insert("k", entry(1000, 2.0)).unwrap();
@@ -384,7 +399,7 @@ proptest! {
                     match op {
                         Op::Insert(..) => s.insert(k(i), a).unwrap(),
                         Op::InsertDurable(..) => s.insert_durable(k(i), a).unwrap(),
-                        _ => s.insert_recomputable(k(i), a).unwrap(),
+                        _ => s.insert_opts(k(i), a, &ndarray_offload::InsertOptions::new().recomputable(true)).unwrap(),
                     }
                     model.insert(i, Held { len: n as usize, fill, recomputable });
                 }

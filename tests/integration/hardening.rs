@@ -166,9 +166,18 @@ fn scratch_entries_are_a_choice_of_the_inserting_handle_only() {
     let dir = tempfile::tempdir().unwrap();
     let o = ndarray_offload::ConfigOverrides::default().purge_on_drop(true);
     let s = DiskBackedStore::open(dir.path()).unwrap();
-    s.insert_with("scratch", ndarray::array![1u8, 2], &o)
-        .unwrap();
-    s.insert_with("kept", ndarray::array![3u8], &o).unwrap();
+    s.insert_opts(
+        "scratch",
+        ndarray::array![1u8, 2],
+        &ndarray_offload::InsertOptions::new().overrides((&o).clone()),
+    )
+    .unwrap();
+    s.insert_opts(
+        "kept",
+        ndarray::array![3u8],
+        &ndarray_offload::InsertOptions::new().overrides((&o).clone()),
+    )
+    .unwrap();
     s.flush().unwrap();
     // The same files as another process finds them (e.g. after a crash of
     // this one): kept by its close.

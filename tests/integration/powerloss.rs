@@ -1040,7 +1040,11 @@ fn fixed_workloads() -> Vec<Workload> {
             |s, d| {
                 let scratch = ConfigOverrides::default().purge_on_drop(true);
                 d.op("insert (scratch)", &[("a", Some(1))], Durable::No, || {
-                    s.insert_with("a", value("a", 1), &scratch)
+                    s.insert_opts(
+                        "a",
+                        value("a", 1),
+                        &ndarray_offload::InsertOptions::new().overrides((&scratch).clone()),
+                    )
                 });
                 d.op("insert", &[("c", Some(1))], Durable::No, || {
                     s.insert("c", value("c", 1))

@@ -52,8 +52,12 @@ fn ndoffload_store_reads_what_the_crate_writes() {
         let f = ArrayD::from_shape_fn(IxDyn(&[3, 4, 5]).f(), |i| {
             (i[0] * 100 + i[1] * 10 + i[2]) as i32
         });
-        s.insert_with_attrs("fortran", f, json!({"crs": "EPSG:2056"}))
-            .unwrap();
+        s.insert_opts(
+            "fortran",
+            f,
+            &ndarray_offload::InsertOptions::new().attrs(json!({"crs": "EPSG:2056"})),
+        )
+        .unwrap();
         s.insert("scalar", ArrayD::from_elem(IxDyn(&[]), 2.5f64))
             .unwrap();
         s.insert("empty", ArrayD::<u16>::zeros(IxDyn(&[0, 3])))
@@ -143,10 +147,26 @@ fn py_reader_writer_child() {
         let (dtype, shape, fortran, v) = generation(gen);
         let attrs = json!({"gen": gen, "dtype": dtype, "shape": shape, "fortran": fortran});
         match gen % 4 {
-            0 => store.insert_with_attrs("e", filled(&shape, fortran, v as f32), attrs),
-            1 => store.insert_with_attrs("e", filled(&shape, fortran, v as f64), attrs),
-            2 => store.insert_with_attrs("e", filled(&shape, fortran, v as i16), attrs),
-            _ => store.insert_with_attrs("e", filled(&shape, fortran, v as u8), attrs),
+            0 => store.insert_opts(
+                "e",
+                filled(&shape, fortran, v as f32),
+                &ndarray_offload::InsertOptions::new().attrs(attrs),
+            ),
+            1 => store.insert_opts(
+                "e",
+                filled(&shape, fortran, v as f64),
+                &ndarray_offload::InsertOptions::new().attrs(attrs),
+            ),
+            2 => store.insert_opts(
+                "e",
+                filled(&shape, fortran, v as i16),
+                &ndarray_offload::InsertOptions::new().attrs(attrs),
+            ),
+            _ => store.insert_opts(
+                "e",
+                filled(&shape, fortran, v as u8),
+                &ndarray_offload::InsertOptions::new().attrs(attrs),
+            ),
         }
         .unwrap();
         store.flush().unwrap();

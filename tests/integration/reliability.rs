@@ -251,7 +251,11 @@ fn put<T: Element, D: Dimension>(
         s.insert_durable(k, a)
     } else {
         let o = ConfigOverrides::default().automatic_offloading(auto);
-        s.insert_with(k, a, &o)
+        s.insert_opts(
+            k,
+            a,
+            &ndarray_offload::InsertOptions::new().overrides((&o).clone()),
+        )
     }
 }
 
@@ -3331,7 +3335,7 @@ pub(crate) fn worker(
                 if rng.below(8) == 0 {
                     s.offload_all().unwrap();
                 } else {
-                    s.enforce_budget();
+                    crate::common::enforce_budget(&s);
                 }
             }
         }
@@ -3412,7 +3416,7 @@ fn concurrent_mixed_operations_under_a_small_budget() {
         st.hits + st.loads + st.misses >= gets,
         "{gets} gets issued, {st}"
     );
-    s.enforce_budget();
+    crate::common::enforce_budget(&s);
     assert!(s.stats().bytes_resident <= SMALL_BUDGET, "{}", s.stats());
 
     for (k, v) in &all {
@@ -3475,7 +3479,7 @@ fn concurrent_store_calls_while_holding_a_guard() {
         s.iter().count(),
         s.get::<f64, Ix1>("x").unwrap().shape().to_vec(),
     );
-    s.enforce_budget();
+    crate::common::enforce_budget(&s);
     g.finish().unwrap();
 
     // A read guard on x while flushing, offloading others and replacing x.

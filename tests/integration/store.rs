@@ -168,7 +168,12 @@ fn per_entry_overrides_are_recorded() {
     let o = ConfigOverrides::default()
         .automatic_offloading(true)
         .purge_on_drop(true);
-    s.insert_with("tmp", array![1u8, 2], &o).unwrap();
+    s.insert_opts(
+        "tmp",
+        array![1u8, 2],
+        &ndarray_offload::InsertOptions::new().overrides((&o).clone()),
+    )
+    .unwrap();
     s.insert("keep", array![3u8]).unwrap();
     s.flush().unwrap();
     let meta: serde_json::Value =
@@ -194,7 +199,12 @@ fn entries_with_caching_off_stay_in_ram_but_are_persisted() {
     let dir = tempfile::tempdir().unwrap();
     let s = DiskBackedStore::open(dir.path()).unwrap();
     let o = ConfigOverrides::default().caching(false);
-    s.insert_with("ram", array![1u8, 2, 3], &o).unwrap();
+    s.insert_opts(
+        "ram",
+        array![1u8, 2, 3],
+        &ndarray_offload::InsertOptions::new().overrides((&o).clone()),
+    )
+    .unwrap();
     s.offload("ram").unwrap();
     assert_eq!(s.info("ram").unwrap().state, ArrayState::InMemory);
     s.flush().unwrap();
@@ -1030,7 +1040,12 @@ fn closing_under_a_write_guard_still_purges_and_unlocks() {
     let dir = tempfile::tempdir().unwrap();
     let s = DiskBackedStore::open(dir.path()).unwrap();
     let o = ConfigOverrides::default().purge_on_drop(true);
-    s.insert_with("tmp", array![1u8, 2], &o).unwrap();
+    s.insert_opts(
+        "tmp",
+        array![1u8, 2],
+        &ndarray_offload::InsertOptions::new().overrides((&o).clone()),
+    )
+    .unwrap();
     s.insert("kept", array![3.0f64]).unwrap();
     s.flush().unwrap();
     let h = s.get::<f64, Ix1>("kept").unwrap();

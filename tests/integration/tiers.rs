@@ -278,10 +278,10 @@ fn tiered_node_a_child() {
         )
         .unwrap();
     store
-        .insert_with_attrs(
+        .insert_opts(
             "fortran",
             ndarray::Array2::from_shape_fn((40, 30).f(), |(i, j)| (i * 30 + j) as i16),
-            serde_json::json!({"tile": 7}),
+            &ndarray_offload::InsertOptions::new().attrs(serde_json::json!({"tile": 7})),
         )
         .unwrap();
     store.close().unwrap();

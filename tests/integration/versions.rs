@@ -134,11 +134,17 @@ fn va_dead_writer_child() {
     let _g = die_at_rename_into("k.meta.json");
     if same {
         store
-            .insert_with_attrs("k", Array1::<f64>::from_elem(5, -1.0), who)
+            .insert_opts(
+                "k",
+                Array1::<f64>::from_elem(5, -1.0),
+                &ndarray_offload::InsertOptions::new().attrs(who),
+            )
             .unwrap();
     } else {
         let a = ArrayD::<f32>::from_elem(IxDyn(&[7, 3]), -1.0);
-        store.insert_with_attrs("k", a, who).unwrap();
+        store
+            .insert_opts("k", a, &ndarray_offload::InsertOptions::new().attrs(who))
+            .unwrap();
     }
     store.flush().unwrap();
     unreachable!("the writer was to be killed between its renames");
@@ -149,8 +155,12 @@ fn recovery_case(same: bool) {
     let dir = fs.path().join("store");
     {
         let s = DiskBackedStore::open(&dir).unwrap();
-        s.insert_with_attrs("k", Array1::<f64>::zeros(5), json!({"who": "first"}))
-            .unwrap();
+        s.insert_opts(
+            "k",
+            Array1::<f64>::zeros(5),
+            &ndarray_offload::InsertOptions::new().attrs(json!({"who": "first"})),
+        )
+        .unwrap();
         s.flush().unwrap();
     }
     // The live writer, open before the other writer dies (so its open
@@ -188,8 +198,12 @@ fn recovery_case(same: bool) {
     let mut last = 0;
     for n in 1..=300u32 {
         let v = Array1::<f64>::from_elem(5, f64::from(n));
-        live.insert_with_attrs("k", v, json!({"who": "live", "n": n}))
-            .unwrap();
+        live.insert_opts(
+            "k",
+            v,
+            &ndarray_offload::InsertOptions::new().attrs(json!({"who": "live", "n": n})),
+        )
+        .unwrap();
         live.flush().unwrap();
         last = n;
         let now = ino(&dir.join("k.npy"));
@@ -268,7 +282,13 @@ fn vb_writer_child() {
     let store = DiskBackedStore::open(&dir).unwrap();
     for n in 1..=300u32 {
         let a = ndarray::Array2::<f32>::from_elem((3, 4), n as f32);
-        store.insert_with_attrs("k", a, json!({"gen": n})).unwrap();
+        store
+            .insert_opts(
+                "k",
+                a,
+                &ndarray_offload::InsertOptions::new().attrs(json!({"gen": n})),
+            )
+            .unwrap();
         store.flush().unwrap();
         if ino(&dir.join("k.npy")) == target {
             println!("reused at gen {n}");
@@ -285,8 +305,12 @@ fn refresh_sees_a_replacement_that_reuses_the_inode_number() {
     let dir = fs.path().join("store");
     {
         let s = DiskBackedStore::open(&dir).unwrap();
-        s.insert_with_attrs("k", Array1::<f64>::zeros(100), json!({"gen": 0}))
-            .unwrap();
+        s.insert_opts(
+            "k",
+            Array1::<f64>::zeros(100),
+            &ndarray_offload::InsertOptions::new().attrs(json!({"gen": 0})),
+        )
+        .unwrap();
         s.insert("other", Array1::<f64>::ones(100)).unwrap();
         s.flush().unwrap();
     }
@@ -334,8 +358,12 @@ fn refresh_sees_a_replacement_that_reuses_the_inode_number() {
         drop(reader);
         // The next round starts from a value of the first kind again.
         let s = DiskBackedStore::open(&dir).unwrap();
-        s.insert_with_attrs("k", Array1::<f64>::zeros(100), json!({"gen": 0}))
-            .unwrap();
+        s.insert_opts(
+            "k",
+            Array1::<f64>::zeros(100),
+            &ndarray_offload::InsertOptions::new().attrs(json!({"gen": 0})),
+        )
+        .unwrap();
         s.flush().unwrap();
     }
 }
@@ -363,10 +391,22 @@ pub fn insert_mixed(store: &DiskBackedStore, key: &str, g: u64) {
     let (dtype, a, _) = mixed_value(g);
     let at = json!({"gen": g, "dtype": dtype, "shape": a.shape()});
     match dtype.as_str() {
-        "<f4" => store.insert_with_attrs(key, a.mapv(|x| x as f32), at),
-        "<f8" => store.insert_with_attrs(key, a, at),
-        "<i2" => store.insert_with_attrs(key, a.mapv(|x| x as i16), at),
-        _ => store.insert_with_attrs(key, a.mapv(|x| x as u8), at),
+        "<f4" => store.insert_opts(
+            key,
+            a.mapv(|x| x as f32),
+            &ndarray_offload::InsertOptions::new().attrs(at),
+        ),
+        "<f8" => store.insert_opts(key, a, &ndarray_offload::InsertOptions::new().attrs(at)),
+        "<i2" => store.insert_opts(
+            key,
+            a.mapv(|x| x as i16),
+            &ndarray_offload::InsertOptions::new().attrs(at),
+        ),
+        _ => store.insert_opts(
+            key,
+            a.mapv(|x| x as u8),
+            &ndarray_offload::InsertOptions::new().attrs(at),
+        ),
     }
     .unwrap();
 }
