@@ -169,13 +169,13 @@ fn scratch_entries_are_a_choice_of_the_inserting_handle_only() {
     s.insert_opts(
         "scratch",
         ndarray::array![1u8, 2],
-        &ndarray_offload::InsertOptions::new().overrides((&o).clone()),
+        &ndarray_offload::InsertOptions::new().overrides(o.clone()),
     )
     .unwrap();
     s.insert_opts(
         "kept",
         ndarray::array![3u8],
-        &ndarray_offload::InsertOptions::new().overrides((&o).clone()),
+        &ndarray_offload::InsertOptions::new().overrides(o.clone()),
     )
     .unwrap();
     s.flush().unwrap();

@@ -1043,7 +1043,7 @@ fn fixed_workloads() -> Vec<Workload> {
                     s.insert_opts(
                         "a",
                         value("a", 1),
-                        &ndarray_offload::InsertOptions::new().overrides((&scratch).clone()),
+                        &ndarray_offload::InsertOptions::new().overrides(scratch.clone()),
                     )
                 });
                 d.op("insert", &[("c", Some(1))], Durable::No, || {

@@ -254,7 +254,7 @@ fn put<T: Element, D: Dimension>(
         s.insert_opts(
             k,
             a,
-            &ndarray_offload::InsertOptions::new().overrides((&o).clone()),
+            &ndarray_offload::InsertOptions::new().overrides(o.clone()),
         )
     }
 }
@@ -3335,7 +3335,7 @@ pub(crate) fn worker(
                 if rng.below(8) == 0 {
                     s.offload_all().unwrap();
                 } else {
-                    crate::common::enforce_budget(&s);
+                    crate::common::enforce_budget(s);
                 }
             }
         }

@@ -171,7 +171,7 @@ fn per_entry_overrides_are_recorded() {
     s.insert_opts(
         "tmp",
         array![1u8, 2],
-        &ndarray_offload::InsertOptions::new().overrides((&o).clone()),
+        &ndarray_offload::InsertOptions::new().overrides(o.clone()),
     )
     .unwrap();
     s.insert("keep", array![3u8]).unwrap();
@@ -202,7 +202,7 @@ fn entries_with_caching_off_stay_in_ram_but_are_persisted() {
     s.insert_opts(
         "ram",
         array![1u8, 2, 3],
-        &ndarray_offload::InsertOptions::new().overrides((&o).clone()),
+        &ndarray_offload::InsertOptions::new().overrides(o.clone()),
     )
     .unwrap();
     s.offload("ram").unwrap();
@@ -1043,7 +1043,7 @@ fn closing_under_a_write_guard_still_purges_and_unlocks() {
     s.insert_opts(
         "tmp",
         array![1u8, 2],
-        &ndarray_offload::InsertOptions::new().overrides((&o).clone()),
+        &ndarray_offload::InsertOptions::new().overrides(o.clone()),
     )
     .unwrap();
     s.insert("kept", array![3.0f64]).unwrap();
