@@ -140,6 +140,7 @@
 #![warn(missing_docs)]
 
 mod array;
+mod builder;
 mod config;
 mod depth;
 mod dynarray;
@@ -160,6 +161,7 @@ mod store;
 mod stream;
 
 pub use array::{ArrayState, DiskBackedArray, IntoStoredArray, ReadGuard, WriteGuard};
+pub use builder::StoreBuilder;
 pub use config::{default_chunk_budget, CacheConfig, ConfigOverrides};
 pub use dynarray::{DynArray, DynView, Widen};
 pub use element::Element;
@@ -170,8 +172,7 @@ pub use name::{EntryName, MAX_NAME_BYTES};
 pub use size::{ByteSize, IntoByteSize};
 pub use store::{
     Attrs, Batch, DiskBackedStore, DynReadGuard, DynStoredArray, EntryFlags, EntryInfo,
-    InsertOptions, Prefetching, StoreBuilder, StoreStats, StoredArray, SystemPressure, CRATE_DIR,
-    LOCK_FILE,
+    InsertOptions, Prefetching, StoreStats, StoredArray, SystemPressure, CRATE_DIR, LOCK_FILE,
 };
 pub use stream::{NpyStreamWriter, NpyStreamWriterDyn};
 
@@ -179,4 +180,5 @@ pub use stream::{NpyStreamWriter, NpyStreamWriterDyn};
 /// not part of the stable API.
 #[cfg(feature = "testing")]
 #[doc(hidden)]
-pub use crate::io::testing as __testing;
+#[path = "testing.rs"]
+pub mod __testing;

@@ -35,7 +35,7 @@ mod gc;
 mod inspect;
 mod protocol;
 mod read;
-mod tier;
+pub(crate) mod tier;
 mod transfer;
 mod url;
 mod write;

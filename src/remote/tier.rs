@@ -1,5 +1,5 @@
 //! The object store as the durable tier of a [`DiskBackedStore`]:
-//! [`StoreBuilder::remote`] opens the store's directory as the local cache
+//! [`StoreBuilder::remote`](crate::StoreBuilder::remote) opens the store's directory as the local cache
 //! of a remote prefix. The store keeps its API, its memory budget (RAM, the
 //! first tier) and its entries; this module implements the storage seam
 //! over a [`RemoteStore`] (the local cache, the second tier, and the
@@ -25,78 +25,23 @@ use crate::store::storage::{
     read_header_of, Backend, Checked, Lease, Listed, Listing, LockMode, PairJob, Published,
     Recovered, Storage, SyncMode, WriterInfo,
 };
-use crate::StoreBuilder;
 
-impl StoreBuilder {
-    /// Makes the object-store prefix at `url` the store's durable home, with
-    /// the store's directory as its local cache (cargo feature `remote`).
-    ///
-    /// The store keeps its whole API: RAM is the first tier (the
-    /// [`memory_budget`](Self::memory_budget)), the local directory the
-    /// second (entries are downloaded into it and memory-mapped, so reads
-    /// stay zero-copy; [`RemoteOptions::disk_budget`] evicts clean cached
-    /// copies), the object store the durable home. `insert_durable`,
-    /// `insert_batch` and `flush` return once the object store committed
-    /// the entries; a spill of the memory budget is staged durably in the
-    /// local directory and committed by the next `flush` (or by a later
-    /// handle on the same directory after a crash).
-    ///
-    /// URLs are parsed by `object_store`: `s3://bucket/prefix` (credentials,
-    /// region and endpoint from the `AWS_*` environment variables),
-    /// `memory:///prefix` (tests), `file:///dir`. The commit protocol
-    /// (docs/format.md, "Remote stores") makes every entry a complete old or
-    /// new value on every node; a write that lost a race with another node
-    /// is [`Error::Conflict`] naming the key, and the entry then reads as
-    /// the winner's value. Other nodes' commits are seen after
-    /// [`refresh`](crate::DiskBackedStore::refresh), or on a miss.
-    ///
-    /// One handle uses a cache directory at a time (a second open is
-    /// [`Error::Locked`]).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use ndarray::{array, Ix1};
-    /// use ndarray_offload::StoreBuilder;
-    ///
-    /// let cache = tempfile::tempdir()?;
-    /// let store = StoreBuilder::new(cache.path())
-    ///     .remote("memory:///bucket/clouds")
-    ///     .memory_budget("256MiB")
-    ///     .open()?;
-    /// store.insert_durable("a", array![1.0f64, 2.0])?;
-    /// assert_eq!(store.get::<f64, Ix1>("a")?.read()?.sum(), 3.0);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn remote(self, url: impl Into<String>) -> Self {
-        self.remote_with(url, RemoteOptions::default())
-    }
-
-    /// As [`remote`](Self::remote), with `options` (timeouts, retries,
-    /// transfer parallelism, grace period, disk budget of the local cache,
-    /// `object_store` configuration).
-    pub fn remote_with(self, url: impl Into<String>, options: RemoteOptions) -> Self {
-        self.remote_on(url.into(), None, options)
-    }
-
-    /// As [`remote_with`](Self::remote_with), through `store` instead of
-    /// the client the URL names when given (tests, see
-    /// `__testing::open_tiered_on`).
-    pub(crate) fn remote_on(
-        self,
-        url: String,
-        store: Option<Arc<dyn object_store::ObjectStore>>,
-        options: RemoteOptions,
-    ) -> Self {
-        let describe = format!("remote {url}");
-        let open = move |dir: &FsPath, _read_only: bool| -> Result<Arc<dyn Storage>> {
-            let t = Tier::open(&url, store.clone(), dir, options.clone())?;
-            Ok(Arc::new(t) as Arc<dyn Storage>)
-        };
-        self.backend(Backend {
-            describe,
-            open: Arc::new(open),
-        })
+/// The backend of a store over the remote prefix `url` (its requests going
+/// to `store` instead of the client the URL names when given: tests, see
+/// `__testing::open_tiered_on`).
+pub(crate) fn backend(
+    url: String,
+    store: Option<Arc<dyn object_store::ObjectStore>>,
+    options: RemoteOptions,
+) -> Backend {
+    let describe = format!("remote {url}");
+    let open = move |dir: &FsPath, _read_only: bool| -> Result<Arc<dyn Storage>> {
+        let t = Tier::open(&url, store.clone(), dir, options.clone())?;
+        Ok(Arc::new(t) as Arc<dyn Storage>)
+    };
+    Backend {
+        describe,
+        open: Arc::new(open),
     }
 }
 

@@ -74,16 +74,20 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::name::EntryName;
 
+pub(crate) use behind::WriteBehindConfig;
 pub use budget::SystemPressure;
 use budget::{Account, Lru};
 use entry::{AnyEntry, BatchJob, Loaded, Slot, StoreEntry};
 use inner::{attrs_object, in_use_error};
 pub use insert::{Batch, InsertOptions};
 pub use meta::{Attrs, EntryFlags};
-pub use open::StoreBuilder;
+pub(crate) use open::{open_store, OpenOptions};
 pub use prefetch::Prefetching;
 use stats::Counters;
 pub use stats::StoreStats;
+#[cfg(feature = "testing")]
+pub(crate) use storage::set_read_attempts;
+pub(crate) use storage::Backend;
 use storage::{Lease, Listed, PairJob, Storage, SyncMode};
 pub use storage::{WriterInfo, CRATE_DIR, LOCK_FILE};
 pub use stored::{DynReadGuard, DynStoredArray, StoredArray};
@@ -188,22 +192,24 @@ pub struct EntryInfo {
 
 impl DiskBackedStore {
     /// Opens (creating if needed) a writable store at `dir` with default
-    /// options; see [`StoreBuilder`].
+    /// options; see [`StoreBuilder`](crate::StoreBuilder).
     ///
     /// # Errors
     ///
-    /// As [`StoreBuilder::open`].
+    /// As [`StoreBuilder::open`](crate::StoreBuilder::open).
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
-        StoreBuilder::new(dir).open()
+        open_store(OpenOptions::new(dir.as_ref()))
     }
 
-    /// Opens the store at `dir` read-only; see [`StoreBuilder::read_only`].
+    /// Opens the store at `dir` read-only; see [`StoreBuilder::read_only`](crate::StoreBuilder::read_only).
     ///
     /// # Errors
     ///
-    /// As [`StoreBuilder::open`].
+    /// As [`StoreBuilder::open`](crate::StoreBuilder::open).
     pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Self> {
-        StoreBuilder::new(dir).read_only(true).open()
+        let mut o = OpenOptions::new(dir.as_ref());
+        o.read_only = true;
+        open_store(o)
     }
 
     /// The store directory.

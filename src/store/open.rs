@@ -1,5 +1,6 @@
-//! Opening a store: [`StoreBuilder`], the lock, the listing of the
-//! directory and the recovery of interrupted operations.
+//! Opening a store: the lock, the listing of the directory and the
+//! recovery of interrupted operations ([`StoreBuilder`](crate::StoreBuilder)
+//! collects the options).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -18,66 +19,30 @@ use super::storage::{Backend, Listed, LocalDir, LockMode, Storage};
 use super::{DiskBackedStore, Inner};
 use crate::config::CacheConfig;
 use crate::error::{Error, IoContext, Result};
-use crate::size::ByteSize;
-use crate::size::{IntoByteSize, SizeSetting};
+use crate::size::SizeSetting;
 
-/// Options for opening a [`DiskBackedStore`].
-///
-/// ## Defaults
-///
-/// | option | default |
-/// |---|---|
-/// | [`read_only`](Self::read_only) | `false`: a writable open, which takes the store's lock |
-/// | [`create`](Self::create) | `true`: create the directory if it does not exist |
-/// | [`entry_config`](Self::entry_config) | [`CacheConfig::default()`] with purge-on-drop off: entries may be offloaded, are not re-offloaded automatically, and are kept when the store is closed |
-/// | [`memory_budget`](Self::memory_budget) | none: entries stay in RAM until flushed, offloaded or the store is closed |
-/// | [`disk_budget`](Self::disk_budget) | none: no entry is ever deleted to save disk space |
-/// | [`system_pressure`](Self::system_pressure) | off: the host's free memory is not watched |
-///
-/// Reads map entries read-only ([`LoadMode::ReadOnly`](crate::LoadMode));
-/// the chunk budget of writes is [`default_chunk_budget`](crate::default_chunk_budget)
-/// unless [`entry_config`](Self::entry_config) sets one.
-///
-/// # Examples
-///
-/// ```
-/// use ndarray_offload::{CacheConfig, StoreBuilder};
-///
-/// let dir = tempfile::tempdir()?;
-/// let store = StoreBuilder::new(dir.path().join("clouds"))
-///     .entry_config(CacheConfig::default().with_automatic_offloading(true))
-///     .open()?;
-/// assert!(store.is_empty());
-/// # Ok::<_, Box<dyn std::error::Error>>(())
-/// ```
+/// What a [`StoreBuilder`](crate::StoreBuilder) collected: the options of
+/// an open.
 #[derive(Clone, Debug)]
-pub struct StoreBuilder {
-    dir: PathBuf,
-    read_only: bool,
-    create: bool,
-    config: CacheConfig,
-    budget: Option<SizeSetting>,
-    disk_budget: Option<SizeSetting>,
-    pressure: Option<SystemPressure>,
-    write_behind: Option<WriteBehindConfig>,
-    exclusive: bool,
-    lock_timeout: Option<std::time::Duration>,
-    backend: Option<Backend>,
+pub(crate) struct OpenOptions {
+    pub dir: PathBuf,
+    pub read_only: bool,
+    pub create: bool,
+    pub config: CacheConfig,
+    pub budget: Option<SizeSetting>,
+    pub disk_budget: Option<SizeSetting>,
+    pub pressure: Option<SystemPressure>,
+    pub write_behind: Option<WriteBehindConfig>,
+    pub exclusive: bool,
+    pub lock_timeout: Option<std::time::Duration>,
+    pub backend: Option<Backend>,
 }
 
-impl StoreBuilder {
-    /// Uses `backend` instead of the local directory (the directory is
-    /// then the backend's local cache).
-    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
-    pub(crate) fn backend(mut self, backend: Backend) -> Self {
-        self.backend = Some(backend);
-        self
-    }
-
-    /// Options for the store at `dir`.
-    pub fn new(dir: impl AsRef<Path>) -> Self {
-        StoreBuilder {
-            dir: dir.as_ref().to_path_buf(),
+impl OpenOptions {
+    /// The defaults for the store at `dir` (see [`StoreBuilder`](crate::StoreBuilder)).
+    pub(crate) fn new(dir: &Path) -> Self {
+        OpenOptions {
+            dir: dir.to_path_buf(),
             read_only: false,
             create: true,
             config: CacheConfig::default().with_purge_on_drop(false),
@@ -90,334 +55,117 @@ impl StoreBuilder {
             backend: None,
         }
     }
+}
 
-    /// Opens as the only writer (off by default): other writable opens, in
-    /// this process or another, fail with [`Error::Locked`] while this one
-    /// is open, and this one fails if another writer is registered. Readers
-    /// are never locked out. An exclusive writer takes no per-key lock, so
-    /// its publishes cost what they cost before several writers were
-    /// possible; see `docs/reliability.md`.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use ndarray_offload::{Error, StoreBuilder};
-    ///
-    /// let dir = tempfile::tempdir()?;
-    /// let only = StoreBuilder::new(dir.path()).exclusive(true).open()?;
-    /// assert!(matches!(StoreBuilder::new(dir.path()).open(), Err(Error::Locked { .. })));
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn exclusive(mut self, on: bool) -> Self {
-        self.exclusive = on;
-        self
-    }
-
-    /// How long `get_or_compute` waits for another process computing the
-    /// same key before it fails with [`Error::Locked`] naming that process
-    /// (default: no limit; the wait ends anyway when that process finishes,
-    /// fails or dies).
-    pub fn lock_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
-        self.lock_timeout = timeout;
-        self
-    }
-
-    /// Caps the bytes of entry data held in RAM or mapped (default: no
-    /// cap): when an insert or a read takes the store over the budget,
-    /// least-recently-used entries are offloaded (written first if needed,
-    /// then freed or unmapped) until it is under. Eviction never loses
-    /// data, and never takes an entry from under a live guard.
-    ///
-    /// `budget` is a string (`"200MiB"`, `"2GB"`, see [`ByteSize::parse`]),
-    /// a `u64` of bytes or a [`ByteSize`]. A malformed string is reported by
-    /// [`open`](Self::open) as [`Error::InvalidSize`] naming this option.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use ndarray_offload::StoreBuilder;
-    ///
-    /// let dir = tempfile::tempdir()?;
-    /// let store = StoreBuilder::new(dir.path()).memory_budget("512MiB").open()?;
-    /// assert_eq!(store.stats().budget, Some(512 << 20));
-    ///
-    /// let err = StoreBuilder::new(dir.path()).memory_budget("lots").open().unwrap_err();
-    /// assert_eq!(err.to_string(), r#"invalid size "lots" for memory_budget: no number"#);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn memory_budget(mut self, budget: impl IntoByteSize) -> Self {
-        self.budget = Some(SizeSetting::new(budget));
-        self
-    }
-
-    /// Caps the bytes of the entries' files (default: no cap) by deleting
-    /// *recomputable* entries, least recently used first: those made by
-    /// [`get_or_compute`](DiskBackedStore::get_or_compute) (or
-    /// [`try_get_or_compute`](DiskBackedStore::try_get_or_compute)) and
-    /// those inserted with
-    /// [`InsertOptions::recomputable`](crate::InsertOptions::recomputable). The
-    /// flag is kept in the entry's `.meta.json` (`ndoffload_recomputable`,
-    /// see `docs/format.md`), so a reopened store still knows which
-    /// entries it may delete; entries written by GSEGUtils or numpy never
-    /// are, and neither is any other entry.
-    ///
-    /// What is counted is the length of each entry's `.npy` file (header
-    /// included; the small `.meta.json` files are not), for the entries this
-    /// handle listed at open or wrote since. After each call that adds to
-    /// it (an insert that spills, `insert_durable`, `insert_batch`,
-    /// `flush`, the `offload` calls, `get_or_compute`, and the open itself),
-    /// recomputable entries are deleted, least recently used by this handle
-    /// first (after a reopen, entries not used yet go first, in name order),
-    /// until the files are within the budget. A deletion is a
-    /// [`remove`](DiskBackedStore::remove): durable, and a handle or guard
-    /// on the entry keeps its data; the next `get_or_compute` of the key
-    /// computes it again. When only ordinary entries are left the budget is
-    /// exceeded: nothing else is deleted, and the event is counted in
-    /// [`StoreStats::disk_over_budget_events`](crate::StoreStats::disk_over_budget_events);
-    /// deletions are counted in
-    /// [`StoreStats::disk_evictions`](crate::StoreStats::disk_evictions).
-    /// A read-only open ignores it.
-    ///
-    /// `budget` is a string (`"2GiB"`, `"500MB"`, see [`ByteSize::parse`]),
-    /// a `u64` of bytes or a [`ByteSize`]. A malformed string is reported by
-    /// [`open`](Self::open) as [`Error::InvalidSize`] naming this option.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use ndarray::{Array1, Ix1};
-    /// use ndarray_offload::StoreBuilder;
-    ///
-    /// let dir = tempfile::tempdir()?;
-    /// // 8000 bytes of data (+ a 128-byte header) per entry; room for two.
-    /// let store = StoreBuilder::new(dir.path()).disk_budget("17KB").open()?;
-    /// store.insert_durable("raw", Array1::<f64>::zeros(1000))?; // ordinary: kept
-    /// for key in ["mean", "median"] {
-    ///     store.get_or_compute::<f64, Ix1, _>(key, || Array1::ones(1000))?;
-    /// }
-    /// store.flush()?;
-    /// // "mean", least recently used of the recomputable entries, was deleted.
-    /// assert_eq!(store.stats().disk_evictions, 1);
-    /// assert!(store.contains("raw") && !store.contains("mean"));
-    /// // Asked for again, it is computed again.
-    /// store.get_or_compute::<f64, Ix1, _>("mean", || Array1::ones(1000))?;
-    /// assert_eq!(store.stats().computes, 3);
-    ///
-    /// let err = StoreBuilder::new(dir.path()).disk_budget("a lot").open().unwrap_err();
-    /// assert!(err.to_string().contains("disk_budget"));
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn disk_budget(mut self, budget: impl IntoByteSize) -> Self {
-        self.disk_budget = Some(SizeSetting::new(budget));
-        self
-    }
-
-    /// Writes spills behind (off by default): when the memory budget evicts
-    /// an entry held in RAM, the entry is handed to one of `threads`
-    /// background writers and the evicting call returns at once; the
-    /// entry's RAM is released once its pair is written and `fsync`ed.
-    ///
-    /// At most `max_in_flight` bytes are handed over at a time (an eviction
-    /// that would exceed it waits; one entry larger than the bound is
-    /// written alone). Bytes in flight are held on top of the budget, so
-    /// the entries' data in RAM stays within budget + `max_in_flight`.
-    /// Reads of an entry in flight read it from RAM; `flush`, the
-    /// `offload` calls and `close` wait for the writers first. A failed
-    /// background write leaves the entry in RAM (nothing is lost) and is
-    /// returned as [`Error::WriteBehind`](crate::Error::WriteBehind) by the
-    /// next store call that can return an error; it is counted in
-    /// [`StoreStats::write_behind_failures`](crate::StoreStats::write_behind_failures).
-    /// A crash keeps the old or the new value of an entry being written, as
-    /// for any spill.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use ndarray_offload::{ByteSize, StoreBuilder};
-    ///
-    /// let dir = tempfile::tempdir()?;
-    /// let store = StoreBuilder::new(dir.path())
-    ///     .memory_budget(ByteSize::new(256 << 20))
-    ///     .write_behind(1, ByteSize::new(64 << 20))
-    ///     .open()?;
-    /// # drop(store);
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn write_behind(mut self, threads: usize, max_in_flight: impl Into<ByteSize>) -> Self {
-        self.write_behind = Some(WriteBehindConfig {
-            threads: threads.max(1),
-            max_in_flight: max_in_flight.into().bytes(),
+/// Opens the store `o` describes (see [`StoreBuilder::open`](crate::StoreBuilder::open)).
+pub(crate) fn open_store(o: OpenOptions) -> Result<DiskBackedStore> {
+    let budget = match &o.budget {
+        Some(b) => Some(b.get("memory_budget")?),
+        None => None,
+    };
+    let disk_budget = match &o.disk_budget {
+        Some(b) => Some(b.get("disk_budget")?),
+        None => None,
+    };
+    let path = o.dir;
+    if let (Some(b), Some(_)) = (&o.backend, disk_budget) {
+        // Deleting recomputable entries would delete them from the
+        // durable tier: the local cache has its own budget.
+        return Err(Error::InvalidInput {
+            path,
+            reason: format!(
+                "disk_budget deletes entries; with {} set the cache's budget (RemoteOptions::disk_budget) instead",
+                b.describe
+            ),
         });
-        self
     }
-
-    /// Offloads on host-wide memory pressure (off by default): see
-    /// [`SystemPressure`].
-    pub fn system_pressure(mut self, pressure: SystemPressure) -> Self {
-        self.pressure = Some(pressure);
-        self
+    if fs::metadata(&path).is_ok_and(|m| !m.is_dir()) {
+        return Err(Error::NotADirectory { path });
     }
-
-    /// Opens read-only: nothing is written (the directory may be
-    /// read-only) and no lock is taken, so a reader opens while writers
-    /// run; see [`DiskBackedStore::refresh`] for how it sees their changes.
-    pub fn read_only(mut self, on: bool) -> Self {
-        self.read_only = on;
-        self
+    if !o.read_only && o.create {
+        fs::create_dir_all(&path).ctx("create directory", &path)?;
     }
-
-    /// Whether a missing directory is created (writable opens only).
-    pub fn create(mut self, on: bool) -> Self {
-        self.create = on;
-        self
-    }
-
-    /// Defaults for entries: caching, automatic offloading, purge-on-drop
-    /// and the chunk budget (its location is ignored: entries live in the
-    /// store directory).
-    pub fn entry_config(mut self, config: CacheConfig) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// Opens the store.
-    ///
-    /// A writable open takes a shared `flock` on `.ndoffload.lock` (an
-    /// exclusive one with [`exclusive`](Self::exclusive)), registers itself
-    /// in the crate's folder `.ndoffload/`, completes or rolls back the
-    /// publishes and removals that dead writers left interrupted, and
-    /// removes their temporary files; a live writer's are never touched.
-    /// Several writable opens, in one process or many, may be open at once
-    /// unless one is exclusive. A read-only open takes no lock. Every open
-    /// lists the entries from the directory alone: no array and no metadata
-    /// is read until used.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidSize`] for a malformed size string (naming
-    /// `memory_budget` or `disk_budget`),
-    /// [`Error::NotADirectory`] when the path is a file ("is a file, not a
-    /// store directory"), [`Error::NotFound`] for a missing directory (read-only, or with
-    /// `create(false)`), [`Error::PermissionDenied`] naming a directory the
-    /// caller may not read, [`Error::Locked`] naming the holders (an
-    /// exclusive writer is open, or this open is exclusive and other writers
-    /// are), [`Error::Corrupt`] when the path is not a directory, the lock
-    /// file or a registration file is not a regular file or `.ndoffload`
-    /// not a directory (a symbolic link, even dangling, a directory, FIFO
-    /// or device: never followed or created through a link), I/O errors.
-    ///
-    /// The path is resolved once: the store holds the directory open and
-    /// every later file operation is relative to it, wherever the path
-    /// points afterwards.
-    pub fn open(self) -> Result<DiskBackedStore> {
-        let budget = match &self.budget {
-            Some(b) => Some(b.get("memory_budget")?),
-            None => None,
-        };
-        let disk_budget = match &self.disk_budget {
-            Some(b) => Some(b.get("disk_budget")?),
-            None => None,
-        };
-        let path = self.dir;
-        if let (Some(b), Some(_)) = (&self.backend, disk_budget) {
-            // Deleting recomputable entries would delete them from the
-            // durable tier: the local cache has its own budget.
-            return Err(Error::InvalidInput {
-                path,
-                reason: format!(
-                    "disk_budget deletes entries; with {} set the cache's budget (RemoteOptions::disk_budget) instead",
-                    b.describe
-                ),
-            });
+    let storage: Arc<dyn Storage> = match &o.backend {
+        Some(b) => (b.open)(&path, o.read_only)?,
+        None => Arc::new(LocalDir::open(&path)?),
+    };
+    let lease = storage.lock(match (o.read_only, o.exclusive) {
+        (true, _) => LockMode::Reader,
+        (false, false) => LockMode::Writer,
+        (false, true) => LockMode::ExclusiveWriter,
+    })?;
+    let mut listing = storage.list()?;
+    let mut left = Vec::new();
+    // Recovery runs at every writable open, even with no temporary
+    // file left: it also removes the registrations of dead writers
+    // (a writer that died between operations leaves only that).
+    if !o.read_only {
+        let rec = storage.recover(&listing.pending)?;
+        if !rec.completed.is_empty() {
+            tracing::info!(dir = %path.display(), completed = ?rec.completed, "recovered interrupted operations");
         }
-        if fs::metadata(&path).is_ok_and(|m| !m.is_dir()) {
-            return Err(Error::NotADirectory { path });
+        left = rec.left;
+        if !listing.pending.is_empty() {
+            listing = storage.list()?;
         }
-        if !self.read_only && self.create {
-            fs::create_dir_all(&path).ctx("create directory", &path)?;
-        }
-        let storage: Arc<dyn Storage> = match &self.backend {
-            Some(b) => (b.open)(&path, self.read_only)?,
-            None => Arc::new(LocalDir::open(&path)?),
-        };
-        let lease = storage.lock(match (self.read_only, self.exclusive) {
-            (true, _) => LockMode::Reader,
-            (false, false) => LockMode::Writer,
-            (false, true) => LockMode::ExclusiveWriter,
-        })?;
-        let mut listing = storage.list()?;
-        let mut left = Vec::new();
-        // Recovery runs at every writable open, even with no temporary
-        // file left: it also removes the registrations of dead writers
-        // (a writer that died between operations leaves only that).
-        if !self.read_only {
-            let rec = storage.recover(&listing.pending)?;
-            if !rec.completed.is_empty() {
-                tracing::info!(dir = %path.display(), completed = ?rec.completed, "recovered interrupted operations");
+    }
+    let defaults = EntryFlags {
+        purge_on_drop: o.config.purge_on_drop().unwrap_or(false),
+        automatic_offloading: o.config.automatic_offloading(),
+        caching: o.config.caching(),
+        recomputable: false,
+    };
+    let mut entries = BTreeMap::new();
+    let mut incomplete = BTreeMap::new();
+    for (name, kind) in listing.entries {
+        match kind {
+            Listed::Pair => {
+                entries.insert(name, Arc::new(Mutex::new(Slot::default())));
             }
-            left = rec.left;
-            if !listing.pending.is_empty() {
-                listing = storage.list()?;
+            Listed::Broken(reason) => {
+                incomplete.insert(name, reason);
             }
         }
-        let defaults = EntryFlags {
-            purge_on_drop: self.config.purge_on_drop().unwrap_or(false),
-            automatic_offloading: self.config.automatic_offloading(),
-            caching: self.config.caching(),
-            recomputable: false,
-        };
-        let mut entries = BTreeMap::new();
-        let mut incomplete = BTreeMap::new();
-        for (name, kind) in listing.entries {
-            match kind {
-                Listed::Pair => {
-                    entries.insert(name, Arc::new(Mutex::new(Slot::default())));
-                }
-                Listed::Broken(reason) => {
-                    incomplete.insert(name, reason);
-                }
-            }
-        }
-        // What recovery left alone was never staged by this crate. Its key
-        // is reported as incomplete unless a whole pair holds that name.
-        for (key, reason) in left {
-            tracing::warn!(dir = %path.display(), "{reason}");
-            if let Some(key) = key.filter(|k| !entries.contains_key(k)) {
-                incomplete.entry(key).or_insert(reason);
-            }
-        }
-        let pressure = self.pressure;
-        let write_behind = match self.write_behind.filter(|_| !self.read_only) {
-            Some(c) => Some(WriteBehind::start(c).ctx("start the write-behind threads of", &path)?),
-            None => None,
-        };
-        let store = DiskBackedStore {
-            inner: Arc::new_cyclic(|weak| Inner {
-                storage,
-                read_only: self.read_only,
-                config: self.config,
-                defaults,
-                entries: RwLock::new(entries),
-                incomplete: RwLock::new(incomplete),
-                _lease: lease,
-                account: Arc::new(Account::new(weak.clone())),
-                budget: AtomicU64::new(budget.unwrap_or(u64::MAX)),
-                disk_budget: AtomicU64::new(u64::MAX),
-                disk_evicting: Mutex::new(()),
-                pressure,
-                lru: Mutex::new(Lru::default()),
-                evicting: Mutex::new(()),
-                last_pressure_check: Mutex::new(None),
-                counters: Counters::default(),
-                inflight: Mutex::new(HashMap::new()),
-                write_behind,
-                lock_timeout: self.lock_timeout,
-            }),
-        };
-        if disk_budget.is_some() {
-            // Counts the files listed and deletes what is over the budget.
-            store.inner.set_disk_budget(disk_budget);
-        }
-        Ok(store)
     }
+    // What recovery left alone was never staged by this crate. Its key
+    // is reported as incomplete unless a whole pair holds that name.
+    for (key, reason) in left {
+        tracing::warn!(dir = %path.display(), "{reason}");
+        if let Some(key) = key.filter(|k| !entries.contains_key(k)) {
+            incomplete.entry(key).or_insert(reason);
+        }
+    }
+    let pressure = o.pressure;
+    let write_behind = match o.write_behind.filter(|_| !o.read_only) {
+        Some(c) => Some(WriteBehind::start(c).ctx("start the write-behind threads of", &path)?),
+        None => None,
+    };
+    let store = DiskBackedStore {
+        inner: Arc::new_cyclic(|weak| Inner {
+            storage,
+            read_only: o.read_only,
+            config: o.config,
+            defaults,
+            entries: RwLock::new(entries),
+            incomplete: RwLock::new(incomplete),
+            _lease: lease,
+            account: Arc::new(Account::new(weak.clone())),
+            budget: AtomicU64::new(budget.unwrap_or(u64::MAX)),
+            disk_budget: AtomicU64::new(u64::MAX),
+            disk_evicting: Mutex::new(()),
+            pressure,
+            lru: Mutex::new(Lru::default()),
+            evicting: Mutex::new(()),
+            last_pressure_check: Mutex::new(None),
+            counters: Counters::default(),
+            inflight: Mutex::new(HashMap::new()),
+            write_behind,
+            lock_timeout: o.lock_timeout,
+        }),
+    };
+    if disk_budget.is_some() {
+        // Counts the files listed and deletes what is over the budget.
+        store.inner.set_disk_budget(disk_budget);
+    }
+    Ok(store)
 }

@@ -410,11 +410,23 @@ impl Storage for LocalDir {
 /// of milliseconds; a pair that still disagrees after that is reported).
 const READ_ATTEMPTS: u32 = 500;
 
+#[cfg(feature = "testing")]
+thread_local! {
+    static READ_ATTEMPTS_OVERRIDE: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+/// Sets the calling thread's override of [`READ_ATTEMPTS`] (see
+/// `__testing::set_read_attempts`).
+#[cfg(feature = "testing")]
+pub(crate) fn set_read_attempts(n: Option<u32>) {
+    READ_ATTEMPTS_OVERRIDE.with(|c| c.set(n.map(|n| n.max(1))));
+}
+
 /// [`READ_ATTEMPTS`], or the calling thread's override (tests that check
 /// stores no writer is changing, see `__testing::set_read_attempts`).
 fn read_attempts() -> u32 {
     #[cfg(feature = "testing")]
-    if let Some(n) = io::testing::read_attempts() {
+    if let Some(n) = READ_ATTEMPTS_OVERRIDE.with(std::cell::Cell::get) {
         return n;
     }
     READ_ATTEMPTS

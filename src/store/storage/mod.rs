@@ -44,6 +44,8 @@ mod local;
 mod pair;
 mod procs;
 
+#[cfg(feature = "testing")]
+pub(crate) use local::set_read_attempts;
 pub use local::LOCK_FILE;
 pub(crate) use local::{read_header_of, LocalDir};
 pub use procs::{WriterInfo, CRATE_DIR};
