@@ -50,11 +50,17 @@ pub struct EntryReport {
     /// are not UTF-8 escaped (`\x0a`, `\xff`) and `problem` says why it is
     /// ignored. Always `false` for packs.
     pub ignored: bool,
+    /// Bytes the entry takes where it is stored: its `.npy` and
+    /// `.meta.json` files in a store directory, its data and metadata
+    /// objects in an object store, the file for a `.npy` file; `None` for
+    /// the arrays of a pack (the pack's size is the file's) and when
+    /// unknown.
+    pub stored_bytes: Option<u64>,
 }
 
 impl EntryReport {
     /// A report for `name` with nothing known yet.
-    fn named(name: String) -> Self {
+    pub(crate) fn named(name: String) -> Self {
         EntryReport {
             name,
             dtype: None,
@@ -65,11 +71,12 @@ impl EntryReport {
             sha256: None,
             attrs: crate::Attrs::new(),
             ignored: false,
+            stored_bytes: None,
         }
     }
 
     /// A report for `name` that only says what is wrong.
-    fn problem(name: String, problem: String) -> Self {
+    pub(crate) fn problem(name: String, problem: String) -> Self {
         EntryReport {
             problem: Some(problem),
             ..Self::named(name)
@@ -211,7 +218,7 @@ fn os_bytes(name: &std::ffi::OsStr) -> std::borrow::Cow<'_, [u8]> {
 
 /// `name` made printable on one line: control characters, backslashes and
 /// bytes that are not UTF-8 escaped as `\xNN`.
-fn escape_name(name: &[u8]) -> String {
+pub(crate) fn escape_name(name: &[u8]) -> String {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(name.len());
     for chunk in name.utf8_chunks() {
@@ -236,6 +243,8 @@ fn inspect_entry(dir: &Path, name: &str, opts: InspectOptions) -> EntryReport {
     let mut delay = std::time::Duration::from_micros(50);
     for attempt in 0.. {
         let mut r = EntryReport::named(name.to_owned());
+        let len = |f: String| std::fs::symlink_metadata(dir.join(f)).map_or(0, |m| m.len());
+        r.stored_bytes = Some(len(format!("{name}.npy")) + len(format!("{name}.meta.json")));
         match check_entry(dir, name, opts, &mut r) {
             Ok(()) => return r,
             Err(Error::Mismatch { .. }) if attempt < 9 => {
@@ -327,7 +336,7 @@ fn check_entry(dir: &Path, name: &str, opts: InspectOptions, r: &mut EntryReport
 
 /// Reads the data of the `.npy` at `npy_path` (header `info`), checks
 /// `bool` values and returns the SHA-256 of its values in C order.
-fn data_sha256(npy_path: &Path, info: &NpyInfo, itemsize: usize) -> Result<String> {
+pub(crate) fn data_sha256(npy_path: &Path, info: &NpyInfo, itemsize: usize) -> Result<String> {
     let file = crate::io::open_regular(npy_path, crate::io::Access::Read)?;
     let map = mmap::map_readonly(&file, npy_path)?;
     let end = (info.data_offset as u64).saturating_add(info.data_len.unwrap_or(0));
@@ -386,6 +395,7 @@ pub fn inspect_npy(path: &Path, opts: InspectOptions) -> Result<EntryReport> {
         .unwrap_or_else(|| path.display().to_string());
     let (info, len) = NpyInfo::read(path)?;
     let mut r = EntryReport::named(name);
+    r.stored_bytes = Some(len);
     r.dtype = Some(info.descr.clone());
     r.shape = Some(info.shape.clone());
     r.fortran_order = info.fortran;

@@ -11,10 +11,12 @@
 //! PATH is a store directory, a pack file, a single `.npy` file or a remote
 //! store URL (`s3://bucket/prefix`; build with the `remote` feature; endpoint
 //! and credentials from the `AWS_*` environment variables). The
-//! inspector opens them read-only and never writes to them. `verify` exits
-//! with 0 when every entry is sound, 1 when an entry is bad or a file named
-//! like an entry's is ignored by the store (its name is refused), 2 when
-//! the path cannot be opened or the command line is wrong.
+//! inspector opens them read-only and never writes to them. `ls` prints the
+//! same columns, JSON fields and totals for a directory and a URL. `verify`
+//! exits with 0 when every entry is sound, 1 when an entry is bad or a file
+//! named like an entry's is ignored by the store (its name is refused), 2
+//! when the path cannot be opened, holds no store, or the command line is
+//! wrong.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -30,17 +32,36 @@ use serde_json::{json, Value};
 
 /// Inspect ndarray-offload stores, packs and .npy files (read-only).
 ///
-/// PATH is a store directory, a pack file or one .npy file. Nothing is
-/// ever written to it.
+/// PATH is a store directory, a pack file, one .npy file, or a store on
+/// S3-compatible object storage, s3://BUCKET/PREFIX (builds with the
+/// `remote` feature). Nothing is ever written to it.
 #[derive(Parser)]
 #[command(name = "ndoffload", version, propagate_version = true)]
-#[command(
-    after_help = "Examples:\n  ndoffload ls clouds/\n  ndoffload ls --json --checksum tiles.pack\n  ndoffload ls points.npy\n  ndoffload verify clouds/\n  ndoffload help ls"
-)]
+#[command(after_help = AFTER_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+const AFTER_HELP: &str = "Examples:
+  ndoffload ls clouds/
+  ndoffload ls --json --checksum tiles.pack
+  ndoffload ls points.npy
+  ndoffload verify clouds/
+  ndoffload ls s3://my-bucket/clouds
+  ndoffload help ls
+
+Remote stores (s3://BUCKET/PREFIX) are configured by environment variables:
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY   credentials (AWS_SESSION_TOKEN for
+                                             temporary ones); without them, on
+                                             AWS only, the instance role
+  AWS_DEFAULT_REGION (or AWS_REGION)         the bucket's region (us-east-1)
+  AWS_ENDPOINT (or AWS_ENDPOINT_URL)         an S3-compatible server other than
+                                             AWS (MinIO, Ceph, moto), e.g.
+                                             http://127.0.0.1:5000
+  AWS_ALLOW_HTTP=true                        needed for a plain http:// endpoint
+A prefix without store objects (PREFIX/meta/, PREFIX/data/) is reported as
+\"not a store\", as an empty directory is.";
 
 #[derive(Subcommand)]
 enum Command {
@@ -54,7 +75,8 @@ enum Command {
     /// under a name the store refuses are reported as "ignored by the
     /// store" and make verify exit 1: the store cannot see them.
     Verify {
-        /// A store directory, a pack file or a .npy file.
+        /// A store directory, a pack file, a .npy file or a remote store
+        /// URL (s3://BUCKET/PREFIX, with the `remote` feature).
         path: PathBuf,
     },
 }
@@ -67,13 +89,18 @@ Output formats:
   (default)  a table for people; columns may change between versions.
   --json     one JSON document: an array with one object per entry, with the fields
              name, dtype, shape, nbytes, fortran_order, state (\"on disk\", \"in pack\",
-             \"ignored\" or \"unreadable\"), status (\"ok\" or the problem), attrs (the
-             entry's attributes, an object) and, with --checksum, sha256.
+             \"remote\" for an s3:// store, \"ignored\" or \"unreadable\"), status (\"ok\" or
+             the problem), attrs (the entry's attributes, an object) and, with
+             --checksum, sha256. The same fields for a directory and an s3:// URL.
   --jsonl    the same objects, one per line (JSON Lines), for streaming tools.
 
 --checksum reads every array and prints the SHA-256 of its values in C order, element
 bytes as stored: equal to Python's
-  hashlib.sha256(np.ascontiguousarray(np.load(path)).tobytes()).hexdigest()";
+  hashlib.sha256(np.ascontiguousarray(np.load(path)).tobytes()).hexdigest()
+For an s3:// store it downloads every data object (checking its size and CRC-32).
+
+The writers at work on a local store are listed after the totals, with their start
+time in UTC.";
 
 #[derive(Args)]
 struct LsArgs {
@@ -88,7 +115,8 @@ struct LsArgs {
     #[arg(long)]
     checksum: bool,
     /// A store directory, a pack file, a .npy file or a remote store URL
-    /// (s3://bucket/prefix, with the `remote` feature).
+    /// (s3://BUCKET/PREFIX, with the `remote` feature; see `ndoffload
+    /// --help` for its AWS_* variables).
     path: PathBuf,
 }
 
@@ -98,6 +126,8 @@ enum Kind {
     Store,
     Pack,
     Npy,
+    /// A store on object storage (`s3://...`).
+    Remote,
 }
 
 /// What is at `path`, or the message to exit with.
@@ -107,11 +137,14 @@ fn kind_of(path: &Path) -> Result<Kind, String> {
     }
     if path.is_dir() {
         if !looks_like_store(path) {
-            return Err(format!(
-                "{}: not a store (no .npy, .meta.json or {} files)",
-                path.display(),
-                ndarray_offload::LOCK_FILE
-            ));
+            return Err(Error::NotAStore {
+                location: path.display().to_string(),
+                reason: format!(
+                    "no .npy, .meta.json or {} files",
+                    ndarray_offload::LOCK_FILE
+                ),
+            }
+            .to_string());
         }
         return Ok(Kind::Store);
     }
@@ -144,6 +177,10 @@ fn inspect(path: &Path, kind: Kind, read_data: bool) -> Result<Vec<EntryReport>,
         Kind::Store => inspect_store(path, opts),
         Kind::Pack => inspect_pack(path, opts),
         Kind::Npy => inspect_npy(path, opts).map(|r| vec![r]),
+        #[cfg(feature = "remote")]
+        Kind::Remote => ndarray_offload::remote::inspect_remote(&path.to_string_lossy(), opts),
+        #[cfg(not(feature = "remote"))]
+        Kind::Remote => unreachable!("remote paths are refused without the feature"),
     }
 }
 
@@ -158,6 +195,7 @@ fn state(r: &EntryReport, kind: Kind) -> &'static str {
             Kind::Store => "on disk",
             Kind::Pack => "in pack",
             Kind::Npy => "file",
+            Kind::Remote => "remote",
         }
     }
 }
@@ -179,19 +217,15 @@ fn entry_json(r: &EntryReport, kind: Kind, checksum: bool) -> Value {
     o
 }
 
-/// Bytes the files of `path` take: the pack or `.npy` file, or each
-/// entry's pair.
-fn bytes_on_disk(path: &Path, kind: Kind, reports: &[EntryReport]) -> u64 {
-    let len = |p: PathBuf| std::fs::symlink_metadata(p).map_or(0, |m| m.len());
+/// Bytes the entries of `path` take where they are stored: the pack or
+/// `.npy` file, or each entry's pair of files or objects.
+fn bytes_stored(path: &Path, kind: Kind, reports: &[EntryReport]) -> u64 {
     match kind {
-        Kind::Pack | Kind::Npy => len(path.to_path_buf()),
-        Kind::Store => reports
+        Kind::Pack | Kind::Npy => std::fs::symlink_metadata(path).map_or(0, |m| m.len()),
+        Kind::Store | Kind::Remote => reports
             .iter()
             .filter(|r| !r.ignored)
-            .map(|r| {
-                len(path.join(format!("{}.npy", r.name)))
-                    + len(path.join(format!("{}.meta.json", r.name)))
-            })
+            .filter_map(|r| r.stored_bytes)
             .sum(),
     }
 }
@@ -210,14 +244,19 @@ fn totals_line(path: &Path, kind: Kind, reports: &[EntryReport]) -> String {
         .map(|(d, b)| format!("{d} {}", ByteSize::new(*b)))
         .collect();
     format!(
-        "{n} {}{}, {} on disk; data by dtype: {}",
+        "{n} {}{}, {} {}; data by dtype: {}",
         if n == 1 { "entry" } else { "entries" },
         if bad > 0 {
             format!(" ({bad} with problems)")
         } else {
             String::new()
         },
-        ByteSize::new(bytes_on_disk(path, kind, reports)),
+        ByteSize::new(bytes_stored(path, kind, reports)),
+        if kind == Kind::Remote {
+            "in the object store"
+        } else {
+            "on disk"
+        },
         if dtypes.is_empty() {
             "-".into()
         } else {
@@ -362,65 +401,6 @@ fn verify(path: &Path, kind: Kind) -> Result<ExitCode, Error> {
     Ok(ExitCode::from(1))
 }
 
-/// `ls` and `verify` of a remote store (`s3://bucket/prefix`).
-#[cfg(feature = "remote")]
-fn run_remote(command: &Command, url: &str) -> Result<ExitCode, Error> {
-    let mut out = std::io::stdout().lock();
-    let a = match command {
-        Command::Verify { .. } => {
-            let results = ndarray_offload::remote::verify(url)?;
-            let mut bad = 0;
-            for (name, r) in &results {
-                if let Err(e) = r {
-                    bad += 1;
-                    let _ = writeln!(out, "{name}: {e}");
-                }
-            }
-            if bad == 0 {
-                let _ = writeln!(out, "{} entries, all sound", results.len());
-                return Ok(ExitCode::SUCCESS);
-            }
-            return Ok(ExitCode::from(1));
-        }
-        Command::Ls(a) => a,
-    };
-    let entries = ndarray_offload::remote::list_entries(url)?;
-    let objects: Vec<Value> = entries
-        .iter()
-        .map(|e| {
-            serde_json::json!({
-                "name": e.name, "dtype": e.dtype, "shape": e.shape,
-                "size": e.size, "data": e.data,
-            })
-        })
-        .collect();
-    if a.json {
-        let _ = writeln!(out, "{}", Value::Array(objects));
-    } else if a.jsonl {
-        for o in &objects {
-            let _ = writeln!(out, "{o}");
-        }
-    } else {
-        let _ = writeln!(
-            out,
-            "{:<24} {:<6} {:<18} {:>10}  DATA",
-            "NAME", "DTYPE", "SHAPE", "SIZE"
-        );
-        for e in &entries {
-            let _ = writeln!(
-                out,
-                "{:<24} {:<6} {:<18} {:>10}  {}",
-                e.name,
-                e.dtype,
-                format!("{:?}", e.shape),
-                ByteSize::new(e.size).to_string(),
-                e.data
-            );
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = match &cli.command {
@@ -428,26 +408,19 @@ fn main() -> ExitCode {
         Command::Verify { path } => path,
     };
     let target = path.to_string_lossy();
-    if target.contains("://") {
-        #[cfg(feature = "remote")]
-        return match run_remote(&cli.command, &target) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("ndoffload: {e}");
-                ExitCode::from(2)
-            }
-        };
-        #[cfg(not(feature = "remote"))]
-        {
+    let kind = if target.contains("://") {
+        if cfg!(not(feature = "remote")) {
             eprintln!("ndoffload: {target}: remote stores need the `remote` feature (cargo install ndarray-offload --features remote)");
             return ExitCode::from(2);
         }
-    }
-    let kind = match kind_of(path) {
-        Ok(k) => k,
-        Err(msg) => {
-            eprintln!("ndoffload: {msg}");
-            return ExitCode::from(2);
+        Kind::Remote
+    } else {
+        match kind_of(path) {
+            Ok(k) => k,
+            Err(msg) => {
+                eprintln!("ndoffload: {msg}");
+                return ExitCode::from(2);
+            }
         }
     };
     let r = match &cli.command {

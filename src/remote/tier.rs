@@ -89,7 +89,18 @@ impl StoreBuilder {
         options: RemoteOptions,
     ) -> Self {
         let describe = format!("remote {url}");
-        let open = move |dir: &FsPath, _read_only: bool| -> Result<Arc<dyn Storage>> {
+        let open = move |dir: &FsPath, read_only: bool| -> Result<Arc<dyn Storage>> {
+            if options.offline && !read_only {
+                return Err(Error::Remote {
+                    op: "open",
+                    key: String::new(),
+                    url: url.clone(),
+                    kind: RemoteErrorKind::Config,
+                    source: "RemoteOptions::offline reads the local cache only: open the store \
+                             read-only (StoreBuilder::read_only(true))"
+                        .into(),
+                });
+            }
             let t = Tier::open(&url, store.clone(), dir, options.clone())?;
             Ok(Arc::new(t) as Arc<dyn Storage>)
         };
@@ -104,6 +115,9 @@ impl StoreBuilder {
 pub(crate) struct Tier {
     rs: RemoteStore,
     cache: PathBuf,
+    /// The store's URL, as a path: where messages say the entries are
+    /// (`Error::KeyNotFound`, `Error::ReadOnly`).
+    url: PathBuf,
     objects: io::Dir,
     /// Entries whose commit lost a race, for [`Storage::take_lost`].
     lost: Mutex<Vec<EntryName>>,
@@ -134,6 +148,7 @@ impl Tier {
         let rs = RemoteStore::open_on(url, store, cache, options)?;
         let objects = io::Dir::open(&rs.objects)?;
         Ok(Tier {
+            url: PathBuf::from(&rs.loc.url),
             rs,
             cache: cache.to_path_buf(),
             objects,
@@ -304,6 +319,10 @@ impl Tier {
 
 impl Storage for Tier {
     fn location(&self) -> &FsPath {
+        &self.url
+    }
+
+    fn dir(&self) -> &FsPath {
         &self.cache
     }
 
@@ -460,10 +479,9 @@ impl Storage for Tier {
         ));
         match r {
             Ok(v) => {
-                self.rs
-                    .state
-                    .lock()
-                    .view
+                let mut st = self.rs.state.lock();
+                self.rs.save_seen(&mut st, name.as_str(), &meta, &v);
+                st.view
                     .insert(name.as_str().to_string(), Seen::Live(Box::new(meta), v));
                 Ok(())
             }

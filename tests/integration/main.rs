@@ -18,6 +18,8 @@ mod processes;
 mod reliability;
 #[cfg(feature = "remote")]
 mod remote;
+#[cfg(feature = "remote")]
+mod remote_setup;
 mod store;
 #[cfg(feature = "remote")]
 mod tiers;
