@@ -8,6 +8,7 @@ mod common;
 mod concurrency;
 mod crash;
 mod disk_budget;
+mod examples;
 mod faults;
 mod hardening;
 mod numpy;

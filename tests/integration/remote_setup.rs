@@ -547,3 +547,114 @@ fn ls_json_of_a_local_and_a_remote_store_have_the_same_fields() {
     drop(remote);
     let _ = Path::new(&local_path);
 }
+
+/// The same misconfigurations as a user meets them from the shell:
+/// `ndoffload ls` with the `AWS_*` variables of the first-contact recipe
+/// (README, "Remote stores"), one of them missing or wrong; exit 2 and a
+/// message naming the variable. Prints `MISCONFIG-CLI | case | seconds |
+/// stderr`.
+#[test]
+fn misconfig_messages_of_the_cli() {
+    let Some(moto) = Moto::start() else { return };
+    let Some(strict) = Moto::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "1")]) else {
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let s = RemoteStore::open_with(
+        &moto.url("cli/clouds"),
+        cache.path(),
+        options(&moto.endpoint(), &[]),
+    )
+    .unwrap();
+    s.insert_durable("a", array![1u8]).unwrap();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let url = moto.url("cli/clouds");
+    let cases: Vec<(&str, Vec<(&str, String)>, String, &[&str])> = vec![
+        (
+            "no AWS_ALLOW_HTTP",
+            vec![("AWS_ALLOW_HTTP", String::new())],
+            url.clone(),
+            &["set AWS_ALLOW_HTTP=true", "(from AWS_ENDPOINT)"],
+        ),
+        (
+            "no credentials",
+            vec![
+                ("AWS_ACCESS_KEY_ID", String::new()),
+                ("AWS_SECRET_ACCESS_KEY", String::new()),
+            ],
+            url.clone(),
+            &[
+                "(permission denied)",
+                "no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            ],
+        ),
+        (
+            "wrong credentials",
+            vec![
+                ("AWS_ENDPOINT", strict.endpoint()),
+                ("AWS_ACCESS_KEY_ID", "AKIAWRONGKEY".into()),
+                ("AWS_SECRET_ACCESS_KEY", "wrong".into()),
+            ],
+            strict.url("cli/clouds"),
+            &[
+                "(permission denied)",
+                "does not know the access key \"AKIAWRONGKEY\" (AWS_ACCESS_KEY_ID)",
+            ],
+        ),
+        (
+            "missing bucket",
+            vec![],
+            "s3://no-such-bucket/clouds".into(),
+            &[
+                "(not found)",
+                "bucket \"no-such-bucket\" does not exist",
+                "s3 mb s3://no-such-bucket",
+            ],
+        ),
+        (
+            "connection refused",
+            vec![("AWS_ENDPOINT", dead.clone())],
+            url.clone(),
+            &[
+                "(network)",
+                "connection refused at http://127.0.0.1:",
+                "or correct AWS_ENDPOINT",
+            ],
+        ),
+        (
+            "mistyped prefix",
+            vec![],
+            moto.url("cli/clods"),
+            &["not a store (", "s3://ndo-test/cli/ holds clouds/"],
+        ),
+    ];
+    for (case, changes, target, phrases) in cases {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ndoffload"));
+        c.env_clear().args(["ls", &target]);
+        for (k, v) in moto.env() {
+            if let Some((_, v2)) = changes.iter().find(|(k2, _)| *k2 == k) {
+                if !v2.is_empty() {
+                    c.env(k, v2);
+                }
+            } else {
+                c.env(k, v);
+            }
+        }
+        let start = Instant::now();
+        let out = c.output().unwrap();
+        let t = start.elapsed();
+        let err = String::from_utf8_lossy(&out.stderr);
+        eprintln!(
+            "MISCONFIG-CLI | {case} | {:.3} s | {}",
+            t.as_secs_f64(),
+            err.trim()
+        );
+        assert_eq!(out.status.code(), Some(2), "{case}: {err}");
+        assert!(out.stdout.is_empty(), "{case}");
+        for p in phrases {
+            assert!(err.contains(p), "{case}: {p:?} missing from {err}");
+        }
+        assert!(!err.contains('<'), "{case}: {err}");
+        assert!(t < Duration::from_secs(5), "{case}: {t:?}");
+    }
+}
