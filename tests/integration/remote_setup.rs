@@ -569,7 +569,9 @@ fn misconfig_messages_of_the_cli() {
     s.insert_durable("a", array![1u8]).unwrap();
     let dead = format!("http://127.0.0.1:{}", free_port());
     let url = moto.url("cli/clouds");
-    let cases: Vec<(&str, Vec<(&str, String)>, String, &[&str])> = vec![
+    // (case, variables changed (empty: unset), URL, phrases of the message)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, String, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
         (
             "no AWS_ALLOW_HTTP",
             vec![("AWS_ALLOW_HTTP", String::new())],
