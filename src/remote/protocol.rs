@@ -383,6 +383,16 @@ pub(crate) fn diagnose(
         E::UnknownConfigurationKey { .. } | E::InvalidPath { .. } => K::Config,
         _ => K::Other,
     };
+    if text.contains("/latest/api/token") || text.contains("/latest/meta-data/iam") {
+        return (
+            K::PermissionDenied,
+            "no credentials found: AWS_ACCESS_KEY_ID is not set, and the EC2 instance \
+             metadata service (asked last, for an instance role) gave none: set \
+             AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an instance role is \
+             attached"
+                .to_string(),
+        );
+    }
     if super::url::connection_refused(e) {
         return (
             K::Network,
@@ -395,7 +405,14 @@ pub(crate) fn diagnose(
     if super::url::unknown_host(e) {
         return (
             K::Network,
-            format!("the host of {at} does not exist (DNS): correct {setting}"),
+            if ep.is_some_and(|ep| ep.set_by.is_some()) {
+                format!("the host of {at} does not exist (DNS): correct {setting}")
+            } else {
+                format!(
+                    "the host of {at} could not be resolved (DNS): check the network, and \
+                     AWS_DEFAULT_REGION"
+                )
+            },
         );
     }
     if text.contains("URL scheme is not allowed")
@@ -408,16 +425,6 @@ pub(crate) fn diagnose(
                 "the endpoint {at} is plain HTTP, which is refused unless AWS_ALLOW_HTTP=true: \
                  set AWS_ALLOW_HTTP=true (a local test server), or use an https:// endpoint"
             ),
-        );
-    }
-    if text.contains("/latest/api/token") || text.contains("/latest/meta-data/iam") {
-        return (
-            K::PermissionDenied,
-            "no credentials found: AWS_ACCESS_KEY_ID is not set, and the EC2 instance \
-             metadata service (asked last, for an instance role) gave none: set \
-             AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an instance role is \
-             attached"
-                .to_string(),
         );
     }
     let status = http_status(&text);

@@ -160,8 +160,10 @@ fn set_by(config: &[(String, String)], keys: &[AmazonS3ConfigKey], vars: &[&str]
 /// all with a custom endpoint (`AWS_ENDPOINT`): `object_store` would ask the
 /// EC2 instance metadata service for credentials, which only AWS itself
 /// has, and fail after seconds of retries. Without a custom endpoint (AWS
-/// proper) the instance metadata service is asked, so that instance roles
-/// keep working.
+/// proper) and without credentials, the instance metadata service is
+/// given 300 ms to accept a connection (it answers in microseconds on EC2,
+/// where the instance role keeps working); where nothing answers, no
+/// credentials is an error at once.
 pub(crate) fn open(
     url: &str,
     net: &NetOptions,
@@ -297,6 +299,25 @@ fn check_s3_config(builder: &AmazonS3Builder, ep: &Endpoint, url: &str) -> Resul
         || (has(AmazonS3ConfigKey::ContainerCredentialsFullUri)
             && has(AmazonS3ConfigKey::ContainerAuthorizationTokenFile))
         || truthy(get(AmazonS3ConfigKey::SkipSignature).as_deref());
+    if !credentials && ep.set_by.is_none() {
+        // On AWS itself the instance role is the last source, asked through
+        // the instance metadata service: refuse at once where none answers
+        // (not on EC2), rather than after a minute of retried timeouts.
+        let imds = get(AmazonS3ConfigKey::MetadataEndpoint)
+            .unwrap_or_else(|| "http://169.254.169.254".to_string());
+        if !answers(&imds, IMDS_PROBE) {
+            return Err(remote_open_err(
+                url,
+                RemoteErrorKind::PermissionDenied,
+                format!(
+                    "no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or \
+                     AWS_SKIP_SIGNATURE=true for a bucket open to anonymous requests); no EC2 \
+                     instance metadata service (for an instance role) answered at {imds} \
+                     within {IMDS_PROBE:?}"
+                ),
+            ));
+        }
+    }
     if !credentials && ep.set_by.is_some() {
         return Err(remote_open_err(
             url,
@@ -310,6 +331,30 @@ fn check_s3_config(builder: &AmazonS3Builder, ep: &Endpoint, url: &str) -> Resul
         ));
     }
     Ok(())
+}
+
+/// How long the instance metadata service is given to accept a connection
+/// when it is the only source of credentials (it answers in microseconds
+/// on EC2).
+const IMDS_PROBE: Duration = Duration::from_millis(300);
+
+/// Whether something accepts a TCP connection at the host and port of
+/// `url` within `timeout`.
+fn answers(url: &str, timeout: Duration) -> bool {
+    use std::net::ToSocketAddrs;
+    let Ok(parsed) = url::Url::parse(url) else {
+        return true; // let object_store report it
+    };
+    let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
+        return true;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let Ok(addrs) = (host, port).to_socket_addrs() else {
+        return false;
+    };
+    addrs
+        .into_iter()
+        .any(|a| std::net::TcpStream::connect_timeout(&a, timeout).is_ok())
 }
 
 /// The HTTP client of `object_store` (reqwest), except that a connection

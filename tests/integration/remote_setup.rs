@@ -116,6 +116,57 @@ fn misconfig_no_credentials() {
     assert!(t < Duration::from_secs(1), "{t:?}");
 }
 
+/// On AWS itself (no custom endpoint) and without credentials, the
+/// instance metadata service is asked (instance roles); where it does not
+/// answer, the message says that no credentials were found. Here the
+/// metadata endpoint is a port nothing listens on, so no request reaches
+/// AWS.
+#[test]
+fn misconfig_no_credentials_on_aws_asks_the_instance_metadata_service() {
+    // Credentials or an endpoint in the environment would be used.
+    let set = [
+        "AWS_ENDPOINT",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_SKIP_SIGNATURE",
+    ]
+    .iter()
+    .find(|v| std::env::var_os(v).is_some());
+    if let Some(v) = set {
+        eprintln!("{v} is set: test skipped");
+        return;
+    }
+    let mut o = RemoteOptions::default();
+    o.config = [
+        ("aws_default_region", "us-east-1".to_string()),
+        (
+            "aws_metadata_endpoint",
+            format!("http://127.0.0.1:{}", free_port()),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let (e, t) = open_fails("s3://ndo-no-such-bucket-on-aws/p", o);
+    check(
+        "no credentials, AWS (instance metadata unreachable)",
+        &e,
+        t,
+        RemoteErrorKind::PermissionDenied,
+        &[
+            "no credentials found",
+            "instance metadata service",
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        ],
+    );
+    assert!(t < Duration::from_secs(5), "{t:?}");
+}
+
 #[test]
 fn misconfig_wrong_credentials() {
     // A server that checks signatures: after the request that creates the
