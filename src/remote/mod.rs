@@ -397,9 +397,16 @@ impl RemoteStore {
     ///
     /// # Errors
     ///
-    /// [`Error::Remote`] (bad URL, unreachable server, refused
-    /// credentials), [`Error::Locked`] (another handle uses `cache_dir`),
-    /// I/O errors on `cache_dir`.
+    /// [`Error::Remote`], whose kind and message say what to fix: a bad
+    /// URL or a plain `http://` endpoint without `AWS_ALLOW_HTTP=true`
+    /// ([`Config`](RemoteErrorKind::Config)), no credentials or refused ones
+    /// ([`PermissionDenied`](RemoteErrorKind::PermissionDenied)), a missing
+    /// bucket ([`NotFound`](RemoteErrorKind::NotFound)), no server at the
+    /// endpoint ([`Network`](RemoteErrorKind::Network), at once) or one
+    /// that does not answer ([`Timeout`](RemoteErrorKind::Timeout));
+    /// [`Error::Locked`] (another handle uses `cache_dir`), I/O errors on
+    /// `cache_dir`. To read the cache while the server is unreachable, see
+    /// [`RemoteOptions::offline`].
     ///
     /// # Examples
     ///
@@ -486,9 +493,12 @@ impl RemoteStore {
             counters: Counters::default(),
         };
         store.scan_cache()?;
-        let cached = store.scan_seen(offline)?;
+        store.scan_seen(offline)?;
         if !offline {
-            store.refresh().map_err(|e| offline_hint(e, cached))?;
+            store.refresh().map_err(|e| {
+                let cached = store.cached_seen().len();
+                offline_hint(e, cached)
+            })?;
         }
         Ok(store)
     }
@@ -512,11 +522,9 @@ impl RemoteStore {
     }
 
     /// Lists `seen/` (removing temporary files). Offline, loads the view
-    /// from it: each entry whose data this cache holds. Returns the number
-    /// of entries with a cached copy.
-    fn scan_seen(&self, offline: bool) -> Result<usize> {
+    /// from it: each entry whose data this cache holds.
+    fn scan_seen(&self, offline: bool) -> Result<()> {
         let mut st = self.state.lock();
-        let mut cached = 0;
         for e in std::fs::read_dir(&self.seen_dir).ctx("list", &self.seen_dir)? {
             let e = e.ctx("list", &self.seen_dir)?;
             let Ok(file) = e.file_name().into_string() else {
@@ -533,32 +541,48 @@ impl RemoteStore {
                 continue;
             }
             st.seen.insert(name.to_string());
-            let rec = crate::io::read_bounded(&e.path(), 1 << 20)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<SeenRec>(&b).ok())
-                .filter(|r| r.meta.ndoffload_remote.name == name);
-            let Some(rec) = rec else { continue };
-            let Some(data) = protocol::data_file_name(&rec.meta.ndoffload_remote.data, name) else {
-                continue;
-            };
-            let held = st
-                .cache
-                .get(&data)
-                .is_some_and(|c| c.size == rec.meta.ndoffload_remote.size);
-            if !held {
-                continue;
-            }
-            cached += 1;
-            if offline {
-                let v = UpdateVersion {
-                    e_tag: rec.e_tag,
-                    version: rec.version,
-                };
-                st.view
-                    .insert(name.to_string(), Seen::Live(Box::new(rec.meta), v));
+        }
+        if offline {
+            let names: Vec<String> = st.seen.iter().cloned().collect();
+            for name in names {
+                if let Some(rec) = self.read_seen(&st, &name) {
+                    let v = UpdateVersion {
+                        e_tag: rec.e_tag,
+                        version: rec.version,
+                    };
+                    st.view.insert(name, Seen::Live(Box::new(rec.meta), v));
+                }
             }
         }
-        Ok(cached)
+        Ok(())
+    }
+
+    /// The record `seen/K.json` of `name`, if it is readable and its data
+    /// is in the cache directory with the recorded size.
+    fn read_seen(&self, st: &State, name: &str) -> Option<SeenRec> {
+        let path = self.seen_dir.join(format!("{name}.json"));
+        let rec = crate::io::read_bounded(&path, 1 << 20)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<SeenRec>(&b).ok())
+            .filter(|r| r.meta.ndoffload_remote.name == name)?;
+        let data = protocol::data_file_name(&rec.meta.ndoffload_remote.data, name)?;
+        st.cache
+            .get(&data)
+            .is_some_and(|c| c.size == rec.meta.ndoffload_remote.size)
+            .then_some(rec)
+    }
+
+    /// The entries an offline handle on this cache directory would read.
+    fn cached_seen(&self) -> Vec<String> {
+        let st = self.state.lock();
+        let mut names: Vec<String> = st
+            .seen
+            .iter()
+            .filter(|n| self.read_seen(&st, n).is_some())
+            .cloned()
+            .collect();
+        names.sort();
+        names
     }
 
     /// Records `meta` (at version `v`) as the metadata of `name` this

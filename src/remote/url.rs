@@ -21,11 +21,16 @@ use crate::error::{Error, RemoteErrorKind, Result};
 /// Network settings of a remote store.
 #[derive(Debug, Clone)]
 pub struct NetOptions {
-    /// Retries of a failed request (object_store's `RetryConfig::max_retries`).
+    /// Retries of a failed request (object_store's `RetryConfig::max_retries`):
+    /// server errors, broken connections and timeouts. A refused connection
+    /// or a host name that does not exist is not retried (nothing listens
+    /// there: the error comes at once).
     pub max_retries: usize,
     /// Time after which a request is not retried any more.
     pub retry_timeout: Duration,
-    /// Time limit of one request.
+    /// Time limit of one request (its whole transfer). A server that
+    /// accepts connections but does not answer fails after this times the
+    /// attempts (with the defaults, about four minutes).
     pub request_timeout: Duration,
     /// Time limit to connect.
     pub connect_timeout: Duration,
