@@ -30,6 +30,17 @@ pub enum Error {
         /// The path given.
         path: PathBuf,
     },
+    /// A directory or an object-store prefix holds nothing of a store (no
+    /// entry, no store file or object), where one was expected: a mistyped
+    /// path or prefix. Opening a store there would create an empty one;
+    /// the inspector (`ndoffload`) reports this instead.
+    #[error("{location}: not a store ({reason})")]
+    NotAStore {
+        /// The directory or URL given.
+        location: String,
+        /// What was looked for, and what is there instead.
+        reason: String,
+    },
     /// The operating system refused access.
     #[error("permission denied while trying to {op} {path}")]
     PermissionDenied {
@@ -191,8 +202,8 @@ pub enum Error {
         /// The lock file.
         path: PathBuf,
         /// Who holds it, as its registration records it (`pid 4242 on
-        /// host "node7", writer since 1712345678 (Unix time)`), or what is
-        /// known of the holder.
+        /// host "node7", shared writer since 2024-04-05 19:34:38 UTC`), or
+        /// what is known of the holder.
         holder: String,
     },
     /// The operation needs the array exclusively, but the calling thread
@@ -267,7 +278,16 @@ pub enum Error {
     },
     /// A request to an object store failed (after the retries of its retry
     /// policy, where the failure is retryable).
-    #[error("object store error ({kind}) while trying to {op} {key:?} at {url}: {source}")]
+    ///
+    /// The message names the cause and what to do about it where the crate
+    /// can tell (a variable to set, a bucket to create, no credentials, a
+    /// connection refused at the endpoint, no answer within the timeout);
+    /// `source` holds that explanation, and its own source the error of
+    /// `object_store`.
+    #[error(
+        "object store error ({kind}) while trying to {op} {}: {source}",
+        remote_target(key, url)
+    )]
     Remote {
         /// What was being done (`"upload"`, `"commit"`, `"download"`, ...).
         op: &'static str,
@@ -287,20 +307,24 @@ pub enum Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RemoteErrorKind {
-    /// The object does not exist (HTTP 404).
+    /// The object, or the bucket, does not exist (HTTP 404).
     NotFound,
-    /// The credentials were refused or lack permission (HTTP 401/403).
+    /// No credentials were found, or the server refused them or they lack
+    /// permission (HTTP 401/403).
     PermissionDenied,
     /// A precondition failed (HTTP 412) outside a commit.
     Precondition,
-    /// The request timed out.
+    /// The server accepted the connection but did not answer in time (a
+    /// hung or overloaded server), after the retries.
     Timeout,
-    /// The server could not be reached or the connection broke.
+    /// The server could not be reached (connection refused, unknown host)
+    /// or the connection broke.
     Network,
     /// The store does not support an operation the protocol needs (for
     /// example a conditional replace on `file://`).
     Unsupported,
-    /// The URL or configuration is invalid.
+    /// The URL or configuration is invalid (for example a plain `http://`
+    /// endpoint without `AWS_ALLOW_HTTP=true`).
     Config,
     /// Any other failure (an unexpected HTTP status, a malformed answer).
     Other,
@@ -356,6 +380,15 @@ impl Error {
                     ..
                 }
         )
+    }
+}
+
+/// `"KEY" at URL`, or only the URL when no entry is concerned.
+fn remote_target(key: &str, url: &str) -> String {
+    if key.is_empty() {
+        url.to_string()
+    } else {
+        format!("{key:?} at {url}")
     }
 }
 

@@ -50,11 +50,17 @@ pub struct EntryReport {
     /// are not UTF-8 escaped (`\x0a`, `\xff`) and `problem` says why it is
     /// ignored. Always `false` for packs.
     pub ignored: bool,
+    /// Bytes the entry takes where it is stored: its `.npy` and
+    /// `.meta.json` files in a store directory, its data and metadata
+    /// objects in an object store, the file for a `.npy` file; `None` for
+    /// the arrays of a pack (the pack's size is the file's) and when
+    /// unknown.
+    pub stored_bytes: Option<u64>,
 }
 
 impl EntryReport {
     /// A report for `name` with nothing known yet.
-    fn named(name: String) -> Self {
+    pub(crate) fn named(name: String) -> Self {
         EntryReport {
             name,
             dtype: None,
@@ -65,11 +71,12 @@ impl EntryReport {
             sha256: None,
             attrs: crate::Attrs::new(),
             ignored: false,
+            stored_bytes: None,
         }
     }
 
     /// A report for `name` that only says what is wrong.
-    fn problem(name: String, problem: String) -> Self {
+    pub(crate) fn problem(name: String, problem: String) -> Self {
         EntryReport {
             problem: Some(problem),
             ..Self::named(name)
@@ -276,7 +283,7 @@ fn os_bytes(name: &std::ffi::OsStr) -> std::borrow::Cow<'_, [u8]> {
 
 /// `name` made printable on one line: control characters, backslashes and
 /// bytes that are not UTF-8 escaped as `\xNN`.
-fn escape_name(name: &[u8]) -> String {
+pub(crate) fn escape_name(name: &[u8]) -> String {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(name.len());
     for chunk in name.utf8_chunks() {
@@ -301,6 +308,8 @@ fn inspect_entry(dir: &Path, name: &str, opts: InspectOptions) -> EntryReport {
     let mut delay = std::time::Duration::from_micros(50);
     for attempt in 0.. {
         let mut r = EntryReport::named(name.to_owned());
+        let len = |f: String| std::fs::symlink_metadata(dir.join(f)).map_or(0, |m| m.len());
+        r.stored_bytes = Some(len(format!("{name}.npy")) + len(format!("{name}.meta.json")));
         match check_entry(dir, name, opts, &mut r) {
             Ok(()) => return r,
             Err(Error::Mismatch { .. }) if attempt < 9 => {
@@ -396,7 +405,7 @@ fn check_entry(dir: &Path, name: &str, opts: InspectOptions, r: &mut EntryReport
 /// Reads the data of the open `.npy` `file` (named `npy_path`, header
 /// `info` read from the same descriptor), checks `bool` values and returns
 /// the SHA-256 of its values in C order.
-fn data_sha256(
+pub(crate) fn data_sha256(
     file: &std::fs::File,
     npy_path: &Path,
     info: &NpyInfo,
@@ -465,6 +474,7 @@ pub fn inspect_npy(path: &Path, opts: InspectOptions) -> Result<EntryReport> {
     let (file, _) = crate::io::open_argument(path, crate::io::Want::File)?;
     let (info, len) = NpyInfo::read_file(&file, path)?;
     let mut r = EntryReport::named(name);
+    r.stored_bytes = Some(len);
     r.dtype = Some(info.descr.clone());
     r.shape = Some(info.shape.clone());
     r.fortran_order = info.fortran;

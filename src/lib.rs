@@ -25,7 +25,9 @@
 //! | many small arrays or samples in one file, read without copying | [`pack`]: [`pack::PackWriter`], [`pack::PackReader`] |
 //! | check a store, pack or `.npy` without knowing its dtypes (what `ndoffload` does) | [`inspect`] |
 //! | validate an entry name before using it | [`EntryName`] |
-//! | the same store with object storage (S3, MinIO, ...) as its durable home, RAM and a local directory as caches (feature `remote`) | `StoreBuilder::remote` (`StoreBuilder::new(cache).remote("s3://bucket/prefix")`), `remote::RemoteStore` |
+//! | share a store between a writer process and reader processes | [`DiskBackedStore::open_read_only`], [`DiskBackedStore::refresh`]; see [Many processes](#many-processes) |
+//! | the same store with object storage (S3, MinIO, ...) as its durable home, RAM and a local directory as caches (feature `remote`) | `StoreBuilder::remote` (`StoreBuilder::new(cache).remote("s3://bucket/prefix")`), `remote::RemoteStore`; see [Object storage](#object-storage) |
+//! | read a remote store's cached entries while the server is unreachable | `remote::RemoteOptions::with_offline` |
 //!
 //! # Example
 //!
@@ -121,6 +123,54 @@
 //! assert_eq!(arr.read()?.nrows(), 10_000);
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Many processes
+//!
+//! Any number of processes may open one store at once: writers share it
+//! ([`StoreBuilder::open`]), readers open it with
+//! [`DiskBackedStore::open_read_only`], which takes no lock, writes nothing
+//! and never waits. A reader sees each entry as a complete old or new
+//! value. Its [`keys`](DiskBackedStore::keys) are the directory as listed
+//! at open until [`refresh`](DiskBackedStore::refresh) lists it again; a
+//! name it does not know is looked up on disk by `get` and `info`, which
+//! fail with [`Error::KeyNotFound`] until a writer publishes the entry. An
+//! entry is durable once the writer's `insert_durable`, `insert_batch`,
+//! `flush` or `close` returned (a reader may see it a moment before): a
+//! writer that must tell readers writes a marker after `flush`, as
+//! `examples/processes.rs` does.
+//!
+//! ```
+//! use ndarray::{array, Ix1};
+//! use ndarray_offload::{DiskBackedStore, Error, StoreBuilder};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let writer = StoreBuilder::new(dir.path()).open()?;
+//! // Usually in another process.
+//! let reader = DiskBackedStore::open_read_only(dir.path())?;
+//! assert!(matches!(reader.get::<f64, Ix1>("a"), Err(Error::KeyNotFound { .. })));
+//! writer.insert_durable("a", array![1.0, 2.0])?;
+//! writer.insert_durable("b", array![3.0])?;
+//! // A name the reader does not know is looked up on disk ...
+//! assert_eq!(reader.get::<f64, Ix1>("a")?.read()?.sum(), 3.0);
+//! // ... but its listing is the one of its open until `refresh`.
+//! assert!(!reader.contains("b"));
+//! reader.refresh()?;
+//! assert_eq!(reader.len(), 2);
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Object storage
+//!
+//! With the `remote` feature, `StoreBuilder::new(cache).remote("s3://bucket/prefix")`
+//! keeps the store on S3-compatible storage, configured by the `AWS_*`
+//! variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//! `AWS_DEFAULT_REGION`, and `AWS_ENDPOINT` with `AWS_ALLOW_HTTP=true` for a
+//! local `http://` server), with the directory as its local cache. A
+//! misconfiguration is an [`Error::Remote`] whose kind
+//! ([`RemoteErrorKind`]) and message say what to set; `remote::RemoteOptions::with_offline`
+//! reads what the cache holds while the server is unreachable. The
+//! README's "Remote stores" section goes from nothing to a running store
+//! on a local test server in a few commands.
 //!
 //! # Compatibility
 //!

@@ -11,10 +11,12 @@
 //! PATH is a store directory, a pack file, a single `.npy` file or a remote
 //! store URL (`s3://bucket/prefix`; build with the `remote` feature; endpoint
 //! and credentials from the `AWS_*` environment variables). The
-//! inspector opens them read-only and never writes to them. `verify` exits
-//! with 0 when every entry is sound, 1 when an entry is bad or a file named
-//! like an entry's is ignored by the store (its name is refused), 2 when
-//! the path cannot be opened or the command line is wrong.
+//! inspector opens them read-only and never writes to them. `ls` prints the
+//! same columns, JSON fields and totals for a directory and a URL. `verify`
+//! exits with 0 when every entry is sound, 1 when an entry is bad or a file
+//! named like an entry's is ignored by the store (its name is refused), 2
+//! when the path cannot be opened, holds no store, or the command line is
+//! wrong.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -31,17 +33,36 @@ use serde_json::{json, Value};
 
 /// Inspect ndarray-offload stores, packs and .npy files (read-only).
 ///
-/// PATH is a store directory, a pack file or one .npy file. Nothing is
-/// ever written to it.
+/// PATH is a store directory, a pack file, one .npy file, or a store on
+/// S3-compatible object storage, s3://BUCKET/PREFIX (builds with the
+/// `remote` feature). Nothing is ever written to it.
 #[derive(Parser)]
 #[command(name = "ndoffload", version, propagate_version = true)]
-#[command(
-    after_help = "Examples:\n  ndoffload ls clouds/\n  ndoffload ls --json --checksum tiles.pack\n  ndoffload ls points.npy\n  ndoffload verify clouds/\n  ndoffload help ls"
-)]
+#[command(after_help = AFTER_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+const AFTER_HELP: &str = "Examples:
+  ndoffload ls clouds/
+  ndoffload ls --json --checksum tiles.pack
+  ndoffload ls points.npy
+  ndoffload verify clouds/
+  ndoffload ls s3://my-bucket/clouds
+  ndoffload help ls
+
+Remote stores (s3://BUCKET/PREFIX) are configured by environment variables:
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY   credentials (AWS_SESSION_TOKEN for
+                                             temporary ones); without them, on
+                                             AWS only, the instance role
+  AWS_DEFAULT_REGION (or AWS_REGION)         the bucket's region (us-east-1)
+  AWS_ENDPOINT (or AWS_ENDPOINT_URL)         an S3-compatible server other than
+                                             AWS (MinIO, Ceph, moto), e.g.
+                                             http://127.0.0.1:5000
+  AWS_ALLOW_HTTP=true                        needed for a plain http:// endpoint
+A prefix without store objects (PREFIX/meta/, PREFIX/data/) is reported as
+\"not a store\", as an empty directory is.";
 
 #[derive(Subcommand)]
 enum Command {
@@ -55,7 +76,8 @@ enum Command {
     /// under a name the store refuses are reported as "ignored by the
     /// store" and make verify exit 1: the store cannot see them.
     Verify {
-        /// A store directory, a pack file or a .npy file.
+        /// A store directory, a pack file, a .npy file or a remote store
+        /// URL (s3://BUCKET/PREFIX, with the `remote` feature).
         path: PathBuf,
     },
 }
@@ -68,13 +90,18 @@ Output formats:
   (default)  a table for people; columns may change between versions.
   --json     one JSON document: an array with one object per entry, with the fields
              name, dtype, shape, nbytes, fortran_order, state (\"on disk\", \"in pack\",
-             \"ignored\" or \"unreadable\"), status (\"ok\" or the problem), attrs (the
-             entry's attributes, an object) and, with --checksum, sha256.
+             \"remote\" for an s3:// store, \"ignored\" or \"unreadable\"), status (\"ok\" or
+             the problem), attrs (the entry's attributes, an object) and, with
+             --checksum, sha256. The same fields for a directory and an s3:// URL.
   --jsonl    the same objects, one per line (JSON Lines), for streaming tools.
 
 --checksum reads every array and prints the SHA-256 of its values in C order, element
 bytes as stored: equal to Python's
-  hashlib.sha256(np.ascontiguousarray(np.load(path)).tobytes()).hexdigest()";
+  hashlib.sha256(np.ascontiguousarray(np.load(path)).tobytes()).hexdigest()
+For an s3:// store it downloads every data object (checking its size and CRC-32).
+
+The writers at work on a local store are listed after the totals, with their start
+time in UTC.";
 
 #[derive(Args)]
 struct LsArgs {
@@ -89,27 +116,45 @@ struct LsArgs {
     #[arg(long)]
     checksum: bool,
     /// A store directory, a pack file, a .npy file or a remote store URL
-    /// (s3://bucket/prefix, with the `remote` feature).
+    /// (s3://BUCKET/PREFIX, with the `remote` feature; see `ndoffload
+    /// --help` for its AWS_* variables).
     path: PathBuf,
+}
+
+/// What PATH is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Store,
+    Pack,
+    Npy,
+    /// A store on object storage (`s3://...`).
+    Remote,
 }
 
 /// What is at `path`, or the message to exit with. The path is opened once
 /// without blocking and checked with `fstat` before anything is read (a
 /// FIFO, socket or device is refused at once, never read); a symbolic link
 /// given as PATH is followed.
-fn kind_of(path: &Path) -> Result<PathKind, String> {
+fn kind_of(path: &Path) -> Result<Kind, String> {
     let kind = path_kind(path).map_err(|e| match e {
         Error::NotFound { .. } => format!("{}: no such file or directory", path.display()),
         e => e.to_string(),
     })?;
     if kind == PathKind::Store && !looks_like_store(path) {
-        return Err(format!(
-            "{}: not a store (no .npy, .meta.json or {} files)",
-            path.display(),
-            ndarray_offload::LOCK_FILE
-        ));
+        return Err(Error::NotAStore {
+            location: path.display().to_string(),
+            reason: format!(
+                "no .npy, .meta.json or {} files",
+                ndarray_offload::LOCK_FILE
+            ),
+        }
+        .to_string());
     }
-    Ok(kind)
+    Ok(match kind {
+        PathKind::Store => Kind::Store,
+        PathKind::Pack => Kind::Pack,
+        _ => Kind::Npy,
+    })
 }
 
 /// Whether `dir` holds any store file. A directory that cannot be listed
@@ -127,31 +172,36 @@ fn looks_like_store(dir: &Path) -> bool {
         .unwrap_or(true)
 }
 
-fn inspect(path: &Path, kind: PathKind, read_data: bool) -> Result<Vec<EntryReport>, Error> {
+fn inspect(path: &Path, kind: Kind, read_data: bool) -> Result<Vec<EntryReport>, Error> {
     let opts = InspectOptions::new(read_data);
     match kind {
-        PathKind::Store => inspect_store(path, opts),
-        PathKind::Pack => inspect_pack(path, opts),
-        PathKind::Npy => inspect_npy(path, opts).map(|r| vec![r]),
+        Kind::Store => inspect_store(path, opts),
+        Kind::Pack => inspect_pack(path, opts),
+        Kind::Npy => inspect_npy(path, opts).map(|r| vec![r]),
+        #[cfg(feature = "remote")]
+        Kind::Remote => ndarray_offload::remote::inspect_remote(&path.to_string_lossy(), opts),
+        #[cfg(not(feature = "remote"))]
+        Kind::Remote => unreachable!("remote paths are refused without the feature"),
     }
 }
 
 /// The state of an entry: where it is, or why it cannot be used.
-fn state(r: &EntryReport, kind: PathKind) -> &'static str {
+fn state(r: &EntryReport, kind: Kind) -> &'static str {
     if r.ignored {
         "ignored"
     } else if r.problem.is_some() {
         "unreadable"
     } else {
         match kind {
-            PathKind::Store => "on disk",
-            PathKind::Pack => "in pack",
-            PathKind::Npy => "file",
+            Kind::Store => "on disk",
+            Kind::Pack => "in pack",
+            Kind::Npy => "file",
+            Kind::Remote => "remote",
         }
     }
 }
 
-fn entry_json(r: &EntryReport, kind: PathKind, checksum: bool) -> Value {
+fn entry_json(r: &EntryReport, kind: Kind, checksum: bool) -> Value {
     let mut o = json!({
         "name": r.name,
         "dtype": r.dtype,
@@ -168,25 +218,21 @@ fn entry_json(r: &EntryReport, kind: PathKind, checksum: bool) -> Value {
     o
 }
 
-/// Bytes the files of `path` take: the pack or `.npy` file, or each
-/// entry's pair.
-fn bytes_on_disk(path: &Path, kind: PathKind, reports: &[EntryReport]) -> u64 {
-    let len = |p: PathBuf| std::fs::symlink_metadata(p).map_or(0, |m| m.len());
+/// Bytes the entries of `path` take where they are stored: the pack or
+/// `.npy` file, or each entry's pair of files or objects.
+fn bytes_stored(path: &Path, kind: Kind, reports: &[EntryReport]) -> u64 {
     match kind {
         // PATH itself may be a symbolic link to the file.
-        PathKind::Pack | PathKind::Npy => std::fs::metadata(path).map_or(0, |m| m.len()),
-        PathKind::Store => reports
+        Kind::Pack | Kind::Npy => std::fs::metadata(path).map_or(0, |m| m.len()),
+        Kind::Store | Kind::Remote => reports
             .iter()
             .filter(|r| !r.ignored)
-            .map(|r| {
-                len(path.join(format!("{}.npy", r.name)))
-                    + len(path.join(format!("{}.meta.json", r.name)))
-            })
+            .filter_map(|r| r.stored_bytes)
             .sum(),
     }
 }
 
-fn totals_line(path: &Path, kind: PathKind, reports: &[EntryReport]) -> String {
+fn totals_line(path: &Path, kind: Kind, reports: &[EntryReport]) -> String {
     let mut by_dtype: BTreeMap<&str, u64> = BTreeMap::new();
     for r in reports.iter().filter(|r| r.problem.is_none()) {
         if let (Some(d), Some(n)) = (&r.dtype, r.nbytes) {
@@ -200,14 +246,19 @@ fn totals_line(path: &Path, kind: PathKind, reports: &[EntryReport]) -> String {
         .map(|(d, b)| format!("{d} {}", ByteSize::new(*b)))
         .collect();
     format!(
-        "{n} {}{}, {} on disk; data by dtype: {}",
+        "{n} {}{}, {} {}; data by dtype: {}",
         if n == 1 { "entry" } else { "entries" },
         if bad > 0 {
             format!(" ({bad} with problems)")
         } else {
             String::new()
         },
-        ByteSize::new(bytes_on_disk(path, kind, reports)),
+        ByteSize::new(bytes_stored(path, kind, reports)),
+        if kind == Kind::Remote {
+            "in the object store"
+        } else {
+            "on disk"
+        },
         if dtypes.is_empty() {
             "-".into()
         } else {
@@ -304,7 +355,7 @@ fn print_npy(out: &mut impl Write, path: &Path, r: &EntryReport) {
     let _ = writeln!(out, "status  {}", r.status());
 }
 
-fn ls(a: &LsArgs, kind: PathKind) -> Result<ExitCode, Error> {
+fn ls(a: &LsArgs, kind: Kind) -> Result<ExitCode, Error> {
     let reports = inspect(&a.path, kind, a.checksum)?;
     let mut out = std::io::stdout().lock();
     if a.json {
@@ -317,12 +368,12 @@ fn ls(a: &LsArgs, kind: PathKind) -> Result<ExitCode, Error> {
         for r in &reports {
             let _ = writeln!(out, "{}", entry_json(r, kind, a.checksum));
         }
-    } else if kind == PathKind::Npy {
+    } else if kind == Kind::Npy {
         print_npy(&mut out, &a.path, &reports[0]);
     } else {
         print_table(&mut out, &reports, a.checksum);
         let _ = writeln!(out, "{}", totals_line(&a.path, kind, &reports));
-        if kind == PathKind::Store {
+        if kind == Kind::Store {
             // Writers at work on the store (none: nothing printed). A crate
             // folder that cannot be read hides no entry: say so.
             let writers = active_writers(&a.path).unwrap_or_else(|e| {
@@ -337,7 +388,7 @@ fn ls(a: &LsArgs, kind: PathKind) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(path: &Path, kind: PathKind) -> Result<ExitCode, Error> {
+fn verify(path: &Path, kind: Kind) -> Result<ExitCode, Error> {
     let reports = inspect(path, kind, true)?;
     let mut out = std::io::stdout().lock();
     // Ignored files are reported as bad: the store cannot see them.
@@ -352,65 +403,6 @@ fn verify(path: &Path, kind: PathKind) -> Result<ExitCode, Error> {
     Ok(ExitCode::from(1))
 }
 
-/// `ls` and `verify` of a remote store (`s3://bucket/prefix`).
-#[cfg(feature = "remote")]
-fn run_remote(command: &Command, url: &str) -> Result<ExitCode, Error> {
-    let mut out = std::io::stdout().lock();
-    let a = match command {
-        Command::Verify { .. } => {
-            let results = ndarray_offload::remote::verify(url)?;
-            let mut bad = 0;
-            for (name, r) in &results {
-                if let Err(e) = r {
-                    bad += 1;
-                    let _ = writeln!(out, "{name}: {e}");
-                }
-            }
-            if bad == 0 {
-                let _ = writeln!(out, "{} entries, all sound", results.len());
-                return Ok(ExitCode::SUCCESS);
-            }
-            return Ok(ExitCode::from(1));
-        }
-        Command::Ls(a) => a,
-    };
-    let entries = ndarray_offload::remote::list_entries(url)?;
-    let objects: Vec<Value> = entries
-        .iter()
-        .map(|e| {
-            serde_json::json!({
-                "name": e.name, "dtype": e.dtype, "shape": e.shape,
-                "size": e.size, "data": e.data,
-            })
-        })
-        .collect();
-    if a.json {
-        let _ = writeln!(out, "{}", Value::Array(objects));
-    } else if a.jsonl {
-        for o in &objects {
-            let _ = writeln!(out, "{o}");
-        }
-    } else {
-        let _ = writeln!(
-            out,
-            "{:<24} {:<6} {:<18} {:>10}  DATA",
-            "NAME", "DTYPE", "SHAPE", "SIZE"
-        );
-        for e in &entries {
-            let _ = writeln!(
-                out,
-                "{:<24} {:<6} {:<18} {:>10}  {}",
-                e.name,
-                e.dtype,
-                format!("{:?}", e.shape),
-                ByteSize::new(e.size).to_string(),
-                e.data
-            );
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = match &cli.command {
@@ -418,26 +410,19 @@ fn main() -> ExitCode {
         Command::Verify { path } => path,
     };
     let target = path.to_string_lossy();
-    if target.contains("://") {
-        #[cfg(feature = "remote")]
-        return match run_remote(&cli.command, &target) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("ndoffload: {e}");
-                ExitCode::from(2)
-            }
-        };
-        #[cfg(not(feature = "remote"))]
-        {
+    let kind = if target.contains("://") {
+        if cfg!(not(feature = "remote")) {
             eprintln!("ndoffload: {target}: remote stores need the `remote` feature (cargo install ndarray-offload --features remote)");
             return ExitCode::from(2);
         }
-    }
-    let kind = match kind_of(path) {
-        Ok(k) => k,
-        Err(msg) => {
-            eprintln!("ndoffload: {msg}");
-            return ExitCode::from(2);
+        Kind::Remote
+    } else {
+        match kind_of(path) {
+            Ok(k) => k,
+            Err(msg) => {
+                eprintln!("ndoffload: {msg}");
+                return ExitCode::from(2);
+            }
         }
     };
     let r = match &cli.command {

@@ -104,7 +104,15 @@ pub(crate) async fn run(loc: &Location, grace: Duration) -> Result<GcReport> {
                 match loc.store.put_opts(&mark, Vec::new().into(), opts).await {
                     Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
                     Err(object_store::Error::Precondition { .. }) => {}
-                    Err(e) => return Err(protocol::remote_err("mark", file, loc.url_of(&mark), e)),
+                    Err(e) => {
+                        return Err(protocol::remote_err(
+                            loc,
+                            "mark",
+                            file,
+                            loc.url_of(&mark),
+                            e,
+                        ))
+                    }
                 }
             }
             report.waiting += 1;

@@ -55,7 +55,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 pub use gc::GcReport;
-pub use inspect::{list_entries, verify};
+pub use inspect::{inspect_remote, inspect_remote_with, list_entries, verify};
 pub use transfer::TransferOptions;
 pub use url::NetOptions;
 
@@ -89,6 +89,46 @@ pub struct RemoteOptions {
     /// (for example `("aws_endpoint", "http://127.0.0.1:9000")`,
     /// `("aws_allow_http", "true")`): what the `AWS_*` variables would set.
     pub config: Vec<(String, String)>,
+    /// Open without the object store (default `false`): no request is
+    /// made, and the handle reads what the local cache directory already
+    /// holds: each entry whose metadata this cache directory saw (the last
+    /// version it read or committed) and whose data it still has, and the
+    /// writes staged there and not yet committed. Nothing can be written
+    /// (`Error::ReadOnly`; a [`DiskBackedStore`](crate::DiskBackedStore)
+    /// must be opened with [`read_only(true)`](crate::StoreBuilder::read_only)),
+    /// cached copies are never evicted, and a name the cache does not hold
+    /// is [`Error::KeyNotFound`]. For reading while the server is
+    /// unreachable; see also [`with_offline`](Self::with_offline).
+    pub offline: bool,
+}
+
+impl RemoteOptions {
+    /// Sets [`offline`](Self::offline): read what the local cache holds,
+    /// without the object store.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::{array, Ix1};
+    /// use ndarray_offload::remote::{RemoteOptions, RemoteStore};
+    ///
+    /// let cache = tempfile::tempdir()?;
+    /// let online = RemoteStore::open("memory:///bucket/p", cache.path())?;
+    /// online.insert_durable("a", array![1.0f64, 2.0])?;
+    /// drop(online);
+    /// // The server is unreachable now (here: a new, empty memory store):
+    /// // the entries this cache holds still read.
+    /// let offline = RemoteOptions::default().with_offline(true);
+    /// let store = RemoteStore::open_with("memory:///bucket/p", cache.path(), offline)?;
+    /// assert_eq!(store.keys(), ["a"]);
+    /// assert_eq!(store.get::<f64, Ix1>("a")?.read()?.sum(), 3.0);
+    /// assert!(store.insert_durable("b", array![1u8]).is_err()); // read-only
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_offline(mut self, on: bool) -> Self {
+        self.offline = on;
+        self
+    }
 }
 
 impl Default for RemoteOptions {
@@ -99,6 +139,7 @@ impl Default for RemoteOptions {
             grace: Duration::from_secs(3600),
             disk_budget: None,
             config: Vec::new(),
+            offline: false,
         }
     }
 }
@@ -232,6 +273,20 @@ struct State {
     removals: BTreeMap<String, Option<VersionRec>>,
     cache: HashMap<String, Cached>,
     tick: u64,
+    /// Entries with a record in `seen/` (the metadata this cache last saw).
+    seen: std::collections::HashSet<String>,
+}
+
+/// `seen/K.json` of a cache directory: the metadata object of `K` this
+/// cache directory last read or committed, kept so that an offline handle
+/// ([`RemoteOptions::offline`]) can read the cached copies. Written without
+/// `fsync` (a lost or torn record only hides an entry from an offline
+/// handle).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SeenRec {
+    e_tag: Option<String>,
+    version: Option<String>,
+    meta: RemoteMeta,
 }
 
 #[derive(Default)]
@@ -253,6 +308,8 @@ pub struct RemoteStore {
     loc: Location,
     objects: PathBuf,
     pending_dir: PathBuf,
+    /// `seen/`: the metadata last seen of each entry (see [`SeenRec`]).
+    seen_dir: PathBuf,
     /// `objects` and `pending_dir`, held open: staging and the pending
     /// records go through the crate's file-system seam.
     objects_io: crate::io::Dir,
@@ -299,10 +356,38 @@ fn name_of(name: &str) -> Result<EntryName> {
     EntryName::new(name)
 }
 
-fn upload_err(op: &'static str, name: &str, url: String, e: UploadError) -> Error {
+fn upload_err(loc: &Location, op: &'static str, name: &str, url: String, e: UploadError) -> Error {
     match e {
-        UploadError::Remote(e) => protocol::remote_err(op, name, url, e),
+        UploadError::Remote(e) => protocol::remote_err(loc, op, name, url, e),
         UploadError::Local(e) => e,
+    }
+}
+
+/// Adds to an unreachable server's error at open how to read what the
+/// cache directory holds anyway (`cached` entries).
+fn offline_hint(e: Error, cached: usize) -> Error {
+    match e {
+        Error::Remote {
+            op,
+            key,
+            url,
+            kind: kind @ (RemoteErrorKind::Network | RemoteErrorKind::Timeout),
+            source,
+        } if cached > 0 => Error::Remote {
+            op,
+            key,
+            url,
+            kind,
+            source: Box::new(protocol::Explained {
+                message: format!(
+                    "{source}; to read the {cached} {} this cache directory holds without the \
+                     server, open with RemoteOptions::default().with_offline(true) (read-only)",
+                    if cached == 1 { "entry" } else { "entries" }
+                ),
+                inner: source,
+            }),
+        },
+        e => e,
     }
 }
 
@@ -312,9 +397,16 @@ impl RemoteStore {
     ///
     /// # Errors
     ///
-    /// [`Error::Remote`] (bad URL, unreachable server, refused
-    /// credentials), [`Error::Locked`] (another handle uses `cache_dir`),
-    /// I/O errors on `cache_dir`.
+    /// [`Error::Remote`], whose kind and message say what to fix: a bad
+    /// URL or a plain `http://` endpoint without `AWS_ALLOW_HTTP=true`
+    /// ([`Config`](RemoteErrorKind::Config)), no credentials or refused ones
+    /// ([`PermissionDenied`](RemoteErrorKind::PermissionDenied)), a missing
+    /// bucket ([`NotFound`](RemoteErrorKind::NotFound)), no server at the
+    /// endpoint ([`Network`](RemoteErrorKind::Network), at once) or one
+    /// that does not answer ([`Timeout`](RemoteErrorKind::Timeout));
+    /// [`Error::Locked`] (another handle uses `cache_dir`), I/O errors on
+    /// `cache_dir`. To read the cache while the server is unreachable, see
+    /// [`RemoteOptions::offline`].
     ///
     /// # Examples
     ///
@@ -356,7 +448,8 @@ impl RemoteStore {
         let cache = cache_dir.to_path_buf();
         let objects = cache.join("objects");
         let pending_dir = cache.join("pending");
-        for d in [&cache, &objects, &pending_dir] {
+        let seen_dir = cache.join("seen");
+        for d in [&cache, &objects, &pending_dir, &seen_dir] {
             std::fs::create_dir_all(d).ctx("create", d)?;
         }
         let lock_path = cache.join(".ndoffload-remote.lock");
@@ -377,12 +470,13 @@ impl RemoteStore {
             Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path, e)),
         }
         let rt = runtime()?;
+        let offline = options.offline;
         let loc = match store {
             Some(store) => url::Location {
                 store,
-                ..url::open(url, &options.net, &options.config)?
+                ..url::open(url, &options.net, &options.config, offline)?
             },
-            None => url::open(url, &options.net, &options.config)?,
+            None => url::open(url, &options.net, &options.config, offline)?,
         };
         let store = RemoteStore {
             rt,
@@ -391,6 +485,7 @@ impl RemoteStore {
             pending_io: crate::io::Dir::open(&pending_dir)?,
             objects,
             pending_dir,
+            seen_dir,
             _lock: lock,
             opts: options,
             writer: protocol::unique_id(),
@@ -398,8 +493,130 @@ impl RemoteStore {
             counters: Counters::default(),
         };
         store.scan_cache()?;
-        store.refresh()?;
+        store.scan_seen(offline)?;
+        if !offline {
+            store.refresh().map_err(|e| {
+                let cached = store.cached_seen().len();
+                offline_hint(e, cached)
+            })?;
+        }
         Ok(store)
+    }
+
+    /// Whether this handle was opened [offline](RemoteOptions::offline).
+    pub fn is_offline(&self) -> bool {
+        self.opts.offline
+    }
+
+    /// [`Error::ReadOnly`] for a write through an offline handle.
+    fn check_online(&self) -> Result<()> {
+        if self.opts.offline {
+            return Err(Error::ReadOnly {
+                path: PathBuf::from(format!(
+                    "{} (opened offline: RemoteOptions::offline)",
+                    self.loc.url
+                )),
+            });
+        }
+        Ok(())
+    }
+
+    /// Lists `seen/` (removing temporary files). Offline, loads the view
+    /// from it: each entry whose data this cache holds.
+    fn scan_seen(&self, offline: bool) -> Result<()> {
+        let mut st = self.state.lock();
+        for e in std::fs::read_dir(&self.seen_dir).ctx("list", &self.seen_dir)? {
+            let e = e.ctx("list", &self.seen_dir)?;
+            let Ok(file) = e.file_name().into_string() else {
+                continue;
+            };
+            if file.ends_with(".tmp") {
+                let _ = std::fs::remove_file(e.path());
+                continue;
+            }
+            let Some(name) = file.strip_suffix(".json") else {
+                continue;
+            };
+            if EntryName::new(name).is_err() {
+                continue;
+            }
+            st.seen.insert(name.to_string());
+        }
+        if offline {
+            let names: Vec<String> = st.seen.iter().cloned().collect();
+            for name in names {
+                if let Some(rec) = self.read_seen(&st, &name) {
+                    let v = UpdateVersion {
+                        e_tag: rec.e_tag,
+                        version: rec.version,
+                    };
+                    st.view.insert(name, Seen::Live(Box::new(rec.meta), v));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The record `seen/K.json` of `name`, if it is readable and its data
+    /// is in the cache directory with the recorded size.
+    fn read_seen(&self, st: &State, name: &str) -> Option<SeenRec> {
+        let path = self.seen_dir.join(format!("{name}.json"));
+        let rec = crate::io::read_bounded(&path, 1 << 20)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<SeenRec>(&b).ok())
+            .filter(|r| r.meta.ndoffload_remote.name == name)?;
+        let data = protocol::data_file_name(&rec.meta.ndoffload_remote.data, name)?;
+        st.cache
+            .get(&data)
+            .is_some_and(|c| c.size == rec.meta.ndoffload_remote.size)
+            .then_some(rec)
+    }
+
+    /// The entries an offline handle on this cache directory would read.
+    fn cached_seen(&self) -> Vec<String> {
+        let st = self.state.lock();
+        let mut names: Vec<String> = st
+            .seen
+            .iter()
+            .filter(|n| self.read_seen(&st, n).is_some())
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Records `meta` (at version `v`) as the metadata of `name` this
+    /// cache saw last (best effort: see [`SeenRec`]).
+    fn save_seen(&self, st: &mut State, name: &str, meta: &RemoteMeta, v: &UpdateVersion) {
+        let rec = SeenRec {
+            e_tag: v.e_tag.clone(),
+            version: v.version.clone(),
+            meta: meta.clone(),
+        };
+        let Ok(body) = serde_json::to_vec(&rec) else {
+            return;
+        };
+        let tmp = self
+            .seen_dir
+            .join(format!(".{}.seen.tmp", protocol::unique_id()));
+        let dest = self.seen_dir.join(format!("{name}.json"));
+        let written = std::fs::write(&tmp, &body).and_then(|()| std::fs::rename(&tmp, &dest));
+        match written {
+            Ok(()) => {
+                st.seen.insert(name.to_string());
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                tracing::debug!(error = %e, key = name, "could not record the metadata seen");
+            }
+        }
+    }
+
+    /// Drops the record of `name` in `seen/` (the entry is gone).
+    fn forget_seen(&self, st: &mut State, name: &str) {
+        if st.seen.remove(name) {
+            let _ = std::fs::remove_file(self.seen_dir.join(format!("{name}.json")));
+        }
     }
 
     /// The store's URL.
@@ -482,7 +699,12 @@ impl RemoteStore {
     /// # Errors
     ///
     /// [`Error::Remote`].
+    ///
+    /// Offline ([`RemoteOptions::offline`]) this does nothing.
     pub fn refresh(&self) -> Result<()> {
+        if self.opts.offline {
+            return Ok(());
+        }
         let listed = self.rt.block_on(protocol::list_meta(&self.loc))?;
         let mut st = self.state.lock();
         let mut view = BTreeMap::new();
@@ -496,6 +718,16 @@ impl RemoteStore {
             view.insert(key, seen);
         }
         st.view = view;
+        // Entries removed since: their records in `seen/` go.
+        let gone: Vec<String> = st
+            .seen
+            .iter()
+            .filter(|k| !matches!(st.view.get(*k), Some(Seen::Listed(_) | Seen::Live(..))))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.forget_seen(&mut st, &k);
+        }
         Ok(())
     }
 
@@ -506,6 +738,9 @@ impl RemoteStore {
     /// [`Error::Remote`], [`Error::Corrupt`] (a malformed metadata object).
     pub fn reload(&self, name: impl AsRef<str>) -> Result<bool> {
         let name = name_of(name.as_ref())?;
+        if self.opts.offline {
+            return Ok(self.contains(name.as_str()));
+        }
         let head = self
             .rt
             .block_on(protocol::read_meta(&self.loc, name.as_str()))?;
@@ -517,13 +752,16 @@ impl RemoteStore {
         match head {
             None => {
                 st.view.remove(name);
+                self.forget_seen(st, name);
                 false
             }
             Some(Head::Removed(v)) => {
                 st.view.insert(name.to_string(), Seen::Removed(v));
+                self.forget_seen(st, name);
                 false
             }
             Some(Head::Live(m, v)) => {
+                self.save_seen(st, name, &m, &v);
                 st.view.insert(name.to_string(), Seen::Live(m, v));
                 !st.removals.contains_key(name)
             }
@@ -579,6 +817,7 @@ impl RemoteStore {
     /// [`Error::Remote`].
     pub fn remove(&self, name: impl AsRef<str>) -> Result<bool> {
         let name = name_of(name.as_ref())?;
+        self.check_online()?;
         let (base, had_pending, intent) = {
             let mut st = self.state.lock();
             let base = match st.view.get(name.as_str()) {
@@ -671,6 +910,7 @@ impl RemoteStore {
                 // or is already a tombstone): the view stands.
                 if let Some(v) = v {
                     st.view.insert(name.to_string(), Seen::Removed(v));
+                    self.forget_seen(&mut st, name);
                 }
                 if st.removals.remove(name).is_some() {
                     drop(st);
@@ -713,6 +953,7 @@ impl RemoteStore {
         match seen {
             Some(Seen::Live(m, _)) => return Ok(*m),
             Some(Seen::Removed(_)) => return Err(self.not_found(name)),
+            _ if self.opts.offline => return Err(self.not_found(name)),
             _ => {}
         }
         let head = self.rt.block_on(protocol::read_meta(&self.loc, name))?;
@@ -725,9 +966,18 @@ impl RemoteStore {
     }
 
     fn not_found(&self, name: &str) -> Error {
+        let path = if self.opts.offline {
+            PathBuf::from(format!(
+                "{} (opened offline: only the entries cached in {})",
+                self.loc.url,
+                self.objects.parent().unwrap_or(&self.objects).display()
+            ))
+        } else {
+            PathBuf::from(&self.loc.url)
+        };
         Error::KeyNotFound {
             name: name.to_string(),
-            path: PathBuf::from(&self.loc.url),
+            path,
         }
     }
 
@@ -751,6 +1001,7 @@ impl RemoteStore {
     ///
     /// As [`gc`](Self::gc).
     pub fn gc_with_grace(&self, grace: Duration) -> Result<GcReport> {
+        self.check_online()?;
         self.rt.block_on(gc::run(&self.loc, grace))
     }
 

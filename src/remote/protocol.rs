@@ -252,62 +252,298 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Classifies an `object_store` error into [`Error::Remote`].
+/// Classifies an `object_store` error into [`Error::Remote`], with a
+/// message that names the cause and the fix where it can be told (see
+/// [`diagnose`]); the original error is kept as the message's source.
 pub(crate) fn remote_err(
+    loc: &Location,
     op: &'static str,
     key: &str,
     url: String,
     e: object_store::Error,
 ) -> Error {
-    use object_store::Error as E;
-    let kind = match &e {
-        E::NotFound { .. } => RemoteErrorKind::NotFound,
-        E::PermissionDenied { .. } | E::Unauthenticated { .. } => RemoteErrorKind::PermissionDenied,
-        E::Precondition { .. } | E::AlreadyExists { .. } | E::NotModified { .. } => {
-            RemoteErrorKind::Precondition
-        }
-        E::NotImplemented { .. } | E::NotSupported { .. } => RemoteErrorKind::Unsupported,
-        E::UnknownConfigurationKey { .. } | E::InvalidPath { .. } => RemoteErrorKind::Config,
-        _ => classify_chain(&e),
-    };
+    let (kind, message) = diagnose(loc, &url, &e);
     Error::Remote {
         op,
         key: key.to_string(),
         url,
         kind,
-        source: Box::new(e),
+        source: Box::new(Explained {
+            message,
+            inner: Box::new(e),
+        }),
     }
 }
 
-fn classify_chain(e: &(dyn std::error::Error + 'static)) -> RemoteErrorKind {
+/// What went wrong, in words a user can act on; its source is the error
+/// `object_store` returned (which may hold the server's raw answer).
+#[derive(Debug)]
+pub(crate) struct Explained {
+    pub(crate) message: String,
+    pub(crate) inner: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl std::fmt::Display for Explained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Explained {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.inner.as_ref())
+    }
+}
+
+/// Every message of `e`'s chain, one per line.
+fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = String::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        text.push_str(&err.to_string());
+        text.push('\n');
+        cur = err.source();
+    }
+    text
+}
+
+/// The text between `<tag>` and `</tag>` in `text` (an S3 error body).
+fn xml_field<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let start = text.find(&open)? + open.len();
+    let len = text[start..].find(&close)?;
+    Some(text[start..start + len].trim())
+}
+
+/// The HTTP status in a message of `object_store`'s retry layer.
+fn http_status(text: &str) -> Option<u16> {
+    let at = text.find("status code: ")? + "status code: ".len();
+    text.get(at..at + 3)?.parse().ok()
+}
+
+/// `N attempts`, from the `after N retries` of a message of `object_store`'s retry layer.
+fn retries(text: &str) -> Option<String> {
+    let at = text.find("after ")? + "after ".len();
+    let rest = &text[at..];
+    let n: u64 = rest[..rest.find(" retries")?].parse().ok()?;
+    Some(format!("{} attempts", n + 1))
+}
+
+/// Whether `e`'s chain holds a timeout.
+fn timed_out(e: &(dyn std::error::Error + 'static), text: &str) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {
-                return RemoteErrorKind::Timeout;
+                return true;
             }
         }
-        text.push_str(&err.to_string().to_ascii_lowercase());
-        text.push('\n');
+        if let Some(h) = err.downcast_ref::<object_store::client::HttpError>() {
+            if h.kind() == object_store::client::HttpErrorKind::Timeout {
+                return true;
+            }
+        }
         cur = err.source();
     }
-    if text.contains("timed out") || text.contains("timeout") || text.contains("deadline") {
-        RemoteErrorKind::Timeout
-    } else if text.contains("connect")
-        || text.contains("connection")
-        || text.contains("sending request")
-        || text.contains("broken pipe")
-        || text.contains("reset")
-        || text.contains("incomplete")
-        || text.contains("eof")
-    {
-        RemoteErrorKind::Network
-    } else if text.contains("403") || text.contains("forbidden") {
-        RemoteErrorKind::PermissionDenied
-    } else {
-        RemoteErrorKind::Other
+    let lower = text.to_ascii_lowercase();
+    lower.contains("timed out") || lower.contains("timeout") || lower.contains("deadline")
+}
+
+/// Whether `e` says the bucket does not exist.
+pub(crate) fn no_such_bucket(e: &object_store::Error) -> bool {
+    chain_text(e).contains("<Code>NoSuchBucket</Code>")
+}
+
+/// The kind of `e` and a message naming its cause and the fix: a refused
+/// connection or unknown host at the endpoint, a plain-HTTP endpoint
+/// without `AWS_ALLOW_HTTP`, no credentials, a key the server does not
+/// know or a secret that does not match, a missing bucket, a hung server;
+/// otherwise the server's error code and message (never its raw XML).
+pub(crate) fn diagnose(
+    loc: &Location,
+    url: &str,
+    e: &object_store::Error,
+) -> (RemoteErrorKind, String) {
+    use object_store::Error as E;
+    use RemoteErrorKind as K;
+    let text = chain_text(e);
+    let ep = loc.endpoint.as_ref();
+    let at = ep.map_or_else(|| loc.url.clone(), |ep| ep.describe());
+    let setting = ep.map_or("AWS_ENDPOINT", |ep| ep.setting());
+    let key_id = ep
+        .and_then(|ep| ep.key_id.clone())
+        .map_or_else(|| "(none)".to_string(), |k| format!("{k:?}"));
+    let bucket = ep.map(|ep| ep.bucket.clone()).unwrap_or_default();
+    let fallback_kind = match e {
+        E::NotFound { .. } => K::NotFound,
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => K::PermissionDenied,
+        E::Precondition { .. } | E::AlreadyExists { .. } | E::NotModified { .. } => K::Precondition,
+        E::NotImplemented { .. } | E::NotSupported { .. } => K::Unsupported,
+        E::UnknownConfigurationKey { .. } | E::InvalidPath { .. } => K::Config,
+        _ => K::Other,
+    };
+    if text.contains("/latest/api/token") || text.contains("/latest/meta-data/iam") {
+        return (
+            K::PermissionDenied,
+            "no credentials found: AWS_ACCESS_KEY_ID is not set, and the EC2 instance \
+             metadata service (asked last, for an instance role) gave none: set \
+             AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an instance role is \
+             attached"
+                .to_string(),
+        );
     }
+    if super::url::connection_refused(e) {
+        return (
+            K::Network,
+            format!(
+                "connection refused at {at}: no server listens there; start the server, \
+                 or correct {setting}"
+            ),
+        );
+    }
+    if super::url::unknown_host(e) {
+        return (
+            K::Network,
+            if ep.is_some_and(|ep| ep.set_by.is_some()) {
+                format!("the host of {at} does not exist (DNS): correct {setting}")
+            } else {
+                format!(
+                    "the host of {at} could not be resolved (DNS): check the network, and \
+                     AWS_DEFAULT_REGION"
+                )
+            },
+        );
+    }
+    if text.contains("URL scheme is not allowed")
+        || (text.contains("builder error")
+            && ep.is_some_and(|ep| ep.url.to_ascii_lowercase().starts_with("http://")))
+    {
+        return (
+            K::Config,
+            format!(
+                "the endpoint {at} is plain HTTP, which is refused unless AWS_ALLOW_HTTP=true: \
+                 set AWS_ALLOW_HTTP=true (a local test server), or use an https:// endpoint"
+            ),
+        );
+    }
+    let status = http_status(&text);
+    if let Some(code) = xml_field(&text, "Code") {
+        let server_says = xml_field(&text, "Message").unwrap_or("");
+        let (kind, message) = match code {
+            "NoSuchBucket" => (
+                K::NotFound,
+                format!(
+                    "bucket {bucket:?} does not exist at {at}: create it (for example `aws \
+                     {}s3 mb s3://{bucket}`), or correct the bucket in the URL",
+                    ep.filter(|ep| ep.set_by.is_some())
+                        .map(|ep| format!("--endpoint-url {} ", ep.url))
+                        .unwrap_or_default()
+                ),
+            ),
+            "InvalidAccessKeyId" => (
+                K::PermissionDenied,
+                format!(
+                    "the server at {at} does not know the access key {key_id} \
+                     (AWS_ACCESS_KEY_ID): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY to a \
+                     key pair it issued"
+                ),
+            ),
+            "SignatureDoesNotMatch" => (
+                K::PermissionDenied,
+                format!(
+                    "the server at {at} refused the request signature: AWS_SECRET_ACCESS_KEY \
+                     is not the secret of the access key {key_id} (AWS_ACCESS_KEY_ID)"
+                ),
+            ),
+            "ExpiredToken" | "InvalidToken" | "TokenRefreshRequired" => (
+                K::PermissionDenied,
+                format!(
+                    "the session token (AWS_SESSION_TOKEN) was refused by {at} ({code}): \
+                     renew the credentials"
+                ),
+            ),
+            "AccessDenied" | "AllAccessDisabled" | "AccountProblem" => (
+                K::PermissionDenied,
+                format!(
+                    "access denied by {at} to {url} for the access key {key_id}: the \
+                     credentials lack permission (s3:ListBucket, s3:GetObject, s3:PutObject, \
+                     s3:DeleteObject on the bucket and prefix)"
+                ),
+            ),
+            "PermanentRedirect"
+            | "AuthorizationHeaderMalformed"
+            | "IllegalLocationConstraintException" => (
+                K::Config,
+                format!(
+                    "bucket {bucket:?} is in another region than the one configured: set \
+                     AWS_DEFAULT_REGION (or AWS_REGION) to the bucket's region ({code}: \
+                     {server_says})"
+                ),
+            ),
+            _ => (
+                fallback_kind,
+                format!(
+                    "{at} answered{} {code}: {server_says}",
+                    status.map(|s| format!(" HTTP {s}")).unwrap_or_default()
+                ),
+            ),
+        };
+        return (kind, message);
+    }
+    if timed_out(e, &text) {
+        let n = &loc.net;
+        let tries = retries(&text)
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        let message = if text.contains("connect") {
+            format!(
+                "could not connect to {at} within {:?}{tries}: the host does not answer (down, \
+                 or a firewall drops the packets); check {setting}",
+                n.connect_timeout
+            )
+        } else {
+            format!(
+                "no answer from {at} within {:?} per request{tries}: the server accepted the \
+                 connection but is hung or overloaded (RemoteOptions::net sets the timeouts \
+                 and retries)",
+                n.request_timeout
+            )
+        };
+        return (K::Timeout, message);
+    }
+    let lower = text.to_ascii_lowercase();
+    if fallback_kind == K::Other
+        && (lower.contains("connect")
+            || lower.contains("connection")
+            || lower.contains("sending request")
+            || lower.contains("broken pipe")
+            || lower.contains("reset")
+            || lower.contains("incomplete")
+            || lower.contains("eof"))
+    {
+        let last = text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+        return (K::Network, format!("the connection to {at} failed: {last}"));
+    }
+    let message = match (fallback_kind, status) {
+        (K::NotFound, _) => format!("no such object at {url} (HTTP 404)"),
+        (K::PermissionDenied, Some(s)) => format!(
+            "{at} refused the request (HTTP {s}) for the access key {key_id}: check \
+             AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the permissions on the bucket"
+        ),
+        (K::PermissionDenied, None) => format!("{at} refused the credentials: {e}"),
+        (K::Precondition, _) => format!("a condition of the request failed at {url}"),
+        _ => {
+            // The first line of `object_store`'s message, without a body.
+            let first = e.to_string();
+            let first = first.split('<').next().unwrap_or("").trim_end().to_string();
+            match status {
+                Some(s) => format!("{at} answered HTTP {s}: {first}"),
+                None => first,
+            }
+        }
+    };
+    (fallback_kind, message)
 }
 
 /// What a metadata object holds.
@@ -325,8 +561,9 @@ pub(crate) async fn read_meta(loc: &Location, name: &str) -> Result<Option<Head>
     let url = loc.url_of(&path);
     let got = match loc.store.get(&path).await {
         Ok(g) => g,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(remote_err("read metadata of", name, url, e)),
+        // A missing bucket is an error, not a missing entry.
+        Err(e @ object_store::Error::NotFound { .. }) if !no_such_bucket(&e) => return Ok(None),
+        Err(e) => return Err(remote_err(loc, "read metadata of", name, url, e)),
     };
     let version = UpdateVersion {
         e_tag: got.meta.e_tag.clone(),
@@ -344,7 +581,7 @@ pub(crate) async fn read_meta(loc: &Location, name: &str) -> Result<Option<Head>
     let bytes = got
         .bytes()
         .await
-        .map_err(|e| remote_err("read metadata of", name, url.clone(), e))?;
+        .map_err(|e| remote_err(loc, "read metadata of", name, url.clone(), e))?;
     if bytes.is_empty() {
         return Ok(Some(Head::Removed(version)));
     }
@@ -381,10 +618,10 @@ pub(crate) async fn commit(
             version: r.version,
         }),
         Err(
-            object_store::Error::Precondition { .. }
+            e @ (object_store::Error::Precondition { .. }
             | object_store::Error::AlreadyExists { .. }
-            | object_store::Error::NotFound { .. },
-        ) => {
+            | object_store::Error::NotFound { .. }),
+        ) if !no_such_bucket(&e) => {
             // Did an earlier attempt of this very commit succeed (a retried
             // request, or a writer killed before it recorded its success)?
             // The data object's name is unique to one write.
@@ -406,7 +643,7 @@ pub(crate) async fn commit(
                 url,
             })
         }
-        Err(e) => Err(remote_err("commit", name, url, e)),
+        Err(e) => Err(remote_err(loc, "commit", name, url, e)),
     }
 }
 
@@ -432,6 +669,13 @@ pub(crate) struct Listed {
 /// Lists the metadata objects under the prefix (names that are not valid
 /// entry names are skipped).
 pub(crate) async fn list_meta(loc: &Location) -> Result<Vec<Listed>> {
+    Ok(list_meta_all(loc).await?.0)
+}
+
+/// Lists the metadata objects under the prefix, and the decoded names of
+/// the objects there named like a metadata object whose entry name the
+/// store refuses (the store ignores them).
+pub(crate) async fn list_meta_all(loc: &Location) -> Result<(Vec<Listed>, Vec<String>)> {
     use futures::TryStreamExt;
     let dir = loc.prefix.clone().join(META_DIR);
     let url = loc.url_of(&dir);
@@ -440,8 +684,9 @@ pub(crate) async fn list_meta(loc: &Location) -> Result<Vec<Listed>> {
         .list(Some(&dir))
         .try_collect()
         .await
-        .map_err(|e| remote_err("list", "", url, e))?;
+        .map_err(|e| remote_err(loc, "list", "", url, e))?;
     let mut out = Vec::with_capacity(metas.len());
+    let mut ignored = Vec::new();
     for m in metas {
         let Some(rest) = m.location.prefix_match(&dir) else {
             continue;
@@ -451,6 +696,11 @@ pub(crate) async fn list_meta(loc: &Location) -> Result<Vec<Listed>> {
             continue;
         }
         let Some(name) = name_of_meta(parts[0].as_ref()) else {
+            let file = parts[0].as_ref();
+            let decoded = decode_part(file).unwrap_or_else(|| file.to_string());
+            if let Some(stem) = decoded.strip_suffix(META_SUFFIX) {
+                ignored.push(stem.to_string());
+            }
             continue;
         };
         out.push(Listed {
@@ -463,7 +713,7 @@ pub(crate) async fn list_meta(loc: &Location) -> Result<Vec<Listed>> {
         });
     }
     out.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
-    Ok(out)
+    Ok((out, ignored))
 }
 
 /// Lists the objects under `prefix/<dir>`: (path, size, last modified ms).
@@ -476,7 +726,7 @@ pub(crate) async fn list_dir(loc: &Location, dir: &str) -> Result<Vec<(Path, u64
         .list(Some(&dir))
         .try_collect()
         .await
-        .map_err(|e| remote_err("list", "", url, e))?;
+        .map_err(|e| remote_err(loc, "list", "", url, e))?;
     Ok(objs
         .into_iter()
         .map(|m| (m.location, m.size, m.last_modified.timestamp_millis()))
@@ -487,7 +737,7 @@ pub(crate) async fn list_dir(loc: &Location, dir: &str) -> Result<Vec<(Path, u64
 pub(crate) async fn delete(loc: &Location, path: &Path, key: &str) -> Result<()> {
     match loc.store.delete(path).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-        Err(e) => Err(remote_err("delete", key, loc.url_of(path), e)),
+        Err(e) => Err(remote_err(loc, "delete", key, loc.url_of(path), e)),
     }
 }
 

@@ -67,6 +67,9 @@ impl RemoteStore {
                 }
             }
         }
+        if self.opts.offline {
+            return Err(self.not_found(name));
+        }
         let src = protocol::rel_path(&self.loc, &r.data);
         let url = self.loc.url_of(&src);
         let tmp = self
@@ -88,7 +91,7 @@ impl RemoteStore {
                 &tmp,
                 self.opts.transfer,
             ))
-            .map_err(|e| upload_err("download", name, url.clone(), e));
+            .map_err(|e| upload_err(&self.loc, "download", name, url.clone(), e));
         let crc = match got {
             Ok(c) => c,
             Err(e) => {
@@ -204,6 +207,10 @@ impl RemoteStore {
         let Some(budget) = self.opts.disk_budget else {
             return;
         };
+        if self.opts.offline {
+            // An evicted copy could not be downloaded again.
+            return;
+        }
         let budget = budget.bytes();
         let mut st = self.state.lock();
         let staged: std::collections::HashSet<String> =

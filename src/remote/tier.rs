@@ -35,7 +35,18 @@ pub(crate) fn backend(
     options: RemoteOptions,
 ) -> Backend {
     let describe = format!("remote {url}");
-    let open = move |dir: &FsPath, _read_only: bool| -> Result<Arc<dyn Storage>> {
+    let open = move |dir: &FsPath, read_only: bool| -> Result<Arc<dyn Storage>> {
+        if options.offline && !read_only {
+            return Err(Error::Remote {
+                op: "open",
+                key: String::new(),
+                url: url.clone(),
+                kind: RemoteErrorKind::Config,
+                source: "RemoteOptions::offline reads the local cache only: open the store \
+                         read-only (StoreBuilder::read_only(true))"
+                    .into(),
+            });
+        }
         let t = Tier::open(&url, store.clone(), dir, options.clone())?;
         Ok(Arc::new(t) as Arc<dyn Storage>)
     };
@@ -49,6 +60,9 @@ pub(crate) fn backend(
 pub(crate) struct Tier {
     rs: RemoteStore,
     cache: PathBuf,
+    /// The store's URL, as a path: where messages say the entries are
+    /// (`Error::KeyNotFound`, `Error::ReadOnly`).
+    url: PathBuf,
     objects: io::Dir,
     /// Entries whose commit lost a race, for [`Storage::take_lost`].
     lost: Mutex<Vec<EntryName>>,
@@ -79,6 +93,7 @@ impl Tier {
         let rs = RemoteStore::open_on(url, store, cache, options)?;
         let objects = io::Dir::open(&rs.objects)?;
         Ok(Tier {
+            url: PathBuf::from(&rs.loc.url),
             rs,
             cache: cache.to_path_buf(),
             objects,
@@ -249,6 +264,10 @@ impl Tier {
 
 impl Storage for Tier {
     fn location(&self) -> &FsPath {
+        &self.url
+    }
+
+    fn dir(&self) -> &FsPath {
         &self.cache
     }
 
@@ -406,10 +425,9 @@ impl Storage for Tier {
         ));
         match r {
             Ok(v) => {
-                self.rs
-                    .state
-                    .lock()
-                    .view
+                let mut st = self.rs.state.lock();
+                self.rs.save_seen(&mut st, name.as_str(), &meta, &v);
+                st.view
                     .insert(name.as_str().to_string(), Seen::Live(Box::new(meta), v));
                 Ok(())
             }

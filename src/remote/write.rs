@@ -18,6 +18,7 @@ impl RemoteStore {
         array: Array<T, D>,
     ) -> Result<()> {
         let name = name_of(name.as_ref())?;
+        self.check_online()?;
         let p = self.stage(&name, &array, false)?;
         self.state
             .lock()
@@ -43,6 +44,7 @@ impl RemoteStore {
         array: Array<T, D>,
     ) -> Result<()> {
         let name = name_of(name.as_ref())?;
+        self.check_online()?;
         let mut p = self.stage(&name, &array, true)?;
         self.record(&mut p)?;
         self.state
@@ -65,6 +67,7 @@ impl RemoteStore {
     /// [`Error::Truncated`] if `path` is not a whole `.npy` file.
     pub fn insert_npy_file(&self, name: impl AsRef<str>, path: impl AsRef<FsPath>) -> Result<()> {
         let name = name_of(name.as_ref())?;
+        self.check_online()?;
         let src = path.as_ref();
         let (info, len) = NpyInfo::read(src)?;
         info.check_len(len, src)?;
@@ -121,6 +124,7 @@ impl RemoteStore {
         N: AsRef<str>,
         I: IntoIterator<Item = (N, Array<T, D>)>,
     {
+        self.check_online()?;
         let mut staged = Vec::new();
         for (n, a) in entries {
             let name = name_of(n.as_ref())?;
@@ -149,6 +153,14 @@ impl RemoteStore {
     ///
     /// [`Error::Conflict`], [`Error::Remote`], local I/O errors.
     pub fn flush(&self) -> Result<()> {
+        if self.opts.offline {
+            let st = self.state.lock();
+            if st.pending.is_empty() && st.removals.is_empty() {
+                return Ok(());
+            }
+            drop(st);
+            self.check_online()?;
+        }
         let mut first = self.flush_removals().err();
         let all: Vec<Pending> = self.state.lock().pending.values().cloned().collect();
         for mut p in all {
@@ -367,7 +379,7 @@ impl RemoteStore {
                 &dest,
                 self.opts.transfer,
             ))
-            .map_err(|e| upload_err("upload", &p.name, url.clone(), e))?;
+            .map_err(|e| upload_err(&self.loc, "upload", &p.name, url.clone(), e))?;
         self.counters.uploads.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes_up.fetch_add(size, Ordering::Relaxed);
         Ok((size, crc, started))
@@ -424,6 +436,7 @@ impl RemoteStore {
                 if current {
                     st.pending.remove(&p.name);
                     self.pending_io.remove_quietly(&format!("{}.json", p.name));
+                    self.save_seen(&mut st, &p.name, &meta, &v);
                     st.view
                         .insert(p.name.clone(), Seen::Live(Box::new(meta), v));
                 }

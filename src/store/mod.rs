@@ -162,7 +162,7 @@ pub struct DiskBackedStore {
 impl std::fmt::Debug for DiskBackedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DiskBackedStore")
-            .field("dir", &self.inner.storage.location())
+            .field("dir", &self.inner.storage.dir())
             .field("read_only", &self.inner.read_only)
             .field("len", &self.len())
             .finish()
@@ -212,9 +212,10 @@ impl DiskBackedStore {
         open_store(o)
     }
 
-    /// The store directory.
+    /// The store directory (for a store over an object store, its local
+    /// cache directory).
     pub fn dir(&self) -> &Path {
-        self.inner.storage.location()
+        self.inner.storage.dir()
     }
 
     /// Whether this handle is read-only.

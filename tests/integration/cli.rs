@@ -553,3 +553,50 @@ fn inspect_functions_refuse_the_wrong_kind_of_path() {
         assert!(msg.contains("fifo") && msg.contains("is a FIFO"), "{msg}");
     }
 }
+
+/// `--help` tells a new user how to reach an object store: the URL form
+/// and the variables that configure it.
+#[test]
+fn help_names_remote_urls_and_their_variables() {
+    let (code, out, _) = ndoffload(&["--help"]);
+    assert_eq!(code, 0);
+    for needle in [
+        "s3://",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT",
+        "AWS_ALLOW_HTTP=true",
+        "not a store",
+    ] {
+        assert!(out.contains(needle), "{needle} missing from:\n{out}");
+    }
+    let (_, ls_help, _) = ndoffload(&["ls", "--help"]);
+    assert!(ls_help.contains("s3://"), "{ls_help}");
+    assert!(ls_help.contains("\"remote\""), "{ls_help}");
+    let (_, verify_help, _) = ndoffload(&["verify", "--help"]);
+    assert!(verify_help.contains("s3://"), "{verify_help}");
+}
+
+/// `ls` of a store with a live writer names it with a readable start time
+/// (UTC), not seconds since the epoch.
+#[test]
+fn ls_shows_live_writers_with_utc_start_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskBackedStore::open(dir.path()).unwrap();
+    store.insert_durable("a", array![1u8, 2]).unwrap();
+    let (code, out, err) = ndoffload(&["ls", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("writer: "))
+        .unwrap_or_else(|| panic!("no writer line in:\n{out}"));
+    assert!(
+        line.contains(&format!("pid {}", std::process::id())),
+        "{line}"
+    );
+    assert!(line.contains("shared writer since 20"), "{line}");
+    assert!(line.contains(" UTC (registration "), "{line}");
+    assert!(!line.contains("Unix time"), "{line}");
+    drop(store);
+}

@@ -8,6 +8,7 @@ mod common;
 mod concurrency;
 mod crash;
 mod disk_budget;
+mod examples;
 mod faults;
 mod hardening;
 mod numpy;
@@ -19,6 +20,8 @@ mod python_reader;
 mod reliability;
 #[cfg(feature = "remote")]
 mod remote;
+#[cfg(feature = "remote")]
+mod remote_setup;
 mod store;
 #[cfg(feature = "remote")]
 mod tiers;

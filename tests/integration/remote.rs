@@ -26,6 +26,8 @@ pub const BUCKET: &str = "ndo-test";
 pub struct Moto {
     child: Child,
     exe: PathBuf,
+    /// Variables of the server process (`INITIAL_NO_AUTH_ACTION_COUNT`).
+    server_env: Vec<(String, String)>,
     pub port: u16,
 }
 
@@ -43,7 +45,7 @@ fn moto_exe() -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -56,13 +58,14 @@ fn free_port() -> u16 {
 /// conditional PUT and stores the object without a lock spanning both, so
 /// two PUTs conditional on one version can both succeed there, which S3
 /// never allows. Falls back to `exe` itself when there is no such Python.
-fn spawn_moto(exe: &Path, port: u16) -> Child {
+fn spawn_moto(exe: &Path, port: u16, env: &[(String, String)]) -> Child {
     let python = exe.with_file_name("python3");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/moto_serial.py");
     if python.is_file() && script.is_file() {
         return Command::new(python)
             .arg(script)
             .arg(port.to_string())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -71,6 +74,7 @@ fn spawn_moto(exe: &Path, port: u16) -> Child {
     }
     Command::new(exe)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -91,6 +95,13 @@ impl Moto {
     /// Starts a server with the bucket `ndo-test`, or `None` (skip) when
     /// moto is not installed outside CI.
     pub fn start() -> Option<Moto> {
+        Self::start_with(&[])
+    }
+
+    /// As [`start`](Self::start), with variables for the server process
+    /// (`INITIAL_NO_AUTH_ACTION_COUNT=1`: after the request that creates
+    /// the bucket, every request must be signed by a key moto issued).
+    pub fn start_with(env: &[(&str, &str)]) -> Option<Moto> {
         let Some(exe) = moto_exe() else {
             if in_ci() {
                 panic!("moto_server not found (NDOFFLOAD_PYTHON's virtualenv) and CI=true");
@@ -99,8 +110,17 @@ impl Moto {
             return None;
         };
         let port = free_port();
-        let child = spawn_moto(&exe, port);
-        let mut m = Moto { child, exe, port };
+        let server_env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let child = spawn_moto(&exe, port, &server_env);
+        let mut m = Moto {
+            child,
+            exe,
+            server_env,
+            port,
+        };
         m.wait_ready();
         Some(m)
     }
@@ -175,7 +195,7 @@ impl Moto {
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn_moto(&self.exe, self.port);
+        self.child = spawn_moto(&self.exe, self.port, &self.server_env);
         self.wait_ready();
     }
 

@@ -53,9 +53,15 @@ pub use procs::{WriterInfo, CRATE_DIR};
 /// Where a store's entries live, and every operation the store makes on
 /// them.
 pub(crate) trait Storage: Send + Sync + fmt::Debug {
-    /// Where the storage is (a directory), for messages and
-    /// [`DiskBackedStore::dir`](crate::DiskBackedStore::dir).
+    /// Where the entries are, for messages: the directory, or the URL of
+    /// an object store.
     fn location(&self) -> &Path;
+
+    /// The store's directory (for an object store, its local cache):
+    /// [`DiskBackedStore::dir`](crate::DiskBackedStore::dir).
+    fn dir(&self) -> &Path {
+        self.location()
+    }
 
     /// The path that names `name`'s data file in messages.
     fn data_path(&self, name: &EntryName) -> PathBuf;

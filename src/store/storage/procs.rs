@@ -77,10 +77,11 @@ impl WriterInfo {
         }
     }
 
-    /// `pid 4242 on host "node7", writer since 1712345678 (Unix time)`.
+    /// `pid 4242 on host "node7", shared writer since 2024-04-05 19:34:38
+    /// UTC`.
     pub fn describe(&self) -> String {
         format!(
-            "pid {} on host {:?}, {} writer since {} (Unix time)",
+            "pid {} on host {:?}, {} writer since {}",
             self.pid,
             self.host,
             if self.exclusive {
@@ -88,7 +89,7 @@ impl WriterInfo {
             } else {
                 "shared"
             },
-            self.started
+            utc_time(self.started)
         )
     }
 
@@ -97,6 +98,28 @@ impl WriterInfo {
         // A record is a flat object: no nesting to bound.
         serde_json::from_slice(line).ok()
     }
+}
+
+/// `secs` since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC` (the civil
+/// calendar, proleptic Gregorian; Howard Hinnant's `civil_from_days`).
+pub(crate) fn utc_time(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn host_name() -> String {
@@ -457,4 +480,17 @@ pub(crate) fn of_dead_writers<'a>(
                 .or_insert_with(|| procs.is_alive(o)),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod utc_tests {
+    use super::utc_time;
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_time(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc_time(1_712_345_678), "2024-04-05 19:34:38 UTC");
+        assert_eq!(utc_time(1_796_615_798), "2026-12-07 03:56:38 UTC");
+    }
 }
