@@ -9,7 +9,7 @@
 //! leaves it in RAM. They never hold the store (`Inner`) either, so the
 //! store is never dropped on a writer thread and `flush` may wait for them.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -242,10 +242,4 @@ fn writer(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
         drop(job.entry);
         shared.finish(job.bytes);
     }
-}
-
-/// Marks an entry as handed to the writers (see `EntryLink`).
-pub(crate) fn mark(flag: &AtomicBool) -> bool {
-    flag.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-        .is_ok()
 }

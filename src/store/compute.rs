@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use ndarray::{Array, Dimension};
 
+use super::inner::DiskBackedStore;
 use super::stats::Counters;
-use super::{DiskBackedStore, StoredArray};
+use super::stored::StoredArray;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::name::EntryName;

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use ndarray::{ArrayD, IxDyn};
 use parking_lot::Mutex;
 
+use super::budget::Account;
 use super::meta::{Attrs, EntryFlags};
 use super::storage::{PairJob, Published, Storage, SyncMode};
-use super::Account;
 use crate::array::{ArrayState, DiskBackedArray, InitialData, Owner, Snapshot, Unpublished};
 use crate::config::CacheConfig;
 use crate::element::Element;
@@ -126,7 +126,9 @@ impl EntryLink {
     /// Marks the entry as handed to the write-behind writers; `false` if it
     /// already is.
     pub(crate) fn start_write_behind(&self) -> bool {
-        super::behind::mark(&self.behind)
+        self.behind
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     /// The writers are done with the entry.

@@ -4,9 +4,17 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use super::storage::{PairJob, SyncMode};
-use super::*;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::entry::Slot;
+use super::inner::DiskBackedStore;
+use crate::config::ConfigOverrides;
 use crate::error::IoContext;
+use crate::error::{Error, Result};
 use crate::io;
+use crate::name::EntryName;
 use crate::npy::NpyInfo;
 
 impl DiskBackedStore {

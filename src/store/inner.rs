@@ -2,7 +2,121 @@
 //! removing and closing (`impl Inner`), and small helpers of the handle.
 //! The lock order at the top of `store/mod.rs` holds here too.
 
-use super::*;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::behind;
+use super::budget::{Account, Lru, SystemPressure};
+use super::entry::{AnyEntry, BatchJob, Loaded, Slot};
+use super::meta::{Attrs, EntryFlags};
+use super::stats::Counters;
+use super::storage::{Lease, PairJob, Storage, SyncMode};
+use crate::array::ArrayState;
+use crate::config::CacheConfig;
+use crate::error::{Error, Result};
+use crate::name::EntryName;
+
+pub(crate) struct Inner {
+    /// Where the entries live: every file operation goes through it.
+    pub(super) storage: Arc<dyn Storage>,
+    pub(super) read_only: bool,
+    pub(super) config: CacheConfig,
+    pub(super) defaults: EntryFlags,
+    pub(super) entries: RwLock<BTreeMap<EntryName, Arc<Mutex<Slot>>>>,
+    pub(super) incomplete: RwLock<BTreeMap<EntryName, String>>,
+    /// The store's lock, held until the store is dropped.
+    pub(super) _lease: Box<dyn Lease>,
+    pub(super) account: Arc<Account>,
+    /// The budget in bytes (`u64::MAX`: none).
+    pub(super) budget: AtomicU64,
+    /// The disk budget in bytes (`u64::MAX`: none).
+    pub(super) disk_budget: AtomicU64,
+    /// Held while recomputable entries are deleted for the disk budget.
+    pub(super) disk_evicting: Mutex<()>,
+    pub(super) pressure: Option<SystemPressure>,
+    pub(super) lru: Mutex<Lru>,
+    pub(super) evicting: Mutex<()>,
+    pub(super) last_pressure_check: Mutex<Option<Instant>>,
+    pub(super) counters: Counters,
+    pub(super) inflight: Mutex<HashMap<EntryName, Arc<Mutex<()>>>>,
+    /// The write-behind writers, if the store was opened with them.
+    pub(super) write_behind: Option<behind::WriteBehind>,
+    /// How long `get_or_compute` waits for another process computing the
+    /// same key (`None`: as long as it takes).
+    pub(super) lock_timeout: Option<std::time::Duration>,
+}
+
+/// A persistent map of names to arrays, stored as `NAME.npy` +
+/// `NAME.meta.json` pairs that numpy reads (and the Python package
+/// GSEGUtils' `DiskBackedStore`; see `docs/format.md`).
+///
+/// * [`insert`](Self::insert) keeps an array in RAM; [`flush`](Self::flush),
+///   [`offload`](Self::offload) or [`close`](Self::close) write it;
+///   [`insert_durable`](Self::insert_durable) and
+///   [`insert_batch`](Self::insert_batch) return once it is on disk.
+/// * [`get`](Self::get) returns a typed handle whose views come straight
+///   from RAM or from a memory map: no copy.
+/// * After a crash at any point, every key reads as its complete old or its
+///   complete new value (see `docs/reliability.md`).
+///
+/// The store is `Send + Sync`; clone the handle to share it between threads.
+///
+/// # Examples
+///
+/// ```
+/// use ndarray::{Array2, Ix2};
+/// use ndarray_offload::DiskBackedStore;
+///
+/// let dir = tempfile::tempdir()?;
+/// {
+///     let store = DiskBackedStore::open(dir.path())?;
+///     store.insert_durable("tile_0001", Array2::<f64>::zeros((1000, 3)))?;
+/// }
+/// // A later process:
+/// let store = DiskBackedStore::open(dir.path())?;
+/// let tile = store.get::<f64, Ix2>("tile_0001")?;
+/// assert_eq!(tile.read()?.view().shape(), &[1000, 3]);
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct DiskBackedStore {
+    pub(super) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for DiskBackedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskBackedStore")
+            .field("dir", &self.inner.storage.dir())
+            .field("read_only", &self.inner.read_only)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+/// A summary of one entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EntryInfo {
+    /// The entry's name.
+    pub name: EntryName,
+    /// numpy dtype string.
+    pub dtype: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Where the data is (an entry not used since open is `Offloaded`).
+    pub state: ArrayState,
+    /// Size of the data in bytes.
+    pub nbytes: u64,
+    /// The entry's flags.
+    pub flags: EntryFlags,
+    /// The entry's user attributes (empty when it has none); see
+    /// [`InsertOptions::attrs`](crate::InsertOptions::attrs).
+    pub attrs: Attrs,
+}
 
 impl Inner {
     pub(super) fn check_writable(&self) -> Result<()> {

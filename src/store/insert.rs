@@ -9,8 +9,8 @@ use ndarray::ArrayD;
 use parking_lot::Mutex;
 
 use super::entry::{Loaded, Slot, StoreEntry};
+use super::inner::{attrs_object, DiskBackedStore};
 use super::meta::Attrs;
-use super::{attrs_object, DiskBackedStore};
 use crate::array::IntoStoredArray;
 use crate::config::ConfigOverrides;
 use crate::element::Element;

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use super::behind::{WriteBehind, WriteBehindConfig};
-use super::budget::{Account, Lru, SystemPressure};
+use super::budget::{Account, BudgetHost, Lru, SystemPressure};
 use super::entry::Slot;
+use super::inner::{DiskBackedStore, Inner};
 use super::meta::EntryFlags;
 use super::stats::Counters;
 use super::storage::{Backend, Listed, LocalDir, LockMode, Storage};
-use super::{DiskBackedStore, Inner};
 use crate::config::CacheConfig;
 use crate::error::{Error, IoContext, Result};
 use crate::size::SizeSetting;
@@ -141,7 +141,7 @@ pub(crate) fn open_store(o: OpenOptions) -> Result<DiskBackedStore> {
         None => None,
     };
     let store = DiskBackedStore {
-        inner: Arc::new_cyclic(|weak| Inner {
+        inner: Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| Inner {
             storage,
             read_only: o.read_only,
             config: o.config,
@@ -149,7 +149,7 @@ pub(crate) fn open_store(o: OpenOptions) -> Result<DiskBackedStore> {
             entries: RwLock::new(entries),
             incomplete: RwLock::new(incomplete),
             _lease: lease,
-            account: Arc::new(Account::new(weak.clone())),
+            account: Arc::new(Account::new(weak.clone() as std::sync::Weak<dyn BudgetHost>)),
             budget: AtomicU64::new(budget.unwrap_or(u64::MAX)),
             disk_budget: AtomicU64::new(u64::MAX),
             disk_evicting: Mutex::new(()),

@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use super::inner::DiskBackedStore;
 use super::storage::Storage;
-use super::DiskBackedStore;
 use crate::array::ArrayState;
 use crate::error::Result;
 use crate::io;

@@ -2,7 +2,24 @@
 //! converting reads, entry summaries and the listing of other processes'
 //! entries and writers.
 
-use super::*;
+use std::sync::Arc;
+
+use ndarray::Dimension;
+use parking_lot::Mutex;
+
+use super::entry::{Loaded, Slot, StoreEntry};
+use super::inner::{DiskBackedStore, EntryInfo};
+use super::meta::EntryFlags;
+use super::stats::Counters;
+use super::storage::Listed;
+use super::storage::WriterInfo;
+use super::stored::{DynStoredArray, StoredArray};
+use crate::array::ArrayState;
+use crate::config::ConfigOverrides;
+use crate::dynarray::DynArray;
+use crate::element::Element;
+use crate::error::{Error, Result};
+use crate::name::EntryName;
 
 impl DiskBackedStore {
     pub(super) fn slot(&self, name: &EntryName) -> Result<Arc<Mutex<Slot>>> {

@@ -2,15 +2,8 @@
 //! snapshot type to print.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use parking_lot::Mutex;
-
-use super::entry::Slot;
-use super::DiskBackedStore;
-use crate::array::ArrayState;
-use crate::name::EntryName;
 use crate::size::ByteSize;
 
 #[derive(Debug, Default)]
@@ -177,104 +170,5 @@ impl fmt::Display for StoreStats {
             "  disk over budget{:>5}   (only ordinary entries were left)",
             self.disk_over_budget_events
         )
-    }
-}
-
-impl DiskBackedStore {
-    /// A snapshot of the store's statistics.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use ndarray::{array, Ix1};
-    /// use ndarray_offload::DiskBackedStore;
-    ///
-    /// let dir = tempfile::tempdir()?;
-    /// let store = DiskBackedStore::open(dir.path())?;
-    /// store.insert("a", array![1.0f64, 2.0])?;
-    /// store.get::<f64, Ix1>("a")?;
-    /// let _ = store.get::<f64, Ix1>("b");
-    /// let s = store.stats();
-    /// assert_eq!((s.hits, s.misses, s.bytes_resident), (1, 1, 16));
-    /// println!("{s}");
-    /// # Ok::<_, Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn stats(&self) -> StoreStats {
-        let c = &self.inner.counters;
-        let mut st = StoreStats {
-            hits: c.hits.load(Ordering::Relaxed),
-            misses: c.misses.load(Ordering::Relaxed),
-            loads: c.loads.load(Ordering::Relaxed),
-            computes: c.computes.load(Ordering::Relaxed),
-            offloads: c.offloads.load(Ordering::Relaxed),
-            evictions: c.evictions.load(Ordering::Relaxed)
-                + self.inner.write_behind.as_ref().map_or(0, |w| w.written()),
-            over_budget_events: c.over_budget.load(Ordering::Relaxed),
-            bytes_resident: self.inner.account.resident(),
-            budget: self.inner.budget(),
-            bytes_in_flight: self
-                .inner
-                .write_behind
-                .as_ref()
-                .map_or(0, |w| w.in_flight()),
-            write_behind_failures: self.inner.write_behind.as_ref().map_or(0, |w| w.failures()),
-            disk_budget: self.inner.disk_budget(),
-            bytes_in_files: self.inner.account.disk_bytes(),
-            disk_evictions: c.disk_evictions.load(Ordering::Relaxed),
-            bytes_disk_evicted: c.disk_evicted_bytes.load(Ordering::Relaxed),
-            disk_over_budget_events: c.disk_over_budget.load(Ordering::Relaxed),
-            write_behind_time: self
-                .inner
-                .write_behind
-                .as_ref()
-                .map_or_else(Default::default, |w| w.busy()),
-            ..Default::default()
-        };
-        let slots: Vec<(EntryName, Arc<Mutex<Slot>>)> = self
-            .inner
-            .entries
-            .read()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for (name, slot) in slots {
-            let s = slot.lock();
-            match &s.loaded {
-                Some(l) => {
-                    if l.state() != ArrayState::Offloaded {
-                        st.entries_resident += 1;
-                    }
-                    if l.is_persisted() {
-                        st.entries_on_disk += 1;
-                        st.bytes_on_disk += l.nbytes();
-                    }
-                }
-                None => {
-                    st.entries_on_disk += 1;
-                    let nbytes = s.meta.as_ref().and_then(|(d, shape, _)| {
-                        crate::element::dtype_itemsize(d).and_then(|size| {
-                            shape
-                                .iter()
-                                .try_fold(size as u64, |a, &x| a.checked_mul(x as u64))
-                        })
-                    });
-                    st.bytes_on_disk += nbytes.unwrap_or_else(|| {
-                        let found = self.inner.storage.stat_data(&name);
-                        found.filter(|f| f.is_file()).map_or(0, |f| f.len)
-                    });
-                }
-            }
-        }
-        st
-    }
-
-    /// Resets the counters (hits, misses, loads, computes, offloads,
-    /// evictions, over-budget events, disk evictions and their bytes, disk
-    /// over-budget events).
-    pub fn reset_stats(&self) {
-        self.inner.counters.reset();
-        if let Some(w) = &self.inner.write_behind {
-            w.reset_counts();
-        }
     }
 }
