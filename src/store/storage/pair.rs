@@ -116,10 +116,11 @@ pub(crate) fn publish_pairs(
     }
     if !per_file {
         dir.syncfs()?;
-    } else {
-        // The links must be durable before the renames that they vouch for.
-        links.sync()?;
     }
+    // With an `fsync` per file the links are not synced on their own: a
+    // power cut may keep a rename and lose the link it was made with, and
+    // recovery then decides as for a publish without a version (it never
+    // installs a staged metadata file over a whole pair).
     // Other writers' publishes and removals of these keys wait from here to
     // the end of the rollback or of the clean-up: whatever is at the final
     // names while the locks are held was put there by this publish.
@@ -286,14 +287,6 @@ impl<'d> Links<'d> {
             }
         };
         Ok(token)
-    }
-
-    /// Makes the links durable.
-    fn sync(&self) -> Result<()> {
-        match self.versions {
-            Some(v) if self.made.iter().any(Option::is_some) => v.sync(),
-            _ => Ok(()),
-        }
     }
 
     /// Job `i` committed.
@@ -673,8 +666,15 @@ pub(crate) fn recover(dir: &Dir, versions: &Dir, temps: &[String]) -> Result<Rec
         let Some(current) = found(&name.npy_file()).filter(|f| f.is_file()) else {
             continue;
         };
-        let complete = match &m.version {
+        let link = m
+            .version
+            .as_deref()
+            .filter(|t| versions.stat(&version_link(&name, t)).is_some());
+        let complete = match link {
+            // The version's link is there: it decides.
             Some(token) => is_version(versions, &name, token, current.id),
+            // No version, or its link was lost with a power cut: the
+            // staged metadata completes only a pair that is not whole.
             None => {
                 c.npy_ino == current.id.ino()
                     && !pair_is_whole(dir, versions, &name, current.id)
