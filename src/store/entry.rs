@@ -512,3 +512,37 @@ pub(crate) fn downcast<T: Element>(loaded: Loaded) -> Option<Arc<StoreEntry<T>>>
     let any: Arc<dyn Any + Send + Sync> = loaded;
     any.downcast().ok()
 }
+
+/// Marks `slot` as replaced or removed from the map (a look-up that found
+/// it just before looks again) and detaches its entry from the store
+/// (`keep`: keeping the entry's file open for the handles that hold it).
+/// The one place where an entry leaves the store's map.
+pub(crate) fn retire_slot(slot: &Mutex<Slot>, keep: bool) {
+    let mut s = slot.lock();
+    s.retired = true;
+    if let Some(l) = &s.loaded {
+        l.link().detach(keep);
+    }
+}
+
+/// Runs `op` (a storage operation that removes or replaces `loaded`'s
+/// files) with `loaded` stopped: it keeps its file open for its handles and
+/// publishes nothing meanwhile; if `op` fails, it is as it was. The one
+/// place of that protocol (removal, import).
+pub(crate) fn with_entry_stopped<R>(
+    loaded: Option<&Loaded>,
+    op: impl FnOnce() -> Result<R>,
+) -> Result<R> {
+    if let Some(l) = loaded {
+        l.link().pin();
+        l.link().stop_publish();
+    }
+    let r = op();
+    if r.is_err() {
+        if let Some(l) = loaded {
+            l.link().unpin();
+            l.link().enable_publish();
+        }
+    }
+    r
+}

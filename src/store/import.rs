@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::entry::Slot;
+use super::entry::{retire_slot, with_entry_stopped, Slot};
 use super::inner::DiskBackedStore;
 use crate::config::ConfigOverrides;
 use crate::error::IoContext;
@@ -71,10 +71,6 @@ impl DiskBackedStore {
             .read()
             .get(&name)
             .and_then(|s| s.lock().loaded.clone());
-        if let Some(l) = &old {
-            l.link().pin();
-            l.link().stop_publish();
-        }
         let publish = AtomicBool::new(true);
         let published = AtomicU64::new(0);
         let source = path.to_path_buf();
@@ -93,12 +89,10 @@ impl DiskBackedStore {
                 Ok(())
             }),
         };
-        let r = self.inner.storage.publish(vec![job], SyncMode::PerFile);
+        let r = with_entry_stopped(old.as_ref(), || {
+            self.inner.storage.publish(vec![job], SyncMode::PerFile)
+        });
         if let Err(e) = r {
-            if let Some(l) = &old {
-                l.link().unpin();
-                l.link().enable_publish();
-            }
             return self.inner.settle(Err(e));
         }
         // The new pair is the entry now, read lazily.
@@ -106,11 +100,7 @@ impl DiskBackedStore {
             let mut entries = self.inner.entries.write();
             let prev = entries.insert(name.clone(), Arc::new(Mutex::new(Slot::default())));
             if let Some(prev) = prev {
-                let mut prev = prev.lock();
-                prev.retired = true;
-                if let Some(l) = &prev.loaded {
-                    l.link().detach(true);
-                }
+                retire_slot(&prev, true);
             }
         }
         self.inner.lru.lock().remove(&name);

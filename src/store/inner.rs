@@ -11,7 +11,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::behind;
 use super::budget::{Account, Lru, SystemPressure};
-use super::entry::{AnyEntry, BatchJob, Loaded, Slot};
+use super::entry::{retire_slot, with_entry_stopped, AnyEntry, BatchJob, Loaded, Slot};
 use super::meta::{Attrs, EntryFlags};
 use super::stats::Counters;
 use super::storage::{Lease, PairJob, Storage, SyncMode};
@@ -247,11 +247,7 @@ impl Inner {
         name: &EntryName,
     ) {
         if let Some(old) = entries.remove(name) {
-            let mut old = old.lock();
-            old.retired = true;
-            if let Some(l) = &old.loaded {
-                l.link().detach(false);
-            }
+            retire_slot(&old, false);
         }
         self.lru.lock().remove(name);
     }
@@ -301,28 +297,15 @@ impl Inner {
         // (a flush that took it before the removal) must not bring the files
         // back.
         let loaded = entries.get(name).and_then(|s| s.lock().loaded.clone());
-        if let Some(l) = &loaded {
-            l.link().pin();
-            l.link().stop_publish();
-        }
-        if on_disk {
-            if let Err(e) = self.storage.remove(name) {
-                if let Some(l) = &loaded {
-                    l.link().unpin();
-                    l.link().enable_publish();
-                }
-                return Err(e);
-            }
-        }
+        with_entry_stopped(loaded.as_ref(), || match on_disk {
+            true => self.storage.remove(name),
+            false => Ok(()),
+        })?;
         // No file of the name is left (the disk budget stops counting one
         // that vanished without the store).
         self.account.disk_removed(name);
         if let Some(old) = entries.remove(name) {
-            let mut old = old.lock();
-            old.retired = true;
-            if let Some(l) = &old.loaded {
-                l.link().detach(true);
-            }
+            retire_slot(&old, true);
         }
         self.lru.lock().remove(name);
         self.incomplete.write().remove(name);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ndarray::ArrayD;
 use parking_lot::Mutex;
 
-use super::entry::{Loaded, Slot, StoreEntry};
+use super::entry::{retire_slot, Loaded, Slot, StoreEntry};
 use super::inner::{attrs_object, DiskBackedStore};
 use super::meta::Attrs;
 use crate::array::IntoStoredArray;
@@ -416,12 +416,8 @@ impl DiskBackedStore {
         let mut entries = self.inner.entries.write();
         let old = entries.insert(name.clone(), Arc::new(Mutex::new(slot)));
         if let Some(old) = old {
-            let mut old = old.lock();
-            old.retired = true;
-            if let Some(l) = &old.loaded {
-                // A handle may hold the old entry: it keeps its data.
-                l.link().detach(true);
-            }
+            // A handle may hold the old entry: it keeps its data.
+            retire_slot(&old, true);
         }
         drop(entries);
         // The name's file (the old entry's, until this one is written) is
