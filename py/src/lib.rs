@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 
-use ndarray_offload::{ArrayState, DiskBackedStore, DynArray, DynStoredArray, Error, LoadMode, StoreBuilder};
+use ndarray_offload::{ArrayState, ConfigOverrides, DiskBackedStore, DynArray, DynStoredArray, Error, LoadMode, StoreBuilder};
 use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -260,7 +260,8 @@ impl PyStore {
         self.pid == std::process::id()
     }
 
-    #[pyo3(signature = (key, array, durable=false, attrs=None, recomputable=false))]
+    #[pyo3(signature = (key, array, durable=false, attrs=None, recomputable=false, caching=None, automatic_offloading=None))]
+    #[allow(clippy::too_many_arguments)]
     fn insert(
         &self,
         py: Python<'_>,
@@ -269,6 +270,8 @@ impl PyStore {
         durable: bool,
         attrs: Option<&str>,
         recomputable: bool,
+        caching: Option<bool>,
+        automatic_offloading: Option<bool>,
     ) -> PyResult<()> {
         let s = self.handle()?;
         let attrs = parse_attrs(attrs)?;
@@ -279,7 +282,10 @@ impl PyStore {
         let (view, _borrow) = unsafe { convert::borrow(array)? };
         let r: Result<Result<(), Error>, convert::CopyError> = detached(py, || {
             let a: DynArray = view.to_owned()?;
-            Ok(insert_dyn(&s, key, a, durable, attrs, recomputable))
+            let mut flags = ConfigOverrides::new();
+            flags.caching = caching;
+            flags.automatic_offloading = automatic_offloading;
+            Ok(insert_dyn(&s, key, a, durable, attrs, recomputable, flags))
         });
         drop(view);
         r?.py_err()
@@ -503,12 +509,15 @@ fn insert_dyn(
     durable: bool,
     attrs: Option<serde_json::Value>,
     recomputable: bool,
+    flags: ConfigOverrides,
 ) -> Result<(), Error> {
+    let with_flags = flags.caching.is_some() || flags.automatic_offloading.is_some();
     macro_rules! each {
         ($($v:ident),*) => {
             match a {
                 $(DynArray::$v(x) => {
                     match (attrs, recomputable) {
+                        (None, false) if with_flags => s.insert_with(key, x, &flags),
                         (None, false) if durable => s.insert_durable(key, x),
                         (None, false) => s.insert(key, x),
                         (Some(at), false) => s.insert_with_attrs(key, x, at),
@@ -520,7 +529,7 @@ fn insert_dyn(
             }
         };
     }
-    let plain = attrs.is_none() && !recomputable;
+    let plain = attrs.is_none() && !recomputable && !with_flags;
     each!(Bool, I8, I16, I32, I64, U8, U16, U32, U64, F32, F64, C32, C64)?;
     if durable && !plain {
         // Written (durably, one publish) and its RAM freed; the next read

@@ -275,6 +275,9 @@ class Store(MutableMapping):
         durable: bool = False,
         attrs: Optional[dict] = None,
         recomputable: bool = False,
+        *,
+        caching: Optional[bool] = None,
+        automatic_offloading: Optional[bool] = None,
     ) -> None:
         """Inserts or replaces ``key`` with a copy of ``array``.
 
@@ -282,6 +285,9 @@ class Store(MutableMapping):
         into place). ``attrs`` (a JSON-serializable ``dict``) is stored with
         the entry (``ndoffload_attrs`` in its ``.meta.json``).
         ``recomputable=True`` lets the disk budget delete the entry.
+        ``caching`` and ``automatic_offloading`` set the entry's GSEGUtils
+        flags (``enable_caching``: the budget may spill it;
+        ``automatic_offloading``: unmapped again after each read).
 
         Raises ``TypeError`` for an unsupported dtype (object arrays,
         strings, float16, ...), ``ValueError`` for an invalid key,
@@ -290,7 +296,15 @@ class Store(MutableMapping):
         key = _check_key(key)
         a = _as_storable(array)
         attrs_json = None if attrs is None else _attrs_json(attrs)
-        self._handle().insert(key, a, durable=bool(durable), attrs=attrs_json, recomputable=bool(recomputable))
+        self._handle().insert(
+            key,
+            a,
+            durable=bool(durable),
+            attrs=attrs_json,
+            recomputable=bool(recomputable),
+            caching=caching,
+            automatic_offloading=automatic_offloading,
+        )
 
     def attrs(self, key: str) -> dict:
         """The user attributes of ``key`` (``{}`` when it has none)."""
