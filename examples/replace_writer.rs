@@ -17,7 +17,9 @@ use ndarray_offload::StoreBuilder;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let dir = args.next().ok_or("usage: replace_writer DIR SECONDS KEYS")?;
+    let dir = args
+        .next()
+        .ok_or("usage: replace_writer DIR SECONDS KEYS")?;
     let secs: f64 = args.next().unwrap_or_else(|| "2".into()).parse()?;
     let keys: usize = args.next().unwrap_or_else(|| "4".into()).parse()?;
     let store = StoreBuilder::new(&dir).open()?;

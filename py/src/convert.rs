@@ -129,9 +129,9 @@ impl From<CopyError> for PyErr {
             CopyError::TooLarge(n) => PyValueError::new_err(format!(
                 "array of {n} elements is larger than the address space"
             )),
-            CopyError::NoMemory(b) => PyMemoryError::new_err(format!(
-                "cannot allocate {b} bytes for a copy of the array"
-            )),
+            CopyError::NoMemory(b) => {
+                PyMemoryError::new_err(format!("cannot allocate {b} bytes for a copy of the array"))
+            }
         }
     }
 }
@@ -190,7 +190,11 @@ pub unsafe fn pinned_to_numpy(
     let dtype = descr(py, info.kind);
     let item = dtype.itemsize() as isize;
     let mut dims: Vec<npy_intp> = info.shape.iter().map(|&d| d as npy_intp).collect();
-    let mut strides: Vec<npy_intp> = info.strides.iter().map(|&s| (s * item) as npy_intp).collect();
+    let mut strides: Vec<npy_intp> = info
+        .strides
+        .iter()
+        .map(|&s| (s * item) as npy_intp)
+        .collect();
     // SAFETY: the descriptor reference is stolen by NewFromDescr; dims and
     // strides have `nd` elements; the data stays valid while `base` lives
     // (the caller's contract), and the array holds `base` as its base object.
@@ -221,4 +225,3 @@ pub unsafe fn pinned_to_numpy(
         Ok(arr.unbind())
     }
 }
-

@@ -44,12 +44,7 @@ create_exception!(
     StoreError,
     "A write through a store opened read-only."
 );
-create_exception!(
-    _ndoffload,
-    ClosedError,
-    StoreError,
-    "The store was closed."
-);
+create_exception!(_ndoffload, ClosedError, StoreError, "The store was closed.");
 create_exception!(
     _ndoffload,
     RemoteError,
@@ -74,7 +69,9 @@ pub fn to_py(e: Error) -> PyErr {
         | Error::InvalidInput { .. }
         | Error::DimensionMismatch { .. } => PyValueError::new_err(msg),
         Error::DtypeMismatch { .. } => PyTypeError::new_err(msg),
-        Error::NotFound { path, source } => os_error(source.raw_os_error().or(Some(libc::ENOENT)), msg, &path),
+        Error::NotFound { path, source } => {
+            os_error(source.raw_os_error().or(Some(libc::ENOENT)), msg, &path)
+        }
         Error::NotADirectory { path } => os_error(Some(libc::ENOTDIR), msg, &path),
         Error::PermissionDenied { path, source, .. } => {
             os_error(source.raw_os_error().or(Some(libc::EACCES)), msg, &path)

@@ -64,7 +64,10 @@ pub struct PinInfo {
 }
 
 pub enum Msg {
-    Pin(Box<DynStoredArray>, mpsc::SyncSender<Result<PinInfo, Error>>),
+    Pin(
+        Box<DynStoredArray>,
+        mpsc::SyncSender<Result<PinInfo, Error>>,
+    ),
     Unpin(u64),
 }
 

@@ -13,7 +13,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 
-use ndarray_offload::{ArrayState, ConfigOverrides, DiskBackedStore, DynArray, DynStoredArray, Error, LoadMode, StoreBuilder};
+use ndarray_offload::{
+    ArrayState, ConfigOverrides, DiskBackedStore, DynArray, DynStoredArray, Error, LoadMode,
+    StoreBuilder,
+};
 use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -176,7 +179,10 @@ impl PyStore {
 
 fn parse_attrs(attrs: Option<&str>) -> PyResult<Option<serde_json::Value>> {
     attrs
-        .map(|a| serde_json::from_str(a).map_err(|e| PyValueError::new_err(format!("attributes are not JSON: {e}"))))
+        .map(|a| {
+            serde_json::from_str(a)
+                .map_err(|e| PyValueError::new_err(format!("attributes are not JSON: {e}")))
+        })
         .transpose()
 }
 
@@ -209,7 +215,9 @@ impl PyStore {
         }
         if let Some(t) = lock_timeout {
             if !(t.is_finite() && t >= 0.0) {
-                return Err(PyValueError::new_err(format!("lock_timeout must be a non-negative number of seconds, not {t}")));
+                return Err(PyValueError::new_err(format!(
+                    "lock_timeout must be a non-negative number of seconds, not {t}"
+                )));
             }
             b = b.lock_timeout(Some(std::time::Duration::from_secs_f64(t)));
         }
@@ -353,12 +361,7 @@ impl PyStore {
 
     /// The entry `key`, computed by `compute` (a callable returning a numpy
     /// array) if it does not exist, once across threads and processes.
-    fn get_or_compute(
-        &self,
-        py: Python<'_>,
-        key: &str,
-        compute: Py<PyAny>,
-    ) -> PyResult<Py<PyAny>> {
+    fn get_or_compute(&self, py: Python<'_>, key: &str, compute: Py<PyAny>) -> PyResult<Py<PyAny>> {
         let s = self.handle()?;
         let r = py.detach(|| {
             let mut gate = FORK_GATE.read_recursive();
@@ -401,7 +404,11 @@ impl PyStore {
         detached(py, || -> Result<Vec<String>, Error> {
             let keys: Vec<String> = match keys {
                 Some(k) => k,
-                None => s.keys().into_iter().map(|k| k.as_str().to_owned()).collect(),
+                None => s
+                    .keys()
+                    .into_iter()
+                    .map(|k| k.as_str().to_owned())
+                    .collect(),
             };
             let mut go = Vec::new();
             let mut held = Vec::new();

@@ -7,8 +7,8 @@ use ndarray::{Array, Dimension};
 
 use super::stats::Counters;
 use super::{DiskBackedStore, DynStoredArray, StoredArray};
-use crate::dynarray::DynArray;
 use crate::config::ConfigOverrides;
+use crate::dynarray::DynArray;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::name::EntryName;
