@@ -7,7 +7,8 @@ use ndarray::{Array, Dimension};
 
 use super::inner::DiskBackedStore;
 use super::stats::Counters;
-use super::stored::StoredArray;
+use super::stored::{DynStoredArray, StoredArray};
+use crate::dynarray::DynArray;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::name::EntryName;
@@ -81,8 +82,82 @@ impl DiskBackedStore {
         E: From<Error>,
     {
         let name = EntryName::new(name.as_ref())?;
+        self.compute_once(
+            &name,
+            || self.stored(&name),
+            |durable| match compute() {
+                // The handle of the entry inserted, not a new look-up:
+                // another thread may remove or replace the key at once.
+                Ok(a) => self
+                    .insert_handle(name.clone(), a, durable)
+                    .map_err(E::from),
+                Err(e) => Err(e),
+            },
+        )
+    }
+
+    /// [`try_get_or_compute`](Self::try_get_or_compute) for a computation
+    /// whose element type is known only when it returns (a binding to a
+    /// dynamically typed language): the value is a [`DynArray`] and the
+    /// entry is returned as a [`DynStoredArray`]. The same guarantees hold:
+    /// one computation across threads and processes, nothing stored on
+    /// error, the entry recomputable.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_get_or_compute`](Self::try_get_or_compute), and as
+    /// [`get_dyn`](Self::get_dyn) for a stored entry.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::ArrayD;
+    /// use ndarray_offload::{DiskBackedStore, DynArray, Error};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = DiskBackedStore::open(dir.path())?;
+    /// let make = || Ok::<_, Error>(DynArray::from(ArrayD::<u16>::zeros(vec![3, 2])));
+    /// let a = store.try_get_or_compute_dyn("grid", make)?;
+    /// assert_eq!((a.dtype(), a.shape()), ("<u2".to_string(), &[3, 2][..]));
+    /// let b = store.try_get_or_compute_dyn("grid", || -> Result<DynArray, Error> { unreachable!() })?;
+    /// assert_eq!(b.dtype(), "<u2");
+    /// assert_eq!(store.stats().computes, 1);
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_get_or_compute_dyn<F, E>(
+        &self,
+        name: impl AsRef<str>,
+        compute: F,
+    ) -> Result<DynStoredArray, E>
+    where
+        F: FnOnce() -> Result<DynArray, E>,
+        E: From<Error>,
+    {
+        let name = EntryName::new(name.as_ref())?;
+        self.compute_once(
+            &name,
+            || self.stored_dyn(&name),
+            |durable| match compute() {
+                Ok(a) => self.insert_handle_dyn(&name, a, durable).map_err(E::from),
+                Err(e) => Err(e),
+            },
+        )
+    }
+
+    /// The compute-once protocol: `stored` looks the entry up (`None` when
+    /// there is none); `compute` computes and inserts it, writing it first
+    /// when told (other writers wait for it).
+    fn compute_once<R, E>(
+        &self,
+        name: &EntryName,
+        stored: impl Fn() -> Option<Result<R>>,
+        compute: impl FnOnce(bool) -> Result<R, E>,
+    ) -> Result<R, E>
+    where
+        E: From<Error>,
+    {
         // A key removed between the look-up and the `get` is computed.
-        if let Some(r) = self.stored(&name) {
+        if let Some(r) = stored() {
             return Ok(r?);
         }
         let gate = self
@@ -94,7 +169,7 @@ impl DiskBackedStore {
             .clone();
         let result = (|| {
             let _g = gate.lock();
-            if let Some(r) = self.stored(&name) {
+            if let Some(r) = stored() {
                 return r.map_err(E::from);
             }
             // Other processes: the one holding the key's compute lock is
@@ -104,31 +179,55 @@ impl DiskBackedStore {
             } else {
                 self.inner
                     .storage
-                    .compute_lock(&name, self.inner.lock_timeout)?
+                    .compute_lock(name, self.inner.lock_timeout)?
             };
             if cross.is_some() {
-                if let Some(r) = self.stored(&name) {
+                if let Some(r) = stored() {
                     return r.map_err(E::from);
                 }
             }
             Counters::add(&self.inner.counters.misses);
             Counters::add(&self.inner.counters.computes);
-            match compute() {
-                // The handle of the entry inserted, not a new look-up:
-                // another thread may remove or replace the key at once.
-                // With other writers waiting, it is written before the key
-                // is released, so that they find it.
-                Ok(a) => self
-                    .insert_handle(name.clone(), a, cross.is_some())
-                    .map_err(E::from),
-                Err(e) => Err(e),
-            }
+            // With other writers waiting, the entry is written before the
+            // key is released, so that they find it.
+            compute(cross.is_some())
         })();
         let mut inflight = self.inner.inflight.lock();
         if Arc::strong_count(&gate) <= 2 {
-            inflight.remove(&name);
+            inflight.remove(name);
         }
         result
+    }
+
+    /// The stored entry `name` as a [`DynStoredArray`] (looked up on disk
+    /// too), or `None` when there is none.
+    fn stored_dyn(&self, name: &EntryName) -> Option<Result<DynStoredArray>> {
+        if !self.inner.entries.read().contains_key(name) && !self.inner.storage.is_pair(name) {
+            return None;
+        }
+        match self.get_dyn(name.as_str()) {
+            Err(Error::KeyNotFound { .. }) => None,
+            r => Some(r),
+        }
+    }
+
+    /// [`insert_handle`](Self::insert_handle) of a [`DynArray`].
+    fn insert_handle_dyn(
+        &self,
+        name: &EntryName,
+        array: DynArray,
+        durable: bool,
+    ) -> Result<DynStoredArray> {
+        macro_rules! each {
+            ($($v:ident),*) => {
+                match array {
+                    $(DynArray::$v(a) => {
+                        self.insert_handle(name.clone(), a, durable).map(DynStoredArray::$v)
+                    })*
+                }
+            };
+        }
+        each!(Bool, I8, I16, I32, I64, U8, U16, U32, U64, F32, F64, C32, C64)
     }
 
     /// The stored entry `name` (looked up on disk too), or `None` when there
