@@ -13,7 +13,11 @@
 //!   against a raw batched publish (temporaries written, one `syncfs`,
 //!   renames, one directory fsync) and a floor that skips the temporaries
 //!   and renames (not crash-safe; the least work two files per entry need);
-//! * `get` + first view of a small entry from a reopened store;
+//! * `get` + first view of a small entry from a reopened store, against a
+//!   raw read of its metadata, an open of its `.npy` and a read of its first
+//!   element;
+//! * writable open (and close) of a small store, 200 times, against a raw
+//!   open and listing of its directory;
 //! * reopening a store of 100,000 entries (`NDOFFLOAD_BENCH_REOPEN`, default
 //!   100000).
 //!
@@ -233,8 +237,18 @@ fn gets(root: &Path, n: usize) {
     let store = DiskBackedStore::open(&dir).unwrap();
     let mut t_get = Vec::new();
     let mut t_both = Vec::new();
+    let mut t_raw = Vec::new();
     for i in 0..n {
         let k = format!("small_{i:05}");
+        // The raw reference: read the metadata, open the `.npy`, read its
+        // first element (one `pread`, cheaper than a map).
+        let t = Instant::now();
+        let meta = fs::read(dir.join(format!("{k}.meta.json"))).unwrap();
+        let f = File::open(dir.join(format!("{k}.npy"))).unwrap();
+        let mut b = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, 128).unwrap();
+        let raw = t.elapsed();
+        assert!(!meta.is_empty() && f32::from_le_bytes(b) == i as f32);
         let t = Instant::now();
         let h = store.get::<f32, Ix2>(&k).unwrap();
         let g = t.elapsed();
@@ -243,11 +257,46 @@ fn gets(root: &Path, n: usize) {
         assert_eq!(s, i as f32);
         t_get.push(g.as_secs_f64() * 1e6);
         t_both.push(both.as_secs_f64() * 1e6);
+        t_raw.push(raw.as_secs_f64() * 1e6);
     }
+    let (g, b, r) = (median(&mut t_get), median(&mut t_both), median(&mut t_raw));
     println!(
-        "get from a reopened store ({n} entries, page cache warm): median get {:.1} us, get + first view {:.1} us",
-        median(&mut t_get),
-        median(&mut t_both)
+        "get from a reopened store ({n} entries, page cache warm): median get {g:.1} us, get + first view {b:.1} us, raw metadata read + open + first element {r:.1} us, ratio {:.2}",
+        b / r
+    );
+}
+
+/// Writable opens of a small store (10 entries, page cache warm), against
+/// a raw open and listing of its directory, interleaved.
+fn opens(root: &Path, n: usize) {
+    let dir = bench_dir(root, "open");
+    {
+        let store = DiskBackedStore::open(&dir).unwrap();
+        store
+            .insert_batch((0..10).map(|i| (format!("e{i}"), ndarray::arr1(&[i as u32]))))
+            .unwrap();
+    }
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let t = Instant::now();
+        let names = fs::read_dir(&dir).unwrap().count();
+        raw.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let store = DiskBackedStore::open(&dir).unwrap();
+        let len = store.len();
+        drop(store);
+        ours.push(t.elapsed().as_secs_f64() * 1e3);
+        assert!(names >= 20 && len == 10);
+    }
+    let p99 = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[(v.len() * 99 / 100).min(v.len() - 1)]
+    };
+    let (o50, r50) = (median(&mut ours), median(&mut raw));
+    println!(
+        "writable open + close of a 10-entry store ({n} times): ours p50 {o50:.3} ms p99 {:.3} ms, raw open + listing of the directory p50 {r50:.3} ms p99 {:.3} ms",
+        p99(&mut ours),
+        p99(&mut raw)
     );
 }
 
@@ -307,6 +356,9 @@ fn main() {
     }
     if run("get") {
         gets(root.path(), 1000);
+    }
+    if run("open") {
+        opens(root.path(), 200);
     }
     if run("reopen") {
         reopen(root.path(), reopen_n);

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs numpy (interop
 # tests), moto's S3 server and boto3 (remote-store tests, on 127.0.0.1 only),
-# pytest and maturin into a local virtualenv, and GSEGUtils 0.6.0 when
-# ../shared/tools/install-gsegutils.sh is there; runs every Rust test; then
+# pytest and maturin into a local virtualenv, and GSEGUtils 0.6.0 (the
+# Python store the drop-in is tested against; scripts/install-gsegutils.sh);
+# runs every Rust test; then
 # builds the Python package (py/, from source) into the virtualenv and runs
 # its pytest suite.
 set -euo pipefail
@@ -14,7 +15,7 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import numpy, boto3, moto
     .venv/bin/pip install --quiet --disable-pip-version-check 'numpy>=2,<3' 'moto[server]>=5,<6' 'boto3>=1.34' \
         'pytest>=7' 'maturin>=1.5,<2'
 fi
-gseg=../shared/tools/install-gsegutils.sh
+gseg=scripts/install-gsegutils.sh
 if [ -f "$gseg" ] && ! .venv/bin/python -c 'import GSEGUtils.lazy_disk_cache' 2>/dev/null; then
     bash "$gseg" .venv
 fi

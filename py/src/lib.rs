@@ -15,8 +15,7 @@ use std::sync::{mpsc, Arc};
 
 use ndarray_offload::{
     ArrayState, ConfigOverrides, DiskBackedStore, DynArray, DynStoredArray, Error, InsertOptions,
-    LoadMode,
-    StoreBuilder,
+    LoadMode, StoreBuilder,
 };
 use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;

@@ -95,5 +95,5 @@ def gsegutils():
     try:
         import GSEGUtils.lazy_disk_cache as g
     except ImportError:
-        need("GSEGUtils", "install it with ../shared/tools/install-gsegutils.sh .venv")
+        need("GSEGUtils", "install it with scripts/install-gsegutils.sh .venv")
     return g
