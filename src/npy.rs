@@ -133,12 +133,15 @@ impl NpyInfo {
     /// length: the header and a later map of the same descriptor describe
     /// the same file, whatever is renamed over `path` meanwhile.
     pub(crate) fn read_file(file: &std::fs::File, path: &Path) -> Result<(Self, u64)> {
-        use std::io::{Read, Seek, SeekFrom};
         let len = file.metadata().ctx("stat", path)?.len();
-        let mut buf = Vec::with_capacity(256);
-        let mut f = file;
-        f.seek(SeekFrom::Start(0)).ctx("read", path)?;
-        f.take(4096).read_to_end(&mut buf).ctx("read", path)?;
+        Ok((Self::read_file_of_len(file, len, path)?, len))
+    }
+
+    /// [`read_file`](Self::read_file) of a file whose length `len` the
+    /// caller knows (from its `fstat`): reads at offsets (`pread`), so the
+    /// file's position is neither used nor changed.
+    pub(crate) fn read_file_of_len(file: &std::fs::File, len: u64, path: &Path) -> Result<Self> {
+        let mut buf = read_prefix(file, 4096.min(len), path)?;
         let hint = header_len_hint(&buf);
         if buf.starts_with(b"\x93NUMPY") && hint > len {
             return Err(Error::Truncated {
@@ -153,12 +156,30 @@ impl NpyInfo {
         }
         if hint > buf.len() as u64 && hint <= len {
             // A long (format 2.0) header: read all of it.
-            buf.clear();
-            f.seek(SeekFrom::Start(0)).ctx("read", path)?;
-            f.take(hint).read_to_end(&mut buf).ctx("read", path)?;
+            buf = read_prefix(file, hint, path)?;
         }
-        Ok((Self::parse(&buf, path)?, len))
+        Self::parse(&buf, path)
     }
+}
+
+/// The first `n` bytes of `file` (fewer if it is shorter), read at offsets.
+fn read_prefix(file: &std::fs::File, n: u64, path: &Path) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; usize::try_from(n).unwrap_or(usize::MAX)];
+    let mut done = 0;
+    while done < buf.len() {
+        #[cfg(unix)]
+        let r = std::os::unix::fs::FileExt::read_at(file, &mut buf[done..], done as u64);
+        #[cfg(not(unix))]
+        let r = std::os::windows::fs::FileExt::seek_read(file, &mut buf[done..], done as u64);
+        match r {
+            Ok(0) => break,
+            Ok(k) => done += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read", path, e)),
+        }
+    }
+    buf.truncate(done);
+    Ok(buf)
 }
 
 /// Longest `.npy` header read, in bytes: the longest format 1.0 allows

@@ -300,6 +300,16 @@ impl Dir {
     /// Opens `name`, which must be a regular file, as [`open_regular`]
     /// opens a path: `O_NOFOLLOW | O_NONBLOCK`, then `fstat`.
     pub(crate) fn open_regular(&self, name: &str, access: Access) -> Result<File> {
+        self.open_regular_md(name, access).map(|(f, _)| f)
+    }
+
+    /// [`open_regular`](Self::open_regular), with the `fstat` it checked the
+    /// file with.
+    pub(crate) fn open_regular_md(
+        &self,
+        name: &str,
+        access: Access,
+    ) -> Result<(File, fs::Metadata)> {
         let path = self.join(name);
         #[cfg(unix)]
         let opened = {
@@ -329,7 +339,7 @@ impl Dir {
         path: &Path,
         opened: io::Result<File>,
         op: &'static str,
-    ) -> Result<File> {
+    ) -> Result<(File, fs::Metadata)> {
         let file = match opened {
             Ok(f) => f,
             // A symbolic link (ELOOP), a directory opened for writing
@@ -345,14 +355,14 @@ impl Dir {
         if !md.is_file() {
             return Err(not_regular(path, Kind::of(&md.file_type()).describe()));
         }
-        Ok(file)
+        Ok((file, md))
     }
 
     /// Reads the whole of `name`, a regular file of at most `limit` bytes
     /// (see [`read_bounded`]).
     pub(crate) fn read_bounded(&self, name: &str, limit: u64) -> Result<Vec<u8>> {
-        let file = self.open_regular(name, Access::Read)?;
-        read_file_bounded(file, &self.join(name), limit)
+        let (file, md) = self.open_regular_md(name, Access::Read)?;
+        read_file_bounded(file, md.len(), &self.join(name), limit)
     }
 
     /// Opens (creating it if missing, with `mode`) the lock file `name`:
@@ -393,7 +403,7 @@ impl Dir {
             }
         }
         self.checked_regular(name, &path, opened, "open lock file")
-            .map(Some)
+            .map(|(f, _)| Some(f))
     }
 
     /// Creates `name`, which must not exist (`O_CREAT | O_EXCL`, so a

@@ -382,14 +382,14 @@ fn not_regular(path: &Path, what: &str) -> Error {
 /// unbounded read).
 pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
     let file = open_regular(path, Access::Read)?;
-    read_file_bounded(file, path, limit)
+    let len = file.metadata().ctx("stat", path)?.len();
+    read_file_bounded(file, len, path, limit)
 }
 
-/// Reads the whole of the open regular `file` (named `path` in errors), of
-/// at most `limit` bytes.
-fn read_file_bounded(file: File, path: &Path, limit: u64) -> Result<Vec<u8>> {
+/// Reads the whole of the open regular `file` (named `path` in errors, `len`
+/// bytes long by its `fstat`), of at most `limit` bytes.
+fn read_file_bounded(file: File, len: u64, path: &Path, limit: u64) -> Result<Vec<u8>> {
     use std::io::Read;
-    let len = file.metadata().ctx("stat", path)?.len();
     if len > limit {
         return Err(Error::corrupt(
             path,

@@ -94,7 +94,7 @@ impl<T: Element, D: Dimension> MappedNpy<T, D> {
         let file_len = meta.len();
         let id = FileId::from_meta(&meta);
         let map = match mode {
-            LoadMode::ReadOnly => Map::Ro(sys::map_readonly(&file, path)?),
+            LoadMode::ReadOnly => Map::Ro(sys::map_readonly_len(&file, file_len, path)?),
             LoadMode::ReadWrite => Map::Rw(sys::map_read_write(&file, path)?),
             LoadMode::CopyOnWrite => Map::Cow(sys::map_copy_on_write(&file, path)?),
         };

@@ -45,6 +45,18 @@ pub(crate) fn map_readonly(file: &File, path: &Path) -> Result<Mmap> {
     unsafe { MmapOptions::new().map(file) }.ctx("map", path)
 }
 
+/// [`map_readonly`] of a file whose length `len` the caller just read with
+/// `fstat` on the same descriptor (saves the `fstat` the map would make).
+pub(crate) fn map_readonly_len(file: &File, len: u64, path: &Path) -> Result<Mmap> {
+    let Ok(len) = usize::try_from(len) else {
+        return Err(crate::error::Error::corrupt(path, "too large to map"));
+    };
+    // SAFETY: as `map_readonly`; `len` is the file's length by an `fstat`
+    // of this descriptor, and a published file never shrinks in place (the
+    // module's soundness contract), so the map covers no byte past its end.
+    unsafe { MmapOptions::new().len(len).map(file) }.ctx("map", path)
+}
+
 /// Maps `file` read-write: writes through the map reach the file.
 pub(crate) fn map_read_write(file: &File, path: &Path) -> Result<MmapMut> {
     // SAFETY: read-write maps are created only for a file owned by one array,

@@ -453,6 +453,7 @@ impl Storage for Tier {
                 meta,
                 file: None,
                 version: None,
+                id: None,
             });
         };
         let Ok(f) = self.objects.open_regular(&file, io::Access::Read) else {
@@ -460,6 +461,7 @@ impl Storage for Tier {
                 meta,
                 file: None,
                 version: None,
+                id: None,
             });
         };
         let Ok(info) = read_header_of(&f, &self.objects.join(&file)) else {
@@ -467,6 +469,7 @@ impl Storage for Tier {
                 meta,
                 file: None,
                 version: None,
+                id: None,
             });
         };
         let agrees = meta.dtype.as_ref().is_none_or(|d| *d == info.descr)
@@ -475,6 +478,7 @@ impl Storage for Tier {
             meta,
             file: agrees.then_some((f, info)),
             version: None,
+            id: None,
         })
     }
 

@@ -355,7 +355,7 @@ impl<T: Element> StoreEntry<T> {
     /// uses it); without it, the file at the name when it is mapped.
     pub(crate) fn persisted(
         shape: Vec<usize>,
-        opened: Option<File>,
+        opened: Option<(File, Option<FileId>)>,
         storage: &Arc<dyn Storage>,
         name: &EntryName,
         flags: EntryFlags,
@@ -364,9 +364,13 @@ impl<T: Element> StoreEntry<T> {
     ) -> Self {
         // A persisted entry's data is the file at its name now: remember
         // which one, so that it can be kept when the name is reused.
-        let id = match &opened {
-            Some(f) => FileId::of_file(f, &storage.data_path(name)).ok(),
-            None => storage.stat_data(name).map(|f| f.id),
+        let (opened, id) = match opened {
+            Some((f, Some(id))) => (Some(f), Some(id)),
+            Some((f, None)) => {
+                let id = FileId::of_file(&f, &storage.data_path(name)).ok();
+                (Some(f), id)
+            }
+            None => (None, storage.stat_data(name).map(|f| f.id)),
         };
         let data = InitialData::InFile { shape, id };
         let entry = Self::make(data, true, storage, name, flags, config, account);

@@ -143,7 +143,7 @@ impl DiskBackedStore {
                     _ => None,
                 };
                 s.meta = v.map(|(d, sh)| (d, sh, flags));
-                opened = checked.file.map(|(f, _)| f);
+                opened = checked.file.map(|(f, _)| (f, checked.id));
                 version = checked.version;
             }
             let (dtype, shape, flags) = self.read_meta(&name, &mut s)?;

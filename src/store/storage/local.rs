@@ -95,10 +95,9 @@ impl LocalDir {
     /// no token, or the file has no other link: written by numpy,
     /// GSEGUtils, an older version of the crate, or copied without its
     /// links).
-    fn check_version(&self, name: &EntryName, meta: &Meta, file: &File) -> Option<bool> {
+    fn check_version(&self, name: &EntryName, meta: &Meta, md: &std::fs::Metadata) -> Option<bool> {
         let token = meta.version.as_deref()?;
-        let md = file.metadata().ok()?;
-        if nlink(&md) < 2 {
+        if nlink(md) < 2 {
             // A single link: a foreign file only while `K.npy` still names
             // it (a published file keeps its version link for as long as it
             // is at `K.npy`). Otherwise it was replaced, and its version link
@@ -106,7 +105,7 @@ impl LocalDir {
             let at_name = self
                 .dir
                 .stat(&name.npy_file())
-                .is_some_and(|f| f.id == FileId::from_meta(&md));
+                .is_some_and(|f| f.id == FileId::from_meta(md));
             return if at_name { None } else { Some(false) };
         }
         let Some(versions) = self.versions() else {
@@ -116,7 +115,7 @@ impl LocalDir {
             versions,
             name,
             token,
-            FileId::from_meta(&md),
+            FileId::from_meta(md),
         ))
     }
 }
@@ -313,26 +312,30 @@ impl Storage for LocalDir {
             let meta = self.read_meta(name)?;
             // Errors of the data file are reported when it is read, as for
             // any entry.
-            let Ok(file) = self.open_data(name, io::Access::Read) else {
+            let Ok((file, md)) = self.dir.open_regular_md(&name.npy_file(), io::Access::Read)
+            else {
                 return Ok(Checked {
                     meta,
                     file: None,
                     version: None,
+                    id: None,
                 });
             };
             let path = self.dir.join(&name.npy_file());
-            let Ok(info) = read_header_of(&file, &path) else {
+            let Ok(info) = NpyInfo::read_file_of_len(&file, md.len(), &path) else {
                 return Ok(Checked {
                     meta,
                     file: None,
                     version: None,
+                    id: None,
                 });
             };
             let agrees = meta.dtype.as_ref().is_none_or(|d| *d == info.descr)
                 && meta.shape.as_ref().is_none_or(|s| *s == info.shape);
             attempt += 1;
             let last = attempt >= read_attempts();
-            let proven = match self.check_version(name, &meta, &file) {
+            let id = FileId::from_meta(&md);
+            let proven = match self.check_version(name, &meta, &md) {
                 // The very file published with this metadata: a header
                 // that disagrees is reported when the data is read.
                 Some(true) => true,
@@ -346,6 +349,7 @@ impl Storage for LocalDir {
                         meta,
                         file: Some((file, info)),
                         version: None,
+                        id: Some(id),
                     })
                 }
                 _ if last => {
@@ -354,12 +358,13 @@ impl Storage for LocalDir {
                         meta,
                         file: None,
                         version: None,
+                        id: None,
                     });
                 }
                 _ => false,
             };
             if proven {
-                let version = FileId::of_file(&file, &path).ok().map(|id| Published {
+                let version = Some(Published {
                     id,
                     token: meta.version.as_deref().map(Arc::from),
                 });
@@ -368,6 +373,7 @@ impl Storage for LocalDir {
                     meta,
                     file,
                     version,
+                    id: Some(id),
                 });
             }
             std::thread::sleep(delay);
@@ -445,11 +451,5 @@ fn nlink(_: &std::fs::Metadata) -> u64 {
 
 /// The header of an open `.npy` file (a bounded read from its start).
 pub(crate) fn read_header_of(file: &File, path: &Path) -> Result<NpyInfo> {
-    use std::io::Read;
-    let mut buf = Vec::with_capacity(4096);
-    let mut r = file;
-    std::io::Seek::rewind(&mut r).ctx("read", path)?;
-    r.take(65_545).read_to_end(&mut buf).ctx("read", path)?;
-    std::io::Seek::rewind(&mut r).ctx("read", path)?;
-    NpyInfo::parse(&buf, path)
+    NpyInfo::read_file(file, path).map(|(info, _)| info)
 }

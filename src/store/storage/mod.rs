@@ -183,6 +183,8 @@ pub(crate) struct Checked {
     /// The version read, when proven: `file` is the very file published
     /// with `meta`'s version token.
     pub version: Option<Published>,
+    /// The identity of `file`, when there is one.
+    pub id: Option<FileId>,
 }
 
 /// A held store lock; dropping it releases the lock.
