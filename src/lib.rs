@@ -199,6 +199,7 @@ mod error;
 pub mod inspect;
 pub(crate) mod io;
 mod key_hasher;
+mod lru;
 mod mmap;
 mod name;
 pub(crate) mod npy;

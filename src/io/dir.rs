@@ -177,10 +177,7 @@ impl Dir {
     /// A fresh `<unique>` part for a temporary name in this directory.
     pub(crate) fn temp_unique(&self) -> String {
         match self.0.owner.get() {
-            Some(owner) => {
-                let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-                format!("{owner}-{}", base36(n))
-            }
+            Some(owner) => format!("{owner}-{}", unique_id().counter36()),
             None => temp_unique(),
         }
     }

@@ -174,38 +174,98 @@ impl Write for SeamFile {
 /// error messages).
 pub(crate) type Fill<'a> = Box<dyn FnOnce(&mut BufWriter<SeamFile>, &Path) -> Result<()> + 'a>;
 
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+/// The one counter of [`unique_id`].
+static UNIQUE_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// A fresh `<unique>` part of a temporary name (process id, counter, time;
-/// never contains a `.`). Temporary files of a store carry their writer's
-/// registration instead (see [`Dir::temp_unique`]).
-pub(crate) fn temp_unique() -> String {
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{:x}-{:x}-{:x}", std::process::id(), n, nanos)
+/// A fresh unique id: this process, a counter of the process and the time.
+/// The crate's one generator of unique ids, rendered as each use needs
+/// (temporary names, writer registrations, remote objects).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UniqueId {
+    pid: u32,
+    counter: u64,
+    nanos: u128,
 }
 
-static REGISTRATION_COUNTER: AtomicU64 = AtomicU64::new(0);
+/// A fresh [`UniqueId`].
+pub(crate) fn unique_id() -> UniqueId {
+    UniqueId {
+        pid: std::process::id(),
+        counter: UNIQUE_COUNTER.fetch_add(1, Ordering::Relaxed),
+        nanos: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    }
+}
 
-/// A fresh registration id `<pid>-<counter>-<millis>` (base 36; the time
-/// in milliseconds since the Unix epoch): unique among the processes of a
-/// machine, never reused by a later process with the same pid. Base 36
-/// keeps every temporary name of a 200-byte entry name within 255 bytes.
+impl UniqueId {
+    /// `<pid>-<counter>-<nanos>` in hexadecimal (never contains a `.`): the
+    /// `<unique>` part of a temporary name made outside a store.
+    pub(crate) fn temp(self) -> String {
+        format!(
+            "{:x}-{:x}-{:x}",
+            self.pid,
+            self.counter,
+            self.nanos % 1_000_000_000
+        )
+    }
+
+    /// `<pid>-<counter>-<millis>` in base 36: a writer registration id,
+    /// unique among the processes of a machine and never reused by a later
+    /// process with the same pid. Base 36 keeps every temporary name of a
+    /// 200-byte entry name within 255 bytes.
+    pub(crate) fn registration(self) -> String {
+        format!(
+            "{}-{}-{}",
+            base36(u64::from(self.pid)),
+            base36(self.counter),
+            base36((self.nanos / 1_000_000) as u64)
+        )
+    }
+
+    /// Its counter in base 36 (the part a registered writer adds to its
+    /// registration id).
+    pub(crate) fn counter36(self) -> String {
+        base36(self.counter)
+    }
+
+    /// 20 lowercase hexadecimal digits, unique across machines: a hash of
+    /// the host name, the boot id, the thread and this id.
+    pub(crate) fn hex20(self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.nanos.to_le_bytes());
+        h.update(self.pid.to_le_bytes());
+        h.update(self.counter.to_le_bytes());
+        h.update(format!("{:?}", std::thread::current().id()).as_bytes());
+        // The machine, read once per process.
+        static MACHINE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        h.update(MACHINE.get_or_init(|| {
+            [
+                "/proc/sys/kernel/hostname",
+                "/proc/sys/kernel/random/boot_id",
+            ]
+            .iter()
+            .filter_map(|f| std::fs::read(f).ok())
+            .flatten()
+            .collect()
+        }));
+        let digest = h.finalize();
+        digest[..10].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// A fresh `<unique>` part of a temporary name (see [`UniqueId::temp`]).
+/// Temporary files of a store carry their writer's registration instead
+/// (see [`Dir::temp_unique`]).
+pub(crate) fn temp_unique() -> String {
+    unique_id().temp()
+}
+
+/// A fresh writer registration id (see [`UniqueId::registration`]).
 pub(crate) fn registration_id() -> String {
-    let n = REGISTRATION_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    format!(
-        "{}-{}-{}",
-        base36(u64::from(std::process::id())),
-        base36(n),
-        base36(millis)
-    )
+    unique_id().registration()
 }
 
 /// `n` in base 36 (digits and lowercase letters).

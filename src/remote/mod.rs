@@ -259,7 +259,6 @@ struct Pending {
 
 struct Cached {
     size: u64,
-    tick: u64,
     users: Vec<Weak<dyn Any + Send + Sync>>,
 }
 
@@ -272,7 +271,8 @@ struct State {
     /// so a power cut never brings back the value before the write.
     removals: BTreeMap<String, Option<VersionRec>>,
     cache: HashMap<String, Cached>,
-    tick: u64,
+    /// The cached copies in least-recently-used order.
+    order: crate::lru::Lru<String>,
     /// Entries with a record in `seen/` (the metadata this cache last saw).
     seen: std::collections::HashSet<String>,
 }
@@ -641,11 +641,11 @@ impl RemoteStore {
             }
             if name.ends_with(".npy") {
                 let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+                st.order.touch(&name);
                 st.cache.insert(
                     name,
                     Cached {
                         size,
-                        tick: 0,
                         users: Vec::new(),
                     },
                 );

@@ -20,7 +20,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use object_store::path::{Path, PathPart};
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, UpdateVersion};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::url::{decode_part, Location};
 use crate::error::{Error, RemoteErrorKind, Result};
@@ -218,30 +217,10 @@ pub(crate) fn name_of_meta(filename: &str) -> Option<EntryName> {
     (PathPart::from(format!("{stem}{META_SUFFIX}")).as_ref() == filename).then_some(name)
 }
 
-/// A fresh globally unique id: 20 hexadecimal digits from a hash of the
-/// host, process, thread, time and a counter.
+/// A fresh globally unique id: 20 hexadecimal digits (see
+/// [`UniqueId::hex20`](crate::io::UniqueId::hex20)).
 pub(crate) fn unique_id() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = Sha256::new();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    h.update(now.to_le_bytes());
-    h.update(std::process::id().to_le_bytes());
-    h.update(COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    h.update(format!("{:?}", std::thread::current().id()).as_bytes());
-    if let Ok(host) = std::fs::read("/proc/sys/kernel/hostname") {
-        h.update(&host);
-    }
-    if let Ok(boot) = std::fs::read("/proc/sys/kernel/random/boot_id") {
-        h.update(&boot);
-    }
-    let local = 0u8;
-    h.update(format!("{:p}", &local).as_bytes());
-    let digest = h.finalize();
-    digest[..10].iter().map(|b| format!("{b:02x}")).collect()
+    crate::io::unique_id().hex20()
 }
 
 /// Milliseconds since the Unix epoch.

@@ -57,14 +57,14 @@ impl RemoteStore {
         })?;
         {
             let mut st = self.state.lock();
-            st.tick += 1;
-            let tick = st.tick;
-            if let Some(c) = st.cache.get_mut(&file) {
-                if c.size == r.size && self.objects.join(&file).exists() {
-                    c.tick = tick;
-                    self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(file);
-                }
+            let hit = st
+                .cache
+                .get(&file)
+                .is_some_and(|c| c.size == r.size && self.objects.join(&file).exists());
+            if hit {
+                st.order.touch(&file);
+                self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(file);
             }
         }
         if self.opts.offline {
@@ -116,13 +116,11 @@ impl RemoteStore {
             .bytes_down
             .fetch_add(r.size, Ordering::Relaxed);
         let mut st = self.state.lock();
-        st.tick += 1;
-        let tick = st.tick;
+        st.order.touch(&file);
         st.cache.insert(
             file.clone(),
             Cached {
                 size: r.size,
-                tick,
                 users: Vec::new(),
             },
         );
@@ -219,20 +217,23 @@ impl RemoteStore {
         if total <= budget {
             return;
         }
-        let mut order: Vec<(u64, String)> = st
-            .cache
-            .iter_mut()
-            .filter(|(f, _)| !staged.contains(*f) && f.as_str() != keep)
-            .filter_map(|(f, c)| {
+        let mut order = Vec::new();
+        for f in st.order.oldest_first() {
+            if staged.contains(&f) || f == keep {
+                continue;
+            }
+            if let Some(c) = st.cache.get_mut(&f) {
                 c.users.retain(|u| u.strong_count() > 0);
-                c.users.is_empty().then(|| (c.tick, f.clone()))
-            })
-            .collect();
-        order.sort();
-        for (_, f) in order {
+                if c.users.is_empty() {
+                    order.push(f);
+                }
+            }
+        }
+        for f in order {
             if total <= budget {
                 break;
             }
+            st.order.remove(&f);
             if let Some(c) = st.cache.remove(&f) {
                 let _ = std::fs::remove_file(self.objects.join(&f));
                 total = total.saturating_sub(c.size);

@@ -260,13 +260,11 @@ impl RemoteStore {
     ) -> (Option<VersionRec>, Option<String>) {
         let base = st.view.get(name).map(|s| VersionRec::from(s.version()));
         let superseded = self.supersede(st, name);
-        st.tick += 1;
-        let tick = st.tick;
+        st.order.touch(&file.to_string());
         st.cache.insert(
             file.to_string(),
             Cached {
                 size,
-                tick,
                 users: Vec::new(),
             },
         );
@@ -300,6 +298,7 @@ impl RemoteStore {
             .is_some_and(|c| c.users.iter().any(|u| u.strong_count() > 0));
         if !live {
             st.cache.remove(file);
+            st.order.remove(&file.to_string());
             self.objects_io.remove_quietly(file);
         }
     }

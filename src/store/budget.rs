@@ -5,7 +5,7 @@
 //! in the [`Account`] while a disk budget is set) and the deletion of
 //! recomputable entries, least recently used first.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Weak;
 
@@ -54,41 +54,7 @@ impl SystemPressure {
 }
 
 /// Resident entries in least-recently-used order.
-#[derive(Debug, Default)]
-pub(crate) struct Lru {
-    by_tick: BTreeMap<u64, EntryName>,
-    tick_of: std::collections::HashMap<EntryName, u64>,
-    next: u64,
-}
-
-impl Lru {
-    /// Marks `name` as used now (adding it if absent).
-    pub(crate) fn touch(&mut self, name: &EntryName) {
-        self.next += 1;
-        if let Some(old) = self.tick_of.insert(name.clone(), self.next) {
-            self.by_tick.remove(&old);
-        }
-        self.by_tick.insert(self.next, name.clone());
-    }
-
-    /// Stops tracking `name`.
-    pub(crate) fn remove(&mut self, name: &EntryName) {
-        if let Some(t) = self.tick_of.remove(name) {
-            self.by_tick.remove(&t);
-        }
-    }
-
-    /// Names from least to most recently used.
-    pub(crate) fn oldest_first(&self) -> Vec<EntryName> {
-        self.by_tick.values().cloned().collect()
-    }
-
-    /// Number of tracked names.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.by_tick.len()
-    }
-}
+pub(crate) type Lru = crate::lru::Lru<EntryName>;
 
 /// One entry's file, as the disk budget knows it.
 #[derive(Debug)]
@@ -98,8 +64,6 @@ pub(super) struct DiskRec {
     /// Whether the entry the name holds now is recomputable (`None`: not
     /// known yet; its metadata is read when it is a candidate).
     recomputable: Option<bool>,
-    /// Its place in the least-recently-used order.
-    tick: u64,
 }
 
 /// The entries' files this handle knows of, with their lengths, in
@@ -107,19 +71,14 @@ pub(super) struct DiskRec {
 #[derive(Debug, Default)]
 pub(crate) struct DiskLedger {
     pub(super) recs: HashMap<EntryName, DiskRec>,
-    by_tick: BTreeMap<u64, EntryName>,
-    next: u64,
+    order: Lru,
     pub(super) total: u64,
 }
 
 impl DiskLedger {
     fn retick(&mut self, name: &EntryName) {
-        self.next += 1;
-        let next = self.next;
-        if let Some(r) = self.recs.get_mut(name) {
-            self.by_tick.remove(&r.tick);
-            r.tick = next;
-            self.by_tick.insert(next, name.clone());
+        if self.recs.contains_key(name) {
+            self.order.touch(name);
         }
     }
 
@@ -138,15 +97,13 @@ impl DiskLedger {
                 }
             }
             None => {
-                self.next += 1;
                 self.total += bytes;
-                self.by_tick.insert(self.next, name.clone());
+                self.order.touch(name);
                 self.recs.insert(
                     name.clone(),
                     DiskRec {
                         bytes,
                         recomputable,
-                        tick: self.next,
                     },
                 );
             }
@@ -155,7 +112,7 @@ impl DiskLedger {
 
     fn remove(&mut self, name: &EntryName) {
         if let Some(r) = self.recs.remove(name) {
-            self.by_tick.remove(&r.tick);
+            self.order.remove(name);
             self.total -= r.bytes;
         }
     }
@@ -163,7 +120,7 @@ impl DiskLedger {
     /// The least recently used name not known to be ordinary and not in
     /// `skip`.
     pub(super) fn candidate(&self, skip: &HashSet<EntryName>) -> Option<(EntryName, u64)> {
-        self.by_tick.values().find_map(|n| {
+        self.order.iter().find_map(|n| {
             let r = &self.recs[n];
             (r.recomputable != Some(false) && !skip.contains(n)).then(|| (n.clone(), r.bytes))
         })
