@@ -232,6 +232,7 @@ impl UniqueId {
 
     /// 20 lowercase hexadecimal digits, unique across machines: a hash of
     /// the host name, the boot id, the thread and this id.
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
     pub(crate) fn hex20(self) -> String {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();

@@ -15,7 +15,8 @@ use super::open::{open_store, OpenOptions};
 use super::stats::{Counters, StoreStats};
 use crate::array::ArrayState;
 use crate::config::{CacheConfig, ConfigOverrides};
-use crate::error::Result;
+#[allow(unused_imports)] // named by the documentation
+use crate::error::{Error, Result};
 use crate::name::EntryName;
 
 impl DiskBackedStore {

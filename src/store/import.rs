@@ -21,7 +21,7 @@ impl DiskBackedStore {
     /// Stores the `.npy` file at `path` as `name`, durably, without reading
     /// it into memory: it is copied into the store (through the page cache,
     /// a bounded buffer at a time) and published as `insert_durable`
-    /// publishes. Over an object store ([`StoreBuilder::remote`](crate::StoreBuilder::remote)), the copy
+    /// publishes. Over an object store (`StoreBuilder::remote`), the copy
     /// in the local cache is uploaded by parts and committed. Use it with
     /// [`NpyStreamWriter`](crate::NpyStreamWriter) for entries larger than
     /// RAM; the entry is then read by mapping it, like any entry on disk.
