@@ -914,3 +914,81 @@ fn four_writers_killed_with_mixed_values() {
         started.len()
     );
 }
+
+// ---------------------------------------------------------------------------
+// What else could be at the names of the version links.
+
+/// A symbolic link, a FIFO or a regular file at `.ndoffload/versions`, and a
+/// FIFO, a directory or a symbolic link at an entry's version link: a
+/// writable open is refused naming the folder (nothing is followed or
+/// created through it), a read-only open reads every entry, whole, by the
+/// header rule, and nothing hangs.
+#[test]
+fn hostile_files_at_the_version_links_are_never_followed() {
+    use std::os::unix::fs::symlink;
+    let outside = tempfile::tempdir().unwrap();
+    for what in ["symlink", "fifo", "file"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        {
+            let s = DiskBackedStore::open(&dir).unwrap();
+            s.insert_durable("k", Array1::<f64>::from_elem(4, 2.0))
+                .unwrap();
+        }
+        let versions = dir.join(".ndoffload").join("versions");
+        std::fs::remove_dir_all(&versions).unwrap();
+        match what {
+            "symlink" => symlink(outside.path(), &versions).unwrap(),
+            "fifo" => assert!(Command::new("mkfifo")
+                .arg(&versions)
+                .status()
+                .unwrap()
+                .success()),
+            _ => std::fs::write(&versions, b"x").unwrap(),
+        }
+        let run = Instant::now();
+        let err = DiskBackedStore::open(&dir).unwrap_err();
+        assert!(err.to_string().contains("versions"), "{what}: {err}");
+        let r = StoreBuilder::new(&dir).read_only(true).open().unwrap();
+        let a = r.get::<f64, Ix1>("k").unwrap().to_owned_array().unwrap();
+        assert_eq!(a, Array1::<f64>::from_elem(4, 2.0), "{what}");
+        assert!(run.elapsed() < Duration::from_secs(30), "{what}: too slow");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+    // At the link's own name.
+    for what in ["fifo", "dir", "symlink"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        let s = DiskBackedStore::open(&dir).unwrap();
+        s.insert_durable("k", Array1::<f64>::from_elem(4, 3.0))
+            .unwrap();
+        let versions = dir.join(".ndoffload").join("versions");
+        let link = std::fs::read_dir(&versions)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::remove_file(&link).unwrap();
+        match what {
+            "fifo" => assert!(Command::new("mkfifo")
+                .arg(&link)
+                .status()
+                .unwrap()
+                .success()),
+            "dir" => std::fs::create_dir(&link).unwrap(),
+            _ => symlink(dir.join("k.npy"), &link).unwrap(),
+        }
+        let r = StoreBuilder::new(&dir).read_only(true).open().unwrap();
+        let a = r.read_dyn("k").unwrap().into_array::<f64>().unwrap();
+        assert!(a.iter().all(|&x| x == 3.0), "{what}");
+        // The next publish of the key replaces the version; a later open
+        // leaves what is not a regular file alone.
+        s.insert_durable("k", Array1::<f64>::from_elem(4, 5.0))
+            .unwrap();
+        drop(s);
+        let s = DiskBackedStore::open(&dir).unwrap();
+        let a = s.get::<f64, Ix1>("k").unwrap().to_owned_array().unwrap();
+        assert_eq!(a, Array1::<f64>::from_elem(4, 5.0), "{what}");
+    }
+}
