@@ -85,21 +85,31 @@ pub(crate) fn publish_pairs(
         let (shape, dtype, flags, attrs) = (&job.shape, &job.dtype, job.flags, job.attrs.clone());
         let render = |c: &Commit| meta::render(shape, dtype, flags, Some(c), attrs.as_deref());
         let tok = token.as_deref();
+        // The staged file's identity: its inode, known from its creation
+        // (one `fstat`, before or after the data is written).
+        let mut id = None;
         let mut m = match early {
-            true => Some(stage_meta(dir, render, &meta_name, &npy, None, tok)?),
+            true => {
+                let known = FileId::of_file(npy.file(), npy.path())?;
+                id = Some(known);
+                Some(stage_meta(dir, render, &meta_name, &npy, known, tok)?)
+            }
             false => None,
         };
         (job.write_npy)(npy.writer(), &target)?;
         if per_file {
             npy.flush_and_sync()?;
         }
-        let id = FileId::of_file(npy.file(), npy.path())?;
+        let id = match id {
+            Some(id) => id,
+            None => FileId::of_file(npy.file(), npy.path())?,
+        };
         if !per_file {
             npy.flush_and_close()?;
         }
         let mut m = match m.take() {
             Some(m) => m,
-            None => stage_meta(dir, render, &meta_name, &npy, Some(id), tok)?,
+            None => stage_meta(dir, render, &meta_name, &npy, id, tok)?,
         };
         if per_file {
             m.flush_and_sync()?;
@@ -150,12 +160,14 @@ pub(crate) fn publish_pairs(
                 ids[i] = None;
                 continue; // dropping `s` removes its temporary files
             }
-            if links.is_on() {
+            let b = Backup::take(dir, name)?;
+            // The version replaced (whose link goes once the new pair is
+            // durable) is in the metadata being replaced, if there is one.
+            if links.is_on() && b.meta.1.is_some() {
                 if let Some(old) = version_of(dir, name) {
                     replaced.push((name, old));
                 }
             }
-            let b = Backup::take(dir, name)?;
             backups.push(b);
             s.npy.rename_into(&name.npy_file())?;
             s.meta.rename_into(&name.meta_file())?;
@@ -191,20 +203,16 @@ pub(crate) fn publish_pairs(
     }
 }
 
-/// Writes the metadata `render` makes, naming the staged data file `npy` (identified
-/// by `id`, or by its inode now), to a new temporary file, unsynced.
+/// Writes the metadata `render` makes, naming the staged data file `npy`
+/// (identified by `id`), to a new temporary file, unsynced.
 fn stage_meta(
     dir: &Dir,
     render: impl Fn(&Commit) -> String,
     meta_name: &str,
     npy: &TempFile,
-    id: Option<FileId>,
+    id: FileId,
     version: Option<&str>,
 ) -> Result<TempFile> {
-    let id = match id {
-        Some(id) => id,
-        None => FileId::of_file(npy.file(), npy.path())?,
-    };
     let commit = Commit {
         npy_tmp: npy.name().to_owned(),
         npy_ino: id.ino(),
