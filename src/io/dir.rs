@@ -251,7 +251,13 @@ impl Dir {
 
     /// The path of `name` in the directory (for messages and the fault plan).
     pub(crate) fn join(&self, name: &str) -> PathBuf {
-        self.0.path.join(name)
+        // One allocation of the final size (`Path::join` copies the
+        // directory, then grows the copy).
+        let dir = self.0.path.as_os_str();
+        let mut p = PathBuf::with_capacity(dir.len() + 1 + name.len());
+        p.push(dir);
+        p.push(name);
+        p
     }
 
     /// What is at `name` now, without following a symbolic link (`None`:

@@ -114,20 +114,17 @@ impl Meta {
         };
         let text = std::str::from_utf8(bytes)
             .map_err(|e| corrupt(format!("metadata is not UTF-8: {e}")))?;
-        let o = match canonical(bytes) {
-            // The layout this crate and GSEGUtils write: no JSON parser
-            // needed (and no nesting to bound).
-            Some(f) => f,
-            None => {
-                crate::depth::check_json(bytes, crate::depth::MAX_JSON_DEPTH)
-                    .map_err(|e| corrupt(format!("metadata is not valid JSON: {e}")))?;
-                let doc: Doc = serde_json::from_str(text)
-                    .map_err(|e| corrupt(format!("metadata is not valid JSON: {e}")))?;
-                let Doc::Object(o) = doc else {
-                    return Err(corrupt("metadata is not a JSON object".into()));
-                };
-                o
-            }
+        // The layout this crate and GSEGUtils write: no JSON parser needed
+        // (and no nesting to bound).
+        if let Some(c) = canonical(bytes) {
+            return c.into_meta(corrupt);
+        }
+        crate::depth::check_json(bytes, crate::depth::MAX_JSON_DEPTH)
+            .map_err(|e| corrupt(format!("metadata is not valid JSON: {e}")))?;
+        let doc: Doc = serde_json::from_str(text)
+            .map_err(|e| corrupt(format!("metadata is not valid JSON: {e}")))?;
+        let Doc::Object(o) = doc else {
+            return Err(corrupt("metadata is not a JSON object".into()));
         };
         let field = |v: Option<Value>, k: &str| -> Result<Value> {
             v.ok_or_else(|| corrupt(format!("metadata has no {k:?} field")))
@@ -171,21 +168,8 @@ impl Meta {
             Some(Value::String(s)) => Some(s),
             _ => return Err(corrupt("dtype is not a string".into())),
         };
-        // A handle is made from the metadata alone: its element count and
-        // byte size must be representable, as for an .npy header.
-        // Zero dimensions do not make any shape fit (see `checked_nbytes`).
-        let itemsize = dtype
-            .as_deref()
-            .and_then(crate::element::dtype_itemsize)
-            .unwrap_or(1);
-        let fits = shape
-            .as_deref()
-            .is_none_or(|s| crate::element::checked_nbytes(s, itemsize).is_some());
-        if !fits {
-            return Err(corrupt(format!(
-                "shape {:?} overflows the addressable size",
-                shape.unwrap_or_default()
-            )));
+        if let Some(s) = &shape {
+            check_fits(s, dtype.as_deref()).map_err(&corrupt)?;
         }
         let flag = |v: Option<Value>, k: &str| -> Result<Option<bool>> {
             match v {
@@ -386,7 +370,7 @@ impl<'de> serde::Deserialize<'de> for Doc {
 /// numbers that are not plain integers of 64 bits, trailing bytes): the
 /// JSON parser then reads it. What is read here is what the parser would
 /// read from the same bytes.
-fn canonical(bytes: &[u8]) -> Option<Fields> {
+fn canonical(bytes: &[u8]) -> Option<Canonical> {
     let mut c = Canon { s: bytes, i: 0 };
     c.lit(
         b"{\"schema_version\": 1, \"lazy_disk_cache_class\": \"DiskBackedNDArray\", \"shape\": [",
@@ -394,7 +378,7 @@ fn canonical(bytes: &[u8]) -> Option<Fields> {
     let mut shape = Vec::new();
     if !c.eat(b"]") {
         loop {
-            shape.push(Value::from(c.uint()?));
+            shape.push(usize::try_from(c.uint()?).ok()?);
             if c.eat(b"]") {
                 break;
             }
@@ -402,41 +386,87 @@ fn canonical(bytes: &[u8]) -> Option<Fields> {
         }
     }
     c.lit(b", \"dtype\": ")?;
-    let dtype = c.string()?;
+    let dtype = c.string()?.to_owned();
     c.lit(b", \"purge_disk_on_gc\": ")?;
     let purge = c.boolean()?;
     c.lit(b", \"automatic_offloading\": ")?;
     let automatic = c.boolean()?;
     c.lit(b", \"enable_caching\": ")?;
     let caching = c.boolean()?;
-    let mut f = Fields {
-        schema_version: Some(Value::from(SCHEMA_VERSION)),
-        class: Some(Value::from(KNOWN_CLASSES[0])),
-        shape: Some(Value::Array(shape)),
-        dtype: Some(Value::String(dtype.to_owned())),
-        purge: Some(Value::Bool(purge)),
-        automatic: Some(Value::Bool(automatic)),
-        caching: Some(Value::Bool(caching)),
-        ..Fields::default()
+    let mut m = Canonical {
+        shape,
+        dtype,
+        purge,
+        automatic,
+        caching,
+        recomputable: None,
+        commit: None,
+        version: None,
     };
     if c.eat(b", \"ndoffload_recomputable\": ") {
-        f.recomputable = Some(Value::Bool(c.boolean()?));
+        m.recomputable = Some(c.boolean()?);
     }
     if c.eat(b", \"ndoffload_commit\": {\"npy_tmp\": ") {
-        let tmp = c.string()?;
+        let npy_tmp = c.string()?.to_owned();
         c.lit(b", \"npy_ino\": ")?;
-        let ino = c.uint()?;
+        let npy_ino = c.uint()?;
         c.lit(b"}")?;
-        let mut o = Attrs::new();
-        o.insert("npy_tmp".into(), Value::String(tmp.to_owned()));
-        o.insert("npy_ino".into(), Value::from(ino));
-        f.commit = Some(Value::Object(o));
+        m.commit = Some(Commit {
+            npy_tmp,
+            npy_ino,
+            version: None,
+        });
     }
     if c.eat(b", \"ndoffload_version\": ") {
-        f.version = Some(Value::String(c.string()?.to_owned()));
+        m.version = Some(c.string()?.to_owned());
     }
     c.lit(b"}")?;
-    (c.i == bytes.len()).then_some(f)
+    (c.i == bytes.len()).then_some(m)
+}
+
+/// Metadata in the layout [`canonical`] reads: every field of the right
+/// type, the schema version and class the known ones, no attributes.
+struct Canonical {
+    shape: Vec<usize>,
+    dtype: String,
+    purge: bool,
+    automatic: bool,
+    caching: bool,
+    recomputable: Option<bool>,
+    commit: Option<Commit>,
+    version: Option<String>,
+}
+
+impl Canonical {
+    /// The metadata, after the checks the layout does not make by itself
+    /// (the same as for any metadata): the shape fits, the version is a
+    /// token.
+    fn into_meta(self, corrupt: impl Fn(String) -> Error) -> Result<Meta> {
+        check_fits(&self.shape, Some(&self.dtype)).map_err(corrupt)?;
+        Ok(Meta {
+            class: KNOWN_CLASSES[0].to_owned(),
+            shape: Some(self.shape),
+            dtype: Some(self.dtype),
+            purge: Some(self.purge),
+            automatic: Some(self.automatic),
+            caching: Some(self.caching),
+            recomputable: self.recomputable,
+            commit: self.commit,
+            version: self.version.filter(|t| is_token(t)),
+            attrs: Attrs::new(),
+        })
+    }
+}
+
+/// A handle is made from the metadata alone: the element count and byte
+/// size of `shape` must be representable, as for an .npy header. Zero
+/// dimensions do not make any shape fit (see `checked_nbytes`).
+fn check_fits(shape: &[usize], dtype: Option<&str>) -> std::result::Result<(), String> {
+    let itemsize = dtype.and_then(crate::element::dtype_itemsize).unwrap_or(1);
+    match crate::element::checked_nbytes(shape, itemsize) {
+        Some(_) => Ok(()),
+        None => Err(format!("shape {shape:?} overflows the addressable size")),
+    }
 }
 
 /// A cursor over metadata bytes for [`canonical`].
@@ -484,13 +514,15 @@ impl<'a> Canon<'a> {
     /// A JSON string of printable ASCII without escapes.
     fn string(&mut self) -> Option<&'a str> {
         self.lit(b"\"")?;
-        let len = self.s[self.i..]
-            .iter()
-            .take_while(|&&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-            .count();
+        let len = self.s[self.i..].iter().position(|&b| b == b'"')?;
         let text = &self.s[self.i..self.i + len];
-        self.i += len;
-        self.lit(b"\"")?;
+        if !text
+            .iter()
+            .all(|&b| (0x20..0x7f).contains(&b) && b != b'\\')
+        {
+            return None;
+        }
+        self.i += len + 1;
         std::str::from_utf8(text).ok()
     }
 

@@ -229,7 +229,9 @@ fn stage_meta(
 
 /// The name of the version link of `name`'s version `token` in `versions/`.
 pub(crate) fn version_link(name: &EntryName, token: &str) -> String {
-    format!("{name}.{token}")
+    let mut s = name.with_suffix(".");
+    s.push_str(token);
+    s
 }
 
 /// The `(key, token)` a name in `versions/` is the link of.

@@ -510,7 +510,24 @@ pub(crate) fn of_dead_writers<'a>(
 
 #[cfg(test)]
 mod utc_tests {
-    use super::utc_time;
+    use super::{publish_stripe, utc_time, PUBLISH_STRIPES};
+    use crate::name::EntryName;
+
+    /// The stripes are the documented hash (docs/format.md), the same in
+    /// every process, and spread keys over every stripe.
+    #[test]
+    fn publish_stripes() {
+        let s = |k: &str| publish_stripe(&EntryName::new(k).unwrap());
+        assert_eq!(
+            (s("k"), s("ok2"), s("ok"), s("cloud_00002")),
+            (10, 7, 47, 3)
+        );
+        let mut seen = [0u32; PUBLISH_STRIPES as usize];
+        for i in 0..6400 {
+            seen[s(&format!("tile_{i:05}")) as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| (50..150).contains(&n)), "{seen:?}");
+    }
 
     #[test]
     fn utc_times() {
