@@ -635,6 +635,22 @@ impl TempFile {
         Ok(())
     }
 
+    /// Flushes buffered bytes and starts writing them to the disk without
+    /// waiting (Linux: `posix_fadvise(POSIX_FADV_DONTNEED)`, which starts
+    /// the write-back of the file's dirty pages; elsewhere only the flush).
+    /// Its `fsync` is still needed: this only has the file system allocate
+    /// and write the file now, so that an `fsync` of another file (which
+    /// commits the file system's journal) commits this file's too, and this
+    /// file's own `fsync` then finds nothing left to commit. Errors of the
+    /// hint are ignored (the `fsync` reports any).
+    pub(crate) fn flush_and_start_writeback(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        self.writer().flush().ctx("write", &path)?;
+        #[cfg(target_os = "linux")]
+        let _ = rustix::fs::fadvise(self.file(), 0, None, rustix::fs::Advice::DontNeed);
+        Ok(())
+    }
+
     /// Flushes buffered bytes and `fsync`s the file.
     pub(crate) fn flush_and_sync(&mut self) -> Result<()> {
         let path = self.path.clone();
