@@ -356,7 +356,7 @@ impl Dir {
         };
         let md = match file.metadata() {
             Ok(md) => md,
-            Err(e) => return Err(Error::io("stat", &self.join(name), e)),
+            Err(e) => return Err(Error::io("stat", self.join(name), e)),
         };
         if !md.is_file() {
             let path = self.join(name);

@@ -473,7 +473,7 @@ fn read_file_bounded(
         match (&file).read(&mut buf) {
             Ok(n) => break n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io("read", &path(), e)),
+            Err(e) => return Err(Error::io("read", path(), e)),
         }
     };
     buf.truncate(n);
@@ -482,7 +482,7 @@ fn read_file_bounded(
         (&file)
             .take((limit + 1).saturating_sub(n as u64))
             .read_to_end(&mut buf)
-            .map_err(|e| Error::io("read", &path(), e))?;
+            .map_err(|e| Error::io("read", path(), e))?;
     }
     if buf.len() as u64 > limit {
         return Err(Error::corrupt(

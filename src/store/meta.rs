@@ -126,6 +126,7 @@ impl Meta {
         let Doc::Object(o) = doc else {
             return Err(corrupt("metadata is not a JSON object".into()));
         };
+        let o = *o;
         let field = |v: Option<Value>, k: &str| -> Result<Value> {
             v.ok_or_else(|| corrupt(format!("metadata has no {k:?} field")))
         };
@@ -252,7 +253,7 @@ struct Fields {
 /// A parsed metadata document: an object's [`Fields`], or any other JSON
 /// value (parsed whole, then dropped).
 enum Doc {
-    Object(Fields),
+    Object(Box<Fields>),
     Other,
 }
 
@@ -354,7 +355,7 @@ impl<'de> serde::Deserialize<'de> for Doc {
                     };
                     *slot = Some(a.next_value::<Value>()?);
                 }
-                Ok(Doc::Object(f))
+                Ok(Doc::Object(Box::new(f)))
             }
         }
         d.deserialize_any(V)

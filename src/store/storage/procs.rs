@@ -298,7 +298,7 @@ impl Procs {
             let Some(f) = self.locks.open_lock(&name, true)? else {
                 return Err(Error::corrupt(&path(), "could not be created"));
             };
-            f.lock().map_err(|e| Error::io("lock", &path(), e))?;
+            f.lock().map_err(|e| Error::io("lock", path(), e))?;
             held.push(KeyLock(f));
         }
         Ok(held)
