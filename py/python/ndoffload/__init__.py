@@ -176,10 +176,11 @@ class Store(MutableMapping):
         the same key before :class:`LockedError` (default: no limit).
     write_behind : (int, str), optional
         ``(threads, max_in_flight)``: spills are written by background
-        threads; ``threads=0``: every spill is written by the call that
-        evicts. By default, with a memory budget, spills of arrays of
-        1 MiB and more are written behind by one thread, at most a quarter
-        of the budget (at most 64 MiB) in flight.
+        threads. By default (and with ``threads=0``) every spill is
+        written by the call that evicts: the Rust crate's default writes
+        large spills behind, which the package leaves off so that a fork
+        never inherits a writer thread's lock (see "Processes" in
+        docs/python.md).
     create : bool
         Create a missing directory (writable opens).
 
