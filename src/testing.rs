@@ -38,7 +38,7 @@ pub fn open_remote_on(
     cache_dir: &Path,
     options: crate::remote::RemoteOptions,
 ) -> crate::Result<crate::remote::RemoteStore> {
-    crate::remote::RemoteStore::open_on(url, Some(store), cache_dir, options)
+    crate::remote::RemoteStore::open_on(url, Some(store), cache_dir, options, true)
 }
 
 /// Opens a [`DiskBackedStore`](crate::DiskBackedStore) over the remote

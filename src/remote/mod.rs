@@ -433,17 +433,20 @@ impl RemoteStore {
         cache_dir: impl AsRef<FsPath>,
         options: RemoteOptions,
     ) -> Result<Self> {
-        Self::open_on(url, None, cache_dir.as_ref(), options)
+        Self::open_on(url, None, cache_dir.as_ref(), options, true)
     }
 
     /// Opens the store at `url`, through `store` instead of the client the
     /// URL names when given (tests: several handles on one in-memory
-    /// object store, see `__testing::open_remote_on`).
+    /// object store, see `__testing::open_remote_on`). A `writable` open
+    /// checks that the server enforces conditional PUT
+    /// (`protocol::check_conditional_put`), while the entries are listed.
     pub(crate) fn open_on(
         url: &str,
         store: Option<Arc<dyn object_store::ObjectStore>>,
         cache_dir: &FsPath,
         options: RemoteOptions,
+        writable: bool,
     ) -> Result<Self> {
         let cache = cache_dir.to_path_buf();
         let objects = cache.join("objects");
@@ -495,7 +498,27 @@ impl RemoteStore {
         store.scan_cache()?;
         store.scan_seen(offline)?;
         if !offline {
-            store.refresh().map_err(|e| {
+            let probe = writable.then(|| {
+                let loc = store.loc.clone();
+                store
+                    .rt
+                    .spawn(async move { protocol::check_conditional_put(&loc).await })
+            });
+            let listed = store.refresh();
+            // Awaited whatever the listing gave: the probe deletes its object.
+            if let Some(probe) = probe {
+                let probed = store.rt.block_on(probe).map_err(|e| Error::Remote {
+                    op: "open for writing",
+                    key: String::new(),
+                    url: store.loc.url.clone(),
+                    kind: RemoteErrorKind::Other,
+                    source: Box::new(e),
+                });
+                if listed.is_ok() {
+                    probed??;
+                }
+            }
+            listed.map_err(|e| {
                 let cached = store.cached_seen().len();
                 offline_hint(e, cached)
             })?;

@@ -47,7 +47,7 @@ pub(crate) fn backend(
                     .into(),
             });
         }
-        let t = Tier::open(&url, store.clone(), dir, options.clone())?;
+        let t = Tier::open(&url, store.clone(), dir, options.clone(), !read_only)?;
         Ok(Arc::new(t) as Arc<dyn Storage>)
     };
     Backend {
@@ -89,8 +89,9 @@ impl Tier {
         store: Option<Arc<dyn object_store::ObjectStore>>,
         cache: &FsPath,
         options: RemoteOptions,
+        writable: bool,
     ) -> Result<Tier> {
-        let rs = RemoteStore::open_on(url, store, cache, options)?;
+        let rs = RemoteStore::open_on(url, store, cache, options, writable)?;
         let objects = io::Dir::open(&rs.objects)?;
         Ok(Tier {
             url: PathBuf::from(&rs.loc.url),

@@ -868,12 +868,11 @@ fn remote_server_stopped_and_restarted() {
     };
     let url = moto.url("outage");
     let mut o = moto.options();
-    o.net = NetOptions {
-        max_retries: 2,
-        retry_timeout: Duration::from_secs(3),
-        request_timeout: Duration::from_secs(2),
-        connect_timeout: Duration::from_secs(1),
-    };
+    o.net = NetOptions::default()
+        .with_max_retries(2)
+        .with_retry_timeout(Duration::from_secs(3))
+        .with_request_timeout(Duration::from_secs(2))
+        .with_connect_timeout(Duration::from_secs(1));
     let cache = tempfile::tempdir().unwrap();
     let s = RemoteStore::open_with(&url, cache.path(), o.clone()).unwrap();
     s.insert_durable("before", Array1::from_elem(10, 1.0f32))

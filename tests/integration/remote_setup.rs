@@ -262,12 +262,11 @@ fn misconfig_connection_refused_fails_fast() {
 fn misconfig_hung_server_times_out() {
     let Some(moto) = Moto::start() else { return };
     let mut opts = options(&moto.endpoint(), &[]);
-    opts.net = NetOptions {
-        max_retries: 1,
-        retry_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(1),
-        connect_timeout: Duration::from_secs(1),
-    };
+    opts.net = NetOptions::default()
+        .with_max_retries(1)
+        .with_retry_timeout(Duration::from_secs(2))
+        .with_request_timeout(Duration::from_secs(1))
+        .with_connect_timeout(Duration::from_secs(1));
     // The server accepts connections (the kernel does) but never answers.
     moto.signal("-STOP");
     let (e, t) = open_fails(&moto.url("setup/hung"), opts);

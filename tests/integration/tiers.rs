@@ -332,12 +332,11 @@ fn tiered_store_server_stopped_and_restarted() {
     };
     let url = moto.url("tiers/outage");
     let mut o = moto.options();
-    o.net = NetOptions {
-        max_retries: 2,
-        retry_timeout: Duration::from_secs(3),
-        request_timeout: Duration::from_secs(2),
-        connect_timeout: Duration::from_secs(1),
-    };
+    o.net = NetOptions::default()
+        .with_max_retries(2)
+        .with_retry_timeout(Duration::from_secs(3))
+        .with_request_timeout(Duration::from_secs(2))
+        .with_connect_timeout(Duration::from_secs(1));
     let tiered = |cache: &std::path::Path, o: &RemoteOptions| {
         StoreBuilder::new(cache)
             .remote_with(&url, o.clone())
