@@ -65,3 +65,21 @@ pub fn open_tiered_on(
     }
     b.open()
 }
+
+/// Runs one garbage-collection pass over the remote prefix `url` with
+/// `grace` (what a store's `gc` does), its requests made with `options`'
+/// network settings and `object_store` configuration.
+///
+/// # Errors
+///
+/// [`Error::Remote`](crate::Error::Remote) when the prefix cannot be
+/// listed or a metadata object cannot be read for a reason that is not
+/// its own (network, credentials).
+#[cfg(feature = "remote")]
+pub fn remote_gc(
+    url: &str,
+    options: &crate::remote::RemoteOptions,
+    grace: std::time::Duration,
+) -> crate::Result<crate::remote::GcReport> {
+    crate::remote::gc::run_at(url, &options.net, &options.config, grace)
+}

@@ -31,7 +31,7 @@
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! ```
 
-mod gc;
+pub(crate) mod gc;
 mod inspect;
 mod protocol;
 mod read;

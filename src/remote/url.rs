@@ -27,7 +27,12 @@ use crate::error::{Error, RemoteErrorKind, Result};
 /// [`Error::Remote`] of kind [`Timeout`](RemoteErrorKind::Timeout) after
 /// about 20 s: each request waits [`request_timeout`](Self::request_timeout)
 /// (10 s) for its answer, and a request that got none is tried
-/// [`timeout_retries`](Self::timeout_retries) (1) more time. A request that
+/// [`timeout_retries`](Self::timeout_retries) (1) more time. Once that many
+/// requests in a row went unanswered, each further request (of this call or
+/// a later one) waits at most 2 s for its answer until the server answers
+/// again, so a call that goes on after a timeout adds seconds, not tens of
+/// seconds. In all: `request_timeout × (timeout_retries + 1)` plus 2 s per
+/// further request. A request that
 /// sends a body gets `bytes / min_upload_rate` more (an 8 MiB part at the
 /// default 128 KiB/s: 64 s more), so an upload on a slow link is not cut
 /// off; a download may take as long as it keeps receiving (no pause longer
@@ -136,18 +141,32 @@ impl NetOptions {
     }
 
     /// How long a request that sends `body` bytes may wait for its answer
-    /// to begin (`None`: no limit).
-    pub(crate) fn answer_limit(&self, body: u64) -> Option<Duration> {
+    /// to begin (`None`: no limit); `unanswered`: the server did not
+    /// answer the last `timeout_retries + 1` requests (see
+    /// [`UNANSWERED_WAIT`]).
+    pub(crate) fn answer_limit(&self, body: u64, unanswered: bool) -> Option<Duration> {
+        let wait = if unanswered {
+            self.request_timeout.min(UNANSWERED_WAIT)
+        } else {
+            self.request_timeout
+        };
         if body == 0 {
-            return Some(self.request_timeout);
+            return Some(wait);
         }
         if self.min_upload_rate == 0 {
             return None;
         }
         let upload = Duration::from_secs_f64(body as f64 / self.min_upload_rate as f64);
-        Some(self.request_timeout.saturating_add(upload))
+        Some(wait.saturating_add(upload))
     }
 }
+
+/// How long a request waits for its answer to begin once the server has
+/// not answered `timeout_retries + 1` requests in a row (and
+/// [`NetOptions::request_timeout`] is longer): a call against a server
+/// known not to answer fails in seconds, while a server that answers again
+/// is noticed at its first answer (which restores `request_timeout`).
+pub(crate) const UNANSWERED_WAIT: Duration = Duration::from_secs(2);
 
 /// An opened store URL: the client, the prefix inside it, and the URL text
 /// used in error messages.
@@ -524,7 +543,10 @@ impl HttpService for Guarded {
     {
         Box::pin(async move {
             let list = listing_prefix(&req);
-            let limit = self.net.answer_limit(req.body().content_length() as u64);
+            let unanswered = self.timeouts.load(Ordering::Relaxed) > self.net.timeout_retries;
+            let limit = self
+                .net
+                .answer_limit(req.body().content_length() as u64, unanswered);
             let sent = self.inner.execute(req);
             let answer = match limit {
                 Some(limit) => match tokio::time::timeout(limit, sent).await {
@@ -1005,9 +1027,22 @@ mod tests {
     #[test]
     fn answer_limits_grow_with_the_upload() {
         let n = NetOptions::default();
-        assert_eq!(n.answer_limit(0), Some(Duration::from_secs(10)));
-        assert_eq!(n.answer_limit(8 << 20), Some(Duration::from_secs(10 + 64)));
-        assert_eq!(n.clone().with_min_upload_rate(0).answer_limit(1), None);
+        assert_eq!(n.answer_limit(0, false), Some(Duration::from_secs(10)));
+        assert_eq!(
+            n.answer_limit(8 << 20, false),
+            Some(Duration::from_secs(10 + 64))
+        );
+        assert_eq!(n.answer_limit(0, true), Some(Duration::from_secs(2)));
+        assert_eq!(
+            n.answer_limit(8 << 20, true),
+            Some(Duration::from_secs(2 + 64))
+        );
+        let short = n.clone().with_request_timeout(Duration::from_secs(1));
+        assert_eq!(short.answer_limit(0, true), Some(Duration::from_secs(1)));
+        assert_eq!(
+            n.clone().with_min_upload_rate(0).answer_limit(1, false),
+            None
+        );
     }
 
     #[test]

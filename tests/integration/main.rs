@@ -21,6 +21,8 @@ mod reliability;
 #[cfg(feature = "remote")]
 mod remote;
 #[cfg(feature = "remote")]
+mod remote_robust;
+#[cfg(feature = "remote")]
 mod remote_setup;
 mod store;
 #[cfg(feature = "remote")]
