@@ -318,13 +318,15 @@ fn retries(text: &str) -> Option<String> {
     Some(format!("{} attempts", n + 1))
 }
 
-/// The time limit of the client's own timeout in `e`'s chain (see
-/// `url::Guarded`), if it holds one.
-fn no_answer_limit(e: &(dyn std::error::Error + 'static)) -> Option<std::time::Duration> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+/// The client's own timeout in `e`'s chain (see `url::Guarded`), if it
+/// holds one.
+fn no_answer_limit<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a super::url::NoAnswer> {
+    let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(n) = err.downcast_ref::<super::url::NoAnswer>() {
-            return Some(n.limit);
+            return Some(n);
         }
         cur = err.source();
     }
@@ -501,7 +503,22 @@ pub(crate) fn diagnose(
             .map(|r| format!(" ({r})"))
             .unwrap_or_default();
         let no_answer = no_answer_limit(e);
-        let message = if no_answer.is_none() && text.to_ascii_lowercase().contains("connect") {
+        let message = if let Some((a, n)) = no_answer.and_then(|a| Some((a, a.unanswered()?))) {
+            format!(
+                "no answer from {at} within {:?} per request (the last {n} requests; no \
+                 request is sent until {:?} after the last timeout): the server accepted the \
+                 connection but is hung or overloaded (RemoteOptions::net sets the timeouts \
+                 and retries: NetOptions::request_timeout, timeout_retries, min_upload_rate)",
+                a.limit, a.limit
+            )
+        } else if let Some(n) = no_answer.filter(|n| n.stalled()) {
+            format!(
+                "the answer from {at} stopped for {:?} before its end{tries}: the server is \
+                 hung or overloaded, or the connection stalled (RemoteOptions::net sets the \
+                 timeouts and retries: NetOptions::request_timeout, timeout_retries)",
+                n.limit
+            )
+        } else if no_answer.is_none() && text.to_ascii_lowercase().contains("connect") {
             format!(
                 "could not connect to {at} within {:?}{tries}: the host does not answer (down, \
                  or a firewall drops the packets); check {setting}",
@@ -512,7 +529,7 @@ pub(crate) fn diagnose(
                 "no answer from {at} within {:?} per request{tries}: the server accepted the \
                  connection but is hung or overloaded (RemoteOptions::net sets the timeouts \
                  and retries: NetOptions::request_timeout, timeout_retries, min_upload_rate)",
-                no_answer.unwrap_or(n.request_timeout)
+                no_answer.map_or(n.request_timeout, |a| a.limit)
             )
         };
         return (K::Timeout, message);

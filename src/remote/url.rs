@@ -28,11 +28,12 @@ use crate::error::{Error, RemoteErrorKind, Result};
 /// about 20 s: each request waits [`request_timeout`](Self::request_timeout)
 /// (10 s) for its answer, and a request that got none is tried
 /// [`timeout_retries`](Self::timeout_retries) (1) more time. Once that many
-/// requests in a row went unanswered, each further request (of this call or
-/// a later one) waits at most 2 s for its answer until the server answers
-/// again, so a call that goes on after a timeout adds seconds, not tens of
-/// seconds. In all: `request_timeout × (timeout_retries + 1)` plus 2 s per
-/// further request. A request that
+/// requests in a row went unanswered, further requests (of this call or
+/// another one on the same handle) fail at once until `request_timeout`
+/// has passed since the last timeout; then one is sent again, and the
+/// first complete answer ends this. So the bound of a call is
+/// `request_timeout × (timeout_retries + 1)`, plus the retries' backoff
+/// (a fraction of a second). A request that
 /// sends a body gets `bytes / min_upload_rate` more (an 8 MiB part at the
 /// default 128 KiB/s: 64 s more), so an upload on a slow link is not cut
 /// off; a download may take as long as it keeps receiving (no pause longer
@@ -141,32 +142,18 @@ impl NetOptions {
     }
 
     /// How long a request that sends `body` bytes may wait for its answer
-    /// to begin (`None`: no limit); `unanswered`: the server did not
-    /// answer the last `timeout_retries + 1` requests (see
-    /// [`UNANSWERED_WAIT`]).
-    pub(crate) fn answer_limit(&self, body: u64, unanswered: bool) -> Option<Duration> {
-        let wait = if unanswered {
-            self.request_timeout.min(UNANSWERED_WAIT)
-        } else {
-            self.request_timeout
-        };
+    /// to begin (`None`: no limit).
+    pub(crate) fn answer_limit(&self, body: u64) -> Option<Duration> {
         if body == 0 {
-            return Some(wait);
+            return Some(self.request_timeout);
         }
         if self.min_upload_rate == 0 {
             return None;
         }
         let upload = Duration::from_secs_f64(body as f64 / self.min_upload_rate as f64);
-        Some(wait.saturating_add(upload))
+        Some(self.request_timeout.saturating_add(upload))
     }
 }
-
-/// How long a request waits for its answer to begin once the server has
-/// not answered `timeout_retries + 1` requests in a row (and
-/// [`NetOptions::request_timeout`] is longer): a call against a server
-/// known not to answer fails in seconds, while a server that answers again
-/// is noticed at its first answer (which restores `request_timeout`).
-pub(crate) const UNANSWERED_WAIT: Duration = Duration::from_secs(2);
 
 /// An opened store URL: the client, the prefix inside it, and the URL text
 /// used in error messages.
@@ -501,8 +488,11 @@ impl HttpConnector for GuardedConnector {
         let inner = ReqwestConnector::default().connect(options)?;
         Ok(HttpClient::new(Guarded {
             inner,
-            net: self.net.clone(),
-            timeouts: Arc::new(AtomicUsize::new(0)),
+            health: Arc::new(Health {
+                net: self.net.clone(),
+                timeouts: AtomicUsize::new(0),
+                last_timeout: parking_lot::Mutex::new(None),
+            }),
         }))
     }
 }
@@ -517,8 +507,9 @@ impl HttpConnector for GuardedConnector {
 ///   must begin within [`NetOptions::answer_limit`] of the request's body
 ///   size, and its body may pause no longer than
 ///   [`NetOptions::request_timeout`]; after
-///   [`NetOptions::timeout_retries`] timeouts in a row (no answer in
-///   between), a timeout is no longer retried;
+///   [`NetOptions::timeout_retries`] + 1 timeouts in a row (no complete
+///   answer in between) requests fail at once for `request_timeout` (see
+///   [`Health`]);
 /// * the answers of a listing (ListObjectsV2) have every key that
 ///   `object_store` cannot name (a `.`, `..` or empty segment, a control
 ///   character) replaced by a marker ([`stray_key`]), so that one such
@@ -526,9 +517,60 @@ impl HttpConnector for GuardedConnector {
 #[derive(Debug)]
 struct Guarded {
     inner: HttpClient,
+    health: Arc<Health>,
+}
+
+/// Whether the server answers: the timeouts in a row (no complete answer
+/// in between) and when the last one was.
+#[derive(Debug)]
+struct Health {
     net: NetOptions,
-    /// Timeouts in a row, without an answer in between.
-    timeouts: Arc<AtomicUsize>,
+    timeouts: AtomicUsize,
+    last_timeout: parking_lot::Mutex<Option<std::time::Instant>>,
+}
+
+impl Health {
+    /// The server completed an answer.
+    fn answered(&self) {
+        self.timeouts.store(0, Ordering::Relaxed);
+    }
+
+    /// A timeout: retried by `object_store` (kind `Timeout`, for the
+    /// requests it retries) unless it makes more than `timeout_retries` in
+    /// a row (kind `Unknown`, never retried).
+    fn timed_out(&self, e: impl std::error::Error + Send + Sync + 'static) -> HttpError {
+        let n = self.timeouts.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.last_timeout.lock() = Some(std::time::Instant::now());
+        let kind = if n > self.net.timeout_retries {
+            HttpErrorKind::Unknown
+        } else {
+            HttpErrorKind::Timeout
+        };
+        HttpError::new(kind, e)
+    }
+
+    /// The error of a request not sent: the server did not answer the last
+    /// `timeout_retries + 1` requests, the last timeout less than
+    /// `request_timeout` ago.
+    fn refused(&self) -> Option<HttpError> {
+        let n = self.timeouts.load(Ordering::Relaxed);
+        if n <= self.net.timeout_retries {
+            return None;
+        }
+        let recent = self
+            .last_timeout
+            .lock()
+            .is_some_and(|t| t.elapsed() < self.net.request_timeout);
+        recent.then(|| {
+            HttpError::new(
+                HttpErrorKind::Unknown,
+                NoAnswer {
+                    limit: self.net.request_timeout,
+                    what: Silence::Unanswered(n),
+                },
+            )
+        })
+    }
 }
 
 impl HttpService for Guarded {
@@ -542,16 +584,23 @@ impl HttpService for Guarded {
         Self: 'b,
     {
         Box::pin(async move {
+            let health = &self.health;
+            if let Some(e) = health.refused() {
+                return Err(e);
+            }
             let list = listing_prefix(&req);
-            let unanswered = self.timeouts.load(Ordering::Relaxed) > self.net.timeout_retries;
-            let limit = self
-                .net
-                .answer_limit(req.body().content_length() as u64, unanswered);
+            let head_only = req.method().as_str() == "HEAD";
+            let limit = health.net.answer_limit(req.body().content_length() as u64);
             let sent = self.inner.execute(req);
             let answer = match limit {
                 Some(limit) => match tokio::time::timeout(limit, sent).await {
                     Ok(r) => r,
-                    Err(_) => return Err(timed_out(&self.timeouts, &self.net, limit, "answer")),
+                    Err(_) => {
+                        return Err(health.timed_out(NoAnswer {
+                            limit,
+                            what: Silence::NoAnswer,
+                        }))
+                    }
                 },
                 None => sent.await,
             };
@@ -560,20 +609,21 @@ impl HttpService for Guarded {
                     // `Unknown` is never retried.
                     return Err(HttpError::new(HttpErrorKind::Unknown, e));
                 }
-                Err(e) if e.kind() == HttpErrorKind::Timeout => {
-                    return Err(count_timeout(&self.timeouts, &self.net, e));
-                }
+                Err(e) if e.kind() == HttpErrorKind::Timeout => return Err(health.timed_out(e)),
                 Err(e) => return Err(e),
                 Ok(r) => r,
             };
-            self.timeouts.store(0, Ordering::Relaxed);
             let (mut parts, body) = response.into_parts();
+            if head_only || http_body::Body::is_end_stream(&body) {
+                health.answered();
+            }
+            let idle = health.net.request_timeout;
             let body = HttpResponseBody::new(IdleBody {
                 inner: body,
-                idle: self.net.request_timeout,
-                sleep: Box::pin(tokio::time::sleep(self.net.request_timeout)),
-                timeouts: self.timeouts.clone(),
-                net: self.net.clone(),
+                idle,
+                sleep: Box::pin(tokio::time::sleep(idle)),
+                waiting: false,
+                health: health.clone(),
             });
             let Some(prefix) = list.filter(|_| parts.status.is_success()) else {
                 return Ok(HttpResponse::from_parts(parts, body));
@@ -591,47 +641,52 @@ impl HttpService for Guarded {
     }
 }
 
-/// A request that got no answer within its time limit: the error says
-/// so; it is retried (kind `Timeout`) unless `timeout_retries` timeouts in
-/// a row came before it (kind `Unknown`, never retried).
-fn timed_out(
-    timeouts: &AtomicUsize,
-    net: &NetOptions,
-    limit: Duration,
-    what: &'static str,
-) -> HttpError {
-    count_timeout(timeouts, net, NoAnswer { limit, what })
-}
-
-fn count_timeout(
-    timeouts: &AtomicUsize,
-    net: &NetOptions,
-    e: impl std::error::Error + Send + Sync + 'static,
-) -> HttpError {
-    let n = timeouts.fetch_add(1, Ordering::Relaxed) + 1;
-    let kind = if n > net.timeout_retries {
-        HttpErrorKind::Unknown
-    } else {
-        HttpErrorKind::Timeout
-    };
-    HttpError::new(kind, e)
+/// What a server did not do in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Silence {
+    /// No answer began.
+    NoAnswer,
+    /// An answer began, then its body stopped.
+    Stalled,
+    /// Not sent: this many requests in a row went unanswered just before.
+    Unanswered(usize),
 }
 
 /// No answer, or no more of an answer's body, within a time limit.
 #[derive(Debug)]
 pub(crate) struct NoAnswer {
     pub(crate) limit: Duration,
-    /// `"answer"` or `"body"`.
-    what: &'static str,
+    what: Silence,
+}
+
+impl NoAnswer {
+    /// Whether an answer began and then stopped (not: no answer at all).
+    pub(crate) fn stalled(&self) -> bool {
+        self.what == Silence::Stalled
+    }
+
+    /// For a request not sent: how many requests in a row went unanswered
+    /// before it.
+    pub(crate) fn unanswered(&self) -> Option<usize> {
+        match self.what {
+            Silence::Unanswered(n) => Some(n),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for NoAnswer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.what {
-            "answer" => write!(f, "no answer within {:?} (timed out)", self.limit),
-            _ => write!(
+            Silence::NoAnswer => write!(f, "no answer within {:?} (timed out)", self.limit),
+            Silence::Stalled => write!(
                 f,
                 "the answer stopped for {:?} before its end (timed out)",
+                self.limit
+            ),
+            Silence::Unanswered(n) => write!(
+                f,
+                "not sent: the last {n} requests got no answer within {:?} (timed out)",
                 self.limit
             ),
         }
@@ -640,13 +695,15 @@ impl std::fmt::Display for NoAnswer {
 
 impl std::error::Error for NoAnswer {}
 
-/// A response body that fails when no piece of it arrives within `idle`.
+/// A response body that fails when no piece of it arrives within `idle`
+/// of its reader waiting for one; its end is a complete answer.
 struct IdleBody {
     inner: HttpResponseBody,
     idle: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
-    timeouts: Arc<AtomicUsize>,
-    net: NetOptions,
+    /// Whether the reader is waiting (since `sleep` was set).
+    waiting: bool,
+    health: Arc<Health>,
 }
 
 impl http_body::Body for IdleBody {
@@ -662,23 +719,30 @@ impl http_body::Body for IdleBody {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let next = tokio::time::Instant::now() + this.idle;
-                this.sleep.as_mut().reset(next);
+                this.waiting = false;
+                if frame.is_none() {
+                    this.health.answered();
+                }
                 Poll::Ready(frame)
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    let next = tokio::time::Instant::now() + this.idle;
-                    this.sleep.as_mut().reset(next);
-                    Poll::Ready(Some(Err(timed_out(
-                        &this.timeouts,
-                        &this.net,
-                        this.idle,
-                        "body",
-                    ))))
+            Poll::Pending => {
+                if !this.waiting {
+                    // The wait starts now, not when the reader last read.
+                    this.waiting = true;
+                    let until = tokio::time::Instant::now() + this.idle;
+                    this.sleep.as_mut().reset(until);
                 }
-                Poll::Pending => Poll::Pending,
-            },
+                match this.sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.waiting = false;
+                        Poll::Ready(Some(Err(this.health.timed_out(NoAnswer {
+                            limit: this.idle,
+                            what: Silence::Stalled,
+                        }))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -1027,21 +1091,92 @@ mod tests {
     #[test]
     fn answer_limits_grow_with_the_upload() {
         let n = NetOptions::default();
-        assert_eq!(n.answer_limit(0, false), Some(Duration::from_secs(10)));
-        assert_eq!(
-            n.answer_limit(8 << 20, false),
-            Some(Duration::from_secs(10 + 64))
+        assert_eq!(n.answer_limit(0), Some(Duration::from_secs(10)));
+        assert_eq!(n.answer_limit(8 << 20), Some(Duration::from_secs(10 + 64)));
+        assert_eq!(n.clone().with_min_upload_rate(0).answer_limit(1), None);
+    }
+
+    /// A server that answers the head of every request, then 10 bytes of
+    /// its body, and then nothing: a read fails with a `Timeout` within
+    /// about the request timeout per attempt (`object_store` retries a
+    /// broken body by a ranged GET: after `timeout_retries + 1` stalls it is
+    /// not sent).
+    #[test]
+    fn an_answer_that_stops_times_out() {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(conn.try_clone().unwrap());
+                    let mut line = String::new();
+                    let mut from = 0;
+                    while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                        // A retry resumes with `Range: bytes=N-99`.
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(range) = lower.strip_prefix("range: bytes=") {
+                            from = range.split('-').next().unwrap().trim().parse().unwrap();
+                        }
+                        line.clear();
+                    }
+                    let head = if from == 0 {
+                        "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n".to_string()
+                    } else {
+                        format!(
+                            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
+                             Content-Range: bytes {from}-99/100\r\n",
+                            100 - from
+                        )
+                    };
+                    let _ = conn.write_all(
+                        format!(
+                            "{head}ETag: \"e\"\r\nLast-Modified: Wed, 01 Jan 2025 00:00:00 GMT\
+                             \r\n\r\n0123456789"
+                        )
+                        .as_bytes(),
+                    );
+                    std::thread::sleep(Duration::from_secs(30));
+                });
+            }
+        });
+        let config: Vec<(String, String)> = [
+            ("aws_endpoint", format!("http://127.0.0.1:{port}")),
+            ("aws_allow_http", "true".into()),
+            ("aws_access_key_id", "test".into()),
+            ("aws_secret_access_key", "test".into()),
+            ("aws_default_region", "us-east-1".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let net = NetOptions::default().with_request_timeout(Duration::from_secs(1));
+        let loc = open("s3://bucket/p", &net, &config, false).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let start = std::time::Instant::now();
+        let e = rt
+            .block_on(super::super::protocol::read_meta(&loc, "k"))
+            .unwrap_err();
+        let t = start.elapsed();
+        match &e {
+            Error::Remote { kind, .. } => assert_eq!(*kind, RemoteErrorKind::Timeout, "{e}"),
+            other => panic!("expected Error::Remote, got {other:?}"),
+        }
+        let text = e.to_string();
+        // The answer stopped twice (the first attempt and the retry that
+        // resumes it); the next retry is not sent.
+        assert!(
+            text.contains("no answer from http://127.0.0.1:")
+                && text.contains("the last 2 requests"),
+            "{text}"
         );
-        assert_eq!(n.answer_limit(0, true), Some(Duration::from_secs(2)));
-        assert_eq!(
-            n.answer_limit(8 << 20, true),
-            Some(Duration::from_secs(2 + 64))
-        );
-        let short = n.clone().with_request_timeout(Duration::from_secs(1));
-        assert_eq!(short.answer_limit(0, true), Some(Duration::from_secs(1)));
-        assert_eq!(
-            n.clone().with_min_upload_rate(0).answer_limit(1, false),
-            None
+        assert!(
+            t >= Duration::from_secs(2) && t < Duration::from_secs(10),
+            "{t:?}"
         );
     }
 

@@ -382,9 +382,26 @@ fn probe_accepts_moto_and_refuses_a_server_that_ignores_conditions() {
 
     // moto is accepted: a writable open, then a write.
     let c1 = tempfile::tempdir().unwrap();
+    let start = Instant::now();
     let s = open(c1.path(), &url, moto.options()).unwrap();
+    let t_probed = start.elapsed();
     s.insert_durable("a", value(1.0, 100)).unwrap();
     drop(s);
+    let c1b = tempfile::tempdir().unwrap();
+    let start = Instant::now();
+    drop(open(c1b.path(), &url, moto.options()).unwrap());
+    let t_known = start.elapsed();
+    let c1c = tempfile::tempdir().unwrap();
+    let start = Instant::now();
+    drop(open_read_only(c1c.path(), &url, moto.options()).unwrap());
+    let t_read_only = start.elapsed();
+    eprintln!(
+        "PROBE | writable open with the probe {:.1} ms, writable open of a server this \
+         process probed {:.1} ms, read-only open {:.1} ms",
+        t_probed.as_secs_f64() * 1e3,
+        t_known.as_secs_f64() * 1e3,
+        t_read_only.as_secs_f64() * 1e3
+    );
 
     // Through the proxy, a writable open is refused, naming the endpoint
     // and what is wrong; nothing is left behind.
@@ -740,10 +757,10 @@ fn a_hung_server_gives_a_typed_timeout_within_the_documented_bound() {
     let net = NetOptions::default();
     assert_eq!(o.net.request_timeout, net.request_timeout);
     // The documented bound (README, "Remote stores"; `NetOptions`): no
-    // answer within request_timeout, tried timeout_retries more times, and
-    // 2 s for a further request of the call (a failed durable insert
-    // stages and uploads once more).
-    let bound = net.request_timeout * (net.timeout_retries as u32 + 1) + Duration::from_secs(2);
+    // answer within request_timeout, tried timeout_retries more times;
+    // further requests of the call (a failed durable insert uploads once
+    // more) are not sent.
+    let bound = net.request_timeout * (net.timeout_retries as u32 + 1);
     let slack = Duration::from_secs(10);
     let c = tempfile::tempdir().unwrap();
     let w = open(c.path(), &url, o.clone()).unwrap();
@@ -769,12 +786,12 @@ fn a_hung_server_gives_a_typed_timeout_within_the_documented_bound() {
     let (opened, t_open) = opening.join().unwrap();
     let ((got, reader), t_get) = getting.join().unwrap();
     let (inserted, t_insert) = inserting.join().unwrap();
-    // A later call while the server still does not answer: seconds.
+    // A later call while the server still does not answer: at once.
     let start = Instant::now();
     let again = reader.get::<f64, Ix1>("a").map(|_| ());
     let t_again = start.elapsed();
     moto.signal("-CONT");
-    let later = Duration::from_secs(2) + Duration::from_secs(5);
+    let later = Duration::from_secs(3);
     for (op, r, t, limit) in [
         ("open", opened, t_open, bound + slack),
         ("get", got, t_get, bound + slack),
