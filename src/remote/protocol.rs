@@ -503,15 +503,7 @@ pub(crate) fn diagnose(
             .map(|r| format!(" ({r})"))
             .unwrap_or_default();
         let no_answer = no_answer_limit(e);
-        let message = if let Some((a, n)) = no_answer.and_then(|a| Some((a, a.unanswered()?))) {
-            format!(
-                "no answer from {at} within {:?} per request (the last {n} requests; no \
-                 request is sent until {:?} after the last timeout): the server accepted the \
-                 connection but is hung or overloaded (RemoteOptions::net sets the timeouts \
-                 and retries: NetOptions::request_timeout, timeout_retries, min_upload_rate)",
-                a.limit, a.limit
-            )
-        } else if let Some(n) = no_answer.filter(|n| n.stalled()) {
+        let message = if let Some(n) = no_answer.filter(|n| n.stalled()) {
             format!(
                 "the answer from {at} stopped for {:?} before its end{tries}: the server is \
                  hung or overloaded, or the connection stalled (RemoteOptions::net sets the \

@@ -28,12 +28,13 @@ use crate::error::{Error, RemoteErrorKind, Result};
 /// about 20 s: each request waits [`request_timeout`](Self::request_timeout)
 /// (10 s) for its answer, and a request that got none is tried
 /// [`timeout_retries`](Self::timeout_retries) (1) more time. Once that many
-/// requests in a row went unanswered, further requests (of this call or
-/// another one on the same handle) fail at once until `request_timeout`
-/// has passed since the last timeout; then one is sent again, and the
-/// first complete answer ends this. So the bound of a call is
-/// `request_timeout × (timeout_retries + 1)`, plus the retries' backoff
-/// (a fraction of a second). A request that
+/// requests in a row went unanswered, each further request (of this call
+/// or another one on the same handle) waits at most 2 s for its answer,
+/// and its answer may pause at most 2 s, until an answer completes: a call
+/// that goes on after a timeout adds seconds, not tens of seconds, and a
+/// server that answers again is noticed at once. So the bound of a call is
+/// `request_timeout × (timeout_retries + 1)`, plus 2 s per further request
+/// and the retries' backoff (a fraction of a second). A request that
 /// sends a body gets `bytes / min_upload_rate` more (an 8 MiB part at the
 /// default 128 KiB/s: 64 s more), so an upload on a slow link is not cut
 /// off; a download may take as long as it keeps receiving (no pause longer
@@ -141,19 +142,40 @@ impl NetOptions {
         self
     }
 
-    /// How long a request that sends `body` bytes may wait for its answer
-    /// to begin (`None`: no limit).
-    pub(crate) fn answer_limit(&self, body: u64) -> Option<Duration> {
+    /// How long a request waits for the server: for its answer to begin
+    /// (a request that sends `body` bytes: plus the upload allowance;
+    /// `None`: no limit), and between two pieces of the answer's body.
+    /// `unanswered`: the last `timeout_retries + 1` requests got no
+    /// complete answer (see [`UNANSWERED_WAIT`]).
+    pub(crate) fn answer_limit(&self, body: u64, unanswered: bool) -> Option<Duration> {
+        let wait = self.pause_limit(unanswered);
         if body == 0 {
-            return Some(self.request_timeout);
+            return Some(wait);
         }
         if self.min_upload_rate == 0 {
             return None;
         }
         let upload = Duration::from_secs_f64(body as f64 / self.min_upload_rate as f64);
-        Some(self.request_timeout.saturating_add(upload))
+        Some(wait.saturating_add(upload))
+    }
+
+    /// The longest wait for a server that says nothing (see
+    /// [`answer_limit`](Self::answer_limit)).
+    pub(crate) fn pause_limit(&self, unanswered: bool) -> Duration {
+        if unanswered {
+            self.request_timeout.min(UNANSWERED_WAIT)
+        } else {
+            self.request_timeout
+        }
     }
 }
+
+/// How long a request waits for the server once the last
+/// `timeout_retries + 1` requests got no complete answer (and
+/// [`NetOptions::request_timeout`] is longer): calls against a server known
+/// not to answer fail in seconds, while requests are still sent, so that a
+/// server that answers again is noticed at its first answer.
+pub(crate) const UNANSWERED_WAIT: Duration = Duration::from_secs(2);
 
 /// An opened store URL: the client, the prefix inside it, and the URL text
 /// used in error messages.
@@ -491,7 +513,6 @@ impl HttpConnector for GuardedConnector {
             health: Arc::new(Health {
                 net: self.net.clone(),
                 timeouts: AtomicUsize::new(0),
-                last_timeout: parking_lot::Mutex::new(None),
             }),
         }))
     }
@@ -508,8 +529,8 @@ impl HttpConnector for GuardedConnector {
 ///   size, and its body may pause no longer than
 ///   [`NetOptions::request_timeout`]; after
 ///   [`NetOptions::timeout_retries`] + 1 timeouts in a row (no complete
-///   answer in between) requests fail at once for `request_timeout` (see
-///   [`Health`]);
+///   answer in between) a timeout is not retried, and requests wait
+///   [`UNANSWERED_WAIT`] at most (see [`Health`]);
 /// * the answers of a listing (ListObjectsV2) have every key that
 ///   `object_store` cannot name (a `.`, `..` or empty segment, a control
 ///   character) replaced by a marker ([`stray_key`]), so that one such
@@ -520,13 +541,12 @@ struct Guarded {
     health: Arc<Health>,
 }
 
-/// Whether the server answers: the timeouts in a row (no complete answer
-/// in between) and when the last one was.
+/// Whether the server answers: the timeouts in a row, without a complete
+/// answer in between.
 #[derive(Debug)]
 struct Health {
     net: NetOptions,
     timeouts: AtomicUsize,
-    last_timeout: parking_lot::Mutex<Option<std::time::Instant>>,
 }
 
 impl Health {
@@ -535,41 +555,23 @@ impl Health {
         self.timeouts.store(0, Ordering::Relaxed);
     }
 
+    /// Whether the last `timeout_retries + 1` requests got no complete
+    /// answer.
+    fn unanswered(&self) -> bool {
+        self.timeouts.load(Ordering::Relaxed) > self.net.timeout_retries
+    }
+
     /// A timeout: retried by `object_store` (kind `Timeout`, for the
     /// requests it retries) unless it makes more than `timeout_retries` in
     /// a row (kind `Unknown`, never retried).
     fn timed_out(&self, e: impl std::error::Error + Send + Sync + 'static) -> HttpError {
         let n = self.timeouts.fetch_add(1, Ordering::Relaxed) + 1;
-        *self.last_timeout.lock() = Some(std::time::Instant::now());
         let kind = if n > self.net.timeout_retries {
             HttpErrorKind::Unknown
         } else {
             HttpErrorKind::Timeout
         };
         HttpError::new(kind, e)
-    }
-
-    /// The error of a request not sent: the server did not answer the last
-    /// `timeout_retries + 1` requests, the last timeout less than
-    /// `request_timeout` ago.
-    fn refused(&self) -> Option<HttpError> {
-        let n = self.timeouts.load(Ordering::Relaxed);
-        if n <= self.net.timeout_retries {
-            return None;
-        }
-        let recent = self
-            .last_timeout
-            .lock()
-            .is_some_and(|t| t.elapsed() < self.net.request_timeout);
-        recent.then(|| {
-            HttpError::new(
-                HttpErrorKind::Unknown,
-                NoAnswer {
-                    limit: self.net.request_timeout,
-                    what: Silence::Unanswered(n),
-                },
-            )
-        })
     }
 }
 
@@ -585,12 +587,12 @@ impl HttpService for Guarded {
     {
         Box::pin(async move {
             let health = &self.health;
-            if let Some(e) = health.refused() {
-                return Err(e);
-            }
+            let unanswered = health.unanswered();
             let list = listing_prefix(&req);
             let head_only = req.method().as_str() == "HEAD";
-            let limit = health.net.answer_limit(req.body().content_length() as u64);
+            let limit = health
+                .net
+                .answer_limit(req.body().content_length() as u64, unanswered);
             let sent = self.inner.execute(req);
             let answer = match limit {
                 Some(limit) => match tokio::time::timeout(limit, sent).await {
@@ -617,7 +619,7 @@ impl HttpService for Guarded {
             if head_only || http_body::Body::is_end_stream(&body) {
                 health.answered();
             }
-            let idle = health.net.request_timeout;
+            let idle = health.net.pause_limit(unanswered);
             let body = HttpResponseBody::new(IdleBody {
                 inner: body,
                 idle,
@@ -648,8 +650,6 @@ enum Silence {
     NoAnswer,
     /// An answer began, then its body stopped.
     Stalled,
-    /// Not sent: this many requests in a row went unanswered just before.
-    Unanswered(usize),
 }
 
 /// No answer, or no more of an answer's body, within a time limit.
@@ -664,15 +664,6 @@ impl NoAnswer {
     pub(crate) fn stalled(&self) -> bool {
         self.what == Silence::Stalled
     }
-
-    /// For a request not sent: how many requests in a row went unanswered
-    /// before it.
-    pub(crate) fn unanswered(&self) -> Option<usize> {
-        match self.what {
-            Silence::Unanswered(n) => Some(n),
-            _ => None,
-        }
-    }
 }
 
 impl std::fmt::Display for NoAnswer {
@@ -682,11 +673,6 @@ impl std::fmt::Display for NoAnswer {
             Silence::Stalled => write!(
                 f,
                 "the answer stopped for {:?} before its end (timed out)",
-                self.limit
-            ),
-            Silence::Unanswered(n) => write!(
-                f,
-                "not sent: the last {n} requests got no answer within {:?} (timed out)",
                 self.limit
             ),
         }
@@ -1091,16 +1077,29 @@ mod tests {
     #[test]
     fn answer_limits_grow_with_the_upload() {
         let n = NetOptions::default();
-        assert_eq!(n.answer_limit(0), Some(Duration::from_secs(10)));
-        assert_eq!(n.answer_limit(8 << 20), Some(Duration::from_secs(10 + 64)));
-        assert_eq!(n.clone().with_min_upload_rate(0).answer_limit(1), None);
+        assert_eq!(n.answer_limit(0, false), Some(Duration::from_secs(10)));
+        assert_eq!(
+            n.answer_limit(8 << 20, false),
+            Some(Duration::from_secs(10 + 64))
+        );
+        assert_eq!(n.answer_limit(0, true), Some(Duration::from_secs(2)));
+        assert_eq!(
+            n.answer_limit(8 << 20, true),
+            Some(Duration::from_secs(2 + 64))
+        );
+        let short = n.clone().with_request_timeout(Duration::from_secs(1));
+        assert_eq!(short.answer_limit(0, true), Some(Duration::from_secs(1)));
+        assert_eq!(short.pause_limit(false), Duration::from_secs(1));
+        assert_eq!(
+            n.clone().with_min_upload_rate(0).answer_limit(1, false),
+            None
+        );
     }
 
     /// A server that answers the head of every request, then 10 bytes of
-    /// its body, and then nothing: a read fails with a `Timeout` within
-    /// about the request timeout per attempt (`object_store` retries a
-    /// broken body by a ranged GET: after `timeout_retries + 1` stalls it is
-    /// not sent).
+    /// its body, and then nothing: a read fails with a `Timeout` naming the
+    /// stall, after about the request timeout per attempt (`object_store`
+    /// retries a broken body by ranged GETs, `max_retries` times).
     #[test]
     fn an_answer_that_stops_times_out() {
         use std::io::{BufRead, BufReader, Write};
@@ -1151,7 +1150,10 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let net = NetOptions::default().with_request_timeout(Duration::from_secs(1));
+        // Three body retries: about 4 pauses of 1 s.
+        let net = NetOptions::default()
+            .with_request_timeout(Duration::from_secs(1))
+            .with_max_retries(3);
         let loc = open("s3://bucket/p", &net, &config, false).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -1167,15 +1169,13 @@ mod tests {
             other => panic!("expected Error::Remote, got {other:?}"),
         }
         let text = e.to_string();
-        // The answer stopped twice (the first attempt and the retry that
-        // resumes it); the next retry is not sent.
         assert!(
-            text.contains("no answer from http://127.0.0.1:")
-                && text.contains("the last 2 requests"),
+            text.contains("the answer from http://127.0.0.1:")
+                && text.contains("stopped for 1s before its end"),
             "{text}"
         );
         assert!(
-            t >= Duration::from_secs(2) && t < Duration::from_secs(10),
+            t >= Duration::from_secs(4) && t < Duration::from_secs(15),
             "{t:?}"
         );
     }
