@@ -210,7 +210,7 @@ fn serve(client: TcpStream, upstream: u16, mode: ProxyMode) -> std::io::Result<(
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or(500);
-        let reason = status_line.splitn(2, ' ').nth(1).unwrap_or("500");
+        let reason = status_line.split_once(' ').map_or("500", |(_, r)| r);
         let mut out = format!("HTTP/1.1 {reason}\r\n");
         for (k, v) in &headers {
             let lower = k.to_ascii_lowercase();
