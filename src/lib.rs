@@ -223,7 +223,8 @@ pub use name::{EntryName, MAX_NAME_BYTES};
 pub use size::{ByteSize, IntoByteSize};
 pub use store::{
     Attrs, Batch, DiskBackedStore, DynReadGuard, DynStoredArray, EntryFlags, EntryInfo,
-    InsertOptions, Prefetching, StoreStats, StoredArray, SystemPressure, CRATE_DIR, LOCK_FILE,
+    InsertOptions, Prefetching, RemoteStats, StoreStats, StoredArray, SystemPressure, CRATE_DIR,
+    LOCK_FILE,
 };
 pub use stream::{NpyStreamWriter, NpyStreamWriterDyn};
 

@@ -17,34 +17,16 @@ pub fn set_read_attempts(n: Option<u32>) {
 }
 
 /// The `object_store` crate the remote tier is built on (the version
-/// [`open_remote_on`] takes a store of).
+/// [`open_tiered_on`] takes a store of).
 #[cfg(feature = "remote")]
 pub use object_store;
-
-/// Opens a [`RemoteStore`](crate::remote::RemoteStore) at `url` (its prefix
-/// and the URL its messages name) whose requests all go to `store` instead
-/// of the client the URL names: several handles, in one process, on one
-/// in-memory object store (each `memory://` open makes its own), or on a
-/// store a test wraps to record, fail or snapshot requests. Otherwise as
-/// [`RemoteStore::open_with`](crate::remote::RemoteStore::open_with).
-///
-/// # Errors
-///
-/// As [`RemoteStore::open_with`](crate::remote::RemoteStore::open_with).
-#[cfg(feature = "remote")]
-pub fn open_remote_on(
-    url: &str,
-    store: Arc<dyn object_store::ObjectStore>,
-    cache_dir: &Path,
-    options: crate::remote::RemoteOptions,
-) -> crate::Result<crate::remote::RemoteStore> {
-    crate::remote::RemoteStore::open_on(url, Some(store), cache_dir, options)
-}
 
 /// Opens a [`DiskBackedStore`](crate::DiskBackedStore) over the remote
 /// prefix `url` with `cache_dir` as its local cache (as
 /// [`StoreBuilder::remote_with`](crate::StoreBuilder::remote_with)), its
-/// requests all going to `store` (as [`open_remote_on`]), with
+/// requests all going to `store` instead of the client the URL names
+/// (several handles, in one process, on one in-memory object store, or a
+/// store a test wraps to record, fail or snapshot requests), with
 /// `memory_budget` bytes of RAM when given.
 ///
 /// # Errors
@@ -58,7 +40,7 @@ pub fn open_tiered_on(
     options: crate::remote::RemoteOptions,
     memory_budget: Option<u64>,
 ) -> crate::Result<crate::DiskBackedStore> {
-    let backend = crate::remote::tier::backend(url.to_string(), Some(store), options);
+    let backend = crate::remote::backend::backend(url.to_string(), Some(store), options);
     let mut b = crate::StoreBuilder::new(cache_dir).backend(backend);
     if let Some(m) = memory_budget {
         b = b.memory_budget(m);

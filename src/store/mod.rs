@@ -71,5 +71,5 @@ pub use stats::StoreStats;
 #[cfg(feature = "testing")]
 pub(crate) use storage::set_read_attempts;
 pub(crate) use storage::Backend;
-pub use storage::{WriterInfo, CRATE_DIR, LOCK_FILE};
+pub use storage::{RemoteStats, WriterInfo, CRATE_DIR, LOCK_FILE};
 pub use stored::{DynReadGuard, DynStoredArray, StoredArray};

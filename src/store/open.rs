@@ -68,17 +68,6 @@ pub(crate) fn open_store(o: OpenOptions) -> Result<DiskBackedStore> {
         None => None,
     };
     let path = o.dir;
-    if let (Some(b), Some(_)) = (&o.backend, disk_budget) {
-        // Deleting recomputable entries would delete them from the
-        // durable tier: the local cache has its own budget.
-        return Err(Error::InvalidInput {
-            path,
-            reason: format!(
-                "disk_budget deletes entries; with {} set the cache's budget (RemoteOptions::disk_budget) instead",
-                b.describe
-            ),
-        });
-    }
     if fs::metadata(&path).is_ok_and(|m| !m.is_dir()) {
         return Err(Error::NotADirectory { path });
     }

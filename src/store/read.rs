@@ -188,6 +188,14 @@ impl DiskBackedStore {
         };
         if loaded.state() == ArrayState::Offloaded {
             Counters::add(&self.inner.counters.loads);
+            if self.inner.storage.holds_copies() {
+                // The read may have fetched a copy into the cache: counted
+                // by the disk budget, which then holds.
+                self.inner
+                    .account
+                    .disk_published(&*self.inner.storage, &name, true);
+                self.inner.enforce_disk_budget();
+            }
         } else {
             Counters::add(&self.inner.counters.hits);
         }

@@ -30,8 +30,8 @@ use ndarray_offload::__testing::object_store::{
     self as os, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
     ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
-use ndarray_offload::__testing::{open_remote_on, open_tiered_on};
-use ndarray_offload::remote::{RemoteOptions, RemoteStore};
+use ndarray_offload::__testing::open_tiered_on;
+use ndarray_offload::remote::{RemoteOptions};
 use ndarray_offload::{DiskBackedStore, Error};
 use parking_lot::Mutex;
 
@@ -216,7 +216,7 @@ pub fn record(name: &str, initial: &[(&'static str, Ver)], steps: &[ROpStep]) ->
     let remote = RecStore::new();
     let shared: Arc<dyn ObjectStore> = remote.clone();
     {
-        let s = open_remote_on(URL, shared.clone(), cache.path(), opts()).unwrap();
+        let s = open_tiered_on(URL, shared.clone(), cache.path(), opts(), None).unwrap();
         for (k, v) in initial {
             if let Some(v) = v {
                 s.insert_durable(*k, value(k, *v)).unwrap();
@@ -232,7 +232,7 @@ pub fn record(name: &str, initial: &[(&'static str, Ver)], steps: &[ROpStep]) ->
         extra: Vec::new(),
     };
     let s = d.op("remote: open", &[], Durable::No, || {
-        open_remote_on(URL, shared.clone(), cache.path(), opts())
+        open_tiered_on(URL, shared.clone(), cache.path(), opts(), None)
     });
     let mut dirty: BTreeMap<&'static str, u32> = BTreeMap::new();
     for st in steps {
@@ -499,10 +499,10 @@ fn verify_tiered(
     node.close()
         .map_err(|e| format!("restart: close failed: {e}"))?;
     // The cache directory as a `RemoteStore` sees it: nothing pending.
-    let rs = open_remote_on(URL, shared.clone(), dir, opts())
+    let rs = open_tiered_on(URL, shared.clone(), dir, opts(), None)
         .map_err(|e| format!("reopen: open failed: {e}"))?;
-    if !rs.pending().is_empty() {
-        return Err(format!("still pending after flush: {:?}", rs.pending()));
+    if !rs.pending_writes().is_empty() {
+        return Err(format!("still pending after flush: {:?}", rs.pending_writes()));
     }
     let left = temps_in(dir);
     if !left.is_empty() {
@@ -530,7 +530,7 @@ fn verify_tiered(
 }
 
 fn read_all(
-    s: &RemoteStore,
+    s: &ndarray_offload::DiskBackedStore,
     allowed: &BTreeMap<String, BTreeSet<Ver>>,
 ) -> Result<BTreeMap<String, Ver>, String> {
     let mut out = BTreeMap::new();
@@ -602,12 +602,12 @@ fn verify(
     allowed: &BTreeMap<String, BTreeSet<Ver>>,
 ) -> Result<(), String> {
     let shared: Arc<dyn ObjectStore> = remote.clone();
-    let node = open_remote_on(URL, shared.clone(), dir, opts())
+    let node = open_tiered_on(URL, shared.clone(), dir, opts(), None)
         .map_err(|e| format!("restart: open failed: {e}"))?;
     node.flush()
         .map_err(|e| format!("restart: flush failed: {e}"))?;
-    if !node.pending().is_empty() {
-        return Err(format!("still pending after flush: {:?}", node.pending()));
+    if !node.pending_writes().is_empty() {
+        return Err(format!("still pending after flush: {:?}", node.pending_writes()));
     }
     let seen = read_all(&node, allowed)?;
     for (key, got) in &seen {
@@ -622,7 +622,7 @@ fn verify(
     }
     drop(node);
     let fresh_dir = tempfile::tempdir_in(super::scratch_base()).unwrap();
-    let fresh = open_remote_on(URL, shared, fresh_dir.path(), opts())
+    let fresh = open_tiered_on(URL, shared, fresh_dir.path(), opts(), None)
         .map_err(|e| format!("fresh node: open failed: {e}"))?;
     let fresh_seen = read_all(&fresh, allowed).map_err(|e| format!("fresh node: {e}"))?;
     if fresh_seen != seen {
