@@ -110,6 +110,10 @@ struct Staged {
     version: Option<String>,
     #[serde(default)]
     base: bool,
+    /// A removal promised to the next flush: the tombstone is committed
+    /// over `base`, then the pair goes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    remove: bool,
 }
 
 impl Staged {
@@ -125,9 +129,14 @@ impl Staged {
     }
 }
 
-/// Whether a cached pair's metadata is a staged write.
+/// Whether a cached pair's metadata is a staged write (or removal).
 fn is_staged(meta: &Meta) -> bool {
     meta.staged.is_some()
+}
+
+/// Whether a cached pair's metadata is a staged removal.
+fn is_removal(meta: &Meta) -> bool {
+    Staged::of(meta).is_some_and(|s| s.remove)
 }
 
 /// The data object a cached pair's metadata says it is a copy of.
@@ -410,6 +419,9 @@ impl ObjectBackend {
         let mut retried = false;
         loop {
             let cached = self.cached_meta(name);
+            if cached.as_ref().is_some_and(is_removal) {
+                return Err(self.not_found(name));
+            }
             if cached.as_ref().is_some_and(is_staged) {
                 return Ok(Copy::Cache);
             }
@@ -541,6 +553,9 @@ impl ObjectBackend {
             self.staged.lock().remove(name);
             return Ok(());
         };
+        if staged.remove {
+            return self.remove_staged(cache, name, &staged);
+        }
         let Some((file, info)) = c.file else {
             return Err(Error::Mismatch {
                 path: cache.data_path(name),
@@ -631,6 +646,37 @@ impl ObjectBackend {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Completes a removal promised by a staged removal: the tombstone over
+    /// its base (a tombstone already there counts as done), then the pair.
+    fn remove_staged(&self, cache: &LocalDir, name: &EntryName, staged: &Staged) -> Result<()> {
+        if let Some(base) = staged.base() {
+            let r = self.rt.block_on(protocol::commit(
+                &self.loc,
+                name.as_str(),
+                Some(&base),
+                Vec::new(),
+            ));
+            match r {
+                Ok(v) => {
+                    self.view.lock().insert(name.clone(), Seen::Removed(v));
+                }
+                Err(e @ Error::Conflict { .. }) => {
+                    // Another writer's value stands: the removal lost.
+                    self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                    let _ = cache.remove_if(name, |m| m.is_some_and(is_removal));
+                    self.staged.lock().remove(name);
+                    let _ = self.reload(name);
+                    self.lost.lock().push(name.clone());
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        cache.remove_if(name, |m| m.is_some_and(is_removal))?;
+        self.staged.lock().remove(name);
+        Ok(())
     }
 
     fn check_online(&self) -> Result<()> {
@@ -740,8 +786,13 @@ impl Storage for ObjectBackend {
                 entries.insert(n.clone(), Listed::Pair);
             }
         }
-        for n in self.staged.lock().iter() {
-            entries.insert(n.clone(), Listed::Pair);
+        let staged: Vec<EntryName> = self.staged.lock().iter().cloned().collect();
+        for n in staged {
+            if self.cached_meta(&n).as_ref().is_some_and(is_removal) {
+                entries.remove(&n);
+            } else {
+                entries.insert(n, Listed::Pair);
+            }
         }
         let pending = match &self.cache {
             Some(c) if c.is_writer() => c.list()?.pending,
@@ -807,6 +858,7 @@ impl Storage for ObjectBackend {
                     base: base.is_some(),
                     e_tag: base.as_ref().and_then(|b| b.e_tag.clone()),
                     version: base.and_then(|b| b.version),
+                    remove: false,
                 };
                 let mut extra = Attrs::new();
                 extra.insert(
@@ -847,36 +899,53 @@ impl Storage for ObjectBackend {
         self.check_online()?;
         let cache = self.cache()?;
         let _lock = cache.push_lock(name)?;
-        // The local pair first: a power cut before the tombstone leaves the
-        // committed value, never a staged write brought back.
-        cache.remove(name)?;
-        self.staged.lock().remove(name);
         let base = match self.view.lock().get(name) {
             Some(Seen::Live(_, v) | Seen::Listed(v)) => Some(v.clone()),
             _ => None,
         };
-        let Some(base) = base else {
-            return Ok(());
-        };
-        let r = self.rt.block_on(protocol::commit(
-            &self.loc,
-            name.as_str(),
-            Some(&base),
-            Vec::new(),
-        ));
-        match r {
-            Ok(v) => {
-                self.view.lock().insert(name.clone(), Seen::Removed(v));
-                Ok(())
-            }
-            Err(e) => {
-                if matches!(e, Error::Conflict { .. }) {
-                    self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
-                    let _ = self.reload(name);
+        // A staged write is promised to the next flush: it becomes a
+        // staged removal (durably) before the tombstone, so that neither a
+        // failure nor a power cut brings back the value before it.
+        if let (Some(b), Some(mut st)) = (
+            &base,
+            self.cached_meta(name).as_ref().and_then(Staged::of),
+        ) {
+            st.remove = true;
+            st.base = true;
+            st.e_tag = b.e_tag.clone();
+            st.version = b.version.clone();
+            let intent = serde_json::to_value(&st).ok();
+            cache.replace_fields_if(name, is_staged, &[(STAGED_FIELD, intent)], true)?;
+            return self.remove_staged(cache, name, &st);
+        }
+        // A clean copy goes first, durably (its metadata may still read as
+        // staged after a power cut: the rewrite after its commit is not
+        // synced); a power cut before the tombstone leaves the committed
+        // value, as a removal that did not happen.
+        cache.remove(name)?;
+        if let Some(base) = base {
+            let r = self.rt.block_on(protocol::commit(
+                &self.loc,
+                name.as_str(),
+                Some(&base),
+                Vec::new(),
+            ));
+            match r {
+                Ok(v) => {
+                    self.view.lock().insert(name.clone(), Seen::Removed(v));
                 }
-                Err(e)
+                Err(e) => {
+                    if matches!(e, Error::Conflict { .. }) {
+                        self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                        let _ = self.reload(name);
+                    }
+                    return Err(e);
+                }
             }
         }
+        cache.remove(name)?;
+        self.staged.lock().remove(name);
+        Ok(())
     }
 
     fn sync(&self) -> Result<()> {

@@ -185,7 +185,16 @@ impl Inner {
     fn evict_from_disk(&self, name: &EntryName) -> crate::Result<bool> {
         if self.storage.holds_copies() {
             // A copy of data kept elsewhere: only the copy goes, the entry
-            // stays (a staged write is never dropped).
+            // stays (a staged write is never dropped). Its map goes first
+            // (a mapped file's blocks are freed only when it is unmapped):
+            // an entry a guard pins, or whose data in RAM is only staged
+            // by the offload, keeps its copy.
+            let loaded = self.entries.read().get(name).and_then(|s| s.lock().loaded.clone());
+            if let Some(l) = &loaded {
+                if l.state() != ArrayState::Offloaded && !l.try_offload()? {
+                    return Ok(false);
+                }
+            }
             let dropped = self.storage.drop_copy(name)?;
             if dropped {
                 self.account.disk_removed(name);

@@ -189,8 +189,9 @@ impl DiskBackedStore {
         if loaded.state() == ArrayState::Offloaded {
             Counters::add(&self.inner.counters.loads);
             if self.inner.storage.holds_copies() {
-                // The read may have fetched a copy into the cache: counted
+                // The copy to map is fetched now (it is read next), counted
                 // by the disk budget, which then holds.
+                let _ = self.inner.storage.read_header(&name);
                 self.inner
                     .account
                     .disk_published(&*self.inner.storage, &name, true);

@@ -334,7 +334,16 @@ fn remote_conflicts_are_typed_and_nothing_is_overwritten() {
         b.insert_durable("k", Array1::from_elem(3, 4i64)),
         Err(Error::Conflict { .. })
     ));
+    // The lost write is dropped: b reads the winner's value at once.
+    assert_eq!(
+        b.get::<i64, ndarray::Ix1>("k")
+            .unwrap()
+            .to_owned_array()
+            .unwrap()[0],
+        3
+    );
     // A removal over a stale view loses too.
+    a.insert_durable("k", Array1::from_elem(3, 33i64)).unwrap();
     assert!(matches!(b.remove("k"), Err(Error::Conflict { .. })));
     b.refresh().unwrap();
     assert_eq!(
@@ -342,7 +351,7 @@ fn remote_conflicts_are_typed_and_nothing_is_overwritten() {
             .unwrap()
             .to_owned_array()
             .unwrap()[0],
-        3
+        33
     );
     b.insert_durable("k", Array1::from_elem(3, 5i64)).unwrap();
     // Removal and re-creation over a tombstone.

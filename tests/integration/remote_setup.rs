@@ -382,10 +382,10 @@ fn offline_open_reads_the_cache_while_the_server_is_down() {
             .unwrap();
         a.flush().unwrap();
         a.close().unwrap();
-        // Node B reads one of the two entries.
+        // Node B reads one of the two entries (a writable handle: a
+        // read-only one writes nothing into the cache directory).
         let b = StoreBuilder::new(node_b.path())
             .remote_with(&url, opts.clone())
-            .read_only(true)
             .open()
             .unwrap();
         assert_eq!(b.get::<u32, Ix1>("ids").unwrap().read().unwrap()[9], 9);

@@ -241,9 +241,11 @@ fn tiered_store_disk_budget_evicts_clean_copies() {
             let e = b.get::<f64, Ix1>(format!("e{i}")).unwrap();
             assert_eq!(e.read().unwrap()[7], i as f64, "round {round}");
             drop(e);
-            let cached: u64 = std::fs::read_dir(cb.path().join("objects"))
+            let cached: u64 = std::fs::read_dir(cb.path())
                 .unwrap()
-                .map(|e| e.unwrap().metadata().unwrap().len())
+                .map(|e| e.unwrap())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".npy"))
+                .map(|e| e.metadata().unwrap().len())
                 .sum();
             assert!(cached <= 4 << 20, "{cached} bytes cached");
         }
@@ -439,11 +441,19 @@ fn tiered_store_over_a_memory_url_and_its_option_checks() {
         .open()
         .unwrap_err();
     assert!(err.to_string().contains("nosuchscheme"), "{err}");
-    // One handle per cache directory.
+    // The cache directory is shared as a store directory: a second writer
+    // registers beside the first; an exclusive one is refused while it is.
+    let second = StoreBuilder::new(cache.path())
+        .remote("memory:///b/p")
+        .open()
+        .unwrap();
+    assert_eq!(second.writers().unwrap().len(), 2);
     assert!(matches!(
         StoreBuilder::new(cache.path())
             .remote("memory:///b/p")
+            .exclusive(true)
             .open(),
         Err(Error::Locked { .. })
     ));
+    drop(second);
 }
