@@ -1,8 +1,9 @@
 //! Test hooks (compiled only with the `testing` feature; not part of the
 //! stable API): the `io` layer's fault injection and recording
-//! (`io::testing`), faults at the storage seam ([`SeamFaults`]), and the
+//! (`io::testing`), faults at the storage seam (`SeamFaults`), and the
 //! hooks of the layers above it.
 
+#[cfg(feature = "remote")]
 use std::path::Path;
 use std::sync::Arc;
 

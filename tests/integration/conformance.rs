@@ -33,7 +33,9 @@ use std::fmt::Debug;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+#[cfg(feature = "remote")]
+use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use ndarray::{Array1, ArrayD, Ix1, IxDyn, ShapeBuilder};
@@ -71,6 +73,7 @@ impl Opts {
 
 /// A location of a backend: a directory, or an object-store prefix with
 /// the directory its handles' caches are made in.
+#[cfg_attr(not(feature = "remote"), allow(dead_code))]
 pub struct Loc {
     root: tempfile::TempDir,
     /// The store directory, or the URL of the prefix: what messages name.
@@ -90,6 +93,7 @@ impl Loc {
     }
 
     /// A new cache directory (one per handle: each handle is a node).
+    #[cfg(feature = "remote")]
     fn cache(&self) -> PathBuf {
         let n = self.handles.fetch_add(1, Ordering::Relaxed);
         self.root.path().join(format!("cache-{n}"))
@@ -265,7 +269,7 @@ impl Backend for IgnoresVersions<'_> {
 /// are injected), or a check that failed (never acceptable).
 #[derive(Debug)]
 pub enum Fail {
-    Store(String, Error),
+    Store(String, Box<Error>),
     Check(String),
 }
 
@@ -287,7 +291,7 @@ trait At<T> {
 
 impl<T> At<T> for ndarray_offload::Result<T> {
     fn at(self, what: impl std::fmt::Display) -> R<T> {
-        self.map_err(|e| Fail::Store(what.to_string(), e))
+        self.map_err(|e| Fail::Store(what.to_string(), Box::new(e)))
     }
 }
 
@@ -312,7 +316,7 @@ fn expect_err<T: Debug>(
 ) -> R<Error> {
     match r {
         Err(e) if want(&e) => Ok(e),
-        Err(e) if injected(&e) => Err(Fail::Store(what.to_string(), e)),
+        Err(e) if injected(&e) => Err(Fail::Store(what.to_string(), Box::new(e))),
         Err(e) => Err(Fail::Check(format!("{what}: unexpected error: {e}"))),
         Ok(v) => Err(Fail::Check(format!(
             "{what}: succeeded ({v:?}), expected an error"
@@ -1156,7 +1160,7 @@ fn case_racing_writers(cx: &Cx) -> R {
                                 );
                             }
                             Err(e) => {
-                                return Err(Fail::Store(format!("writer {w}: insert shared"), e))
+                                return Err(Fail::Store(format!("writer {w}: insert shared"), Box::new(e)))
                             }
                         }
                         cx.put_durable(s, &format!("own{w}_{i}"), &v)?;
@@ -1518,6 +1522,7 @@ fn conformance_seam_faults_after_the_call_over_memory() {
 fn conformance_rejects_a_backend_that_ignores_versions() {
     #[cfg(feature = "remote")]
     let memory = Memory::new();
+    #[cfg_attr(not(feature = "remote"), allow(unused_mut))]
     let mut inners: Vec<&dyn Backend> = vec![&Local];
     #[cfg(feature = "remote")]
     inners.push(&memory);

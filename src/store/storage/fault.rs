@@ -25,9 +25,12 @@ use crate::name::EntryName;
 use crate::npy::NpyInfo;
 use crate::store::meta::{Attrs, Meta};
 
+/// Makes the storage a store uses from the one it opened.
+pub(crate) type WrapFn = dyn Fn(Arc<dyn Storage>) -> Arc<dyn Storage> + Send + Sync;
+
 /// Wraps the storage a store opened (see the module documentation).
 #[derive(Clone)]
-pub(crate) struct WrapStorage(pub Arc<dyn Fn(Arc<dyn Storage>) -> Arc<dyn Storage> + Send + Sync>);
+pub(crate) struct WrapStorage(pub Arc<WrapFn>);
 
 impl fmt::Debug for WrapStorage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
