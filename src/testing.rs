@@ -70,8 +70,7 @@ pub fn open_tiered_on(
 pub use crate::store::{SeamCall, SeamFaults, SeamOp};
 
 /// Opens the store `builder` describes (a local directory, or an object
-/// store with [`StoreBuilder::remote`](crate::StoreBuilder::remote) or
-/// [`tiered_on`]) with its storage wrapped at the seam by `plan`: every
+/// store with `StoreBuilder::remote` or `tiered_on`) with its storage wrapped at the seam by `plan`: every
 /// seam call the handle makes (opening included) is counted, recorded and,
 /// when the plan says so, failed with [`Error::Io`](crate::Error::Io)
 /// saying the fault was injected.
