@@ -60,6 +60,14 @@ impl StoreBuilder {
         self
     }
 
+    /// Wraps the storage the open makes (local or over an object store)
+    /// with `wrap` (tests: `__testing::open_with_seam_faults`).
+    #[cfg(feature = "testing")]
+    pub(crate) fn wrap_storage(mut self, wrap: crate::store::WrapStorage) -> Self {
+        self.0.wrap = Some(wrap);
+        self
+    }
+
     /// Opens as the only writer (off by default): other writable opens, in
     /// this process or another, fail with [`Error::Locked`] while this one
     /// is open, and this one fails if another writer is registered. Readers

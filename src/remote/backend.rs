@@ -303,10 +303,16 @@ impl ObjectBackend {
                 continue;
             };
             if let Ok(m) = RemoteMeta::parse(&text, name.as_str(), &self.loc.url) {
-                view.insert(name, Seen::Live(Box::new(m), UpdateVersion {
-                    e_tag: None,
-                    version: None,
-                }));
+                view.insert(
+                    name,
+                    Seen::Live(
+                        Box::new(m),
+                        UpdateVersion {
+                            e_tag: None,
+                            version: None,
+                        },
+                    ),
+                );
             }
         }
         Ok(())
@@ -473,7 +479,9 @@ impl ObjectBackend {
                 ));
             }
             self.counters.downloads.fetch_add(1, Ordering::Relaxed);
-            self.counters.bytes_down.fetch_add(r.size, Ordering::Relaxed);
+            self.counters
+                .bytes_down
+                .fetch_add(r.size, Ordering::Relaxed);
             Ok(())
         };
         if let Some(cache) = self.cache.as_ref().filter(|c| c.is_writer()) {
@@ -533,7 +541,8 @@ impl ObjectBackend {
                 .create_new(true)
                 .open(&tmp)
                 .ctx("create", &tmp)?;
-            let got = fetch(&f, &tmp).and_then(|()| std::fs::rename(&tmp, &path).ctx("rename", &tmp));
+            let got =
+                fetch(&f, &tmp).and_then(|()| std::fs::rename(&tmp, &path).ctx("rename", &tmp));
             if let Err(e) = got {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(e);
@@ -709,7 +718,10 @@ impl ObjectBackend {
 fn meta_object(meta: &Meta) -> Value {
     let mut o = serde_json::Map::new();
     o.insert("schema_version".into(), Value::from(1));
-    o.insert("lazy_disk_cache_class".into(), Value::from(meta.class.clone()));
+    o.insert(
+        "lazy_disk_cache_class".into(),
+        Value::from(meta.class.clone()),
+    );
     o.insert(
         "shape".into(),
         serde_json::to_value(meta.shape.clone().unwrap_or_default()).unwrap_or(Value::Null),
@@ -906,10 +918,9 @@ impl Storage for ObjectBackend {
         // A staged write is promised to the next flush: it becomes a
         // staged removal (durably) before the tombstone, so that neither a
         // failure nor a power cut brings back the value before it.
-        if let (Some(b), Some(mut st)) = (
-            &base,
-            self.cached_meta(name).as_ref().and_then(Staged::of),
-        ) {
+        if let (Some(b), Some(mut st)) =
+            (&base, self.cached_meta(name).as_ref().and_then(Staged::of))
+        {
             st.remove = true;
             st.base = true;
             st.e_tag = b.e_tag.clone();

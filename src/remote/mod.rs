@@ -1,7 +1,7 @@
 //! Object storage as the durable home of a store (cargo feature `remote`).
 //!
 //! [`StoreBuilder::remote`](crate::StoreBuilder::remote) opens a
-//! [`DiskBackedStore`](crate::DiskBackedStore) whose entries live under a
+//! [`DiskBackedStore`] whose entries live under a
 //! URL prefix (`s3://bucket/prefix`, `file:///dir`, `memory:///prefix`),
 //! with the store's directory as their local cache: entries are downloaded
 //! into it and memory-mapped, so reads stay zero-copy, and the store's disk
@@ -196,7 +196,6 @@ fn offline_hint(e: Error, cached: usize) -> Error {
         e => e,
     }
 }
-
 
 /// The calls of a store over an object store.
 impl DiskBackedStore {

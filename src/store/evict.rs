@@ -189,7 +189,11 @@ impl Inner {
             // (a mapped file's blocks are freed only when it is unmapped):
             // an entry a guard pins, or whose data in RAM is only staged
             // by the offload, keeps its copy.
-            let loaded = self.entries.read().get(name).and_then(|s| s.lock().loaded.clone());
+            let loaded = self
+                .entries
+                .read()
+                .get(name)
+                .and_then(|s| s.lock().loaded.clone());
             if let Some(l) = &loaded {
                 if l.state() != ArrayState::Offloaded && !l.try_offload()? {
                     return Ok(false);

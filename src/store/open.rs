@@ -36,6 +36,10 @@ pub(crate) struct OpenOptions {
     pub exclusive: bool,
     pub lock_timeout: Option<std::time::Duration>,
     pub backend: Option<Backend>,
+    /// Wraps the storage opened (tests: faults at the seam, broken
+    /// backends).
+    #[cfg(feature = "testing")]
+    pub wrap: Option<super::storage::fault::WrapStorage>,
 }
 
 impl OpenOptions {
@@ -53,6 +57,8 @@ impl OpenOptions {
             exclusive: false,
             lock_timeout: None,
             backend: None,
+            #[cfg(feature = "testing")]
+            wrap: None,
         }
     }
 }
@@ -77,6 +83,11 @@ pub(crate) fn open_store(o: OpenOptions) -> Result<DiskBackedStore> {
     let storage: Arc<dyn Storage> = match &o.backend {
         Some(b) => (b.open)(&path, o.read_only)?,
         None => Arc::new(LocalDir::open(&path)?),
+    };
+    #[cfg(feature = "testing")]
+    let storage = match &o.wrap {
+        Some(w) => (w.0)(storage),
+        None => storage,
     };
     let lease = storage.lock(match (o.read_only, o.exclusive) {
         (true, _) => LockMode::Reader,

@@ -222,8 +222,12 @@ fn child_options() -> RemoteOptions {
     o
 }
 
-fn check_round_trip<T, D>(store: &ndarray_offload::DiskBackedStore, other: &ndarray_offload::DiskBackedStore, name: &str, a: Array<T, D>)
-where
+fn check_round_trip<T, D>(
+    store: &ndarray_offload::DiskBackedStore,
+    other: &ndarray_offload::DiskBackedStore,
+    name: &str,
+    a: Array<T, D>,
+) where
     T: Element + PartialEq + std::fmt::Debug,
     D: Dimension + 'static,
 {
@@ -963,7 +967,8 @@ fn remote_server_stopped_and_restarted() {
 #[test]
 fn remote_memory_url_and_bad_urls() {
     let cache = tempfile::tempdir().unwrap();
-    let s = crate::common::open_remote("memory:///b/p", cache.path(), RemoteOptions::default()).unwrap();
+    let s = crate::common::open_remote("memory:///b/p", cache.path(), RemoteOptions::default())
+        .unwrap();
     s.insert_durable("x", Array1::from_elem(4, 1u16)).unwrap();
     s.insert_durable("x", Array1::from_elem(4, 2u16)).unwrap();
     assert_eq!(
@@ -974,12 +979,13 @@ fn remote_memory_url_and_bad_urls() {
         2
     );
     // A second writer on the cache directory shares it (it registers).
-    let s2 =
-        crate::common::open_remote("memory:///b/p", cache.path(), RemoteOptions::default()).unwrap();
+    let s2 = crate::common::open_remote("memory:///b/p", cache.path(), RemoteOptions::default())
+        .unwrap();
     assert_eq!(s2.writers().unwrap().len(), 2);
     drop(s2);
     let c2 = tempfile::tempdir().unwrap();
-    let e = crate::common::open_remote("ftp://host/x", c2.path(), RemoteOptions::default()).unwrap_err();
+    let e = crate::common::open_remote("ftp://host/x", c2.path(), RemoteOptions::default())
+        .unwrap_err();
     assert!(
         matches!(
             e,

@@ -431,7 +431,8 @@ fn tiered_store_over_a_memory_url_and_its_option_checks() {
         .disk_budget(1u64)
         .open()
         .unwrap();
-    q.insert_durable("kept", Array1::from_elem(1000, 7u8)).unwrap();
+    q.insert_durable("kept", Array1::from_elem(1000, 7u8))
+        .unwrap();
     assert_eq!(q.get::<u8, Ix1>("kept").unwrap().read().unwrap()[999], 7);
     assert!(q.contains("kept"));
     drop(q);

@@ -25,9 +25,11 @@
 //!   per-entry lock around the commit point; `list` is re-read to see
 //!   other processes' entries.
 //!
-//! Fault injection stays below the seam: `io`'s fault plan fails the N-th
-//! file-system operation of a `LocalDir`, which is the grain that tests the
-//! local protocol step by step.
+//! Fault injection works at both grains: `io`'s fault plan fails the N-th
+//! file-system operation of a `LocalDir`, which tests the local protocol
+//! step by step; `fault.rs` (feature `testing`) wraps any `Storage` and
+//! fails the N-th seam call, which reaches backends without file-system
+//! operations (an object store).
 
 use std::fmt;
 use std::fs::File;
@@ -40,6 +42,8 @@ use crate::io::{self, FileId, Found};
 use crate::name::EntryName;
 use crate::npy::NpyInfo;
 
+#[cfg(feature = "testing")]
+pub(crate) mod fault;
 mod local;
 mod pair;
 mod procs;

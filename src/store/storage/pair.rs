@@ -85,7 +85,14 @@ pub(crate) fn publish_pairs(
         let (shape, dtype, flags, attrs) = (&job.shape, &job.dtype, job.flags, job.attrs.clone());
         let extra = job.extra.clone();
         let render = |c: &Commit| {
-            meta::render(shape, dtype, flags, Some(c), attrs.as_deref(), extra.as_deref())
+            meta::render(
+                shape,
+                dtype,
+                flags,
+                Some(c),
+                attrs.as_deref(),
+                extra.as_deref(),
+            )
         };
         let tok = token.as_deref();
         let mut m = match early {
@@ -115,7 +122,13 @@ pub(crate) fn publish_pairs(
             id,
             token,
         });
-        names.push((job.name, job.publish, job.version, job.published, job.unless));
+        names.push((
+            job.name,
+            job.publish,
+            job.version,
+            job.published,
+            job.unless,
+        ));
     }
     if !per_file {
         dir.syncfs()?;
@@ -149,9 +162,8 @@ pub(crate) fn publish_pairs(
             staged.into_iter().zip(&names).enumerate()
         {
             let _g = io::OWNERSHIP.lock();
-            let refused = unless.is_some_and(|f| {
-                Meta::read_in(dir, &name.meta_file()).is_ok_and(|m| f(&m))
-            });
+            let refused =
+                unless.is_some_and(|f| Meta::read_in(dir, &name.meta_file()).is_ok_and(|m| f(&m)));
             if refused
                 || !publish.load(Ordering::Acquire)
                 || version < published.load(Ordering::Acquire)
@@ -345,7 +357,15 @@ pub(crate) fn replace_attrs(
     attrs: &meta::Attrs,
 ) -> Result<()> {
     let attrs = (!attrs.is_empty()).then(|| serde_json::Value::Object(attrs.clone()));
-    replace_fields_if(dir, procs, name, |_| true, &[(meta::ATTRS_FIELD, attrs)], true).map(|_| ())
+    replace_fields_if(
+        dir,
+        procs,
+        name,
+        |_| true,
+        &[(meta::ATTRS_FIELD, attrs)],
+        true,
+    )
+    .map(|_| ())
 }
 
 /// Replaces fields of `name`'s metadata (see [`meta::with_fields`]) when

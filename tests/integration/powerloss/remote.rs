@@ -31,7 +31,7 @@ use ndarray_offload::__testing::object_store::{
     ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 use ndarray_offload::__testing::open_tiered_on;
-use ndarray_offload::remote::{RemoteOptions};
+use ndarray_offload::remote::RemoteOptions;
 use ndarray_offload::{DiskBackedStore, Error};
 use parking_lot::Mutex;
 
@@ -402,7 +402,10 @@ fn verify_tiered(
     let rs = open_tiered_on(URL, shared.clone(), dir, opts(), None)
         .map_err(|e| format!("reopen: open failed: {e}"))?;
     if !rs.pending_writes().is_empty() {
-        return Err(format!("still pending after flush: {:?}", rs.pending_writes()));
+        return Err(format!(
+            "still pending after flush: {:?}",
+            rs.pending_writes()
+        ));
     }
     let left = temps_in(dir);
     if !left.is_empty() {
@@ -507,7 +510,10 @@ fn verify(
     node.flush()
         .map_err(|e| format!("restart: flush failed: {e}"))?;
     if !node.pending_writes().is_empty() {
-        return Err(format!("still pending after flush: {:?}", node.pending_writes()));
+        return Err(format!(
+            "still pending after flush: {:?}",
+            node.pending_writes()
+        ));
     }
     let seen = read_all(&node, allowed)?;
     for (key, got) in &seen {
