@@ -55,28 +55,6 @@ pub struct GcReport {
     pub malformed: usize,
 }
 
-/// Runs one pass over the prefix `url` (see the module docs), its requests
-/// made with `net` and the `object_store` configuration `config`, on a
-/// runtime of its own.
-pub(crate) fn run_at(
-    url: &str,
-    net: &super::url::NetOptions,
-    config: &[(String, String)],
-    grace: Duration,
-) -> Result<GcReport> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Io {
-            path: std::path::PathBuf::new(),
-            op: "start the object-store runtime",
-            source: e,
-        })?;
-    let loc = super::url::open(url, net, config, false)?;
-    rt.block_on(run(&loc, grace))
-}
-
 /// Runs one pass (see the module docs).
 pub(crate) async fn run(loc: &Location, grace: Duration) -> Result<GcReport> {
     let mut report = GcReport::default();

@@ -163,6 +163,8 @@ impl EntryLink {
             version: s.version,
             published: &self.published,
             write_npy: s.write_npy,
+            extra: None,
+            unless: None,
         }
     }
 

@@ -6,6 +6,7 @@ mod budget;
 mod cli;
 mod common;
 mod concurrency;
+mod conformance;
 mod crash;
 mod disk_budget;
 mod examples;

@@ -24,7 +24,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ndarray::{Array1, Ix1};
-use ndarray_offload::__testing::remote_gc;
 use ndarray_offload::remote::{NetOptions, RemoteOptions};
 use ndarray_offload::{DiskBackedStore, Error, RemoteErrorKind, StoreBuilder};
 use serde_json::Value;
@@ -708,7 +707,9 @@ fn stray_objects_leave_the_store_openable_and_are_reported() {
         }
 
         // gc deletes the replaced value, and none of the strays.
-        let report = remote_gc(&url, &moto.options(), Duration::ZERO)
+        let c = tempfile::tempdir().unwrap();
+        let report = open(c.path(), &url, moto.options())
+            .and_then(|s| s.gc_with_grace(Duration::ZERO))
             .unwrap_or_else(|e| panic!("{what}: gc: {e}"));
         assert_eq!(report.deleted, 1, "{what}: {report:?}");
         assert_eq!(report.referenced, 3, "{what}: {report:?}");

@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::time::Duration;
 
 use ndarray::{array, Array1, ArrayD, Ix1, IxDyn, ShapeBuilder};
-use ndarray_offload::remote::{NetOptions, RemoteOptions, RemoteStore};
+use ndarray_offload::remote::{NetOptions, RemoteOptions};
 use ndarray_offload::{DiskBackedStore, Element, Error, RemoteErrorKind, StoreBuilder};
 
 use crate::common::run_child;
@@ -113,7 +113,7 @@ fn tiered_store_round_trips_every_dtype_and_layout() {
     let c = open(&moto, &url, cc.path(), "1MiB");
     assert_eq!(c.len(), n);
     let cd = tempfile::tempdir().unwrap();
-    let d = RemoteStore::open_with(&url, cd.path(), moto.options()).unwrap();
+    let d = crate::common::open_remote(&url, cd.path(), moto.options()).unwrap();
     assert_eq!(d.len(), n);
     let stats = b.stats();
     assert!(stats.loads > 0, "{stats}");
@@ -230,10 +230,9 @@ fn tiered_store_disk_budget_evicts_clean_copies() {
         a.insert_durable(format!("e{i}"), Array1::from_elem(1 << 17, i as f64))
             .unwrap();
     }
-    let mut o = moto.options();
-    o.disk_budget = Some("3MiB".parse().unwrap());
     let b = StoreBuilder::new(cb.path())
-        .remote_with(&url, o)
+        .remote_with(&url, moto.options())
+        .disk_budget("3MiB")
         .memory_budget("1MiB")
         .open()
         .unwrap();
@@ -242,9 +241,11 @@ fn tiered_store_disk_budget_evicts_clean_copies() {
             let e = b.get::<f64, Ix1>(format!("e{i}")).unwrap();
             assert_eq!(e.read().unwrap()[7], i as f64, "round {round}");
             drop(e);
-            let cached: u64 = std::fs::read_dir(cb.path().join("objects"))
+            let cached: u64 = std::fs::read_dir(cb.path())
                 .unwrap()
-                .map(|e| e.unwrap().metadata().unwrap().len())
+                .map(|e| e.unwrap())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".npy"))
+                .map(|e| e.metadata().unwrap().len())
                 .sum();
             assert!(cached <= 4 << 20, "{cached} bytes cached");
         }
@@ -422,28 +423,37 @@ fn tiered_store_over_a_memory_url_and_its_option_checks() {
     }
     assert!(s.remove("t0").unwrap());
     assert!(!s.contains("t0"));
-    // A disk budget would delete entries from the durable tier: refused.
+    // A disk budget drops cached copies, never entries of the durable tier.
     let other = tempfile::tempdir().unwrap();
-    let err = StoreBuilder::new(other.path())
+    let q = StoreBuilder::new(other.path())
         .remote("memory:///b/q")
-        .disk_budget("1MiB")
+        .disk_budget(1u64)
         .open()
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::InvalidInput { reason, .. } if reason.contains("RemoteOptions::disk_budget")),
-        "{err}"
-    );
+        .unwrap();
+    q.insert_durable("kept", Array1::from_elem(1000, 7u8))
+        .unwrap();
+    assert_eq!(q.get::<u8, Ix1>("kept").unwrap().read().unwrap()[999], 7);
+    assert!(q.contains("kept"));
+    drop(q);
     // A bad URL is a typed remote error naming it.
     let err = StoreBuilder::new(other.path())
         .remote("nosuchscheme://x/y")
         .open()
         .unwrap_err();
     assert!(err.to_string().contains("nosuchscheme"), "{err}");
-    // One handle per cache directory.
+    // The cache directory is shared as a store directory: a second writer
+    // registers beside the first; an exclusive one is refused while it is.
+    let second = StoreBuilder::new(cache.path())
+        .remote("memory:///b/p")
+        .open()
+        .unwrap();
+    assert_eq!(second.writers().unwrap().len(), 2);
     assert!(matches!(
         StoreBuilder::new(cache.path())
             .remote("memory:///b/p")
+            .exclusive(true)
             .open(),
         Err(Error::Locked { .. })
     ));
+    drop(second);
 }

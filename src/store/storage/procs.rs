@@ -299,6 +299,19 @@ impl Procs {
         Ok(held)
     }
 
+    /// Takes the push lock of `name` (a remote store's cache directory: the
+    /// upload and commit of the key's staged write), blocking until it is
+    /// free. Taken by exclusive writers too: their threads push in turn.
+    pub(crate) fn push_lock(&self, name: &EntryName) -> Result<KeyLock> {
+        let file = format!("{name}.push");
+        let path = self.locks.join(&file);
+        let Some(f) = self.locks.open_lock(&file, true)? else {
+            return Err(Error::corrupt(&path, "could not be created"));
+        };
+        f.lock().ctx("lock", &path)?;
+        Ok(KeyLock(f))
+    }
+
     /// Takes the compute lock of `name`, waiting up to `timeout` (`None`:
     /// as long as it takes) for the process that holds it, and records
     /// this writer as its holder. An exclusive writer has no other writer
