@@ -114,6 +114,11 @@ struct Staged {
     /// over `base`, then the pair goes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     remove: bool,
+    /// The registration of the writer that staged it: other processes on
+    /// the cache directory read the committed value instead, until it is
+    /// committed (or its writer died: then any writer commits it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    writer: Option<String>,
 }
 
 impl Staged {
@@ -435,6 +440,25 @@ impl ObjectBackend {
         }
     }
 
+    /// Whether a cached pair is a staged write (or removal) this handle
+    /// reads as the entry's value: its own, or one a dead writer left
+    /// (committed by the next `sync`). Another live process's staged write
+    /// is read as the committed value until it is committed; a read-only
+    /// handle reads only committed values.
+    fn visible(&self, meta: &Meta) -> bool {
+        let Some(s) = Staged::of(meta) else {
+            return false;
+        };
+        let Some(cache) = &self.cache else {
+            return false;
+        };
+        match (s.writer.as_deref(), cache.writer_id()) {
+            (None, Some(_)) => true,
+            (Some(w), Some(me)) => w == me || !cache.is_alive(w),
+            (_, None) => false,
+        }
+    }
+
     /// The cached pair's metadata of `name`, if there is one that parses.
     fn cached_meta(&self, name: &EntryName) -> Option<Meta> {
         self.cache.as_ref()?.read_meta(name).ok()
@@ -445,10 +469,11 @@ impl ObjectBackend {
         let mut retried = false;
         loop {
             let cached = self.cached_meta(name);
-            if cached.as_ref().is_some_and(is_removal) {
+            let visible = cached.as_ref().is_some_and(|m| self.visible(m));
+            if visible && cached.as_ref().is_some_and(is_removal) {
                 return Err(self.not_found(name));
             }
-            if cached.as_ref().is_some_and(is_staged) {
+            if visible {
                 return Ok(Copy::Cache);
             }
             let remote = self.remote_meta(name)?;
@@ -534,9 +559,11 @@ impl ObjectBackend {
                 unless: Some(is_staged),
             };
             // A clean copy: not synced (a copy lost by a power cut is
-            // downloaded again).
-            cache.publish(vec![job], SyncMode::Spill)?;
-            return Ok(Copy::Cache);
+            // downloaded again). Never over a staged write: the copy is then
+            // read from the private directory.
+            if cache.publish(vec![job], SyncMode::Spill)?[0].is_some() {
+                return Ok(Copy::Cache);
+            }
         }
         let mut private = self.private.lock();
         if private.is_none() {
@@ -820,10 +847,14 @@ impl Storage for ObjectBackend {
         }
         let staged: Vec<EntryName> = self.staged.lock().iter().cloned().collect();
         for n in staged {
-            if self.cached_meta(&n).as_ref().is_some_and(is_removal) {
-                entries.remove(&n);
-            } else {
-                entries.insert(n, Listed::Pair);
+            match self.cached_meta(&n).filter(|m| self.visible(m)) {
+                Some(m) if is_removal(&m) => {
+                    entries.remove(&n);
+                }
+                Some(_) => {
+                    entries.insert(n, Listed::Pair);
+                }
+                None => {}
             }
         }
         let pending = match &self.cache {
@@ -841,7 +872,10 @@ impl Storage for ObjectBackend {
     }
 
     fn read_meta(&self, name: &EntryName) -> Result<Meta> {
-        if let Some(m) = self.cached_meta(name).filter(is_staged) {
+        if let Some(m) = self.cached_meta(name).filter(|m| self.visible(m)) {
+            if is_removal(&m) {
+                return Err(self.not_found(name));
+            }
             return Ok(m);
         }
         let remote = self.remote_meta(name)?;
@@ -859,6 +893,18 @@ impl Storage for ObjectBackend {
     }
 
     fn open_data(&self, name: &EntryName, access: io::Access) -> Result<File> {
+        if access == io::Access::Read {
+            // The file of the version this handle reads, whatever another
+            // process on the cache directory publishes meanwhile.
+            let c = self.read_checked(name)?;
+            return match c.file {
+                Some((f, _)) => Ok(f),
+                None => Err(Error::NoFile {
+                    path: self.data_path(name),
+                    reason: "the cached copy disagrees with the entry's metadata",
+                }),
+            };
+        }
         match self.copy_of(name)? {
             Copy::Cache => self.cache()?.open_data(name, access),
             Copy::Private(path, _) => io::open_regular(&path, io::Access::Read),
@@ -891,6 +937,7 @@ impl Storage for ObjectBackend {
                     e_tag: base.as_ref().and_then(|b| b.e_tag.clone()),
                     version: base.and_then(|b| b.version),
                     remove: false,
+                    writer: cache.writer_id().map(str::to_owned),
                 };
                 let mut extra = Attrs::new();
                 extra.insert(
@@ -1058,7 +1105,7 @@ impl Storage for ObjectBackend {
                     let c = self.cache()?.read_checked(name)?;
                     // A copy of the version this handle knows, or a staged
                     // write; else the cache changed meanwhile: again.
-                    let current = is_staged(&c.meta)
+                    let current = self.visible(&c.meta)
                         || self.view.lock().get(name).is_some_and(|s| match s {
                             Seen::Live(m, _) => {
                                 data_of(&c.meta) == Some(m.ndoffload_remote.data.as_str())
@@ -1107,7 +1154,7 @@ impl Storage for ObjectBackend {
         let Some(m) = self.cached_meta(name) else {
             return false;
         };
-        is_staged(&m)
+        self.visible(&m)
             || self.view.lock().get(name).is_some_and(|s| match s {
                 Seen::Live(r, _) => data_of(&m) == Some(r.ndoffload_remote.data.as_str()),
                 Seen::Listed(_) | Seen::Removed(_) => false,

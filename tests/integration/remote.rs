@@ -1120,3 +1120,203 @@ except ValueError as e:
         Err(Error::Corrupt { .. })
     ));
 }
+
+/// The value `gen` of a key in the shared-cache run: `n` elements in
+/// logical order `[gen, n, gen * 7919 + 2, gen * 7919 + 3, ...]`, 1-d,
+/// 2-d in C order or 2-d in Fortran order (by `gen`).
+fn shared_value(gen: i64) -> ArrayD<i64> {
+    let rows = 50 + (gen % 13) as usize;
+    let n = rows * 4;
+    let elem = |i: usize| match i {
+        0 => gen,
+        1 => n as i64,
+        i => gen * 7919 + i as i64,
+    };
+    match gen % 3 {
+        0 => Array1::from_shape_fn(n, elem).into_dyn(),
+        1 => ndarray::Array2::from_shape_fn((rows, 4), |(r, c)| elem(r * 4 + c)).into_dyn(),
+        _ => ndarray::Array2::from_shape_fn((rows, 4).f(), |(r, c)| elem(r * 4 + c)).into_dyn(),
+    }
+}
+
+/// Checks a value read in the shared-cache run: whole, of one generation.
+fn check_shared(v: &ArrayD<i64>) -> Result<i64, String> {
+    let flat: Vec<i64> = v.iter().copied().collect();
+    let gen = *flat.first().ok_or("empty value")?;
+    if flat.get(1) != Some(&(flat.len() as i64)) {
+        return Err(format!(
+            "length {} but the value says {:?}",
+            flat.len(),
+            flat.get(1)
+        ));
+    }
+    if *v != shared_value(gen) {
+        return Err(format!(
+            "value of generation {gen} differs from what was written"
+        ));
+    }
+    Ok(gen)
+}
+
+/// One process of `remote_shared_cache_one_writer_three_readers`:
+/// `NDOFFLOAD_SHARED_ROLE` is `writer`, `reader` (read-only handle) or
+/// `caching-reader` (a writable handle that only reads: it downloads into
+/// the shared cache directory, under a small disk budget that drops
+/// copies while the others read them).
+#[test]
+#[ignore = "run in a child process by remote_shared_cache_one_writer_three_readers"]
+fn remote_shared_cache_child() {
+    let (Ok(url), Ok(cache), Ok(role), Ok(secs)) = (
+        std::env::var("NDOFFLOAD_REMOTE_URL"),
+        std::env::var("NDOFFLOAD_REMOTE_CACHE"),
+        std::env::var("NDOFFLOAD_SHARED_ROLE"),
+        std::env::var("NDOFFLOAD_SHARED_SECS"),
+    ) else {
+        return;
+    };
+    let secs: u64 = secs.parse().unwrap();
+    let builder = ndarray_offload::StoreBuilder::new(&cache).remote_with(&url, child_options());
+    let store = match role.as_str() {
+        "writer" => builder.memory_budget(20_000u64).open(),
+        "reader" => builder.read_only(true).open(),
+        _ => builder.disk_budget(12_000u64).open(),
+    }
+    .unwrap();
+    let start = Instant::now();
+    let mut rng = Rng(role.len() as u64 * 104_729 + std::process::id() as u64);
+    let (mut ops, mut errors, mut missing) = (0u64, 0u64, 0u64);
+    let mut gen = 0i64;
+    while start.elapsed() < Duration::from_secs(secs) {
+        let key = format!("k{}", rng.below(6));
+        ops += 1;
+        if role == "writer" {
+            gen += 1;
+            let r = match rng.below(10) {
+                0 => store.remove(&key).map(|_| ()),
+                1..=3 => store.insert(&key, shared_value(gen)).and_then(|()| {
+                    if rng.below(3) == 0 {
+                        store.flush()
+                    } else {
+                        Ok(())
+                    }
+                }),
+                _ => store.insert_durable(&key, shared_value(gen)),
+            };
+            if let Err(e) = r {
+                errors += 1;
+                eprintln!("SHARED writer error: {key}: {e}");
+            }
+            continue;
+        }
+        if rng.below(4) == 0 {
+            if let Err(e) = store.refresh() {
+                errors += 1;
+                eprintln!("SHARED {role} refresh error: {e}");
+            }
+        }
+        match store
+            .get::<i64, IxDyn>(&key)
+            .and_then(|a| a.to_owned_array())
+        {
+            Ok(v) => {
+                if let Err(e) = check_shared(&v) {
+                    errors += 1;
+                    eprintln!("SHARED {role} torn value of {key}: {e}");
+                }
+            }
+            Err(e) if e.is_not_found() => missing += 1,
+            Err(e) => {
+                errors += 1;
+                eprintln!("SHARED {role} error: {key}: {e}");
+            }
+        }
+    }
+    if role == "writer" {
+        if let Err(e) = store.flush() {
+            errors += 1;
+            eprintln!("SHARED writer final flush error: {e}");
+        }
+    }
+    println!("SHARED {role} ops {ops} missing {missing} errors {errors}");
+    assert_eq!(errors, 0, "{role}: {errors} errors");
+}
+
+/// One writer and three reader processes share one cache directory of a
+/// remote store (two read-only readers, which take no lock and download
+/// privately, and one writable reader, which downloads into the shared
+/// directory under a disk budget that keeps dropping copies): every read
+/// is a whole value of one generation, no process sees an error. 30 s
+/// under CI.
+#[test]
+fn remote_shared_cache_one_writer_three_readers() {
+    let Some(moto) = Moto::start() else { return };
+    let url = moto.url("shared");
+    let cache = tempfile::tempdir().unwrap();
+    let secs = if in_ci() { 30 } else { 8 };
+    // The directory exists and holds a first value of each key before the
+    // readers start (a read-only handle creates nothing).
+    {
+        let s = crate::common::open_remote(&url, cache.path(), moto.options()).unwrap();
+        for k in 0..6 {
+            s.insert_durable(format!("k{k}"), shared_value(1000 + k))
+                .unwrap();
+        }
+    }
+    let base: Vec<(&str, std::ffi::OsString)> = moto
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k, v.into()))
+        .chain([
+            ("NDOFFLOAD_REMOTE_URL", url.clone().into()),
+            ("NDOFFLOAD_REMOTE_CACHE", cache.path().into()),
+            ("NDOFFLOAD_SHARED_SECS", secs.to_string().into()),
+        ])
+        .collect();
+    let runs: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = ["writer", "reader", "reader", "caching-reader"]
+            .into_iter()
+            .map(|role| {
+                let mut env = base.clone();
+                env.push(("NDOFFLOAD_SHARED_ROLE", role.into()));
+                s.spawn(move || {
+                    let env_ref: Vec<(&str, &OsStr)> =
+                        env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
+                    run_child(
+                        "remote::remote_shared_cache_child",
+                        &env_ref,
+                        Duration::from_secs(secs + 120),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut reads = 0u64;
+    for run in &runs {
+        for line in run
+            .output
+            .lines()
+            .filter_map(|l| l.find("SHARED ").map(|i| &l[i..]))
+        {
+            eprintln!("{line}");
+            if !line.contains("writer") {
+                if let Some(n) = line.split_whitespace().nth(3) {
+                    reads += n.parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+        assert!(run.ok(), "{}", run.output);
+    }
+    assert!(reads > 0, "the readers read nothing: {}", runs[1].output);
+    // Every key is whole after the run, read by a fresh node.
+    let other = tempfile::tempdir().unwrap();
+    let s = crate::common::open_remote(&url, other.path(), moto.options()).unwrap();
+    for k in s.keys() {
+        let v = s
+            .get::<i64, IxDyn>(k.as_str())
+            .unwrap()
+            .to_owned_array()
+            .unwrap();
+        check_shared(&v).unwrap();
+    }
+}

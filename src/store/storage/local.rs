@@ -77,6 +77,17 @@ impl LocalDir {
         self.procs.get().map(|p| &**p)
     }
 
+    /// This writer's registration id (`None`: a reader).
+    pub(crate) fn writer_id(&self) -> Option<&str> {
+        self.procs().map(|p| p.id())
+    }
+
+    /// Whether the writer registered as `id` is alive (a reader cannot
+    /// tell: `true`).
+    pub(crate) fn is_alive(&self, id: &str) -> bool {
+        self.procs().is_none_or(|p| p.is_alive(id))
+    }
+
     /// Whether this handle registered as a writer.
     pub(crate) fn is_writer(&self) -> bool {
         self.procs.get().is_some()

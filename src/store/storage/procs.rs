@@ -221,6 +221,11 @@ impl Procs {
     /// dead writer's registration is ever removed by another process);
     /// anything doubtful (not a regular file, an error) counts as alive, so
     /// that nothing of it is touched.
+    /// This writer's registration id.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
     pub(crate) fn is_alive(&self, id: &str) -> bool {
         if id == self.id {
             return true;
