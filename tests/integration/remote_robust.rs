@@ -506,6 +506,35 @@ for key in args[0::2]:
     );
 }
 
+/// The keys `python/ndoffload_remote.py` (the reader for other languages)
+/// lists under `prefix`.
+fn python_keys(py: &str, moto: &Moto, prefix: &str) -> Vec<String> {
+    let code = r#"
+import json, sys, boto3
+sys.path.insert(0, sys.argv[4])
+from ndoffload_remote import RemoteStore
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], aws_access_key_id="test",
+                  aws_secret_access_key="test", region_name="us-east-1")
+print(json.dumps(RemoteStore(f"s3://{sys.argv[2]}/{sys.argv[3]}", client=s3).keys()))
+"#;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
+    let out = Command::new(py)
+        .arg("-c")
+        .arg(code)
+        .arg(moto.endpoint())
+        .arg(BUCKET)
+        .arg(prefix)
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ndoffload_remote.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Runs `ndoffload` with moto's variables: exit code and stdout.
 fn ndoffload(moto: &Moto, args: &[&str]) -> (i32, String) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ndoffload"));
@@ -645,6 +674,9 @@ fn stray_objects_leave_the_store_openable_and_are_reported() {
         assert_eq!(read(&s, "a"), value(1.0, 50), "{what}");
         assert_eq!(read(&s, "b"), value(100.0, 70), "{what}");
         s.insert_durable("c", value(7.0, 10)).unwrap();
+        // The reader for other languages lists what the store lists.
+        let all: Vec<String> = s.keys().iter().map(|k| k.as_str().to_string()).collect();
+        assert_eq!(python_keys(&py, &moto, &prefix), all, "{what}");
         if class.malformed > 0 {
             // Reading a malformed entry is a typed error naming its object.
             let e = s.get::<f64, Ix1>("bad").unwrap_err();
