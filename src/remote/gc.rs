@@ -8,7 +8,7 @@
 //! is still unreferenced. A reader that read a metadata object before the
 //! object lost its last reference therefore has the whole grace period to
 //! download it; a writer commits only within half the grace period of
-//! finishing its upload (`RemoteStore` checks this), so an upload is never
+//! finishing its upload (the store's backend checks this), so an upload is never
 //! deleted under a commit. A grace period of zero deletes at once: use it
 //! only while no writer or reader is running.
 
