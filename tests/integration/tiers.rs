@@ -457,3 +457,48 @@ fn tiered_store_over_a_memory_url_and_its_option_checks() {
     ));
     drop(second);
 }
+
+/// Replacing an entry leaves one copy of it in the cache directory: a
+/// superseded staged write goes once the new one is published (20
+/// replacements of a 2 MiB entry, durable and spilled).
+#[test]
+fn replacements_leave_one_copy_in_the_cache_directory() {
+    let cache = tempfile::tempdir().unwrap();
+    let s = StoreBuilder::new(cache.path())
+        .remote("memory:///b/replace")
+        .memory_budget("1MiB")
+        .open()
+        .unwrap();
+    let n = 1 << 18; // 2 MiB of f64
+    for i in 0..20 {
+        let v = Array1::from_elem(n, i as f64);
+        if i % 2 == 0 {
+            s.insert_durable("big", v).unwrap();
+        } else {
+            s.insert("big", v).unwrap(); // spilled by the budget
+        }
+    }
+    s.flush().unwrap();
+    let bytes = dir_bytes(cache.path());
+    assert!(
+        bytes < 3 * (n as u64 * 8),
+        "{bytes} bytes in the cache directory after 20 replacements"
+    );
+    assert_eq!(s.get::<f64, Ix1>("big").unwrap().read().unwrap()[7], 19.0);
+    assert!(s.pending_writes().is_empty());
+}
+
+/// Bytes of the regular files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let md = std::fs::symlink_metadata(e.path()).unwrap();
+        if md.is_dir() {
+            total += dir_bytes(&e.path());
+        } else if md.is_file() {
+            total += md.len();
+        }
+    }
+    total
+}
