@@ -38,7 +38,10 @@ use crate::error::{Error, RemoteErrorKind, Result};
 /// sends a body gets `bytes / min_upload_rate` more (an 8 MiB part at the
 /// default 128 KiB/s: 64 s more), so an upload on a slow link is not cut
 /// off; a download may take as long as it keeps receiving (no pause longer
-/// than `request_timeout`). A server that answers with an error (HTTP 5xx,
+/// than `request_timeout`). The request that completes a multipart upload
+/// gets 1 s more per part it lists (the server assembles the object before
+/// it answers: 128 s more for a 1 GiB object of 8 MiB parts). A server
+/// that answers with an error (HTTP 5xx,
 /// 429) is retried up to [`max_retries`](Self::max_retries) times within
 /// [`retry_timeout`](Self::retry_timeout).
 ///
@@ -176,6 +179,29 @@ impl NetOptions {
 /// not to answer fail in seconds, while requests are still sent, so that a
 /// server that answers again is noticed at its first answer.
 pub(crate) const UNANSWERED_WAIT: Duration = Duration::from_secs(2);
+
+/// The extra wait, per part, for the answer to the request that completes
+/// a multipart upload (the server assembles the object first).
+pub(crate) const COMPLETE_PER_PART: Duration = Duration::from_secs(1);
+
+/// The parts a request completing a multipart upload lists (`POST
+/// ...?uploadId=...` with a `<CompleteMultipartUpload>` body); 0 for any
+/// other request.
+fn parts_completed(req: &HttpRequest) -> u32 {
+    let completes = req.method().as_str() == "POST"
+        && req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p.starts_with("uploadId=")));
+    if !completes {
+        return 0;
+    }
+    let Some(body) = req.body().as_bytes() else {
+        return 0;
+    };
+    let needle = b"<PartNumber>";
+    body.windows(needle.len()).filter(|w| w == needle).count() as u32
+}
 
 /// An opened store URL: the client, the prefix inside it, and the URL text
 /// used in error messages.
@@ -592,7 +618,8 @@ impl HttpService for Guarded {
             let head_only = req.method().as_str() == "HEAD";
             let limit = health
                 .net
-                .answer_limit(req.body().content_length() as u64, unanswered);
+                .answer_limit(req.body().content_length() as u64, unanswered)
+                .map(|l| l.saturating_add(COMPLETE_PER_PART * parts_completed(&req)));
             let sent = self.inner.execute(req);
             let answer = match limit {
                 Some(limit) => match tokio::time::timeout(limit, sent).await {
@@ -965,6 +992,27 @@ pub(crate) fn decode_part(part: &str) -> Option<String> {
 mod tests {
     use super::*;
     use object_store::path::PathPart;
+
+    #[test]
+    fn completing_a_multipart_upload_waits_longer_per_part() {
+        let req = |method: &str, uri: &str, body: &str| -> HttpRequest {
+            let mut r = HttpRequest::new(body.to_string().into());
+            *r.method_mut() = method.parse().unwrap();
+            *r.uri_mut() = uri.parse().unwrap();
+            r
+        };
+        let body = "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber></Part>\
+                    <Part><PartNumber>2</PartNumber></Part><Part><PartNumber>3</PartNumber>\
+                    </Part></CompleteMultipartUpload>";
+        let complete = req("POST", "http://h/b/k?uploadId=abc", body);
+        assert_eq!(parts_completed(&complete), 3);
+        assert_eq!(parts_completed(&req("POST", "http://h/b/k?uploads", "")), 0);
+        assert_eq!(
+            parts_completed(&req("PUT", "http://h/b/k?uploadId=abc&partNumber=1", body)),
+            0
+        );
+        assert_eq!(parts_completed(&req("GET", "http://h/b/k", "")), 0);
+    }
 
     #[test]
     fn decode_inverts_path_part() {
