@@ -20,7 +20,13 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use ndarray::Array2;
-use ndarray_offload::remote::{RemoteOptions, RemoteStore, TransferOptions};
+use ndarray_offload::remote::{RemoteOptions, TransferOptions};
+use ndarray_offload::DiskBackedStore;
+
+/// A store over the prefix `url` with `cache` as its cache directory.
+fn open_store(url: &str, cache: &std::path::Path, o: RemoteOptions) -> DiskBackedStore {
+    StoreBuilder::new(cache).remote_with(url, o).open().unwrap()
+}
 use ndarray_offload::{NpyStreamWriter, StoreBuilder};
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path as OPath;
@@ -225,7 +231,7 @@ fn main() {
         let file = big_npy(tmp.path(), mib);
         let size = std::fs::metadata(&file).unwrap().len();
         let cache = tmp.path().join("cacheA");
-        let store = RemoteStore::open_with(&url, &cache, options(port)).unwrap();
+        let store = open_store(&url, &cache, options(port));
         // Interleaved: raw, crate, raw, crate; best of each.
         let (mut best_raw, mut best_crate) = (Duration::MAX, Duration::MAX);
         for i in 0..2 {
@@ -272,7 +278,7 @@ fn main() {
                 ));
                 let _ = std::fs::remove_file(tmp.path().join(format!("raw{i}.npy")));
                 let cache = tmp.path().join(format!("cacheB{i}"));
-                let b = RemoteStore::open_with(&url, &cache, options(port)).unwrap();
+                let b = open_store(&url, &cache, options(port));
                 let t = Instant::now();
                 let a = b.get::<f64, ndarray::Ix2>("big0").unwrap();
                 best_crate = best_crate.min(t.elapsed());
@@ -341,7 +347,7 @@ fn main() {
     if which == "all" || which == "small" {
         let n = 200;
         let cache = tmp.path().join("cacheS");
-        let store = RemoteStore::open_with(&url, &cache, options(port)).unwrap();
+        let store = open_store(&url, &cache, options(port));
         let a = Array2::from_shape_fn((1000, 3), |(i, j)| (i * 3 + j) as f64);
         let mut npy = Vec::new();
         ndarray_npy::WriteNpyExt::write_npy(&a, &mut npy).unwrap();

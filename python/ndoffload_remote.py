@@ -45,6 +45,30 @@ def encode_part(text):
     return "".join(out)
 
 
+_DEVICES = (
+    {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
+    | {f"COM{i}" for i in range(10)}
+    | {f"LPT{i}" for i in range(10)}
+    | {"COM\u00b9", "COM\u00b2", "COM\u00b3", "LPT\u00b9", "LPT\u00b2", "LPT\u00b3"}
+)
+
+
+def is_entry_name(name):
+    """Whether ``name`` is a valid entry name (the crate's ``EntryName``
+    rules): objects named otherwise are ignored by the store."""
+    if name in ("", ".", ".."):
+        return False
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return False
+    if ":" in name or "/" in name or "\\" in name:
+        return False
+    if name.split(".")[0].rstrip(" ").upper() in _DEVICES:
+        return False
+    if name.endswith(" ") or name.endswith("."):
+        return False
+    return len(name.encode("utf-8")) <= 200
+
+
 def _client():
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT")
     return boto3.client("s3", endpoint_url=endpoint)
@@ -75,7 +99,12 @@ class RemoteStore:
                 part = obj["Key"][len(start):]
                 if "/" in part or not part.endswith(META_SUFFIX):
                     continue
-                yield unquote(part[: -len(META_SUFFIX)]), obj["Key"], obj["Size"]
+                name = unquote(part[: -len(META_SUFFIX)])
+                # As the store: only valid entry names, in the canonical
+                # encoding of their object name (others are ignored).
+                if not is_entry_name(name) or encode_part(name + META_SUFFIX) != part:
+                    continue
+                yield name, obj["Key"], obj["Size"]
 
     def keys(self):
         """The names of the entries (removed entries excluded), sorted."""

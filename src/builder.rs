@@ -60,6 +60,14 @@ impl StoreBuilder {
         self
     }
 
+    /// Wraps the storage the open makes (local or over an object store)
+    /// with `wrap` (tests: `__testing::open_with_seam_faults`).
+    #[cfg(feature = "testing")]
+    pub(crate) fn wrap_storage(mut self, wrap: crate::store::WrapStorage) -> Self {
+        self.0.wrap = Some(wrap);
+        self
+    }
+
     /// Opens as the only writer (off by default): other writable opens, in
     /// this process or another, fail with [`Error::Locked`] while this one
     /// is open, and this one fails if another writer is registered. Readers
@@ -274,8 +282,9 @@ impl StoreBuilder {
     /// The store keeps its whole API: RAM is the first tier (the
     /// [`memory_budget`](Self::memory_budget)), the local directory the
     /// second (entries are downloaded into it and memory-mapped, so reads
-    /// stay zero-copy; [`RemoteOptions::disk_budget`](crate::remote::RemoteOptions::disk_budget) evicts clean cached
-    /// copies), the object store the durable home. `insert_durable`,
+    /// stay zero-copy; the [`disk_budget`](Self::disk_budget) drops clean
+    /// cached copies, least recently used first), the object store the
+    /// durable home. `insert_durable`,
     /// `insert_batch` and `flush` return once the object store committed
     /// the entries; a spill of the memory budget is staged durably in the
     /// local directory and committed by the next `flush` (or by a later
@@ -290,8 +299,10 @@ impl StoreBuilder {
     /// the winner's value. Other nodes' commits are seen after
     /// [`refresh`](crate::DiskBackedStore::refresh), or on a miss.
     ///
-    /// One handle uses a cache directory at a time (a second open is
-    /// [`Error::Locked`](crate::Error::Locked)).
+    /// The cache directory is shared as any store directory: any number of
+    /// read-only handles (which take no lock and create nothing; their
+    /// downloads go to a private temporary directory) and writers (which
+    /// register), in one process or many.
     ///
     /// # Examples
     ///
@@ -314,11 +325,11 @@ impl StoreBuilder {
     }
 
     /// As [`remote`](Self::remote), with `options` (timeouts, retries,
-    /// transfer parallelism, grace period, disk budget of the local cache,
-    /// `object_store` configuration).
+    /// transfer parallelism, grace period, `object_store` configuration,
+    /// offline reads).
     #[cfg(feature = "remote")]
     pub fn remote_with(self, url: impl Into<String>, options: RemoteOptions) -> Self {
-        self.backend(crate::remote::tier::backend(url.into(), None, options))
+        self.backend(crate::remote::backend::backend(url.into(), None, options))
     }
 
     /// Opens the store.

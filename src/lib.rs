@@ -26,7 +26,7 @@
 //! | check a store, pack or `.npy` without knowing its dtypes (what `ndoffload` does) | [`inspect`] |
 //! | validate an entry name before using it | [`EntryName`] |
 //! | share a store between a writer process and reader processes | [`DiskBackedStore::open_read_only`], [`DiskBackedStore::refresh`]; see [Many processes](#many-processes) |
-//! | the same store with object storage (S3, MinIO, ...) as its durable home, RAM and a local directory as caches (feature `remote`) | `StoreBuilder::remote` (`StoreBuilder::new(cache).remote("s3://bucket/prefix")`), `remote::RemoteStore`; see [Object storage](#object-storage) |
+//! | the same store with object storage (S3, MinIO, ...) as its durable home, RAM and a local directory as caches (feature `remote`) | `StoreBuilder::remote` (`StoreBuilder::new(cache).remote("s3://bucket/prefix")`); see [Object storage](#object-storage) |
 //! | read a remote store's cached entries while the server is unreachable | `remote::RemoteOptions::with_offline` |
 //!
 //! # Example
@@ -223,7 +223,8 @@ pub use name::{EntryName, MAX_NAME_BYTES};
 pub use size::{ByteSize, IntoByteSize};
 pub use store::{
     Attrs, Batch, DiskBackedStore, DynReadGuard, DynStoredArray, EntryFlags, EntryInfo,
-    InsertOptions, Prefetching, StoreStats, StoredArray, SystemPressure, CRATE_DIR, LOCK_FILE,
+    InsertOptions, Prefetching, RemoteStats, StoreStats, StoredArray, SystemPressure, CRATE_DIR,
+    LOCK_FILE,
 };
 pub use stream::{NpyStreamWriter, NpyStreamWriterDyn};
 

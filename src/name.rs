@@ -40,6 +40,18 @@ pub const MAX_NAME_BYTES: usize = 200;
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EntryName(String);
 
+impl PartialEq<str> for EntryName {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for EntryName {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 const DEVICES: &[&str] = &[
     "CON",
     "PRN",

@@ -1,7 +1,9 @@
 //! Test hooks (compiled only with the `testing` feature; not part of the
 //! stable API): the `io` layer's fault injection and recording
-//! (`io::testing`), and the hooks of the layers above it.
+//! (`io::testing`), faults at the storage seam (`SeamFaults`), and the
+//! hooks of the layers above it.
 
+#[cfg(feature = "remote")]
 use std::path::Path;
 use std::sync::Arc;
 
@@ -24,34 +26,16 @@ pub fn set_write_behind_min_bytes(n: Option<u64>) {
 }
 
 /// The `object_store` crate the remote tier is built on (the version
-/// [`open_remote_on`] takes a store of).
+/// [`open_tiered_on`] takes a store of).
 #[cfg(feature = "remote")]
 pub use object_store;
-
-/// Opens a [`RemoteStore`](crate::remote::RemoteStore) at `url` (its prefix
-/// and the URL its messages name) whose requests all go to `store` instead
-/// of the client the URL names: several handles, in one process, on one
-/// in-memory object store (each `memory://` open makes its own), or on a
-/// store a test wraps to record, fail or snapshot requests. Otherwise as
-/// [`RemoteStore::open_with`](crate::remote::RemoteStore::open_with).
-///
-/// # Errors
-///
-/// As [`RemoteStore::open_with`](crate::remote::RemoteStore::open_with).
-#[cfg(feature = "remote")]
-pub fn open_remote_on(
-    url: &str,
-    store: Arc<dyn object_store::ObjectStore>,
-    cache_dir: &Path,
-    options: crate::remote::RemoteOptions,
-) -> crate::Result<crate::remote::RemoteStore> {
-    crate::remote::RemoteStore::open_on(url, Some(store), cache_dir, options)
-}
 
 /// Opens a [`DiskBackedStore`](crate::DiskBackedStore) over the remote
 /// prefix `url` with `cache_dir` as its local cache (as
 /// [`StoreBuilder::remote_with`](crate::StoreBuilder::remote_with)), its
-/// requests all going to `store` (as [`open_remote_on`]), with
+/// requests all going to `store` instead of the client the URL names
+/// (several handles, in one process, on one in-memory object store, or a
+/// store a test wraps to record, fail or snapshot requests), with
 /// `memory_budget` bytes of RAM when given.
 ///
 /// # Errors
@@ -65,10 +49,69 @@ pub fn open_tiered_on(
     options: crate::remote::RemoteOptions,
     memory_budget: Option<u64>,
 ) -> crate::Result<crate::DiskBackedStore> {
-    let backend = crate::remote::tier::backend(url.to_string(), Some(store), options);
-    let mut b = crate::StoreBuilder::new(cache_dir).backend(backend);
+    let mut b = tiered_on(crate::StoreBuilder::new(cache_dir), url, store, options);
     if let Some(m) = memory_budget {
         b = b.memory_budget(m);
     }
     b.open()
+}
+
+pub use crate::store::{SeamCall, SeamFaults, SeamOp};
+
+/// Opens the store `builder` describes (a local directory, or an object
+/// store with `StoreBuilder::remote` or `tiered_on`) with its storage wrapped at the seam by `plan`: every
+/// seam call the handle makes (opening included) is counted, recorded and,
+/// when the plan says so, failed with [`Error::Io`](crate::Error::Io)
+/// saying the fault was injected.
+///
+/// # Errors
+///
+/// As [`StoreBuilder::open`](crate::StoreBuilder::open), and the faults
+/// the plan injects while opening.
+pub fn open_with_seam_faults(
+    builder: crate::StoreBuilder,
+    plan: &SeamFaults,
+) -> crate::Result<crate::DiskBackedStore> {
+    let plan = plan.clone();
+    builder
+        .wrap_storage(crate::store::WrapStorage(Arc::new(move |inner| {
+            Arc::new(crate::store::Faulty::new(inner, plan.clone()))
+        })))
+        .open()
+}
+
+/// Opens the store `builder` describes over a deliberately broken backend:
+/// the storage it opens, except that it checks no version (it says that
+/// the data a handle holds is current whatever was published since, so a
+/// handle does not see another's replacements and removals of entries it
+/// has read). The conformance suite must reject it.
+///
+/// # Errors
+///
+/// As [`StoreBuilder::open`](crate::StoreBuilder::open).
+pub fn open_ignoring_versions(
+    builder: crate::StoreBuilder,
+) -> crate::Result<crate::DiskBackedStore> {
+    builder
+        .wrap_storage(crate::store::WrapStorage(Arc::new(|inner| {
+            Arc::new(crate::store::IgnoresVersions::new(inner))
+        })))
+        .open()
+}
+
+/// `builder` with the remote prefix `url` as its store's durable home, its
+/// requests all going to `store` (as [`open_tiered_on`]): the builder's
+/// other options (read-only, memory budget, ...) apply.
+#[cfg(feature = "remote")]
+pub fn tiered_on(
+    builder: crate::StoreBuilder,
+    url: &str,
+    store: Arc<dyn object_store::ObjectStore>,
+    options: crate::remote::RemoteOptions,
+) -> crate::StoreBuilder {
+    builder.backend(crate::remote::backend::backend(
+        url.to_string(),
+        Some(store),
+        options,
+    ))
 }

@@ -14,9 +14,10 @@
 //! inspector opens them read-only and never writes to them. `ls` prints the
 //! same columns, JSON fields and totals for a directory and a URL. `verify`
 //! exits with 0 when every entry is sound, 1 when an entry is bad or a file
-//! named like an entry's is ignored by the store (its name is refused), 2
-//! when the path cannot be opened, holds no store, or the command line is
-//! wrong.
+//! named like an entry's is ignored by the store (its name is refused; for
+//! an s3:// store, any object under `meta/` and `data/` that is not the
+//! store's), 2 when the path cannot be opened, holds no store, or the
+//! command line is wrong.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -74,7 +75,10 @@ enum Command {
     ///
     /// Files of a store named like an entry's (NAME.npy, NAME.meta.json)
     /// under a name the store refuses are reported as "ignored by the
-    /// store" and make verify exit 1: the store cannot see them.
+    /// store" and make verify exit 1: the store cannot see them. For an
+    /// s3:// store, so are the objects under PREFIX/meta/ and PREFIX/data/
+    /// that are not the store's (foreign names, sub-folders, keys with `.`,
+    /// `..` or empty segments or control characters).
     Verify {
         /// A store directory, a pack file, a .npy file or a remote store
         /// URL (s3://BUCKET/PREFIX, with the `remote` feature).

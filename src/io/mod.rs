@@ -140,6 +140,16 @@ pub(crate) struct SeamFile {
 }
 
 impl SeamFile {
+    /// The file, for writes at offsets of its own (parallel downloads).
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Its path, for messages.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn written(&mut self, data: &[u8]) {
         #[cfg(feature = "testing")]
         let offset = self.pos;

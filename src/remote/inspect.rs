@@ -3,12 +3,13 @@
 use super::*;
 
 /// Lists the entries of the remote store at `url` (one LIST, then one GET
-/// per entry).
+/// per entry). Objects the store ignores (see [`inspect_remote`]) and
+/// entries whose metadata object cannot be parsed are left out, as the
+/// store leaves them out.
 ///
 /// # Errors
 ///
-/// [`Error::Remote`], [`Error::Corrupt`] and friends for a malformed
-/// metadata object.
+/// [`Error::Remote`].
 pub fn list_entries(url: &str) -> Result<Vec<RemoteEntry>> {
     let rt = runtime()?;
     let loc = url::open(url, &NetOptions::default(), &[], false)?;
@@ -18,14 +19,19 @@ pub fn list_entries(url: &str) -> Result<Vec<RemoteEntry>> {
             if l.size == 0 {
                 continue;
             }
-            if let Some(Head::Live(m, _)) = protocol::read_meta(&loc, l.name.as_str()).await? {
-                out.push(RemoteEntry {
+            match protocol::read_meta(&loc, l.name.as_str()).await {
+                Ok(Some(Head::Live(m, _))) => out.push(RemoteEntry {
                     name: l.name.as_str().to_string(),
                     shape: m.shape.clone(),
                     dtype: m.dtype.clone(),
                     size: m.ndoffload_remote.size,
                     data: m.ndoffload_remote.data.clone(),
-                });
+                }),
+                Ok(_) => {}
+                Err(e @ Error::Remote { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(key = %l.name.as_str(), error = %e, "malformed metadata object left out");
+                }
             }
         }
         Ok(out)
@@ -108,9 +114,19 @@ pub fn verify(url: &str) -> Result<Vec<(String, Result<()>)>> {
 /// the bytes of its objects, and with
 /// [`read_data`](crate::inspect::InspectOptions#structfield.read_data) the
 /// SHA-256 of its values in C order, after the data object's size and
-/// CRC-32 are checked). Metadata objects whose names the store refuses are
-/// reported as ignored. What `ndoffload ls` and `verify` print for an
+/// CRC-32 are checked). What `ndoffload ls` and `verify` print for an
 /// `s3://` URL.
+///
+/// Objects under the prefix's `meta/` and `data/` that the store ignores
+/// are reported too, with
+/// [`ignored`](crate::inspect::EntryReport#structfield.ignored) set and
+/// the reason in its problem: a metadata object whose name is not a valid
+/// entry name (reported by that name), and, by their keys relative to the
+/// prefix, objects that are not of the store's naming form (`meta/x.txt`,
+/// `data/x.bin`, `data/sub/y.npy`) or whose keys have a `.`, `..` or
+/// empty segment or a control character. An entry whose metadata object
+/// cannot be parsed is reported with its problem. None of them keeps the
+/// other entries from being inspected.
 ///
 /// # Errors
 ///
@@ -142,22 +158,20 @@ pub fn inspect_remote_with(
     let loc = url::open(url, &options.net, &options.config, false)?;
     let transfer = options.transfer;
     rt.block_on(async {
-        let (listed, ignored) = protocol::list_meta_all(&loc).await?;
-        if listed.is_empty() && ignored.is_empty() {
-            let data = protocol::list_dir(&loc, protocol::DATA_DIR).await?;
-            if data.is_empty() {
-                return Err(not_a_store(&loc).await);
-            }
+        let (listed, meta_strays) = protocol::list_meta_all(&loc).await?;
+        let (data, data_strays) = protocol::list_owned(&loc, protocol::DATA_DIR).await?;
+        if listed.is_empty() && meta_strays.is_empty() && data.is_empty() && data_strays.is_empty()
+        {
+            return Err(not_a_store(&loc).await);
         }
         let mut out = Vec::new();
         for l in listed.iter().filter(|l| l.size > 0) {
             out.push(inspect_entry(&loc, l, opts, transfer).await?);
         }
-        for name in ignored {
+        for stray in meta_strays.into_iter().chain(data_strays) {
             let mut r = EntryReport::problem(
-                crate::inspect::escape_name(name.as_bytes()),
-                "ignored by the store: its metadata object's name is not a valid entry name"
-                    .to_string(),
+                stray.name,
+                format!("ignored by the store: {}", stray.reason),
             );
             r.ignored = true;
             out.push(r);

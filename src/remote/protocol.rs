@@ -158,9 +158,20 @@ impl RemoteMeta {
 
 /// The local file name of data object `data` (`data/<part>`) of entry `name`:
 /// the decoded part, which must be `name.<unique>.npy` with a lowercase
-/// hexadecimal `<unique>`.
+/// hexadecimal `<unique>` (see [`parse_data_part`]).
 pub(crate) fn data_file_name(data: &str, name: &str) -> Option<String> {
     let part = data.strip_prefix("data/")?;
+    let (entry, decoded) = parse_data_part(part)?;
+    (entry.as_str() == name).then_some(decoded)
+}
+
+/// The entry a data object's name (the part after `data/`, as stored)
+/// belongs to, and the decoded name, if it is of the store's own form:
+/// one path segment, percent-encoded as `object_store` encodes a part,
+/// that decodes to `K.<unique>.npy` where `K` is a valid entry name and
+/// `<unique>` 1 to 64 lowercase hexadecimal digits. Only such objects are
+/// ever deleted by `gc`.
+pub(crate) fn parse_data_part(part: &str) -> Option<(EntryName, String)> {
     if part.contains('/') || PathPart::parse(part).is_err() {
         return None;
     }
@@ -168,10 +179,7 @@ pub(crate) fn data_file_name(data: &str, name: &str) -> Option<String> {
     if PathPart::from(decoded.as_str()).as_ref() != part {
         return None;
     }
-    let unique = decoded
-        .strip_prefix(name)?
-        .strip_prefix('.')?
-        .strip_suffix(".npy")?;
+    let (stem, unique) = decoded.strip_suffix(".npy")?.rsplit_once('.')?;
     if unique.is_empty()
         || unique.len() > 64
         || !unique
@@ -180,7 +188,8 @@ pub(crate) fn data_file_name(data: &str, name: &str) -> Option<String> {
     {
         return None;
     }
-    Some(decoded)
+    let name = EntryName::new(stem).ok()?;
+    Some((name, decoded))
 }
 
 /// The relative name `data/<part>` of a new data object of `name`.
@@ -309,10 +318,28 @@ fn retries(text: &str) -> Option<String> {
     Some(format!("{} attempts", n + 1))
 }
 
+/// The client's own timeout in `e`'s chain (see `url::Guarded`), if it
+/// holds one.
+fn no_answer_limit<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a super::url::NoAnswer> {
+    let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(n) = err.downcast_ref::<super::url::NoAnswer>() {
+            return Some(n);
+        }
+        cur = err.source();
+    }
+    None
+}
+
 /// Whether `e`'s chain holds a timeout.
 fn timed_out(e: &(dyn std::error::Error + 'static), text: &str) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
+        if err.is::<super::url::NoAnswer>() {
+            return true;
+        }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {
                 return true;
@@ -475,7 +502,15 @@ pub(crate) fn diagnose(
         let tries = retries(&text)
             .map(|r| format!(" ({r})"))
             .unwrap_or_default();
-        let message = if text.contains("connect") {
+        let no_answer = no_answer_limit(e);
+        let message = if let Some(n) = no_answer.filter(|n| n.stalled()) {
+            format!(
+                "the answer from {at} stopped for {:?} before its end{tries}: the server is \
+                 hung or overloaded, or the connection stalled (RemoteOptions::net sets the \
+                 timeouts and retries: NetOptions::request_timeout, timeout_retries)",
+                n.limit
+            )
+        } else if no_answer.is_none() && text.to_ascii_lowercase().contains("connect") {
             format!(
                 "could not connect to {at} within {:?}{tries}: the host does not answer (down, \
                  or a firewall drops the packets); check {setting}",
@@ -485,8 +520,8 @@ pub(crate) fn diagnose(
             format!(
                 "no answer from {at} within {:?} per request{tries}: the server accepted the \
                  connection but is hung or overloaded (RemoteOptions::net sets the timeouts \
-                 and retries)",
-                n.request_timeout
+                 and retries: NetOptions::request_timeout, timeout_retries, min_upload_rate)",
+                no_answer.map_or(n.request_timeout, |a| a.limit)
             )
         };
         return (K::Timeout, message);
@@ -523,6 +558,198 @@ pub(crate) fn diagnose(
         }
     };
     (fallback_kind, message)
+}
+
+/// The folder under the prefix of the objects a capability probe writes
+/// (see [`probe`]); nothing else of the store lives there yet.
+pub(crate) const PROBE_DIR: &str = ".ndoffload";
+/// The start of a probe object's name: `probe-<unique>`.
+const PROBE_STEM: &str = "probe-";
+/// How old a probe object left by an interrupted probe must be before
+/// `gc` deletes it, whatever its grace period (a probe takes seconds).
+pub(crate) const PROBE_LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The servers (endpoint and bucket) this process has found to enforce
+/// conditional PUT.
+fn probed() -> &'static parking_lot::Mutex<std::collections::BTreeSet<String>> {
+    static PROBED: std::sync::OnceLock<parking_lot::Mutex<std::collections::BTreeSet<String>>> =
+        std::sync::OnceLock::new();
+    PROBED.get_or_init(Default::default)
+}
+
+/// Refuses to open `loc` for writing unless its server enforces the
+/// conditions the commit protocol relies on ([`probe`]). Asked once per
+/// process and server (endpoint and bucket): the answer is a property of
+/// the server the requests reach, which a record under the prefix could
+/// not vouch for (another client may reach the prefix through another
+/// endpoint or a proxy). `memory://` and `file://` have no server: their
+/// conditions are `object_store`'s own code, and are not probed.
+pub(crate) async fn check_conditional_put(loc: &Location) -> Result<()> {
+    let Some(ep) = &loc.endpoint else {
+        return Ok(());
+    };
+    let server = format!("{} {}", ep.url, ep.bucket);
+    if probed().lock().contains(&server) {
+        return Ok(());
+    }
+    probe(loc).await?;
+    probed().lock().insert(server);
+    Ok(())
+}
+
+/// How a server treated one condition of a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Treated {
+    /// The PUT failed with HTTP 412 (or 404 for `If-Match` on a missing
+    /// object): the condition holds.
+    Enforced,
+    /// The PUT succeeded although its condition was false.
+    Ignored,
+    /// The server (or `object_store`'s client for it) does not implement
+    /// the condition.
+    NotImplemented,
+}
+
+/// Checks that the store at `loc` enforces `If-None-Match: *`
+/// (`PutMode::Create` of an object that exists fails) and `If-Match`
+/// (`PutMode::Update` with an e-tag the object does not have fails): the
+/// two conditions of the commit protocol. Against a server that accepts
+/// and ignores them, every commit "succeeds" and concurrent writers
+/// overwrite each other without an error.
+///
+/// Writes one object, `<prefix>/.ndoffload/probe-<unique>` (a create,
+/// then a second create and a replace with a wrong e-tag, both of which
+/// must fail), and deletes it whatever the outcome; one an interrupted
+/// probe leaves is deleted by `gc` after [`PROBE_LEFTOVER_AGE`].
+///
+/// # Errors
+///
+/// [`Error::Remote`] of kind [`Unsupported`](RemoteErrorKind::Unsupported)
+/// naming the endpoint and what it does wrong; the errors of the requests
+/// (network, credentials) as they come.
+pub(crate) async fn probe(loc: &Location) -> Result<()> {
+    let path = loc
+        .prefix
+        .clone()
+        .join(PROBE_DIR)
+        .join(format!("{PROBE_STEM}{}", unique_id()));
+    let url = loc.url_of(&path);
+    let fail = |e| remote_err(loc, "check conditional PUT at", "", url.clone(), e);
+    let create = || PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
+    loc.store
+        .put_opts(&path, b"1".to_vec().into(), create())
+        .await
+        .map_err(fail)?;
+    let checks = async {
+        let wrong = UpdateVersion {
+            e_tag: Some(format!("\"{}\"", unique_id())),
+            version: None,
+        };
+        let update = PutOptions {
+            mode: PutMode::Update(wrong),
+            ..Default::default()
+        };
+        let (again, replace) = futures::join!(
+            loc.store.put_opts(&path, b"2".to_vec().into(), create()),
+            loc.store.put_opts(&path, b"3".to_vec().into(), update),
+        );
+        let treated = |r: object_store::Result<object_store::PutResult>| match r {
+            Ok(_) => Ok(Treated::Ignored),
+            Err(
+                e @ (object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. }
+                | object_store::Error::NotFound { .. }),
+            ) if !no_such_bucket(&e) => Ok(Treated::Enforced),
+            Err(
+                object_store::Error::NotImplemented { .. }
+                | object_store::Error::NotSupported { .. },
+            ) => Ok(Treated::NotImplemented),
+            Err(e) => Err(fail(e)),
+        };
+        Ok::<_, Error>((treated(again)?, treated(replace)?))
+    }
+    .await;
+    // The probe's object goes, whatever the outcome.
+    if let Err(e) = loc.store.delete(&path).await {
+        if !matches!(e, object_store::Error::NotFound { .. }) {
+            tracing::warn!(url = %url, error = %e, "could not delete the probe object (gc deletes it later)");
+        }
+    }
+    let (none_match, if_match) = checks?;
+    let mut wrong = Vec::new();
+    for (condition, treated, test) in [
+        (
+            "If-None-Match: *",
+            none_match,
+            "a PUT that must fail because the object exists",
+        ),
+        (
+            "If-Match",
+            if_match,
+            "a PUT with an e-tag the object does not have",
+        ),
+    ] {
+        match treated {
+            Treated::Enforced => {}
+            Treated::Ignored => wrong.push(format!("it ignores {condition} ({test} succeeded)")),
+            Treated::NotImplemented => wrong.push(format!(
+                "it does not implement {condition} on PUT ({test} was refused as not implemented)"
+            )),
+        }
+    }
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    let at = loc
+        .endpoint
+        .as_ref()
+        .map_or_else(|| loc.url.clone(), |ep| ep.describe());
+    Err(Error::Remote {
+        op: "open for writing",
+        key: String::new(),
+        url: loc.url.clone(),
+        kind: RemoteErrorKind::Unsupported,
+        source: format!(
+            "the server at {at} does not enforce conditional PUT: {}, checked on {url}. The \
+             commit protocol needs HTTP 412 for a failed If-None-Match / If-Match; without it \
+             concurrent writers would overwrite each other's commits without an error, so \
+             the store is not opened for writing. Open it read-only \
+             (StoreBuilder::read_only(true)), or use a server that enforces conditional PUT \
+             (AWS S3, MinIO, Ceph RGW)",
+            wrong.join("; and ")
+        )
+        .into(),
+    })
+}
+
+/// Deletes the probe objects under the prefix older than `age` (left by
+/// probes that were interrupted); returns how many.
+pub(crate) async fn sweep_probes(loc: &Location, age: std::time::Duration) -> Result<usize> {
+    let now = now_ms() as i64;
+    let mut n = 0;
+    for item in list_items(loc, PROBE_DIR).await? {
+        let Item::Object(m) = item else { continue };
+        let dir = loc.prefix.clone().join(PROBE_DIR);
+        let parts: Vec<_> = m
+            .location
+            .prefix_match(&dir)
+            .map(|p| p.collect())
+            .unwrap_or_default();
+        let [file] = parts.as_slice() else { continue };
+        let is_probe = file.as_ref().strip_prefix(PROBE_STEM).is_some_and(|u| {
+            !u.is_empty()
+                && u.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+        if is_probe && now - m.last_modified.timestamp_millis() >= age.as_millis() as i64 {
+            delete(loc, &m.location, file.as_ref()).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// What a metadata object holds.
@@ -645,41 +872,141 @@ pub(crate) struct Listed {
     pub(crate) size: u64,
 }
 
-/// Lists the metadata objects under the prefix (names that are not valid
-/// entry names are skipped).
+/// An object under `meta/` or `data/` that is not one of the store's:
+/// the store ignores it, `gc` never deletes it, `ndoffload ls` and
+/// `verify` report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stray {
+    /// How reports name it: the entry name for a metadata object whose
+    /// name is not a valid entry name, else the key relative to the prefix
+    /// (control characters escaped).
+    pub(crate) name: String,
+    /// Why the store ignores it.
+    pub(crate) reason: String,
+}
+
+/// One object of a listing: an object `object_store` can name, or the raw
+/// key of one it cannot (a `.`, `..` or empty segment, a control
+/// character: see `url::stray_key`).
+enum Item {
+    Object(object_store::ObjectMeta),
+    Unnamed(String),
+}
+
+/// Lists every object under `prefix/<dir>/`. One object whose key
+/// `object_store` cannot name does not fail the listing: it is an
+/// [`Item::Unnamed`]. A directory marker (an object named `<dir>/`, as
+/// consoles create) is left out.
+async fn list_items(loc: &Location, dir: &str) -> Result<Vec<Item>> {
+    use futures::StreamExt;
+    let dir = loc.prefix.clone().join(dir);
+    let url = loc.url_of(&dir);
+    let mut stream = loc.store.list(Some(&dir));
+    let mut out = Vec::new();
+    while let Some(item) = stream.next().await {
+        let m = item.map_err(|e| remote_err(loc, "list", "", url.clone(), e))?;
+        if let Some(key) = super::url::stray_key(&m) {
+            if key.strip_suffix('/') != Some(dir.as_ref()) {
+                out.push(Item::Unnamed(key));
+            }
+            continue;
+        }
+        if m.location != dir {
+            out.push(Item::Object(m));
+        }
+    }
+    Ok(out)
+}
+
+/// `key` (a whole key under the bucket) relative to the prefix, control
+/// characters escaped, for reports.
+fn shown(loc: &Location, key: &str) -> String {
+    let prefix = loc.prefix.as_ref();
+    let rel = if prefix.is_empty() {
+        key
+    } else {
+        key.strip_prefix(prefix)
+            .and_then(|k| k.strip_prefix('/'))
+            .unwrap_or(key)
+    };
+    crate::inspect::escape_name(rel.as_bytes())
+}
+
+/// The key of `path` relative to the prefix, for reports.
+fn shown_path(loc: &Location, path: &Path) -> String {
+    let parts: Vec<String> = path
+        .prefix_match(&loc.prefix)
+        .map(|parts| {
+            parts
+                .map(|p| decode_part(p.as_ref()).unwrap_or_else(|| p.as_ref().to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    crate::inspect::escape_name(parts.join("/").as_bytes())
+}
+
+/// Lists the metadata objects under the prefix (objects that are not a
+/// valid `meta/K.meta.json` are skipped).
 pub(crate) async fn list_meta(loc: &Location) -> Result<Vec<Listed>> {
     Ok(list_meta_all(loc).await?.0)
 }
 
-/// Lists the metadata objects under the prefix, and the decoded names of
-/// the objects there named like a metadata object whose entry name the
-/// store refuses (the store ignores them).
-pub(crate) async fn list_meta_all(loc: &Location) -> Result<(Vec<Listed>, Vec<String>)> {
-    use futures::TryStreamExt;
+/// Lists the metadata objects under the prefix, and the other objects
+/// under `meta/`, which the store ignores: objects named like a metadata
+/// object whose entry name the store refuses, objects in sub-folders or
+/// not named `*.meta.json`, and objects whose keys `object_store` cannot
+/// name.
+pub(crate) async fn list_meta_all(loc: &Location) -> Result<(Vec<Listed>, Vec<Stray>)> {
     let dir = loc.prefix.clone().join(META_DIR);
-    let url = loc.url_of(&dir);
-    let metas: Vec<_> = loc
-        .store
-        .list(Some(&dir))
-        .try_collect()
-        .await
-        .map_err(|e| remote_err(loc, "list", "", url, e))?;
-    let mut out = Vec::with_capacity(metas.len());
-    let mut ignored = Vec::new();
-    for m in metas {
-        let Some(rest) = m.location.prefix_match(&dir) else {
-            continue;
-        };
-        let parts: Vec<_> = rest.collect();
-        if parts.len() != 1 {
-            continue;
-        }
-        let Some(name) = name_of_meta(parts[0].as_ref()) else {
-            let file = parts[0].as_ref();
-            let decoded = decode_part(file).unwrap_or_else(|| file.to_string());
-            if let Some(stem) = decoded.strip_suffix(META_SUFFIX) {
-                ignored.push(stem.to_string());
+    let mut out = Vec::new();
+    let mut strays = Vec::new();
+    for item in list_items(loc, META_DIR).await? {
+        let m = match item {
+            Item::Object(m) => m,
+            Item::Unnamed(key) => {
+                strays.push(Stray {
+                    name: shown(loc, &key),
+                    reason: "not an object of the store: its key has a `.`, `..` or empty \
+                             segment, or a control character"
+                        .to_string(),
+                });
+                continue;
             }
+        };
+        let parts: Vec<_> = m
+            .location
+            .prefix_match(&dir)
+            .map(|p| p.collect())
+            .unwrap_or_default();
+        let file = match parts.as_slice() {
+            [file] => file.as_ref(),
+            _ => {
+                strays.push(Stray {
+                    name: shown_path(loc, &m.location),
+                    reason: "not an object of the store: a sub-folder of meta/".to_string(),
+                });
+                continue;
+            }
+        };
+        let Some(name) = name_of_meta(file) else {
+            let decoded = decode_part(file).unwrap_or_else(|| file.to_string());
+            let stray = match decoded.strip_suffix(META_SUFFIX) {
+                Some(stem) => Stray {
+                    name: crate::inspect::escape_name(stem.as_bytes()),
+                    reason: format!(
+                        "its metadata object's name is not a valid entry name{}",
+                        match EntryName::new(stem) {
+                            Err(Error::InvalidName { rule, .. }) => format!(" ({rule})"),
+                            _ => String::new(),
+                        }
+                    ),
+                },
+                None => Stray {
+                    name: shown_path(loc, &m.location),
+                    reason: format!("not an object of the store: not named K{META_SUFFIX}"),
+                },
+            };
+            strays.push(stray);
             continue;
         };
         out.push(Listed {
@@ -692,24 +1019,68 @@ pub(crate) async fn list_meta_all(loc: &Location) -> Result<(Vec<Listed>, Vec<St
         });
     }
     out.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
-    Ok((out, ignored))
+    strays.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((out, strays))
 }
 
-/// Lists the objects under `prefix/<dir>`: (path, size, last modified ms).
-pub(crate) async fn list_dir(loc: &Location, dir: &str) -> Result<Vec<(Path, u64, i64)>> {
-    use futures::TryStreamExt;
-    let dir = loc.prefix.clone().join(dir);
-    let url = loc.url_of(&dir);
-    let objs: Vec<_> = loc
-        .store
-        .list(Some(&dir))
-        .try_collect()
-        .await
-        .map_err(|e| remote_err(loc, "list", "", url, e))?;
-    Ok(objs
-        .into_iter()
-        .map(|m| (m.location, m.size, m.last_modified.timestamp_millis()))
-        .collect())
+/// An object of the store's own naming form under `data/` or `gc/`:
+/// `<dir>/<part>`, one segment that decodes to `K.<unique>.npy` (see
+/// [`parse_data_part`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Owned {
+    pub(crate) path: Path,
+    /// The part after `<dir>/`, as stored.
+    pub(crate) part: String,
+    /// The entry the name says the object belongs to.
+    pub(crate) name: EntryName,
+    pub(crate) size: u64,
+    /// Last modified, in milliseconds since the Unix epoch.
+    pub(crate) modified_ms: i64,
+}
+
+/// Lists `data/` (or `gc/`): the objects of the store's own naming form,
+/// and the others (never touched by the store).
+pub(crate) async fn list_owned(loc: &Location, dir: &str) -> Result<(Vec<Owned>, Vec<Stray>)> {
+    let base = loc.prefix.clone().join(dir);
+    let foreign = format!("not an object of the store: not named {dir}/K.<unique>.npy");
+    let mut owned = Vec::new();
+    let mut strays = Vec::new();
+    for item in list_items(loc, dir).await? {
+        let m = match item {
+            Item::Object(m) => m,
+            Item::Unnamed(key) => {
+                strays.push(Stray {
+                    name: shown(loc, &key),
+                    reason: foreign.clone(),
+                });
+                continue;
+            }
+        };
+        let parts: Vec<_> = m
+            .location
+            .prefix_match(&base)
+            .map(|p| p.collect())
+            .unwrap_or_default();
+        let name = match parts.as_slice() {
+            [part] => parse_data_part(part.as_ref()).map(|(n, _)| (n, part.as_ref().to_string())),
+            _ => None,
+        };
+        match name {
+            Some((name, part)) => owned.push(Owned {
+                path: m.location,
+                part,
+                name,
+                size: m.size,
+                modified_ms: m.last_modified.timestamp_millis(),
+            }),
+            None => strays.push(Stray {
+                name: shown_path(loc, &m.location),
+                reason: foreign.clone(),
+            }),
+        }
+    }
+    strays.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((owned, strays))
 }
 
 /// Deletes `path`; a missing object is not an error.
@@ -728,6 +1099,7 @@ pub(crate) fn client(loc: &Location) -> &dyn ObjectStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn data_names() {
@@ -786,6 +1158,259 @@ mod tests {
             RemoteMeta::parse(b"[1]", "k", "u"),
             Err(Error::Corrupt { .. })
         ));
+    }
+
+    /// An object store that turns `PutMode::Create` (when `create`) and
+    /// `PutMode::Update` (when `update`) into plain overwrites, as a server
+    /// that ignores `If-None-Match` / `If-Match` does; it counts requests.
+    #[derive(Debug)]
+    struct IgnoresModes {
+        inner: object_store::memory::InMemory,
+        create: bool,
+        update: bool,
+        requests: std::sync::atomic::AtomicUsize,
+    }
+
+    impl std::fmt::Display for IgnoresModes {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("IgnoresModes")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for IgnoresModes {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: object_store::PutPayload,
+            mut opts: PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match opts.mode {
+                PutMode::Create if self.create => opts.mode = PutMode::Overwrite,
+                PutMode::Update(_) if self.update => opts.mode = PutMode::Overwrite,
+                _ => {}
+            }
+            self.inner.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.get_opts(location, options).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+            self.requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.inner.list(prefix)
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    fn on(store: Arc<dyn ObjectStore>) -> Location {
+        let loc = super::super::url::open(
+            "memory:///bucket/p",
+            &super::super::url::NetOptions::default(),
+            &[],
+            false,
+        )
+        .unwrap();
+        Location { store, ..loc }
+    }
+
+    fn ignoring(create: bool, update: bool) -> Arc<IgnoresModes> {
+        Arc::new(IgnoresModes {
+            inner: object_store::memory::InMemory::new(),
+            create,
+            update,
+            requests: Default::default(),
+        })
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// Every key under the store, as text.
+    fn keys(store: &dyn ObjectStore) -> Vec<String> {
+        use futures::TryStreamExt;
+        let mut keys: Vec<String> = block_on(store.list(None).try_collect::<Vec<_>>())
+            .unwrap()
+            .into_iter()
+            .map(|m| m.location.to_string())
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn probe_accepts_a_store_that_enforces_both_conditions() {
+        let store = ignoring(false, false);
+        block_on(probe(&on(store.clone()))).unwrap();
+        assert!(keys(store.as_ref()).is_empty(), "the probe object is gone");
+        // create, create again, replace, delete
+        assert_eq!(store.requests.load(std::sync::atomic::Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn probe_refuses_a_store_that_ignores_the_conditions() {
+        for (create, update, says, not_says) in [
+            (
+                true,
+                true,
+                vec!["ignores If-None-Match: *", "ignores If-Match"],
+                vec![],
+            ),
+            (
+                true,
+                false,
+                vec!["ignores If-None-Match: *"],
+                vec!["ignores If-Match"],
+            ),
+            (
+                false,
+                true,
+                vec!["ignores If-Match"],
+                vec!["ignores If-None-Match"],
+            ),
+        ] {
+            let store = ignoring(create, update);
+            let e = block_on(probe(&on(store.clone()))).unwrap_err();
+            let text = e.to_string();
+            match &e {
+                Error::Remote { kind, url, op, .. } => {
+                    assert_eq!(*kind, RemoteErrorKind::Unsupported, "{text}");
+                    assert_eq!(url, "memory:///bucket/p");
+                    assert_eq!(*op, "open for writing");
+                }
+                other => panic!("expected Error::Remote, got {other:?}"),
+            }
+            for p in says {
+                assert!(text.contains(p), "{p:?} missing from {text}");
+            }
+            for p in not_says {
+                assert!(!text.contains(p), "{p:?} in {text}");
+            }
+            assert!(text.contains("read-only"), "{text}");
+            assert!(
+                text.contains("memory:///bucket/p/.ndoffload/probe-"),
+                "{text}"
+            );
+            assert!(keys(store.as_ref()).is_empty(), "the probe object is gone");
+        }
+    }
+
+    #[test]
+    fn stores_without_a_server_are_not_probed() {
+        let store = ignoring(true, true);
+        block_on(check_conditional_put(&on(store.clone()))).unwrap();
+        assert_eq!(store.requests.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn data_part_forms() {
+        let ok = |part: &str, name: &str| {
+            let (n, decoded) = parse_data_part(part).unwrap_or_else(|| panic!("{part}"));
+            assert_eq!(n.as_str(), name);
+            decoded
+        };
+        assert_eq!(
+            ok("a.0123456789abcdef0123.npy", "a"),
+            "a.0123456789abcdef0123.npy"
+        );
+        ok("a.b.0f.npy", "a.b");
+        ok(PathPart::from("sp ace%.ab.npy").as_ref(), "sp ace%");
+        for bad in [
+            "x.npy",
+            "x.bin",
+            "x.ABC.npy",
+            "x.12g.npy",
+            "x..npy",
+            ".0f.npy",
+            "CON.0f.npy",
+            "sub/y.0f.npy",
+            "a%20b.0f.npy",
+            "x.0f.npy.tmp",
+            &format!("x.{}.npy", "0".repeat(65)),
+        ] {
+            assert!(parse_data_part(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn listing_reports_what_the_store_ignores() {
+        let loc = super::super::url::open(
+            "memory:///bucket/p",
+            &super::super::url::NetOptions::default(),
+            &[],
+            false,
+        )
+        .unwrap();
+        let put = |key: &str, body: &[u8]| {
+            let path = Path::parse(key).unwrap();
+            block_on(loc.store.put(&path, body.to_vec().into())).unwrap();
+        };
+        put("bucket/p/meta/a.meta.json", b"{}");
+        put("bucket/p/meta/foreign.txt", b"x");
+        put("bucket/p/meta/sub/b.meta.json", b"{}");
+        put("bucket/p/meta/CON.meta.json", b"{}");
+        put("bucket/p/data/a.0f.npy", b"x");
+        put("bucket/p/data/x.npy", b"x");
+        put("bucket/p/data/sub/a.0f.npy", b"x");
+        let (listed, strays) = block_on(list_meta_all(&loc)).unwrap();
+        let names: Vec<&str> = listed.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["a"]);
+        let strays: Vec<&str> = strays.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(strays, ["CON", "meta/foreign.txt", "meta/sub/b.meta.json"]);
+        let (owned, strays) = block_on(list_owned(&loc, DATA_DIR)).unwrap();
+        assert_eq!(owned.len(), 1);
+        assert_eq!(owned[0].part, "a.0f.npy");
+        let strays: Vec<&str> = strays.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(strays, ["data/sub/a.0f.npy", "data/x.npy"]);
     }
 
     #[test]

@@ -119,10 +119,17 @@ impl DiskLedger {
 
     /// The least recently used name not known to be ordinary and not in
     /// `skip`.
-    pub(super) fn candidate(&self, skip: &HashSet<EntryName>) -> Option<(EntryName, u64)> {
+    /// The least recently used entry the disk budget may take (with
+    /// `copies`, any: the files are copies that can be fetched again).
+    pub(super) fn candidate(
+        &self,
+        skip: &HashSet<EntryName>,
+        copies: bool,
+    ) -> Option<(EntryName, u64)> {
         self.order.iter().find_map(|n| {
             let r = &self.recs[n];
-            (r.recomputable != Some(false) && !skip.contains(n)).then(|| (n.clone(), r.bytes))
+            ((copies || r.recomputable != Some(false)) && !skip.contains(n))
+                .then(|| (n.clone(), r.bytes))
         })
     }
 }

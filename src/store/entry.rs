@@ -166,6 +166,8 @@ impl EntryLink {
             version: s.version,
             published: &self.published,
             write_npy: s.write_npy,
+            extra: None,
+            unless: None,
         }
     }
 

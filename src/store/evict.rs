@@ -140,10 +140,11 @@ impl Inner {
         let Some(cap) = self.disk_budget() else {
             return;
         };
+        let copies = self.storage.holds_copies();
         let over = |skip: &HashSet<EntryName>| {
             let d = self.account.disk.lock();
             let d = d.as_ref()?;
-            (d.total > cap).then(|| d.candidate(skip))
+            (d.total > cap).then(|| d.candidate(skip, copies))
         };
         if over(&HashSet::new()).is_none() {
             return;
@@ -183,6 +184,28 @@ impl Inner {
     /// under the map, so that an entry inserted meanwhile is never taken);
     /// `false` if it is ordinary (it is then known to be) or gone.
     fn evict_from_disk(&self, name: &EntryName) -> crate::Result<bool> {
+        if self.storage.holds_copies() {
+            // A copy of data kept elsewhere: only the copy goes, the entry
+            // stays (a staged write is never dropped). Its map goes first
+            // (a mapped file's blocks are freed only when it is unmapped):
+            // an entry a guard pins, or whose data in RAM is only staged
+            // by the offload, keeps its copy.
+            let loaded = self
+                .entries
+                .read()
+                .get(name)
+                .and_then(|s| s.lock().loaded.clone());
+            if let Some(l) = &loaded {
+                if l.state() != ArrayState::Offloaded && !l.try_offload()? {
+                    return Ok(false);
+                }
+            }
+            let dropped = self.storage.drop_copy(name)?;
+            if dropped {
+                self.account.disk_removed(name);
+            }
+            return Ok(dropped);
+        }
         let mut entries = self.entries.write();
         let Some(slot) = entries.get(name).cloned() else {
             // Removed meanwhile, or never listed: nothing of the store's.

@@ -134,6 +134,22 @@ impl DiskBackedStore {
         self.inner.settle(self.inner.flush())
     }
 
+    /// The names of the writes staged in the store's directory and not yet
+    /// committed to its durable home: for a store over an object store
+    /// ([`StoreBuilder::remote`](crate::StoreBuilder::remote)), the spills
+    /// and the writes whose commit failed, which [`flush`](Self::flush)
+    /// commits (also those a crashed handle on the same cache directory
+    /// left). Always empty for a local directory, whose files are the
+    /// durable home.
+    pub fn pending_writes(&self) -> Vec<String> {
+        self.inner
+            .storage
+            .staged()
+            .into_iter()
+            .map(|n| n.as_str().to_string())
+            .collect()
+    }
+
     /// Persists the entry `name` if needed and frees its RAM; a later read
     /// maps it back lazily.
     ///
@@ -259,6 +275,7 @@ impl DiskBackedStore {
                 .write_behind
                 .get()
                 .map_or_else(Default::default, |w| w.busy()),
+            remote: self.inner.storage.remote_stats(),
             ..Default::default()
         };
         let slots: Vec<(EntryName, Arc<Mutex<Slot>>)> = self

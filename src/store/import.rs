@@ -88,6 +88,8 @@ impl DiskBackedStore {
                 std::io::copy(&mut r, w).ctx("copy", &source)?;
                 Ok(())
             }),
+            extra: None,
+            unless: None,
         };
         let r = with_entry_stopped(old.as_ref(), || {
             self.inner.storage.publish(vec![job], SyncMode::PerFile)

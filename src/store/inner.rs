@@ -90,6 +90,13 @@ pub struct DiskBackedStore {
     pub(super) inner: Arc<Inner>,
 }
 
+impl DiskBackedStore {
+    /// The storage the store runs over (for the calls of one backend).
+    pub(crate) fn storage(&self) -> &dyn super::storage::Storage {
+        &*self.inner.storage
+    }
+}
+
 impl std::fmt::Debug for DiskBackedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DiskBackedStore")

@@ -24,6 +24,14 @@ pub(crate) const COMMIT_FIELD: &str = "ndoffload_commit";
 /// under which `.ndoffload/versions/` holds a hard link of that very file
 /// (see docs/format.md, "Version identity").
 pub(crate) const VERSION_FIELD: &str = "ndoffload_version";
+/// The field of an object-store entry: its data object, size and CRC-32
+/// (docs/format.md, "Remote stores"); in a remote store's cache directory,
+/// the data object the cached pair is a copy of.
+pub(crate) const REMOTE_FIELD: &str = "ndoffload_remote";
+/// The field of a pair in a remote store's cache directory that is a write
+/// not yet committed to the object store: the version of the metadata
+/// object it replaces (`{}`: none, the key must not exist).
+pub(crate) const STAGED_FIELD: &str = "ndoffload_staged";
 /// GSEGUtils' fields, in the order it writes them.
 const GSEG_FIELDS: &[&str] = &[
     "schema_version",
@@ -97,6 +105,12 @@ pub(crate) struct Meta {
     pub version: Option<String>,
     /// The user attributes (`ndoffload_attrs`); empty when absent.
     pub attrs: Attrs,
+    /// `ndoffload_remote` (an object store's entries and their cached
+    /// copies), as stored.
+    pub remote: Option<Value>,
+    /// `ndoffload_staged` (a write in a remote store's cache directory not
+    /// yet committed), as stored.
+    pub staged: Option<Value>,
 }
 
 impl Meta {
@@ -202,6 +216,8 @@ impl Meta {
             commit,
             version,
             attrs,
+            remote: o.remote.filter(|v| v.is_object()),
+            staged: o.staged.filter(|v| v.is_object()),
         })
     }
 
@@ -248,6 +264,8 @@ struct Fields {
     commit: Option<Value>,
     version: Option<Value>,
     attrs: Option<Value>,
+    remote: Option<Value>,
+    staged: Option<Value>,
 }
 
 /// A parsed metadata document: an object's [`Fields`], or any other JSON
@@ -270,6 +288,8 @@ enum Key {
     Commit,
     Version,
     Attrs,
+    Remote,
+    Staged,
     Other,
 }
 
@@ -294,6 +314,8 @@ impl<'de> serde::Deserialize<'de> for Key {
                     COMMIT_FIELD => Key::Commit,
                     VERSION_FIELD => Key::Version,
                     ATTRS_FIELD => Key::Attrs,
+                    REMOTE_FIELD => Key::Remote,
+                    STAGED_FIELD => Key::Staged,
                     _ => Key::Other,
                 })
             }
@@ -348,6 +370,8 @@ impl<'de> serde::Deserialize<'de> for Doc {
                         Key::Commit => &mut f.commit,
                         Key::Version => &mut f.version,
                         Key::Attrs => &mut f.attrs,
+                        Key::Remote => &mut f.remote,
+                        Key::Staged => &mut f.staged,
                         Key::Other => {
                             a.next_value::<Value>()?;
                             continue;
@@ -455,6 +479,8 @@ impl Canonical {
             commit: self.commit,
             version: self.version.filter(|t| is_token(t)),
             attrs: Attrs::new(),
+            remote: None,
+            staged: None,
         })
     }
 }
@@ -550,13 +576,14 @@ fn parse_commit(v: &Value) -> Option<Commit> {
 /// Renders the metadata as GSEGUtils writes it (one line, its field order),
 /// followed by this crate's own fields: `ndoffload_recomputable` (only when
 /// `true`), `ndoffload_attrs` (the user attributes, when there are any) and
-/// `ndoffload_commit`.
+/// `ndoffload_commit`, then `extra` (a backend's own fields).
 pub(crate) fn render(
     shape: &[usize],
     dtype: &str,
     flags: EntryFlags,
     commit: Option<&Commit>,
     attrs: Option<&Attrs>,
+    extra: Option<&Attrs>,
 ) -> String {
     let mut s = String::with_capacity(256);
     s.push_str(
@@ -593,6 +620,9 @@ pub(crate) fn render(
             let _ = write!(s, ", \"{VERSION_FIELD}\": {}", Value::String(v.clone()));
         }
     }
+    for (k, v) in extra.into_iter().flatten() {
+        let _ = write!(s, ", {}: {v}", Value::String(k.clone()));
+    }
     s.push('}');
     s
 }
@@ -601,14 +631,30 @@ pub(crate) fn render(
 /// its `ndoffload_attrs` replaced by `attrs` (removed when empty) and its
 /// `ndoffload_commit` dropped (the pair it described is complete); every
 /// other field is kept, GSEGUtils' first in its order.
+#[cfg(test)]
 pub(crate) fn with_attrs(bytes: &[u8], path: &Path, attrs: &Attrs) -> Result<String> {
+    let attrs = (!attrs.is_empty()).then(|| Value::Object(attrs.clone()));
+    with_fields(bytes, path, &[(ATTRS_FIELD, attrs)])
+}
+
+/// The metadata `bytes` (read from `path`, already parsed as [`Meta`]) with
+/// each field of `set` replaced (`None`: removed) and its
+/// `ndoffload_commit` dropped; every other field is kept, GSEGUtils' first
+/// in its order.
+pub(crate) fn with_fields(
+    bytes: &[u8],
+    path: &Path,
+    set: &[(&str, Option<Value>)],
+) -> Result<String> {
     let v: Value = serde_json::from_slice(bytes)
         .map_err(|e| Error::corrupt(path, format!("metadata is not valid JSON: {e}")))?;
     let Value::Object(mut o) = v else {
         return Err(Error::corrupt(path, "metadata is not a JSON object"));
     };
     o.remove(COMMIT_FIELD);
-    o.remove(ATTRS_FIELD);
+    for (k, _) in set {
+        o.remove(*k);
+    }
     let mut s = String::from("{");
     let field = |s: &mut String, k: &str, v: &Value| {
         if s.len() > 1 {
@@ -624,8 +670,10 @@ pub(crate) fn with_attrs(bytes: &[u8], path: &Path, attrs: &Attrs) -> Result<Str
     for (k, v) in &o {
         field(&mut s, k, v);
     }
-    if !attrs.is_empty() {
-        field(&mut s, ATTRS_FIELD, &Value::Object(attrs.clone()));
+    for (k, v) in set {
+        if let Some(v) = v {
+            field(&mut s, k, v);
+        }
     }
     s.push('}');
     Ok(s)
@@ -653,7 +701,7 @@ mod tests {
     #[test]
     fn renders_like_gsegutils() {
         assert_eq!(
-            render(&[4, 5], "<f4", F, None, None),
+            render(&[4, 5], "<f4", F, None, None, None),
             r#"{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray", "shape": [4, 5], "dtype": "<f4", "purge_disk_on_gc": true, "automatic_offloading": false, "enable_caching": true}"#
         );
         let c = Commit {
@@ -661,7 +709,7 @@ mod tests {
             npy_ino: 42,
             version: None,
         };
-        let text = render(&[], "|b1", F, Some(&c), None);
+        let text = render(&[], "|b1", F, Some(&c), None, None);
         let m = Meta::parse(text.as_bytes(), Path::new("k.meta.json")).unwrap();
         assert_eq!(m.shape, Some(Vec::<usize>::new()));
         assert_eq!(m.commit, Some(c));
@@ -671,12 +719,12 @@ mod tests {
     #[test]
     fn the_recomputable_flag_is_written_only_when_set_and_kept_by_set_attrs() {
         let p = Path::new("k.meta.json");
-        assert!(!render(&[2], "<f8", F, None, None).contains(RECOMPUTABLE_FIELD));
+        assert!(!render(&[2], "<f8", F, None, None, None).contains(RECOMPUTABLE_FIELD));
         let r = EntryFlags {
             recomputable: true,
             ..F
         };
-        let text = render(&[2], "<f8", r, None, None);
+        let text = render(&[2], "<f8", r, None, None, None);
         assert!(text.ends_with(r#""enable_caching": true, "ndoffload_recomputable": true}"#));
         let m = Meta::parse(text.as_bytes(), p).unwrap();
         assert_eq!(m.flags(F), r);
@@ -768,9 +816,9 @@ mod tests {
                         npy_ino: 12,
                         ..c.clone()
                     };
-                    texts.push(render(shape, dtype, flags, None, None));
-                    texts.push(render(shape, dtype, flags, Some(&c), None));
-                    texts.push(render(shape, dtype, flags, Some(&plain), None));
+                    texts.push(render(shape, dtype, flags, None, None, None));
+                    texts.push(render(shape, dtype, flags, Some(&c), None, None));
+                    texts.push(render(shape, dtype, flags, Some(&plain), None, None));
                 }
             }
         }
@@ -808,6 +856,16 @@ mod tests {
             }
         }
         assert!(taken > 100, "{taken}");
+        // A backend's own fields (an object store's): the JSON parser.
+        let mut extra = Attrs::new();
+        extra.insert(
+            REMOTE_FIELD.into(),
+            serde_json::json!({"object": "data/k-1.npy", "size": 128}),
+        );
+        let t = render(&[2], "<f4", F, None, None, Some(&extra));
+        assert!(canonical(t.as_bytes()).is_none(), "{t}");
+        let m = Meta::parse(t.as_bytes(), p).unwrap();
+        assert_eq!(m.remote.as_ref(), extra.get(REMOTE_FIELD));
         // Not the canonical layout: the JSON parser reads them.
         for t in [
             r#"{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray", "shape": [01], "dtype": "<f4", "purge_disk_on_gc": false, "automatic_offloading": false, "enable_caching": true}"#,
@@ -832,7 +890,7 @@ mod tests {
             npy_ino: 1,
             version: None,
         };
-        let text = render(&[2], "<f8", F, Some(&c), Some(&a));
+        let text = render(&[2], "<f8", F, Some(&c), Some(&a), None);
         assert!(text.contains(r#""ndoffload_attrs": {"crs":"EPSG:2056"}, "ndoffload_commit""#));
         let m = Meta::parse(text.as_bytes(), p).unwrap();
         assert_eq!(m.attrs, a);

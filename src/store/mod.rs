@@ -71,7 +71,11 @@ pub(crate) use open::{open_store, OpenOptions};
 pub use prefetch::Prefetching;
 pub use stats::StoreStats;
 #[cfg(feature = "testing")]
+pub(crate) use storage::fault::{Faulty, IgnoresVersions, WrapStorage};
+#[cfg(feature = "testing")]
+pub use storage::fault::{SeamCall, SeamFaults, SeamOp};
+#[cfg(feature = "testing")]
 pub(crate) use storage::set_read_attempts;
 pub(crate) use storage::Backend;
-pub use storage::{WriterInfo, CRATE_DIR, LOCK_FILE};
+pub use storage::{RemoteStats, WriterInfo, CRATE_DIR, LOCK_FILE};
 pub use stored::{DynReadGuard, DynStoredArray, StoredArray};

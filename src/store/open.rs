@@ -36,6 +36,10 @@ pub(crate) struct OpenOptions {
     pub exclusive: bool,
     pub lock_timeout: Option<std::time::Duration>,
     pub backend: Option<Backend>,
+    /// Wraps the storage opened (tests: faults at the seam, broken
+    /// backends).
+    #[cfg(feature = "testing")]
+    pub wrap: Option<super::storage::fault::WrapStorage>,
 }
 
 impl OpenOptions {
@@ -53,6 +57,8 @@ impl OpenOptions {
             exclusive: false,
             lock_timeout: None,
             backend: None,
+            #[cfg(feature = "testing")]
+            wrap: None,
         }
     }
 }
@@ -68,17 +74,6 @@ pub(crate) fn open_store(o: OpenOptions) -> Result<DiskBackedStore> {
         None => None,
     };
     let path = o.dir;
-    if let (Some(b), Some(_)) = (&o.backend, disk_budget) {
-        // Deleting recomputable entries would delete them from the
-        // durable tier: the local cache has its own budget.
-        return Err(Error::InvalidInput {
-            path,
-            reason: format!(
-                "disk_budget deletes entries; with {} set the cache's budget (RemoteOptions::disk_budget) instead",
-                b.describe
-            ),
-        });
-    }
     if fs::metadata(&path).is_ok_and(|m| !m.is_dir()) {
         return Err(Error::NotADirectory { path });
     }
@@ -88,6 +83,11 @@ pub(crate) fn open_store(o: OpenOptions) -> Result<DiskBackedStore> {
     let storage: Arc<dyn Storage> = match &o.backend {
         Some(b) => (b.open)(&path, o.read_only)?,
         None => Arc::new(LocalDir::open(&path)?),
+    };
+    #[cfg(feature = "testing")]
+    let storage = match &o.wrap {
+        Some(w) => (w.0)(storage),
+        None => storage,
     };
     let lease = storage.lock(match (o.read_only, o.exclusive) {
         (true, _) => LockMode::Reader,

@@ -188,6 +188,15 @@ impl DiskBackedStore {
         };
         if loaded.state() == ArrayState::Offloaded {
             Counters::add(&self.inner.counters.loads);
+            if self.inner.storage.holds_copies() {
+                // The copy to map is fetched now (it is read next), counted
+                // by the disk budget, which then holds.
+                let _ = self.inner.storage.read_header(&name);
+                self.inner
+                    .account
+                    .disk_published(&*self.inner.storage, &name, true);
+                self.inner.enforce_disk_budget();
+            }
         } else {
             Counters::add(&self.inner.counters.hits);
         }

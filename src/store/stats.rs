@@ -97,6 +97,10 @@ pub struct StoreStats {
     /// Time the write-behind writers spent writing (summed over them): I/O
     /// the callers did not wait for.
     pub write_behind_time: std::time::Duration,
+    /// The object store's counters, for a store over one
+    /// ([`StoreBuilder::remote`](crate::StoreBuilder::remote)); `None` for
+    /// a local directory.
+    pub remote: Option<super::storage::RemoteStats>,
 }
 
 impl StoreStats {
@@ -169,6 +173,20 @@ impl fmt::Display for StoreStats {
             f,
             "  disk over budget{:>5}   (only ordinary entries were left)",
             self.disk_over_budget_events
-        )
+        )?;
+        if let Some(r) = &self.remote {
+            write!(
+                f,
+                "\n  remote     {:>10}   up in {} objects, {} down in {}, {} cache hits, {} conflicts, {} pending",
+                ByteSize::new(r.bytes_up).to_string(),
+                r.uploads,
+                ByteSize::new(r.bytes_down),
+                r.downloads,
+                r.cache_hits,
+                r.conflicts,
+                r.pending
+            )?;
+        }
+        Ok(())
     }
 }

@@ -248,3 +248,38 @@ pub fn run_child_with(
 pub fn enforce_budget(s: &ndarray_offload::DiskBackedStore) {
     s.set_memory_budget(s.stats().budget.map(ndarray_offload::ByteSize::from));
 }
+
+/// Opens a store over the remote prefix `url` with `cache` as its cache
+/// directory (read-only when `options` are offline).
+#[cfg(feature = "remote")]
+pub fn open_remote(
+    url: &str,
+    cache: impl AsRef<Path>,
+    options: ndarray_offload::remote::RemoteOptions,
+) -> ndarray_offload::Result<ndarray_offload::DiskBackedStore> {
+    let offline = options.offline;
+    ndarray_offload::StoreBuilder::new(cache.as_ref())
+        .remote_with(url, options)
+        .read_only(offline)
+        .open()
+}
+
+/// As [`open_remote`], with a disk budget on the cache directory.
+#[cfg(feature = "remote")]
+pub fn open_remote_budget(
+    url: &str,
+    cache: impl AsRef<Path>,
+    options: ndarray_offload::remote::RemoteOptions,
+    disk_budget: u64,
+) -> ndarray_offload::Result<ndarray_offload::DiskBackedStore> {
+    ndarray_offload::StoreBuilder::new(cache.as_ref())
+        .remote_with(url, options)
+        .disk_budget(disk_budget)
+        .open()
+}
+
+/// The object store's counters of a store over one.
+#[cfg(feature = "remote")]
+pub fn remote_stats(s: &ndarray_offload::DiskBackedStore) -> ndarray_offload::RemoteStats {
+    s.stats().remote.expect("a store over an object store")
+}

@@ -6,6 +6,7 @@ mod budget;
 mod cli;
 mod common;
 mod concurrency;
+mod conformance;
 mod crash;
 mod disk_budget;
 mod examples;
@@ -20,6 +21,8 @@ mod python_reader;
 mod reliability;
 #[cfg(feature = "remote")]
 mod remote;
+#[cfg(feature = "remote")]
+mod remote_robust;
 #[cfg(feature = "remote")]
 mod remote_setup;
 mod store;

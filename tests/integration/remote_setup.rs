@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use ndarray::{array, Array1, Array2, Ix1, Ix2, ShapeBuilder};
 use ndarray_offload::inspect::InspectOptions;
-use ndarray_offload::remote::{self, NetOptions, RemoteOptions, RemoteStore};
+use ndarray_offload::remote::{self, NetOptions, RemoteOptions};
 use ndarray_offload::{DiskBackedStore, Error, RemoteErrorKind, StoreBuilder};
 use serde_json::{json, Value};
 
@@ -49,7 +49,7 @@ fn options(endpoint: &str, changes: &[(&str, &str)]) -> RemoteOptions {
 fn open_fails(url: &str, opts: RemoteOptions) -> (Error, Duration) {
     let cache = tempfile::tempdir().unwrap();
     let start = Instant::now();
-    let e = RemoteStore::open_with(url, cache.path(), opts).unwrap_err();
+    let e = crate::common::open_remote(url, cache.path(), opts).unwrap_err();
     (e, start.elapsed())
 }
 
@@ -227,7 +227,7 @@ fn misconfig_connection_refused_fails_fast() {
     let url = moto.url("setup/refused");
     let opts = options(&moto.endpoint(), &[]);
     let cache = tempfile::tempdir().unwrap();
-    let s = RemoteStore::open_with(&url, cache.path(), opts.clone()).unwrap();
+    let s = crate::common::open_remote(&url, cache.path(), opts.clone()).unwrap();
     s.insert_durable("a", array![1.0f32, 2.0]).unwrap();
     drop(s);
     // The server is gone: nothing listens on its port.
@@ -254,7 +254,7 @@ fn misconfig_connection_refused_fails_fast() {
     );
     assert!(t < Duration::from_secs(5), "{t:?}");
     // A write of an open handle fails as fast, and stays staged.
-    let s = RemoteStore::open_with(&url, cache.path(), opts.with_offline(false));
+    let s = crate::common::open_remote(&url, cache.path(), opts.with_offline(false));
     assert!(s.is_err(), "the server is down");
 }
 
@@ -262,12 +262,11 @@ fn misconfig_connection_refused_fails_fast() {
 fn misconfig_hung_server_times_out() {
     let Some(moto) = Moto::start() else { return };
     let mut opts = options(&moto.endpoint(), &[]);
-    opts.net = NetOptions {
-        max_retries: 1,
-        retry_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(1),
-        connect_timeout: Duration::from_secs(1),
-    };
+    opts.net = NetOptions::default()
+        .with_max_retries(1)
+        .with_retry_timeout(Duration::from_secs(2))
+        .with_request_timeout(Duration::from_secs(1))
+        .with_connect_timeout(Duration::from_secs(1));
     // The server accepts connections (the kernel does) but never answers.
     moto.signal("-STOP");
     let (e, t) = open_fails(&moto.url("setup/hung"), opts);
@@ -307,7 +306,7 @@ fn ndoffload(moto: &Moto, args: &[&str]) -> (i32, String, String) {
 fn misconfig_mistyped_prefix_is_not_a_store() {
     let Some(moto) = Moto::start() else { return };
     let cache = tempfile::tempdir().unwrap();
-    let s = RemoteStore::open_with(
+    let s = crate::common::open_remote(
         &moto.url("clouds"),
         cache.path(),
         options(&moto.endpoint(), &[]),
@@ -382,10 +381,10 @@ fn offline_open_reads_the_cache_while_the_server_is_down() {
             .unwrap();
         a.flush().unwrap();
         a.close().unwrap();
-        // Node B reads one of the two entries.
+        // Node B reads one of the two entries (a writable handle: a
+        // read-only one writes nothing into the cache directory).
         let b = StoreBuilder::new(node_b.path())
             .remote_with(&url, opts.clone())
-            .read_only(true)
             .open()
             .unwrap();
         assert_eq!(b.get::<u32, Ix1>("ids").unwrap().read().unwrap()[9], 9);
@@ -443,8 +442,8 @@ fn offline_open_reads_the_cache_while_the_server_is_down() {
     a.refresh().unwrap();
     drop(a);
     // Node B holds what it read.
-    let b = RemoteStore::open_with(&url, node_b.path(), offline.clone()).unwrap();
-    assert!(b.is_offline());
+    let b = crate::common::open_remote(&url, node_b.path(), offline.clone()).unwrap();
+    assert!(b.is_read_only());
     assert_eq!(b.keys(), ["ids"]);
     assert_eq!(b.get::<u32, Ix1>("ids").unwrap().read().unwrap()[3], 3);
     assert!(matches!(
@@ -612,7 +611,7 @@ fn misconfig_messages_of_the_cli() {
         return;
     };
     let cache = tempfile::tempdir().unwrap();
-    let s = RemoteStore::open_with(
+    let s = crate::common::open_remote(
         &moto.url("cli/clouds"),
         cache.path(),
         options(&moto.endpoint(), &[]),

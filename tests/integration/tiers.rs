@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::time::Duration;
 
 use ndarray::{array, Array1, ArrayD, Ix1, IxDyn, ShapeBuilder};
-use ndarray_offload::remote::{NetOptions, RemoteOptions, RemoteStore};
+use ndarray_offload::remote::{NetOptions, RemoteOptions};
 use ndarray_offload::{DiskBackedStore, Element, Error, RemoteErrorKind, StoreBuilder};
 
 use crate::common::run_child;
@@ -113,7 +113,7 @@ fn tiered_store_round_trips_every_dtype_and_layout() {
     let c = open(&moto, &url, cc.path(), "1MiB");
     assert_eq!(c.len(), n);
     let cd = tempfile::tempdir().unwrap();
-    let d = RemoteStore::open_with(&url, cd.path(), moto.options()).unwrap();
+    let d = crate::common::open_remote(&url, cd.path(), moto.options()).unwrap();
     assert_eq!(d.len(), n);
     let stats = b.stats();
     assert!(stats.loads > 0, "{stats}");
@@ -230,10 +230,9 @@ fn tiered_store_disk_budget_evicts_clean_copies() {
         a.insert_durable(format!("e{i}"), Array1::from_elem(1 << 17, i as f64))
             .unwrap();
     }
-    let mut o = moto.options();
-    o.disk_budget = Some("3MiB".parse().unwrap());
     let b = StoreBuilder::new(cb.path())
-        .remote_with(&url, o)
+        .remote_with(&url, moto.options())
+        .disk_budget("3MiB")
         .memory_budget("1MiB")
         .open()
         .unwrap();
@@ -242,9 +241,11 @@ fn tiered_store_disk_budget_evicts_clean_copies() {
             let e = b.get::<f64, Ix1>(format!("e{i}")).unwrap();
             assert_eq!(e.read().unwrap()[7], i as f64, "round {round}");
             drop(e);
-            let cached: u64 = std::fs::read_dir(cb.path().join("objects"))
+            let cached: u64 = std::fs::read_dir(cb.path())
                 .unwrap()
-                .map(|e| e.unwrap().metadata().unwrap().len())
+                .map(|e| e.unwrap())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".npy"))
+                .map(|e| e.metadata().unwrap().len())
                 .sum();
             assert!(cached <= 4 << 20, "{cached} bytes cached");
         }
@@ -332,12 +333,11 @@ fn tiered_store_server_stopped_and_restarted() {
     };
     let url = moto.url("tiers/outage");
     let mut o = moto.options();
-    o.net = NetOptions {
-        max_retries: 2,
-        retry_timeout: Duration::from_secs(3),
-        request_timeout: Duration::from_secs(2),
-        connect_timeout: Duration::from_secs(1),
-    };
+    o.net = NetOptions::default()
+        .with_max_retries(2)
+        .with_retry_timeout(Duration::from_secs(3))
+        .with_request_timeout(Duration::from_secs(2))
+        .with_connect_timeout(Duration::from_secs(1));
     let tiered = |cache: &std::path::Path, o: &RemoteOptions| {
         StoreBuilder::new(cache)
             .remote_with(&url, o.clone())
@@ -423,28 +423,82 @@ fn tiered_store_over_a_memory_url_and_its_option_checks() {
     }
     assert!(s.remove("t0").unwrap());
     assert!(!s.contains("t0"));
-    // A disk budget would delete entries from the durable tier: refused.
+    // A disk budget drops cached copies, never entries of the durable tier.
     let other = tempfile::tempdir().unwrap();
-    let err = StoreBuilder::new(other.path())
+    let q = StoreBuilder::new(other.path())
         .remote("memory:///b/q")
-        .disk_budget("1MiB")
+        .disk_budget(1u64)
         .open()
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::InvalidInput { reason, .. } if reason.contains("RemoteOptions::disk_budget")),
-        "{err}"
-    );
+        .unwrap();
+    q.insert_durable("kept", Array1::from_elem(1000, 7u8))
+        .unwrap();
+    assert_eq!(q.get::<u8, Ix1>("kept").unwrap().read().unwrap()[999], 7);
+    assert!(q.contains("kept"));
+    drop(q);
     // A bad URL is a typed remote error naming it.
     let err = StoreBuilder::new(other.path())
         .remote("nosuchscheme://x/y")
         .open()
         .unwrap_err();
     assert!(err.to_string().contains("nosuchscheme"), "{err}");
-    // One handle per cache directory.
+    // The cache directory is shared as a store directory: a second writer
+    // registers beside the first; an exclusive one is refused while it is.
+    let second = StoreBuilder::new(cache.path())
+        .remote("memory:///b/p")
+        .open()
+        .unwrap();
+    assert_eq!(second.writers().unwrap().len(), 2);
     assert!(matches!(
         StoreBuilder::new(cache.path())
             .remote("memory:///b/p")
+            .exclusive(true)
             .open(),
         Err(Error::Locked { .. })
     ));
+    drop(second);
+}
+
+/// Replacing an entry leaves one copy of it in the cache directory: a
+/// superseded staged write goes once the new one is published (20
+/// replacements of a 2 MiB entry, durable and spilled).
+#[test]
+fn replacements_leave_one_copy_in_the_cache_directory() {
+    let cache = tempfile::tempdir().unwrap();
+    let s = StoreBuilder::new(cache.path())
+        .remote("memory:///b/replace")
+        .memory_budget("1MiB")
+        .open()
+        .unwrap();
+    let n = 1 << 18; // 2 MiB of f64
+    for i in 0..20 {
+        let v = Array1::from_elem(n, i as f64);
+        if i % 2 == 0 {
+            s.insert_durable("big", v).unwrap();
+        } else {
+            s.insert("big", v).unwrap(); // spilled by the budget
+        }
+    }
+    s.flush().unwrap();
+    let bytes = dir_bytes(cache.path());
+    assert!(
+        bytes < 3 * (n as u64 * 8),
+        "{bytes} bytes in the cache directory after 20 replacements"
+    );
+    assert_eq!(s.get::<f64, Ix1>("big").unwrap().read().unwrap()[7], 19.0);
+    assert!(s.pending_writes().is_empty());
+}
+
+/// Bytes of the regular files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let md = std::fs::symlink_metadata(e.path()).unwrap();
+        if md.is_dir() {
+            total += dir_bytes(&e.path());
+        } else if md.is_file() {
+            total += md.len();
+        }
+    }
+    total
 }

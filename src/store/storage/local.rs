@@ -77,6 +77,52 @@ impl LocalDir {
         self.procs.get().map(|p| &**p)
     }
 
+    /// This writer's registration id (`None`: a reader).
+    pub(crate) fn writer_id(&self) -> Option<&str> {
+        self.procs().map(|p| p.id())
+    }
+
+    /// Whether the writer registered as `id` is alive (a reader cannot
+    /// tell: `true`).
+    pub(crate) fn is_alive(&self, id: &str) -> bool {
+        self.procs().is_none_or(|p| p.is_alive(id))
+    }
+
+    /// Whether this handle registered as a writer.
+    pub(crate) fn is_writer(&self) -> bool {
+        self.procs.get().is_some()
+    }
+
+    /// The push lock of `name` (a writer's; see `Procs::push_lock`).
+    pub(crate) fn push_lock(&self, name: &EntryName) -> Result<Option<Box<dyn Lease>>> {
+        match self.procs() {
+            Some(p) => Ok(Some(Box::new(p.push_lock(name)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Replaces fields of `name`'s metadata when it satisfies `check` (see
+    /// `pair::replace_fields_if`).
+    pub(crate) fn replace_fields_if(
+        &self,
+        name: &EntryName,
+        check: impl Fn(&Meta) -> bool,
+        set: &[(&str, Option<serde_json::Value>)],
+        durable: bool,
+    ) -> Result<bool> {
+        pair::replace_fields_if(&self.dir, self.procs(), name, check, set, durable)
+    }
+
+    /// Removes `name`'s pair when its metadata satisfies `check` (see
+    /// `pair::remove_pair_if`).
+    pub(crate) fn remove_if(
+        &self,
+        name: &EntryName,
+        check: impl Fn(Option<&Meta>) -> bool,
+    ) -> Result<bool> {
+        pair::remove_pair_if(&self.dir, self.procs(), name, check)
+    }
+
     /// The folder of version links (`None`: there is none yet, or it is
     /// not a directory: every version then counts as unproven).
     fn versions(&self) -> Option<&io::Dir> {
@@ -123,6 +169,10 @@ impl LocalDir {
 impl Storage for LocalDir {
     fn location(&self) -> &Path {
         self.dir.path()
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn data_path(&self, name: &EntryName) -> PathBuf {

@@ -25,9 +25,11 @@
 //!   per-entry lock around the commit point; `list` is re-read to see
 //!   other processes' entries.
 //!
-//! Fault injection stays below the seam: `io`'s fault plan fails the N-th
-//! file-system operation of a `LocalDir`, which is the grain that tests the
-//! local protocol step by step.
+//! Fault injection works at both grains: `io`'s fault plan fails the N-th
+//! file-system operation of a `LocalDir`, which tests the local protocol
+//! step by step; `fault.rs` (feature `testing`) wraps any `Storage` and
+//! fails the N-th seam call, which reaches backends without file-system
+//! operations (an object store).
 
 use std::fmt;
 use std::fs::File;
@@ -40,6 +42,8 @@ use crate::io::{self, FileId, Found};
 use crate::name::EntryName;
 use crate::npy::NpyInfo;
 
+#[cfg(feature = "testing")]
+pub(crate) mod fault;
 mod local;
 mod pair;
 mod procs;
@@ -156,6 +160,36 @@ pub(crate) trait Storage: Send + Sync + fmt::Debug {
         Vec::new()
     }
 
+    /// Itself, for the calls of one backend
+    /// ([`DiskBackedStore::gc`](crate::DiskBackedStore::gc)).
+    fn as_any(&self) -> &dyn std::any::Any;
+
+    /// Whether the entries' files here are copies of data kept elsewhere
+    /// (an object store's cache): the disk budget may then drop any
+    /// entry's copy ([`drop_copy`](Self::drop_copy)), not only delete
+    /// recomputable entries.
+    fn holds_copies(&self) -> bool {
+        false
+    }
+
+    /// Drops `name`'s local copy, when it is one that can be fetched
+    /// again; whether it did.
+    fn drop_copy(&self, name: &EntryName) -> Result<bool> {
+        let _ = name;
+        Ok(false)
+    }
+
+    /// The writes staged here and not yet committed to the durable home
+    /// (an object store's).
+    fn staged(&self) -> Vec<EntryName> {
+        Vec::new()
+    }
+
+    /// The object store's counters (`None`: a local directory).
+    fn remote_stats(&self) -> Option<RemoteStats> {
+        None
+    }
+
     /// Takes `name`'s compute lock (for `get_or_compute` across processes),
     /// waiting up to `timeout`; `None` when no other process can compute
     /// (an exclusive writer). Dropping the lease releases it.
@@ -164,6 +198,29 @@ pub(crate) trait Storage: Send + Sync + fmt::Debug {
         name: &EntryName,
         timeout: Option<std::time::Duration>,
     ) -> Result<Option<Box<dyn Lease>>>;
+}
+
+/// Counters of a store over an object store
+/// ([`StoreStats::remote`](crate::StoreStats#structfield.remote)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RemoteStats {
+    /// Data objects uploaded.
+    pub uploads: u64,
+    /// Bytes uploaded.
+    pub bytes_up: u64,
+    /// Data objects downloaded.
+    pub downloads: u64,
+    /// Bytes downloaded.
+    pub bytes_down: u64,
+    /// Reads served from a copy in the cache directory.
+    pub cache_hits: u64,
+    /// Commits that lost a race ([`Error::Conflict`](crate::Error::Conflict)).
+    pub conflicts: u64,
+    /// Cached copies dropped by the disk budget.
+    pub evictions: u64,
+    /// Writes staged in the cache directory and not yet committed.
+    pub pending: u64,
 }
 
 /// A published version of an entry's data: its file, and the version
@@ -269,6 +326,11 @@ pub(crate) struct PairJob<'a> {
     pub published: &'a AtomicU64,
     /// Writes the `.npy` bytes.
     pub write_npy: io::Fill<'a>,
+    /// A backend's own metadata fields, written after the crate's.
+    pub extra: Option<std::sync::Arc<crate::store::meta::Attrs>>,
+    /// Skips the job (as one that may no longer publish) when the entry's
+    /// current metadata satisfies this, checked at the commit point.
+    pub unless: Option<fn(&Meta) -> bool>,
 }
 
 /// How the staged files of a publish are made durable.

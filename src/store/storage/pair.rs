@@ -89,7 +89,17 @@ pub(crate) fn publish_pairs(
         // little more than its data block.
         let early = per_file && cfg!(unix);
         let (shape, dtype, flags, attrs) = (&job.shape, &job.dtype, job.flags, job.attrs.clone());
-        let render = |c: &Commit| meta::render(shape, dtype, flags, Some(c), attrs.as_deref());
+        let extra = job.extra.clone();
+        let render = |c: &Commit| {
+            meta::render(
+                shape,
+                dtype,
+                flags,
+                Some(c),
+                attrs.as_deref(),
+                extra.as_deref(),
+            )
+        };
         let tok = token.as_deref();
         // The staged file's identity: its inode, known from its creation
         // (one `fstat`, before or after the data is written).
@@ -134,7 +144,13 @@ pub(crate) fn publish_pairs(
             id,
             token,
         });
-        names.push((job.name, job.publish, job.version, job.published));
+        names.push((
+            job.name,
+            job.publish,
+            job.version,
+            job.published,
+            job.unless,
+        ));
     }
     if !per_file {
         dir.syncfs()?;
@@ -166,11 +182,16 @@ pub(crate) fn publish_pairs(
     // the new pairs are durable.
     let mut replaced: Vec<(&EntryName, String)> = Vec::new();
     let result = (|| -> Result<()> {
-        for (i, (s, &(name, publish, version, published))) in
+        for (i, (s, &(name, publish, version, published, unless))) in
             staged.into_iter().zip(&names).enumerate()
         {
             let _g = io::OWNERSHIP.lock();
-            if !publish.load(Ordering::Acquire) || version < published.load(Ordering::Acquire) {
+            let refused =
+                unless.is_some_and(|f| Meta::read_in(dir, &name.meta_file()).is_ok_and(|m| f(&m)));
+            if refused
+                || !publish.load(Ordering::Acquire)
+                || version < published.load(Ordering::Acquire)
+            {
                 ids[i] = None;
                 continue; // dropping `s` removes its temporary files
             }
@@ -375,7 +396,7 @@ impl Drop for Links<'_> {
 }
 
 /// Replaces the user attributes in `name`'s metadata: a new `.meta.json`
-/// (the old one with `attrs`, see [`meta::with_attrs`]) is staged, synced
+/// (the old one with `attrs`, see [`meta::with_fields`]) is staged, synced
 /// and renamed over the old one, then the directory is synced. Under
 /// `io::OWNERSHIP`, so that no publish of the entry commits between the
 /// read and the rename. A crash leaves the old or the new metadata, and
@@ -386,6 +407,31 @@ pub(crate) fn replace_attrs(
     name: &EntryName,
     attrs: &meta::Attrs,
 ) -> Result<()> {
+    let attrs = (!attrs.is_empty()).then(|| serde_json::Value::Object(attrs.clone()));
+    replace_fields_if(
+        dir,
+        procs,
+        name,
+        |_| true,
+        &[(meta::ATTRS_FIELD, attrs)],
+        true,
+    )
+    .map(|_| ())
+}
+
+/// Replaces fields of `name`'s metadata (see [`meta::with_fields`]) when
+/// its current metadata satisfies `check`, as [`replace_attrs`] replaces
+/// the attributes; returns whether it did. Without `durable` neither the
+/// new file nor the directory is synced (the change may be lost by a power
+/// cut, never torn into the old pair's place: the old or the new metadata).
+pub(crate) fn replace_fields_if(
+    dir: &Dir,
+    procs: Option<&Procs>,
+    name: &EntryName,
+    check: impl Fn(&Meta) -> bool,
+    set: &[(&str, Option<serde_json::Value>)],
+    durable: bool,
+) -> Result<bool> {
     let meta_name = name.meta_file();
     // Serialised with other processes' publishes of the key, as a publish.
     let _lock = match procs {
@@ -395,14 +441,23 @@ pub(crate) fn replace_attrs(
     let _g = io::OWNERSHIP.lock();
     let bytes = dir.read_bounded(&meta_name, meta::META_LIMIT)?;
     let path = dir.join(&meta_name);
-    Meta::parse(&bytes, &path)?;
-    let text = meta::with_attrs(&bytes, &path, attrs)?;
+    if !check(&Meta::parse(&bytes, &path)?) {
+        return Ok(false);
+    }
+    let text = meta::with_fields(&bytes, &path, set)?;
     let mut m = TempFile::create_in(dir, &meta_name, false)?;
     keep_mode(dir, &meta_name, &m)?;
     std::io::Write::write_all(m.writer(), text.as_bytes()).ctx("write", m.path())?;
-    m.flush_and_sync()?;
+    if durable {
+        m.flush_and_sync()?;
+    } else {
+        m.flush_and_close()?;
+    }
     m.rename_into(&meta_name)?;
-    dir.sync()
+    if durable {
+        dir.sync()?;
+    }
+    Ok(true)
 }
 
 /// Gives a staged file the permission bits of the regular file it will
@@ -485,12 +540,27 @@ impl Backup {
 /// [`Error::Corrupt`] naming the file when either name is a directory:
 /// nothing is renamed or staged. I/O errors.
 pub(crate) fn remove_pair(dir: &Dir, procs: Option<&Procs>, name: &EntryName) -> Result<()> {
+    remove_pair_if(dir, procs, name, |_| true).map(|_| ())
+}
+
+/// As [`remove_pair`], only when the pair's current metadata satisfies
+/// `check` (decided under the key's publish lock); returns whether it was
+/// removed. Metadata that cannot be read is given to `check` as `None`.
+pub(crate) fn remove_pair_if(
+    dir: &Dir,
+    procs: Option<&Procs>,
+    name: &EntryName,
+    check: impl Fn(Option<&Meta>) -> bool,
+) -> Result<bool> {
     // Publishes and removals of the key by other writers wait until the
     // removal is done or undone.
     let _lock = match procs {
         Some(p) => p.publish_locks(&[name])?,
         None => Vec::new(),
     };
+    if !check(Meta::read_in(dir, &name.meta_file()).ok().as_ref()) {
+        return Ok(false);
+    }
     let (npy, meta) = (name.npy_file(), name.meta_file());
     let (npy_found, meta_found) = (dir.stat(&npy), dir.stat(&meta));
     // Only a name can be removed: a directory at either name is refused
@@ -535,7 +605,7 @@ pub(crate) fn remove_pair(dir: &Dir, procs: Option<&Procs>, name: &EntryName) ->
             if let (Some(p), Some(v)) = (procs, version) {
                 p.versions().remove_quietly(&version_link(name, &v));
             }
-            Ok(())
+            Ok(true)
         }
         Err(e) => {
             if npy_gone {

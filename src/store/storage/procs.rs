@@ -226,6 +226,11 @@ impl Procs {
     /// dead writer's registration is ever removed by another process);
     /// anything doubtful (not a regular file, an error) counts as alive, so
     /// that nothing of it is touched.
+    /// This writer's registration id.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
     pub(crate) fn is_alive(&self, id: &str) -> bool {
         if id == self.id {
             return true;
@@ -302,6 +307,19 @@ impl Procs {
             held.push(KeyLock(f));
         }
         Ok(held)
+    }
+
+    /// Takes the push lock of `name` (a remote store's cache directory: the
+    /// upload and commit of the key's staged write), blocking until it is
+    /// free. Taken by exclusive writers too: their threads push in turn.
+    pub(crate) fn push_lock(&self, name: &EntryName) -> Result<KeyLock> {
+        let file = format!("{name}.push");
+        let path = self.locks.join(&file);
+        let Some(f) = self.locks.open_lock(&file, true)? else {
+            return Err(Error::corrupt(&path, "could not be created"));
+        };
+        f.lock().ctx("lock", &path)?;
+        Ok(KeyLock(f))
     }
 
     /// Takes the compute lock of `name`, waiting up to `timeout` (`None`:

@@ -30,8 +30,8 @@ use ndarray_offload::__testing::object_store::{
     self as os, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
     ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
-use ndarray_offload::__testing::{open_remote_on, open_tiered_on};
-use ndarray_offload::remote::{RemoteOptions, RemoteStore};
+use ndarray_offload::__testing::open_tiered_on;
+use ndarray_offload::remote::RemoteOptions;
 use ndarray_offload::{DiskBackedStore, Error};
 use parking_lot::Mutex;
 
@@ -210,110 +210,10 @@ fn opts() -> RemoteOptions {
 }
 
 /// Records `steps` on one node, after `initial` was committed by an earlier
-/// handle on the same cache directory.
+/// handle on the same cache directory: the store over the prefix is one
+/// kind of handle, so this is [`record_tiered`]'s workload.
 pub fn record(name: &str, initial: &[(&'static str, Ver)], steps: &[ROpStep]) -> RemoteRun {
-    let cache = tempfile::tempdir_in(super::scratch_base()).unwrap();
-    let remote = RecStore::new();
-    let shared: Arc<dyn ObjectStore> = remote.clone();
-    {
-        let s = open_remote_on(URL, shared.clone(), cache.path(), opts()).unwrap();
-        for (k, v) in initial {
-            if let Some(v) = v {
-                s.insert_durable(*k, value(k, *v)).unwrap();
-            }
-        }
-    }
-    let snapshot = Snapshot::read(cache.path());
-    let rec = Recording::start_tree(cache.path());
-    *remote.sink.lock() = Some(rec.sink());
-    let mut d = Driver {
-        rec: &rec,
-        steps: Vec::new(),
-        extra: Vec::new(),
-    };
-    let s = d.op("remote: open", &[], Durable::No, || {
-        open_remote_on(URL, shared.clone(), cache.path(), opts())
-    });
-    let mut dirty: BTreeMap<&'static str, u32> = BTreeMap::new();
-    for st in steps {
-        match st.clone() {
-            ROpStep::Insert(k, v) => {
-                dirty.insert(k, v);
-                d.op("remote: insert", &[], Durable::No, || {
-                    s.insert(k, value(k, v))
-                });
-            }
-            ROpStep::Durable(k, v) => {
-                dirty.remove(k);
-                d.op(
-                    "remote: insert_durable",
-                    &[(k, Some(v))],
-                    Durable::Keys(vec![k.into()]),
-                    || s.insert_durable(k, value(k, v)),
-                );
-            }
-            ROpStep::DurableDown(k, v) => {
-                dirty.remove(k);
-                remote.down.store(true, Ordering::SeqCst);
-                // Failed, but promised: staged durably, committed by the
-                // next flush (of this node, or of the node restarted).
-                d.op_failing(
-                    "remote: insert_durable (store down)",
-                    &[(k, Some(v))],
-                    Durable::Keys(vec![k.into()]),
-                    || s.insert_durable(k, value(k, v)),
-                );
-                remote.down.store(false, Ordering::SeqCst);
-            }
-            ROpStep::Batch(batch) => {
-                for (k, _) in &batch {
-                    dirty.remove(k);
-                }
-                let assign: Vec<(&str, Ver)> = batch.iter().map(|(k, v)| (*k, Some(*v))).collect();
-                let ks = batch.iter().map(|(k, _)| k.to_string()).collect();
-                d.op("remote: insert_batch", &assign, Durable::Keys(ks), || {
-                    s.insert_batch(batch.iter().map(|(k, v)| (*k, value(k, *v))))
-                });
-            }
-            ROpStep::Remove(k) => {
-                dirty.remove(k);
-                d.op(
-                    "remote: remove",
-                    &[(k, None)],
-                    Durable::Keys(vec![k.into()]),
-                    || s.remove(k).map(drop),
-                );
-            }
-            ROpStep::Flush => {
-                let pending = std::mem::take(&mut dirty);
-                let assign: Vec<(&str, Ver)> =
-                    pending.iter().map(|(k, v)| (*k, Some(*v))).collect();
-                let ks = pending.keys().map(|k| k.to_string()).collect();
-                d.op("remote: flush", &assign, Durable::Keys(ks), || s.flush());
-            }
-        }
-    }
-    d.op("remote: close", &[], Durable::No, || {
-        drop(s);
-        Ok(())
-    });
-    let steps = d.steps;
-    let events = rec.finish();
-    *remote.sink.lock() = None;
-    let ops = remote.log.lock().clone();
-    RemoteRun {
-        run: Run {
-            name: name.into(),
-            target: Target::Remote,
-            initial: keys(initial).into_iter().collect(),
-            snapshot,
-            events,
-            steps,
-            extra: Vec::new(),
-        },
-        ops,
-        tiered: None,
-    }
+    record_tiered(name, initial, steps)
 }
 
 /// Labels of a three-tier store's operations.
@@ -499,10 +399,13 @@ fn verify_tiered(
     node.close()
         .map_err(|e| format!("restart: close failed: {e}"))?;
     // The cache directory as a `RemoteStore` sees it: nothing pending.
-    let rs = open_remote_on(URL, shared.clone(), dir, opts())
+    let rs = open_tiered_on(URL, shared.clone(), dir, opts(), None)
         .map_err(|e| format!("reopen: open failed: {e}"))?;
-    if !rs.pending().is_empty() {
-        return Err(format!("still pending after flush: {:?}", rs.pending()));
+    if !rs.pending_writes().is_empty() {
+        return Err(format!(
+            "still pending after flush: {:?}",
+            rs.pending_writes()
+        ));
     }
     let left = temps_in(dir);
     if !left.is_empty() {
@@ -530,7 +433,7 @@ fn verify_tiered(
 }
 
 fn read_all(
-    s: &RemoteStore,
+    s: &ndarray_offload::DiskBackedStore,
     allowed: &BTreeMap<String, BTreeSet<Ver>>,
 ) -> Result<BTreeMap<String, Ver>, String> {
     let mut out = BTreeMap::new();
@@ -602,12 +505,15 @@ fn verify(
     allowed: &BTreeMap<String, BTreeSet<Ver>>,
 ) -> Result<(), String> {
     let shared: Arc<dyn ObjectStore> = remote.clone();
-    let node = open_remote_on(URL, shared.clone(), dir, opts())
+    let node = open_tiered_on(URL, shared.clone(), dir, opts(), None)
         .map_err(|e| format!("restart: open failed: {e}"))?;
     node.flush()
         .map_err(|e| format!("restart: flush failed: {e}"))?;
-    if !node.pending().is_empty() {
-        return Err(format!("still pending after flush: {:?}", node.pending()));
+    if !node.pending_writes().is_empty() {
+        return Err(format!(
+            "still pending after flush: {:?}",
+            node.pending_writes()
+        ));
     }
     let seen = read_all(&node, allowed)?;
     for (key, got) in &seen {
@@ -622,7 +528,7 @@ fn verify(
     }
     drop(node);
     let fresh_dir = tempfile::tempdir_in(super::scratch_base()).unwrap();
-    let fresh = open_remote_on(URL, shared, fresh_dir.path(), opts())
+    let fresh = open_tiered_on(URL, shared, fresh_dir.path(), opts(), None)
         .map_err(|e| format!("fresh node: open failed: {e}"))?;
     let fresh_seen = read_all(&fresh, allowed).map_err(|e| format!("fresh node: {e}"))?;
     if fresh_seen != seen {

@@ -1,0 +1,1227 @@
+//! The object store as a backend of the storage seam: a [`DiskBackedStore`]
+//! over a remote prefix ([`StoreBuilder::remote`](crate::StoreBuilder::remote)).
+//!
+//! The store's directory is the prefix's local cache, and it is laid out
+//! and shared as any store directory is (`LocalDir`): pairs of `K.npy` and
+//! `K.meta.json`, the writers' registrations, the per-key locks and the
+//! version links; readers take no lock and create nothing; writers
+//! register. Each cached pair's metadata is the entry's remote metadata
+//! object (GSEGUtils' fields, `ndoffload_attrs`, `ndoffload_remote`), so
+//! one metadata model describes both; a pair that is a write not yet
+//! committed carries `ndoffload_staged` (the version it replaces and the
+//! name of its data object).
+//!
+//! | store operation | local cache | object store |
+//! |---|---|---|
+//! | durable publish (`insert_durable`, `insert_batch`, `flush`) | pair published (durable), `ndoffload_staged` | upload, conditional PUT of the metadata object, then `ndoffload_staged` dropped |
+//! | spill (memory budget) | pair published, `ndoffload_staged` | at the next `flush` |
+//! | read of an entry not in RAM | the cached pair when it is a copy of the current data object, else downloaded into a new pair | ranged GETs |
+//! | `remove` | pair removed | tombstone (conditional PUT) |
+//! | `refresh` | | re-lists the metadata objects |
+//! | disk budget | cached copies removed, least recently used first (never a staged write) | |
+//!
+//! A read-only handle downloads into a private temporary directory (it
+//! writes nothing into the cache directory) and reads the cached pairs
+//! writers left there.
+
+use std::any::Any;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::UpdateVersion;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::protocol::{self, Head, RemoteField, RemoteMeta};
+use super::url::Location;
+use super::{offline_hint, runtime, transfer, upload_err, RemoteOptions};
+use crate::error::{Error, IoContext, RemoteErrorKind, Result};
+use crate::io::{self, FileId, Found};
+use crate::name::EntryName;
+use crate::npy::NpyInfo;
+use crate::store::meta::{Attrs, Meta, ATTRS_FIELD, REMOTE_FIELD, STAGED_FIELD};
+use crate::store::storage::{
+    read_header_of, Backend, Checked, Lease, Listed, Listing, LocalDir, LockMode, PairJob,
+    Published, Recovered, RemoteStats, Storage, SyncMode, WriterInfo,
+};
+
+/// The backend of a store over the remote prefix `url` (its requests going
+/// to `store` instead of the client the URL names when given: tests, see
+/// `__testing::open_tiered_on`).
+pub(crate) fn backend(
+    url: String,
+    store: Option<Arc<dyn object_store::ObjectStore>>,
+    options: RemoteOptions,
+) -> Backend {
+    let describe = format!("remote {url}");
+    let open = move |dir: &FsPath, read_only: bool| -> Result<Arc<dyn Storage>> {
+        if options.offline && !read_only {
+            return Err(Error::Remote {
+                op: "open",
+                key: String::new(),
+                url: url.clone(),
+                kind: RemoteErrorKind::Config,
+                source: "RemoteOptions::offline reads the local cache only: open the store \
+                         read-only (StoreBuilder::read_only(true))"
+                    .into(),
+            });
+        }
+        let b = ObjectBackend::open(&url, store.clone(), dir, options.clone(), read_only)?;
+        Ok(Arc::new(b) as Arc<dyn Storage>)
+    };
+    Backend {
+        describe,
+        open: Arc::new(open),
+    }
+}
+
+/// What this handle knows of an entry's metadata object.
+#[derive(Debug, Clone)]
+enum Seen {
+    /// Listed, metadata not read yet.
+    Listed(UpdateVersion),
+    Live(Box<RemoteMeta>, UpdateVersion),
+    Removed(UpdateVersion),
+}
+
+impl Seen {
+    fn version(&self) -> &UpdateVersion {
+        match self {
+            Seen::Listed(v) | Seen::Live(_, v) | Seen::Removed(v) => v,
+        }
+    }
+}
+
+/// `ndoffload_staged` of a cached pair: a write not yet committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Staged {
+    /// The data object it is uploaded as, relative to the prefix.
+    data: String,
+    /// The version of the metadata object it replaces (`None`: the key
+    /// must not exist).
+    #[serde(default)]
+    e_tag: Option<String>,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    base: bool,
+    /// A removal promised to the next flush: the tombstone is committed
+    /// over `base`, then the pair goes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    remove: bool,
+    /// The registration of the writer that staged it: other processes on
+    /// the cache directory read the committed value instead, until it is
+    /// committed (or its writer died: then any writer commits it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    writer: Option<String>,
+}
+
+impl Staged {
+    fn of(meta: &Meta) -> Option<Staged> {
+        serde_json::from_value(meta.staged.clone()?).ok()
+    }
+
+    fn base(&self) -> Option<UpdateVersion> {
+        self.base.then(|| UpdateVersion {
+            e_tag: self.e_tag.clone(),
+            version: self.version.clone(),
+        })
+    }
+}
+
+/// Whether a cached pair's metadata is a staged write (or removal).
+fn is_staged(meta: &Meta) -> bool {
+    meta.staged.is_some()
+}
+
+/// Whether a cached pair's metadata is a staged removal.
+fn is_removal(meta: &Meta) -> bool {
+    Staged::of(meta).is_some_and(|s| s.remove)
+}
+
+/// The data object a cached pair's metadata says it is a copy of.
+fn data_of(meta: &Meta) -> Option<&str> {
+    meta.remote.as_ref()?.get("data")?.as_str()
+}
+
+#[derive(Default)]
+struct Counters {
+    uploads: AtomicU64,
+    bytes_up: AtomicU64,
+    downloads: AtomicU64,
+    bytes_down: AtomicU64,
+    cache_hits: AtomicU64,
+    conflicts: AtomicU64,
+    evictions: AtomicU64,
+}
+
+/// Where a read finds an entry's data.
+enum Copy {
+    /// The cached pair (a staged write, or a copy of the current data
+    /// object).
+    Cache,
+    /// A file a read-only handle downloaded, and the metadata it belongs to.
+    Private(PathBuf, Box<Meta>),
+}
+
+/// The storage seam over an object store, with a local directory as its
+/// cache. See the [module documentation](self).
+pub(crate) struct ObjectBackend {
+    rt: tokio::runtime::Runtime,
+    loc: Location,
+    opts: RemoteOptions,
+    /// The store's URL, as a path: where messages say the entries are.
+    url: PathBuf,
+    cache_path: PathBuf,
+    /// The cache directory (`None`: a read-only open of a directory that
+    /// does not exist).
+    cache: Option<LocalDir>,
+    read_only: bool,
+    /// Downloads of a read-only handle (created on its first download).
+    private: Mutex<Option<tempfile::TempDir>>,
+    /// Unique id of this handle, recorded as the writer of its commits.
+    writer: String,
+    view: Mutex<BTreeMap<EntryName, Seen>>,
+    /// Staged writes in the cache directory to commit on `sync`.
+    staged: Mutex<BTreeSet<EntryName>>,
+    /// Entries whose commit lost a race, for [`Storage::take_lost`].
+    lost: Mutex<Vec<EntryName>>,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for ObjectBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectBackend")
+            .field("url", &self.loc.url)
+            .field("cache", &self.cache_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A lease that holds nothing.
+#[derive(Debug)]
+struct NoLease;
+
+impl Lease for NoLease {}
+
+impl ObjectBackend {
+    fn open(
+        url: &str,
+        store: Option<Arc<dyn object_store::ObjectStore>>,
+        cache_path: &FsPath,
+        opts: RemoteOptions,
+        read_only: bool,
+    ) -> Result<ObjectBackend> {
+        let offline = opts.offline;
+        let loc = match store {
+            Some(store) => Location {
+                store,
+                ..super::url::open(url, &opts.net, &opts.config, offline)?
+            },
+            None => super::url::open(url, &opts.net, &opts.config, offline)?,
+        };
+        let cache = if read_only {
+            match std::fs::symlink_metadata(cache_path) {
+                Ok(_) => Some(LocalDir::open(cache_path)?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(Error::io("stat", cache_path, e)),
+            }
+        } else {
+            std::fs::create_dir_all(cache_path).ctx("create", cache_path)?;
+            Some(LocalDir::open(cache_path)?)
+        };
+        let b = ObjectBackend {
+            rt: runtime()?,
+            url: PathBuf::from(&loc.url),
+            loc,
+            opts,
+            cache_path: cache_path.to_path_buf(),
+            cache,
+            read_only,
+            private: Mutex::new(None),
+            writer: protocol::unique_id(),
+            view: Mutex::new(BTreeMap::new()),
+            staged: Mutex::new(BTreeSet::new()),
+            lost: Mutex::new(Vec::new()),
+            counters: Counters::default(),
+        };
+        if offline {
+            b.load_offline_view()?;
+        } else {
+            // A writable open checks that the server enforces conditional
+            // PUT (`protocol::check_conditional_put`) while it lists.
+            let probe = (!read_only).then(|| {
+                let loc = b.loc.clone();
+                b.rt.spawn(async move { protocol::check_conditional_put(&loc).await })
+            });
+            let listed = b.refresh();
+            // Awaited whatever the listing gave: the probe deletes its object.
+            if let Some(probe) = probe {
+                let probed = b.rt.block_on(probe).map_err(|e| Error::Remote {
+                    op: "open for writing",
+                    key: String::new(),
+                    url: b.loc.url.clone(),
+                    kind: RemoteErrorKind::Other,
+                    source: Box::new(e),
+                });
+                if listed.is_ok() {
+                    probed??;
+                }
+            }
+            listed.map_err(|e| {
+                let cached = b.cached_names().len();
+                offline_hint(e, cached)
+            })?;
+        }
+        Ok(b)
+    }
+
+    fn cache(&self) -> Result<&LocalDir> {
+        self.cache.as_ref().ok_or_else(|| Error::ReadOnly {
+            path: self.cache_path.clone(),
+        })
+    }
+
+    /// The cached pairs' metadata (best effort: unreadable pairs skipped).
+    fn cached_metas(&self) -> Vec<(EntryName, Meta)> {
+        let Some(cache) = &self.cache else {
+            return Vec::new();
+        };
+        let Ok(listing) = cache.list() else {
+            return Vec::new();
+        };
+        listing
+            .entries
+            .into_iter()
+            .filter(|(_, l)| matches!(l, Listed::Pair))
+            .filter_map(|(n, _)| cache.read_meta(&n).ok().map(|m| (n, m)))
+            .collect()
+    }
+
+    /// The entries the cache directory holds a whole copy or a staged write of.
+    fn cached_names(&self) -> Vec<EntryName> {
+        self.cached_metas()
+            .into_iter()
+            .filter(|(_, m)| is_staged(m) || data_of(m).is_some())
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    /// Offline: the view is what the cache directory holds.
+    fn load_offline_view(&self) -> Result<()> {
+        let mut view = self.view.lock();
+        let mut staged = self.staged.lock();
+        for (name, meta) in self.cached_metas() {
+            if is_staged(&meta) {
+                staged.insert(name);
+                continue;
+            }
+            if data_of(&meta).is_none() {
+                continue;
+            }
+            let Ok(text) = serde_json::to_vec(&meta_object(&meta)) else {
+                continue;
+            };
+            if let Ok(m) = RemoteMeta::parse(&text, name.as_str(), &self.loc.url) {
+                view.insert(
+                    name,
+                    Seen::Live(
+                        Box::new(m),
+                        UpdateVersion {
+                            e_tag: None,
+                            version: None,
+                        },
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-lists the metadata objects (offline: nothing changes).
+    fn refresh(&self) -> Result<()> {
+        if self.opts.offline {
+            return Ok(());
+        }
+        let listed = self.rt.block_on(protocol::list_meta(&self.loc))?;
+        let mut st = self.view.lock();
+        let mut view = BTreeMap::new();
+        for l in listed {
+            let seen = match st.remove(&l.name) {
+                Some(s) if s.version() == &l.version => s,
+                _ if l.size == 0 => Seen::Removed(l.version),
+                _ => Seen::Listed(l.version),
+            };
+            view.insert(l.name, seen);
+        }
+        *st = view;
+        drop(st);
+        if !self.read_only {
+            // Staged writes of this cache directory (this or an earlier
+            // handle's, or another process's on this node) are committed by
+            // the next `sync`.
+            let mut staged = self.staged.lock();
+            for (name, meta) in self.cached_metas() {
+                if is_staged(&meta) {
+                    staged.insert(name);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads the metadata object of `name`; whether the entry exists.
+    fn reload(&self, name: &EntryName) -> Result<bool> {
+        if self.opts.offline {
+            return Ok(self.exists(name));
+        }
+        let head = self
+            .rt
+            .block_on(protocol::read_meta(&self.loc, name.as_str()))?;
+        Ok(self.note_head(name, head))
+    }
+
+    fn note_head(&self, name: &EntryName, head: Option<Head>) -> bool {
+        let mut view = self.view.lock();
+        match head {
+            None => {
+                view.remove(name);
+                false
+            }
+            Some(Head::Removed(v)) => {
+                view.insert(name.clone(), Seen::Removed(v));
+                false
+            }
+            Some(Head::Live(m, v)) => {
+                view.insert(name.clone(), Seen::Live(m, v));
+                true
+            }
+        }
+    }
+
+    fn not_found(&self, name: &EntryName) -> Error {
+        let path = if self.opts.offline {
+            PathBuf::from(format!(
+                "{} (opened offline: only the entries cached in {})",
+                self.loc.url,
+                self.cache_path.display()
+            ))
+        } else {
+            self.url.clone()
+        };
+        Error::KeyNotFound {
+            name: name.as_str().to_string(),
+            path,
+        }
+    }
+
+    /// The committed metadata of `name`, read from the object store if this
+    /// handle has not read it yet.
+    fn remote_meta(&self, name: &EntryName) -> Result<RemoteMeta> {
+        let seen = self.view.lock().get(name).cloned();
+        match seen {
+            Some(Seen::Live(m, _)) => return Ok(*m),
+            Some(Seen::Removed(_)) => return Err(self.not_found(name)),
+            _ if self.opts.offline => return Err(self.not_found(name)),
+            _ => {}
+        }
+        let head = self
+            .rt
+            .block_on(protocol::read_meta(&self.loc, name.as_str()))?;
+        self.note_head(name, head);
+        match self.view.lock().get(name) {
+            Some(Seen::Live(m, _)) => Ok((**m).clone()),
+            _ => Err(self.not_found(name)),
+        }
+    }
+
+    /// Whether a cached pair is a staged write (or removal) this handle
+    /// reads as the entry's value: its own, or one a dead writer left
+    /// (committed by the next `sync`). Another live process's staged write
+    /// is read as the committed value until it is committed; a read-only
+    /// handle reads only committed values.
+    fn visible(&self, meta: &Meta) -> bool {
+        let Some(s) = Staged::of(meta) else {
+            return false;
+        };
+        let Some(cache) = &self.cache else {
+            return false;
+        };
+        match (s.writer.as_deref(), cache.writer_id()) {
+            (None, Some(_)) => true,
+            (Some(w), Some(me)) => w == me || !cache.is_alive(w),
+            (_, None) => false,
+        }
+    }
+
+    /// The cached pair's metadata of `name`, if there is one that parses.
+    fn cached_meta(&self, name: &EntryName) -> Option<Meta> {
+        self.cache.as_ref()?.read_meta(name).ok()
+    }
+
+    /// Where `name`'s current data is, downloading it if needed.
+    fn copy_of(&self, name: &EntryName) -> Result<Copy> {
+        let mut retried = false;
+        loop {
+            let cached = self.cached_meta(name);
+            let visible = cached.as_ref().is_some_and(|m| self.visible(m));
+            if visible && cached.as_ref().is_some_and(is_removal) {
+                return Err(self.not_found(name));
+            }
+            if visible {
+                return Ok(Copy::Cache);
+            }
+            let remote = self.remote_meta(name)?;
+            let data = &remote.ndoffload_remote.data;
+            if cached.as_ref().and_then(data_of) == Some(data.as_str()) {
+                self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Copy::Cache);
+            }
+            if self.opts.offline {
+                return Err(self.not_found(name));
+            }
+            match self.download(name, &remote) {
+                Err(e) if e.is_not_found() && !retried => {
+                    // The data object was collected: the entry changed.
+                    retried = true;
+                    self.reload(name)?;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Downloads the data object `remote` names: into a new cached pair
+    /// (writers; never over a staged write), or into the private directory
+    /// (read-only handles).
+    fn download(&self, name: &EntryName, remote: &RemoteMeta) -> Result<Copy> {
+        let r = &remote.ndoffload_remote;
+        let src = protocol::rel_path(&self.loc, &r.data);
+        let url = self.loc.url_of(&src);
+        let meta = Meta::parse(&remote.to_bytes(), &PathBuf::from(&url))?;
+        let fetch = |file: &File, path: &FsPath| -> Result<()> {
+            let f = file.try_clone().ctx("open", path)?;
+            let crc = self
+                .rt
+                .block_on(transfer::download_to_file(
+                    self.loc.store.clone(),
+                    &src,
+                    r.size,
+                    Arc::new(f),
+                    path,
+                    self.opts.transfer,
+                ))
+                .map_err(|e| upload_err(&self.loc, "download", name.as_str(), url.clone(), e))?;
+            if crc != r.crc32 {
+                return Err(Error::corrupt(
+                    &PathBuf::from(&url),
+                    format!("CRC-32 {crc:08x}, but its metadata says {:08x}", r.crc32),
+                ));
+            }
+            self.counters.downloads.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .bytes_down
+                .fetch_add(r.size, Ordering::Relaxed);
+            Ok(())
+        };
+        if let Some(cache) = self.cache.as_ref().filter(|c| c.is_writer()) {
+            let publish = AtomicBool::new(true);
+            let published = AtomicU64::new(0);
+            let mut extra = Attrs::new();
+            extra.insert(
+                REMOTE_FIELD.to_string(),
+                serde_json::to_value(r).unwrap_or(Value::Null),
+            );
+            let job = PairJob {
+                name,
+                shape: remote.shape.clone(),
+                dtype: remote.dtype.clone(),
+                flags: meta.flags(crate::store::meta::EntryFlags {
+                    purge_on_drop: false,
+                    automatic_offloading: false,
+                    caching: true,
+                    recomputable: false,
+                }),
+                attrs: remote.ndoffload_attrs.clone().map(Arc::new),
+                publish: &publish,
+                version: 1,
+                published: &published,
+                write_npy: Box::new(|w, target| {
+                    std::io::Write::flush(w).ctx("write", target)?;
+                    fetch(w.get_ref().file(), w.get_ref().path())
+                }),
+                extra: Some(Arc::new(extra)),
+                unless: Some(is_staged),
+            };
+            // A clean copy: not synced (a copy lost by a power cut is
+            // downloaded again). Never over a staged write: the copy is then
+            // read from the private directory.
+            if cache.publish(vec![job], SyncMode::Spill)?[0].is_some() {
+                return Ok(Copy::Cache);
+            }
+        }
+        let mut private = self.private.lock();
+        if private.is_none() {
+            *private = Some(
+                tempfile::Builder::new()
+                    .prefix("ndoffload-remote-")
+                    .tempdir()
+                    .ctx("create", &std::env::temp_dir())?,
+            );
+        }
+        let dir = private.as_ref().map(|d| d.path().to_path_buf());
+        drop(private);
+        let dir = dir.unwrap_or_else(std::env::temp_dir);
+        let file = protocol::data_file_name(&r.data, name.as_str())
+            .ok_or_else(|| Error::corrupt(&PathBuf::from(&url), "bad data object name"))?;
+        let path = dir.join(&file);
+        if !path.is_file() {
+            let tmp = dir.join(format!(".{}.fetch.tmp", protocol::unique_id()));
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .ctx("create", &tmp)?;
+            let got =
+                fetch(&f, &tmp).and_then(|()| std::fs::rename(&tmp, &path).ctx("rename", &tmp));
+            if let Err(e) = got {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
+        Ok(Copy::Private(path, Box::new(meta)))
+    }
+
+    /// Uploads and commits `name`'s staged write, if the cache directory
+    /// still holds one (another process may have committed or replaced
+    /// it). Serialised per key with the other processes on the directory.
+    fn push(&self, name: &EntryName) -> Result<()> {
+        let cache = self.cache()?;
+        let _lock = cache.push_lock(name)?;
+        let c = cache.read_checked(name)?;
+        let Some(staged) = Staged::of(&c.meta) else {
+            self.staged.lock().remove(name);
+            return Ok(());
+        };
+        if staged.remove {
+            return self.remove_staged(cache, name, &staged);
+        }
+        let Some((file, info)) = c.file else {
+            return Err(Error::Mismatch {
+                path: cache.data_path(name),
+                field: "dtype and shape",
+                found: format!("{:?}", (&c.meta.dtype, &c.meta.shape)),
+                expected: "the staged write's header".into(),
+                other: cache.meta_path(name),
+            });
+        };
+        let local = cache.data_path(name);
+        let dest = protocol::rel_path(&self.loc, &staged.data);
+        let url = self.loc.url_of(&dest);
+        let size = file.metadata().ctx("stat", &local)?.len();
+        let started = std::time::Instant::now();
+        let crc = self
+            .rt
+            .block_on(transfer::upload_file(
+                protocol::client(&self.loc),
+                Arc::new(file),
+                &local,
+                size,
+                &dest,
+                self.opts.transfer,
+            ))
+            .map_err(|e| upload_err(&self.loc, "upload", name.as_str(), url.clone(), e))?;
+        self.counters.uploads.fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes_up.fetch_add(size, Ordering::Relaxed);
+        if !self.opts.grace.is_zero() && started.elapsed() > self.opts.grace / 2 {
+            // gc may already have marked the upload: upload again (flush).
+            return Err(Error::Remote {
+                op: "commit",
+                key: name.as_str().to_string(),
+                url,
+                kind: RemoteErrorKind::Timeout,
+                source: "the upload took longer than half the grace period; flush uploads it again"
+                    .into(),
+            });
+        }
+        let field = RemoteField {
+            version: protocol::REMOTE_VERSION,
+            name: name.as_str().to_string(),
+            data: staged.data.clone(),
+            size,
+            crc32: crc,
+            writer: self.writer.clone(),
+            committed_ms: protocol::now_ms(),
+        };
+        let mut meta = RemoteMeta::new(info.shape.clone(), info.descr.clone(), field.clone());
+        meta.automatic_offloading = c.meta.automatic.unwrap_or(false);
+        meta.enable_caching = c.meta.caching.unwrap_or(true);
+        meta.ndoffload_attrs = Some(c.meta.attrs.clone()).filter(|a| !a.is_empty());
+        let base = staged.base();
+        let result = self.rt.block_on(protocol::commit(
+            &self.loc,
+            name.as_str(),
+            base.as_ref(),
+            meta.to_bytes(),
+        ));
+        let this = |m: &Meta| Staged::of(m).is_some_and(|s| s.data == staged.data);
+        match result {
+            Ok(v) => {
+                self.view
+                    .lock()
+                    .insert(name.clone(), Seen::Live(Box::new(meta), v));
+                // The pair is a clean copy now (a newer staged write of the
+                // key stays staged). Not synced: a power cut keeps it staged,
+                // and the next commit of it finds it committed.
+                let field = serde_json::to_value(&field).ok();
+                let cleaned = cache.replace_fields_if(
+                    name,
+                    this,
+                    &[(REMOTE_FIELD, field), (STAGED_FIELD, None)],
+                    false,
+                )?;
+                if cleaned {
+                    self.staged.lock().remove(name);
+                }
+                Ok(())
+            }
+            Err(e @ Error::Conflict { .. }) => {
+                self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                // The write lost: the entry reads as the winner's value.
+                let _ = cache.remove_if(name, |m| m.is_some_and(this));
+                self.staged.lock().remove(name);
+                let _ = self.reload(name);
+                self.lost.lock().push(name.clone());
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Completes a removal promised by a staged removal: the tombstone over
+    /// its base (a tombstone already there counts as done), then the pair.
+    fn remove_staged(&self, cache: &LocalDir, name: &EntryName, staged: &Staged) -> Result<()> {
+        if let Some(base) = staged.base() {
+            let r = self.rt.block_on(protocol::commit(
+                &self.loc,
+                name.as_str(),
+                Some(&base),
+                Vec::new(),
+            ));
+            match r {
+                Ok(v) => {
+                    self.view.lock().insert(name.clone(), Seen::Removed(v));
+                }
+                Err(e @ Error::Conflict { .. }) => {
+                    // Another writer's value stands: the removal lost.
+                    self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                    let _ = cache.remove_if(name, |m| m.is_some_and(is_removal));
+                    self.staged.lock().remove(name);
+                    let _ = self.reload(name);
+                    self.lost.lock().push(name.clone());
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        cache.remove_if(name, |m| m.is_some_and(is_removal))?;
+        self.staged.lock().remove(name);
+        Ok(())
+    }
+
+    fn check_online(&self) -> Result<()> {
+        if self.opts.offline {
+            return Err(Error::ReadOnly {
+                path: PathBuf::from(format!(
+                    "{} (opened offline: RemoteOptions::offline)",
+                    self.loc.url
+                )),
+            });
+        }
+        Ok(())
+    }
+
+    fn url_path(&self, rel: &str) -> PathBuf {
+        PathBuf::from(format!("{}/{rel}", self.loc.url.trim_end_matches('/')))
+    }
+
+    /// Runs a garbage-collection pass with `grace` (see
+    /// [`DiskBackedStore::gc`](crate::DiskBackedStore::gc)).
+    pub(crate) fn gc(&self, grace: Option<Duration>) -> Result<super::GcReport> {
+        self.check_online()?;
+        let grace = grace.unwrap_or(self.opts.grace);
+        self.rt.block_on(super::gc::run(&self.loc, grace))
+    }
+}
+
+/// The remote metadata object a cached pair's metadata stands for: its
+/// fields without the local ones.
+fn meta_object(meta: &Meta) -> Value {
+    let mut o = serde_json::Map::new();
+    o.insert("schema_version".into(), Value::from(1));
+    o.insert(
+        "lazy_disk_cache_class".into(),
+        Value::from(meta.class.clone()),
+    );
+    o.insert(
+        "shape".into(),
+        serde_json::to_value(meta.shape.clone().unwrap_or_default()).unwrap_or(Value::Null),
+    );
+    o.insert(
+        "dtype".into(),
+        Value::from(meta.dtype.clone().unwrap_or_default()),
+    );
+    o.insert(
+        "purge_disk_on_gc".into(),
+        Value::from(meta.purge.unwrap_or(false)),
+    );
+    o.insert(
+        "automatic_offloading".into(),
+        Value::from(meta.automatic.unwrap_or(false)),
+    );
+    o.insert(
+        "enable_caching".into(),
+        Value::from(meta.caching.unwrap_or(true)),
+    );
+    if !meta.attrs.is_empty() {
+        o.insert(ATTRS_FIELD.into(), Value::Object(meta.attrs.clone()));
+    }
+    if let Some(r) = &meta.remote {
+        o.insert(REMOTE_FIELD.into(), r.clone());
+    }
+    Value::Object(o)
+}
+
+impl Storage for ObjectBackend {
+    fn location(&self) -> &FsPath {
+        &self.url
+    }
+
+    fn dir(&self) -> &FsPath {
+        &self.cache_path
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn data_path(&self, name: &EntryName) -> PathBuf {
+        match &self.cache {
+            Some(c) if c.is_pair(name) => c.data_path(name),
+            _ => self.url_path(&format!("{}/{}.npy", protocol::DATA_DIR, name.as_str())),
+        }
+    }
+
+    fn meta_path(&self, name: &EntryName) -> PathBuf {
+        self.url_path(&format!(
+            "{}/{}{}",
+            protocol::META_DIR,
+            name.as_str(),
+            protocol::META_SUFFIX
+        ))
+    }
+
+    fn lock(&self, mode: LockMode) -> Result<Box<dyn Lease>> {
+        match (&self.cache, mode) {
+            (Some(c), _) => c.lock(mode),
+            (None, LockMode::Reader) => Ok(Box::new(NoLease)),
+            (None, _) => Err(Error::ReadOnly {
+                path: self.cache_path.clone(),
+            }),
+        }
+    }
+
+    fn list(&self) -> Result<Listing> {
+        self.refresh()?;
+        let mut entries = BTreeMap::new();
+        for (n, s) in self.view.lock().iter() {
+            if !matches!(s, Seen::Removed(_)) {
+                entries.insert(n.clone(), Listed::Pair);
+            }
+        }
+        let staged: Vec<EntryName> = self.staged.lock().iter().cloned().collect();
+        for n in staged {
+            match self.cached_meta(&n).filter(|m| self.visible(m)) {
+                Some(m) if is_removal(&m) => {
+                    entries.remove(&n);
+                }
+                Some(_) => {
+                    entries.insert(n, Listed::Pair);
+                }
+                None => {}
+            }
+        }
+        let pending = match &self.cache {
+            Some(c) if c.is_writer() => c.list()?.pending,
+            _ => Vec::new(),
+        };
+        Ok(Listing { entries, pending })
+    }
+
+    fn recover(&self, pending: &[String]) -> Result<Recovered> {
+        match &self.cache {
+            Some(c) => c.recover(pending),
+            None => Ok(Recovered::default()),
+        }
+    }
+
+    fn read_meta(&self, name: &EntryName) -> Result<Meta> {
+        if let Some(m) = self.cached_meta(name).filter(|m| self.visible(m)) {
+            if is_removal(&m) {
+                return Err(self.not_found(name));
+            }
+            return Ok(m);
+        }
+        let remote = self.remote_meta(name)?;
+        Meta::parse(&remote.to_bytes(), &self.meta_path(name))
+    }
+
+    fn read_header(&self, name: &EntryName) -> Result<NpyInfo> {
+        match self.copy_of(name)? {
+            Copy::Cache => self.cache()?.read_header(name),
+            Copy::Private(path, _) => {
+                let f = io::open_regular(&path, io::Access::Read)?;
+                read_header_of(&f, &path)
+            }
+        }
+    }
+
+    fn open_data(&self, name: &EntryName, access: io::Access) -> Result<File> {
+        if access == io::Access::Read {
+            // The file of the version this handle reads, whatever another
+            // process on the cache directory publishes meanwhile.
+            let c = self.read_checked(name)?;
+            return match c.file {
+                Some((f, _)) => Ok(f),
+                None => Err(Error::NoFile {
+                    path: self.data_path(name),
+                    reason: "the cached copy disagrees with the entry's metadata",
+                }),
+            };
+        }
+        match self.copy_of(name)? {
+            Copy::Cache => self.cache()?.open_data(name, access),
+            Copy::Private(path, _) => io::open_regular(&path, io::Access::Read),
+        }
+    }
+
+    fn stat_data(&self, name: &EntryName) -> Option<Found> {
+        self.cache.as_ref()?.stat_data(name)
+    }
+
+    fn exists(&self, name: &EntryName) -> bool {
+        self.staged.lock().contains(name)
+            || matches!(
+                self.view.lock().get(name),
+                Some(Seen::Listed(_) | Seen::Live(..))
+            )
+    }
+
+    fn publish(&self, jobs: Vec<PairJob<'_>>, sync: SyncMode) -> Result<Vec<Option<Published>>> {
+        self.check_online()?;
+        let cache = self.cache()?;
+        let mut names = Vec::with_capacity(jobs.len());
+        let jobs: Vec<PairJob<'_>> = jobs
+            .into_iter()
+            .map(|mut job| {
+                let base = self.view.lock().get(job.name).map(|s| s.version().clone());
+                let staged = Staged {
+                    data: protocol::new_data_rel(job.name, &protocol::unique_id()),
+                    base: base.is_some(),
+                    e_tag: base.as_ref().and_then(|b| b.e_tag.clone()),
+                    version: base.and_then(|b| b.version),
+                    remove: false,
+                    writer: cache.writer_id().map(str::to_owned),
+                };
+                let mut extra = Attrs::new();
+                extra.insert(
+                    STAGED_FIELD.to_string(),
+                    serde_json::to_value(&staged).unwrap_or(Value::Null),
+                );
+                job.extra = Some(Arc::new(extra));
+                names.push(job.name.clone());
+                job
+            })
+            .collect();
+        let ids = cache.publish(jobs, sync)?;
+        {
+            let mut staged = self.staged.lock();
+            for (n, id) in names.iter().zip(&ids) {
+                if id.is_some() {
+                    staged.insert(n.clone());
+                }
+            }
+        }
+        if sync != SyncMode::Spill {
+            let mut first = None;
+            for (n, id) in names.iter().zip(&ids) {
+                if id.is_some() {
+                    if let Err(e) = self.push(n) {
+                        first.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = first {
+                return Err(e);
+            }
+        }
+        Ok(ids)
+    }
+
+    fn remove(&self, name: &EntryName) -> Result<()> {
+        self.check_online()?;
+        let cache = self.cache()?;
+        let _lock = cache.push_lock(name)?;
+        let base = match self.view.lock().get(name) {
+            Some(Seen::Live(_, v) | Seen::Listed(v)) => Some(v.clone()),
+            _ => None,
+        };
+        // A staged write is promised to the next flush: it becomes a
+        // staged removal (durably) before the tombstone, so that neither a
+        // failure nor a power cut brings back the value before it.
+        if let (Some(b), Some(mut st)) =
+            (&base, self.cached_meta(name).as_ref().and_then(Staged::of))
+        {
+            st.remove = true;
+            st.base = true;
+            st.e_tag = b.e_tag.clone();
+            st.version = b.version.clone();
+            let intent = serde_json::to_value(&st).ok();
+            cache.replace_fields_if(name, is_staged, &[(STAGED_FIELD, intent)], true)?;
+            return self.remove_staged(cache, name, &st);
+        }
+        // A clean copy goes first, durably (its metadata may still read as
+        // staged after a power cut: the rewrite after its commit is not
+        // synced); a power cut before the tombstone leaves the committed
+        // value, as a removal that did not happen.
+        cache.remove(name)?;
+        if let Some(base) = base {
+            let r = self.rt.block_on(protocol::commit(
+                &self.loc,
+                name.as_str(),
+                Some(&base),
+                Vec::new(),
+            ));
+            match r {
+                Ok(v) => {
+                    self.view.lock().insert(name.clone(), Seen::Removed(v));
+                }
+                Err(e) => {
+                    if matches!(e, Error::Conflict { .. }) {
+                        self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                        let _ = self.reload(name);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        cache.remove(name)?;
+        self.staged.lock().remove(name);
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        if let Some(c) = &self.cache {
+            if c.is_writer() {
+                c.sync()?;
+            }
+        }
+        let staged: Vec<EntryName> = self.staged.lock().iter().cloned().collect();
+        let mut first = None;
+        for n in staged {
+            if let Err(e) = self.push(&n) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    fn has_unsynced(&self) -> bool {
+        !self.staged.lock().is_empty()
+    }
+
+    fn set_attrs(&self, name: &EntryName, attrs: &Attrs) -> Result<()> {
+        self.check_online()?;
+        let cache = self.cache()?;
+        let _lock = cache.push_lock(name)?;
+        let value = (!attrs.is_empty()).then(|| Value::Object(attrs.clone()));
+        if cache.replace_fields_if(name, is_staged, &[(ATTRS_FIELD, value.clone())], true)? {
+            // Committed with the write.
+            return Ok(());
+        }
+        let mut meta = self.remote_meta(name)?;
+        let base = match self.view.lock().get(name) {
+            Some(Seen::Live(_, v)) => v.clone(),
+            _ => return Err(self.not_found(name)),
+        };
+        meta.ndoffload_attrs = (!attrs.is_empty()).then(|| attrs.clone());
+        let r = self.rt.block_on(protocol::commit(
+            &self.loc,
+            name.as_str(),
+            Some(&base),
+            meta.to_bytes(),
+        ));
+        match r {
+            Ok(v) => {
+                let data = meta.ndoffload_remote.data.clone();
+                self.view
+                    .lock()
+                    .insert(name.clone(), Seen::Live(Box::new(meta), v));
+                // The cached copy's attributes too (best effort: a copy
+                // without them is still a copy of the data object).
+                let _ = cache.replace_fields_if(
+                    name,
+                    |m| !is_staged(m) && data_of(m) == Some(data.as_str()),
+                    &[(ATTRS_FIELD, value)],
+                    false,
+                );
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, Error::Conflict { .. }) {
+                    self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.reload(name);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn is_pair(&self, name: &EntryName) -> bool {
+        // Another node may have committed it since the store was listed.
+        self.exists(name) || self.reload(name).unwrap_or(false)
+    }
+
+    fn read_checked(&self, name: &EntryName) -> Result<Checked> {
+        for _ in 0..8 {
+            match self.copy_of(name)? {
+                Copy::Cache => {
+                    let c = self.cache()?.read_checked(name)?;
+                    // A copy of the version this handle knows, or a staged
+                    // write; else the cache changed meanwhile: again.
+                    let current = self.visible(&c.meta)
+                        || self.view.lock().get(name).is_some_and(|s| match s {
+                            Seen::Live(m, _) => {
+                                data_of(&c.meta) == Some(m.ndoffload_remote.data.as_str())
+                            }
+                            _ => false,
+                        });
+                    if current {
+                        return Ok(c);
+                    }
+                }
+                Copy::Private(path, meta) => {
+                    let Ok(f) = io::open_regular(&path, io::Access::Read) else {
+                        continue;
+                    };
+                    let info = read_header_of(&f, &path).ok();
+                    let id = FileId::of_file(&f, &path).ok();
+                    let file = info.filter(|i| {
+                        meta.dtype.as_ref().is_none_or(|d| *d == i.descr)
+                            && meta.shape.as_ref().is_none_or(|s| *s == i.shape)
+                    });
+                    return Ok(Checked {
+                        meta: *meta,
+                        file: file.map(|i| (f, i)),
+                        version: None,
+                        id,
+                    });
+                }
+            }
+        }
+        Err(Error::Mismatch {
+            path: self.data_path(name),
+            field: "data object",
+            found: "a cached copy replaced while it was read".into(),
+            expected: "the entry's current data object".into(),
+            other: self.meta_path(name),
+        })
+    }
+
+    fn is_current(&self, name: &EntryName, id: FileId, token: Option<&str>) -> bool {
+        let Some(cache) = &self.cache else {
+            return false;
+        };
+        if !cache.is_current(name, id, token) {
+            return false;
+        }
+        let Some(m) = self.cached_meta(name) else {
+            return false;
+        };
+        self.visible(&m)
+            || self.view.lock().get(name).is_some_and(|s| match s {
+                Seen::Live(r, _) => data_of(&m) == Some(r.ndoffload_remote.data.as_str()),
+                Seen::Listed(_) | Seen::Removed(_) => false,
+            })
+    }
+
+    fn writers(&self) -> Result<Vec<WriterInfo>> {
+        match &self.cache {
+            Some(c) => c.writers(),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn take_lost(&self) -> Vec<EntryName> {
+        std::mem::take(&mut *self.lost.lock())
+    }
+
+    fn compute_lock(
+        &self,
+        name: &EntryName,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Box<dyn Lease>>> {
+        // The cache directory's lock orders the processes of this node; a
+        // lease is always returned, so that `get_or_compute` commits its
+        // value for other nodes to find (a node that loses the commit race
+        // returns the winner's value).
+        let lock = match &self.cache {
+            Some(c) => c.compute_lock(name, timeout)?,
+            None => None,
+        };
+        Ok(Some(lock.unwrap_or_else(|| Box::new(NoLease))))
+    }
+
+    fn holds_copies(&self) -> bool {
+        true
+    }
+
+    fn drop_copy(&self, name: &EntryName) -> Result<bool> {
+        let Some(cache) = self.cache.as_ref().filter(|c| c.is_writer()) else {
+            return Ok(false);
+        };
+        if self.opts.offline {
+            // A copy dropped could not be downloaded again.
+            return Ok(false);
+        }
+        let dropped = cache.remove_if(name, |m| m.is_some_and(|m| !is_staged(m)))?;
+        if dropped {
+            self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(dropped)
+    }
+
+    fn staged(&self) -> Vec<EntryName> {
+        self.staged.lock().iter().cloned().collect()
+    }
+
+    fn remote_stats(&self) -> Option<RemoteStats> {
+        let c = &self.counters;
+        Some(RemoteStats {
+            uploads: c.uploads.load(Ordering::Relaxed),
+            bytes_up: c.bytes_up.load(Ordering::Relaxed),
+            downloads: c.downloads.load(Ordering::Relaxed),
+            bytes_down: c.bytes_down.load(Ordering::Relaxed),
+            cache_hits: c.cache_hits.load(Ordering::Relaxed),
+            conflicts: c.conflicts.load(Ordering::Relaxed),
+            evictions: c.evictions.load(Ordering::Relaxed),
+            pending: self.staged.lock().len() as u64,
+        })
+    }
+}
