@@ -44,6 +44,7 @@ mod inspect;
 mod protocol;
 mod transfer;
 mod url;
+mod window;
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
