@@ -226,12 +226,13 @@ fn remote_window<T: Element>(
     check_ranges(&remote.shape, ranges, &meta_path)?;
     let wshape: Vec<usize> = ranges.iter().map(|r| r.end - r.start).collect();
     let len: usize = wshape.iter().product();
+    if len == 0 {
+        return ArrayD::from_shape_vec(IxDyn(&wshape), Vec::new())
+            .map_err(|e| Error::corrupt(&meta_path, e.to_string()));
+    }
     let copy = b.window_copy(name, remote)?;
     let url = PathBuf::from(&copy.url);
     let bad_shape = |e: ndarray::ShapeError| Error::corrupt(&url, e.to_string());
-    if len == 0 {
-        return ArrayD::from_shape_vec(IxDyn(&wshape), Vec::new()).map_err(bad_shape);
-    }
     let info = header(b, name, remote, &copy, &meta_path)?;
     let item = dtype_itemsize(&info.descr)
         .ok_or_else(|| Error::corrupt(&url, format!("unsupported dtype {}", info.descr)))?;
