@@ -100,7 +100,7 @@ impl DiskBackedStore {
     /// whole object. A window checks the data object's header against the
     /// entry's metadata, but not the object's CRC-32 (which covers the
     /// whole object: `get` checks it). Transfers report their progress as
-    /// `tracing` events (see [`remote`](super), "Progress").
+    /// `tracing` events (see [`remote`](crate::remote#progress)).
     ///
     /// # Errors
     ///
@@ -119,16 +119,16 @@ impl DiskBackedStore {
     /// use ndarray::{s, Array2};
     /// use ndarray_offload::StoreBuilder;
     ///
-    /// let (cache, other) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    /// let writer = StoreBuilder::new(cache.path()).remote("memory:///b/windows").open()?;
+    /// let cache = tempfile::tempdir()?;
+    /// let store = StoreBuilder::new(cache.path()).remote("memory:///b/windows").open()?;
     /// let a = Array2::from_shape_fn((1000, 8), |(i, j)| (i * 8 + j) as f64);
-    /// writer.insert_durable("a", a.clone())?;
+    /// store.insert_durable("a", a.clone())?;
     ///
-    /// # let reader = writer; let _ = other;
-    /// // Rows 10..20 (one ranged GET over an object store), then a box.
-    /// let slab = reader.read_window::<f64>("a", &[10..20, 0..8])?;
+    /// // Rows 10..20 (over an object store, on a node that has not cached
+    /// // the entry: one ranged GET), then a box.
+    /// let slab = store.read_window::<f64>("a", &[10..20, 0..8])?;
     /// assert_eq!(slab, a.slice(s![10..20, ..]).into_dyn());
-    /// let b = reader.read_window::<f64>("a", &[5..7, 2..4])?;
+    /// let b = store.read_window::<f64>("a", &[5..7, 2..4])?;
     /// assert_eq!(b, a.slice(s![5..7, 2..4]).into_dyn());
     /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
@@ -282,7 +282,7 @@ fn header(
     let url = PathBuf::from(&copy.url);
     let mut want = HEAD.min(copy.size);
     let info = loop {
-        b.window_fetch(name, copy, &[0..want])?;
+        b.window_fetch(name, copy, std::slice::from_ref(&(0..want)))?;
         let mut buf = vec![0u8; want as usize];
         copy.file
             .read_exact_at(&mut buf, 0)
@@ -643,6 +643,7 @@ impl WindowCache {
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
     use ndarray::s;

@@ -4,6 +4,9 @@
 //! replaces the entry, cached by ranges; and the progress events of
 //! transfers.
 
+// A window of a 1-d entry is one range: `&[a..b]`.
+#![allow(clippy::single_range_in_vec_init)]
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
@@ -288,7 +291,12 @@ fn remote_window_errors_are_typed() {
             }) => assert_eq!((expected.as_str(), found.as_str()), ("<f4", "<f8")),
             other => panic!("{other:?}"),
         }
-        for bad in [vec![0..1], vec![0..1, 0..1, 0..1], vec![0..5, 0..1], vec![0..1, 3..6]] {
+        for bad in [
+            vec![0..1],
+            vec![0..1, 0..1, 0..1],
+            vec![0..5, 0..1],
+            vec![0..1, 3..6],
+        ] {
             match s.read_window::<f64>("a", &bad) {
                 Err(e @ Error::InvalidInput { .. }) => {
                     assert!(e.to_string().contains("a.meta.json"), "{e}")
@@ -311,7 +319,9 @@ fn remote_window_errors_are_typed() {
     // names the entry and the object.
     let s = n.reader.read_window::<f64>("a", &[0..1, 0..1]).unwrap();
     assert_eq!(s[[0, 0]], 0.0);
-    n.writer.insert_durable("b", ArrayD::<f64>::zeros(IxDyn(&[3]))).unwrap();
+    n.writer
+        .insert_durable("b", ArrayD::<f64>::zeros(IxDyn(&[3])))
+        .unwrap();
     n.reader.refresh().unwrap();
     let _ = n.reader.read_window::<f64>("b", &[0..0]).unwrap();
     futures::executor::block_on(async {
@@ -375,7 +385,10 @@ fn remote_window_of_one_percent_fetches_under_two_percent() {
     assert!(bytes <= 40 * cols as u64 * 8, "{bytes}");
     // 1 % of the columns of the Fortran-order entry: one run too.
     let slab = [0..rows, 300..310];
-    assert_eq!(n.reader.read_window::<f64>("f", &slab).unwrap(), slice(&f, &slab));
+    assert_eq!(
+        n.reader.read_window::<f64>("f", &slab).unwrap(),
+        slice(&f, &slab)
+    );
     let (_, bytes) = n.store.take();
     assert!(bytes * 50 <= object, "{bytes} bytes of {object}");
     // Runs far apart are separate requests, and fetch only their bytes:
@@ -408,8 +421,11 @@ fn remote_window_of_one_percent_fetches_under_two_percent() {
 /// `g * 1e9 + i`.
 fn generation(g: i64, shape: &[usize], fortran: bool) -> ArrayD<i64> {
     let n: usize = shape.iter().product();
-    let c = ArrayD::from_shape_vec(IxDyn(shape), (0..n as i64).map(|i| g * 1_000_000_000 + i).collect())
-        .unwrap();
+    let c = ArrayD::from_shape_vec(
+        IxDyn(shape),
+        (0..n as i64).map(|i| g * 1_000_000_000 + i).collect(),
+    )
+    .unwrap();
     if fortran {
         let mut f = ArrayD::zeros(IxDyn(shape).f());
         f.assign(&c);
@@ -484,7 +500,10 @@ fn remote_windows_read_one_version_while_another_node_replaces() {
     stop.store(true, Ordering::SeqCst);
     let gens = writer.join().unwrap();
     assert!(gens >= 3 && seen.len() >= 3, "{gens} {seen:?}");
-    assert!(gone * 10 <= windows, "{gone} of {windows} windows found no version");
+    assert!(
+        gone * 10 <= windows,
+        "{gone} of {windows} windows found no version"
+    );
     eprintln!(
         "windows: {windows} windows, {} generations seen of {gens}, {gone} collected twice",
         seen.len()
@@ -537,7 +556,12 @@ impl Events {
                 e.get("key").map(String::as_str) == Some(key)
                     && e.get("direction").map(String::as_str) == Some(direction)
             })
-            .map(|e| (e["bytes_done"].parse().unwrap(), e["bytes_total"].parse().unwrap()))
+            .map(|e| {
+                (
+                    e["bytes_done"].parse().unwrap(),
+                    e["bytes_total"].parse().unwrap(),
+                )
+            })
             .collect()
     }
 }
@@ -569,7 +593,10 @@ fn remote_transfers_report_progress() {
     tracing::subscriber::with_default(events.clone(), || {
         n.writer.insert_durable("big", a.clone()).unwrap();
         n.reader.refresh().unwrap();
-        let w = n.reader.read_window::<f64>("big", &[0..1280, 0..1024]).unwrap();
+        let w = n
+            .reader
+            .read_window::<f64>("big", &[0..1280, 0..1024])
+            .unwrap();
         assert_eq!(w.shape(), [1280, 1024]);
         let g = n.reader.get::<f64, IxDyn>("big").unwrap();
         assert_eq!(g.read().unwrap()[[1, 2]], 3.0);
@@ -613,9 +640,15 @@ fn remote_windows_over_s3() {
     let c2 = c.mapv(|v| -v);
     a.insert_durable("c", c2.clone()).unwrap();
     let ranges = [100..110, 0..1024];
-    assert_eq!(b.read_window::<f64>("c", &ranges).unwrap(), slice(&c, &ranges));
+    assert_eq!(
+        b.read_window::<f64>("c", &ranges).unwrap(),
+        slice(&c, &ranges)
+    );
     b.refresh().unwrap();
-    assert_eq!(b.read_window::<f64>("c", &ranges).unwrap(), slice(&c2, &ranges));
+    assert_eq!(
+        b.read_window::<f64>("c", &ranges).unwrap(),
+        slice(&c2, &ranges)
+    );
     // Replaced, and the old data object collected: a window of bytes not
     // fetched yet reads the entry's metadata again, and the new version
     // whole.
