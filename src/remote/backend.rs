@@ -39,7 +39,7 @@ use serde_json::Value;
 
 use super::protocol::{self, Head, RemoteField, RemoteMeta};
 use super::url::Location;
-use super::window::{WindowCache, WindowCopy};
+use super::window_cache::{WindowCache, WindowCopy};
 use super::{offline_hint, runtime, transfer, upload_err, RemoteOptions};
 use crate::error::{Error, IoContext, RemoteErrorKind, Result};
 use crate::io::{self, FileId, Found};

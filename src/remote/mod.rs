@@ -61,6 +61,7 @@ mod protocol;
 mod transfer;
 mod url;
 mod window;
+mod window_cache;
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
