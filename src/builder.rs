@@ -189,15 +189,27 @@ impl StoreBuilder {
         self
     }
 
-    /// Writes spills behind (off by default): when the memory budget evicts
-    /// an entry held in RAM, the entry is handed to one of `threads`
+    /// How spills are written behind: when the memory budget evicts an
+    /// entry held in RAM, the entry is handed to one of `threads`
     /// background writers and the evicting call returns at once; the
     /// entry's RAM is released once its pair is written and `fsync`ed.
+    /// `threads == 0` turns write-behind off: every spill is written by
+    /// the call that evicts (an insert, a guard that ends).
+    ///
+    /// **The default**, while a memory budget is set on a store in a local
+    /// directory: entries of 1 MiB and more are written behind by one
+    /// writer (started at the first such spill), with at most a quarter of
+    /// the budget, and at most 64 MiB, in flight; smaller entries, whose
+    /// spill costs little more than its per-file work, are written by the
+    /// evicting call. This setting writes every spill behind, whatever its
+    /// size, with the writers started when the store opens.
     ///
     /// At most `max_in_flight` bytes are handed over at a time (an eviction
     /// that would exceed it waits; one entry larger than the bound is
     /// written alone). Bytes in flight are held on top of the budget, so
-    /// the entries' data in RAM stays within budget + `max_in_flight`.
+    /// the entries' data in RAM stays within budget + `max_in_flight`
+    /// ([`StoreStats::bytes_in_flight`](crate::StoreStats::bytes_in_flight)
+    /// counts them).
     /// Reads of an entry in flight read it from RAM; `flush`, the
     /// `offload` calls and `close` wait for the writers first. A failed
     /// background write leaves the entry in RAM (nothing is lost) and is
@@ -213,16 +225,23 @@ impl StoreBuilder {
     /// use ndarray_offload::{ByteSize, StoreBuilder};
     ///
     /// let dir = tempfile::tempdir()?;
+    /// // Every spill written behind, by one writer, 64 MiB in flight at most.
     /// let store = StoreBuilder::new(dir.path())
     ///     .memory_budget(ByteSize::new(256 << 20))
     ///     .write_behind(1, ByteSize::new(64 << 20))
+    ///     .open()?;
+    /// # drop(store);
+    /// // Every spill written by the call that evicts.
+    /// let store = StoreBuilder::new(dir.path())
+    ///     .memory_budget(ByteSize::new(256 << 20))
+    ///     .write_behind(0, 0u64)
     ///     .open()?;
     /// # drop(store);
     /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
     pub fn write_behind(mut self, threads: usize, max_in_flight: impl Into<ByteSize>) -> Self {
         self.0.write_behind = Some(WriteBehindConfig {
-            threads: threads.max(1),
+            threads,
             max_in_flight: max_in_flight.into().bytes(),
         });
         self

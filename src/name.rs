@@ -118,8 +118,14 @@ impl EntryName {
             return Some("path separator");
         }
         let stem = name.split('.').next().unwrap_or("").trim_end_matches(' ');
-        let upper = stem.to_uppercase();
-        if DEVICES.contains(&upper.as_str()) {
+        // An ASCII stem is compared without an upper-case copy (its
+        // upper case is its ASCII upper case).
+        let device = if stem.is_ascii() {
+            DEVICES.iter().any(|d| d.eq_ignore_ascii_case(stem))
+        } else {
+            DEVICES.contains(&stem.to_uppercase().as_str())
+        };
+        if device {
             return Some("Windows device name");
         }
         if name.ends_with(' ') || name.ends_with('.') {
@@ -138,12 +144,20 @@ impl EntryName {
 
     /// The `.npy` file name of this entry.
     pub(crate) fn npy_file(&self) -> String {
-        format!("{}.npy", self.0)
+        self.with_suffix(".npy")
     }
 
     /// The `.meta.json` file name of this entry.
     pub(crate) fn meta_file(&self) -> String {
-        format!("{}.meta.json", self.0)
+        self.with_suffix(".meta.json")
+    }
+
+    /// The name followed by `suffix` (one allocation of the right size).
+    pub(crate) fn with_suffix(&self, suffix: &str) -> String {
+        let mut s = String::with_capacity(self.0.len() + suffix.len());
+        s.push_str(&self.0);
+        s.push_str(suffix);
+        s
     }
 }
 

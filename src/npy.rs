@@ -26,6 +26,9 @@ pub(crate) struct NpyInfo {
     /// Bytes of data the header promises (`None` for dtypes whose size is not
     /// known to the crate).
     pub data_len: Option<u64>,
+    /// The length of the file the header was read from, by an `fstat` of
+    /// the descriptor it was read through (`None`: parsed from bytes).
+    pub file_len: Option<u64>,
 }
 
 impl NpyInfo {
@@ -57,6 +60,7 @@ impl NpyInfo {
             shape,
             data_offset,
             data_len,
+            file_len: None,
         })
     }
 
@@ -158,7 +162,9 @@ impl NpyInfo {
             // A long (format 2.0) header: read all of it.
             buf = read_prefix(file, hint, path)?;
         }
-        Self::parse(&buf, path)
+        let mut info = Self::parse(&buf, path)?;
+        info.file_len = Some(len);
+        Ok(info)
     }
 }
 

@@ -18,6 +18,13 @@ pub fn set_read_attempts(n: Option<u32>) {
     crate::store::set_read_attempts(n);
 }
 
+/// Sets the calling thread's size from which the default write-behind
+/// writes a spill behind (`None`: the default, 1 MiB), so that tests of
+/// the default run with small entries. Read by the thread that evicts.
+pub fn set_write_behind_min_bytes(n: Option<u64>) {
+    crate::store::set_write_behind_min_bytes(n);
+}
+
 /// The `object_store` crate the remote tier is built on (the version
 /// [`open_tiered_on`] takes a store of).
 #[cfg(feature = "remote")]

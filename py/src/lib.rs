@@ -221,10 +221,17 @@ impl PyStore {
             }
             b = b.lock_timeout(Some(std::time::Duration::from_secs_f64(t)));
         }
-        if let Some((threads, bound)) = write_behind {
-            let bound = ndarray_offload::ByteSize::parse(&bound).py_err()?;
-            b = b.write_behind(threads, bound);
-        }
+        // Spills stay in the evicting call unless asked for: a writer
+        // thread of the crate's default could hold one of its locks when
+        // the process forks, which the fork hooks (no thread inside the
+        // crate) would not see.
+        b = match write_behind {
+            Some((threads, bound)) => {
+                let bound = ndarray_offload::ByteSize::parse(&bound).py_err()?;
+                b.write_behind(threads, bound)
+            }
+            None => b.write_behind(0, 0u64),
+        };
         if let Some(url) = remote {
             #[cfg(feature = "remote")]
             {

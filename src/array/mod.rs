@@ -682,7 +682,8 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
                     LoadMode::ReadWrite => io::Access::ReadWrite,
                     _ => io::Access::Read,
                 };
-                MappedNpy::from_file(o.open_data(access)?, &self.path, mode)
+                let (file, known) = o.open_data(access)?;
+                MappedNpy::from_opened(file, known, &self.path, mode)
             }
             None => MappedNpy::open(&self.path, mode),
         }

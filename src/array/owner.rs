@@ -18,6 +18,7 @@ use crate::config::CacheConfig;
 use crate::element::Element;
 use crate::error::Result;
 use crate::io::{self, FileId};
+use crate::mmap::Known;
 use crate::npy;
 
 /// What an array that belongs to an owner tells it, and asks of it.
@@ -48,7 +49,9 @@ pub(crate) trait Owner: Send + Sync {
     /// for mapping: the file now at the owner's name, or, for an array that
     /// stopped publishing, the file kept open when it stopped
     /// ([`Error::NoFile`](crate::Error::NoFile) when none was kept).
-    fn open_data(&self, access: io::Access) -> Result<File>;
+    /// With the file, what the owner already read of it through this
+    /// descriptor (its identity and header), if anything.
+    fn open_data(&self, access: io::Access) -> Result<(File, Option<Known>)>;
 
     /// The owner's metadata file: named by errors when the data file
     /// disagrees with it.

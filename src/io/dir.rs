@@ -177,7 +177,7 @@ impl Dir {
     /// A fresh `<unique>` part for a temporary name in this directory.
     pub(crate) fn temp_unique(&self) -> String {
         match self.0.owner.get() {
-            Some(owner) => format!("{owner}-{}", unique_id().counter36()),
+            Some(owner) => format!("{owner}-{}", base36(next_counter())),
             None => temp_unique(),
         }
     }
@@ -251,7 +251,13 @@ impl Dir {
 
     /// The path of `name` in the directory (for messages and the fault plan).
     pub(crate) fn join(&self, name: &str) -> PathBuf {
-        self.0.path.join(name)
+        // One allocation of the final size (`Path::join` copies the
+        // directory, then grows the copy).
+        let dir = self.0.path.as_os_str();
+        let mut p = PathBuf::with_capacity(dir.len() + 1 + name.len());
+        p.push(dir);
+        p.push(name);
+        p
     }
 
     /// What is at `name` now, without following a symbolic link (`None`:
@@ -307,7 +313,6 @@ impl Dir {
         name: &str,
         access: Access,
     ) -> Result<(File, fs::Metadata)> {
-        let path = self.join(name);
         #[cfg(unix)]
         let opened = {
             use rustix::fs::{Mode, OFlags};
@@ -324,16 +329,16 @@ impl Dir {
         let opened = OpenOptions::new()
             .read(true)
             .write(access == Access::ReadWrite)
-            .open(&path);
-        self.checked_regular(name, &path, opened, "open")
+            .open(self.join(name));
+        self.checked_regular(name, opened, "open")
     }
 
     /// A freshly opened `file` at `name` (or the error opening it) as a
     /// regular file, or an error saying what is there instead.
+    /// (The path named in errors is made only for an error.)
     fn checked_regular(
         &self,
         name: &str,
-        path: &Path,
         opened: io::Result<File>,
         op: &'static str,
     ) -> Result<(File, fs::Metadata)> {
@@ -342,15 +347,20 @@ impl Dir {
             // A symbolic link (ELOOP), a directory opened for writing
             // (EISDIR), a socket (ENXIO): name what is there.
             Err(e) => {
+                let path = self.join(name);
                 return Err(match self.stat(name) {
-                    Some(f) if !f.is_file() => not_regular(path, f.kind.describe()),
-                    _ => Error::io(op, path, e),
-                })
+                    Some(f) if !f.is_file() => not_regular(&path, f.kind.describe()),
+                    _ => Error::io(op, &path, e),
+                });
             }
         };
-        let md = file.metadata().ctx("stat", path)?;
+        let md = match file.metadata() {
+            Ok(md) => md,
+            Err(e) => return Err(Error::io("stat", self.join(name), e)),
+        };
         if !md.is_file() {
-            return Err(not_regular(path, Kind::of(&md.file_type()).describe()));
+            let path = self.join(name);
+            return Err(not_regular(&path, Kind::of(&md.file_type()).describe()));
         }
         Ok((file, md))
     }
@@ -359,7 +369,7 @@ impl Dir {
     /// (see [`read_bounded`]).
     pub(crate) fn read_bounded(&self, name: &str, limit: u64) -> Result<Vec<u8>> {
         let (file, md) = self.open_regular_md(name, Access::Read)?;
-        read_file_bounded(file, md.len(), &self.join(name), limit)
+        read_file_bounded(file, md.len(), || self.join(name), limit)
     }
 
     /// Opens (creating it if missing, with `mode`) the lock file `name`:
@@ -367,7 +377,6 @@ impl Dir {
     /// blocking; it must be a regular file. With `create` off a missing or
     /// unreadable lock file is `None`.
     pub(crate) fn open_lock(&self, name: &str, create: bool) -> Result<Option<File>> {
-        let path = self.join(name);
         #[cfg(unix)]
         let opened = {
             use rustix::fs::{Mode, OFlags};
@@ -387,7 +396,7 @@ impl Dir {
             .write(create)
             .create(create)
             .truncate(false)
-            .open(&path);
+            .open(self.join(name));
         if !create {
             if let Err(e) = &opened {
                 if matches!(
@@ -399,7 +408,7 @@ impl Dir {
                 }
             }
         }
-        self.checked_regular(name, &path, opened, "open lock file")
+        self.checked_regular(name, opened, "open lock file")
             .map(|(f, _)| Some(f))
     }
 

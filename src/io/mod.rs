@@ -197,11 +197,18 @@ pub(crate) struct UniqueId {
     nanos: u128,
 }
 
+/// The next value of the process's one counter (what a registered
+/// writer's temporary names add to its registration id: no process id or
+/// clock needed).
+pub(crate) fn next_counter() -> u64 {
+    UNIQUE_COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
 /// A fresh [`UniqueId`].
 pub(crate) fn unique_id() -> UniqueId {
     UniqueId {
         pid: std::process::id(),
-        counter: UNIQUE_COUNTER.fetch_add(1, Ordering::Relaxed),
+        counter: next_counter(),
         nanos: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -232,12 +239,6 @@ impl UniqueId {
             base36(self.counter),
             base36((self.nanos / 1_000_000) as u64)
         )
-    }
-
-    /// Its counter in base 36 (the part a registered writer adds to its
-    /// registration id).
-    pub(crate) fn counter36(self) -> String {
-        base36(self.counter)
     }
 
     /// 20 lowercase hexadecimal digits, unique across machines: a hash of
@@ -454,27 +455,48 @@ fn not_regular(path: &Path, what: &str) -> Error {
 pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
     let file = open_regular(path, Access::Read)?;
     let len = file.metadata().ctx("stat", path)?.len();
-    read_file_bounded(file, len, path, limit)
+    read_file_bounded(file, len, || path.to_path_buf(), limit)
 }
 
-/// Reads the whole of the open regular `file` (named `path` in errors, `len`
-/// bytes long by its `fstat`), of at most `limit` bytes.
-fn read_file_bounded(file: File, len: u64, path: &Path, limit: u64) -> Result<Vec<u8>> {
+/// Reads the whole of the open regular `file` (named by `path` in errors,
+/// made only for an error; `len` bytes long by its `fstat`), of at most
+/// `limit` bytes.
+fn read_file_bounded(
+    file: File,
+    len: u64,
+    path: impl Fn() -> PathBuf,
+    limit: u64,
+) -> Result<Vec<u8>> {
     use std::io::Read;
     if len > limit {
         return Err(Error::corrupt(
-            path,
+            &path(),
             format!("is {len} bytes, more than the {limit} bytes allowed for it"),
         ));
     }
-    let mut buf = Vec::with_capacity(len as usize);
-    // One byte more than the limit tells a file that grew since the stat.
-    file.take(limit + 1)
-        .read_to_end(&mut buf)
-        .ctx("read", path)?;
+    // One read of one byte more than the `fstat` said: a read of a regular
+    // file returns fewer bytes than asked for only at its end, so `len`
+    // bytes are the whole file. Anything else (the file grew or shrank
+    // since the `fstat`) reads on to the end.
+    let mut buf = vec![0u8; len as usize + 1];
+    let n = loop {
+        match (&file).read(&mut buf) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io("read", path(), e)),
+        }
+    };
+    buf.truncate(n);
+    if n as u64 != len {
+        // One byte more than the limit tells a file that grew past it.
+        (&file)
+            .take((limit + 1).saturating_sub(n as u64))
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io("read", path(), e))?;
+    }
     if buf.len() as u64 > limit {
         return Err(Error::corrupt(
-            path,
+            &path(),
             format!("is more than the {limit} bytes allowed for it"),
         ));
     }
@@ -620,6 +642,22 @@ impl TempFile {
         let path = self.path.clone();
         self.writer().flush().ctx("write", &path)?;
         self.writer = None;
+        Ok(())
+    }
+
+    /// Flushes buffered bytes and starts writing them to the disk without
+    /// waiting (Linux: `posix_fadvise(POSIX_FADV_DONTNEED)`, which starts
+    /// the write-back of the file's dirty pages; elsewhere only the flush).
+    /// Its `fsync` is still needed: this only has the file system allocate
+    /// and write the file now, so that an `fsync` of another file (which
+    /// commits the file system's journal) commits this file's too, and this
+    /// file's own `fsync` then finds nothing left to commit. Errors of the
+    /// hint are ignored (the `fsync` reports any).
+    pub(crate) fn flush_and_start_writeback(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        self.writer().flush().ctx("write", &path)?;
+        #[cfg(target_os = "linux")]
+        let _ = rustix::fs::fadvise(self.file(), 0, None, rustix::fs::Advice::DontNeed);
         Ok(())
     }
 

@@ -61,6 +61,15 @@ pub(crate) struct MappedNpy<T, D> {
     _t: PhantomData<T>,
 }
 
+/// What is known of a data file opened for mapping, read through its
+/// descriptor: its identity and its header, with the file's length then
+/// ([`NpyInfo::file_len`]).
+#[derive(Debug)]
+pub(crate) struct Known {
+    pub id: FileId,
+    pub info: NpyInfo,
+}
+
 fn view_err(e: ViewDataError, path: &Path, expected: u64, actual: u64) -> Error {
     match e {
         ViewDataError::MissingBytes(_) => Error::Truncated {
@@ -87,12 +96,29 @@ impl<T: Element, D: Dimension> MappedNpy<T, D> {
     /// Maps an open `file` (named `path` in errors) as [`open`](Self::open)
     /// does.
     pub(crate) fn from_file(file: File, path: &Path, mode: LoadMode) -> Result<Self> {
+        Self::from_opened(file, None, path, mode)
+    }
+
+    /// [`from_file`](Self::from_file) of a file whose identity and header
+    /// the caller already read through this descriptor (`known`): the file
+    /// is mapped as it is now (its `fstat`), and when it is still that file
+    /// at the length the header was read at, the header is not parsed
+    /// again. The data is checked against the map as for any file.
+    pub(crate) fn from_opened(
+        file: File,
+        known: Option<Known>,
+        path: &Path,
+        mode: LoadMode,
+    ) -> Result<Self> {
         let meta = file.metadata().ctx("stat", path)?;
         if !meta.is_file() {
             return Err(Error::corrupt(path, "not a regular file"));
         }
         let file_len = meta.len();
         let id = FileId::from_meta(&meta);
+        let known_info = known
+            .filter(|k| k.id == id && k.info.file_len == Some(file_len))
+            .map(|k| k.info);
         let map = match mode {
             LoadMode::ReadOnly => Map::Ro(sys::map_readonly_len(&file, file_len, path)?),
             LoadMode::ReadWrite => Map::Rw(sys::map_read_write(&file, path)?),
@@ -102,7 +128,10 @@ impl<T: Element, D: Dimension> MappedNpy<T, D> {
             Map::Ro(m) => m,
             Map::Rw(m) | Map::Cow(m) => m,
         };
-        let info = NpyInfo::parse(bytes, path)?;
+        let info = match known_info {
+            Some(info) => info,
+            None => NpyInfo::parse(bytes, path)?,
+        };
         info.check::<T, D>(file_len, path)?;
         // The header's shape passed `checked_nbytes`: no product overflows.
         let len: usize = info.shape.iter().product();

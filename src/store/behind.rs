@@ -22,11 +22,71 @@ use crate::error::Error;
 use crate::io;
 use crate::name::EntryName;
 
-/// How many writer threads, and how many bytes may be in flight.
+/// How many writer threads, and how many bytes may be in flight
+/// (`threads == 0`: no write-behind, every spill is synchronous).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct WriteBehindConfig {
     pub threads: usize,
     pub max_in_flight: u64,
+}
+
+/// Entries of at least this many bytes are written behind by default when
+/// a memory budget is set: one file of a mebibyte or more takes long enough
+/// to write that overlapping it with the caller's work pays, while smaller
+/// spills cost little more than their per-file work and stay synchronous.
+pub(crate) const DEFAULT_MIN_BYTES: u64 = 1 << 20;
+
+/// At most this many bytes are in flight by default (and a quarter of the
+/// budget at most).
+pub(crate) const DEFAULT_MAX_IN_FLIGHT: u64 = 64 << 20;
+
+/// Which spills are written behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Policy {
+    /// None: every spill is written by the evicting call
+    /// (`StoreBuilder::write_behind(0, _)`, a read-only store, or a store
+    /// over an object store that did not ask for it).
+    Off,
+    /// Every spill of an entry held in RAM, by writers started when the
+    /// store opens (`StoreBuilder::write_behind`).
+    Always,
+    /// The default: while a memory budget is set, spills of entries of at
+    /// least [`DEFAULT_MIN_BYTES`], by one writer started at the first such
+    /// spill, with at most a quarter of the budget (and at most
+    /// [`DEFAULT_MAX_IN_FLIGHT`]) in flight.
+    Large,
+}
+
+impl Policy {
+    /// The writers' configuration of the default, for `budget`.
+    pub(crate) fn default_config(budget: u64) -> WriteBehindConfig {
+        WriteBehindConfig {
+            threads: 1,
+            max_in_flight: (budget / 4).min(DEFAULT_MAX_IN_FLIGHT),
+        }
+    }
+}
+
+#[cfg(feature = "testing")]
+thread_local! {
+    static MIN_BYTES_OVERRIDE: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Sets the calling thread's override of [`DEFAULT_MIN_BYTES`] (see
+/// `__testing::set_write_behind_min_bytes`).
+#[cfg(feature = "testing")]
+pub(crate) fn set_min_bytes(n: Option<u64>) {
+    MIN_BYTES_OVERRIDE.with(|c| c.set(n));
+}
+
+/// [`DEFAULT_MIN_BYTES`], or the calling thread's override (tests of the
+/// default with small entries).
+pub(crate) fn min_bytes() -> u64 {
+    #[cfg(feature = "testing")]
+    if let Some(n) = MIN_BYTES_OVERRIDE.with(std::cell::Cell::get) {
+        return n;
+    }
+    DEFAULT_MIN_BYTES
 }
 
 #[cfg(feature = "testing")]

@@ -269,7 +269,7 @@ impl DiskBackedStore {
         self.inner.enforce_budget();
         // Counted as the `get` of the inserted value.
         Counters::add(&self.inner.counters.hits);
-        let meta_path = self.inner.storage.meta_path(&name);
-        StoredArray::of(loaded, name, meta_path)
+        let storage = &self.inner.storage;
+        StoredArray::of(loaded, name, |n| storage.meta_path(n))
     }
 }

@@ -25,7 +25,9 @@ use crate::config::CacheConfig;
 use crate::element::Element;
 use crate::error::{Error, IoContext, Result};
 use crate::io::{self, FileId};
+use crate::mmap::Known;
 use crate::name::EntryName;
+use crate::npy::NpyInfo;
 
 /// What links an entry's array to its store: the entry's name and files,
 /// whether it may publish, and the store's accounting. The array holds it
@@ -58,9 +60,10 @@ pub(crate) struct EntryLink {
     /// removed or given to another entry (see [`pin`](Self::pin)).
     pinned: Mutex<Option<File>>,
     /// The data file opened when the entry was read from disk, together
-    /// with its metadata (they agree): the first map uses this very file,
-    /// whatever another process renamed over the name since.
-    opened: Mutex<Option<File>>,
+    /// with its metadata (they agree), and what was read of it then: the
+    /// first map uses this very file, whatever another process renamed
+    /// over the name since.
+    opened: Mutex<Option<(File, Option<Known>)>>,
     /// The bytes this entry adds to the store's resident bytes. Changed
     /// only under this lock, together with the store's count and only while
     /// the entry is attached, so that `detach` takes back exactly what the
@@ -285,15 +288,16 @@ impl Owner for EntryLink {
         Ok(id)
     }
 
-    fn open_data(&self, access: io::Access) -> Result<File> {
+    fn open_data(&self, access: io::Access) -> Result<(File, Option<Known>)> {
         if let Some(f) = &*self.pinned.lock() {
             return f
                 .try_clone()
-                .ctx("reopen", &self.storage.data_path(&self.name));
+                .ctx("reopen", &self.storage.data_path(&self.name))
+                .map(|f| (f, None));
         }
-        if let Some(f) = self.opened.lock().take() {
+        if let Some(opened) = self.opened.lock().take() {
             if access == io::Access::Read {
-                return Ok(f);
+                return Ok(opened);
             }
         }
         if !self.attached() {
@@ -302,7 +306,9 @@ impl Owner for EntryLink {
                 reason: "the store entry was replaced or removed, and its data was not kept",
             });
         }
-        self.storage.open_data(&self.name, access)
+        self.storage
+            .open_data(&self.name, access)
+            .map(|f| (f, None))
     }
 
     fn metadata_path(&self) -> &Path {
@@ -357,7 +363,7 @@ impl<T: Element> StoreEntry<T> {
     /// uses it); without it, the file at the name when it is mapped.
     pub(crate) fn persisted(
         shape: Vec<usize>,
-        opened: Option<(File, Option<FileId>)>,
+        opened: Option<(File, Option<FileId>, Option<NpyInfo>)>,
         storage: &Arc<dyn Storage>,
         name: &EntryName,
         flags: EntryFlags,
@@ -367,10 +373,13 @@ impl<T: Element> StoreEntry<T> {
         // A persisted entry's data is the file at its name now: remember
         // which one, so that it can be kept when the name is reused.
         let (opened, id) = match opened {
-            Some((f, Some(id))) => (Some(f), Some(id)),
-            Some((f, None)) => {
+            Some((f, Some(id), info)) => {
+                let known = info.map(|info| Known { id, info });
+                (Some((f, known)), Some(id))
+            }
+            Some((f, None, _)) => {
                 let id = FileId::of_file(&f, &storage.data_path(name)).ok();
-                (Some(f), id)
+                (Some((f, None)), id)
             }
             None => (None, storage.stat_data(name).map(|f| f.id)),
         };

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::behind::{self, Policy, WriteBehind};
 use super::budget::{BudgetHost, DiskLedger};
 use super::entry::Loaded;
 use super::inner::{DiskBackedStore, Inner};
@@ -266,7 +267,7 @@ impl Inner {
     /// pinned entries remain, the event is counted and eviction resumes when
     /// a guard ends.
     fn enforce_memory_budget(&self) {
-        let wb = self.write_behind.as_ref();
+        let wb = self.write_behind.get();
         if let Some(wb) = wb {
             let back = wb.take_requeued();
             if !back.is_empty() {
@@ -279,8 +280,9 @@ impl Inner {
         let Some(limit) = self.limit() else { return };
         // Bytes handed to the writers are released without the store's
         // help: they count against the in-flight bound, not the budget.
+        // (The default's writer may start during this pass.)
         let excess = || {
-            let flying = wb.map_or(0, |w| w.in_flight());
+            let flying = self.write_behind.get().map_or(0, |w| w.in_flight());
             self.account.resident().saturating_sub(flying) > limit
         };
         if !excess() {
@@ -312,7 +314,7 @@ impl Inner {
                 break;
             }
             let bytes = l.resident_bytes();
-            if let Some(wb) = wb {
+            if let Some(wb) = self.writers_for(bytes) {
                 // Data in RAM is written behind; mapped data is released
                 // here (unmodified: nothing to write).
                 if l.state() == ArrayState::InMemory && l.flags().caching {
@@ -351,5 +353,37 @@ impl Inner {
             Counters::add(&self.counters.over_budget);
         }
         self.account.over.store(over, Ordering::Relaxed);
+    }
+
+    /// The writers a spill of an entry of `bytes` resident bytes is handed
+    /// to (see [`Policy`]): `None` when the evicting call writes it. The
+    /// default's writer starts at its first spill; if it cannot start, the
+    /// spill is written by the evicting call.
+    fn writers_for(&self, bytes: u64) -> Option<&WriteBehind> {
+        match self.behind_policy {
+            Policy::Off => None,
+            Policy::Always => self.write_behind.get(),
+            Policy::Large => {
+                let budget = self.budget()?;
+                if bytes < behind::min_bytes() {
+                    return None;
+                }
+                if let Some(w) = self.write_behind.get() {
+                    return Some(w);
+                }
+                match WriteBehind::start(Policy::default_config(budget)) {
+                    Ok(w) => {
+                        // Only the evicting thread starts it (under
+                        // `evicting`): the cell is empty.
+                        let _ = self.write_behind.set(w);
+                        self.write_behind.get()
+                    }
+                    Err(e) => {
+                        tracing::warn!(dir = %self.storage.location().display(), error = %e, "could not start the write-behind writer; spills are written by the evicting call");
+                        None
+                    }
+                }
+            }
+        }
     }
 }

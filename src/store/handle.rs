@@ -195,7 +195,7 @@ impl DiskBackedStore {
     }
 
     fn offload_loaded(&self, loaded: &[Loaded]) -> Result<()> {
-        if let Some(wb) = &self.inner.write_behind {
+        if let Some(wb) = self.inner.write_behind.get() {
             wb.wait_idle();
         }
         self.inner.take_behind_error()?;
@@ -259,16 +259,12 @@ impl DiskBackedStore {
             computes: c.computes.load(Ordering::Relaxed),
             offloads: c.offloads.load(Ordering::Relaxed),
             evictions: c.evictions.load(Ordering::Relaxed)
-                + self.inner.write_behind.as_ref().map_or(0, |w| w.written()),
+                + self.inner.write_behind.get().map_or(0, |w| w.written()),
             over_budget_events: c.over_budget.load(Ordering::Relaxed),
             bytes_resident: self.inner.account.resident(),
             budget: self.inner.budget(),
-            bytes_in_flight: self
-                .inner
-                .write_behind
-                .as_ref()
-                .map_or(0, |w| w.in_flight()),
-            write_behind_failures: self.inner.write_behind.as_ref().map_or(0, |w| w.failures()),
+            bytes_in_flight: self.inner.write_behind.get().map_or(0, |w| w.in_flight()),
+            write_behind_failures: self.inner.write_behind.get().map_or(0, |w| w.failures()),
             disk_budget: self.inner.disk_budget(),
             bytes_in_files: self.inner.account.disk_bytes(),
             disk_evictions: c.disk_evictions.load(Ordering::Relaxed),
@@ -277,7 +273,7 @@ impl DiskBackedStore {
             write_behind_time: self
                 .inner
                 .write_behind
-                .as_ref()
+                .get()
                 .map_or_else(Default::default, |w| w.busy()),
             remote: self.inner.storage.remote_stats(),
             ..Default::default()
@@ -325,7 +321,7 @@ impl DiskBackedStore {
     /// over-budget events).
     pub fn reset_stats(&self) {
         self.inner.counters.reset();
-        if let Some(w) = &self.inner.write_behind {
+        if let Some(w) = self.inner.write_behind.get() {
             w.reset_counts();
         }
     }

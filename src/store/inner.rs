@@ -43,8 +43,11 @@ pub(crate) struct Inner {
     pub(super) last_pressure_check: Mutex<Option<Instant>>,
     pub(super) counters: Counters,
     pub(super) inflight: Mutex<HashMap<EntryName, Arc<Mutex<()>>>>,
-    /// The write-behind writers, if the store was opened with them.
-    pub(super) write_behind: Option<behind::WriteBehind>,
+    /// The write-behind writers, once started (when the store opens, or at
+    /// the first spill the policy writes behind).
+    pub(super) write_behind: std::sync::OnceLock<behind::WriteBehind>,
+    /// Which spills are written behind.
+    pub(super) behind_policy: behind::Policy,
     /// How long `get_or_compute` waits for another process computing the
     /// same key (`None`: as long as it takes).
     pub(super) lock_timeout: Option<std::time::Duration>,
@@ -225,7 +228,7 @@ impl Inner {
         }
         // Spills handed to the writers finish first (they hold no lock the
         // caller may hold: see `behind.rs`).
-        if let Some(wb) = &self.write_behind {
+        if let Some(wb) = self.write_behind.get() {
             wb.wait_idle();
         }
         let loaded = self.loaded_entries();
@@ -278,7 +281,7 @@ impl Inner {
 
     /// The first write-behind failure not reported yet, as an error.
     pub(super) fn take_behind_error(&self) -> Result<()> {
-        match self.write_behind.as_ref().and_then(|wb| wb.take_error()) {
+        match self.write_behind.get().and_then(|wb| wb.take_error()) {
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -375,7 +378,7 @@ impl Drop for Inner {
         if let Err(e) = self.finish() {
             tracing::warn!(dir = %self.storage.location().display(), error = %e, "could not flush the store when dropped");
         }
-        if let Some(wb) = &self.write_behind {
+        if let Some(wb) = self.write_behind.get() {
             wb.stop();
             if let Some(e) = wb.take_error() {
                 tracing::warn!(dir = %self.storage.location().display(), error = %e, "a background write failed");

@@ -1,7 +1,7 @@
 //! The `.meta.json` half of an entry's pair.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
@@ -116,115 +116,108 @@ pub(crate) struct Meta {
 impl Meta {
     /// Parses and validates `bytes` read from `path`.
     pub(crate) fn parse(bytes: &[u8], path: &Path) -> Result<Meta> {
+        Meta::parse_at(bytes, || path.to_path_buf())
+    }
+
+    /// [`parse`](Self::parse), the path named in errors made by `path`
+    /// only for an error.
+    pub(crate) fn parse_at(bytes: &[u8], path: impl Fn() -> PathBuf) -> Result<Meta> {
+        let corrupt = |reason: String| Error::Corrupt {
+            path: path(),
+            reason,
+        };
         let text = std::str::from_utf8(bytes)
-            .map_err(|e| Error::corrupt(path, format!("metadata is not UTF-8: {e}")))?;
+            .map_err(|e| corrupt(format!("metadata is not UTF-8: {e}")))?;
+        // The layout this crate and GSEGUtils write: no JSON parser needed
+        // (and no nesting to bound).
+        if let Some(c) = canonical(bytes) {
+            return c.into_meta(corrupt);
+        }
         crate::depth::check_json(bytes, crate::depth::MAX_JSON_DEPTH)
-            .map_err(|e| Error::corrupt(path, format!("metadata is not valid JSON: {e}")))?;
-        let v: Value = serde_json::from_str(text)
-            .map_err(|e| Error::corrupt(path, format!("metadata is not valid JSON: {e}")))?;
-        let Value::Object(o) = v else {
-            return Err(Error::corrupt(path, "metadata is not a JSON object"));
+            .map_err(|e| corrupt(format!("metadata is not valid JSON: {e}")))?;
+        let doc: Doc = serde_json::from_str(text)
+            .map_err(|e| corrupt(format!("metadata is not valid JSON: {e}")))?;
+        let Doc::Object(o) = doc else {
+            return Err(corrupt("metadata is not a JSON object".into()));
         };
-        let field = |k: &str| -> Result<&Value> {
-            o.get(k)
-                .ok_or_else(|| Error::corrupt(path, format!("metadata has no {k:?} field")))
+        let o = *o;
+        let field = |v: Option<Value>, k: &str| -> Result<Value> {
+            v.ok_or_else(|| corrupt(format!("metadata has no {k:?} field")))
         };
-        let version = field("schema_version")?;
+        let version = field(o.schema_version, "schema_version")?;
         if version.as_u64() != Some(SCHEMA_VERSION) || !version.is_u64() {
             return Err(Error::SchemaVersion {
-                path: path.to_path_buf(),
+                path: path(),
                 found: version.to_string(),
             });
         }
-        let class = match field("lazy_disk_cache_class")? {
-            Value::String(s) => s.clone(),
+        let class = match field(o.class, "lazy_disk_cache_class")? {
+            Value::String(s) => s,
             other => {
                 return Err(Error::UnknownClass {
-                    path: path.to_path_buf(),
+                    path: path(),
                     class: other.to_string(),
                 })
             }
         };
         if !KNOWN_CLASSES.contains(&class.as_str()) {
             return Err(Error::UnknownClass {
-                path: path.to_path_buf(),
+                path: path(),
                 class,
             });
         }
-        let shape = match o.get("shape") {
+        let shape = match o.shape {
             None => None,
             Some(Value::Array(a)) => Some(
                 a.iter()
                     .map(|x| x.as_u64().and_then(|n| usize::try_from(n).ok()))
                     .collect::<Option<Vec<usize>>>()
                     .ok_or_else(|| {
-                        Error::corrupt(path, "shape is not a list of non-negative integers")
+                        corrupt("shape is not a list of non-negative integers".into())
                     })?,
             ),
-            _ => return Err(Error::corrupt(path, "shape is not a list")),
+            _ => return Err(corrupt("shape is not a list".into())),
         };
-        let dtype = match o.get("dtype") {
+        let dtype = match o.dtype {
             None => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            _ => return Err(Error::corrupt(path, "dtype is not a string")),
+            Some(Value::String(s)) => Some(s),
+            _ => return Err(corrupt("dtype is not a string".into())),
         };
-        // A handle is made from the metadata alone: its element count and
-        // byte size must be representable, as for an .npy header.
-        // Zero dimensions do not make any shape fit (see `checked_nbytes`).
-        let itemsize = dtype
-            .as_deref()
-            .and_then(crate::element::dtype_itemsize)
-            .unwrap_or(1);
-        let fits = shape
-            .as_deref()
-            .is_none_or(|s| crate::element::checked_nbytes(s, itemsize).is_some());
-        if !fits {
-            return Err(Error::corrupt(
-                path,
-                format!(
-                    "shape {:?} overflows the addressable size",
-                    shape.unwrap_or_default()
-                ),
-            ));
+        if let Some(s) = &shape {
+            check_fits(s, dtype.as_deref()).map_err(&corrupt)?;
         }
-        let flag = |k: &str| -> Result<Option<bool>> {
-            match o.get(k) {
+        let flag = |v: Option<Value>, k: &str| -> Result<Option<bool>> {
+            match v {
                 None | Some(Value::Null) => Ok(None),
-                Some(Value::Bool(b)) => Ok(Some(*b)),
-                Some(_) => Err(Error::corrupt(path, format!("{k} is not a boolean"))),
+                Some(Value::Bool(b)) => Ok(Some(b)),
+                Some(_) => Err(corrupt(format!("{k} is not a boolean"))),
             }
         };
-        let commit = o.get(COMMIT_FIELD).and_then(parse_commit);
+        let commit = o.commit.as_ref().and_then(parse_commit);
         // A token is a plain name part (it names a file): anything else is
         // not one this crate wrote, and is read as no token.
-        let version = o
-            .get(VERSION_FIELD)
-            .and_then(Value::as_str)
-            .filter(|t| is_token(t))
-            .map(str::to_owned);
-        let attrs = match o.get(ATTRS_FIELD) {
+        let version = match o.version {
+            Some(Value::String(t)) if is_token(&t) => Some(t),
+            _ => None,
+        };
+        let attrs = match o.attrs {
             None | Some(Value::Null) => Attrs::new(),
-            Some(Value::Object(m)) => m.clone(),
-            Some(_) => {
-                return Err(Error::corrupt(
-                    path,
-                    format!("{ATTRS_FIELD} is not a JSON object"),
-                ))
-            }
+            Some(Value::Object(m)) => m,
+            Some(_) => return Err(corrupt(format!("{ATTRS_FIELD} is not a JSON object"))),
         };
         Ok(Meta {
             class,
             shape,
             dtype,
-            purge: flag("purge_disk_on_gc")?,
-            automatic: flag("automatic_offloading")?,
-            caching: flag("enable_caching")?,
-            recomputable: flag(RECOMPUTABLE_FIELD)?,
+            purge: flag(o.purge, "purge_disk_on_gc")?,
+            automatic: flag(o.automatic, "automatic_offloading")?,
+            caching: flag(o.caching, "enable_caching")?,
+            recomputable: flag(o.recomputable, RECOMPUTABLE_FIELD)?,
             commit,
             version,
             attrs,
-            remote: o.get(REMOTE_FIELD).filter(|v| v.is_object()).cloned(),
-            staged: o.get(STAGED_FIELD).filter(|v| v.is_object()).cloned(),
+            remote: o.remote.filter(|v| v.is_object()),
+            staged: o.staged.filter(|v| v.is_object()),
         })
     }
 
@@ -237,7 +230,7 @@ impl Meta {
     /// Reads and parses the metadata file `name` of the directory `dir`.
     pub(crate) fn read_in(dir: &crate::io::Dir, name: &str) -> Result<Meta> {
         let bytes = dir.read_bounded(name, META_LIMIT)?;
-        Meta::parse(&bytes, &dir.join(name))
+        Meta::parse_at(&bytes, || dir.join(name))
     }
 
     /// The flags, with missing ones taken from `defaults` (a missing
@@ -248,6 +241,325 @@ impl Meta {
             automatic_offloading: self.automatic.unwrap_or(defaults.automatic_offloading),
             caching: self.caching.unwrap_or(defaults.caching),
             recomputable: self.recomputable.unwrap_or(false),
+        }
+    }
+}
+
+/// The fields of a `.meta.json` this crate reads, each as its parsed JSON
+/// value (`None`: absent). Every other field is parsed as a JSON value too
+/// (so that the same documents are valid JSON as with a whole parse) and
+/// dropped; a field given twice counts once, the last, as in a parsed JSON
+/// object. No map of every field and no key is allocated: the typed read
+/// of a small metadata file costs a third of a whole parse.
+#[derive(Default)]
+struct Fields {
+    schema_version: Option<Value>,
+    class: Option<Value>,
+    shape: Option<Value>,
+    dtype: Option<Value>,
+    purge: Option<Value>,
+    automatic: Option<Value>,
+    caching: Option<Value>,
+    recomputable: Option<Value>,
+    commit: Option<Value>,
+    version: Option<Value>,
+    attrs: Option<Value>,
+    remote: Option<Value>,
+    staged: Option<Value>,
+}
+
+/// A parsed metadata document: an object's [`Fields`], or any other JSON
+/// value (parsed whole, then dropped).
+enum Doc {
+    Object(Box<Fields>),
+    Other,
+}
+
+/// A key of a metadata object.
+enum Key {
+    SchemaVersion,
+    Class,
+    Shape,
+    Dtype,
+    Purge,
+    Automatic,
+    Caching,
+    Recomputable,
+    Commit,
+    Version,
+    Attrs,
+    Remote,
+    Staged,
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Key, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, k: &str) -> std::result::Result<Key, E> {
+                Ok(match k {
+                    "schema_version" => Key::SchemaVersion,
+                    "lazy_disk_cache_class" => Key::Class,
+                    "shape" => Key::Shape,
+                    "dtype" => Key::Dtype,
+                    "purge_disk_on_gc" => Key::Purge,
+                    "automatic_offloading" => Key::Automatic,
+                    "enable_caching" => Key::Caching,
+                    RECOMPUTABLE_FIELD => Key::Recomputable,
+                    COMMIT_FIELD => Key::Commit,
+                    VERSION_FIELD => Key::Version,
+                    ATTRS_FIELD => Key::Attrs,
+                    REMOTE_FIELD => Key::Remote,
+                    STAGED_FIELD => Key::Staged,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Doc {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Doc, D::Error> {
+        use serde::de::{MapAccess, SeqAccess};
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Doc;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> std::result::Result<Doc, E> {
+                Ok(Doc::Other)
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> std::result::Result<Doc, E> {
+                Ok(Doc::Other)
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> std::result::Result<Doc, E> {
+                Ok(Doc::Other)
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> std::result::Result<Doc, E> {
+                Ok(Doc::Other)
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> std::result::Result<Doc, E> {
+                Ok(Doc::Other)
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Doc, E> {
+                Ok(Doc::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> std::result::Result<Doc, A::Error> {
+                while a.next_element::<Value>()?.is_some() {}
+                Ok(Doc::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> std::result::Result<Doc, A::Error> {
+                let mut f = Fields::default();
+                while let Some(k) = a.next_key::<Key>()? {
+                    let slot = match k {
+                        Key::SchemaVersion => &mut f.schema_version,
+                        Key::Class => &mut f.class,
+                        Key::Shape => &mut f.shape,
+                        Key::Dtype => &mut f.dtype,
+                        Key::Purge => &mut f.purge,
+                        Key::Automatic => &mut f.automatic,
+                        Key::Caching => &mut f.caching,
+                        Key::Recomputable => &mut f.recomputable,
+                        Key::Commit => &mut f.commit,
+                        Key::Version => &mut f.version,
+                        Key::Attrs => &mut f.attrs,
+                        Key::Remote => &mut f.remote,
+                        Key::Staged => &mut f.staged,
+                        Key::Other => {
+                            a.next_value::<Value>()?;
+                            continue;
+                        }
+                    };
+                    *slot = Some(a.next_value::<Value>()?);
+                }
+                Ok(Doc::Object(Box::new(f)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The fields of metadata in exactly the layout [`render`] writes (and
+/// GSEGUtils, with Python's `json.dump`): GSEGUtils' fields in their order,
+/// then `ndoffload_recomputable`, `ndoffload_commit` and
+/// `ndoffload_version` when present, `", "` and `": "` between them, plain
+/// decimal integers, strings of printable ASCII without escapes. `None`
+/// for anything else (attributes, other fields, other spacing, escapes,
+/// numbers that are not plain integers of 64 bits, trailing bytes): the
+/// JSON parser then reads it. What is read here is what the parser would
+/// read from the same bytes.
+fn canonical(bytes: &[u8]) -> Option<Canonical> {
+    let mut c = Canon { s: bytes, i: 0 };
+    c.lit(
+        b"{\"schema_version\": 1, \"lazy_disk_cache_class\": \"DiskBackedNDArray\", \"shape\": [",
+    )?;
+    let mut shape = Vec::new();
+    if !c.eat(b"]") {
+        loop {
+            shape.push(usize::try_from(c.uint()?).ok()?);
+            if c.eat(b"]") {
+                break;
+            }
+            c.lit(b", ")?;
+        }
+    }
+    c.lit(b", \"dtype\": ")?;
+    let dtype = c.string()?.to_owned();
+    c.lit(b", \"purge_disk_on_gc\": ")?;
+    let purge = c.boolean()?;
+    c.lit(b", \"automatic_offloading\": ")?;
+    let automatic = c.boolean()?;
+    c.lit(b", \"enable_caching\": ")?;
+    let caching = c.boolean()?;
+    let mut m = Canonical {
+        shape,
+        dtype,
+        purge,
+        automatic,
+        caching,
+        recomputable: None,
+        commit: None,
+        version: None,
+    };
+    if c.eat(b", \"ndoffload_recomputable\": ") {
+        m.recomputable = Some(c.boolean()?);
+    }
+    if c.eat(b", \"ndoffload_commit\": {\"npy_tmp\": ") {
+        let npy_tmp = c.string()?.to_owned();
+        c.lit(b", \"npy_ino\": ")?;
+        let npy_ino = c.uint()?;
+        c.lit(b"}")?;
+        m.commit = Some(Commit {
+            npy_tmp,
+            npy_ino,
+            version: None,
+        });
+    }
+    if c.eat(b", \"ndoffload_version\": ") {
+        m.version = Some(c.string()?.to_owned());
+    }
+    c.lit(b"}")?;
+    (c.i == bytes.len()).then_some(m)
+}
+
+/// Metadata in the layout [`canonical`] reads: every field of the right
+/// type, the schema version and class the known ones, no attributes.
+struct Canonical {
+    shape: Vec<usize>,
+    dtype: String,
+    purge: bool,
+    automatic: bool,
+    caching: bool,
+    recomputable: Option<bool>,
+    commit: Option<Commit>,
+    version: Option<String>,
+}
+
+impl Canonical {
+    /// The metadata, after the checks the layout does not make by itself
+    /// (the same as for any metadata): the shape fits, the version is a
+    /// token.
+    fn into_meta(self, corrupt: impl Fn(String) -> Error) -> Result<Meta> {
+        check_fits(&self.shape, Some(&self.dtype)).map_err(corrupt)?;
+        Ok(Meta {
+            class: KNOWN_CLASSES[0].to_owned(),
+            shape: Some(self.shape),
+            dtype: Some(self.dtype),
+            purge: Some(self.purge),
+            automatic: Some(self.automatic),
+            caching: Some(self.caching),
+            recomputable: self.recomputable,
+            commit: self.commit,
+            version: self.version.filter(|t| is_token(t)),
+            attrs: Attrs::new(),
+            remote: None,
+            staged: None,
+        })
+    }
+}
+
+/// A handle is made from the metadata alone: the element count and byte
+/// size of `shape` must be representable, as for an .npy header. Zero
+/// dimensions do not make any shape fit (see `checked_nbytes`).
+fn check_fits(shape: &[usize], dtype: Option<&str>) -> std::result::Result<(), String> {
+    let itemsize = dtype.and_then(crate::element::dtype_itemsize).unwrap_or(1);
+    match crate::element::checked_nbytes(shape, itemsize) {
+        Some(_) => Ok(()),
+        None => Err(format!("shape {shape:?} overflows the addressable size")),
+    }
+}
+
+/// A cursor over metadata bytes for [`canonical`].
+struct Canon<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Canon<'a> {
+    /// Skips `lit` if the bytes go on with it.
+    fn eat(&mut self, lit: &[u8]) -> bool {
+        let found = self.s[self.i..].starts_with(lit);
+        if found {
+            self.i += lit.len();
+        }
+        found
+    }
+
+    fn lit(&mut self, lit: &[u8]) -> Option<()> {
+        self.eat(lit).then_some(())
+    }
+
+    /// A JSON integer from 0 to `u64::MAX` written in plain decimal (no
+    /// sign, fraction, exponent or leading zero).
+    fn uint(&mut self) -> Option<u64> {
+        let digits = self.s[self.i..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        let text = &self.s[self.i..self.i + digits];
+        if digits == 0 || (digits > 1 && text[0] == b'0') {
+            return None;
+        }
+        if matches!(self.s.get(self.i + digits), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        let mut n: u64 = 0;
+        for &d in text {
+            n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+        }
+        self.i += digits;
+        Some(n)
+    }
+
+    /// A JSON string of printable ASCII without escapes.
+    fn string(&mut self) -> Option<&'a str> {
+        self.lit(b"\"")?;
+        let len = self.s[self.i..].iter().position(|&b| b == b'"')?;
+        let text = &self.s[self.i..self.i + len];
+        if !text
+            .iter()
+            .all(|&b| (0x20..0x7f).contains(&b) && b != b'\\')
+        {
+            return None;
+        }
+        self.i += len + 1;
+        std::str::from_utf8(text).ok()
+    }
+
+    fn boolean(&mut self) -> Option<bool> {
+        if self.eat(b"true") {
+            Some(true)
+        } else if self.eat(b"false") {
+            Some(false)
+        } else {
+            None
         }
     }
 }
@@ -472,6 +784,100 @@ mod tests {
         }
         let extra = r#"{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray", "shape": [2], "dtype": "<f4", "future": {"x": 1}}"#;
         assert!(Meta::parse(extra.as_bytes(), p).is_ok());
+    }
+
+    /// The parse of the canonical layout reads what the JSON parser reads
+    /// from the same bytes: for every metadata this crate renders, and for
+    /// every one-byte change of it that the fast path still takes.
+    #[test]
+    fn the_canonical_layout_reads_as_the_json_parser_reads_it() {
+        let p = Path::new("k.meta.json");
+        // A trailing space is valid JSON that the fast path never takes.
+        let slow = |b: &[u8]| Meta::parse(&[b, b" "].concat(), p);
+        let mut texts = Vec::new();
+        for shape in [&[][..], &[0], &[7], &[1000, 3], &[2, 3, 4, 5]] {
+            for dtype in ["<f4", "|b1", "<c16", "weird dtype"] {
+                for (purge, automatic, caching, recomputable) in
+                    [(false, false, true, false), (true, true, false, true)]
+                {
+                    let flags = EntryFlags {
+                        purge_on_drop: purge,
+                        automatic_offloading: automatic,
+                        caching,
+                        recomputable,
+                    };
+                    let c = Commit {
+                        npy_tmp: ".ndo.1-2-3-4.k.npy.tmp".into(),
+                        npy_ino: u64::MAX,
+                        version: Some("1-2-3-4".into()),
+                    };
+                    let plain = Commit {
+                        version: None,
+                        npy_ino: 12,
+                        ..c.clone()
+                    };
+                    texts.push(render(shape, dtype, flags, None, None, None));
+                    texts.push(render(shape, dtype, flags, Some(&c), None, None));
+                    texts.push(render(shape, dtype, flags, Some(&plain), None, None));
+                }
+            }
+        }
+        // As `set_attrs` leaves it with no attributes: the version, no commit.
+        let committed = texts[1].clone();
+        texts.push(with_attrs(committed.as_bytes(), p, &Attrs::new()).unwrap());
+        for t in &texts {
+            let b = t.as_bytes();
+            assert!(canonical(b).is_some(), "{t}");
+            assert_eq!(Meta::parse(b, p).unwrap(), slow(b).unwrap(), "{t}");
+        }
+        let mut taken = 0;
+        for t in texts.iter().step_by(5) {
+            let b = t.as_bytes();
+            for i in 0..b.len() {
+                let mut variants = vec![[&b[..i], &b[i + 1..]].concat()];
+                for r in [
+                    b'0', b'1', b'9', b'"', b'\\', b' ', b'e', b'.', b']', b'-', b'}',
+                ] {
+                    let mut m = b.to_vec();
+                    m[i] = r;
+                    variants.push(m);
+                }
+                for m in variants {
+                    if canonical(&m).is_some() {
+                        taken += 1;
+                        assert_eq!(
+                            Meta::parse(&m, p).ok(),
+                            slow(&m).ok(),
+                            "{}",
+                            String::from_utf8_lossy(&m)
+                        );
+                    }
+                }
+            }
+        }
+        assert!(taken > 100, "{taken}");
+        // A backend's own fields (an object store's): the JSON parser.
+        let mut extra = Attrs::new();
+        extra.insert(
+            REMOTE_FIELD.into(),
+            serde_json::json!({"object": "data/k-1.npy", "size": 128}),
+        );
+        let t = render(&[2], "<f4", F, None, None, Some(&extra));
+        assert!(canonical(t.as_bytes()).is_none(), "{t}");
+        let m = Meta::parse(t.as_bytes(), p).unwrap();
+        assert_eq!(m.remote.as_ref(), extra.get(REMOTE_FIELD));
+        // Not the canonical layout: the JSON parser reads them.
+        for t in [
+            r#"{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray", "shape": [01], "dtype": "<f4", "purge_disk_on_gc": false, "automatic_offloading": false, "enable_caching": true}"#,
+            r#"{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray", "shape": [1e3], "dtype": "<f4", "purge_disk_on_gc": false, "automatic_offloading": false, "enable_caching": true}"#,
+            r#"{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray", "shape": [18446744073709551616], "dtype": "<f4", "purge_disk_on_gc": false, "automatic_offloading": false, "enable_caching": true}"#,
+            r#"{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray", "shape": [1], "dtype": "<\u0066\"4", "purge_disk_on_gc": false, "automatic_offloading": false, "enable_caching": true}"#,
+            r#"{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray", "shape": [1], "dtype": "<f4", "purge_disk_on_gc": false, "automatic_offloading": false, "enable_caching": true, "shape": [2]}"#,
+            r#"{"schema_version": 1, "lazy_disk_cache_class": "DiskBackedNDArray", "shape": [1], "dtype": "<f4", "purge_disk_on_gc": false, "automatic_offloading": false, "enable_caching": true, "ndoffload_attrs": {"a": 1}}"#,
+            r#"{"schema_version":1,"lazy_disk_cache_class":"DiskBackedNDArray","shape":[1],"dtype":"<f4","purge_disk_on_gc":false,"automatic_offloading":false,"enable_caching":true}"#,
+        ] {
+            assert!(canonical(t.as_bytes()).is_none(), "{t}");
+        }
     }
 
     #[test]

@@ -60,6 +60,8 @@ mod stats;
 pub(crate) mod storage;
 mod stored;
 
+#[cfg(feature = "testing")]
+pub(crate) use behind::set_min_bytes as set_write_behind_min_bytes;
 pub(crate) use behind::WriteBehindConfig;
 pub use budget::SystemPressure;
 pub use inner::{DiskBackedStore, EntryInfo};

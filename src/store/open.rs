@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use super::behind::{WriteBehind, WriteBehindConfig};
+use super::behind::{Policy, WriteBehind, WriteBehindConfig};
 use super::budget::{Account, BudgetHost, Lru, SystemPressure};
 use super::entry::Slot;
 use super::inner::{DiskBackedStore, Inner};
@@ -136,9 +136,20 @@ pub(crate) fn open_store(o: OpenOptions) -> Result<DiskBackedStore> {
         }
     }
     let pressure = o.pressure;
-    let write_behind = match o.write_behind.filter(|_| !o.read_only) {
-        Some(c) => Some(WriteBehind::start(c).ctx("start the write-behind threads of", &path)?),
-        None => None,
+    // Explicit writers start now; the default's at its first spill.
+    let write_behind = std::sync::OnceLock::new();
+    let behind_policy = match o.write_behind {
+        _ if o.read_only => Policy::Off,
+        Some(c) if c.threads == 0 => Policy::Off,
+        Some(c) => {
+            let w = WriteBehind::start(c).ctx("start the write-behind threads of", &path)?;
+            let _ = write_behind.set(w);
+            Policy::Always
+        }
+        // An object store's spills stage locally and commit on `flush`:
+        // the default stays with a local directory.
+        None if o.backend.is_some() => Policy::Off,
+        None => Policy::Large,
     };
     let store = DiskBackedStore {
         inner: Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| Inner {
@@ -160,6 +171,7 @@ pub(crate) fn open_store(o: OpenOptions) -> Result<DiskBackedStore> {
             counters: Counters::default(),
             inflight: Mutex::new(HashMap::new()),
             write_behind,
+            behind_policy,
             lock_timeout: o.lock_timeout,
         }),
     };

@@ -156,7 +156,7 @@ impl DiskBackedStore {
                     _ => None,
                 };
                 s.meta = v.map(|(d, sh)| (d, sh, flags));
-                opened = checked.file.map(|(f, _)| (f, checked.id));
+                opened = checked.file.map(|(f, info)| (f, checked.id, Some(info)));
                 version = checked.version;
             }
             let (dtype, shape, flags) = self.read_meta(&name, &mut s)?;
@@ -220,8 +220,8 @@ impl DiskBackedStore {
         self.inner
             .account
             .disk_touch(&name, Some(loaded.flags().recomputable));
-        let meta_path = meta_path();
-        StoredArray::of(loaded, name, meta_path)
+        let storage = &self.inner.storage;
+        StoredArray::of(loaded, name, |n| storage.meta_path(n))
     }
 
     /// The entry `name` without naming its element type: a

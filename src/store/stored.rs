@@ -50,13 +50,19 @@ impl<T: Element, D: Dimension> StoredArray<T, D> {
     /// The handle of `loaded`, the entry `name`, if its element type is
     /// `T`; else [`Error::DtypeMismatch`] naming its metadata file. (The
     /// caller checked the dimension.)
-    pub(super) fn of(loaded: Loaded, name: EntryName, meta_path: PathBuf) -> Result<Self> {
-        let found = loaded.dtype();
-        let entry = entry::downcast::<T>(loaded).ok_or_else(|| Error::DtypeMismatch {
-            path: meta_path,
-            expected: T::dtype(),
-            found,
-        })?;
+    pub(super) fn of(
+        loaded: Loaded,
+        name: EntryName,
+        meta_path: impl FnOnce(&EntryName) -> PathBuf,
+    ) -> Result<Self> {
+        let found = || loaded.dtype();
+        let Some(entry) = entry::downcast::<T>(loaded.clone()) else {
+            return Err(Error::DtypeMismatch {
+                path: meta_path(&name),
+                expected: T::dtype(),
+                found: found(),
+            });
+        };
         Ok(StoredArray {
             entry,
             name,

@@ -204,38 +204,111 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Runs `ops` on a store with a memory budget of `budget` bytes and checks
+/// after each one that the resident bytes are those of the entries not
+/// offloaded. With `behind`, every spill is written behind by the default
+/// policy (its size threshold lowered to one byte for this thread): the
+/// bytes in flight then stay within the default bound (a quarter of the
+/// budget, or one entry alone), and once the writer is idle the accounting
+/// is exact again.
+fn check_accounting(ops: Vec<Op>, budget: u64, behind: bool) -> Result<(), TestCaseError> {
+    ndarray_offload::__testing::set_write_behind_min_bytes(behind.then_some(1));
+    let dir = tempfile::tempdir().unwrap();
+    let s = StoreBuilder::new(dir.path())
+        .memory_budget(budget)
+        .open()
+        .unwrap();
+    let mut pins = Vec::new();
+    let mut largest = 0u64;
+    let mut behind_seen = false;
+    for op in ops {
+        if let Op::Insert(_, n) = op {
+            largest = largest.max(u64::from(n) * 4);
+        }
+        {
+            let k = |i: u8| format!("k{i}");
+            match op {
+                Op::Insert(i, n) => s
+                    .insert(k(i), Array1::<f32>::from_elem(n as usize, 1.0))
+                    .unwrap(),
+                Op::Get(i) => {
+                    if let Ok(h) = s.get::<f32, Ix1>(k(i)) {
+                        h.read().unwrap();
+                    }
+                }
+                Op::Write(i) => {
+                    if let Ok(h) = s.get::<f32, Ix1>(k(i)) {
+                        h.write().unwrap().view_mut()[0] = 2.0;
+                    }
+                }
+                Op::Offload(i) => {
+                    let _ = s.offload(k(i));
+                }
+                Op::OffloadAll => s.offload_all().unwrap(),
+                Op::Remove(i) => {
+                    s.remove(k(i)).unwrap();
+                }
+                Op::Flush => s.flush().unwrap(),
+                Op::Pin(i) => {
+                    if let Ok(h) = s.get::<f32, Ix1>(k(i)) {
+                        pins.push(h);
+                    }
+                }
+                Op::Unpin => {
+                    pins.clear();
+                }
+                Op::DisableCaching(i) => {
+                    if let Ok(h) = s.get::<f32, Ix1>(k(i)) {
+                        h.as_array().disable_caching().unwrap();
+                    }
+                }
+            }
+        }
+        if behind {
+            let flying = s.stats().bytes_in_flight;
+            behind_seen |= flying > 0;
+            prop_assert!(
+                flying <= (budget / 4).max(largest),
+                "{} bytes in flight",
+                flying
+            );
+            let t = std::time::Instant::now();
+            while s.stats().bytes_in_flight > 0 {
+                prop_assert!(
+                    t.elapsed() < std::time::Duration::from_secs(20),
+                    "the writer never finished"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        let expect: u64 = s
+            .keys()
+            .iter()
+            .map(|k| s.info(k.as_str()).unwrap())
+            .filter(|i| i.state != ArrayState::Offloaded)
+            .map(|i| i.nbytes)
+            .sum();
+        let st = s.stats();
+        prop_assert_eq!(st.bytes_resident, expect);
+        prop_assert_eq!(s.resident_bytes(), expect);
+    }
+    if behind && behind_seen {
+        prop_assert!(s.stats().write_behind_time > std::time::Duration::ZERO);
+    }
+    ndarray_offload::__testing::set_write_behind_min_bytes(None);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]
     fn resident_accounting_matches_entries(ops in prop::collection::vec(op(), 1..40), budget in 0u64..6000) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = StoreBuilder::new(dir.path()).memory_budget(budget * 4).open().unwrap();
-        let mut pins = Vec::new();
-        for op in ops {
-            let k = |i: u8| format!("k{i}");
-            match op {
-                Op::Insert(i, n) => s.insert(k(i), Array1::<f32>::from_elem(n as usize, 1.0)).unwrap(),
-                Op::Get(i) => { if let Ok(h) = s.get::<f32, Ix1>(k(i)) { h.read().unwrap(); } }
-                Op::Write(i) => { if let Ok(h) = s.get::<f32, Ix1>(k(i)) { h.write().unwrap().view_mut()[0] = 2.0; } }
-                Op::Offload(i) => { let _ = s.offload(k(i)); }
-                Op::OffloadAll => s.offload_all().unwrap(),
-                Op::Remove(i) => { s.remove(k(i)).unwrap(); }
-                Op::Flush => s.flush().unwrap(),
-                Op::Pin(i) => { if let Ok(h) = s.get::<f32, Ix1>(k(i)) { pins.push(h); } }
-                Op::Unpin => { pins.clear(); }
-                Op::DisableCaching(i) => { if let Ok(h) = s.get::<f32, Ix1>(k(i)) { h.as_array().disable_caching().unwrap(); } }
-            }
-            let expect: u64 = s
-                .keys()
-                .iter()
-                .map(|k| s.info(k.as_str()).unwrap())
-                .filter(|i| i.state != ArrayState::Offloaded)
-                .map(|i| i.nbytes)
-                .sum();
-            let st = s.stats();
-            prop_assert_eq!(st.bytes_resident, expect);
-            prop_assert_eq!(s.resident_bytes(), expect);
-        }
+        check_accounting(ops, budget * 4, false)?;
+    }
+
+    #[test]
+    fn resident_accounting_matches_entries_with_spills_written_behind(ops in prop::collection::vec(op(), 1..40), budget in 0u64..6000) {
+        check_accounting(ops, budget * 4, true)?;
     }
 }
 
@@ -268,4 +341,76 @@ fn system_pressure_offloads_down_to_the_target() {
         s.insert(k, entry(1.0)).unwrap();
     }
     assert_eq!(s.stats().evictions, 0);
+}
+
+/// With a memory budget and the default options, spills of entries of a
+/// mebibyte and more are written behind (the evicting insert returns; one
+/// writer writes them, within the default bound in flight) and smaller
+/// ones by the evicting call; `write_behind(0, _)` writes every spill in
+/// the evicting call. Either way every value reads back.
+#[test]
+fn large_spills_are_written_behind_by_default_small_ones_in_the_call() {
+    let big = |v: f32| Array1::<f32>::from_elem(384 << 10, v); // 1.5 MiB
+    let budget = 4u64 << 20;
+    for (name, sync) in [("default", false), ("write_behind(0, _)", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = StoreBuilder::new(dir.path()).memory_budget(budget);
+        if sync {
+            b = b.write_behind(0, 0u64);
+        }
+        let s = b.open().unwrap();
+        let mut largest_flight = 0;
+        for i in 0..8 {
+            s.insert(format!("b{i}"), big(i as f32)).unwrap();
+            let st = s.stats();
+            largest_flight = largest_flight.max(st.bytes_in_flight);
+            // In flight: at most a quarter of the budget, or one entry.
+            assert!(
+                st.bytes_in_flight <= (budget / 4).max(1536 << 10),
+                "{name}: {st}"
+            );
+            // What is not in flight is within the budget.
+            assert!(
+                st.bytes_resident - st.bytes_in_flight <= budget,
+                "{name}: {st}"
+            );
+            if sync {
+                assert_eq!(st.bytes_in_flight, 0, "{name}");
+                assert!(st.bytes_resident <= budget, "{name}: {st}");
+            }
+        }
+        let t = std::time::Instant::now();
+        while s.stats().bytes_in_flight > 0 {
+            assert!(
+                t.elapsed().as_secs() < 60,
+                "{name}: the writer never finished"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let st = s.stats();
+        assert!(st.bytes_resident <= budget, "{name}: {st}");
+        assert_eq!(st.evictions, 6, "{name}: {st}");
+        assert_eq!(
+            st.write_behind_time > std::time::Duration::ZERO,
+            !sync,
+            "{name}: {st} (largest in flight {largest_flight})"
+        );
+        for i in 0..8 {
+            let h = s.get::<f32, Ix1>(format!("b{i}")).unwrap();
+            assert_eq!(h.read().unwrap().view()[1000], i as f32, "{name}");
+        }
+        // Small entries spill in the evicting call, also by default.
+        let dir = tempfile::tempdir().unwrap();
+        let s = StoreBuilder::new(dir.path())
+            .memory_budget(24_000u64)
+            .open()
+            .unwrap();
+        for k in ["a", "b", "c", "d"] {
+            s.insert(k, entry(1.0)).unwrap();
+        }
+        assert_eq!(state(&s, "a"), ArrayState::Offloaded);
+        let st = s.stats();
+        assert_eq!((st.evictions, st.bytes_in_flight), (1, 0));
+        assert_eq!(st.write_behind_time, std::time::Duration::ZERO);
+    }
 }

@@ -786,7 +786,9 @@ fn hostile_name(place: &str) -> &'static str {
         "lock_writable" | "lock_read_only" => LOCK_FILE,
         "crate_dir" => CRATE_DIR,
         "registration" => ".ndoffload/writers/1-1-1.writer",
-        "key_lock" => ".ndoffload/locks/k.lock",
+        // The publish lock of key `k`: its stripe, 64-bit FNV-1a of "k"
+        // modulo 64 = 10 (docs/format.md, "Processes").
+        "key_lock" => ".ndoffload/locks/publish-10.lock",
         "compute_lock" => ".ndoffload/locks/k.compute",
         "pack_file" => "data.pack",
         "shard_manifest" => "set.packset.json",

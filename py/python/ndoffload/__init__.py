@@ -176,7 +176,11 @@ class Store(MutableMapping):
         the same key before :class:`LockedError` (default: no limit).
     write_behind : (int, str), optional
         ``(threads, max_in_flight)``: spills are written by background
-        threads.
+        threads. By default (and with ``threads=0``) every spill is
+        written by the call that evicts: the Rust crate's default writes
+        large spills behind, which the package leaves off so that a fork
+        never inherits a writer thread's lock (see "Processes" in
+        docs/python.md).
     create : bool
         Create a missing directory (writable opens).
 

@@ -358,12 +358,12 @@ impl Storage for LocalDir {
     fn read_checked(&self, name: &EntryName) -> Result<Checked> {
         let mut delay = Duration::from_micros(50);
         let mut attempt = 0;
+        let npy = name.npy_file();
         loop {
             let meta = self.read_meta(name)?;
             // Errors of the data file are reported when it is read, as for
             // any entry.
-            let Ok((file, md)) = self.dir.open_regular_md(&name.npy_file(), io::Access::Read)
-            else {
+            let Ok((file, md)) = self.dir.open_regular_md(&npy, io::Access::Read) else {
                 return Ok(Checked {
                     meta,
                     file: None,
@@ -371,7 +371,7 @@ impl Storage for LocalDir {
                     id: None,
                 });
             };
-            let path = self.dir.join(&name.npy_file());
+            let path = self.dir.join(&npy);
             let Ok(info) = NpyInfo::read_file_of_len(&file, md.len(), &path) else {
                 return Ok(Checked {
                     meta,

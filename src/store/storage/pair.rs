@@ -74,8 +74,14 @@ pub(crate) fn publish_pairs(
         keep_mode(dir, &npy_name, &npy)?;
         // The version token is the staged file's unique part; the link
         // `versions/K.<token>` names this very file from before its rename
-        // until the next publish of the key has committed.
-        let token = links.make(dir, npy.name(), job.name)?;
+        // until the next publish of the key has committed. A batch links
+        // every staged file now, so that its one `syncfs` makes the links
+        // durable with the files; with an `fsync` per file the link is made
+        // just before the rename (see below).
+        let token = match per_file {
+            true => links.plan(npy.name()),
+            false => links.make(dir, npy.name(), job.name)?,
+        };
         // With an `fsync` per file (Unix: the inode is known at creation),
         // the metadata file is staged before the data is written: the data
         // file's `fsync` then also writes the directory and inode-table
@@ -95,21 +101,37 @@ pub(crate) fn publish_pairs(
             )
         };
         let tok = token.as_deref();
+        // The staged file's identity: its inode, known from its creation
+        // (one `fstat`, before or after the data is written).
+        let mut id = None;
         let mut m = match early {
-            true => Some(stage_meta(dir, render, &meta_name, &npy, None, tok)?),
+            true => {
+                let known = FileId::of_file(npy.file(), npy.path())?;
+                id = Some(known);
+                let mut m = stage_meta(dir, render, &meta_name, &npy, known, tok)?;
+                // Written to the disk now: the data file's `fsync` below
+                // then commits the metadata file with it (one journal
+                // commit for both on ext4), and the metadata's own `fsync`
+                // finds little or nothing left to do.
+                m.flush_and_start_writeback()?;
+                Some(m)
+            }
             false => None,
         };
         (job.write_npy)(npy.writer(), &target)?;
         if per_file {
             npy.flush_and_sync()?;
         }
-        let id = FileId::of_file(npy.file(), npy.path())?;
+        let id = match id {
+            Some(id) => id,
+            None => FileId::of_file(npy.file(), npy.path())?,
+        };
         if !per_file {
             npy.flush_and_close()?;
         }
         let mut m = match m.take() {
             Some(m) => m,
-            None => stage_meta(dir, render, &meta_name, &npy, Some(id), tok)?,
+            None => stage_meta(dir, render, &meta_name, &npy, id, tok)?,
         };
         if per_file {
             m.flush_and_sync()?;
@@ -133,10 +155,12 @@ pub(crate) fn publish_pairs(
     if !per_file {
         dir.syncfs()?;
     }
-    // With an `fsync` per file the links are not synced on their own: a
-    // power cut may keep a rename and lose the link it was made with, and
-    // recovery then decides as for a publish without a version (it never
-    // installs a staged metadata file over a whole pair).
+    // With an `fsync` per file the links are not synced on their own (made
+    // under the publish locks, just before the renames, they are on ext4
+    // made durable by the directory `fsync` with the renames): a power cut
+    // may keep a rename and lose the link it was made with, and recovery
+    // then decides as for a publish without a version (it never installs a
+    // staged metadata file over a whole pair).
     // Other writers' publishes and removals of these keys wait from here to
     // the end of the rollback or of the clean-up: whatever is at the final
     // names while the locks are held was put there by this publish.
@@ -171,12 +195,17 @@ pub(crate) fn publish_pairs(
                 ids[i] = None;
                 continue; // dropping `s` removes its temporary files
             }
-            if links.is_on() {
+            if per_file {
+                links.link_now(i, dir, s.npy.name(), name)?;
+            }
+            let b = Backup::take(dir, name)?;
+            // The version replaced (whose link goes once the new pair is
+            // durable) is in the metadata being replaced, if there is one.
+            if links.is_on() && b.meta.1.is_some() {
                 if let Some(old) = version_of(dir, name) {
                     replaced.push((name, old));
                 }
             }
-            let b = Backup::take(dir, name)?;
             backups.push(b);
             s.npy.rename_into(&name.npy_file())?;
             s.meta.rename_into(&name.meta_file())?;
@@ -212,20 +241,16 @@ pub(crate) fn publish_pairs(
     }
 }
 
-/// Writes the metadata `render` makes, naming the staged data file `npy` (identified
-/// by `id`, or by its inode now), to a new temporary file, unsynced.
+/// Writes the metadata `render` makes, naming the staged data file `npy`
+/// (identified by `id`), to a new temporary file, unsynced.
 fn stage_meta(
     dir: &Dir,
     render: impl Fn(&Commit) -> String,
     meta_name: &str,
     npy: &TempFile,
-    id: Option<FileId>,
+    id: FileId,
     version: Option<&str>,
 ) -> Result<TempFile> {
-    let id = match id {
-        Some(id) => id,
-        None => FileId::of_file(npy.file(), npy.path())?,
-    };
     let commit = Commit {
         npy_tmp: npy.name().to_owned(),
         npy_ino: id.ino(),
@@ -242,7 +267,9 @@ fn stage_meta(
 
 /// The name of the version link of `name`'s version `token` in `versions/`.
 pub(crate) fn version_link(name: &EntryName, token: &str) -> String {
-    format!("{name}.{token}")
+    let mut s = name.with_suffix(".");
+    s.push_str(token);
+    s
 }
 
 /// The `(key, token)` a name in `versions/` is the link of.
@@ -289,6 +316,30 @@ impl<'d> Links<'d> {
     /// Whether links are made (a registered writer).
     fn is_on(&self) -> bool {
         self.versions.is_some()
+    }
+
+    /// The next job's token, the unique part of its staged file `staged`,
+    /// whose link [`link_now`](Self::link_now) makes later (`None`: no
+    /// links are made).
+    fn plan(&mut self, staged: &str) -> Option<String> {
+        self.kept.push(false);
+        self.made.push(None);
+        self.versions?;
+        temp_parts(staged).map(|(token, _)| token.to_owned())
+    }
+
+    /// Links the staged file `staged` of `dir` as job `i`'s version of
+    /// `name` (a job whose token [`plan`](Self::plan) gave).
+    fn link_now(&mut self, i: usize, dir: &Dir, staged: &str, name: &EntryName) -> Result<()> {
+        let (Some(versions), Some((token, _))) = (self.versions, temp_parts(staged)) else {
+            return Ok(());
+        };
+        let link = version_link(name, token);
+        dir.link_into(staged, versions, &link)?;
+        if let Some(m) = self.made.get_mut(i) {
+            *m = Some(link);
+        }
+        Ok(())
     }
 
     /// Links the staged file `staged` of `dir` as the next job's version

@@ -11,9 +11,14 @@
 //!   stages in the store carries. A registration file that is not locked
 //!   belongs to a dead writer (the kernel releases a `flock` when its
 //!   process dies, however it dies).
-//! * `.ndoffload/locks/<K>.lock`: the publish lock of key `K`, `flock`ed
-//!   around the commit of a publish or a removal of `K` (the backups, the
-//!   renames and the directory `fsync`); it records nothing.
+//! * `.ndoffload/locks/publish-NN.lock` (`NN` from `00` to `63`): the
+//!   publish locks. Key `K`'s publish lock is the file of its stripe
+//!   ([`publish_stripe`]), `flock`ed around the commit of a publish or a
+//!   removal of `K` (the backups, the renames and the directory `fsync`);
+//!   it records nothing. A fixed set of files, created once per store: a
+//!   publish of a new key creates no lock file (a file creation per
+//!   publish cost as much as a tenth of a small durable insert), and the
+//!   folder does not grow with the keys.
 //! * `.ndoffload/locks/<K>.compute`: the compute lock of key `K`, held by
 //!   the process computing `K` in `get_or_compute`; it records its holder
 //!   (one JSON line, as a registration).
@@ -280,25 +285,25 @@ impl Procs {
         removed
     }
 
-    /// Takes the publish lock of each of `names` (in name order, so that
-    /// two batches never wait for each other in a cycle), blocking until
-    /// each is free. An exclusive writer takes none: no other writer can
-    /// publish.
+    /// Takes the publish locks of `names`: the lock of each one's stripe
+    /// ([`publish_stripe`]), in stripe order (so that two batches never
+    /// wait for each other in a cycle), each once, blocking until each is
+    /// free. An exclusive writer takes none: no other writer can publish.
     pub(crate) fn publish_locks(&self, names: &[&EntryName]) -> Result<Vec<KeyLock>> {
         if self.exclusive {
             return Ok(Vec::new());
         }
-        let mut sorted: Vec<&EntryName> = names.to_vec();
-        sorted.sort();
-        sorted.dedup();
-        let mut held = Vec::with_capacity(sorted.len());
-        for n in sorted {
-            let name = format!("{n}.lock");
-            let path = self.locks.join(&name);
+        let mut stripes: Vec<u32> = names.iter().map(|n| publish_stripe(n)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut held = Vec::with_capacity(stripes.len());
+        for s in stripes {
+            let name = stripe_file(s);
+            let path = || self.locks.join(&name);
             let Some(f) = self.locks.open_lock(&name, true)? else {
-                return Err(Error::corrupt(&path, "could not be created"));
+                return Err(Error::corrupt(&path(), "could not be created"));
             };
-            f.lock().ctx("lock", &path)?;
+            f.lock().map_err(|e| Error::io("lock", path(), e))?;
             held.push(KeyLock(f));
         }
         Ok(held)
@@ -389,6 +394,27 @@ impl Procs {
         }
         Ok(Some(KeyLock(f)))
     }
+}
+
+/// How many publish locks a store has: every key's publish lock is the
+/// lock of one of them, its stripe ([`publish_stripe`]).
+pub(crate) const PUBLISH_STRIPES: u32 = 64;
+
+/// The stripe of `name`'s publish lock: the 64-bit FNV-1a hash of its UTF-8
+/// bytes, modulo [`PUBLISH_STRIPES`] (the same in every process and on
+/// every platform).
+pub(crate) fn publish_stripe(name: &EntryName) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.as_str().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % u64::from(PUBLISH_STRIPES)) as u32
+}
+
+/// The file of publish stripe `s` in `locks/`: `publish-NN.lock`.
+fn stripe_file(s: u32) -> String {
+    format!("publish-{s:02}.lock")
 }
 
 #[cfg(unix)]
@@ -502,7 +528,24 @@ pub(crate) fn of_dead_writers<'a>(
 
 #[cfg(test)]
 mod utc_tests {
-    use super::utc_time;
+    use super::{publish_stripe, utc_time, PUBLISH_STRIPES};
+    use crate::name::EntryName;
+
+    /// The stripes are the documented hash (docs/format.md), the same in
+    /// every process, and spread keys over every stripe.
+    #[test]
+    fn publish_stripes() {
+        let s = |k: &str| publish_stripe(&EntryName::new(k).unwrap());
+        assert_eq!(
+            (s("k"), s("ok2"), s("ok"), s("cloud_00002")),
+            (10, 7, 47, 3)
+        );
+        let mut seen = [0u32; PUBLISH_STRIPES as usize];
+        for i in 0..6400 {
+            seen[s(&format!("tile_{i:05}")) as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| (50..150).contains(&n)), "{seen:?}");
+    }
 
     #[test]
     fn utc_times() {
