@@ -2,8 +2,13 @@
 //! S3 server on 127.0.0.1, in the same run; prints ratios.
 //!
 //! ```text
-//! NDOFFLOAD_MOTO=.venv/bin/moto_server cargo bench --features remote --bench remote [-- upload|download|small]
+//! NDOFFLOAD_MOTO=.venv/bin/moto_server cargo bench --features remote --bench remote [-- upload|download|small|window]
 //! ```
+//!
+//! `window`: a 1% slab of the outer axis of the large entry read with
+//! `read_window` by a node that has nothing cached, against a first full
+//! `get` and a raw ranged GET of the same bytes; then the same window
+//! again (a hit of the window cache); time and bytes fetched of each.
 //!
 //! `NDOFFLOAD_BENCH_MIB` sets the large entry's size (default 1024). For
 //! the peak RSS of one direction, run the bench binary under
@@ -344,6 +349,9 @@ fn main() {
             best_raw.as_secs_f64() / best_crate.as_secs_f64()
         );
     }
+    if which == "all" || which == "window" {
+        window(&rt, &raw, &url, port, tmp.path(), mib);
+    }
     if which == "all" || which == "small" {
         let n = 200;
         let cache = tmp.path().join("cacheS");
@@ -397,4 +405,87 @@ fn main() {
             c / r
         );
     }
+}
+
+/// The `window` group: see the module documentation.
+fn window(
+    rt: &tokio::runtime::Runtime,
+    raw: &Arc<dyn ObjectStore>,
+    url: &str,
+    port: u16,
+    tmp: &Path,
+    mib: usize,
+) {
+    let file = big_npy(tmp, mib);
+    let size = std::fs::metadata(&file).unwrap().len();
+    let rows = mib * 1024 * 1024 / 8 / 1024;
+    // moto assembles a 1 GiB multipart upload in more than the default
+    // 10 s an answer may take to begin: the writer waits longer.
+    let mut o = options(port);
+    o.net = ndarray_offload::remote::NetOptions::default()
+        .with_request_timeout(Duration::from_secs(300));
+    let writer = open_store(url, &tmp.join("cacheW"), o);
+    writer.insert_npy_file("win", &file).unwrap();
+    raw_upload(rt, raw, &file, "raw/win.npy");
+    let _ = std::fs::remove_file(&file);
+    let bytes_down = |s: &DiskBackedStore| s.stats().remote.unwrap().bytes_down;
+    // A 1% slab of rows in the middle.
+    let n = (rows / 100).max(1);
+    let slab = [rows / 2..rows / 2 + n, 0..1024];
+    let slab_bytes = (n * 1024 * 8) as u64;
+    let (mut best_full, mut best_win, mut best_hit, mut best_raw) =
+        (Duration::MAX, Duration::MAX, Duration::MAX, Duration::MAX);
+    let (mut win_bytes, mut hit_bytes) = (0, 0);
+    for i in 0..2 {
+        // Raw: one ranged GET of the slab's bytes (header of 128 bytes).
+        let start = 128 + (rows / 2 * 1024 * 8) as u64;
+        let t = Instant::now();
+        let b = rt
+            .block_on(raw.get_range(&OPath::from("raw/win.npy"), start..start + slab_bytes))
+            .unwrap();
+        best_raw = best_raw.min(t.elapsed());
+        assert_eq!(b.len() as u64, slab_bytes);
+        // A node with nothing cached: the window.
+        let cache = tmp.join(format!("cacheWin{i}"));
+        let s = open_store(url, &cache, options(port));
+        let t = Instant::now();
+        let w = s.read_window::<f64>("win", &slab).unwrap();
+        best_win = best_win.min(t.elapsed());
+        assert_eq!(w[[0, 1]], ((rows / 2) * 1024 + 1) as f64);
+        win_bytes = bytes_down(&s);
+        // The same window again: the window cache.
+        let t = Instant::now();
+        let again = s.read_window::<f64>("win", &slab).unwrap();
+        best_hit = best_hit.min(t.elapsed());
+        assert_eq!(again, w);
+        hit_bytes = bytes_down(&s) - win_bytes;
+        drop(s);
+        let _ = std::fs::remove_dir_all(&cache);
+        // Another node with nothing cached: the first full get.
+        let cache = tmp.join(format!("cacheFull{i}"));
+        let s = open_store(url, &cache, options(port));
+        let t = Instant::now();
+        let a = s.get::<f64, ndarray::Ix2>("win").unwrap();
+        assert_eq!(a.read().unwrap()[[0, 1]], 1.0);
+        best_full = best_full.min(t.elapsed());
+        drop(a);
+        drop(s);
+        let _ = std::fs::remove_dir_all(&cache);
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "window (1% slab, {n} of {rows} rows) of {mib} MiB: {:.1} ms, {win_bytes} bytes fetched ({:.3}% of the object); \
+         raw ranged GET of the slab {:.1} ms (ratio {:.2}x); first full get {:.0} ms ({:.2}% of its time)",
+        ms(best_win),
+        win_bytes as f64 * 100.0 / size as f64,
+        ms(best_raw),
+        best_raw.as_secs_f64() / best_win.as_secs_f64(),
+        ms(best_full),
+        best_win.as_secs_f64() * 100.0 / best_full.as_secs_f64(),
+    );
+    println!(
+        "window after window (cache hit): {:.2} ms, {hit_bytes} bytes fetched ({:.2}% of the first window's time)",
+        ms(best_hit),
+        best_hit.as_secs_f64() * 100.0 / best_win.as_secs_f64()
+    );
 }

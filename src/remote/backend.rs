@@ -39,6 +39,7 @@ use serde_json::Value;
 
 use super::protocol::{self, Head, RemoteField, RemoteMeta};
 use super::url::Location;
+use super::window_cache::{WindowCache, WindowCopy};
 use super::{offline_hint, runtime, transfer, upload_err, RemoteOptions};
 use crate::error::{Error, IoContext, RemoteErrorKind, Result};
 use crate::io::{self, FileId, Found};
@@ -192,6 +193,17 @@ pub(crate) struct ObjectBackend {
     /// Entries whose commit lost a race, for [`Storage::take_lost`].
     lost: Mutex<Vec<EntryName>>,
     counters: Counters,
+    /// Ranges of data objects fetched by windows.
+    windows: WindowCache,
+}
+
+/// Where a window of an entry is read from.
+pub(crate) enum WindowPlan {
+    /// The entry as the store reads it: a staged write, or a cached copy
+    /// of its current data object.
+    Local,
+    /// Ranges of the data object this metadata names.
+    Remote(Box<RemoteMeta>),
 }
 
 impl std::fmt::Debug for ObjectBackend {
@@ -249,6 +261,7 @@ impl ObjectBackend {
             staged: Mutex::new(BTreeSet::new()),
             lost: Mutex::new(Vec::new()),
             counters: Counters::default(),
+            windows: WindowCache::default(),
         };
         if offline {
             b.load_offline_view()?;
@@ -506,6 +519,7 @@ impl ObjectBackend {
         let meta = Meta::parse(&remote.to_bytes(), &PathBuf::from(&url))?;
         let fetch = |file: &File, path: &FsPath| -> Result<()> {
             let f = file.try_clone().ctx("open", path)?;
+            let progress = transfer::Progress::start(name.as_str(), "download", r.size);
             let crc = self
                 .rt
                 .block_on(transfer::download_to_file(
@@ -515,6 +529,7 @@ impl ObjectBackend {
                     Arc::new(f),
                     path,
                     self.opts.transfer,
+                    &progress,
                 ))
                 .map_err(|e| upload_err(&self.loc, "download", name.as_str(), url.clone(), e))?;
             if crc != r.crc32 {
@@ -626,6 +641,7 @@ impl ObjectBackend {
         let url = self.loc.url_of(&dest);
         let size = file.metadata().ctx("stat", &local)?.len();
         let started = std::time::Instant::now();
+        let progress = transfer::Progress::start(name.as_str(), "upload", size);
         let crc = self
             .rt
             .block_on(transfer::upload_file(
@@ -635,6 +651,7 @@ impl ObjectBackend {
                 size,
                 &dest,
                 self.opts.transfer,
+                &progress,
             ))
             .map_err(|e| upload_err(&self.loc, "upload", name.as_str(), url.clone(), e))?;
         self.counters.uploads.fetch_add(1, Ordering::Relaxed);
@@ -749,6 +766,113 @@ impl ObjectBackend {
 
     fn url_path(&self, rel: &str) -> PathBuf {
         PathBuf::from(format!("{}/{rel}", self.loc.url.trim_end_matches('/')))
+    }
+
+    /// Where a window of `name` is read from: the cache directory when it
+    /// holds the entry's current data (or a staged write this handle
+    /// reads), else the data object of the metadata this handle knows.
+    pub(crate) fn window_plan(&self, name: &EntryName) -> Result<WindowPlan> {
+        let cached = self.cached_meta(name);
+        if cached.as_ref().is_some_and(|m| self.visible(m)) {
+            if cached.as_ref().is_some_and(is_removal) {
+                return Err(self.not_found(name));
+            }
+            return Ok(WindowPlan::Local);
+        }
+        let remote = self.remote_meta(name)?;
+        if cached.as_ref().and_then(data_of) == Some(remote.ndoffload_remote.data.as_str()) {
+            return Ok(WindowPlan::Local);
+        }
+        if self.opts.offline {
+            return Err(self.not_found(name));
+        }
+        Ok(WindowPlan::Remote(Box::new(remote)))
+    }
+
+    /// Re-reads the metadata object of `name` (its data object was not
+    /// found).
+    pub(crate) fn reload_entry(&self, name: &EntryName) -> Result<bool> {
+        self.reload(name)
+    }
+
+    /// Where `name`'s metadata object is, for messages.
+    pub(crate) fn entry_meta_path(&self, name: &EntryName) -> PathBuf {
+        self.meta_path(name)
+    }
+
+    /// The window cache's copy of the data object `remote` names.
+    pub(crate) fn window_copy(
+        &self,
+        name: &EntryName,
+        remote: &RemoteMeta,
+    ) -> Result<Arc<WindowCopy>> {
+        let r = &remote.ndoffload_remote;
+        let url = self.loc.url_of(&protocol::rel_path(&self.loc, &r.data));
+        self.windows.copy(name, &r.data, url, r.size, || {
+            let Some(cache) = self.cache.as_ref().filter(|c| c.is_writer()) else {
+                return Ok(None);
+            };
+            let Some(id) = cache.writer_id() else {
+                return Ok(None);
+            };
+            let root = self
+                .cache_path
+                .join(crate::store::CRATE_DIR)
+                .join("windows");
+            std::fs::create_dir_all(&root).ctx("create", &root)?;
+            // The folders of handles that are gone.
+            if let Ok(list) = std::fs::read_dir(&root) {
+                for e in list.flatten() {
+                    let other = e.file_name().to_string_lossy().into_owned();
+                    if other != id && !cache.is_alive(&other) {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+            let dir = root.join(id);
+            std::fs::create_dir_all(&dir).ctx("create", &dir)?;
+            Ok(Some(dir))
+        })
+    }
+
+    /// Fetches the parts of the byte ranges `want` of `copy`'s data object
+    /// the window cache does not hold yet; returns the bytes fetched.
+    pub(crate) fn window_fetch(
+        &self,
+        name: &EntryName,
+        copy: &WindowCopy,
+        want: &[std::ops::Range<u64>],
+    ) -> Result<u64> {
+        let missing = copy.missing(want);
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let total = missing.iter().map(|r| r.end - r.start).sum();
+        let progress = transfer::Progress::start(name.as_str(), "window", total);
+        let src = protocol::rel_path(&self.loc, &copy.data);
+        let got = self
+            .rt
+            .block_on(transfer::fetch_ranges(
+                self.loc.store.clone(),
+                &src,
+                &missing,
+                copy.file.clone(),
+                &copy.path,
+                self.opts.transfer,
+                &progress,
+            ))
+            .map_err(|e| {
+                upload_err(
+                    &self.loc,
+                    "read a window of",
+                    name.as_str(),
+                    copy.url.clone(),
+                    e,
+                )
+            })?;
+        copy.note_fetched(&missing);
+        self.counters.bytes_down.fetch_add(got, Ordering::Relaxed);
+        Ok(got)
     }
 
     /// Runs a garbage-collection pass with `grace` (see

@@ -354,12 +354,21 @@ async fn check_data(
             .try_clone()
             .map_err(|e| Error::io("open", tmp.path(), e))?,
     );
-    let crc = transfer::download_to_file(loc.store.clone(), &src, size, file, tmp.path(), transfer)
-        .await
-        .map_err(|e| match e {
-            UploadError::Remote(e) => protocol::remote_err(loc, "read", name, url.clone(), e),
-            UploadError::Local(e) => e,
-        })?;
+    let progress = transfer::Progress::start(name, "download", size);
+    let crc = transfer::download_to_file(
+        loc.store.clone(),
+        &src,
+        size,
+        file,
+        tmp.path(),
+        transfer,
+        &progress,
+    )
+    .await
+    .map_err(|e| match e {
+        UploadError::Remote(e) => protocol::remote_err(loc, "read", name, url.clone(), e),
+        UploadError::Local(e) => e,
+    })?;
     if crc != rf.crc32 {
         return Err(Error::corrupt(
             &at,

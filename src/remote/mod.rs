@@ -21,8 +21,24 @@
 //! worker thread (use `spawn_blocking`).
 //!
 //! This module holds the options ([`RemoteOptions`]), garbage collection
-//! ([`DiskBackedStore::gc`](crate::DiskBackedStore::gc)) and inspection
-//! without a store ([`inspect_remote`], [`list_entries`], [`verify`]).
+//! ([`DiskBackedStore::gc`](crate::DiskBackedStore::gc)), windows
+//! ([`DiskBackedStore::read_window`](crate::DiskBackedStore::read_window):
+//! a box of an entry fetched by ranged GETs of only its bytes) and
+//! inspection without a store ([`inspect_remote`], [`list_entries`],
+//! [`verify`]).
+//!
+//! # Progress
+//!
+//! Transfers report their progress as `tracing` events at DEBUG level,
+//! target `ndarray_offload::remote`, message `"transfer progress"`, with
+//! the fields `key` (the entry), `direction` (`"upload"`, `"download"` or
+//! `"window"`), `bytes_done` and `bytes_total`: one when a transfer starts
+//! (`bytes_done = 0`), then at most one per part and per whole percent of
+//! `bytes_total`, and one when its last byte is done. An upload counts a
+//! part done once the upload has room for the next part (at most
+//! [`TransferOptions::concurrency`] parts are still being sent). A
+//! subscriber (or a `tracing-subscriber` layer filtered on that target)
+//! draws a progress bar from them; see the README, "Remote stores".
 //!
 //! # Examples
 //!
@@ -44,6 +60,8 @@ mod inspect;
 mod protocol;
 mod transfer;
 mod url;
+mod window;
+mod window_cache;
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;

@@ -103,31 +103,12 @@ impl RemoteMeta {
     /// Parses and checks a metadata object read from `url` for entry `name`.
     pub(crate) fn parse(bytes: &[u8], name: &str, url: &str) -> Result<Self> {
         let path = PathBuf::from(url);
+        // The fields it shares with a `.meta.json` are checked by the
+        // store's one metadata parser (schema version, class, shape, dtype,
+        // flags, attributes, nesting depth); then the crate's own field.
+        crate::store::meta::Meta::parse(bytes, &path)?;
         let value: serde_json::Value = serde_json::from_slice(bytes)
             .map_err(|e| Error::corrupt(&path, format!("invalid JSON: {e}")))?;
-        let obj = value
-            .as_object()
-            .ok_or_else(|| Error::corrupt(&path, "not a JSON object"))?;
-        match obj.get("schema_version") {
-            Some(v) if v.as_u64() == Some(1) && !v.is_f64() => {}
-            Some(v) => {
-                return Err(Error::SchemaVersion {
-                    path,
-                    found: v.to_string(),
-                })
-            }
-            None => return Err(Error::corrupt(&path, "missing schema_version")),
-        }
-        match obj.get("lazy_disk_cache_class").and_then(|c| c.as_str()) {
-            Some("DiskBackedNDArray") => {}
-            Some(c) => {
-                return Err(Error::UnknownClass {
-                    path,
-                    class: c.to_string(),
-                })
-            }
-            None => return Err(Error::corrupt(&path, "missing lazy_disk_cache_class")),
-        }
         let meta: RemoteMeta = serde_json::from_value(value)
             .map_err(|e| Error::corrupt(&path, format!("invalid remote metadata: {e}")))?;
         let r = &meta.ndoffload_remote;

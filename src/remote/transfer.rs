@@ -4,10 +4,15 @@
 //!
 //! At most `concurrency` parts of `part_size` bytes are in memory at once,
 //! whatever the object's size.
+//!
+//! Long transfers report their progress as `tracing` events (see
+//! [`Progress`]).
 
 use std::fs::File;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::Path as FsPath;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -45,6 +50,68 @@ impl TransferOptions {
     }
 }
 
+/// The target of the progress events of transfers.
+pub(crate) const PROGRESS_TARGET: &str = "ndarray_offload::remote";
+
+/// Progress of one transfer, reported as `tracing` events at DEBUG level,
+/// target `ndarray_offload::remote`, message `"transfer progress"`, with
+/// the fields `key` (the entry), `direction` (`"upload"`, `"download"` or
+/// `"window"`), `bytes_done` and `bytes_total`: one when the transfer
+/// starts (`bytes_done = 0`), then at most one per part and per whole
+/// percent of `bytes_total` (at most about 100 per transfer whatever its
+/// size), and one when the last byte is done.
+pub(crate) struct Progress {
+    key: String,
+    direction: &'static str,
+    total: u64,
+    done: AtomicU64,
+    /// The last percentage reported.
+    pct: AtomicU64,
+}
+
+impl Progress {
+    /// A transfer of `total` bytes of the entry `key` starts (reported).
+    pub(crate) fn start(key: &str, direction: &'static str, total: u64) -> Progress {
+        let p = Progress {
+            key: key.to_string(),
+            direction,
+            total,
+            done: AtomicU64::new(0),
+            pct: AtomicU64::new(0),
+        };
+        p.report(0);
+        p
+    }
+
+    fn report(&self, done: u64) {
+        tracing::debug!(
+            target: PROGRESS_TARGET,
+            key = %self.key,
+            direction = self.direction,
+            bytes_done = done,
+            bytes_total = self.total,
+            "transfer progress"
+        );
+    }
+
+    /// `n` more bytes are done: reported when a new whole percent of the
+    /// total is reached, or the last byte.
+    pub(crate) fn advance(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
+        let pct = (u128::from(done) * 100 / u128::from(self.total.max(1))) as u64;
+        let last = done >= self.total;
+        let before = self
+            .pct
+            .fetch_max(if last { 101 } else { pct }, Ordering::Relaxed);
+        if (last && before <= 100) || (!last && pct > before) {
+            self.report(done.min(self.total));
+        }
+    }
+}
+
 /// Reads `len` bytes at `off` of `file` on a blocking thread, with their
 /// CRC-32.
 async fn read_chunk(
@@ -78,6 +145,7 @@ pub(crate) async fn upload_file(
     size: u64,
     dest: &Path,
     opts: TransferOptions,
+    progress: &Progress,
 ) -> std::result::Result<u32, UploadError> {
     let part = opts.part();
     let local: Arc<FsPath> = Arc::from(local);
@@ -89,6 +157,7 @@ pub(crate) async fn upload_file(
             .put_opts(dest, bytes.into(), PutOptions::default())
             .await
             .map_err(UploadError::Remote)?;
+        progress.advance(size);
         return Ok(h.finalize());
     }
     let upload = store
@@ -98,6 +167,9 @@ pub(crate) async fn upload_file(
     let mut writer = WriteMultipart::new_with_chunk_size(upload, part);
     let mut crc = crc32fast::Hasher::new();
     let mut off = 0u64;
+    // The bytes of the parts handed to the upload, reported once the
+    // upload has room for the next part (the parts before it are sent).
+    let mut handed = 0u64;
     // Read one part ahead while earlier parts are in flight.
     let mut next = Some(tokio::spawn(read_chunk(
         file.clone(),
@@ -132,16 +204,23 @@ pub(crate) async fn upload_file(
                 len,
             )));
         }
-        if let Err(e) = writer
-            .wait_for_capacity(opts.conc().saturating_sub(1).max(1))
-            .await
-        {
+        let inflight = opts.conc().saturating_sub(1).max(1);
+        if let Err(e) = writer.wait_for_capacity(inflight).await {
             let _ = writer.abort().await;
             return Err(UploadError::Remote(e));
+        }
+        // At most `inflight` parts are still being sent.
+        let sent = off
+            .saturating_sub(bytes.len() as u64)
+            .saturating_sub(inflight as u64 * part as u64);
+        if sent > handed {
+            progress.advance(sent - handed);
+            handed = sent;
         }
         writer.put(bytes);
     }
     writer.finish().await.map_err(UploadError::Remote)?;
+    progress.advance(size - handed);
     Ok(crc.finalize())
 }
 
@@ -163,6 +242,7 @@ pub(crate) async fn download_to_file(
     file: Arc<File>,
     local: &FsPath,
     opts: TransferOptions,
+    progress: &Progress,
 ) -> std::result::Result<u32, UploadError> {
     let part = opts.part() as u64;
     let local: Arc<FsPath> = Arc::from(local);
@@ -199,7 +279,10 @@ pub(crate) async fn download_to_file(
                 Ok(h)
             });
             match job.await {
-                Ok(r) => r.map_err(UploadError::Local),
+                Ok(r) => {
+                    progress.advance(want);
+                    r.map_err(UploadError::Local)
+                }
                 Err(e) => Err(UploadError::Local(Error::Io {
                     path: local.to_path_buf(),
                     op: "write",
@@ -248,4 +331,67 @@ pub(crate) async fn checksum_object(
         crc.update(&bytes);
     }
     Ok((crc.finalize(), first))
+}
+
+/// Fetches the byte ranges `ranges` of `src` into the same offsets of
+/// `file` (named `local` in errors), each range split into parts of at
+/// most `part_size` bytes, `concurrency` GETs in flight at once. Returns
+/// the bytes fetched.
+pub(crate) async fn fetch_ranges(
+    store: Arc<dyn ObjectStore>,
+    src: &Path,
+    ranges: &[Range<u64>],
+    file: Arc<File>,
+    local: &FsPath,
+    opts: TransferOptions,
+    progress: &Progress,
+) -> std::result::Result<u64, UploadError> {
+    let part = opts.part() as u64;
+    let local: Arc<FsPath> = Arc::from(local);
+    let pieces: Vec<Range<u64>> = ranges
+        .iter()
+        .flat_map(|r| {
+            let n = (r.end - r.start).div_ceil(part);
+            (0..n).map(move |i| r.start + i * part..(r.start + (i + 1) * part).min(r.end))
+        })
+        .collect();
+    let jobs = futures::stream::iter(pieces.into_iter().map(|r| {
+        let store = store.clone();
+        let src = src.clone();
+        let file = file.clone();
+        let local = local.clone();
+        async move {
+            let want = r.end - r.start;
+            let start = r.start;
+            let bytes = store
+                .get_range(&src, r)
+                .await
+                .map_err(UploadError::Remote)?;
+            if bytes.len() as u64 != want {
+                return Err(UploadError::Local(Error::Truncated {
+                    path: local.to_path_buf(),
+                    expected: want,
+                    actual: bytes.len() as u64,
+                }));
+            }
+            let path = local.clone();
+            let job = tokio::task::spawn_blocking(move || {
+                file.write_all_at(&bytes, start).ctx("write", &path)
+            });
+            match job.await {
+                Ok(r) => {
+                    progress.advance(want);
+                    r.map(|()| want).map_err(UploadError::Local)
+                }
+                Err(e) => Err(UploadError::Local(Error::Io {
+                    path: local.to_path_buf(),
+                    op: "write",
+                    source: std::io::Error::other(e),
+                })),
+            }
+        }
+    }))
+    .buffer_unordered(opts.conc());
+    let got: Vec<u64> = jobs.try_collect().await?;
+    Ok(got.iter().sum())
 }

@@ -49,6 +49,19 @@ impl DiskBackedStore {
         })
     }
 
+    /// Whether this handle holds `name`'s data in RAM or mapped (read
+    /// through it, nothing is fetched).
+    pub(crate) fn holds_data(&self, name: &EntryName) -> bool {
+        let Some(slot) = self.inner.entries.read().get(name).cloned() else {
+            return false;
+        };
+        let s = slot.lock();
+        !s.retired
+            && s.loaded
+                .as_ref()
+                .is_some_and(|l| l.state() != ArrayState::Offloaded)
+    }
+
     pub(super) fn read_meta(
         &self,
         name: &EntryName,

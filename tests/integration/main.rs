@@ -25,6 +25,8 @@ mod remote;
 mod remote_robust;
 #[cfg(feature = "remote")]
 mod remote_setup;
+#[cfg(feature = "remote")]
+mod remote_windows;
 mod store;
 #[cfg(feature = "remote")]
 mod tiers;

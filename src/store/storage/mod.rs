@@ -211,7 +211,7 @@ pub struct RemoteStats {
     pub bytes_up: u64,
     /// Data objects downloaded.
     pub downloads: u64,
-    /// Bytes downloaded.
+    /// Bytes downloaded (whole data objects, and the ranges windows fetch).
     pub bytes_down: u64,
     /// Reads served from a copy in the cache directory.
     pub cache_hits: u64,
