@@ -30,9 +30,11 @@ use std::fs::File;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use object_store::UpdateVersion;
+use futures::StreamExt;
+
+use object_store::{ObjectStoreExt, UpdateVersion};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -159,6 +161,26 @@ struct Counters {
     cache_hits: AtomicU64,
     conflicts: AtomicU64,
     evictions: AtomicU64,
+}
+
+/// A data object uploaded: what its commit records.
+struct Uploaded {
+    size: u64,
+    crc: u32,
+    /// When the upload started (a commit after half the grace period is
+    /// refused: `gc` may have marked the object).
+    started: Instant,
+}
+
+/// The commit step of one published job of a durable publish.
+enum Commit {
+    /// Its data object (this name) was uploaded from memory.
+    Uploaded(String, Uploaded),
+    /// The upload from memory failed: the staged pair stays for the next
+    /// flush.
+    Failed(Error),
+    /// Uploaded from the cached file, then committed (`push`).
+    Push,
 }
 
 /// Where a read finds an entry's data.
@@ -570,6 +592,7 @@ impl ObjectBackend {
                     std::io::Write::flush(w).ctx("write", target)?;
                     fetch(w.get_ref().file(), w.get_ref().path())
                 }),
+                image: None,
                 extra: Some(Arc::new(extra)),
                 unless: Some(is_staged),
             };
@@ -640,7 +663,7 @@ impl ObjectBackend {
         let dest = protocol::rel_path(&self.loc, &staged.data);
         let url = self.loc.url_of(&dest);
         let size = file.metadata().ctx("stat", &local)?.len();
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let progress = transfer::Progress::start(name.as_str(), "upload", size);
         let crc = self
             .rt
@@ -653,10 +676,32 @@ impl ObjectBackend {
                 self.opts.transfer,
                 &progress,
             ))
-            .map_err(|e| upload_err(&self.loc, "upload", name.as_str(), url.clone(), e))?;
+            .map_err(|e| upload_err(&self.loc, "upload", name.as_str(), url, e))?;
+        let up = Uploaded { size, crc, started };
+        self.commit_staged(cache, name, &staged, &c.meta, &info, &up)
+    }
+
+    /// The commit of a staged write whose data object is uploaded (`up`),
+    /// under its push lock: the conditional PUT of the metadata object
+    /// (`meta` and `info` are the cached pair's), then the pair becomes a
+    /// clean copy; a lost race leaves the winner's value. The one commit
+    /// step of uploads from the cached file (`push`) and from memory
+    /// (`commit_uploaded`).
+    fn commit_staged(
+        &self,
+        cache: &LocalDir,
+        name: &EntryName,
+        staged: &Staged,
+        meta: &Meta,
+        info: &NpyInfo,
+        up: &Uploaded,
+    ) -> Result<()> {
         self.counters.uploads.fetch_add(1, Ordering::Relaxed);
-        self.counters.bytes_up.fetch_add(size, Ordering::Relaxed);
-        if !self.opts.grace.is_zero() && started.elapsed() > self.opts.grace / 2 {
+        self.counters.bytes_up.fetch_add(up.size, Ordering::Relaxed);
+        let url = self
+            .loc
+            .url_of(&protocol::rel_path(&self.loc, &staged.data));
+        if !self.opts.grace.is_zero() && up.started.elapsed() > self.opts.grace / 2 {
             // gc may already have marked the upload: upload again (flush).
             return Err(Error::Remote {
                 op: "commit",
@@ -671,28 +716,28 @@ impl ObjectBackend {
             version: protocol::REMOTE_VERSION,
             name: name.as_str().to_string(),
             data: staged.data.clone(),
-            size,
-            crc32: crc,
+            size: up.size,
+            crc32: up.crc,
             writer: self.writer.clone(),
             committed_ms: protocol::now_ms(),
         };
-        let mut meta = RemoteMeta::new(info.shape.clone(), info.descr.clone(), field.clone());
-        meta.automatic_offloading = c.meta.automatic.unwrap_or(false);
-        meta.enable_caching = c.meta.caching.unwrap_or(true);
-        meta.ndoffload_attrs = Some(c.meta.attrs.clone()).filter(|a| !a.is_empty());
+        let mut remote = RemoteMeta::new(info.shape.clone(), info.descr.clone(), field.clone());
+        remote.automatic_offloading = meta.automatic.unwrap_or(false);
+        remote.enable_caching = meta.caching.unwrap_or(true);
+        remote.ndoffload_attrs = Some(meta.attrs.clone()).filter(|a| !a.is_empty());
         let base = staged.base();
         let result = self.rt.block_on(protocol::commit(
             &self.loc,
             name.as_str(),
             base.as_ref(),
-            meta.to_bytes(),
+            remote.to_bytes(),
         ));
         let this = |m: &Meta| Staged::of(m).is_some_and(|s| s.data == staged.data);
         match result {
             Ok(v) => {
                 self.view
                     .lock()
-                    .insert(name.clone(), Seen::Live(Box::new(meta), v));
+                    .insert(name.clone(), Seen::Live(Box::new(remote), v));
                 // The pair is a clean copy now (a newer staged write of the
                 // key stays staged). Not synced: a power cut keeps it staged,
                 // and the next commit of it finds it committed.
@@ -719,6 +764,123 @@ impl ObjectBackend {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Commits `name`'s staged write whose data object `data` was uploaded
+    /// from memory (`up`) while the pair was published locally. When the
+    /// cached pair is no longer that staged write (another thread or
+    /// process committed or replaced it meanwhile), or its file is not
+    /// the size uploaded, the key is pushed as any staged write is (the
+    /// upload is then left to `gc` if nothing names it).
+    fn commit_uploaded(&self, name: &EntryName, data: &str, up: &Uploaded) -> Result<()> {
+        let cache = self.cache()?;
+        let lock = cache.push_lock(name)?;
+        let c = cache.read_checked(name)?;
+        if let (Some(staged), Some((_, info))) = (Staged::of(&c.meta), c.file.as_ref()) {
+            if staged.data == data && !staged.remove && info.file_len == Some(up.size) {
+                return self.commit_staged(cache, name, &staged, &c.meta, info, up);
+            }
+        }
+        drop(lock);
+        self.push(name)
+    }
+
+    /// Uploads the data objects of the jobs held in memory (`parts`: the
+    /// header and body of job `i`, uploaded as `data[i]`), at most
+    /// `TransferOptions::batch_concurrency` objects at once for a batch.
+    fn upload_images(
+        &self,
+        names: &[EntryName],
+        data: &[String],
+        parts: &[Option<(&[u8], &[u8])>],
+        batch: bool,
+        cancel: &AtomicBool,
+    ) -> Vec<Option<Result<Uploaded>>> {
+        let t = self.opts.transfer;
+        let slots = t.slots(batch);
+        let at_once = if batch { t.batch() } else { 1 };
+        let jobs = parts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.map(|(head, body)| (i, head, body)));
+        let uploads = futures::stream::iter(jobs)
+            .map(|(i, head, body)| {
+                let slots = &slots;
+                async move {
+                    let dest = protocol::rel_path(&self.loc, &data[i]);
+                    let size = (head.len() + body.len()) as u64;
+                    let started = Instant::now();
+                    let progress = transfer::Progress::start(names[i].as_str(), "upload", size);
+                    let r = transfer::upload_bytes(
+                        &self.loc.store,
+                        head,
+                        body,
+                        &dest,
+                        t,
+                        slots,
+                        cancel,
+                        &progress,
+                    )
+                    .await
+                    .map(|crc| Uploaded { size, crc, started })
+                    .map_err(|e| {
+                        upload_err(
+                            &self.loc,
+                            "upload",
+                            names[i].as_str(),
+                            self.loc.url_of(&dest),
+                            e,
+                        )
+                    });
+                    (i, r)
+                }
+            })
+            .buffer_unordered(at_once);
+        let done: Vec<(usize, Result<Uploaded>)> = self.rt.block_on(uploads.collect());
+        let mut out: Vec<Option<Result<Uploaded>>> = (0..parts.len()).map(|_| None).collect();
+        for (i, r) in done {
+            out[i] = Some(r);
+        }
+        out
+    }
+
+    /// Runs `tasks` (a commit step per published job, in job order), at
+    /// most `at_once` at a time; every task runs whatever the others give.
+    /// Returns the first error in job order.
+    fn run_commits(&self, tasks: Vec<(EntryName, Commit)>, at_once: usize) -> Result<()> {
+        let one = |(name, task): (EntryName, Commit)| -> Result<()> {
+            match task {
+                Commit::Uploaded(data, up) => self.commit_uploaded(&name, &data, &up),
+                Commit::Failed(e) => Err(e),
+                Commit::Push => self.push(&name),
+            }
+        };
+        let n = tasks.len();
+        let mut results: Vec<Result<()>> = Vec::with_capacity(n);
+        if n <= 1 || at_once <= 1 {
+            results.extend(tasks.into_iter().map(one));
+        } else {
+            let queue = Mutex::new(tasks.into_iter().enumerate());
+            let out: Mutex<Vec<(usize, Result<()>)>> = Mutex::new(Vec::with_capacity(n));
+            let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+            std::thread::scope(|s| {
+                for _ in 0..at_once.min(n) {
+                    s.spawn(|| {
+                        tracing::dispatcher::with_default(&dispatch, || loop {
+                            let Some((i, task)) = queue.lock().next() else {
+                                break;
+                            };
+                            let r = one(task);
+                            out.lock().push((i, r));
+                        })
+                    });
+                }
+            });
+            let mut out = out.into_inner();
+            out.sort_by_key(|(i, _)| *i);
+            results.extend(out.into_iter().map(|(_, r)| r));
+        }
+        results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
     }
 
     /// Completes a removal promised by a staged removal: the tombstone over
@@ -1051,6 +1213,8 @@ impl Storage for ObjectBackend {
         self.check_online()?;
         let cache = self.cache()?;
         let mut names = Vec::with_capacity(jobs.len());
+        let mut data = Vec::with_capacity(jobs.len());
+        let mut images = Vec::with_capacity(jobs.len());
         let jobs: Vec<PairJob<'_>> = jobs
             .into_iter()
             .map(|mut job| {
@@ -1069,11 +1233,50 @@ impl Storage for ObjectBackend {
                     serde_json::to_value(&staged).unwrap_or(Value::Null),
                 );
                 job.extra = Some(Arc::new(extra));
+                // A spill is uploaded by the next flush, from its file.
+                images.push(job.image.take().filter(|_| sync != SyncMode::Spill));
                 names.push(job.name.clone());
+                data.push(staged.data);
                 job
             })
             .collect();
-        let ids = cache.publish(jobs, sync)?;
+        let batch = jobs.len() > 1;
+        // The data objects held in memory are uploaded while the pairs are
+        // published locally; the metadata objects (the commits) only once
+        // both are done.
+        let parts: Vec<Option<(&[u8], &[u8])>> = images
+            .iter()
+            .map(|i| i.as_ref().map(|i| (&i.header[..], i.body.bytes())))
+            .collect();
+        let (ids, mut uploads) = if parts.iter().any(Option::is_some) {
+            let cancel = AtomicBool::new(false);
+            // The caller's `tracing` subscriber sees the progress.
+            let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+            std::thread::scope(|s| {
+                let up = s.spawn(|| {
+                    tracing::dispatcher::with_default(&dispatch, || {
+                        self.upload_images(&names, &data, &parts, batch, &cancel)
+                    })
+                });
+                let ids = cache.publish(jobs, sync);
+                if ids.is_err() {
+                    cancel.store(true, Ordering::Release);
+                }
+                let uploads = up
+                    .join()
+                    .unwrap_or_else(|_| (0..parts.len()).map(|_| None).collect());
+                (ids, uploads)
+            })
+        } else {
+            (cache.publish(jobs, sync), Vec::new())
+        };
+        // The data may change again (its lock is released).
+        drop(parts);
+        drop(images);
+        // A failed local publish: its uploads are left to `gc` (a pair it
+        // published before the error may name one; the next flush pushes
+        // that pair).
+        let ids = ids?;
         {
             let mut staged = self.staged.lock();
             for (n, id) in names.iter().zip(&ids) {
@@ -1082,19 +1285,31 @@ impl Storage for ObjectBackend {
                 }
             }
         }
-        if sync != SyncMode::Spill {
-            let mut first = None;
-            for (n, id) in names.iter().zip(&ids) {
-                if id.is_some() {
-                    if let Err(e) = self.push(n) {
-                        first.get_or_insert(e);
-                    }
-                }
-            }
-            if let Some(e) = first {
-                return Err(e);
-            }
+        if sync == SyncMode::Spill {
+            return Ok(ids);
         }
+        let mut tasks = Vec::with_capacity(names.len());
+        for (i, (name, id)) in names.into_iter().zip(&ids).enumerate() {
+            let up = uploads.get_mut(i).and_then(Option::take);
+            if id.is_none() {
+                // Skipped (replaced or removed meanwhile): nothing names
+                // its upload (best effort; `gc` collects it otherwise).
+                if let Some(Ok(_)) = up {
+                    let dest = protocol::rel_path(&self.loc, &data[i]);
+                    let _ = self.rt.block_on(self.loc.store.delete(&dest));
+                }
+                continue;
+            }
+            let task = match up {
+                Some(Ok(up)) => Commit::Uploaded(std::mem::take(&mut data[i]), up),
+                // The staged pair stays: the next flush uploads it again.
+                Some(Err(e)) => Commit::Failed(e),
+                None => Commit::Push,
+            };
+            tasks.push((name, task));
+        }
+        let at_once = if batch { self.opts.transfer.batch() } else { 1 };
+        self.run_commits(tasks, at_once)?;
         Ok(ids)
     }
 

@@ -177,6 +177,7 @@ impl Moto {
         o.transfer = TransferOptions {
             part_size: 5 << 20,
             concurrency: 4,
+            ..TransferOptions::default()
         };
         o
     }
@@ -218,6 +219,7 @@ fn child_options() -> RemoteOptions {
     o.transfer = TransferOptions {
         part_size: 5 << 20,
         concurrency: 4,
+        ..TransferOptions::default()
     };
     o
 }

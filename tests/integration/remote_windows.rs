@@ -116,6 +116,7 @@ fn opts() -> RemoteOptions {
     o.transfer = TransferOptions {
         part_size: 5 << 20,
         concurrency: 4,
+        ..TransferOptions::default()
     };
     o
 }
