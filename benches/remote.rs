@@ -2,7 +2,7 @@
 //! S3 server on 127.0.0.1, in the same run; prints ratios.
 //!
 //! ```text
-//! NDOFFLOAD_MOTO=.venv/bin/moto_server cargo bench --features remote --bench remote [-- upload|download|small|window]
+//! NDOFFLOAD_MOTO=.venv/bin/moto_server cargo bench --features remote --bench remote [-- upload|download|ram-upload|small|window]
 //! ```
 //!
 //! `window`: a 1% slab of the outer axis of the large entry read with
@@ -10,10 +10,28 @@
 //! `get` and a raw ranged GET of the same bytes; then the same window
 //! again (a hit of the window cache); time and bytes fetched of each.
 //!
+//! `ram-upload`: `insert_durable` of an array made before the clock and
+//! moved in (the store uploads it from memory while it writes the local
+//! durable copy), against a raw multipart upload of the same bytes from
+//! memory (`object_store`'s `WriteMultipart`, the same part size and
+//! parts in flight, each part copied out of the array), interleaved, for
+//! each size of `NDOFFLOAD_BENCH_MIB` (a comma-separated list, default
+//! `256,1024`). moto's CPU time during the raw uploads is printed when its
+//! process is known (started by the bench, or `NDOFFLOAD_MOTO_PID`): near
+//! one core, moto bounds the figure.
+//!
+//! `small`: `NDOFFLOAD_BENCH_SMALL` (default 200) 1000x3 f64 entries
+//! inserted one by one with `insert_durable`, against two sequential raw
+//! PUTs per entry (its data, its metadata); and a batch of 1,000 such
+//! entries with `insert_many`, against raw PUTs of 2,000 objects with the
+//! same concurrency (`TransferOptions::batch_concurrency`), interleaved.
+//!
 //! `NDOFFLOAD_BENCH_MIB` sets the large entry's size (default 1024). For
-//! the peak RSS of one direction, run the bench binary under
-//! `/usr/bin/time -v` with `upload` or `download` (the entry is written with
-//! `NpyStreamWriter`, never held in memory).
+//! the peak RSS of one group, run the bench binary under
+//! `/usr/bin/time -v` with one group, against a moto started separately
+//! (`NDOFFLOAD_MOTO_PORT`, so that the server is not counted): for
+//! `upload` or `download` the entry is written with `NpyStreamWriter`,
+//! never held in memory; `ram-upload` holds its array (one size per run).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -352,59 +370,235 @@ fn main() {
     if which == "all" || which == "window" {
         window(&rt, &raw, &url, port, tmp.path(), mib);
     }
+    if which == "all" || which == "ram-upload" {
+        let sizes = std::env::var("NDOFFLOAD_BENCH_MIB")
+            .unwrap_or_else(|_| "256,1024".into());
+        let moto_pid = _moto
+            .as_ref()
+            .map(|m| m.0.id())
+            .or_else(|| std::env::var("NDOFFLOAD_MOTO_PID").ok()?.parse().ok());
+        for mib in sizes.split(',').filter_map(|m| m.trim().parse::<usize>().ok()) {
+            ram_upload(&rt, &raw, &url, port, tmp.path(), mib, moto_pid);
+        }
+    }
     if which == "all" || which == "small" {
-        let n = 200;
-        let cache = tmp.path().join("cacheS");
-        let store = open_store(&url, &cache, options(port));
-        let a = Array2::from_shape_fn((1000, 3), |(i, j)| (i * 3 + j) as f64);
-        let mut npy = Vec::new();
-        ndarray_npy::WriteNpyExt::write_npy(&a, &mut npy).unwrap();
-        let meta = vec![b'x'; 400];
-        let (mut crate_t, mut raw_t) = (Duration::ZERO, Duration::ZERO);
-        for round in 0..2 {
-            let t = Instant::now();
-            for i in 0..n / 2 {
-                store
-                    .insert_durable(format!("s{round}_{i}"), a.clone())
-                    .unwrap();
-            }
-            crate_t += t.elapsed();
-            let t = Instant::now();
-            rt.block_on(async {
-                for i in 0..n / 2 {
-                    raw.put(
-                        &OPath::from(format!("raw/s{round}_{i}.npy")),
-                        npy.clone().into(),
-                    )
-                    .await
-                    .unwrap();
-                    raw.put(
-                        &OPath::from(format!("raw/s{round}_{i}.meta.json")),
-                        meta.clone().into(),
-                    )
-                    .await
-                    .unwrap();
-                }
-            });
-            raw_t += t.elapsed();
+        small(&rt, &raw, &url, port, tmp.path());
+    }
+}
+
+/// CPU time (user + system) of process `pid` so far, from `/proc`.
+fn cpu_time(pid: Option<u32>) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+    // The fields after the command name (which may hold spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_secs_f64(ticks as f64 / 100.0))
+}
+
+/// The `.npy` bytes `[off, off + len)` of `header` followed by the
+/// little-endian bytes of `data`, copied into one buffer.
+fn npy_part(header: &[u8], data: &[f64], off: usize, len: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(len);
+    let end = off + len;
+    if off < header.len() {
+        buf.extend_from_slice(&header[off..end.min(header.len())]);
+    }
+    let mut pos = off.max(header.len()) - header.len();
+    let stop = end - header.len();
+    while pos < stop {
+        let b = data[pos / 8].to_le_bytes();
+        let from = pos % 8;
+        let take = (8 - from).min(stop - pos);
+        buf.extend_from_slice(&b[from..from + take]);
+        pos += take;
+    }
+    buf
+}
+
+/// A raw multipart upload of `a`'s `.npy` bytes from memory: each part
+/// copied out of the array, `concurrency` parts in flight.
+fn raw_upload_ram(
+    rt: &tokio::runtime::Runtime,
+    store: &Arc<dyn ObjectStore>,
+    a: &Array2<f64>,
+    dest: &str,
+) -> Duration {
+    let t = TransferOptions::default();
+    let header = npy_header(a.nrows(), a.ncols());
+    let data = a.as_slice().unwrap();
+    let size = header.len() + data.len() * 8;
+    let start = Instant::now();
+    rt.block_on(async {
+        let up = store.put_multipart(&OPath::from(dest)).await.unwrap();
+        let mut w = WriteMultipart::new_with_chunk_size(up, t.part_size);
+        let mut off = 0;
+        while off < size {
+            let n = t.part_size.min(size - off);
+            w.wait_for_capacity(t.concurrency - 1).await.unwrap();
+            w.put(npy_part(&header, data, off, n).into());
+            off += n;
         }
-        if std::env::var("NDOFFLOAD_BENCH_PROBE").is_ok() {
-            let t = Instant::now();
-            for i in 0..50 {
-                store.insert(format!("p{i}"), a.clone()).unwrap();
-            }
-            let staged = t.elapsed();
-            let t = Instant::now();
-            store.flush().unwrap();
-            println!("probe: 50 stages {:?}, flush {:?}", staged, t.elapsed());
+        w.finish().await.unwrap();
+    });
+    start.elapsed()
+}
+
+/// The `.npy` header of a C-order f64 array of `rows` x `cols`.
+fn npy_header(rows: usize, cols: usize) -> Vec<u8> {
+    use ndarray_npy::npy::header::{Header, Layout};
+    use ndarray_npy::WritableElement;
+    Header {
+        type_descriptor: f64::type_descriptor(),
+        layout: Layout::Standard,
+        shape: vec![rows, cols],
+    }
+    .to_bytes()
+    .unwrap()
+}
+
+/// The `ram-upload` group: see the module documentation.
+fn ram_upload(
+    rt: &tokio::runtime::Runtime,
+    raw: &Arc<dyn ObjectStore>,
+    url: &str,
+    port: u16,
+    tmp: &Path,
+    mib: usize,
+    moto_pid: Option<u32>,
+) {
+    let rows = mib * 1024 * 1024 / 8 / 1024;
+    let make = || Array2::from_shape_fn((rows, 1024), |(i, j)| (i * 1024 + j) as f64);
+    let cache = tmp.join(format!("cacheR{mib}"));
+    let s = open_store(url, &cache, options(port));
+    let (mut raw_t, mut crate_t) = (Vec::new(), Vec::new());
+    let mut moto_busy = Vec::new();
+    for i in 0..2 {
+        let a = make();
+        let cpu = cpu_time(moto_pid);
+        let d = raw_upload_ram(rt, raw, &a, &format!("raw/ram{mib}_{i}.npy"));
+        if let (Some(before), Some(after)) = (cpu, cpu_time(moto_pid)) {
+            moto_busy.push((after - before).as_secs_f64() / d.as_secs_f64());
         }
-        let c = n as f64 / crate_t.as_secs_f64();
-        let r = n as f64 / raw_t.as_secs_f64();
+        raw_t.push(d);
+        rt.block_on(raw.delete(&OPath::from(format!("raw/ram{mib}_{i}.npy"))))
+            .unwrap();
+        // Moved in, made before the clock.
+        let t = Instant::now();
+        s.insert_durable(format!("ram{i}"), a).unwrap();
+        crate_t.push(t.elapsed());
+        s.remove(format!("ram{i}")).unwrap();
+        s.gc_with_grace(Duration::ZERO).unwrap();
+    }
+    let size = (npy_header(rows, 1024).len() + rows * 1024 * 8) as u64;
+    let best = |v: &[Duration]| v.iter().copied().min().unwrap();
+    let (r, c) = (best(&raw_t), best(&crate_t));
+    println!(
+        "ram-upload {mib} MiB: insert_durable {:.2} s ({:.3} GiB/s), raw multipart from memory {:.2} s ({:.3} GiB/s), ratio {:.2}x (runs: crate {:?}, raw {:?})",
+        c.as_secs_f64(),
+        gib_s(size, c),
+        r.as_secs_f64(),
+        gib_s(size, r),
+        r.as_secs_f64() / c.as_secs_f64(),
+        crate_t.iter().map(|d| (d.as_secs_f64() * 100.0).round() / 100.0).collect::<Vec<_>>(),
+        raw_t.iter().map(|d| (d.as_secs_f64() * 100.0).round() / 100.0).collect::<Vec<_>>(),
+    );
+    if !moto_busy.is_empty() {
+        let busy = moto_busy.iter().copied().fold(0.0, f64::max);
         println!(
-            "small entries (1000x3 f64): crate {c:.0}/s, raw two puts {r:.0}/s, ratio {:.2}x",
-            c / r
+            "ram-upload {mib} MiB: moto used {:.0}% of a core during the raw uploads{}",
+            busy * 100.0,
+            if busy > 0.85 { " (moto bounds the figure)" } else { "" }
         );
     }
+}
+
+/// The `small` group: see the module documentation.
+fn small(rt: &tokio::runtime::Runtime, raw: &Arc<dyn ObjectStore>, url: &str, port: u16, tmp: &Path) {
+    let n: usize = std::env::var("NDOFFLOAD_BENCH_SMALL")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let cache = tmp.join("cacheS");
+    let store = open_store(url, &cache, options(port));
+    let a = Array2::from_shape_fn((1000, 3), |(i, j)| (i * 3 + j) as f64);
+    let mut npy = Vec::new();
+    ndarray_npy::WriteNpyExt::write_npy(&a, &mut npy).unwrap();
+    let npy = bytes::Bytes::from(npy);
+    // About the size of a metadata object of the store's.
+    let meta = bytes::Bytes::from(vec![b'x'; 400]);
+    let (mut crate_t, mut raw_t) = (Duration::ZERO, Duration::ZERO);
+    for round in 0..2 {
+        let t = Instant::now();
+        rt.block_on(async {
+            for i in 0..n / 2 {
+                raw.put(&OPath::from(format!("raw/s{round}_{i}.npy")), npy.clone().into())
+                    .await
+                    .unwrap();
+                raw.put(
+                    &OPath::from(format!("raw/s{round}_{i}.meta.json")),
+                    meta.clone().into(),
+                )
+                .await
+                .unwrap();
+            }
+        });
+        raw_t += t.elapsed();
+        // Made before the clock, moved in.
+        let arrays: Vec<Array2<f64>> = (0..n / 2).map(|_| a.clone()).collect();
+        let t = Instant::now();
+        for (i, a) in arrays.into_iter().enumerate() {
+            store.insert_durable(format!("s{round}_{i}"), a).unwrap();
+        }
+        crate_t += t.elapsed();
+    }
+    let c = n as f64 / crate_t.as_secs_f64();
+    let r = n as f64 / raw_t.as_secs_f64();
+    println!(
+        "small entries one by one ({n} of 1000x3 f64): insert_durable {c:.0}/s, raw two sequential puts {r:.0}/s, ratio {:.2}x",
+        c / r
+    );
+    // Batches of 1,000 entries, against 2,000 raw PUTs with the same
+    // concurrency.
+    let batch_n = 1000;
+    let conc = TransferOptions::default().batch_concurrency;
+    let (mut crate_b, mut raw_b) = (Vec::new(), Vec::new());
+    for round in 0..2 {
+        let t = Instant::now();
+        rt.block_on(async {
+            futures::stream::iter((0..batch_n).flat_map(|i| {
+                [
+                    (format!("raw/b{round}_{i}.npy"), npy.clone()),
+                    (format!("raw/b{round}_{i}.meta.json"), meta.clone()),
+                ]
+            }))
+            .map(|(p, b)| async move { raw.put(&OPath::from(p), b.into()).await })
+            .buffer_unordered(conc)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap();
+        });
+        raw_b.push(t.elapsed());
+        let mut batch = ndarray_offload::Batch::new();
+        for i in 0..batch_n {
+            batch.push(format!("b{round}_{i}"), a.clone()).unwrap();
+        }
+        let t = Instant::now();
+        store.insert_many(batch).unwrap();
+        crate_b.push(t.elapsed());
+    }
+    let best = |v: &[Duration]| v.iter().copied().min().unwrap();
+    let (c, r) = (best(&crate_b), best(&raw_b));
+    println!(
+        "small entries batched (1,000 of 1000x3 f64, {conc} in flight): insert_many {:.0}/s ({:.2} s), raw 2,000 puts {:.0}/s of entries ({:.2} s), ratio {:.2}x (runs: crate {:?}, raw {:?})",
+        batch_n as f64 / c.as_secs_f64(),
+        c.as_secs_f64(),
+        batch_n as f64 / r.as_secs_f64(),
+        r.as_secs_f64(),
+        r.as_secs_f64() / c.as_secs_f64(),
+        crate_b.iter().map(|d| (d.as_secs_f64() * 100.0).round() / 100.0).collect::<Vec<_>>(),
+        raw_b.iter().map(|d| (d.as_secs_f64() * 100.0).round() / 100.0).collect::<Vec<_>>(),
+    );
 }
 
 /// The `window` group: see the module documentation.

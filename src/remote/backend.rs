@@ -13,7 +13,7 @@
 //!
 //! | store operation | local cache | object store |
 //! |---|---|---|
-//! | durable publish (`insert_durable`, `insert_batch`, `flush`) | pair published (durable), `ndoffload_staged` | upload, conditional PUT of the metadata object, then `ndoffload_staged` dropped |
+//! | durable publish (`insert_durable`, `insert_batch`, `flush`) | pair published (durable), `ndoffload_staged` | upload (from memory, at the same time as the local publish, for an array in RAM in C or Fortran order; else from the staged file after it), then the conditional PUT of the metadata object, then `ndoffload_staged` dropped |
 //! | spill (memory budget) | pair published, `ndoffload_staged` | at the next `flush` |
 //! | read of an entry not in RAM | the cached pair when it is a copy of the current data object, else downloaded into a new pair | ranged GETs |
 //! | `remove` | pair removed | tombstone (conditional PUT) |
@@ -23,6 +23,28 @@
 //! A read-only handle downloads into a private temporary directory (it
 //! writes nothing into the cache directory) and reads the cached pairs
 //! writers left there.
+//!
+//! # The durable write path
+//!
+//! A durable publish of a job whose bytes are readable in memory
+//! (`PairJob::image`: an array in RAM in C or Fortran order) uploads its
+//! data object from memory on a helper thread while the calling thread
+//! publishes the local pair; the data object's name is chosen before
+//! either starts (`Staged::data`). The commit (the conditional PUT of the
+//! metadata object, `commit_staged`, shared with `push`) waits for both:
+//! the metadata PUT cannot run beside the data PUT, since a metadata
+//! object naming a data object that is not there yet would be read by
+//! other nodes, and would outlive a crash between the two. So a write
+//! acknowledged durable is committed on the object store, and its local
+//! copy was durable before the commit, as before. A batch uploads its
+//! jobs' data objects concurrently (`TransferOptions::batch_concurrency`
+//! objects or parts in flight, sharing the slots, so memory stays within
+//! that many parts) and then commits them with the same bound. Anything
+//! unusual falls back to `push` (upload from the staged file, then the
+//! same commit): a spill, a job without an image, a staged pair that is no
+//! longer this write; an upload that failed leaves the staged pair for the
+//! next flush; the upload of a skipped job is deleted (best effort; `gc`
+//! collects it otherwise).
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};

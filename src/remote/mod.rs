@@ -34,9 +34,11 @@
 //! the fields `key` (the entry), `direction` (`"upload"`, `"download"` or
 //! `"window"`), `bytes_done` and `bytes_total`: one when a transfer starts
 //! (`bytes_done = 0`), then at most one per part and per whole percent of
-//! `bytes_total`, and one when its last byte is done. An upload counts a
-//! part done once the upload has room for the next part (at most
-//! [`TransferOptions::concurrency`] parts are still being sent). A
+//! `bytes_total`, and one when its last byte is done. An upload from the
+//! cache directory counts a part done once the upload has room for the
+//! next part (at most [`TransferOptions::concurrency`] parts are still
+//! being sent); an upload from memory (a durable insert of an array in
+//! RAM) once the part is sent. A
 //! subscriber (or a `tracing-subscriber` layer filtered on that target)
 //! draws a progress bar from them; see the README, "Remote stores".
 //!
