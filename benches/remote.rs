@@ -371,13 +371,15 @@ fn main() {
         window(&rt, &raw, &url, port, tmp.path(), mib);
     }
     if which == "all" || which == "ram-upload" {
-        let sizes = std::env::var("NDOFFLOAD_BENCH_MIB")
-            .unwrap_or_else(|_| "256,1024".into());
+        let sizes = std::env::var("NDOFFLOAD_BENCH_MIB").unwrap_or_else(|_| "256,1024".into());
         let moto_pid = _moto
             .as_ref()
             .map(|m| m.0.id())
             .or_else(|| std::env::var("NDOFFLOAD_MOTO_PID").ok()?.parse().ok());
-        for mib in sizes.split(',').filter_map(|m| m.trim().parse::<usize>().ok()) {
+        for mib in sizes
+            .split(',')
+            .filter_map(|m| m.trim().parse::<usize>().ok())
+        {
             ram_upload(&rt, &raw, &url, port, tmp.path(), mib, moto_pid);
         }
     }
@@ -508,13 +510,23 @@ fn ram_upload(
         println!(
             "ram-upload {mib} MiB: moto used {:.0}% of a core during the raw uploads{}",
             busy * 100.0,
-            if busy > 0.85 { " (moto bounds the figure)" } else { "" }
+            if busy > 0.85 {
+                " (moto bounds the figure)"
+            } else {
+                ""
+            }
         );
     }
 }
 
 /// The `small` group: see the module documentation.
-fn small(rt: &tokio::runtime::Runtime, raw: &Arc<dyn ObjectStore>, url: &str, port: u16, tmp: &Path) {
+fn small(
+    rt: &tokio::runtime::Runtime,
+    raw: &Arc<dyn ObjectStore>,
+    url: &str,
+    port: u16,
+    tmp: &Path,
+) {
     let n: usize = std::env::var("NDOFFLOAD_BENCH_SMALL")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -532,9 +544,12 @@ fn small(rt: &tokio::runtime::Runtime, raw: &Arc<dyn ObjectStore>, url: &str, po
         let t = Instant::now();
         rt.block_on(async {
             for i in 0..n / 2 {
-                raw.put(&OPath::from(format!("raw/s{round}_{i}.npy")), npy.clone().into())
-                    .await
-                    .unwrap();
+                raw.put(
+                    &OPath::from(format!("raw/s{round}_{i}.npy")),
+                    npy.clone().into(),
+                )
+                .await
+                .unwrap();
                 raw.put(
                     &OPath::from(format!("raw/s{round}_{i}.meta.json")),
                     meta.clone().into(),

@@ -243,7 +243,10 @@ where
         .find(|(p, _)| p.ends_with(data))
         .unwrap_or_else(|| panic!("no data object {data}"));
     assert_eq!(bytes.len(), want.len(), "{key}: size");
-    assert!(bytes == &want, "{key}: the data object is not the array's .npy");
+    assert!(
+        bytes == &want,
+        "{key}: the data object is not the array's .npy"
+    );
     assert_eq!(r["size"].as_u64(), Some(want.len() as u64), "{key}");
     assert_eq!(
         r["crc32"].as_u64(),
@@ -380,8 +383,10 @@ fn renamed_pair(op: impl fmt::Debug, path: &Path, cache: &Path) -> Option<String
 fn non_contiguous_arrays_are_uploaded_from_the_local_copy() {
     let n = nodes();
     // Owned (moved in) with permuted axes: neither C nor Fortran order.
-    let a = ArrayD::from_shape_fn(IxDyn(&[4, 5, 6]), |i| (i[0] * 100 + i[1] * 10 + i[2]) as i64)
-        .permuted_axes(IxDyn(&[1, 0, 2]));
+    let a = ArrayD::from_shape_fn(IxDyn(&[4, 5, 6]), |i| {
+        (i[0] * 100 + i[1] * 10 + i[2]) as i64
+    })
+    .permuted_axes(IxDyn(&[1, 0, 2]));
     assert!(!a.is_standard_layout() && !a.t().is_standard_layout());
     n.writer.insert_durable("perm", a.clone()).unwrap();
     check_committed(&n, "perm", &a.as_standard_layout().to_owned());
