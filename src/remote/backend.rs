@@ -808,101 +808,181 @@ impl ObjectBackend {
     }
 
     /// Uploads the data objects of the jobs held in memory (`parts`: the
-    /// header and body of job `i`, uploaded as `data[i]`), at most
-    /// `TransferOptions::batch_concurrency` objects at once for a batch.
+    /// header and body of job `i`, uploaded as `data[i]`), each part or
+    /// single PUT holding one of `slots`, at most `at_once` objects at a
+    /// time; sends each result to `done` as it finishes.
+    #[allow(clippy::too_many_arguments)]
     fn upload_images(
         &self,
         names: &[EntryName],
         data: &[String],
         parts: &[Option<(&[u8], &[u8])>],
-        batch: bool,
+        slots: &Arc<tokio::sync::Semaphore>,
+        at_once: usize,
         cancel: &AtomicBool,
-    ) -> Vec<Option<Result<Uploaded>>> {
+        done: std::sync::mpsc::Sender<(usize, Result<Uploaded>)>,
+    ) {
         let t = self.opts.transfer;
-        let slots = t.slots(batch);
-        let at_once = if batch { t.batch() } else { 1 };
         let jobs = parts
             .iter()
             .enumerate()
             .filter_map(|(i, p)| p.map(|(head, body)| (i, head, body)));
         let uploads = futures::stream::iter(jobs)
-            .map(|(i, head, body)| {
-                let slots = &slots;
-                async move {
-                    let dest = protocol::rel_path(&self.loc, &data[i]);
-                    let size = (head.len() + body.len()) as u64;
-                    let started = Instant::now();
-                    let progress = transfer::Progress::start(names[i].as_str(), "upload", size);
-                    let r = transfer::upload_bytes(
-                        &self.loc.store,
-                        head,
-                        body,
-                        &dest,
-                        t,
-                        slots,
-                        cancel,
-                        &progress,
+            .map(|(i, head, body)| async move {
+                let dest = protocol::rel_path(&self.loc, &data[i]);
+                let size = (head.len() + body.len()) as u64;
+                let started = Instant::now();
+                let progress = transfer::Progress::start(names[i].as_str(), "upload", size);
+                let r = transfer::upload_bytes(
+                    &self.loc.store,
+                    head,
+                    body,
+                    &dest,
+                    t,
+                    slots,
+                    cancel,
+                    &progress,
+                )
+                .await
+                .map(|crc| Uploaded { size, crc, started })
+                .map_err(|e| {
+                    upload_err(
+                        &self.loc,
+                        "upload",
+                        names[i].as_str(),
+                        self.loc.url_of(&dest),
+                        e,
                     )
-                    .await
-                    .map(|crc| Uploaded { size, crc, started })
-                    .map_err(|e| {
-                        upload_err(
-                            &self.loc,
-                            "upload",
-                            names[i].as_str(),
-                            self.loc.url_of(&dest),
-                            e,
-                        )
-                    });
-                    (i, r)
-                }
+                });
+                (i, r)
             })
-            .buffer_unordered(at_once);
-        let done: Vec<(usize, Result<Uploaded>)> = self.rt.block_on(uploads.collect());
-        let mut out: Vec<Option<Result<Uploaded>>> = (0..parts.len()).map(|_| None).collect();
-        for (i, r) in done {
-            out[i] = Some(r);
-        }
-        out
+            .buffer_unordered(at_once)
+            .for_each(|r| {
+                // The receiver is gone only once the publish returned.
+                let _ = done.send(r);
+                std::future::ready(())
+            });
+        self.rt.block_on(uploads);
     }
 
-    /// Runs `tasks` (a commit step per published job, in job order), at
-    /// most `at_once` at a time; every task runs whatever the others give.
-    /// Returns the first error in job order.
-    fn run_commits(&self, tasks: Vec<(EntryName, Commit)>, at_once: usize) -> Result<()> {
-        let one = |(name, task): (EntryName, Commit)| -> Result<()> {
-            match task {
-                Commit::Uploaded(data, up) => self.commit_uploaded(&name, &data, &up),
-                Commit::Failed(e) => Err(e),
-                Commit::Push => self.push(&name),
-            }
-        };
-        let n = tasks.len();
-        let mut results: Vec<Result<()>> = Vec::with_capacity(n);
-        if n <= 1 || at_once <= 1 {
-            results.extend(tasks.into_iter().map(one));
-        } else {
-            let queue = Mutex::new(tasks.into_iter().enumerate());
-            let out: Mutex<Vec<(usize, Result<()>)>> = Mutex::new(Vec::with_capacity(n));
-            let dispatch = tracing::dispatcher::get_default(|d| d.clone());
-            std::thread::scope(|s| {
-                for _ in 0..at_once.min(n) {
-                    s.spawn(|| {
-                        tracing::dispatcher::with_default(&dispatch, || loop {
-                            let Some((i, task)) = queue.lock().next() else {
-                                break;
-                            };
-                            let r = one(task);
-                            out.lock().push((i, r));
-                        })
-                    });
-                }
-            });
-            let mut out = out.into_inner();
-            out.sort_by_key(|(i, _)| *i);
-            results.extend(out.into_iter().map(|(_, r)| r));
+    /// The commit step of one published job.
+    fn commit_one(&self, name: &EntryName, task: Commit) -> Result<()> {
+        match task {
+            Commit::Uploaded(data, up) => self.commit_uploaded(name, &data, &up),
+            Commit::Failed(e) => Err(e),
+            Commit::Push => self.push(name),
         }
-        results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
+    }
+
+    /// The commit steps of a batch: for each published job (`ids[i]`), its
+    /// push when it has no upload from memory (`parts[i]` is `None`), else
+    /// its commit once its upload arrives on `uploads` (a skipped job's
+    /// upload is deleted, best effort); `at_once` at a time, each holding
+    /// one of `slots` (shared with the uploads still running). Every job
+    /// is attempted; returns the first error in job order.
+    #[allow(clippy::too_many_arguments)]
+    fn commit_batch(
+        &self,
+        names: &[EntryName],
+        data: &[String],
+        parts: &[Option<(&[u8], &[u8])>],
+        ids: &[Option<Published>],
+        uploads: std::sync::mpsc::Receiver<(usize, Result<Uploaded>)>,
+        slots: &Arc<tokio::sync::Semaphore>,
+        at_once: usize,
+    ) -> Result<()> {
+        if at_once <= 1 {
+            // One at a time, on the calling thread, in job order.
+            let mut got: Vec<Option<Result<Uploaded>>> = (0..ids.len()).map(|_| None).collect();
+            for (i, r) in uploads {
+                got[i] = Some(r);
+            }
+            let mut first = None;
+            for (i, (id, up)) in ids.iter().zip(got).enumerate() {
+                let r = match (id, up) {
+                    (Some(_), Some(Ok(up))) => self.commit_uploaded(&names[i], &data[i], &up),
+                    (Some(_), Some(Err(e))) => Err(e),
+                    (Some(_), None) => self.push(&names[i]),
+                    (None, Some(Ok(_))) => {
+                        let dest = protocol::rel_path(&self.loc, &data[i]);
+                        let _ = self.rt.block_on(self.loc.store.delete(&dest));
+                        Ok(())
+                    }
+                    (None, _) => Ok(()),
+                };
+                if let Err(e) = r {
+                    first.get_or_insert(e);
+                }
+            }
+            return first.map_or(Ok(()), Err);
+        }
+        let (work, queue) = std::sync::mpsc::channel::<(usize, Commit)>();
+        let queue = Mutex::new(queue);
+        let out: Mutex<Vec<(usize, Result<()>)>> = Mutex::new(Vec::new());
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        std::thread::scope(|s| {
+            for _ in 0..at_once.max(1) {
+                s.spawn(|| {
+                    tracing::dispatcher::with_default(&dispatch, || loop {
+                        let next = queue.lock().recv();
+                        let Ok((i, task)) = next else { break };
+                        let slot = self.rt.block_on(slots.clone().acquire_owned());
+                        let r = self.commit_one(&names[i], task);
+                        drop(slot);
+                        out.lock().push((i, r));
+                    })
+                });
+            }
+            for (i, id) in ids.iter().enumerate() {
+                if id.is_some() && parts[i].is_none() {
+                    let _ = work.send((i, Commit::Push));
+                }
+            }
+            let mut seen = vec![false; ids.len()];
+            for (i, r) in uploads {
+                seen[i] = true;
+                if ids[i].is_none() {
+                    // Skipped (replaced or removed meanwhile): nothing
+                    // names its upload (best effort; `gc` collects it
+                    // otherwise).
+                    if r.is_ok() {
+                        let dest = protocol::rel_path(&self.loc, &data[i]);
+                        let _ = self.rt.block_on(self.loc.store.delete(&dest));
+                    }
+                    continue;
+                }
+                let task = match r {
+                    Ok(up) => Commit::Uploaded(data[i].clone(), up),
+                    // The staged pair stays: the next flush uploads it again.
+                    Err(e) => Commit::Failed(e),
+                };
+                let _ = work.send((i, task));
+            }
+            // Uploads that never reported (their thread failed): pushed.
+            for (i, id) in ids.iter().enumerate() {
+                if id.is_some() && parts[i].is_some() && !seen[i] {
+                    let _ = work.send((i, Commit::Push));
+                }
+            }
+            drop(work);
+        });
+        let mut out = out.into_inner();
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter()
+            .map(|(_, r)| r)
+            .find(|r| r.is_err())
+            .unwrap_or(Ok(()))
+    }
+
+    /// Notes the published jobs as staged writes (committed by `push` or
+    /// `commit_uploaded`, or by the next `sync`).
+    fn note_staged(&self, names: &[EntryName], ids: &[Option<Published>]) {
+        let mut staged = self.staged.lock();
+        for (n, id) in names.iter().zip(ids) {
+            if id.is_some() {
+                staged.insert(n.clone());
+            }
+        }
     }
 
     /// Completes a removal promised by a staged removal: the tombstone over
@@ -1263,75 +1343,61 @@ impl Storage for ObjectBackend {
             })
             .collect();
         let batch = jobs.len() > 1;
+        let t = self.opts.transfer;
         // The data objects held in memory are uploaded while the pairs are
         // published locally; the metadata objects (the commits) only once
-        // both are done.
+        // both are done, each entry as soon as its upload is.
         let parts: Vec<Option<(&[u8], &[u8])>> = images
             .iter()
             .map(|i| i.as_ref().map(|i| (&i.header[..], i.body.bytes())))
             .collect();
-        let (ids, mut uploads) = if parts.iter().any(Option::is_some) {
-            let cancel = AtomicBool::new(false);
-            // The caller's `tracing` subscriber sees the progress.
-            let dispatch = tracing::dispatcher::get_default(|d| d.clone());
-            std::thread::scope(|s| {
-                let up = s.spawn(|| {
-                    tracing::dispatcher::with_default(&dispatch, || {
-                        self.upload_images(&names, &data, &parts, batch, &cancel)
-                    })
-                });
-                let ids = cache.publish(jobs, sync);
-                if ids.is_err() {
-                    cancel.store(true, Ordering::Release);
-                }
-                let uploads = up
-                    .join()
-                    .unwrap_or_else(|_| (0..parts.len()).map(|_| None).collect());
-                (ids, uploads)
-            })
-        } else {
-            (cache.publish(jobs, sync), Vec::new())
-        };
-        // The data may change again (its lock is released).
-        drop(parts);
-        drop(images);
-        // A failed local publish: its uploads are left to `gc` (a pair it
-        // published before the error may name one; the next flush pushes
-        // that pair).
-        let ids = ids?;
-        {
-            let mut staged = self.staged.lock();
+        if parts.iter().all(Option::is_none) {
+            let ids = cache.publish(jobs, sync)?;
+            self.note_staged(&names, &ids);
+            if sync == SyncMode::Spill {
+                return Ok(ids);
+            }
+            let mut first = None;
             for (n, id) in names.iter().zip(&ids) {
                 if id.is_some() {
-                    staged.insert(n.clone());
+                    if let Err(e) = self.push(n) {
+                        first.get_or_insert(e);
+                    }
                 }
             }
+            return first.map_or(Ok(ids), Err);
         }
-        if sync == SyncMode::Spill {
-            return Ok(ids);
-        }
-        let mut tasks = Vec::with_capacity(names.len());
-        for (i, (name, id)) in names.into_iter().zip(&ids).enumerate() {
-            let up = uploads.get_mut(i).and_then(Option::take);
-            if id.is_none() {
-                // Skipped (replaced or removed meanwhile): nothing names
-                // its upload (best effort; `gc` collects it otherwise).
-                if let Some(Ok(_)) = up {
-                    let dest = protocol::rel_path(&self.loc, &data[i]);
-                    let _ = self.rt.block_on(self.loc.store.delete(&dest));
+        let slots = t.slots(batch);
+        let at_once = if batch { t.batch() } else { 1 };
+        let cancel = AtomicBool::new(false);
+        // The caller's `tracing` subscriber sees the progress.
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        let (done, uploads) = std::sync::mpsc::channel();
+        let (ids, committed) = std::thread::scope(|s| {
+            let up = s.spawn(|| {
+                tracing::dispatcher::with_default(&dispatch, || {
+                    self.upload_images(&names, &data, &parts, &slots, at_once, &cancel, done)
+                })
+            });
+            let ids = match cache.publish(jobs, sync) {
+                Ok(ids) => ids,
+                Err(e) => {
+                    // Its uploads are left to `gc` (a pair it published
+                    // before the error may name one: the next flush pushes
+                    // that pair).
+                    cancel.store(true, Ordering::Release);
+                    let _ = up.join();
+                    return (Err(e), Ok(()));
                 }
-                continue;
-            }
-            let task = match up {
-                Some(Ok(up)) => Commit::Uploaded(std::mem::take(&mut data[i]), up),
-                // The staged pair stays: the next flush uploads it again.
-                Some(Err(e)) => Commit::Failed(e),
-                None => Commit::Push,
             };
-            tasks.push((name, task));
-        }
-        let at_once = if batch { self.opts.transfer.batch() } else { 1 };
-        self.run_commits(tasks, at_once)?;
+            self.note_staged(&names, &ids);
+            let committed =
+                self.commit_batch(&names, &data, &parts, &ids, uploads, &slots, at_once);
+            let _ = up.join();
+            (Ok(ids), committed)
+        });
+        let ids = ids?;
+        committed?;
         Ok(ids)
     }
 
