@@ -14,7 +14,8 @@
 //! moved in (the store uploads it from memory while it writes the local
 //! durable copy), against a raw multipart upload of the same bytes from
 //! memory (`object_store`'s `WriteMultipart`, the same part size and
-//! parts in flight, each part copied out of the array), interleaved, for
+//! parts in flight, each part copied out of the `.npy` bytes made before
+//! the clock), interleaved, for
 //! each size of `NDOFFLOAD_BENCH_MIB` (a comma-separated list, default
 //! `256,1024`). moto's CPU time during the raw uploads is printed when its
 //! process is known (started by the bench, or `NDOFFLOAD_MOTO_PID`): near
@@ -31,7 +32,9 @@
 //! `/usr/bin/time -v` with one group, against a moto started separately
 //! (`NDOFFLOAD_MOTO_PORT`, so that the server is not counted): for
 //! `upload` or `download` the entry is written with `NpyStreamWriter`,
-//! never held in memory; `ram-upload` holds its array (one size per run).
+//! never held in memory; `ram-upload` holds its array (one size per run;
+//! `NDOFFLOAD_BENCH_RAW=0` leaves out the raw reference, which holds a
+//! second copy of the bytes).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -398,38 +401,16 @@ fn cpu_time(pid: Option<u32>) -> Option<Duration> {
     Some(Duration::from_secs_f64(ticks as f64 / 100.0))
 }
 
-/// The `.npy` bytes `[off, off + len)` of `header` followed by the
-/// little-endian bytes of `data`, copied into one buffer.
-fn npy_part(header: &[u8], data: &[f64], off: usize, len: usize) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(len);
-    let end = off + len;
-    if off < header.len() {
-        buf.extend_from_slice(&header[off..end.min(header.len())]);
-    }
-    let mut pos = off.max(header.len()) - header.len();
-    let stop = end - header.len();
-    while pos < stop {
-        let b = data[pos / 8].to_le_bytes();
-        let from = pos % 8;
-        let take = (8 - from).min(stop - pos);
-        buf.extend_from_slice(&b[from..from + take]);
-        pos += take;
-    }
-    buf
-}
-
-/// A raw multipart upload of `a`'s `.npy` bytes from memory: each part
-/// copied out of the array, `concurrency` parts in flight.
+/// A raw multipart upload of `npy` (an array's `.npy` bytes, in memory):
+/// each part copied out of it, `concurrency` parts in flight.
 fn raw_upload_ram(
     rt: &tokio::runtime::Runtime,
     store: &Arc<dyn ObjectStore>,
-    a: &Array2<f64>,
+    npy: &[u8],
     dest: &str,
 ) -> Duration {
     let t = TransferOptions::default();
-    let header = npy_header(a.nrows(), a.ncols());
-    let data = a.as_slice().unwrap();
-    let size = header.len() + data.len() * 8;
+    let size = npy.len();
     let start = Instant::now();
     rt.block_on(async {
         let up = store.put_multipart(&OPath::from(dest)).await.unwrap();
@@ -438,7 +419,7 @@ fn raw_upload_ram(
         while off < size {
             let n = t.part_size.min(size - off);
             w.wait_for_capacity(t.concurrency - 1).await.unwrap();
-            w.put(npy_part(&header, data, off, n).into());
+            w.put(bytes::Bytes::copy_from_slice(&npy[off..off + n]));
             off += n;
         }
         w.finish().await.unwrap();
@@ -475,16 +456,25 @@ fn ram_upload(
     let s = open_store(url, &cache, options(port));
     let (mut raw_t, mut crate_t) = (Vec::new(), Vec::new());
     let mut moto_busy = Vec::new();
+    // NDOFFLOAD_BENCH_RAW=0: the store alone (for its peak RSS: the raw
+    // reference holds a second copy of the bytes).
+    let with_raw = std::env::var("NDOFFLOAD_BENCH_RAW").map_or(true, |v| v != "0");
     for i in 0..2 {
         let a = make();
-        let cpu = cpu_time(moto_pid);
-        let d = raw_upload_ram(rt, raw, &a, &format!("raw/ram{mib}_{i}.npy"));
-        if let (Some(before), Some(after)) = (cpu, cpu_time(moto_pid)) {
-            moto_busy.push((after - before).as_secs_f64() / d.as_secs_f64());
+        if with_raw {
+            // The same bytes, made before the clock.
+            let mut npy = Vec::new();
+            ndarray_npy::WriteNpyExt::write_npy(&a, &mut npy).unwrap();
+            let cpu = cpu_time(moto_pid);
+            let d = raw_upload_ram(rt, raw, &npy, &format!("raw/ram{mib}_{i}.npy"));
+            if let (Some(before), Some(after)) = (cpu, cpu_time(moto_pid)) {
+                moto_busy.push((after - before).as_secs_f64() / d.as_secs_f64());
+            }
+            raw_t.push(d);
+            drop(npy);
+            rt.block_on(raw.delete(&OPath::from(format!("raw/ram{mib}_{i}.npy"))))
+                .unwrap();
         }
-        raw_t.push(d);
-        rt.block_on(raw.delete(&OPath::from(format!("raw/ram{mib}_{i}.npy"))))
-            .unwrap();
         // Moved in, made before the clock.
         let t = Instant::now();
         s.insert_durable(format!("ram{i}"), a).unwrap();
@@ -493,8 +483,16 @@ fn ram_upload(
         s.gc_with_grace(Duration::ZERO).unwrap();
     }
     let size = (npy_header(rows, 1024).len() + rows * 1024 * 8) as u64;
-    let best = |v: &[Duration]| v.iter().copied().min().unwrap();
+    let best = |v: &[Duration]| v.iter().copied().min().unwrap_or(Duration::MAX);
     let (r, c) = (best(&raw_t), best(&crate_t));
+    if !with_raw {
+        println!(
+            "ram-upload {mib} MiB: insert_durable {:.2} s ({:.3} GiB/s), no raw reference",
+            c.as_secs_f64(),
+            gib_s(size, c)
+        );
+        return;
+    }
     println!(
         "ram-upload {mib} MiB: insert_durable {:.2} s ({:.3} GiB/s), raw multipart from memory {:.2} s ({:.3} GiB/s), ratio {:.2}x (runs: crate {:?}, raw {:?})",
         c.as_secs_f64(),
