@@ -39,7 +39,9 @@
 //! copy was durable before the commit, as before. A batch uploads its
 //! jobs' data objects concurrently (`TransferOptions::batch_concurrency`
 //! objects or parts in flight, sharing the slots, so memory stays within
-//! that many parts) and then commits them with the same bound. Anything
+//! that many parts) and commits each once its upload is done and the
+//! batch's pairs are published, the commits holding the same slots (at
+//! most that many requests in flight in all). Anything
 //! unusual falls back to `push` (upload from the staged file, then the
 //! same commit): a spill, a job without an image, a staged pair that is no
 //! longer this write; an upload that failed leaves the staged pair for the

@@ -32,10 +32,11 @@ pub struct TransferOptions {
     pub part_size: usize,
     /// Parts or ranges in flight at once.
     pub concurrency: usize,
-    /// Objects (or parts of them) in flight at once across the entries of
-    /// a durable batch ([`insert_many`](crate::DiskBackedStore::insert_many),
-    /// [`flush`](crate::DiskBackedStore::flush)), and commits in flight
-    /// once they are uploaded (default 8). A batch holds at most this many
+    /// Requests in flight at once for a durable batch
+    /// ([`insert_many`](crate::DiskBackedStore::insert_many),
+    /// [`flush`](crate::DiskBackedStore::flush)) over an object store: its
+    /// entries' uploads (each object, or each part of a large one) and
+    /// their commits together (default 8). A batch holds at most this many
     /// parts of `part_size` bytes in memory.
     pub batch_concurrency: usize,
 }
