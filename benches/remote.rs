@@ -23,9 +23,10 @@
 //!
 //! `small`: `NDOFFLOAD_BENCH_SMALL` (default 200) 1000x3 f64 entries
 //! inserted one by one with `insert_durable`, against two sequential raw
-//! PUTs per entry (its data, its metadata); and a batch of 1,000 such
-//! entries with `insert_many`, against raw PUTs of 2,000 objects with the
-//! same concurrency (`TransferOptions::batch_concurrency`), interleaved.
+//! PUTs per entry (its data, its metadata), in rounds of 20 alternating
+//! which goes first; and batches of 1,000 such entries with `insert_many`,
+//! against raw PUTs of 2,000 objects with the same concurrency
+//! (`TransferOptions::batch_concurrency`), three rounds alternating.
 //!
 //! `NDOFFLOAD_BENCH_MIB` sets the large entry's size (default 1024). For
 //! the peak RSS of one group, run the bench binary under
@@ -537,46 +538,78 @@ fn small(
     let npy = bytes::Bytes::from(npy);
     // About the size of a metadata object of the store's.
     let meta = bytes::Bytes::from(vec![b'x'; 400]);
+    // Rounds of 20 entries, raw and crate alternating which goes first;
+    // totals, and the median of the rounds' ratios.
     let (mut crate_t, mut raw_t) = (Duration::ZERO, Duration::ZERO);
-    for round in 0..2 {
-        let t = Instant::now();
-        rt.block_on(async {
-            for i in 0..n / 2 {
-                raw.put(
-                    &OPath::from(format!("raw/s{round}_{i}.npy")),
-                    npy.clone().into(),
-                )
-                .await
-                .unwrap();
-                raw.put(
-                    &OPath::from(format!("raw/s{round}_{i}.meta.json")),
-                    meta.clone().into(),
-                )
-                .await
-                .unwrap();
+    let mut ratios = Vec::new();
+    let per = 20;
+    for round in 0..n.div_ceil(per) {
+        let raw_round = || {
+            let t = Instant::now();
+            rt.block_on(async {
+                for i in 0..per {
+                    raw.put(
+                        &OPath::from(format!("raw/s{round}_{i}.npy")),
+                        npy.clone().into(),
+                    )
+                    .await
+                    .unwrap();
+                    raw.put(
+                        &OPath::from(format!("raw/s{round}_{i}.meta.json")),
+                        meta.clone().into(),
+                    )
+                    .await
+                    .unwrap();
+                }
+            });
+            t.elapsed()
+        };
+        let crate_round = || {
+            // Made before the clock, moved in.
+            let arrays: Vec<Array2<f64>> = (0..per).map(|_| a.clone()).collect();
+            let t = Instant::now();
+            for (i, a) in arrays.into_iter().enumerate() {
+                store.insert_durable(format!("s{round}_{i}"), a).unwrap();
             }
-        });
-        raw_t += t.elapsed();
-        // Made before the clock, moved in.
-        let arrays: Vec<Array2<f64>> = (0..n / 2).map(|_| a.clone()).collect();
-        let t = Instant::now();
-        for (i, a) in arrays.into_iter().enumerate() {
-            store.insert_durable(format!("s{round}_{i}"), a).unwrap();
-        }
-        crate_t += t.elapsed();
+            t.elapsed()
+        };
+        let (r, c) = if round % 2 == 0 {
+            let r = raw_round();
+            (r, crate_round())
+        } else {
+            let c = crate_round();
+            (raw_round(), c)
+        };
+        raw_t += r;
+        crate_t += c;
+        ratios.push(r.as_secs_f64() / c.as_secs_f64());
     }
+    ratios.sort_by(f64::total_cmp);
+    let n = ratios.len() * per;
     let c = n as f64 / crate_t.as_secs_f64();
     let r = n as f64 / raw_t.as_secs_f64();
     println!(
-        "small entries one by one ({n} of 1000x3 f64): insert_durable {c:.0}/s, raw two sequential puts {r:.0}/s, ratio {:.2}x",
-        c / r
+        "small entries one by one ({n} of 1000x3 f64, rounds of {per}): insert_durable {c:.0}/s, raw two sequential puts {r:.0}/s, ratio {:.2}x (median of the rounds {:.2}x, from {:.2} to {:.2})",
+        c / r,
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1],
     );
     // Batches of 1,000 entries, against 2,000 raw PUTs with the same
     // concurrency.
     let batch_n = 1000;
     let conc = TransferOptions::default().batch_concurrency;
     let (mut crate_b, mut raw_b) = (Vec::new(), Vec::new());
-    for round in 0..2 {
+    for round in 0..3 {
+        if round % 2 == 1 {
+            let mut batch = ndarray_offload::Batch::new();
+            for i in 0..batch_n {
+                batch.push(format!("b{round}_{i}"), a.clone()).unwrap();
+            }
+            let t = Instant::now();
+            store.insert_many(batch).unwrap();
+            crate_b.push(t.elapsed());
+        }
         let t = Instant::now();
         rt.block_on(async {
             futures::stream::iter((0..batch_n).flat_map(|i| {
@@ -592,13 +625,15 @@ fn small(
             .unwrap();
         });
         raw_b.push(t.elapsed());
-        let mut batch = ndarray_offload::Batch::new();
-        for i in 0..batch_n {
-            batch.push(format!("b{round}_{i}"), a.clone()).unwrap();
+        if round % 2 == 0 {
+            let mut batch = ndarray_offload::Batch::new();
+            for i in 0..batch_n {
+                batch.push(format!("b{round}_{i}"), a.clone()).unwrap();
+            }
+            let t = Instant::now();
+            store.insert_many(batch).unwrap();
+            crate_b.push(t.elapsed());
         }
-        let t = Instant::now();
-        store.insert_many(batch).unwrap();
-        crate_b.push(t.elapsed());
     }
     let best = |v: &[Duration]| v.iter().copied().min().unwrap();
     let (c, r) = (best(&crate_b), best(&raw_b));
