@@ -17,7 +17,8 @@
 //! parts in flight, each part copied out of the `.npy` bytes made before
 //! the clock), interleaved, for
 //! each size of `NDOFFLOAD_BENCH_MIB` (a comma-separated list, default
-//! `256,1024`). moto's CPU time during the raw uploads is printed when its
+//! `256,1024`; `NDOFFLOAD_BENCH_ROUNDS` rounds, default 2). moto's CPU
+//! time during the raw uploads is printed when its
 //! process is known (started by the bench, or `NDOFFLOAD_MOTO_PID`): near
 //! one core, moto bounds the figure.
 //!
@@ -441,6 +442,13 @@ fn npy_header(rows: usize, cols: usize) -> Vec<u8> {
     .unwrap()
 }
 
+/// The median of `v` (the upper one of an even count).
+fn median(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v[v.len() / 2]
+}
+
 /// The `ram-upload` group: see the module documentation.
 fn ram_upload(
     rt: &tokio::runtime::Runtime,
@@ -460,7 +468,11 @@ fn ram_upload(
     // NDOFFLOAD_BENCH_RAW=0: the store alone (for its peak RSS: the raw
     // reference holds a second copy of the bytes).
     let with_raw = std::env::var("NDOFFLOAD_BENCH_RAW").map_or(true, |v| v != "0");
-    for i in 0..2 {
+    let rounds: usize = std::env::var("NDOFFLOAD_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    for i in 0..rounds {
         let a = make();
         if with_raw {
             // The same bytes, made before the clock.
@@ -495,12 +507,13 @@ fn ram_upload(
         return;
     }
     println!(
-        "ram-upload {mib} MiB: insert_durable {:.2} s ({:.3} GiB/s), raw multipart from memory {:.2} s ({:.3} GiB/s), ratio {:.2}x (runs: crate {:?}, raw {:?})",
+        "ram-upload {mib} MiB: insert_durable {:.2} s ({:.3} GiB/s), raw multipart from memory {:.2} s ({:.3} GiB/s), ratio {:.2}x (of the medians {:.2}x; runs: crate {:?}, raw {:?})",
         c.as_secs_f64(),
         gib_s(size, c),
         r.as_secs_f64(),
         gib_s(size, r),
         r.as_secs_f64() / c.as_secs_f64(),
+        median(&raw_t).as_secs_f64() / median(&crate_t).as_secs_f64(),
         crate_t.iter().map(|d| (d.as_secs_f64() * 100.0).round() / 100.0).collect::<Vec<_>>(),
         raw_t.iter().map(|d| (d.as_secs_f64() * 100.0).round() / 100.0).collect::<Vec<_>>(),
     );
