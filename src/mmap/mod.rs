@@ -20,7 +20,7 @@ use crate::npy::NpyInfo;
 
 mod sys;
 
-pub(crate) use sys::{map_readonly, note_freed, trim_if_due, ReadView, WriteView};
+pub(crate) use sys::{map_readonly, note_freed, trim_if_due, MapView, ReadView, WriteView};
 
 /// How an offloaded array is mapped back into memory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
