@@ -20,7 +20,9 @@ use crate::npy::NpyInfo;
 
 mod sys;
 
-pub(crate) use sys::{map_readonly, note_freed, trim_if_due, MapView, ReadView, WriteView};
+#[cfg(feature = "remote")]
+pub(crate) use sys::MapView;
+pub(crate) use sys::{map_readonly, note_freed, trim_if_due, ReadView, WriteView};
 
 /// How an offloaded array is mapped back into memory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -14,6 +14,10 @@
 //!   ([`LoadMode::ReadWrite`](crate::LoadMode::ReadWrite)), and only for the
 //!   array that owns that file. Every other overwrite writes a new file and
 //!   renames it over the old name, so an existing map keeps the old inode.
+//! * A window cache file (an object store's, `remote/window_cache.rs`) has
+//!   its data object's full size from its creation on, is never truncated,
+//!   and is written only where it holds nothing yet: a [`MapView`] of bytes
+//!   it holds never sees them change or disappear.
 //! * A map is created over the whole file as it is when mapped; every read
 //!   through it is bounds-checked against the map length, so a file shorter
 //!   than its header promises yields an error, never a read past the end
@@ -30,7 +34,7 @@ use std::fs::File;
 use std::path::Path;
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
-use ndarray::{ArrayRef, ArrayView, ArrayViewMut, Dimension, IxDyn};
+use ndarray::{ArrayRef, ArrayView, ArrayViewMut, Dimension};
 use parking_lot::{
     RecursiveRwLockReadGuard as RwLockReadGuard, RecursiveRwLockWriteGuard as RwLockWriteGuard,
 };
@@ -132,11 +136,16 @@ impl<'a, S, T: 'static, E: Dimension> ReadView<'a, S, T, E> {
 /// published file is never modified in place, module docs). Another
 /// program truncating or rewriting the file is outside the guarantee, as
 /// for every map.
+#[cfg(feature = "remote")]
 pub(crate) struct MapView<T: 'static> {
     view: ArrayView<'static, T, IxDyn>,
     _map: Mmap,
 }
 
+#[cfg(feature = "remote")]
+use ndarray::IxDyn;
+
+#[cfg(feature = "remote")]
 impl<T: 'static> MapView<T> {
     /// Maps `len` bytes (at least one) of `file` from `offset` on, read
     /// only, and keeps the view `make` returns of them. The caller checked
@@ -152,7 +161,8 @@ impl<T: 'static> MapView<T> {
         // caller just before), and the crate neither truncates the file
         // nor writes the bytes the view shows while it is mapped (see the
         // type's documentation).
-        let map = unsafe { MmapOptions::new().offset(offset).len(len).map(file) }.ctx("map", path)?;
+        let map =
+            unsafe { MmapOptions::new().offset(offset).len(len).map(file) }.ctx("map", path)?;
         let view = make(&map)?;
         // SAFETY: only the lifetime changes; the view is dropped before the
         // map (see the type's documentation).

@@ -557,7 +557,10 @@ impl ObjectBackend {
             if got.crc != r.crc32 {
                 return Err(Error::corrupt(
                     &PathBuf::from(&url),
-                    format!("CRC-32 {:08x}, but its metadata says {:08x}", got.crc, r.crc32),
+                    format!(
+                        "CRC-32 {:08x}, but its metadata says {:08x}",
+                        got.crc, r.crc32
+                    ),
                 ));
             }
             self.counters.downloads.fetch_add(1, Ordering::Relaxed);
@@ -885,8 +888,7 @@ impl ObjectBackend {
             .block_on(transfer::fetch_ranges(
                 self.loc.store.clone(),
                 &src,
-                &missing.requests,
-                &missing.writes,
+                &missing,
                 copy.file.clone(),
                 &copy.path,
                 self.opts.transfer,

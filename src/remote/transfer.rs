@@ -242,6 +242,10 @@ pub(crate) struct Held {
     pub(crate) ranges: Vec<Range<u64>>,
 }
 
+/// Where a piece of a download comes from: a held file (and its name), or
+/// the object store (`None`).
+type Source = Option<(Arc<File>, Arc<FsPath>)>;
+
 /// What a download did: the CRC-32 of the object, and the bytes fetched
 /// and copied from [`Held`] ranges.
 #[derive(Debug, Clone, Copy)]
@@ -273,9 +277,9 @@ pub(crate) async fn download_to_file(
         .map_err(UploadError::Local)?;
     // The object in order, as pieces of at most a part: copied (`Some`:
     // from the held file) or fetched.
-    let mut pieces: Vec<(Range<u64>, Option<(Arc<File>, Arc<FsPath>)>)> = Vec::new();
+    let mut pieces: Vec<(Range<u64>, Source)> = Vec::new();
     let mut at = 0u64;
-    let mut push = |r: Range<u64>, from: Option<(Arc<File>, Arc<FsPath>)>| {
+    let mut push = |r: Range<u64>, from: Source| {
         let n = (r.end - r.start).div_ceil(part);
         for i in 0..n {
             let p = r.start + i * part..(r.start + (i + 1) * part).min(r.end);
@@ -413,16 +417,15 @@ pub(crate) async fn checksum_object(
     Ok((crc.finalize(), first))
 }
 
-/// Fetches the byte ranges `ranges` of `src` into the same offsets of
-/// `file` (named `local` in errors), each range split into parts of at
-/// most `part_size` bytes, `concurrency` GETs in flight at once; of the
-/// bytes fetched, only those in `writes` (sorted, disjoint) are written
-/// (the others are held already). Returns the bytes fetched.
+/// Fetches the byte ranges `fetch.requests` of `src` into the same
+/// offsets of `file` (named `local` in errors), each range split into
+/// parts of at most `part_size` bytes, `concurrency` GETs in flight at
+/// once; of the bytes fetched, only those in `fetch.writes` (sorted,
+/// disjoint) are written (the others are held already). Returns the bytes fetched.
 pub(crate) async fn fetch_ranges(
     store: Arc<dyn ObjectStore>,
     src: &Path,
-    ranges: &[Range<u64>],
-    writes: &[Range<u64>],
+    fetch: &super::window_cache::Fetch,
     file: Arc<File>,
     local: &FsPath,
     opts: TransferOptions,
@@ -430,8 +433,9 @@ pub(crate) async fn fetch_ranges(
 ) -> std::result::Result<u64, UploadError> {
     let part = opts.part() as u64;
     let local: Arc<FsPath> = Arc::from(local);
-    let writes: Arc<[Range<u64>]> = Arc::from(writes);
-    let pieces: Vec<Range<u64>> = ranges
+    let writes: Arc<[Range<u64>]> = Arc::from(fetch.writes.as_slice());
+    let pieces: Vec<Range<u64>> = fetch
+        .requests
         .iter()
         .flat_map(|r| {
             let n = (r.end - r.start).div_ceil(part);

@@ -310,9 +310,7 @@ impl DiskBackedStore {
         );
         if !in_file || self.maps_read_write() {
             drop(a);
-            return self
-                .local_window(name, ranges)
-                .map(WindowView::owned);
+            return self.local_window(name, ranges).map(WindowView::owned);
         }
         drop(a);
         let storage = self.storage();

@@ -315,4 +315,45 @@ mod tests {
         );
         assert_eq!(coalesce([(0, 4), (10, 4)].into_iter(), 6), [0..14]);
     }
+
+    /// The requests of a fetch may span bytes held already (coalesced
+    /// over them), the writes never do, and with what is held they cover
+    /// what is wanted.
+    #[test]
+    fn writes_never_touch_held_bytes() {
+        let mut seed = 0x1234_5678_u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _ in 0..2000 {
+            let mut have = Vec::new();
+            for _ in 0..next(6) {
+                let a = next(1000);
+                merge(&mut have, &[a..a + 1 + next(100)]);
+            }
+            let mut want: Vec<Range<u64>> = Vec::new();
+            for _ in 0..1 + next(5) {
+                let a = next(1100);
+                want.push(a..a + 1 + next(200));
+            }
+            want.sort_by_key(|r| r.start);
+            let gap = next(300);
+            let requests = missing(&want, &have, gap);
+            let writes = missing(&want, &have, 0);
+            for w in &writes {
+                assert!(have.iter().all(|h| h.end <= w.start || h.start >= w.end));
+                assert!(requests
+                    .iter()
+                    .any(|r| r.start <= w.start && w.end <= r.end));
+            }
+            for b in want.iter().flat_map(|r| r.clone()) {
+                let held = have.iter().any(|h| h.contains(&b));
+                let written = writes.iter().any(|w| w.contains(&b));
+                assert!(held || written, "{b} of {want:?}, {have:?}");
+            }
+        }
+    }
 }

@@ -199,7 +199,9 @@ impl Inner {
     /// read or a view uses them.
     fn evict_window(&self, name: &EntryName) -> crate::Result<bool> {
         let dropped = self.storage.drop_window(name)?.is_some();
-        if dropped {
+        // Dropped, or gone already (with a download of the entry): no
+        // longer counted.
+        if dropped || self.storage.window_bytes(name).is_none() {
             self.account.disk_window(name, None);
         }
         Ok(dropped)

@@ -941,7 +941,11 @@ fn remote_window_cache_counts_against_the_disk_budget() {
     let writer = open_tiered_on(URL, store.clone(), w.path(), opts(), None).unwrap();
     // Six entries of 2 MiB.
     let shape = [256usize, 1024];
-    let entry = |k: usize| ArrayD::from_shape_fn(IxDyn(&shape), |i| (k * 1_000_000 + i[0] * 1024 + i[1]) as f64);
+    let entry = |k: usize| {
+        ArrayD::from_shape_fn(IxDyn(&shape), |i| {
+            (k * 1_000_000 + i[0] * 1024 + i[1]) as f64
+        })
+    };
     for k in 0..6 {
         writer.insert_durable(format!("e{k}"), entry(k)).unwrap();
     }
@@ -988,7 +992,10 @@ fn remote_window_cache_counts_against_the_disk_budget() {
         assert_eq!(got, slice(&entry(k), &half));
         assert!(cache_bytes(reader.dir()) <= budget + slack, "e{k}");
     }
-    assert!(remote_stats(&reader).evictions >= 1, "the copy of e0 was dropped");
+    assert!(
+        remote_stats(&reader).evictions >= 1,
+        "the copy of e0 was dropped"
+    );
 
     // A view keeps its file while it lives, over the budget; once it is
     // dropped, the next window brings the files within the budget.
@@ -1010,7 +1017,9 @@ fn remote_window_cache_counts_against_the_disk_budget() {
     let pinned = of_e4(reader.dir());
     assert_eq!(pinned.len(), 1);
     for k in [5, 1, 2, 3] {
-        let got = reader.read_window::<f64>(format!("e{k}"), &[0..256, 0..1024]).unwrap();
+        let got = reader
+            .read_window::<f64>(format!("e{k}"), &[0..256, 0..1024])
+            .unwrap();
         assert_eq!(got, entry(k));
         assert_eq!(v.view(), slice(&entry(4), &half).view());
         assert_eq!(of_e4(reader.dir()), pinned, "e{k}");
