@@ -242,6 +242,15 @@ pub(crate) struct Held {
     pub(crate) ranges: Vec<Range<u64>>,
 }
 
+/// What a fetch of byte ranges into a copy does: the requests (runs
+/// closer than a gap coalesced) and the parts of them to write (only
+/// the bytes the copy does not hold yet).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Fetch {
+    pub(crate) requests: Vec<Range<u64>>,
+    pub(crate) writes: Vec<Range<u64>>,
+}
+
 /// Where a piece of a download comes from: a held file (and its name), or
 /// the object store (`None`).
 type Source = Option<(Arc<File>, Arc<FsPath>)>;
@@ -425,7 +434,7 @@ pub(crate) async fn checksum_object(
 pub(crate) async fn fetch_ranges(
     store: Arc<dyn ObjectStore>,
     src: &Path,
-    fetch: &super::window_cache::Fetch,
+    fetch: &Fetch,
     file: Arc<File>,
     local: &FsPath,
     opts: TransferOptions,

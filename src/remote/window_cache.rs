@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
+use super::transfer::Fetch;
 use crate::error::{IoContext, Result};
 use crate::name::EntryName;
 use crate::npy::NpyInfo;
@@ -141,15 +142,6 @@ impl Drop for WindowCopy {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
-}
-
-/// What a fetch of byte ranges into a copy does: the requests (runs
-/// closer than [`GAP`] coalesced) and the parts of them to write (only
-/// the bytes the copy does not hold yet).
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Fetch {
-    pub(crate) requests: Vec<Range<u64>>,
-    pub(crate) writes: Vec<Range<u64>>,
 }
 
 impl WindowCopy {
