@@ -62,7 +62,9 @@ impl DiskBackedStore {
     /// handle's window cache (a sparse file per entry under
     /// `.ndoffload/windows/` of the cache directory, or in a temporary
     /// directory for a read-only handle; removed when the handle is
-    /// dropped, and when the entry's data object changes), so that a
+    /// dropped, when the entry's data object changes and when a full
+    /// `get` cached the entry whole, but kept while a
+    /// [`map_window`](Self::map_window) view maps it), so that a
     /// window over bytes already fetched makes no request. The window
     /// reads one version: the data object the handle's metadata of the
     /// entry names (as [`get`](Self::get) reads; [`refresh`](Self::refresh)
