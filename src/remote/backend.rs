@@ -479,6 +479,14 @@ impl ObjectBackend {
         self.cache.as_ref()?.read_meta(name).ok()
     }
 
+    /// What a staged write of `name` this handle reads as the entry's value
+    /// says (see [`visible`](Self::visible)): `Some(true)` a value,
+    /// `Some(false)` a removal; `None` if there is no such staged write.
+    fn staged_value(&self, name: &EntryName) -> Option<bool> {
+        let m = self.cached_meta(name).filter(|m| self.visible(m))?;
+        Some(!is_removal(&m))
+    }
+
     /// Where `name`'s current data is, downloading it if needed.
     fn copy_of(&self, name: &EntryName) -> Result<Copy> {
         let mut retried = false;
@@ -755,31 +763,46 @@ impl ObjectBackend {
     /// its base (a tombstone already there counts as done), then the pair.
     fn remove_staged(&self, cache: &LocalDir, name: &EntryName, staged: &Staged) -> Result<()> {
         if let Some(base) = staged.base() {
-            let r = self.rt.block_on(protocol::commit(
-                &self.loc,
-                name.as_str(),
-                Some(&base),
-                Vec::new(),
-            ));
-            match r {
-                Ok(v) => {
-                    self.view.lock().insert(name.clone(), Seen::Removed(v));
-                }
-                Err(e @ Error::Conflict { .. }) => {
-                    // Another writer's value stands: the removal lost.
-                    self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
-                    let _ = cache.remove_if(name, |m| m.is_some_and(is_removal));
-                    self.staged.lock().remove(name);
-                    let _ = self.reload(name);
-                    self.lost.lock().push(name.clone());
-                    return Err(e);
-                }
-                Err(e) => return Err(e),
-            }
+            self.commit_tombstone(name, &base, || {
+                // Another writer's value stands: the removal lost.
+                let _ = cache.remove_if(name, |m| m.is_some_and(is_removal));
+                self.staged.lock().remove(name);
+                self.lost.lock().push(name.clone());
+            })?;
         }
         cache.remove_if(name, |m| m.is_some_and(is_removal))?;
         self.staged.lock().remove(name);
         Ok(())
+    }
+
+    /// Commits the tombstone of `name` over `base` (a tombstone already
+    /// there counts as done). If another writer's commit won, `lost` runs,
+    /// the key is read again and the [`Error::Conflict`] returned.
+    fn commit_tombstone(
+        &self,
+        name: &EntryName,
+        base: &UpdateVersion,
+        lost: impl FnOnce(),
+    ) -> Result<()> {
+        let r = self.rt.block_on(protocol::commit(
+            &self.loc,
+            name.as_str(),
+            Some(base),
+            Vec::new(),
+        ));
+        match r {
+            Ok(v) => {
+                self.view.lock().insert(name.clone(), Seen::Removed(v));
+                Ok(())
+            }
+            Err(e @ Error::Conflict { .. }) => {
+                self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                lost();
+                let _ = self.reload(name);
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn check_online(&self) -> Result<()> {
@@ -1004,11 +1027,11 @@ impl Storage for ObjectBackend {
         }
         let staged: Vec<EntryName> = self.staged.lock().iter().cloned().collect();
         for n in staged {
-            match self.cached_meta(&n).filter(|m| self.visible(m)) {
-                Some(m) if is_removal(&m) => {
+            match self.staged_value(&n) {
+                Some(false) => {
                     entries.remove(&n);
                 }
-                Some(_) => {
+                Some(true) => {
                     entries.insert(n, Listed::Pair);
                 }
                 None => {}
@@ -1073,11 +1096,17 @@ impl Storage for ObjectBackend {
     }
 
     fn exists(&self, name: &EntryName) -> bool {
-        self.staged.lock().contains(name)
-            || matches!(
-                self.view.lock().get(name),
-                Some(Seen::Listed(_) | Seen::Live(..))
-            )
+        // As `list` and `read_meta` see it: a staged write this handle reads
+        // decides; another live process's is not there yet.
+        if self.staged.lock().contains(name) {
+            if let Some(there) = self.staged_value(name) {
+                return there;
+            }
+        }
+        matches!(
+            self.view.lock().get(name),
+            Some(Seen::Listed(_) | Seen::Live(..))
+        )
     }
 
     fn publish(&self, jobs: Vec<PairJob<'_>>, sync: SyncMode) -> Result<Vec<Option<Published>>> {
@@ -1159,24 +1188,7 @@ impl Storage for ObjectBackend {
         // value, as a removal that did not happen.
         cache.remove(name)?;
         if let Some(base) = base {
-            let r = self.rt.block_on(protocol::commit(
-                &self.loc,
-                name.as_str(),
-                Some(&base),
-                Vec::new(),
-            ));
-            match r {
-                Ok(v) => {
-                    self.view.lock().insert(name.clone(), Seen::Removed(v));
-                }
-                Err(e) => {
-                    if matches!(e, Error::Conflict { .. }) {
-                        self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
-                        let _ = self.reload(name);
-                    }
-                    return Err(e);
-                }
-            }
+            self.commit_tombstone(name, &base, || {})?;
         }
         cache.remove(name)?;
         self.staged.lock().remove(name);
