@@ -1168,3 +1168,136 @@ fn remote_window_cache_files_changed_by_something_else() {
         eprintln!("window cache file {case}: every window, view and the full get right");
     }
 }
+
+#[test]
+#[ignore = "run in a child process by remote_views_hold_their_version_while_another_process_replaces"]
+fn remote_view_replacer_child() {
+    let (Ok(url), Ok(cache), Ok(secs), Ok(log)) = (
+        std::env::var("NDOFFLOAD_REMOTE_URL"),
+        std::env::var("NDOFFLOAD_REMOTE_CACHE"),
+        std::env::var("NDOFFLOAD_REMOTE_SECS"),
+        std::env::var("NDOFFLOAD_REMOTE_LOG"),
+    ) else {
+        return;
+    };
+    let store = StoreBuilder::new(&cache)
+        .remote_with(&url, opts())
+        .open()
+        .unwrap();
+    let secs: u64 = secs.parse().unwrap();
+    let started = std::time::Instant::now();
+    let mut g = 0i64;
+    while started.elapsed() < Duration::from_secs(secs) {
+        g += 1;
+        store
+            .insert_durable("g", generation(g, &VIEWED, g % 2 == 1))
+            .unwrap();
+        if g % 3 == 0 {
+            store.gc_with_grace(Duration::ZERO).unwrap();
+        }
+        std::fs::write(&log, g.to_string()).unwrap();
+    }
+}
+
+/// The shape of the entry `remote_views_hold_their_version_while_another_process_replaces`
+/// replaces.
+const VIEWED: [usize; 3] = [64, 300, 3];
+
+/// Views held while another process replaces the entry (alternating C
+/// and Fortran order) and collects the old data objects: each view,
+/// taken of the version the reader knows, stays whole and of one
+/// generation while later views are taken and the entry changes, until it
+/// is dropped (up to 16 held at once).
+#[test]
+fn remote_views_hold_their_version_while_another_process_replaces() {
+    let Some(moto) = Moto::start() else { return };
+    let url = moto.url("views");
+    let tmp = tempfile::tempdir().unwrap();
+    let writer = crate::common::open_remote(&url, tmp.path().join("w"), moto.options()).unwrap();
+    writer
+        .insert_durable("g", generation(0, &VIEWED, false))
+        .unwrap();
+    let reader = crate::common::open_remote(&url, tmp.path().join("r"), moto.options()).unwrap();
+    let secs: u64 = std::env::var("NDOFFLOAD_REMOTE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
+    let log = tmp.path().join("log");
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "remote_windows::remote_view_replacer_child",
+        "--exact",
+        "--include-ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::fs::File::create(tmp.path().join("err")).unwrap());
+    for (k, v) in moto.env() {
+        cmd.env(k, v);
+    }
+    cmd.env("NDOFFLOAD_REMOTE_URL", &url)
+        .env("NDOFFLOAD_REMOTE_CACHE", tmp.path().join("c"))
+        .env("NDOFFLOAD_REMOTE_SECS", secs.to_string())
+        .env("NDOFFLOAD_REMOTE_LOG", &log);
+    let mut child = cmd.spawn().unwrap();
+    let mut rng = Rng(23);
+    let mut held = std::collections::VecDeque::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let (mut views, mut gone) = (0, 0);
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(secs + 120));
+        if rng.below(3) == 0 {
+            reader.refresh().unwrap();
+        }
+        let ranges: Vec<Range<usize>> = VIEWED
+            .iter()
+            .map(|&n| {
+                let a = rng.below(n);
+                a..(a + 1 + rng.below(n - a))
+            })
+            .collect();
+        let v = match reader.map_window::<i64>("g", &ranges) {
+            Ok(v) => v,
+            // Collected twice in a row: a typed error, never a mixed view.
+            Err(e) if e.is_not_found() && matches!(e, Error::Remote { .. }) => {
+                gone += 1;
+                continue;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        assert!(v.is_mapped());
+        views += 1;
+        let g = v.iter().next().unwrap() / 1_000_000_000;
+        seen.insert(g);
+        held.push_back((g, ranges, v));
+        if held.len() > 16 {
+            held.pop_front();
+        }
+        for (g, r, v) in &held {
+            let want = slice(&generation(*g, &VIEWED, false), r);
+            assert_eq!(v.view(), want.view(), "view {r:?} of generation {g}");
+        }
+    };
+    let err = std::fs::read_to_string(tmp.path().join("err")).unwrap_or_default();
+    assert!(status.success(), "{err}");
+    let gens: i64 = std::fs::read_to_string(&log).unwrap().parse().unwrap();
+    for (g, r, v) in &held {
+        let want = slice(&generation(*g, &VIEWED, false), r);
+        assert_eq!(v.view(), want.view(), "view {r:?} of generation {g}");
+    }
+    assert!(gens >= 3 && seen.len() >= 3, "{gens} {seen:?}");
+    assert!(
+        gone * 10 <= views,
+        "{gone} of {views} views found no version"
+    );
+    eprintln!(
+        "views: {views} views while another process wrote {gens} generations, {} seen, {gone} collected twice",
+        seen.len()
+    );
+}
