@@ -228,9 +228,12 @@ pub struct RemoteStats {
     pub uploads: u64,
     /// Bytes uploaded.
     pub bytes_up: u64,
-    /// Data objects downloaded.
+    /// Data objects downloaded (whole, some of their bytes perhaps copied
+    /// from the window cache).
     pub downloads: u64,
-    /// Bytes downloaded (whole data objects, and the ranges windows fetch).
+    /// Bytes downloaded: data objects (less the bytes a download copied
+    /// from the window cache, [`bytes_reused`](Self::bytes_reused)), and
+    /// the ranges windows fetch.
     pub bytes_down: u64,
     /// Reads served from a copy in the cache directory.
     pub cache_hits: u64,
