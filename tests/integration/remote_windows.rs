@@ -720,6 +720,9 @@ fn cache_bytes(dir: &std::path::Path) -> u64 {
 /// view of the mapped file outlives a replace by another handle.
 #[test]
 fn remote_views_outlive_more_windows_replaces_and_their_handle() {
+    // Views can be sent to and shared with other threads.
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<ndarray_offload::remote::WindowView<f64>>();
     for fortran in [false, true] {
         let Nodes {
             store,
