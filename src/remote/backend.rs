@@ -159,6 +159,8 @@ struct Counters {
     cache_hits: AtomicU64,
     conflicts: AtomicU64,
     evictions: AtomicU64,
+    bytes_reused: AtomicU64,
+    window_evictions: AtomicU64,
 }
 
 /// Where a read finds an entry's data.
@@ -525,31 +527,57 @@ impl ObjectBackend {
         let src = protocol::rel_path(&self.loc, &r.data);
         let url = self.loc.url_of(&src);
         let meta = Meta::parse(&remote.to_bytes(), &PathBuf::from(&url))?;
+        // The ranges windows fetched of this object are copied, not
+        // fetched again.
+        let reuse = self.windows.get(name, &r.data);
         let fetch = |file: &File, path: &FsPath| -> Result<()> {
-            let f = file.try_clone().ctx("open", path)?;
-            let progress = transfer::Progress::start(name.as_str(), "download", r.size);
-            let crc = self
-                .rt
-                .block_on(transfer::download_to_file(
-                    self.loc.store.clone(),
-                    &src,
-                    r.size,
-                    Arc::new(f),
-                    path,
-                    self.opts.transfer,
-                    &progress,
-                ))
-                .map_err(|e| upload_err(&self.loc, "download", name.as_str(), url.clone(), e))?;
-            if crc != r.crc32 {
+            let f = Arc::new(file.try_clone().ctx("open", path)?);
+            let attempt = |held: Option<&transfer::Held>| {
+                let progress = transfer::Progress::start(name.as_str(), "download", r.size);
+                self.rt
+                    .block_on(transfer::download_to_file(
+                        self.loc.store.clone(),
+                        &src,
+                        r.size,
+                        f.clone(),
+                        path,
+                        held,
+                        self.opts.transfer,
+                        &progress,
+                    ))
+                    .map_err(|e| upload_err(&self.loc, "download", name.as_str(), url.clone(), e))
+            };
+            let held = reuse.as_ref().map(|c| transfer::Held {
+                file: c.file.clone(),
+                path: c.path.clone(),
+                ranges: c.held(),
+            });
+            let mut got = attempt(held.as_ref())?;
+            if got.crc != r.crc32 && got.reused > 0 {
+                // The window cache's bytes were changed by something else:
+                // forgotten, and the whole object fetched.
+                self.windows.discard(name);
+                self.counters
+                    .bytes_down
+                    .fetch_add(got.fetched, Ordering::Relaxed);
+                got = attempt(None)?;
+            }
+            if got.crc != r.crc32 {
                 return Err(Error::corrupt(
                     &PathBuf::from(&url),
-                    format!("CRC-32 {crc:08x}, but its metadata says {:08x}", r.crc32),
+                    format!(
+                        "CRC-32 {:08x}, but its metadata says {:08x}",
+                        got.crc, r.crc32
+                    ),
                 ));
             }
             self.counters.downloads.fetch_add(1, Ordering::Relaxed);
             self.counters
                 .bytes_down
-                .fetch_add(r.size, Ordering::Relaxed);
+                .fetch_add(got.fetched, Ordering::Relaxed);
+            self.counters
+                .bytes_reused
+                .fetch_add(got.reused, Ordering::Relaxed);
             Ok(())
         };
         if let Some(cache) = self.cache.as_ref().filter(|c| c.is_writer()) {
@@ -585,6 +613,8 @@ impl ObjectBackend {
             // downloaded again). Never over a staged write: the copy is then
             // read from the private directory.
             if cache.publish(vec![job], SyncMode::Spill)?[0].is_some() {
+                // The whole object is cached: windows read it there.
+                self.windows.discard(name);
                 return Ok(Copy::Cache);
             }
         }
@@ -866,11 +896,14 @@ impl ObjectBackend {
         copy: &WindowCopy,
         want: &[std::ops::Range<u64>],
     ) -> Result<u64> {
+        // One fetch into the copy at a time: no byte held (and perhaps
+        // shown by a view) is written again.
+        let _one = copy.fetching.lock();
         let missing = copy.missing(want);
-        if missing.is_empty() {
+        if missing.requests.is_empty() {
             return Ok(0);
         }
-        let total = missing.iter().map(|r| r.end - r.start).sum();
+        let total = missing.requests.iter().map(|r| r.end - r.start).sum();
         let progress = transfer::Progress::start(name.as_str(), "window", total);
         let src = protocol::rel_path(&self.loc, &copy.data);
         let got = self
@@ -893,7 +926,7 @@ impl ObjectBackend {
                     e,
                 )
             })?;
-        copy.note_fetched(&missing);
+        copy.note_fetched(&missing.writes);
         self.counters.bytes_down.fetch_add(got, Ordering::Relaxed);
         Ok(got)
     }
@@ -1347,6 +1380,24 @@ impl Storage for ObjectBackend {
         self.staged.lock().iter().cloned().collect()
     }
 
+    fn windows_held(&self) -> Vec<(EntryName, u64)> {
+        self.windows.held()
+    }
+
+    fn window_bytes(&self, name: &EntryName) -> Option<u64> {
+        self.windows.bytes_of(name)
+    }
+
+    fn drop_window(&self, name: &EntryName) -> Result<Option<u64>> {
+        let dropped = self.windows.drop_unused(name);
+        if dropped.is_some() {
+            self.counters
+                .window_evictions
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(dropped)
+    }
+
     fn remote_stats(&self) -> Option<RemoteStats> {
         let c = &self.counters;
         Some(RemoteStats {
@@ -1358,6 +1409,9 @@ impl Storage for ObjectBackend {
             conflicts: c.conflicts.load(Ordering::Relaxed),
             evictions: c.evictions.load(Ordering::Relaxed),
             pending: self.staged.lock().len() as u64,
+            bytes_reused: c.bytes_reused.load(Ordering::Relaxed),
+            window_bytes: self.windows.held().iter().map(|(_, b)| b).sum(),
+            window_evictions: c.window_evictions.load(Ordering::Relaxed),
         })
     }
 }

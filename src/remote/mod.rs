@@ -72,6 +72,7 @@ pub use gc::GcReport;
 pub use inspect::{inspect_remote, inspect_remote_with, list_entries, verify};
 pub use transfer::TransferOptions;
 pub use url::NetOptions;
+pub use window::WindowView;
 
 use crate::error::{Error, RemoteErrorKind, Result};
 use crate::npy::NpyInfo;
