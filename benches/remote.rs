@@ -8,7 +8,25 @@
 //! `window`: a 1% slab of the outer axis of the large entry read with
 //! `read_window` by a node that has nothing cached, against a first full
 //! `get` and a raw ranged GET of the same bytes; then the same window
-//! again (a hit of the window cache); time and bytes fetched of each.
+//! again (a hit of the window cache); the same slab as a view
+//! (`map_window`: mapped, then every element read) on another node, and
+//! again; time and bytes fetched of each. `NDOFFLOAD_BENCH_ROUNDS` rounds
+//! (default 2), the best of each.
+//!
+//! One window run per process, for its peak RSS: `window-setup` uploads
+//! the entry (once per server), then `window-read` (a window and the same
+//! window again), `window-view` (the same as views) or `window-full` (a
+//! window, then a full `get` that copies the window's bytes from the
+//! window cache and fetches the rest), each under `/usr/bin/time -v`
+//! against a server started separately:
+//!
+//! ```text
+//! .venv/bin/moto_server -H 127.0.0.1 -p 5123 &
+//! export NDOFFLOAD_MOTO_PORT=5123
+//! B=$(ls target/release/deps/remote-* | grep -v '\.d$')
+//! $B window-setup
+//! /usr/bin/time -v $B window-read
+//! ```
 //!
 //! `ram-upload`: `insert_durable` of an array made before the clock and
 //! moved in (the store uploads it from memory while it writes the local
@@ -27,7 +45,7 @@
 //! PUTs per entry (its data, its metadata), in rounds of 20 alternating
 //! which goes first; and batches of 1,000 such entries with `insert_many`,
 //! against raw PUTs of 2,000 objects with the same concurrency
-//! (`TransferOptions::batch_concurrency`), three rounds alternating.
+//! (`RemoteOptions::batch_concurrency`), three rounds alternating.
 //!
 //! `NDOFFLOAD_BENCH_MIB` sets the large entry's size (default 1024). For
 //! the peak RSS of one group, run the bench binary under
@@ -372,8 +390,8 @@ fn main() {
             best_raw.as_secs_f64() / best_crate.as_secs_f64()
         );
     }
-    if which == "all" || which == "window" {
-        window(&rt, &raw, &url, port, tmp.path(), mib);
+    if which == "all" || which.starts_with("window") {
+        window(&rt, &raw, &url, port, tmp.path(), mib, &which);
     }
     if which == "all" || which == "ram-upload" {
         let sizes = std::env::var("NDOFFLOAD_BENCH_MIB").unwrap_or_else(|_| "256,1024".into());
@@ -611,7 +629,7 @@ fn small(
     // Batches of 1,000 entries, against 2,000 raw PUTs with the same
     // concurrency.
     let batch_n = 1000;
-    let conc = TransferOptions::default().batch_concurrency;
+    let conc = RemoteOptions::default().batch_concurrency;
     let (mut crate_b, mut raw_b) = (Vec::new(), Vec::new());
     for round in 0..3 {
         if round % 2 == 1 {
@@ -662,7 +680,7 @@ fn small(
     );
 }
 
-/// The `window` group: see the module documentation.
+/// The `window` groups: see the module documentation.
 fn window(
     rt: &tokio::runtime::Runtime,
     raw: &Arc<dyn ObjectStore>,
@@ -670,28 +688,138 @@ fn window(
     port: u16,
     tmp: &Path,
     mib: usize,
+    which: &str,
 ) {
-    let file = big_npy(tmp, mib);
-    let size = std::fs::metadata(&file).unwrap().len();
     let rows = mib * 1024 * 1024 / 8 / 1024;
+    let size = (rows * 1024 * 8 + 128) as u64;
     // moto assembles a 1 GiB multipart upload in more than the default
     // 10 s an answer may take to begin: the writer waits longer.
     let mut o = options(port);
     o.net = ndarray_offload::remote::NetOptions::default()
         .with_request_timeout(Duration::from_secs(300));
+    // The entry is uploaded once per server (a server started separately
+    // keeps it for the next runs).
     let writer = open_store(url, &tmp.join("cacheW"), o);
-    writer.insert_npy_file("win", &file).unwrap();
-    raw_upload(rt, raw, &file, "raw/win.npy");
-    let _ = std::fs::remove_file(&file);
+    let present = writer
+        .info("win")
+        .is_ok_and(|i| i.shape == [rows, 1024] && i.dtype == "<f8");
+    let raw_present = rt
+        .block_on(raw.head(&OPath::from("raw/win.npy")))
+        .is_ok_and(|m| m.size == size);
+    if !present || !raw_present {
+        let file = big_npy(tmp, mib);
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), size);
+        let t = Instant::now();
+        if !present {
+            writer.insert_npy_file("win", &file).unwrap();
+        }
+        if !raw_present {
+            raw_upload(rt, raw, &file, "raw/win.npy");
+        }
+        let _ = std::fs::remove_file(&file);
+        println!(
+            "window: uploaded the {mib} MiB entry in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    drop(writer);
+    if which == "window-setup" {
+        return;
+    }
     let bytes_down = |s: &DiskBackedStore| s.stats().remote.unwrap().bytes_down;
     // A 1% slab of rows in the middle.
     let n = (rows / 100).max(1);
     let slab = [rows / 2..rows / 2 + n, 0..1024];
     let slab_bytes = (n * 1024 * 8) as u64;
+    let first = ((rows / 2) * 1024 + 1) as f64;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let pct = |b: u64| b as f64 * 100.0 / size as f64;
+    let rounds: usize = std::env::var("NDOFFLOAD_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let fresh = |tag: &str, i: usize| {
+        let cache = tmp.join(format!("cache{tag}{i}"));
+        let _ = std::fs::remove_dir_all(&cache);
+        (open_store(url, &cache, options(port)), cache)
+    };
+    if which == "window-read" || which == "window-view" || which == "window-full" {
+        // One run per process, for its peak RSS (`/usr/bin/time -v`).
+        let (s, cache) = fresh("One", 0);
+        let t = Instant::now();
+        let got = if which == "window-view" {
+            let v = s.map_window::<f64>("win", &slab).unwrap();
+            let map_t = t.elapsed();
+            let sum: f64 = v.sum();
+            let all_t = t.elapsed();
+            assert_eq!(v[[0, 1]], first);
+            println!(
+                "{which}: map_window {:.1} ms, + sum of its elements {:.1} ms (sum {sum:e}), {} bytes fetched ({:.3}%)",
+                ms(map_t),
+                ms(all_t),
+                bytes_down(&s),
+                pct(bytes_down(&s))
+            );
+            None
+        } else {
+            let w = s.read_window::<f64>("win", &slab).unwrap();
+            let win_t = t.elapsed();
+            assert_eq!(w[[0, 1]], first);
+            println!(
+                "{which}: read_window {:.1} ms, {} bytes fetched ({:.3}%)",
+                ms(win_t),
+                bytes_down(&s),
+                pct(bytes_down(&s))
+            );
+            Some(w)
+        };
+        let after_window = bytes_down(&s);
+        let t = Instant::now();
+        if which == "window-view" {
+            let v = s.map_window::<f64>("win", &slab).unwrap();
+            let sum: f64 = v.sum();
+            println!(
+                "{which}: the same view again (cache hit) {:.2} ms with the sum of its elements ({sum:e}), {} bytes fetched",
+                ms(t.elapsed()),
+                bytes_down(&s) - after_window
+            );
+        } else {
+            let w = s.read_window::<f64>("win", &slab).unwrap();
+            let hit_t = t.elapsed();
+            assert_eq!(Some(w), got);
+            println!(
+                "{which}: the same window again (cache hit) {:.2} ms, {} bytes fetched",
+                ms(hit_t),
+                bytes_down(&s) - after_window
+            );
+        }
+        if which == "window-full" {
+            // A full get after the window: the window's bytes are copied
+            // from the window cache, the rest fetched.
+            let before = s.stats().remote.unwrap();
+            let t = Instant::now();
+            let a = s.get::<f64, ndarray::Ix2>("win").unwrap();
+            assert_eq!(a.read().unwrap()[[0, 1]], 1.0);
+            let full_t = t.elapsed();
+            let after = s.stats().remote.unwrap();
+            println!(
+                "{which}: full get after the window {:.0} ms, {} bytes fetched ({:.3}%), {} bytes copied from the window cache",
+                ms(full_t),
+                after.bytes_down - before.bytes_down,
+                pct(after.bytes_down - before.bytes_down),
+                after.bytes_reused - before.bytes_reused
+            );
+        }
+        drop(s);
+        let _ = std::fs::remove_dir_all(&cache);
+        return;
+    }
     let (mut best_full, mut best_win, mut best_hit, mut best_raw) =
         (Duration::MAX, Duration::MAX, Duration::MAX, Duration::MAX);
-    let (mut win_bytes, mut hit_bytes) = (0, 0);
-    for i in 0..2 {
+    let (mut best_view, mut best_view_sum, mut best_view_hit) =
+        (Duration::MAX, Duration::MAX, Duration::MAX);
+    let (mut win_bytes, mut hit_bytes, mut view_bytes, mut view_hit_bytes) = (0, 0, 0, 0);
+    for i in 0..rounds {
         // Raw: one ranged GET of the slab's bytes (header of 128 bytes).
         let start = 128 + (rows / 2 * 1024 * 8) as u64;
         let t = Instant::now();
@@ -700,13 +828,13 @@ fn window(
             .unwrap();
         best_raw = best_raw.min(t.elapsed());
         assert_eq!(b.len() as u64, slab_bytes);
+        drop(b);
         // A node with nothing cached: the window.
-        let cache = tmp.join(format!("cacheWin{i}"));
-        let s = open_store(url, &cache, options(port));
+        let (s, cache) = fresh("Win", i);
         let t = Instant::now();
         let w = s.read_window::<f64>("win", &slab).unwrap();
         best_win = best_win.min(t.elapsed());
-        assert_eq!(w[[0, 1]], ((rows / 2) * 1024 + 1) as f64);
+        assert_eq!(w[[0, 1]], first);
         win_bytes = bytes_down(&s);
         // The same window again: the window cache.
         let t = Instant::now();
@@ -716,9 +844,27 @@ fn window(
         hit_bytes = bytes_down(&s) - win_bytes;
         drop(s);
         let _ = std::fs::remove_dir_all(&cache);
+        // Another node with nothing cached: the window as a view (mapped,
+        // then every element read), and the same view again.
+        let (s, cache) = fresh("View", i);
+        let t = Instant::now();
+        let v = s.map_window::<f64>("win", &slab).unwrap();
+        best_view = best_view.min(t.elapsed());
+        let sum: f64 = v.sum();
+        best_view_sum = best_view_sum.min(t.elapsed());
+        assert_eq!(sum, w.sum());
+        view_bytes = bytes_down(&s);
+        drop(v);
+        let t = Instant::now();
+        let v = s.map_window::<f64>("win", &slab).unwrap();
+        assert_eq!(v.sum(), sum);
+        best_view_hit = best_view_hit.min(t.elapsed());
+        view_hit_bytes = bytes_down(&s) - view_bytes;
+        drop(v);
+        drop(s);
+        let _ = std::fs::remove_dir_all(&cache);
         // Another node with nothing cached: the first full get.
-        let cache = tmp.join(format!("cacheFull{i}"));
-        let s = open_store(url, &cache, options(port));
+        let (s, cache) = fresh("Full", i);
         let t = Instant::now();
         let a = s.get::<f64, ndarray::Ix2>("win").unwrap();
         assert_eq!(a.read().unwrap()[[0, 1]], 1.0);
@@ -727,12 +873,11 @@ fn window(
         drop(s);
         let _ = std::fs::remove_dir_all(&cache);
     }
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "window (1% slab, {n} of {rows} rows) of {mib} MiB: {:.1} ms, {win_bytes} bytes fetched ({:.3}% of the object); \
          raw ranged GET of the slab {:.1} ms (ratio {:.2}x); first full get {:.0} ms ({:.2}% of its time)",
         ms(best_win),
-        win_bytes as f64 * 100.0 / size as f64,
+        pct(win_bytes),
         ms(best_raw),
         best_raw.as_secs_f64() / best_win.as_secs_f64(),
         ms(best_full),
@@ -742,5 +887,14 @@ fn window(
         "window after window (cache hit): {:.2} ms, {hit_bytes} bytes fetched ({:.2}% of the first window's time)",
         ms(best_hit),
         best_hit.as_secs_f64() * 100.0 / best_win.as_secs_f64()
+    );
+    println!(
+        "view (map_window) of the same slab: {:.1} ms mapped, {:.1} ms with every element read, {view_bytes} bytes fetched ({:.3}%; {:.2}% of the full get's time); \
+         again (cache hit) {:.2} ms with every element read, {view_hit_bytes} bytes fetched",
+        ms(best_view),
+        ms(best_view_sum),
+        pct(view_bytes),
+        best_view_sum.as_secs_f64() * 100.0 / best_full.as_secs_f64(),
+        ms(best_view_hit),
     );
 }

@@ -20,6 +20,8 @@ use crate::npy::NpyInfo;
 
 mod sys;
 
+#[cfg(feature = "remote")]
+pub(crate) use sys::MapView;
 pub(crate) use sys::{element_bytes, map_readonly, note_freed, trim_if_due, ReadView, WriteView};
 
 /// How an offloaded array is mapped back into memory.

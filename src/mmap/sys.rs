@@ -14,6 +14,10 @@
 //!   ([`LoadMode::ReadWrite`](crate::LoadMode::ReadWrite)), and only for the
 //!   array that owns that file. Every other overwrite writes a new file and
 //!   renames it over the old name, so an existing map keeps the old inode.
+//! * A window cache file (an object store's, `remote/window_cache.rs`) has
+//!   its data object's full size from its creation on, is never truncated,
+//!   and is written only where it holds nothing yet: a [`MapView`] of bytes
+//!   it holds never sees them change or disappear.
 //! * A map is created over the whole file as it is when mapped; every read
 //!   through it is bounds-checked against the map length, so a file shorter
 //!   than its header promises yields an error, never a read past the end
@@ -113,6 +117,64 @@ impl<'a, S, T: 'static, E: Dimension> ReadView<'a, S, T, E> {
     /// A view, borrowed from `self`.
     pub(crate) fn view(&self) -> ArrayView<'_, T, E> {
         self.view.view()
+    }
+}
+
+/// A read-only map of part of a file and a view of elements in it, kept
+/// together (the views of
+/// [`map_window`](crate::DiskBackedStore::map_window)).
+///
+/// Sound because: the view points into the map's pages, whose address
+/// does not change when the [`Mmap`] value moves, and which stay mapped
+/// until it is dropped, after the view (field order); the view is handed
+/// out only reborrowed from `&self`; the map covers only bytes within the
+/// file's length when it is made ([`MapView::new`]'s caller checked it with
+/// `fstat` on the same descriptor), and the crate never truncates the
+/// files it maps so, nor writes again the bytes such a view shows (the
+/// window cache's files keep their full size from their creation on, and
+/// are written only where they hold nothing yet; a local entry's
+/// published file is never modified in place, module docs). Another
+/// program truncating or rewriting the file is outside the guarantee, as
+/// for every map.
+#[cfg(feature = "remote")]
+pub(crate) struct MapView<T: 'static> {
+    view: ArrayView<'static, T, IxDyn>,
+    _map: Mmap,
+}
+
+#[cfg(feature = "remote")]
+use ndarray::IxDyn;
+
+#[cfg(feature = "remote")]
+impl<T: 'static> MapView<T> {
+    /// Maps `len` bytes (at least one) of `file` from `offset` on, read
+    /// only, and keeps the view `make` returns of them. The caller checked
+    /// that the file is at least `offset + len` bytes long.
+    pub(crate) fn new(
+        file: &File,
+        offset: u64,
+        len: usize,
+        path: &Path,
+        make: impl for<'x> FnOnce(&'x [u8]) -> Result<ArrayView<'x, T, IxDyn>>,
+    ) -> Result<Self> {
+        // SAFETY: the bytes mapped are within the file (checked by the
+        // caller just before), and the crate neither truncates the file
+        // nor writes the bytes the view shows while it is mapped (see the
+        // type's documentation).
+        let map =
+            unsafe { MmapOptions::new().offset(offset).len(len).map(file) }.ctx("map", path)?;
+        let view = make(&map)?;
+        // SAFETY: only the lifetime changes; the view is dropped before the
+        // map (see the type's documentation).
+        let view = unsafe {
+            std::mem::transmute::<ArrayView<'_, T, IxDyn>, ArrayView<'static, T, IxDyn>>(view)
+        };
+        Ok(MapView { view, _map: map })
+    }
+
+    /// The array, borrowed from `self`.
+    pub(crate) fn array(&self) -> &ArrayRef<T, IxDyn> {
+        &self.view
     }
 }
 

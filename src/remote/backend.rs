@@ -37,7 +37,7 @@
 //! other nodes, and would outlive a crash between the two. So a write
 //! acknowledged durable is committed on the object store, and its local
 //! copy was durable before the commit, as before. A batch uploads its
-//! jobs' data objects concurrently (`TransferOptions::batch_concurrency`
+//! jobs' data objects concurrently (`RemoteOptions::batch_concurrency`
 //! objects or parts in flight, sharing the slots, so memory stays within
 //! that many parts) and commits each once its upload is done and the
 //! batch's pairs are published, the commits holding the same slots (at
@@ -185,6 +185,8 @@ struct Counters {
     cache_hits: AtomicU64,
     conflicts: AtomicU64,
     evictions: AtomicU64,
+    bytes_reused: AtomicU64,
+    window_evictions: AtomicU64,
 }
 
 /// A data object uploaded: what its commit records.
@@ -523,6 +525,14 @@ impl ObjectBackend {
         self.cache.as_ref()?.read_meta(name).ok()
     }
 
+    /// What a staged write of `name` this handle reads as the entry's value
+    /// says (see [`visible`](Self::visible)): `Some(true)` a value,
+    /// `Some(false)` a removal; `None` if there is no such staged write.
+    fn staged_value(&self, name: &EntryName) -> Option<bool> {
+        let m = self.cached_meta(name).filter(|m| self.visible(m))?;
+        Some(!is_removal(&m))
+    }
+
     /// Where `name`'s current data is, downloading it if needed.
     fn copy_of(&self, name: &EntryName) -> Result<Copy> {
         let mut retried = false;
@@ -563,31 +573,57 @@ impl ObjectBackend {
         let src = protocol::rel_path(&self.loc, &r.data);
         let url = self.loc.url_of(&src);
         let meta = Meta::parse(&remote.to_bytes(), &PathBuf::from(&url))?;
+        // The ranges windows fetched of this object are copied, not
+        // fetched again.
+        let reuse = self.windows.get(name, &r.data);
         let fetch = |file: &File, path: &FsPath| -> Result<()> {
-            let f = file.try_clone().ctx("open", path)?;
-            let progress = transfer::Progress::start(name.as_str(), "download", r.size);
-            let crc = self
-                .rt
-                .block_on(transfer::download_to_file(
-                    self.loc.store.clone(),
-                    &src,
-                    r.size,
-                    Arc::new(f),
-                    path,
-                    self.opts.transfer,
-                    &progress,
-                ))
-                .map_err(|e| upload_err(&self.loc, "download", name.as_str(), url.clone(), e))?;
-            if crc != r.crc32 {
+            let f = Arc::new(file.try_clone().ctx("open", path)?);
+            let attempt = |held: Option<&transfer::Held>| {
+                let progress = transfer::Progress::start(name.as_str(), "download", r.size);
+                self.rt
+                    .block_on(transfer::download_to_file(
+                        self.loc.store.clone(),
+                        &src,
+                        r.size,
+                        f.clone(),
+                        path,
+                        held,
+                        self.opts.transfer,
+                        &progress,
+                    ))
+                    .map_err(|e| upload_err(&self.loc, "download", name.as_str(), url.clone(), e))
+            };
+            let held = reuse.as_ref().map(|c| transfer::Held {
+                file: c.file.clone(),
+                path: c.path.clone(),
+                ranges: c.held(),
+            });
+            let mut got = attempt(held.as_ref())?;
+            if got.crc != r.crc32 && got.reused > 0 {
+                // The window cache's bytes were changed by something else:
+                // forgotten, and the whole object fetched.
+                self.windows.discard(name);
+                self.counters
+                    .bytes_down
+                    .fetch_add(got.fetched, Ordering::Relaxed);
+                got = attempt(None)?;
+            }
+            if got.crc != r.crc32 {
                 return Err(Error::corrupt(
                     &PathBuf::from(&url),
-                    format!("CRC-32 {crc:08x}, but its metadata says {:08x}", r.crc32),
+                    format!(
+                        "CRC-32 {:08x}, but its metadata says {:08x}",
+                        got.crc, r.crc32
+                    ),
                 ));
             }
             self.counters.downloads.fetch_add(1, Ordering::Relaxed);
             self.counters
                 .bytes_down
-                .fetch_add(r.size, Ordering::Relaxed);
+                .fetch_add(got.fetched, Ordering::Relaxed);
+            self.counters
+                .bytes_reused
+                .fetch_add(got.reused, Ordering::Relaxed);
             Ok(())
         };
         if let Some(cache) = self.cache.as_ref().filter(|c| c.is_writer()) {
@@ -624,6 +660,8 @@ impl ObjectBackend {
             // downloaded again). Never over a staged write: the copy is then
             // read from the private directory.
             if cache.publish(vec![job], SyncMode::Spill)?[0].is_some() {
+                // The whole object is cached: windows read it there.
+                self.windows.discard(name);
                 return Ok(Copy::Cache);
             }
         }
@@ -991,31 +1029,46 @@ impl ObjectBackend {
     /// its base (a tombstone already there counts as done), then the pair.
     fn remove_staged(&self, cache: &LocalDir, name: &EntryName, staged: &Staged) -> Result<()> {
         if let Some(base) = staged.base() {
-            let r = self.rt.block_on(protocol::commit(
-                &self.loc,
-                name.as_str(),
-                Some(&base),
-                Vec::new(),
-            ));
-            match r {
-                Ok(v) => {
-                    self.view.lock().insert(name.clone(), Seen::Removed(v));
-                }
-                Err(e @ Error::Conflict { .. }) => {
-                    // Another writer's value stands: the removal lost.
-                    self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
-                    let _ = cache.remove_if(name, |m| m.is_some_and(is_removal));
-                    self.staged.lock().remove(name);
-                    let _ = self.reload(name);
-                    self.lost.lock().push(name.clone());
-                    return Err(e);
-                }
-                Err(e) => return Err(e),
-            }
+            self.commit_tombstone(name, &base, || {
+                // Another writer's value stands: the removal lost.
+                let _ = cache.remove_if(name, |m| m.is_some_and(is_removal));
+                self.staged.lock().remove(name);
+                self.lost.lock().push(name.clone());
+            })?;
         }
         cache.remove_if(name, |m| m.is_some_and(is_removal))?;
         self.staged.lock().remove(name);
         Ok(())
+    }
+
+    /// Commits the tombstone of `name` over `base` (a tombstone already
+    /// there counts as done). If another writer's commit won, `lost` runs,
+    /// the key is read again and the [`Error::Conflict`] returned.
+    fn commit_tombstone(
+        &self,
+        name: &EntryName,
+        base: &UpdateVersion,
+        lost: impl FnOnce(),
+    ) -> Result<()> {
+        let r = self.rt.block_on(protocol::commit(
+            &self.loc,
+            name.as_str(),
+            Some(base),
+            Vec::new(),
+        ));
+        match r {
+            Ok(v) => {
+                self.view.lock().insert(name.clone(), Seen::Removed(v));
+                Ok(())
+            }
+            Err(e @ Error::Conflict { .. }) => {
+                self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                lost();
+                let _ = self.reload(name);
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn check_online(&self) -> Result<()> {
@@ -1109,11 +1162,14 @@ impl ObjectBackend {
         copy: &WindowCopy,
         want: &[std::ops::Range<u64>],
     ) -> Result<u64> {
+        // One fetch into the copy at a time: no byte held (and perhaps
+        // shown by a view) is written again.
+        let _one = copy.fetching.lock();
         let missing = copy.missing(want);
-        if missing.is_empty() {
+        if missing.requests.is_empty() {
             return Ok(0);
         }
-        let total = missing.iter().map(|r| r.end - r.start).sum();
+        let total = missing.requests.iter().map(|r| r.end - r.start).sum();
         let progress = transfer::Progress::start(name.as_str(), "window", total);
         let src = protocol::rel_path(&self.loc, &copy.data);
         let got = self
@@ -1136,7 +1192,7 @@ impl ObjectBackend {
                     e,
                 )
             })?;
-        copy.note_fetched(&missing);
+        copy.note_fetched(&missing.writes);
         self.counters.bytes_down.fetch_add(got, Ordering::Relaxed);
         Ok(got)
     }
@@ -1237,11 +1293,11 @@ impl Storage for ObjectBackend {
         }
         let staged: Vec<EntryName> = self.staged.lock().iter().cloned().collect();
         for n in staged {
-            match self.cached_meta(&n).filter(|m| self.visible(m)) {
-                Some(m) if is_removal(&m) => {
+            match self.staged_value(&n) {
+                Some(false) => {
                     entries.remove(&n);
                 }
-                Some(_) => {
+                Some(true) => {
                     entries.insert(n, Listed::Pair);
                 }
                 None => {}
@@ -1306,11 +1362,17 @@ impl Storage for ObjectBackend {
     }
 
     fn exists(&self, name: &EntryName) -> bool {
-        self.staged.lock().contains(name)
-            || matches!(
-                self.view.lock().get(name),
-                Some(Seen::Listed(_) | Seen::Live(..))
-            )
+        // As `list` and `read_meta` see it: a staged write this handle reads
+        // decides; another live process's is not there yet.
+        if self.staged.lock().contains(name) {
+            if let Some(there) = self.staged_value(name) {
+                return there;
+            }
+        }
+        matches!(
+            self.view.lock().get(name),
+            Some(Seen::Listed(_) | Seen::Live(..))
+        )
     }
 
     fn publish(&self, jobs: Vec<PairJob<'_>>, sync: SyncMode) -> Result<Vec<Option<Published>>> {
@@ -1369,8 +1431,12 @@ impl Storage for ObjectBackend {
             }
             return first.map_or(Ok(ids), Err);
         }
-        let slots = t.slots(batch);
-        let at_once = if batch { t.batch() } else { 1 };
+        let (slots, at_once) = if batch {
+            let n = self.opts.batch_concurrency.max(1);
+            (Arc::new(tokio::sync::Semaphore::new(n)), n)
+        } else {
+            (t.slots(), 1)
+        };
         let cancel = AtomicBool::new(false);
         // The caller's `tracing` subscriber sees the progress.
         let dispatch = tracing::dispatcher::get_default(|d| d.clone());
@@ -1431,24 +1497,7 @@ impl Storage for ObjectBackend {
         // value, as a removal that did not happen.
         cache.remove(name)?;
         if let Some(base) = base {
-            let r = self.rt.block_on(protocol::commit(
-                &self.loc,
-                name.as_str(),
-                Some(&base),
-                Vec::new(),
-            ));
-            match r {
-                Ok(v) => {
-                    self.view.lock().insert(name.clone(), Seen::Removed(v));
-                }
-                Err(e) => {
-                    if matches!(e, Error::Conflict { .. }) {
-                        self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
-                        let _ = self.reload(name);
-                    }
-                    return Err(e);
-                }
-            }
+            self.commit_tombstone(name, &base, || {})?;
         }
         cache.remove(name)?;
         self.staged.lock().remove(name);
@@ -1640,6 +1689,24 @@ impl Storage for ObjectBackend {
         self.staged.lock().iter().cloned().collect()
     }
 
+    fn windows_held(&self) -> Vec<(EntryName, u64)> {
+        self.windows.held()
+    }
+
+    fn window_bytes(&self, name: &EntryName) -> Option<u64> {
+        self.windows.bytes_of(name)
+    }
+
+    fn drop_window(&self, name: &EntryName) -> Result<Option<u64>> {
+        let dropped = self.windows.drop_unused(name);
+        if dropped.is_some() {
+            self.counters
+                .window_evictions
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(dropped)
+    }
+
     fn remote_stats(&self) -> Option<RemoteStats> {
         let c = &self.counters;
         Some(RemoteStats {
@@ -1651,6 +1718,9 @@ impl Storage for ObjectBackend {
             conflicts: c.conflicts.load(Ordering::Relaxed),
             evictions: c.evictions.load(Ordering::Relaxed),
             pending: self.staged.lock().len() as u64,
+            bytes_reused: c.bytes_reused.load(Ordering::Relaxed),
+            window_bytes: self.windows.held().iter().map(|(_, b)| b).sum(),
+            window_evictions: c.window_evictions.load(Ordering::Relaxed),
         })
     }
 }

@@ -361,6 +361,7 @@ async fn check_data(
         size,
         file,
         tmp.path(),
+        None,
         transfer,
         &progress,
     )
@@ -368,7 +369,8 @@ async fn check_data(
     .map_err(|e| match e {
         UploadError::Remote(e) => protocol::remote_err(loc, "read", name, url.clone(), e),
         UploadError::Local(e) => e,
-    })?;
+    })?
+    .crc;
     if crc != rf.crc32 {
         return Err(Error::corrupt(
             &at,

@@ -74,6 +74,7 @@ pub use gc::GcReport;
 pub use inspect::{inspect_remote, inspect_remote_with, list_entries, verify};
 pub use transfer::TransferOptions;
 pub use url::NetOptions;
+pub use window::WindowView;
 
 use crate::error::{Error, RemoteErrorKind, Result};
 use crate::npy::NpyInfo;
@@ -91,6 +92,14 @@ pub struct RemoteOptions {
     pub net: NetOptions,
     /// Part sizes and parallelism of transfers.
     pub transfer: TransferOptions,
+    /// Requests in flight at once for a durable batch
+    /// ([`insert_many`](crate::DiskBackedStore::insert_many),
+    /// [`insert_batch`](crate::DiskBackedStore::insert_batch),
+    /// [`flush`](crate::DiskBackedStore::flush)): its entries' uploads
+    /// (each object, or each part of a large one) and their commits
+    /// together (default 8, at least 1). A batch holds at most this many
+    /// parts of [`TransferOptions::part_size`] bytes in memory.
+    pub batch_concurrency: usize,
     /// How long an unreferenced data object is kept before `gc` deletes it
     /// (default: one hour). Readers that read an entry's metadata before a
     /// replace have this long to download the old data.
@@ -146,6 +155,7 @@ impl Default for RemoteOptions {
         RemoteOptions {
             net: NetOptions::default(),
             transfer: TransferOptions::default(),
+            batch_concurrency: 8,
             grace: Duration::from_secs(3600),
             config: Vec::new(),
             offline: false,

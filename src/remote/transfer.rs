@@ -32,13 +32,6 @@ pub struct TransferOptions {
     pub part_size: usize,
     /// Parts or ranges in flight at once.
     pub concurrency: usize,
-    /// Requests in flight at once for a durable batch
-    /// ([`insert_many`](crate::DiskBackedStore::insert_many),
-    /// [`flush`](crate::DiskBackedStore::flush)) over an object store: its
-    /// entries' uploads (each object, or each part of a large one) and
-    /// their commits together (default 8). A batch holds at most this many
-    /// parts of `part_size` bytes in memory.
-    pub batch_concurrency: usize,
 }
 
 impl Default for TransferOptions {
@@ -46,7 +39,6 @@ impl Default for TransferOptions {
         TransferOptions {
             part_size: 8 << 20,
             concurrency: 4,
-            batch_concurrency: 8,
         }
     }
 }
@@ -58,18 +50,10 @@ impl TransferOptions {
     fn conc(&self) -> usize {
         self.concurrency.max(1)
     }
-    /// [`batch_concurrency`](Self::batch_concurrency), at least 1.
-    pub(crate) fn batch(&self) -> usize {
-        self.batch_concurrency.max(1)
-    }
-    /// The slots of the parts an upload from memory may hold at once:
-    /// `concurrency` for one entry, `batch_concurrency` for a batch.
-    pub(crate) fn slots(&self, batch: bool) -> Arc<Semaphore> {
-        Arc::new(Semaphore::new(if batch {
-            self.batch()
-        } else {
-            self.conc()
-        }))
+    /// The slots of the parts an upload from memory may hold at once
+    /// (`concurrency` for one entry).
+    pub(crate) fn slots(&self) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(self.conc()))
     }
 }
 
@@ -393,26 +377,85 @@ pub(crate) enum UploadError {
     Local(Error),
 }
 
+/// Byte ranges of an object another local file holds already (a window
+/// cache's copy), at the same offsets.
+pub(crate) struct Held {
+    pub(crate) file: Arc<File>,
+    pub(crate) path: std::path::PathBuf,
+    /// Sorted, disjoint.
+    pub(crate) ranges: Vec<Range<u64>>,
+}
+
+/// What a fetch of byte ranges into a copy does: the requests (runs
+/// closer than a gap coalesced) and the parts of them to write (only
+/// the bytes the copy does not hold yet).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Fetch {
+    pub(crate) requests: Vec<Range<u64>>,
+    pub(crate) writes: Vec<Range<u64>>,
+}
+
+/// Where a piece of a download comes from: a held file (and its name), or
+/// the object store (`None`).
+type Source = Option<(Arc<File>, Arc<FsPath>)>;
+
+/// What a download did: the CRC-32 of the object, and the bytes fetched
+/// and copied from [`Held`] ranges.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Downloaded {
+    pub(crate) crc: u32,
+    pub(crate) fetched: u64,
+    pub(crate) reused: u64,
+}
+
 /// Downloads `src` (of `size` bytes) into `file` (named `local` in errors)
-/// by ranged GETs, `concurrency` at a time. Returns the CRC-32 of the bytes.
+/// by ranged GETs, `concurrency` at a time; the ranges `held` holds are
+/// copied from it instead. The CRC-32 covers every byte, fetched or
+/// copied.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn download_to_file(
     store: Arc<dyn ObjectStore>,
     src: &Path,
     size: u64,
     file: Arc<File>,
     local: &FsPath,
+    held: Option<&Held>,
     opts: TransferOptions,
     progress: &Progress,
-) -> std::result::Result<u32, UploadError> {
+) -> std::result::Result<Downloaded, UploadError> {
     let part = opts.part() as u64;
     let local: Arc<FsPath> = Arc::from(local);
     file.set_len(size)
         .ctx("resize", &local)
         .map_err(UploadError::Local)?;
-    let ranges: Vec<std::ops::Range<u64>> = (0..size.div_ceil(part))
-        .map(|i| i * part..((i + 1) * part).min(size))
-        .collect();
-    let jobs = futures::stream::iter(ranges.into_iter().map(|r| {
+    // The object in order, as pieces of at most a part: copied (`Some`:
+    // from the held file) or fetched.
+    let mut pieces: Vec<(Range<u64>, Source)> = Vec::new();
+    let mut at = 0u64;
+    let mut push = |r: Range<u64>, from: Source| {
+        let n = (r.end - r.start).div_ceil(part);
+        for i in 0..n {
+            let p = r.start + i * part..(r.start + (i + 1) * part).min(r.end);
+            pieces.push((p, from.clone()));
+        }
+    };
+    if let Some(h) = held {
+        let path: Arc<FsPath> = Arc::from(h.path.as_path());
+        for r in &h.ranges {
+            let r = r.start.min(size)..r.end.min(size);
+            if r.start > at {
+                push(at..r.start, None);
+            }
+            if r.end > r.start.max(at) {
+                push(r.start.max(at)..r.end, Some((h.file.clone(), path.clone())));
+                at = r.end;
+            }
+        }
+    }
+    if at < size {
+        push(at..size, None);
+    }
+    let jobs = futures::stream::iter(pieces.into_iter().map(|(r, from)| {
         let store = store.clone();
         let src = src.clone();
         let file = file.clone();
@@ -420,10 +463,34 @@ pub(crate) async fn download_to_file(
         async move {
             let want = r.end - r.start;
             let start = r.start;
-            let bytes = store
-                .get_range(&src, r)
-                .await
-                .map_err(UploadError::Remote)?;
+            let (bytes, copied) = match from {
+                Some((held, held_path)) => {
+                    let job = tokio::task::spawn_blocking(move || -> Result<Bytes> {
+                        let mut buf = vec![0u8; want as usize];
+                        held.read_exact_at(&mut buf, start)
+                            .ctx("read", &held_path)?;
+                        Ok(Bytes::from(buf))
+                    });
+                    let bytes = match job.await {
+                        Ok(r) => r.map_err(UploadError::Local)?,
+                        Err(e) => {
+                            return Err(UploadError::Local(Error::Io {
+                                path: local.to_path_buf(),
+                                op: "read",
+                                source: std::io::Error::other(e),
+                            }))
+                        }
+                    };
+                    (bytes, true)
+                }
+                None => (
+                    store
+                        .get_range(&src, r)
+                        .await
+                        .map_err(UploadError::Remote)?,
+                    false,
+                ),
+            };
             if bytes.len() as u64 != want {
                 return Err(UploadError::Local(Error::Truncated {
                     path: local.to_path_buf(),
@@ -441,7 +508,7 @@ pub(crate) async fn download_to_file(
             match job.await {
                 Ok(r) => {
                     progress.advance(want);
-                    r.map_err(UploadError::Local)
+                    r.map(|h| (h, want, copied)).map_err(UploadError::Local)
                 }
                 Err(e) => Err(UploadError::Local(Error::Io {
                     path: local.to_path_buf(),
@@ -452,12 +519,22 @@ pub(crate) async fn download_to_file(
         }
     }))
     .buffered(opts.conc());
-    let hashes: Vec<crc32fast::Hasher> = jobs.try_collect().await?;
+    let done: Vec<(crc32fast::Hasher, u64, bool)> = jobs.try_collect().await?;
     let mut crc = crc32fast::Hasher::new();
-    for h in &hashes {
+    let (mut fetched, mut reused) = (0, 0);
+    for (h, n, copied) in &done {
         crc.combine(h);
+        if *copied {
+            reused += n;
+        } else {
+            fetched += n;
+        }
     }
-    Ok(crc.finalize())
+    Ok(Downloaded {
+        crc: crc.finalize(),
+        fetched,
+        reused,
+    })
 }
 
 /// Reads a whole object by ranged GETs and returns its CRC-32 and its first
@@ -493,14 +570,15 @@ pub(crate) async fn checksum_object(
     Ok((crc.finalize(), first))
 }
 
-/// Fetches the byte ranges `ranges` of `src` into the same offsets of
-/// `file` (named `local` in errors), each range split into parts of at
-/// most `part_size` bytes, `concurrency` GETs in flight at once. Returns
-/// the bytes fetched.
+/// Fetches the byte ranges `fetch.requests` of `src` into the same
+/// offsets of `file` (named `local` in errors), each range split into
+/// parts of at most `part_size` bytes, `concurrency` GETs in flight at
+/// once; of the bytes fetched, only those in `fetch.writes` (sorted,
+/// disjoint) are written (the others are held already). Returns the bytes fetched.
 pub(crate) async fn fetch_ranges(
     store: Arc<dyn ObjectStore>,
     src: &Path,
-    ranges: &[Range<u64>],
+    fetch: &Fetch,
     file: Arc<File>,
     local: &FsPath,
     opts: TransferOptions,
@@ -508,7 +586,9 @@ pub(crate) async fn fetch_ranges(
 ) -> std::result::Result<u64, UploadError> {
     let part = opts.part() as u64;
     let local: Arc<FsPath> = Arc::from(local);
-    let pieces: Vec<Range<u64>> = ranges
+    let writes: Arc<[Range<u64>]> = Arc::from(fetch.writes.as_slice());
+    let pieces: Vec<Range<u64>> = fetch
+        .requests
         .iter()
         .flat_map(|r| {
             let n = (r.end - r.start).div_ceil(part);
@@ -520,9 +600,11 @@ pub(crate) async fn fetch_ranges(
         let src = src.clone();
         let file = file.clone();
         let local = local.clone();
+        let writes = writes.clone();
         async move {
             let want = r.end - r.start;
             let start = r.start;
+            let end = r.end;
             let bytes = store
                 .get_range(&src, r)
                 .await
@@ -535,8 +617,14 @@ pub(crate) async fn fetch_ranges(
                 }));
             }
             let path = local.clone();
-            let job = tokio::task::spawn_blocking(move || {
-                file.write_all_at(&bytes, start).ctx("write", &path)
+            let job = tokio::task::spawn_blocking(move || -> Result<()> {
+                let first = writes.partition_point(|w| w.end <= start);
+                for w in writes[first..].iter().take_while(|w| w.start < end) {
+                    let (a, b) = (w.start.max(start), w.end.min(end));
+                    let part = &bytes[(a - start) as usize..(b - start) as usize];
+                    file.write_all_at(part, a).ctx("write", &path)?;
+                }
+                Ok(())
             });
             match job.await {
                 Ok(r) => {

@@ -17,13 +17,17 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path as FsPath, PathBuf};
 
-use ndarray::{ArrayD, IxDyn, ShapeBuilder, Slice};
+use std::sync::Arc;
+
+use ndarray::{ArrayD, ArrayRef, ArrayView, IxDyn, ShapeBuilder, Slice};
 
 use super::backend::{ObjectBackend, WindowPlan};
 use super::protocol::RemoteMeta;
 use super::window_cache::{coalesce, WindowCopy, GAP};
+use crate::array::ArrayState;
 use crate::element::{dtype_itemsize, Element};
 use crate::error::{Error, IoContext, RemoteErrorKind, Result};
+use crate::mmap::{LoadMode, MapView};
 use crate::name::EntryName;
 use crate::npy::NpyInfo;
 use crate::DiskBackedStore;
@@ -58,7 +62,9 @@ impl DiskBackedStore {
     /// handle's window cache (a sparse file per entry under
     /// `.ndoffload/windows/` of the cache directory, or in a temporary
     /// directory for a read-only handle; removed when the handle is
-    /// dropped, and when the entry's data object changes), so that a
+    /// dropped, when the entry's data object changes and when a full
+    /// `get` cached the entry whole, but kept while a
+    /// [`map_window`](Self::map_window) view maps it), so that a
     /// window over bytes already fetched makes no request. The window
     /// reads one version: the data object the handle's metadata of the
     /// entry names (as [`get`](Self::get) reads; [`refresh`](Self::refresh)
@@ -88,12 +94,20 @@ impl DiskBackedStore {
     /// * bytes already in the window cache are not fetched again: a second
     ///   window over the same bytes makes no request.
     ///
-    /// The window cache is not counted by the disk budget, and is not
-    /// reused by a later full [`get`](Self::get), which downloads the
-    /// whole object. A window checks the data object's header against the
-    /// entry's metadata, but not the object's CRC-32 (which covers the
-    /// whole object: `get` checks it). Transfers report their progress as
-    /// `tracing` events (see [`remote`](crate::remote#progress)).
+    /// The window cache counts against the store's disk budget
+    /// ([`StoreBuilder::disk_budget`](crate::StoreBuilder::disk_budget)):
+    /// an entry's cached ranges are dropped least recently used first,
+    /// with the cached whole copies (never while a window of it is read or
+    /// a [`WindowView`](super::WindowView) of it lives). A later full
+    /// [`get`](Self::get) of the same version copies the cached ranges
+    /// and fetches only the rest. A window checks the data object's header
+    /// against the entry's metadata, but not the object's CRC-32 (which
+    /// covers the whole object: `get` checks it, the copied ranges
+    /// included). Transfers report their progress as `tracing` events (see
+    /// [`remote`](crate::remote#progress)).
+    ///
+    /// [`map_window`](Self::map_window) gives the same window as a view
+    /// over the window cache's file instead of a copy.
     ///
     /// # Errors
     ///
@@ -131,26 +145,137 @@ impl DiskBackedStore {
         ranges: &[Range<usize>],
     ) -> Result<ArrayD<T>> {
         let name = EntryName::new(name.as_ref())?;
+        self.window_of(
+            &name,
+            || self.local_window(&name, ranges),
+            |b, remote| remote_window::<T>(b, &name, remote, ranges),
+        )
+    }
+
+    /// The box `ranges` (one range of indices per axis) of the entry
+    /// `name`, as a read-only view over a memory map, without reading the
+    /// rest of the entry and without copying the window's elements: the
+    /// view's elements are those of [`read_window`](Self::read_window)'s
+    /// array (same shape, same values), read in place.
+    ///
+    /// Over an object store, the window's bytes are fetched exactly as
+    /// [`read_window`](Self::read_window) fetches them, into the handle's
+    /// window cache, and the view maps the window cache's file of the
+    /// entry's data object. On a local store, and for an entry whose
+    /// current data the cache directory holds, it maps the entry's data
+    /// file. An entry this handle holds in RAM (inserted and not offloaded
+    /// since, or mapped read-write or copy-on-write) has no file that is
+    /// its value: its window is copied, as `read_window` does
+    /// ([`WindowView::is_mapped`](super::WindowView::is_mapped) says
+    /// which), and so is every window of a store that maps entries
+    /// read-write ([`CacheConfig::with_load_mode`](crate::CacheConfig::with_load_mode)).
+    ///
+    /// # Cost model: owned array or view
+    ///
+    /// The bytes fetched and the requests are those of `read_window` (see
+    /// its cost model). What differs is what the window costs in memory
+    /// and time once its bytes are local:
+    ///
+    /// * `read_window` reads the window's bytes from the window cache's
+    ///   file (or the entry's mapped file) into a new array: the window's
+    ///   size in RAM, allocated and copied before it returns, and owned
+    ///   (it outlives the store, nothing pins the file);
+    /// * `map_window` maps the bytes between the window's first and last
+    ///   element and returns at once: nothing is copied, pages are read
+    ///   in (from the page cache) when an element of them is first read,
+    ///   and they count in the resident memory of the process only while
+    ///   they are in the page cache (the kernel drops clean pages under
+    ///   memory pressure). The view is strided over the entry's layout: a
+    ///   box that is not a slab of the outer axis (in C order; of the
+    ///   inner axis in Fortran order) is not contiguous in memory.
+    ///
+    /// A view keeps what it maps: its window cache file (or the entry's
+    /// data file) stays on disk until the view is dropped, whatever
+    /// happens to the entry meanwhile (another handle replacing it, `gc`,
+    /// the disk budget, which skips files in use, or the handle being
+    /// dropped); other windows of the same entry fill other parts of the
+    /// same file, never the bytes the view shows, and a new version of
+    /// the entry gets a new file. The view therefore shows one version of
+    /// the entry, whole. (As for every map: another program truncating or
+    /// rewriting the file while it is mapped is outside the guarantee.)
+    ///
+    /// # Errors
+    ///
+    /// As [`read_window`](Self::read_window); [`Error::Io`] if the file
+    /// cannot be mapped; [`Error::Corrupt`] if the window cache's file was
+    /// changed by something else twice while the window was fetched, or
+    /// the `.npy`'s data is not aligned for `T`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ndarray::{s, Array2};
+    /// use ndarray_offload::StoreBuilder;
+    ///
+    /// let cache = tempfile::tempdir()?;
+    /// let store = StoreBuilder::new(cache.path()).remote("memory:///b/views").open()?;
+    /// let a = Array2::from_shape_fn((1000, 8), |(i, j)| (i * 8 + j) as f64);
+    /// store.insert_durable("a", a.clone())?;
+    ///
+    /// // Rows 10..20 as a view: nothing copied, the elements are read in
+    /// // place from the mapped file.
+    /// let w = store.map_window::<f64>("a", &[10..20, 0..8])?;
+    /// assert_eq!(w.view(), a.slice(s![10..20, ..]).into_dyn());
+    /// assert_eq!(w[[0, 1]], 81.0);
+    /// assert_eq!(w.sum(), a.slice(s![10..20, ..]).sum());
+    /// // An owned array when one is needed.
+    /// let owned = w.to_owned();
+    /// drop(w);
+    /// assert_eq!(owned.shape(), [10, 8]);
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn map_window<T: Element>(
+        &self,
+        name: impl AsRef<str>,
+        ranges: &[Range<usize>],
+    ) -> Result<WindowView<T>> {
+        let name = EntryName::new(name.as_ref())?;
+        self.window_of(
+            &name,
+            || self.local_view(&name, ranges),
+            |b, remote| remote_view::<T>(b, &name, remote, ranges),
+        )
+    }
+
+    /// A window of `name`: `local` when this handle or the cache directory
+    /// holds its data, else `remote` of the data object this handle's
+    /// metadata names (once more, of the entry's metadata read again, if
+    /// that object was collected); the window cache's bytes then counted.
+    fn window_of<R>(
+        &self,
+        name: &EntryName,
+        local: impl Fn() -> Result<R>,
+        remote: impl Fn(&ObjectBackend, &RemoteMeta) -> Result<R>,
+    ) -> Result<R> {
         let Some(b) = self.object_backend() else {
-            return self.local_window(&name, ranges);
+            return local();
         };
-        if self.holds_data(&name) {
-            return self.local_window(&name, ranges);
+        if self.holds_data(name) {
+            return local();
         }
         let mut retried = false;
         loop {
-            let remote = match b.window_plan(&name)? {
-                WindowPlan::Local => return self.local_window(&name, ranges),
+            let meta = match b.window_plan(name)? {
+                WindowPlan::Local => return local(),
                 WindowPlan::Remote(m) => m,
             };
-            match remote_window::<T>(b, &name, &remote, ranges) {
+            let r = remote(b, &meta);
+            if r.is_ok() {
+                self.note_window(name);
+            }
+            match r {
                 Err(Error::Remote {
                     kind: RemoteErrorKind::NotFound,
                     ..
                 }) if !retried => {
                     // The data object was collected: the entry changed.
                     retried = true;
-                    b.reload_entry(&name)?;
+                    b.reload_entry(name)?;
                 }
                 r => return r,
             }
@@ -172,6 +297,173 @@ impl DiskBackedStore {
                 .to_owned(),
         )
     }
+
+    /// The window as a view of the entry as [`get`](Self::get) reads it:
+    /// a map of its data file, or a copy when the handle holds it in RAM.
+    fn local_view<T: Element>(
+        &self,
+        name: &EntryName,
+        ranges: &[Range<usize>],
+    ) -> Result<WindowView<T>> {
+        let a = self.get::<T, IxDyn>(name.as_str())?;
+        let in_file = matches!(
+            a.state(),
+            ArrayState::Offloaded | ArrayState::Mapped(LoadMode::ReadOnly)
+        );
+        if !in_file || self.maps_read_write() {
+            drop(a);
+            return self.local_window(name, ranges).map(WindowView::owned);
+        }
+        drop(a);
+        let storage = self.storage();
+        let meta_path = storage.meta_path(name);
+        let c = storage.read_checked(name)?;
+        let path = storage.data_path(name);
+        let Some((file, info)) = c.file else {
+            return Err(Error::NoFile {
+                path,
+                reason: "the data file disagrees with the entry's metadata",
+            });
+        };
+        if info.descr != T::dtype() {
+            return Err(Error::DtypeMismatch {
+                path: meta_path,
+                expected: T::dtype(),
+                found: info.descr,
+            });
+        }
+        check_ranges(&info.shape, ranges, &meta_path)?;
+        map_box(&file, &path, &info, ranges, None)
+    }
+}
+
+/// A window of an entry as a read-only view, without a copy of its
+/// elements ([`DiskBackedStore::map_window`]): dereferences to the array
+/// (`&ArrayRef<T, IxDyn>`, so `w[[i, j]]`, `w.sum()`, `w.shape()`), or
+/// [`view`](Self::view) gives an [`ArrayView`]. It keeps the file it maps
+/// until it is dropped.
+pub struct WindowView<T: Element> {
+    repr: Repr<T>,
+}
+
+enum Repr<T: Element> {
+    /// A view over a mapped file: the window cache's (with the copy that
+    /// owns it, kept from the disk budget while the view lives) or the
+    /// entry's data file.
+    Mapped {
+        view: MapView<T>,
+        _copy: Option<Arc<WindowCopy>>,
+    },
+    /// A copy of the window (an entry the handle holds in RAM; an empty
+    /// window).
+    Owned(ArrayD<T>),
+}
+
+impl<T: Element> WindowView<T> {
+    fn owned(a: ArrayD<T>) -> Self {
+        WindowView {
+            repr: Repr::Owned(a),
+        }
+    }
+
+    /// The window, as a view borrowed from `self`.
+    pub fn view(&self) -> ArrayView<'_, T, IxDyn> {
+        match &self.repr {
+            Repr::Mapped { view: m, .. } => m.array().view(),
+            Repr::Owned(a) => a.view(),
+        }
+    }
+
+    /// Whether the elements are read in place from a mapped file (`false`:
+    /// the window was copied, see [`DiskBackedStore::map_window`]).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.repr, Repr::Mapped { .. })
+    }
+}
+
+impl<T: Element> std::ops::Deref for WindowView<T> {
+    type Target = ArrayRef<T, IxDyn>;
+
+    fn deref(&self) -> &ArrayRef<T, IxDyn> {
+        match &self.repr {
+            Repr::Mapped { view: m, .. } => m.array(),
+            Repr::Owned(a) => a,
+        }
+    }
+}
+
+impl<T: Element> std::fmt::Debug for WindowView<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowView")
+            .field("shape", &self.shape())
+            .field("mapped", &self.is_mapped())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Strides (in elements) of an array of `shape` stored in C or Fortran
+/// order.
+fn strides(shape: &[usize], fortran: bool) -> Vec<usize> {
+    let n = shape.len();
+    let mut st = vec![1usize; n];
+    if fortran {
+        for i in 1..n {
+            st[i] = st[i - 1] * shape[i - 1];
+        }
+    } else {
+        for i in (0..n.saturating_sub(1)).rev() {
+            st[i] = st[i + 1] * shape[i + 1];
+        }
+    }
+    st
+}
+
+/// A view of the box `ranges` (checked against `info.shape`) of the `.npy`
+/// open as `file` (its header `info`): a map of the bytes from the box's
+/// first element to its last, `keep` kept with it.
+fn map_box<T: Element>(
+    file: &File,
+    path: &FsPath,
+    info: &NpyInfo,
+    ranges: &[Range<usize>],
+    keep: Option<Arc<WindowCopy>>,
+) -> Result<WindowView<T>> {
+    let wshape: Vec<usize> = ranges.iter().map(|r| r.end - r.start).collect();
+    if wshape.contains(&0) {
+        return ArrayD::from_shape_vec(IxDyn(&wshape), Vec::new())
+            .map(WindowView::owned)
+            .map_err(|e| Error::corrupt(path, e.to_string()));
+    }
+    let item = dtype_itemsize(&info.descr)
+        .ok_or_else(|| Error::corrupt(path, format!("unsupported dtype {}", info.descr)))?
+        as u64;
+    let st = strides(&info.shape, info.fortran);
+    // The box's first and last element, as indices of the flat storage
+    // (the shape passed the header's size checks: no overflow).
+    let first: usize = ranges.iter().zip(&st).map(|(r, s)| r.start * s).sum();
+    let last: usize = ranges.iter().zip(&st).map(|(r, s)| (r.end - 1) * s).sum();
+    let count = last - first + 1;
+    let offset = info.data_offset as u64 + first as u64 * item;
+    let len = count as u64 * item;
+    let file_len = file.metadata().ctx("stat", path)?.len();
+    if offset + len > file_len {
+        return Err(Error::Truncated {
+            path: path.to_path_buf(),
+            expected: offset + len,
+            actual: file_len,
+        });
+    }
+    let len = usize::try_from(len).map_err(|_| Error::corrupt(path, "too large to map"))?;
+    let view = MapView::new(file, offset, len, path, |bytes| {
+        let data = T::bytes_as_slice(bytes, &T::type_descriptor(), count)
+            .map_err(|e| Error::corrupt(path, format!("mapping a window: {e}")))?;
+        let sub: Vec<usize> = st.clone();
+        ArrayView::from_shape(IxDyn(&wshape).strides(IxDyn(&sub)), data)
+            .map_err(|e| Error::corrupt(path, format!("mapping a window: {e}")))
+    })?;
+    Ok(WindowView {
+        repr: Repr::Mapped { view, _copy: keep },
+    })
 }
 
 /// Checks that `ranges` has one range per axis of `shape`, each within it.
@@ -258,6 +550,61 @@ fn remote_window<T: Element>(
         IxDyn(&wshape).into_shape_with_order()
     };
     ArrayD::from_shape_vec(shape, values).map_err(bad_shape)
+}
+
+/// The window of the data object `remote` names, as a view of the window
+/// cache's file.
+fn remote_view<T: Element>(
+    b: &ObjectBackend,
+    name: &EntryName,
+    remote: &RemoteMeta,
+    ranges: &[Range<usize>],
+) -> Result<WindowView<T>> {
+    let meta_path = b.entry_meta_path(name);
+    if remote.dtype != T::dtype() {
+        return Err(Error::DtypeMismatch {
+            path: meta_path,
+            expected: T::dtype(),
+            found: remote.dtype.clone(),
+        });
+    }
+    check_ranges(&remote.shape, ranges, &meta_path)?;
+    if ranges.iter().any(|r| r.is_empty()) {
+        let wshape: Vec<usize> = ranges.iter().map(|r| r.end - r.start).collect();
+        return ArrayD::from_shape_vec(IxDyn(&wshape), Vec::new())
+            .map(WindowView::owned)
+            .map_err(|e| Error::corrupt(&meta_path, e.to_string()));
+    }
+    // A copy whose file something else changed is replaced by a new one
+    // (`window_copy`), and the window fetched into it: once.
+    for _ in 0..2 {
+        let copy = b.window_copy(name, remote)?;
+        let info = header(b, name, remote, &copy, &meta_path)?;
+        let item = dtype_itemsize(&info.descr).ok_or_else(|| {
+            Error::corrupt(
+                &PathBuf::from(&copy.url),
+                format!("unsupported dtype {}", info.descr),
+            )
+        })?;
+        let runs = Runs::new(
+            &remote.shape,
+            ranges,
+            item as u64,
+            info.fortran,
+            info.data_offset as u64,
+        );
+        b.window_fetch(name, &copy, &coalesce(runs, GAP))?;
+        if copy.intact() {
+            let file = copy.file.clone();
+            let path = copy.path.clone();
+            return map_box(&file, &path, &info, ranges, Some(copy));
+        }
+    }
+    Err(Error::corrupt(
+        &b.entry_meta_path(name),
+        "the window cache's file of the entry was changed by something else while a window \
+         was fetched into it, twice",
+    ))
 }
 
 /// The data object's `.npy` header, fetched into the window cache and

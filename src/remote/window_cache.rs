@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
+use super::transfer::Fetch;
 use crate::error::{IoContext, Result};
 use crate::name::EntryName;
 use crate::npy::NpyInfo;
@@ -113,6 +114,13 @@ impl std::fmt::Debug for WindowCache {
 }
 
 /// The sparse local copy of (parts of) one data object.
+///
+/// Its file has the object's full size from its creation on (holes where
+/// nothing was fetched yet) and is never truncated or rewritten where it
+/// holds bytes: a map of it ([`map_window`](crate::DiskBackedStore::map_window))
+/// never loses a page under it, and the bytes a view shows never change.
+/// It is unlinked when the last user is gone (the cache, a window being
+/// read, a view).
 pub(crate) struct WindowCopy {
     /// The data object, relative to the prefix.
     pub(crate) data: String,
@@ -123,6 +131,9 @@ pub(crate) struct WindowCopy {
     pub(crate) file: Arc<File>,
     /// The byte ranges fetched (sorted, disjoint).
     fetched: Mutex<Vec<Range<u64>>>,
+    /// Held while ranges are fetched into the file: one fetch at a time,
+    /// so that no byte already held is written again.
+    pub(crate) fetching: Mutex<()>,
     /// The data object's `.npy` header, once fetched and checked.
     pub(crate) header: OnceLock<NpyInfo>,
 }
@@ -134,22 +145,50 @@ impl Drop for WindowCopy {
 }
 
 impl WindowCopy {
-    /// The parts of `want` not fetched yet.
-    pub(crate) fn missing(&self, want: &[Range<u64>]) -> Vec<Range<u64>> {
-        missing(want, &self.fetched.lock(), GAP)
+    /// The requests that fetch the parts of `want` not held yet, and the
+    /// ranges to write.
+    pub(crate) fn missing(&self, want: &[Range<u64>]) -> Fetch {
+        let have = self.fetched.lock();
+        Fetch {
+            requests: missing(want, &have, GAP),
+            writes: missing(want, &have, 0),
+        }
     }
 
     /// `got` is fetched (written to the file).
     pub(crate) fn note_fetched(&self, got: &[Range<u64>]) {
         merge(&mut self.fetched.lock(), got);
     }
+
+    /// The byte ranges held (sorted, disjoint).
+    pub(crate) fn held(&self) -> Vec<Range<u64>> {
+        self.fetched.lock().clone()
+    }
+
+    /// Bytes held (what the copy takes on disk, to the file system's
+    /// block).
+    pub(crate) fn held_bytes(&self) -> u64 {
+        self.fetched.lock().iter().map(|r| r.end - r.start).sum()
+    }
+
+    /// Whether the file is as this copy left it, as far as its descriptor
+    /// tells: a regular file of the object's size (something else
+    /// truncating it would make reads of its held ranges fail, and a map
+    /// of them fault).
+    pub(crate) fn intact(&self) -> bool {
+        self.file
+            .metadata()
+            .is_ok_and(|m| m.is_file() && m.len() == self.size)
+    }
 }
 
 impl WindowCache {
     /// The copy of `name`'s data object `data` (of `size` bytes, at `url`),
-    /// created (empty) if the cache has none; a copy of another data object
-    /// of the entry is dropped. `make_dir` makes the cache's directory in
-    /// the cache directory on first use (`None`: a temporary directory).
+    /// created (empty) if the cache has none, or if its file was damaged
+    /// by something else (see [`WindowCopy::intact`]); a copy of another
+    /// data object of the entry is dropped. `make_dir` makes the cache's
+    /// directory in the cache directory on first use (`None`: a temporary
+    /// directory).
     pub(crate) fn copy(
         &self,
         name: &EntryName,
@@ -159,7 +198,7 @@ impl WindowCache {
         make_dir: impl FnOnce() -> Result<Option<PathBuf>>,
     ) -> Result<Arc<WindowCopy>> {
         let mut copies = self.copies.lock();
-        if let Some(c) = copies.get(name).filter(|c| c.data == data) {
+        if let Some(c) = copies.get(name).filter(|c| c.data == data && c.intact()) {
             return Ok(c.clone());
         }
         let mut dir = self.dir.lock();
@@ -191,12 +230,56 @@ impl WindowCache {
             file: Arc::new(file),
             path,
             fetched: Mutex::new(Vec::new()),
+            fetching: Mutex::new(()),
             header: OnceLock::new(),
         });
-        // Sparse: only the fetched ranges take disk space.
+        // Sparse: only the fetched ranges take disk space. Its full size
+        // from now on: never truncated.
         copy.file.set_len(size).ctx("resize", &copy.path)?;
         copies.insert(name.clone(), copy.clone());
         Ok(copy)
+    }
+
+    /// The copy of `name`'s data object `data`, if the cache holds one
+    /// whose file is intact.
+    pub(crate) fn get(&self, name: &EntryName, data: &str) -> Option<Arc<WindowCopy>> {
+        self.copies
+            .lock()
+            .get(name)
+            .filter(|c| c.data == data && c.intact())
+            .cloned()
+    }
+
+    /// Forgets `name`'s copy (its file goes when its last user does).
+    pub(crate) fn discard(&self, name: &EntryName) {
+        self.copies.lock().remove(name);
+    }
+
+    /// Drops `name`'s copy if nothing but the cache uses it (no window
+    /// being read, no view): the bytes it held, `None` if it stays (or
+    /// there is none).
+    pub(crate) fn drop_unused(&self, name: &EntryName) -> Option<u64> {
+        let mut copies = self.copies.lock();
+        // Users get their `Arc` under this lock only: the count cannot
+        // grow meanwhile.
+        let c = copies.get(name).filter(|c| Arc::strong_count(c) == 1)?;
+        let bytes = c.held_bytes();
+        copies.remove(name);
+        Some(bytes)
+    }
+
+    /// Bytes the copy of `name` holds (`None`: none).
+    pub(crate) fn bytes_of(&self, name: &EntryName) -> Option<u64> {
+        self.copies.lock().get(name).map(|c| c.held_bytes())
+    }
+
+    /// The entries with a copy, and the bytes each holds.
+    pub(crate) fn held(&self) -> Vec<(EntryName, u64)> {
+        self.copies
+            .lock()
+            .iter()
+            .map(|(n, c)| (n.clone(), c.held_bytes()))
+            .collect()
     }
 }
 
@@ -223,5 +306,46 @@ mod tests {
             [0..8, 20..24]
         );
         assert_eq!(coalesce([(0, 4), (10, 4)].into_iter(), 6), [0..14]);
+    }
+
+    /// The requests of a fetch may span bytes held already (coalesced
+    /// over them), the writes never do, and with what is held they cover
+    /// what is wanted.
+    #[test]
+    fn writes_never_touch_held_bytes() {
+        let mut seed = 0x1234_5678_u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _ in 0..2000 {
+            let mut have = Vec::new();
+            for _ in 0..next(6) {
+                let a = next(1000);
+                merge(&mut have, &[a..a + 1 + next(100)]);
+            }
+            let mut want: Vec<Range<u64>> = Vec::new();
+            for _ in 0..1 + next(5) {
+                let a = next(1100);
+                want.push(a..a + 1 + next(200));
+            }
+            want.sort_by_key(|r| r.start);
+            let gap = next(300);
+            let requests = missing(&want, &have, gap);
+            let writes = missing(&want, &have, 0);
+            for w in &writes {
+                assert!(have.iter().all(|h| h.end <= w.start || h.start >= w.end));
+                assert!(requests
+                    .iter()
+                    .any(|r| r.start <= w.start && w.end <= r.end));
+            }
+            for b in want.iter().flat_map(|r| r.clone()) {
+                let held = have.iter().any(|h| h.contains(&b));
+                let written = writes.iter().any(|w| w.contains(&b));
+                assert!(held || written, "{b} of {want:?}, {have:?}");
+            }
+        }
     }
 }

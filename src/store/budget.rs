@@ -66,19 +66,29 @@ pub(super) struct DiskRec {
     recomputable: Option<bool>,
 }
 
-/// The entries' files this handle knows of, with their lengths, in
-/// least-recently-used order (what the disk budget limits).
+/// What the disk budget counts: an entry's file, or the bytes of an
+/// entry's data object the window cache holds (an object store's).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum DiskItem {
+    Entry(EntryName),
+    Window(EntryName),
+}
+
+/// The entries' files this handle knows of, with their lengths, and the
+/// window cache's bytes per entry, in least-recently-used order (what the
+/// disk budget limits).
 #[derive(Debug, Default)]
 pub(crate) struct DiskLedger {
     pub(super) recs: HashMap<EntryName, DiskRec>,
-    order: Lru,
+    windows: HashMap<EntryName, u64>,
+    order: crate::lru::Lru<DiskItem>,
     pub(super) total: u64,
 }
 
 impl DiskLedger {
     fn retick(&mut self, name: &EntryName) {
         if self.recs.contains_key(name) {
-            self.order.touch(name);
+            self.order.touch(&DiskItem::Entry(name.clone()));
         }
     }
 
@@ -98,7 +108,7 @@ impl DiskLedger {
             }
             None => {
                 self.total += bytes;
-                self.order.touch(name);
+                self.order.touch(&DiskItem::Entry(name.clone()));
                 self.recs.insert(
                     name.clone(),
                     DiskRec {
@@ -112,24 +122,46 @@ impl DiskLedger {
 
     fn remove(&mut self, name: &EntryName) {
         if let Some(r) = self.recs.remove(name) {
-            self.order.remove(name);
+            self.order.remove(&DiskItem::Entry(name.clone()));
             self.total -= r.bytes;
         }
     }
 
-    /// The least recently used name not known to be ordinary and not in
-    /// `skip`.
-    /// The least recently used entry the disk budget may take (with
-    /// `copies`, any: the files are copies that can be fetched again).
+    /// The window cache holds `bytes` of `name` now (`None`: nothing), and
+    /// was just used.
+    pub(super) fn set_window(&mut self, name: &EntryName, bytes: Option<u64>) {
+        let key = DiskItem::Window(name.clone());
+        if let Some(old) = self.windows.remove(name) {
+            self.total -= old;
+            self.order.remove(&key);
+        }
+        if let Some(bytes) = bytes {
+            self.total += bytes;
+            self.windows.insert(name.clone(), bytes);
+            self.order.touch(&key);
+        }
+    }
+
+    /// The least recently used item the disk budget may take, not in
+    /// `skip`: window cache bytes always (they can be fetched again), and
+    /// with `copies` any entry's file (copies too), else entries not known
+    /// to be ordinary.
     pub(super) fn candidate(
         &self,
-        skip: &HashSet<EntryName>,
+        skip: &HashSet<DiskItem>,
         copies: bool,
-    ) -> Option<(EntryName, u64)> {
-        self.order.iter().find_map(|n| {
-            let r = &self.recs[n];
-            ((copies || r.recomputable != Some(false)) && !skip.contains(n))
-                .then(|| (n.clone(), r.bytes))
+    ) -> Option<(DiskItem, u64)> {
+        self.order.iter().find_map(|item| {
+            if skip.contains(item) {
+                return None;
+            }
+            match item {
+                DiskItem::Window(n) => Some((item.clone(), self.windows[n])),
+                DiskItem::Entry(n) => {
+                    let r = &self.recs[n];
+                    (copies || r.recomputable != Some(false)).then(|| (item.clone(), r.bytes))
+                }
+            }
         })
     }
 }
@@ -192,6 +224,17 @@ impl Account {
             .map(|f| f.len);
         if let Some(d) = self.disk.lock().as_mut() {
             d.set(name, bytes, Some(recomputable));
+        }
+    }
+
+    /// The window cache holds `bytes` of `name` now (`None`: nothing), and
+    /// was just used.
+    pub(crate) fn disk_window(&self, name: &EntryName, bytes: Option<u64>) {
+        if !self.tracks_disk.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(d) = self.disk.lock().as_mut() {
+            d.set_window(name, bytes);
         }
     }
 

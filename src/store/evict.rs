@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::behind::{self, Policy, WriteBehind};
-use super::budget::{BudgetHost, DiskLedger};
+use super::budget::{BudgetHost, DiskItem, DiskLedger};
 use super::entry::Loaded;
 use super::inner::{DiskBackedStore, Inner};
 use super::stats::Counters;
@@ -63,6 +63,13 @@ impl DiskBackedStore {
         self.inner.set_disk_budget(budget.map(|b| b.bytes()));
         Ok(())
     }
+
+    /// The window cache's bytes of `name` changed or were used (counted
+    /// by the disk budget, which is then enforced).
+    #[cfg(feature = "remote")]
+    pub(crate) fn note_window(&self, name: &EntryName) {
+        self.inner.note_window(name);
+    }
 }
 
 impl Inner {
@@ -116,6 +123,7 @@ impl Inner {
                 Some((n, f.len, flag))
             })
             .collect();
+        let windows = self.storage.windows_held();
         let mut d = self.account.disk.lock();
         if let Some(d) = d.as_mut() {
             for (n, bytes, flag) in found {
@@ -123,6 +131,9 @@ impl Inner {
                 if !d.recs.contains_key(&n) {
                     d.set(&n, Some(bytes), flag);
                 }
+            }
+            for (n, bytes) in windows {
+                d.set_window(&n, Some(bytes));
             }
         }
     }
@@ -141,7 +152,7 @@ impl Inner {
             return;
         };
         let copies = self.storage.holds_copies();
-        let over = |skip: &HashSet<EntryName>| {
+        let over = |skip: &HashSet<DiskItem>| {
             let d = self.account.disk.lock();
             let d = d.as_ref()?;
             (d.total > cap).then(|| d.candidate(skip, copies))
@@ -154,30 +165,55 @@ impl Inner {
         };
         let mut skip = HashSet::new();
         while let Some(candidate) = over(&skip) {
-            let Some((name, bytes)) = candidate else {
+            let Some((item, bytes)) = candidate else {
                 // Only ordinary entries (or entries that could not be
                 // deleted) are left: the budget is exceeded.
                 Counters::add(&self.counters.disk_over_budget);
                 tracing::debug!(dir = %self.storage.location().display(), cap, "disk budget exceeded by ordinary entries");
                 return;
             };
-            match self.evict_from_disk(&name) {
+            let done = match &item {
+                DiskItem::Entry(name) => self.evict_from_disk(name),
+                DiskItem::Window(name) => self.evict_window(name),
+            };
+            match done {
                 Ok(true) => {
                     Counters::add(&self.counters.disk_evictions);
                     self.counters
                         .disk_evicted_bytes
                         .fetch_add(bytes, Ordering::Relaxed);
-                    tracing::debug!(name = name.as_str(), bytes, "deleted by the disk budget");
+                    tracing::debug!(item = ?item, bytes, "deleted by the disk budget");
                 }
                 Ok(false) => {
-                    skip.insert(name);
+                    skip.insert(item);
                 }
                 Err(e) => {
-                    tracing::warn!(name = name.as_str(), error = %e, "deletion by the disk budget failed; the entry stays");
-                    skip.insert(name);
+                    tracing::warn!(item = ?item, error = %e, "deletion by the disk budget failed; the entry stays");
+                    skip.insert(item);
                 }
             }
         }
+    }
+
+    /// Drops the window cache's bytes of `name`, unless a window being
+    /// read or a view uses them.
+    fn evict_window(&self, name: &EntryName) -> crate::Result<bool> {
+        let dropped = self.storage.drop_window(name)?.is_some();
+        // Dropped, or gone already (with a download of the entry): no
+        // longer counted.
+        if dropped || self.storage.window_bytes(name).is_none() {
+            self.account.disk_window(name, None);
+        }
+        Ok(dropped)
+    }
+
+    /// The window cache's bytes of `name` changed or were used: counted,
+    /// and the disk budget enforced.
+    #[cfg(feature = "remote")]
+    pub(super) fn note_window(&self, name: &EntryName) {
+        self.account
+            .disk_window(name, self.storage.window_bytes(name));
+        self.enforce_disk_budget();
     }
 
     /// Deletes `name` if the entry it holds now is recomputable (decided

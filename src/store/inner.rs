@@ -95,6 +95,13 @@ impl DiskBackedStore {
     pub(crate) fn storage(&self) -> &dyn super::storage::Storage {
         &*self.inner.storage
     }
+
+    /// Whether the store maps entries read-write by default (their files
+    /// then change in place).
+    #[cfg(feature = "remote")]
+    pub(crate) fn maps_read_write(&self) -> bool {
+        self.inner.config.load_mode() == crate::LoadMode::ReadWrite
+    }
 }
 
 impl std::fmt::Debug for DiskBackedStore {

@@ -208,6 +208,11 @@ impl DiskBackedStore {
                 self.inner
                     .account
                     .disk_published(&*self.inner.storage, &name, true);
+                // The window cache's bytes of it were dropped with the
+                // download.
+                self.inner
+                    .account
+                    .disk_window(&name, self.inner.storage.window_bytes(&name));
                 self.inner.enforce_disk_budget();
             }
         } else {

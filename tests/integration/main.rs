@@ -22,6 +22,8 @@ mod reliability;
 #[cfg(feature = "remote")]
 mod remote;
 #[cfg(feature = "remote")]
+mod remote_acked;
+#[cfg(feature = "remote")]
 mod remote_robust;
 #[cfg(feature = "remote")]
 mod remote_setup;

@@ -177,7 +177,6 @@ impl Moto {
         o.transfer = TransferOptions {
             part_size: 5 << 20,
             concurrency: 4,
-            ..TransferOptions::default()
         };
         o
     }
@@ -219,7 +218,6 @@ fn child_options() -> RemoteOptions {
     o.transfer = TransferOptions {
         part_size: 5 << 20,
         concurrency: 4,
-        ..TransferOptions::default()
     };
     o
 }

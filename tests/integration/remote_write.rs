@@ -187,8 +187,8 @@ fn opts() -> RemoteOptions {
     o.transfer = TransferOptions {
         part_size: PART,
         concurrency: 3,
-        batch_concurrency: 4,
     };
+    o.batch_concurrency = 4;
     o
 }
 

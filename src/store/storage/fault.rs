@@ -264,6 +264,18 @@ impl Storage for Faulty {
         self.inner.drop_copy(name)
     }
 
+    fn windows_held(&self) -> Vec<(EntryName, u64)> {
+        self.inner.windows_held()
+    }
+
+    fn window_bytes(&self, name: &EntryName) -> Option<u64> {
+        self.inner.window_bytes(name)
+    }
+
+    fn drop_window(&self, name: &EntryName) -> Result<Option<u64>> {
+        self.inner.drop_window(name)
+    }
+
     fn staged(&self) -> Vec<EntryName> {
         self.inner.staged()
     }
@@ -389,6 +401,18 @@ impl Storage for IgnoresVersions {
 
     fn drop_copy(&self, name: &EntryName) -> Result<bool> {
         self.inner.drop_copy(name)
+    }
+
+    fn windows_held(&self) -> Vec<(EntryName, u64)> {
+        self.inner.windows_held()
+    }
+
+    fn window_bytes(&self, name: &EntryName) -> Option<u64> {
+        self.inner.window_bytes(name)
+    }
+
+    fn drop_window(&self, name: &EntryName) -> Result<Option<u64>> {
+        self.inner.drop_window(name)
     }
 
     fn staged(&self) -> Vec<EntryName> {

@@ -185,6 +185,25 @@ pub(crate) trait Storage: Send + Sync + fmt::Debug {
         Vec::new()
     }
 
+    /// The entries of which the window cache (ranges of data objects that
+    /// windows fetched) holds bytes, and how many.
+    fn windows_held(&self) -> Vec<(EntryName, u64)> {
+        Vec::new()
+    }
+
+    /// Bytes the window cache holds of `name` (`None`: nothing).
+    fn window_bytes(&self, name: &EntryName) -> Option<u64> {
+        let _ = name;
+        None
+    }
+
+    /// Drops the window cache's bytes of `name` unless a window being
+    /// read or a view uses them: the bytes dropped, `None` if none were.
+    fn drop_window(&self, name: &EntryName) -> Result<Option<u64>> {
+        let _ = name;
+        Ok(None)
+    }
+
     /// The object store's counters (`None`: a local directory).
     fn remote_stats(&self) -> Option<RemoteStats> {
         None
@@ -209,9 +228,12 @@ pub struct RemoteStats {
     pub uploads: u64,
     /// Bytes uploaded.
     pub bytes_up: u64,
-    /// Data objects downloaded.
+    /// Data objects downloaded (whole, some of their bytes perhaps copied
+    /// from the window cache).
     pub downloads: u64,
-    /// Bytes downloaded (whole data objects, and the ranges windows fetch).
+    /// Bytes downloaded: data objects (less the bytes a download copied
+    /// from the window cache, [`bytes_reused`](Self::bytes_reused)), and
+    /// the ranges windows fetch.
     pub bytes_down: u64,
     /// Reads served from a copy in the cache directory.
     pub cache_hits: u64,
@@ -221,6 +243,13 @@ pub struct RemoteStats {
     pub evictions: u64,
     /// Writes staged in the cache directory and not yet committed.
     pub pending: u64,
+    /// Bytes a full download copied from the window cache instead of
+    /// fetching them (see [`DiskBackedStore::map_window`](crate::DiskBackedStore::map_window)).
+    pub bytes_reused: u64,
+    /// Bytes of data objects the window cache holds now.
+    pub window_bytes: u64,
+    /// Window cache copies dropped by the disk budget.
+    pub window_evictions: u64,
 }
 
 /// A published version of an entry's data: its file, and the version
