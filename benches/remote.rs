@@ -2,7 +2,7 @@
 //! S3 server on 127.0.0.1, in the same run; prints ratios.
 //!
 //! ```text
-//! NDOFFLOAD_MOTO=.venv/bin/moto_server cargo bench --features remote --bench remote [-- upload|download|small|window]
+//! NDOFFLOAD_MOTO=.venv/bin/moto_server cargo bench --features remote --bench remote [-- upload|download|ram-upload|small|window]
 //! ```
 //!
 //! `window`: a 1% slab of the outer axis of the large entry read with
@@ -28,10 +28,33 @@
 //! /usr/bin/time -v $B window-read
 //! ```
 //!
+//! `ram-upload`: `insert_durable` of an array made before the clock and
+//! moved in (the store uploads it from memory while it writes the local
+//! durable copy), against a raw multipart upload of the same bytes from
+//! memory (`object_store`'s `WriteMultipart`, the same part size and
+//! parts in flight, each part copied out of the `.npy` bytes made before
+//! the clock), interleaved, for
+//! each size of `NDOFFLOAD_BENCH_MIB` (a comma-separated list, default
+//! `256,1024`; `NDOFFLOAD_BENCH_ROUNDS` rounds, default 2). moto's CPU
+//! time during the raw uploads is printed when its
+//! process is known (started by the bench, or `NDOFFLOAD_MOTO_PID`): near
+//! one core, moto bounds the figure.
+//!
+//! `small`: `NDOFFLOAD_BENCH_SMALL` (default 200) 1000x3 f64 entries
+//! inserted one by one with `insert_durable`, against two sequential raw
+//! PUTs per entry (its data, its metadata), in rounds of 20 alternating
+//! which goes first; and batches of 1,000 such entries with `insert_many`,
+//! against raw PUTs of 2,000 objects with the same concurrency
+//! (`RemoteOptions::batch_concurrency`), three rounds alternating.
+//!
 //! `NDOFFLOAD_BENCH_MIB` sets the large entry's size (default 1024). For
-//! the peak RSS of one direction, run the bench binary under
-//! `/usr/bin/time -v` with `upload` or `download` (the entry is written with
-//! `NpyStreamWriter`, never held in memory).
+//! the peak RSS of one group, run the bench binary under
+//! `/usr/bin/time -v` with one group, against a moto started separately
+//! (`NDOFFLOAD_MOTO_PORT`, so that the server is not counted): for
+//! `upload` or `download` the entry is written with `NpyStreamWriter`,
+//! never held in memory; `ram-upload` holds its array (one size per run;
+//! `NDOFFLOAD_BENCH_RAW=0` leaves out the raw reference, which holds a
+//! second copy of the bytes).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -370,26 +393,192 @@ fn main() {
     if which == "all" || which.starts_with("window") {
         window(&rt, &raw, &url, port, tmp.path(), mib, &which);
     }
+    if which == "all" || which == "ram-upload" {
+        let sizes = std::env::var("NDOFFLOAD_BENCH_MIB").unwrap_or_else(|_| "256,1024".into());
+        let moto_pid = _moto
+            .as_ref()
+            .map(|m| m.0.id())
+            .or_else(|| std::env::var("NDOFFLOAD_MOTO_PID").ok()?.parse().ok());
+        for mib in sizes
+            .split(',')
+            .filter_map(|m| m.trim().parse::<usize>().ok())
+        {
+            ram_upload(&rt, &raw, &url, port, tmp.path(), mib, moto_pid);
+        }
+    }
     if which == "all" || which == "small" {
-        let n = 200;
-        let cache = tmp.path().join("cacheS");
-        let store = open_store(&url, &cache, options(port));
-        let a = Array2::from_shape_fn((1000, 3), |(i, j)| (i * 3 + j) as f64);
-        let mut npy = Vec::new();
-        ndarray_npy::WriteNpyExt::write_npy(&a, &mut npy).unwrap();
-        let meta = vec![b'x'; 400];
-        let (mut crate_t, mut raw_t) = (Duration::ZERO, Duration::ZERO);
-        for round in 0..2 {
-            let t = Instant::now();
-            for i in 0..n / 2 {
-                store
-                    .insert_durable(format!("s{round}_{i}"), a.clone())
-                    .unwrap();
+        small(&rt, &raw, &url, port, tmp.path());
+    }
+}
+
+/// CPU time (user + system) of process `pid` so far, from `/proc`.
+fn cpu_time(pid: Option<u32>) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+    // The fields after the command name (which may hold spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_secs_f64(ticks as f64 / 100.0))
+}
+
+/// A raw multipart upload of `npy` (an array's `.npy` bytes, in memory):
+/// each part copied out of it, `concurrency` parts in flight.
+fn raw_upload_ram(
+    rt: &tokio::runtime::Runtime,
+    store: &Arc<dyn ObjectStore>,
+    npy: &[u8],
+    dest: &str,
+) -> Duration {
+    let t = TransferOptions::default();
+    let size = npy.len();
+    let start = Instant::now();
+    rt.block_on(async {
+        let up = store.put_multipart(&OPath::from(dest)).await.unwrap();
+        let mut w = WriteMultipart::new_with_chunk_size(up, t.part_size);
+        let mut off = 0;
+        while off < size {
+            let n = t.part_size.min(size - off);
+            w.wait_for_capacity(t.concurrency - 1).await.unwrap();
+            w.put(bytes::Bytes::copy_from_slice(&npy[off..off + n]));
+            off += n;
+        }
+        w.finish().await.unwrap();
+    });
+    start.elapsed()
+}
+
+/// The `.npy` header of a C-order f64 array of `rows` x `cols`.
+fn npy_header(rows: usize, cols: usize) -> Vec<u8> {
+    use ndarray_npy::npy::header::{Header, Layout};
+    use ndarray_npy::WritableElement;
+    Header {
+        type_descriptor: f64::type_descriptor(),
+        layout: Layout::Standard,
+        shape: vec![rows, cols],
+    }
+    .to_bytes()
+    .unwrap()
+}
+
+/// The median of `v` (the upper one of an even count).
+fn median(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// The `ram-upload` group: see the module documentation.
+fn ram_upload(
+    rt: &tokio::runtime::Runtime,
+    raw: &Arc<dyn ObjectStore>,
+    url: &str,
+    port: u16,
+    tmp: &Path,
+    mib: usize,
+    moto_pid: Option<u32>,
+) {
+    let rows = mib * 1024 * 1024 / 8 / 1024;
+    let make = || Array2::from_shape_fn((rows, 1024), |(i, j)| (i * 1024 + j) as f64);
+    let cache = tmp.join(format!("cacheR{mib}"));
+    let s = open_store(url, &cache, options(port));
+    let (mut raw_t, mut crate_t) = (Vec::new(), Vec::new());
+    let mut moto_busy = Vec::new();
+    // NDOFFLOAD_BENCH_RAW=0: the store alone (for its peak RSS: the raw
+    // reference holds a second copy of the bytes).
+    let with_raw = std::env::var("NDOFFLOAD_BENCH_RAW").map_or(true, |v| v != "0");
+    let rounds: usize = std::env::var("NDOFFLOAD_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    for i in 0..rounds {
+        let a = make();
+        if with_raw {
+            // The same bytes, made before the clock.
+            let mut npy = Vec::new();
+            ndarray_npy::WriteNpyExt::write_npy(&a, &mut npy).unwrap();
+            let cpu = cpu_time(moto_pid);
+            let d = raw_upload_ram(rt, raw, &npy, &format!("raw/ram{mib}_{i}.npy"));
+            if let (Some(before), Some(after)) = (cpu, cpu_time(moto_pid)) {
+                moto_busy.push((after - before).as_secs_f64() / d.as_secs_f64());
             }
-            crate_t += t.elapsed();
+            raw_t.push(d);
+            drop(npy);
+            rt.block_on(raw.delete(&OPath::from(format!("raw/ram{mib}_{i}.npy"))))
+                .unwrap();
+        }
+        // Moved in, made before the clock.
+        let t = Instant::now();
+        s.insert_durable(format!("ram{i}"), a).unwrap();
+        crate_t.push(t.elapsed());
+        s.remove(format!("ram{i}")).unwrap();
+        s.gc_with_grace(Duration::ZERO).unwrap();
+    }
+    let size = (npy_header(rows, 1024).len() + rows * 1024 * 8) as u64;
+    let best = |v: &[Duration]| v.iter().copied().min().unwrap_or(Duration::MAX);
+    let (r, c) = (best(&raw_t), best(&crate_t));
+    if !with_raw {
+        println!(
+            "ram-upload {mib} MiB: insert_durable {:.2} s ({:.3} GiB/s), no raw reference",
+            c.as_secs_f64(),
+            gib_s(size, c)
+        );
+        return;
+    }
+    println!(
+        "ram-upload {mib} MiB: insert_durable {:.2} s ({:.3} GiB/s), raw multipart from memory {:.2} s ({:.3} GiB/s), ratio {:.2}x (of the medians {:.2}x; runs: crate {:?}, raw {:?})",
+        c.as_secs_f64(),
+        gib_s(size, c),
+        r.as_secs_f64(),
+        gib_s(size, r),
+        r.as_secs_f64() / c.as_secs_f64(),
+        median(&raw_t).as_secs_f64() / median(&crate_t).as_secs_f64(),
+        crate_t.iter().map(|d| (d.as_secs_f64() * 100.0).round() / 100.0).collect::<Vec<_>>(),
+        raw_t.iter().map(|d| (d.as_secs_f64() * 100.0).round() / 100.0).collect::<Vec<_>>(),
+    );
+    if !moto_busy.is_empty() {
+        let busy = moto_busy.iter().copied().fold(0.0, f64::max);
+        println!(
+            "ram-upload {mib} MiB: moto used {:.0}% of a core during the raw uploads{}",
+            busy * 100.0,
+            if busy > 0.85 {
+                " (moto bounds the figure)"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+/// The `small` group: see the module documentation.
+fn small(
+    rt: &tokio::runtime::Runtime,
+    raw: &Arc<dyn ObjectStore>,
+    url: &str,
+    port: u16,
+    tmp: &Path,
+) {
+    let n: usize = std::env::var("NDOFFLOAD_BENCH_SMALL")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let cache = tmp.join("cacheS");
+    let store = open_store(url, &cache, options(port));
+    let a = Array2::from_shape_fn((1000, 3), |(i, j)| (i * 3 + j) as f64);
+    let mut npy = Vec::new();
+    ndarray_npy::WriteNpyExt::write_npy(&a, &mut npy).unwrap();
+    let npy = bytes::Bytes::from(npy);
+    // About the size of a metadata object of the store's.
+    let meta = bytes::Bytes::from(vec![b'x'; 400]);
+    // Rounds of 20 entries, raw and crate alternating which goes first;
+    // totals, and the median of the rounds' ratios.
+    let (mut crate_t, mut raw_t) = (Duration::ZERO, Duration::ZERO);
+    let mut ratios = Vec::new();
+    let per = 20;
+    for round in 0..n.div_ceil(per) {
+        let raw_round = || {
             let t = Instant::now();
             rt.block_on(async {
-                for i in 0..n / 2 {
+                for i in 0..per {
                     raw.put(
                         &OPath::from(format!("raw/s{round}_{i}.npy")),
                         npy.clone().into(),
@@ -404,25 +593,91 @@ fn main() {
                     .unwrap();
                 }
             });
-            raw_t += t.elapsed();
-        }
-        if std::env::var("NDOFFLOAD_BENCH_PROBE").is_ok() {
+            t.elapsed()
+        };
+        let crate_round = || {
+            // Made before the clock, moved in.
+            let arrays: Vec<Array2<f64>> = (0..per).map(|_| a.clone()).collect();
             let t = Instant::now();
-            for i in 0..50 {
-                store.insert(format!("p{i}"), a.clone()).unwrap();
+            for (i, a) in arrays.into_iter().enumerate() {
+                store.insert_durable(format!("s{round}_{i}"), a).unwrap();
             }
-            let staged = t.elapsed();
-            let t = Instant::now();
-            store.flush().unwrap();
-            println!("probe: 50 stages {:?}, flush {:?}", staged, t.elapsed());
-        }
-        let c = n as f64 / crate_t.as_secs_f64();
-        let r = n as f64 / raw_t.as_secs_f64();
-        println!(
-            "small entries (1000x3 f64): crate {c:.0}/s, raw two puts {r:.0}/s, ratio {:.2}x",
-            c / r
-        );
+            t.elapsed()
+        };
+        let (r, c) = if round % 2 == 0 {
+            let r = raw_round();
+            (r, crate_round())
+        } else {
+            let c = crate_round();
+            (raw_round(), c)
+        };
+        raw_t += r;
+        crate_t += c;
+        ratios.push(r.as_secs_f64() / c.as_secs_f64());
     }
+    ratios.sort_by(f64::total_cmp);
+    let n = ratios.len() * per;
+    let c = n as f64 / crate_t.as_secs_f64();
+    let r = n as f64 / raw_t.as_secs_f64();
+    println!(
+        "small entries one by one ({n} of 1000x3 f64, rounds of {per}): insert_durable {c:.0}/s, raw two sequential puts {r:.0}/s, ratio {:.2}x (median of the rounds {:.2}x, from {:.2} to {:.2})",
+        c / r,
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1],
+    );
+    // Batches of 1,000 entries, against 2,000 raw PUTs with the same
+    // concurrency.
+    let batch_n = 1000;
+    let conc = RemoteOptions::default().batch_concurrency;
+    let (mut crate_b, mut raw_b) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        if round % 2 == 1 {
+            let mut batch = ndarray_offload::Batch::new();
+            for i in 0..batch_n {
+                batch.push(format!("b{round}_{i}"), a.clone()).unwrap();
+            }
+            let t = Instant::now();
+            store.insert_many(batch).unwrap();
+            crate_b.push(t.elapsed());
+        }
+        let t = Instant::now();
+        rt.block_on(async {
+            futures::stream::iter((0..batch_n).flat_map(|i| {
+                [
+                    (format!("raw/b{round}_{i}.npy"), npy.clone()),
+                    (format!("raw/b{round}_{i}.meta.json"), meta.clone()),
+                ]
+            }))
+            .map(|(p, b)| async move { raw.put(&OPath::from(p), b.into()).await })
+            .buffer_unordered(conc)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap();
+        });
+        raw_b.push(t.elapsed());
+        if round % 2 == 0 {
+            let mut batch = ndarray_offload::Batch::new();
+            for i in 0..batch_n {
+                batch.push(format!("b{round}_{i}"), a.clone()).unwrap();
+            }
+            let t = Instant::now();
+            store.insert_many(batch).unwrap();
+            crate_b.push(t.elapsed());
+        }
+    }
+    let best = |v: &[Duration]| v.iter().copied().min().unwrap();
+    let (c, r) = (best(&crate_b), best(&raw_b));
+    println!(
+        "small entries batched (1,000 of 1000x3 f64, {conc} in flight): insert_many {:.0}/s ({:.2} s), raw 2,000 puts {:.0}/s of entries ({:.2} s), ratio {:.2}x (runs: crate {:?}, raw {:?})",
+        batch_n as f64 / c.as_secs_f64(),
+        c.as_secs_f64(),
+        batch_n as f64 / r.as_secs_f64(),
+        r.as_secs_f64(),
+        r.as_secs_f64() / c.as_secs_f64(),
+        crate_b.iter().map(|d| (d.as_secs_f64() * 100.0).round() / 100.0).collect::<Vec<_>>(),
+        raw_b.iter().map(|d| (d.as_secs_f64() * 100.0).round() / 100.0).collect::<Vec<_>>(),
+    );
 }
 
 /// The `window` groups: see the module documentation.

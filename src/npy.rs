@@ -415,6 +415,57 @@ fn write_rows_chunked<T: Element>(
     Ok(())
 }
 
+/// The bytes an in-memory array's `.npy` file holds, readable without
+/// writing the file: the header, and the elements' bytes as they are in
+/// memory (the array is C or Fortran contiguous, and its element type's
+/// memory is its `.npy` encoding). What an object-store upload reads from
+/// RAM while the same bytes are written to a local file
+/// ([`image`] makes one).
+pub(crate) struct NpyImage<'a> {
+    /// The `.npy` header, exactly as [`write_array`] writes it.
+    pub header: Vec<u8>,
+    /// The elements' bytes (kept readable, and unchanged, while this lives).
+    pub body: std::sync::Arc<dyn ImageBody + 'a>,
+}
+
+/// The element bytes of an [`NpyImage`]: a contiguous array, held (and
+/// its lock, when it has one) for as long as the image lives.
+pub(crate) trait ImageBody: Sync {
+    /// The elements' bytes, in memory order.
+    fn bytes(&self) -> &[u8];
+}
+
+/// A body that is a plain borrowed slice.
+pub(crate) struct SliceBody<'a>(pub &'a [u8]);
+
+impl ImageBody for SliceBody<'_> {
+    fn bytes(&self) -> &[u8] {
+        self.0
+    }
+}
+
+/// The header of an [`NpyImage`] of `a`, and whether `a`'s memory is the
+/// body [`write_array`] writes (C or Fortran contiguous, an element type
+/// whose memory is its encoding: see `mmap::element_bytes`); `None`
+/// otherwise (the file must then be written to be read).
+pub(crate) fn image_header<T, S, D>(a: &ArrayBase<S, D>) -> Option<Vec<u8>>
+where
+    T: Element,
+    S: Data<Elem = T>,
+    D: Dimension,
+{
+    let fortran = if a.is_standard_layout() {
+        false
+    } else if a.ndim() > 1 && a.t().is_standard_layout() {
+        true
+    } else {
+        return None;
+    };
+    let mut header = Vec::new();
+    write_header::<T>(&mut header, a.shape(), fortran, Path::new("")).ok()?;
+    Some(header)
+}
+
 /// Parses the canonical header numpy and this crate write
 /// (`{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }`) without
 /// a general Python-literal parser. Returns `None` for anything else, which

@@ -12,13 +12,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayView, Dimension, IxDyn};
+use parking_lot::RecursiveRwLockReadGuard as RwLockReadGuard;
 
 use super::{ArrayState, DiskBackedArray, Parts, State};
 use crate::config::CacheConfig;
 use crate::element::Element;
 use crate::error::Result;
 use crate::io::{self, FileId};
-use crate::mmap::Known;
+use crate::mmap::{element_bytes, Known};
 use crate::npy;
 
 /// What an array that belongs to an owner tells it, and asks of it.
@@ -83,6 +84,9 @@ pub(crate) struct Snapshot<'a> {
     pub version: u64,
     /// Writes the `.npy` bytes to a staged file.
     pub write_npy: io::Fill<'a>,
+    /// The same bytes, readable in memory, when the data is contiguous
+    /// (the lock is then held until this is dropped too).
+    pub image: Option<npy::NpyImage<'a>>,
 }
 
 /// What [`DiskBackedArray::unpublished`] found.
@@ -154,13 +158,27 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
     where
         D: 'v,
     {
-        self.snapshot(Box::new(move |w, path| {
-            npy::write_array(w, &view, || self.config.effective_chunk_budget(), path)
-        }))
+        let image = npy::image_header(&view).and_then(|header| {
+            let body = element_bytes(view.to_slice_memory_order()?)?;
+            Some(npy::NpyImage {
+                header,
+                body: Arc::new(npy::SliceBody(body)),
+            })
+        });
+        self.snapshot(
+            Box::new(move |w, path| {
+                npy::write_array(w, &view, || self.config.effective_chunk_budget(), path)
+            }),
+            image,
+        )
     }
 
     /// A snapshot of the current version whose data `write_npy` writes.
-    fn snapshot<'v>(&self, write_npy: io::Fill<'v>) -> Snapshot<'v> {
+    fn snapshot<'v>(
+        &self,
+        write_npy: io::Fill<'v>,
+        image: Option<npy::NpyImage<'v>>,
+    ) -> Snapshot<'v> {
         Snapshot {
             shape: self.shape.clone(),
             dtype: T::dtype(),
@@ -168,6 +186,7 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             automatic_offloading: self.automatic_offloading(),
             version: self.version.load(Ordering::Relaxed),
             write_npy,
+            image,
         }
     }
 
@@ -209,16 +228,24 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
             return Ok(Unpublished::Current);
         }
         let config = &self.config;
-        Ok(Unpublished::Data(self.snapshot(Box::new(
-            move |w, path| {
+        // The lock is shared by the writer of the file and the image: it
+        // is held until both are done.
+        let held = Arc::new(Held(st));
+        let image = held.header().map(|header| npy::NpyImage {
+            header,
+            body: held.clone(),
+        });
+        Ok(Unpublished::Data(self.snapshot(
+            Box::new(move |w, path| {
                 let budget = || config.effective_chunk_budget();
-                match &*st {
+                match &*held.0 {
                     State::Owned(a) => npy::write_array(w, &a.view(), budget, path),
                     State::Mapped(m) => npy::write_array(w, &m.view(), budget, path),
                     State::Offloaded => unreachable!("checked under the same lock"),
                 }
-            },
-        ))))
+            }),
+            image,
+        )))
     }
 
     /// Records that the owner published this array's data as of `version`.
@@ -298,5 +325,35 @@ impl<T: Element, D: Dimension> DiskBackedArray<T, D> {
         self.file_id.lock().is_some()
             || self.state() != ArrayState::InMemory
             || self.file_current.load(Ordering::Relaxed)
+    }
+}
+
+/// An array's state, read-locked, as the body of an [`npy::NpyImage`].
+struct Held<'s, T: Element, D: Dimension>(RwLockReadGuard<'s, State<T, D>>);
+
+impl<T: Element, D: Dimension> Held<'_, T, D> {
+    /// The image header, when the data is contiguous and its memory is
+    /// its encoding.
+    fn header(&self) -> Option<Vec<u8>> {
+        self.elements()?;
+        match &*self.0 {
+            State::Owned(a) => npy::image_header(a),
+            State::Mapped(m) => npy::image_header(&m.view()),
+            State::Offloaded => None,
+        }
+    }
+
+    fn elements(&self) -> Option<&[u8]> {
+        match &*self.0 {
+            State::Owned(a) => element_bytes(a.as_slice_memory_order()?),
+            State::Mapped(m) => element_bytes(m.view().to_slice_memory_order()?),
+            State::Offloaded => None,
+        }
+    }
+}
+
+impl<T: Element, D: Dimension> npy::ImageBody for Held<'_, T, D> {
+    fn bytes(&self) -> &[u8] {
+        self.elements().unwrap_or_default()
     }
 }

@@ -22,7 +22,7 @@ mod sys;
 
 #[cfg(feature = "remote")]
 pub(crate) use sys::MapView;
-pub(crate) use sys::{map_readonly, note_freed, trim_if_due, ReadView, WriteView};
+pub(crate) use sys::{element_bytes, map_readonly, note_freed, trim_if_due, ReadView, WriteView};
 
 /// How an offloaded array is mapped back into memory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -289,3 +289,38 @@ fn trim_heap() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim_heap() {}
+
+/// The memory of `s` as bytes, for the element types whose memory is their
+/// `.npy` encoding (`ndarray-npy` writes these by the same cast): `bool`,
+/// the integers, `f32`, `f64`, `Complex<f32>` and `Complex<f64>`. `None`
+/// for any other type (an element type implemented outside the crate may
+/// have padding, whose bytes must not be read).
+pub(crate) fn element_bytes<T: 'static>(s: &[T]) -> Option<&[u8]> {
+    use num_complex::Complex;
+    use std::any::TypeId;
+    let t = TypeId::of::<T>();
+    let plain = [
+        TypeId::of::<bool>(),
+        TypeId::of::<u8>(),
+        TypeId::of::<i8>(),
+        TypeId::of::<u16>(),
+        TypeId::of::<i16>(),
+        TypeId::of::<u32>(),
+        TypeId::of::<i32>(),
+        TypeId::of::<u64>(),
+        TypeId::of::<i64>(),
+        TypeId::of::<f32>(),
+        TypeId::of::<f64>(),
+        TypeId::of::<Complex<f32>>(),
+        TypeId::of::<Complex<f64>>(),
+    ];
+    if !plain.contains(&t) {
+        return None;
+    }
+    // SAFETY: `T` is one of the types above: each has no padding (`bool`
+    // is one byte holding 0 or 1; `Complex` is `#[repr(C)]` of two equal
+    // floats), so every byte of `s` is initialised; `u8` has alignment 1;
+    // the length is the slice's size in bytes, which `s` covers; the
+    // returned slice borrows `s` immutably for its whole lifetime.
+    Some(unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), std::mem::size_of_val(s)) })
+}

@@ -13,7 +13,7 @@
 //!
 //! | store operation | local cache | object store |
 //! |---|---|---|
-//! | durable publish (`insert_durable`, `insert_batch`, `flush`) | pair published (durable), `ndoffload_staged` | upload, conditional PUT of the metadata object, then `ndoffload_staged` dropped |
+//! | durable publish (`insert_durable`, `insert_batch`, `flush`) | pair published (durable), `ndoffload_staged` | upload (from memory, at the same time as the local publish, for an array in RAM in C or Fortran order; else from the staged file after it), then the conditional PUT of the metadata object, then `ndoffload_staged` dropped |
 //! | spill (memory budget) | pair published, `ndoffload_staged` | at the next `flush` |
 //! | read of an entry not in RAM | the cached pair when it is a copy of the current data object, else downloaded into a new pair | ranged GETs |
 //! | `remove` | pair removed | tombstone (conditional PUT) |
@@ -23,6 +23,30 @@
 //! A read-only handle downloads into a private temporary directory (it
 //! writes nothing into the cache directory) and reads the cached pairs
 //! writers left there.
+//!
+//! # The durable write path
+//!
+//! A durable publish of a job whose bytes are readable in memory
+//! (`PairJob::image`: an array in RAM in C or Fortran order) uploads its
+//! data object from memory on a helper thread while the calling thread
+//! publishes the local pair; the data object's name is chosen before
+//! either starts (`Staged::data`). The commit (the conditional PUT of the
+//! metadata object, `commit_staged`, shared with `push`) waits for both:
+//! the metadata PUT cannot run beside the data PUT, since a metadata
+//! object naming a data object that is not there yet would be read by
+//! other nodes, and would outlive a crash between the two. So a write
+//! acknowledged durable is committed on the object store, and its local
+//! copy was durable before the commit, as before. A batch uploads its
+//! jobs' data objects concurrently (`RemoteOptions::batch_concurrency`
+//! objects or parts in flight, sharing the slots, so memory stays within
+//! that many parts) and commits each once its upload is done and the
+//! batch's pairs are published, the commits holding the same slots (at
+//! most that many requests in flight in all). Anything
+//! unusual falls back to `push` (upload from the staged file, then the
+//! same commit): a spill, a job without an image, a staged pair that is no
+//! longer this write; an upload that failed leaves the staged pair for the
+//! next flush; the upload of a skipped job is deleted (best effort; `gc`
+//! collects it otherwise).
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,9 +54,11 @@ use std::fs::File;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use object_store::UpdateVersion;
+use futures::StreamExt;
+
+use object_store::{ObjectStoreExt, UpdateVersion};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -161,6 +187,26 @@ struct Counters {
     evictions: AtomicU64,
     bytes_reused: AtomicU64,
     window_evictions: AtomicU64,
+}
+
+/// A data object uploaded: what its commit records.
+struct Uploaded {
+    size: u64,
+    crc: u32,
+    /// When the upload started (a commit after half the grace period is
+    /// refused: `gc` may have marked the object).
+    started: Instant,
+}
+
+/// The commit step of one published job of a durable publish.
+enum Commit {
+    /// Its data object (this name) was uploaded from memory.
+    Uploaded(String, Uploaded),
+    /// The upload from memory failed: the staged pair stays for the next
+    /// flush.
+    Failed(Error),
+    /// Uploaded from the cached file, then committed (`push`).
+    Push,
 }
 
 /// Where a read finds an entry's data.
@@ -606,6 +652,7 @@ impl ObjectBackend {
                     std::io::Write::flush(w).ctx("write", target)?;
                     fetch(w.get_ref().file(), w.get_ref().path())
                 }),
+                image: None,
                 extra: Some(Arc::new(extra)),
                 unless: Some(is_staged),
             };
@@ -678,7 +725,7 @@ impl ObjectBackend {
         let dest = protocol::rel_path(&self.loc, &staged.data);
         let url = self.loc.url_of(&dest);
         let size = file.metadata().ctx("stat", &local)?.len();
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let progress = transfer::Progress::start(name.as_str(), "upload", size);
         let crc = self
             .rt
@@ -691,10 +738,32 @@ impl ObjectBackend {
                 self.opts.transfer,
                 &progress,
             ))
-            .map_err(|e| upload_err(&self.loc, "upload", name.as_str(), url.clone(), e))?;
+            .map_err(|e| upload_err(&self.loc, "upload", name.as_str(), url, e))?;
+        let up = Uploaded { size, crc, started };
+        self.commit_staged(cache, name, &staged, &c.meta, &info, &up)
+    }
+
+    /// The commit of a staged write whose data object is uploaded (`up`),
+    /// under its push lock: the conditional PUT of the metadata object
+    /// (`meta` and `info` are the cached pair's), then the pair becomes a
+    /// clean copy; a lost race leaves the winner's value. The one commit
+    /// step of uploads from the cached file (`push`) and from memory
+    /// (`commit_uploaded`).
+    fn commit_staged(
+        &self,
+        cache: &LocalDir,
+        name: &EntryName,
+        staged: &Staged,
+        meta: &Meta,
+        info: &NpyInfo,
+        up: &Uploaded,
+    ) -> Result<()> {
         self.counters.uploads.fetch_add(1, Ordering::Relaxed);
-        self.counters.bytes_up.fetch_add(size, Ordering::Relaxed);
-        if !self.opts.grace.is_zero() && started.elapsed() > self.opts.grace / 2 {
+        self.counters.bytes_up.fetch_add(up.size, Ordering::Relaxed);
+        let url = self
+            .loc
+            .url_of(&protocol::rel_path(&self.loc, &staged.data));
+        if !self.opts.grace.is_zero() && up.started.elapsed() > self.opts.grace / 2 {
             // gc may already have marked the upload: upload again (flush).
             return Err(Error::Remote {
                 op: "commit",
@@ -709,28 +778,28 @@ impl ObjectBackend {
             version: protocol::REMOTE_VERSION,
             name: name.as_str().to_string(),
             data: staged.data.clone(),
-            size,
-            crc32: crc,
+            size: up.size,
+            crc32: up.crc,
             writer: self.writer.clone(),
             committed_ms: protocol::now_ms(),
         };
-        let mut meta = RemoteMeta::new(info.shape.clone(), info.descr.clone(), field.clone());
-        meta.automatic_offloading = c.meta.automatic.unwrap_or(false);
-        meta.enable_caching = c.meta.caching.unwrap_or(true);
-        meta.ndoffload_attrs = Some(c.meta.attrs.clone()).filter(|a| !a.is_empty());
+        let mut remote = RemoteMeta::new(info.shape.clone(), info.descr.clone(), field.clone());
+        remote.automatic_offloading = meta.automatic.unwrap_or(false);
+        remote.enable_caching = meta.caching.unwrap_or(true);
+        remote.ndoffload_attrs = Some(meta.attrs.clone()).filter(|a| !a.is_empty());
         let base = staged.base();
         let result = self.rt.block_on(protocol::commit(
             &self.loc,
             name.as_str(),
             base.as_ref(),
-            meta.to_bytes(),
+            remote.to_bytes(),
         ));
         let this = |m: &Meta| Staged::of(m).is_some_and(|s| s.data == staged.data);
         match result {
             Ok(v) => {
                 self.view
                     .lock()
-                    .insert(name.clone(), Seen::Live(Box::new(meta), v));
+                    .insert(name.clone(), Seen::Live(Box::new(remote), v));
                 // The pair is a clean copy now (a newer staged write of the
                 // key stays staged). Not synced: a power cut keeps it staged,
                 // and the next commit of it finds it committed.
@@ -756,6 +825,203 @@ impl ObjectBackend {
                 Err(e)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Commits `name`'s staged write whose data object `data` was uploaded
+    /// from memory (`up`) while the pair was published locally. When the
+    /// cached pair is no longer that staged write (another thread or
+    /// process committed or replaced it meanwhile), or its file is not
+    /// the size uploaded, the key is pushed as any staged write is (the
+    /// upload is then left to `gc` if nothing names it).
+    fn commit_uploaded(&self, name: &EntryName, data: &str, up: &Uploaded) -> Result<()> {
+        let cache = self.cache()?;
+        let lock = cache.push_lock(name)?;
+        let c = cache.read_checked(name)?;
+        if let (Some(staged), Some((_, info))) = (Staged::of(&c.meta), c.file.as_ref()) {
+            if staged.data == data && !staged.remove && info.file_len == Some(up.size) {
+                return self.commit_staged(cache, name, &staged, &c.meta, info, up);
+            }
+        }
+        drop(lock);
+        self.push(name)
+    }
+
+    /// Uploads the data objects of the jobs held in memory (`parts`: the
+    /// header and body of job `i`, uploaded as `data[i]`), each part or
+    /// single PUT holding one of `slots`, at most `at_once` objects at a
+    /// time; sends each result to `done` as it finishes.
+    #[allow(clippy::too_many_arguments)]
+    fn upload_images(
+        &self,
+        names: &[EntryName],
+        data: &[String],
+        parts: &[Option<(&[u8], &[u8])>],
+        slots: &Arc<tokio::sync::Semaphore>,
+        at_once: usize,
+        cancel: &AtomicBool,
+        done: std::sync::mpsc::Sender<(usize, Result<Uploaded>)>,
+    ) {
+        let t = self.opts.transfer;
+        let jobs = parts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.map(|(head, body)| (i, head, body)));
+        let uploads = futures::stream::iter(jobs)
+            .map(|(i, head, body)| async move {
+                let dest = protocol::rel_path(&self.loc, &data[i]);
+                let size = (head.len() + body.len()) as u64;
+                let started = Instant::now();
+                let progress = transfer::Progress::start(names[i].as_str(), "upload", size);
+                let r = transfer::upload_bytes(
+                    &self.loc.store,
+                    head,
+                    body,
+                    &dest,
+                    t,
+                    slots,
+                    cancel,
+                    &progress,
+                )
+                .await
+                .map(|crc| Uploaded { size, crc, started })
+                .map_err(|e| {
+                    upload_err(
+                        &self.loc,
+                        "upload",
+                        names[i].as_str(),
+                        self.loc.url_of(&dest),
+                        e,
+                    )
+                });
+                (i, r)
+            })
+            .buffer_unordered(at_once)
+            .for_each(|r| {
+                // The receiver is gone only once the publish returned.
+                let _ = done.send(r);
+                std::future::ready(())
+            });
+        self.rt.block_on(uploads);
+    }
+
+    /// The commit step of one published job.
+    fn commit_one(&self, name: &EntryName, task: Commit) -> Result<()> {
+        match task {
+            Commit::Uploaded(data, up) => self.commit_uploaded(name, &data, &up),
+            Commit::Failed(e) => Err(e),
+            Commit::Push => self.push(name),
+        }
+    }
+
+    /// The commit steps of a batch: for each published job (`ids[i]`), its
+    /// push when it has no upload from memory (`parts[i]` is `None`), else
+    /// its commit once its upload arrives on `uploads` (a skipped job's
+    /// upload is deleted, best effort); `at_once` at a time, each holding
+    /// one of `slots` (shared with the uploads still running). Every job
+    /// is attempted; returns the first error in job order.
+    #[allow(clippy::too_many_arguments)]
+    fn commit_batch(
+        &self,
+        names: &[EntryName],
+        data: &[String],
+        parts: &[Option<(&[u8], &[u8])>],
+        ids: &[Option<Published>],
+        uploads: std::sync::mpsc::Receiver<(usize, Result<Uploaded>)>,
+        slots: &Arc<tokio::sync::Semaphore>,
+        at_once: usize,
+    ) -> Result<()> {
+        if at_once <= 1 {
+            // One at a time, on the calling thread, in job order.
+            let mut got: Vec<Option<Result<Uploaded>>> = (0..ids.len()).map(|_| None).collect();
+            for (i, r) in uploads {
+                got[i] = Some(r);
+            }
+            let mut first = None;
+            for (i, (id, up)) in ids.iter().zip(got).enumerate() {
+                let r = match (id, up) {
+                    (Some(_), Some(Ok(up))) => self.commit_uploaded(&names[i], &data[i], &up),
+                    (Some(_), Some(Err(e))) => Err(e),
+                    (Some(_), None) => self.push(&names[i]),
+                    (None, Some(Ok(_))) => {
+                        let dest = protocol::rel_path(&self.loc, &data[i]);
+                        let _ = self.rt.block_on(self.loc.store.delete(&dest));
+                        Ok(())
+                    }
+                    (None, _) => Ok(()),
+                };
+                if let Err(e) = r {
+                    first.get_or_insert(e);
+                }
+            }
+            return first.map_or(Ok(()), Err);
+        }
+        let (work, queue) = std::sync::mpsc::channel::<(usize, Commit)>();
+        let queue = Mutex::new(queue);
+        let out: Mutex<Vec<(usize, Result<()>)>> = Mutex::new(Vec::new());
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        std::thread::scope(|s| {
+            for _ in 0..at_once.max(1) {
+                s.spawn(|| {
+                    tracing::dispatcher::with_default(&dispatch, || loop {
+                        let next = queue.lock().recv();
+                        let Ok((i, task)) = next else { break };
+                        let slot = self.rt.block_on(slots.clone().acquire_owned());
+                        let r = self.commit_one(&names[i], task);
+                        drop(slot);
+                        out.lock().push((i, r));
+                    })
+                });
+            }
+            for (i, id) in ids.iter().enumerate() {
+                if id.is_some() && parts[i].is_none() {
+                    let _ = work.send((i, Commit::Push));
+                }
+            }
+            let mut seen = vec![false; ids.len()];
+            for (i, r) in uploads {
+                seen[i] = true;
+                if ids[i].is_none() {
+                    // Skipped (replaced or removed meanwhile): nothing
+                    // names its upload (best effort; `gc` collects it
+                    // otherwise).
+                    if r.is_ok() {
+                        let dest = protocol::rel_path(&self.loc, &data[i]);
+                        let _ = self.rt.block_on(self.loc.store.delete(&dest));
+                    }
+                    continue;
+                }
+                let task = match r {
+                    Ok(up) => Commit::Uploaded(data[i].clone(), up),
+                    // The staged pair stays: the next flush uploads it again.
+                    Err(e) => Commit::Failed(e),
+                };
+                let _ = work.send((i, task));
+            }
+            // Uploads that never reported (their thread failed): pushed.
+            for (i, id) in ids.iter().enumerate() {
+                if id.is_some() && parts[i].is_some() && !seen[i] {
+                    let _ = work.send((i, Commit::Push));
+                }
+            }
+            drop(work);
+        });
+        let mut out = out.into_inner();
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter()
+            .map(|(_, r)| r)
+            .find(|r| r.is_err())
+            .unwrap_or(Ok(()))
+    }
+
+    /// Notes the published jobs as staged writes (committed by `push` or
+    /// `commit_uploaded`, or by the next `sync`).
+    fn note_staged(&self, names: &[EntryName], ids: &[Option<Published>]) {
+        let mut staged = self.staged.lock();
+        for (n, id) in names.iter().zip(ids) {
+            if id.is_some() {
+                staged.insert(n.clone());
+            }
         }
     }
 
@@ -1113,6 +1379,8 @@ impl Storage for ObjectBackend {
         self.check_online()?;
         let cache = self.cache()?;
         let mut names = Vec::with_capacity(jobs.len());
+        let mut data = Vec::with_capacity(jobs.len());
+        let mut images = Vec::with_capacity(jobs.len());
         let jobs: Vec<PairJob<'_>> = jobs
             .into_iter()
             .map(|mut job| {
@@ -1131,20 +1399,28 @@ impl Storage for ObjectBackend {
                     serde_json::to_value(&staged).unwrap_or(Value::Null),
                 );
                 job.extra = Some(Arc::new(extra));
+                // A spill is uploaded by the next flush, from its file.
+                images.push(job.image.take().filter(|_| sync != SyncMode::Spill));
                 names.push(job.name.clone());
+                data.push(staged.data);
                 job
             })
             .collect();
-        let ids = cache.publish(jobs, sync)?;
-        {
-            let mut staged = self.staged.lock();
-            for (n, id) in names.iter().zip(&ids) {
-                if id.is_some() {
-                    staged.insert(n.clone());
-                }
+        let batch = jobs.len() > 1;
+        let t = self.opts.transfer;
+        // The data objects held in memory are uploaded while the pairs are
+        // published locally; the metadata objects (the commits) only once
+        // both are done, each entry as soon as its upload is.
+        let parts: Vec<Option<(&[u8], &[u8])>> = images
+            .iter()
+            .map(|i| i.as_ref().map(|i| (&i.header[..], i.body.bytes())))
+            .collect();
+        if parts.iter().all(Option::is_none) {
+            let ids = cache.publish(jobs, sync)?;
+            self.note_staged(&names, &ids);
+            if sync == SyncMode::Spill {
+                return Ok(ids);
             }
-        }
-        if sync != SyncMode::Spill {
             let mut first = None;
             for (n, id) in names.iter().zip(&ids) {
                 if id.is_some() {
@@ -1153,10 +1429,43 @@ impl Storage for ObjectBackend {
                     }
                 }
             }
-            if let Some(e) = first {
-                return Err(e);
-            }
+            return first.map_or(Ok(ids), Err);
         }
+        let (slots, at_once) = if batch {
+            let n = self.opts.batch_concurrency.max(1);
+            (Arc::new(tokio::sync::Semaphore::new(n)), n)
+        } else {
+            (t.slots(), 1)
+        };
+        let cancel = AtomicBool::new(false);
+        // The caller's `tracing` subscriber sees the progress.
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        let (done, uploads) = std::sync::mpsc::channel();
+        let (ids, committed) = std::thread::scope(|s| {
+            let up = s.spawn(|| {
+                tracing::dispatcher::with_default(&dispatch, || {
+                    self.upload_images(&names, &data, &parts, &slots, at_once, &cancel, done)
+                })
+            });
+            let ids = match cache.publish(jobs, sync) {
+                Ok(ids) => ids,
+                Err(e) => {
+                    // Its uploads are left to `gc` (a pair it published
+                    // before the error may name one: the next flush pushes
+                    // that pair).
+                    cancel.store(true, Ordering::Release);
+                    let _ = up.join();
+                    return (Err(e), Ok(()));
+                }
+            };
+            self.note_staged(&names, &ids);
+            let committed =
+                self.commit_batch(&names, &data, &parts, &ids, uploads, &slots, at_once);
+            let _ = up.join();
+            (Ok(ids), committed)
+        });
+        let ids = ids?;
+        committed?;
         Ok(ids)
     }
 

@@ -34,9 +34,11 @@
 //! the fields `key` (the entry), `direction` (`"upload"`, `"download"` or
 //! `"window"`), `bytes_done` and `bytes_total`: one when a transfer starts
 //! (`bytes_done = 0`), then at most one per part and per whole percent of
-//! `bytes_total`, and one when its last byte is done. An upload counts a
-//! part done once the upload has room for the next part (at most
-//! [`TransferOptions::concurrency`] parts are still being sent). A
+//! `bytes_total`, and one when its last byte is done. An upload from the
+//! cache directory counts a part done once the upload has room for the
+//! next part (at most [`TransferOptions::concurrency`] parts are still
+//! being sent); an upload from memory (a durable insert of an array in
+//! RAM) once the part is sent. A
 //! subscriber (or a `tracing-subscriber` layer filtered on that target)
 //! draws a progress bar from them; see the README, "Remote stores".
 //!
@@ -90,6 +92,14 @@ pub struct RemoteOptions {
     pub net: NetOptions,
     /// Part sizes and parallelism of transfers.
     pub transfer: TransferOptions,
+    /// Requests in flight at once for a durable batch
+    /// ([`insert_many`](crate::DiskBackedStore::insert_many),
+    /// [`insert_batch`](crate::DiskBackedStore::insert_batch),
+    /// [`flush`](crate::DiskBackedStore::flush)): its entries' uploads
+    /// (each object, or each part of a large one) and their commits
+    /// together (default 8, at least 1). A batch holds at most this many
+    /// parts of [`TransferOptions::part_size`] bytes in memory.
+    pub batch_concurrency: usize,
     /// How long an unreferenced data object is kept before `gc` deletes it
     /// (default: one hour). Readers that read an entry's metadata before a
     /// replace have this long to download the old data.
@@ -145,6 +155,7 @@ impl Default for RemoteOptions {
         RemoteOptions {
             net: NetOptions::default(),
             transfer: TransferOptions::default(),
+            batch_concurrency: 8,
             grace: Duration::from_secs(3600),
             config: Vec::new(),
             offline: false,

@@ -20,6 +20,8 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, WriteMultipart};
 
+use tokio::sync::Semaphore;
+
 use crate::error::{Error, IoContext, Result};
 
 /// Sizes of transfers.
@@ -47,6 +49,11 @@ impl TransferOptions {
     }
     fn conc(&self) -> usize {
         self.concurrency.max(1)
+    }
+    /// The slots of the parts an upload from memory may hold at once
+    /// (`concurrency` for one entry).
+    pub(crate) fn slots(&self) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(self.conc()))
     }
 }
 
@@ -221,6 +228,143 @@ pub(crate) async fn upload_file(
     }
     writer.finish().await.map_err(UploadError::Remote)?;
     progress.advance(size - handed);
+    Ok(crc.finalize())
+}
+
+/// `len` bytes at `off` of the file `head` followed by `body` (the bytes
+/// of an object held in memory), copied into one buffer, with their CRC-32.
+fn copy_part(head: &[u8], body: &[u8], off: usize, len: usize) -> (Bytes, crc32fast::Hasher) {
+    let mut buf = Vec::with_capacity(len);
+    let end = off + len;
+    if off < head.len() {
+        buf.extend_from_slice(&head[off..end.min(head.len())]);
+    }
+    if end > head.len() {
+        let from = off.saturating_sub(head.len());
+        buf.extend_from_slice(&body[from..end - head.len()]);
+    }
+    let mut h = crc32fast::Hasher::new();
+    h.update(&buf);
+    (Bytes::from(buf), h)
+}
+
+/// Uploads the object made of `head` followed by `body` (held in memory:
+/// an array's `.npy` header and its elements) to `dest`: one PUT when it
+/// fits in one part, else a multipart upload whose parts are copied out
+/// of the memory one at a time, each holding one of `slots` until it is
+/// sent (so at most that many parts are in memory, whatever the size; a
+/// batch's uploads share their slots). Returns the CRC-32 of what was
+/// sent. Stops (aborting the multipart upload) when `cancel` is set
+/// before a part, with a local error.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn upload_bytes(
+    store: &Arc<dyn ObjectStore>,
+    head: &[u8],
+    body: &[u8],
+    dest: &Path,
+    opts: TransferOptions,
+    slots: &Arc<Semaphore>,
+    cancel: &std::sync::atomic::AtomicBool,
+    progress: &Progress,
+) -> std::result::Result<u32, UploadError> {
+    let part = opts.part();
+    let size = head.len() + body.len();
+    let cancelled = || {
+        UploadError::Local(Error::Io {
+            path: std::path::PathBuf::from(dest.as_ref()),
+            op: "upload",
+            source: std::io::Error::other("the local publish of the same write failed"),
+        })
+    };
+    let closed = |e: tokio::sync::AcquireError| {
+        UploadError::Local(Error::Io {
+            path: std::path::PathBuf::from(dest.as_ref()),
+            op: "upload",
+            source: std::io::Error::other(e),
+        })
+    };
+    if size <= part {
+        let _slot = slots.acquire().await.map_err(closed)?;
+        if cancel.load(Ordering::Acquire) {
+            return Err(cancelled());
+        }
+        let (bytes, h) = copy_part(head, body, 0, size);
+        store
+            .put_opts(dest, bytes.into(), PutOptions::default())
+            .await
+            .map_err(UploadError::Remote)?;
+        progress.advance(size as u64);
+        return Ok(h.finalize());
+    }
+    let mut upload = store
+        .put_multipart_opts(dest, PutMultipartOptions::default())
+        .await
+        .map_err(UploadError::Remote)?;
+    let mut crc = crc32fast::Hasher::new();
+    let mut parts: tokio::task::JoinSet<std::result::Result<u64, object_store::Error>> =
+        tokio::task::JoinSet::new();
+    let mut failed: Option<UploadError> = None;
+    let mut off = 0;
+    // Parts sent: reported as they are done.
+    let done = |r: std::result::Result<
+        std::result::Result<u64, object_store::Error>,
+        tokio::task::JoinError,
+    >|
+     -> std::result::Result<(), UploadError> {
+        match r {
+            Ok(Ok(n)) => {
+                progress.advance(n);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(UploadError::Remote(e)),
+            Err(e) => Err(UploadError::Local(Error::Io {
+                path: std::path::PathBuf::from(dest.as_ref()),
+                op: "upload",
+                source: std::io::Error::other(e),
+            })),
+        }
+    };
+    while off < size {
+        let slot = match slots.clone().acquire_owned().await {
+            Ok(s) => s,
+            Err(e) => {
+                failed = Some(closed(e));
+                break;
+            }
+        };
+        while let Some(r) = parts.try_join_next() {
+            if let Err(e) = done(r) {
+                failed.get_or_insert(e);
+            }
+        }
+        if failed.is_some() {
+            break;
+        }
+        if cancel.load(Ordering::Acquire) {
+            failed = Some(cancelled());
+            break;
+        }
+        let len = part.min(size - off);
+        let (bytes, h) = copy_part(head, body, off, len);
+        crc.combine(&h);
+        off += len;
+        let send = upload.put_part(bytes.into());
+        parts.spawn(async move {
+            let r = send.await;
+            drop(slot);
+            r.map(|()| len as u64)
+        });
+    }
+    while let Some(r) = parts.join_next().await {
+        if let Err(e) = done(r) {
+            failed.get_or_insert(e);
+        }
+    }
+    if let Some(e) = failed {
+        let _ = upload.abort().await;
+        return Err(e);
+    }
+    upload.complete().await.map_err(UploadError::Remote)?;
     Ok(crc.finalize())
 }
 

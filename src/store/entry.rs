@@ -166,6 +166,7 @@ impl EntryLink {
             version: s.version,
             published: &self.published,
             write_npy: s.write_npy,
+            image: s.image,
             extra: None,
             unless: None,
         }

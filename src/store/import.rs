@@ -88,6 +88,7 @@ impl DiskBackedStore {
                 std::io::copy(&mut r, w).ctx("copy", &source)?;
                 Ok(())
             }),
+            image: None,
             extra: None,
             unless: None,
         };

@@ -29,6 +29,8 @@ mod remote_robust;
 mod remote_setup;
 #[cfg(feature = "remote")]
 mod remote_windows;
+#[cfg(feature = "remote")]
+mod remote_write;
 mod store;
 #[cfg(feature = "remote")]
 mod tiers;

@@ -355,6 +355,12 @@ pub(crate) struct PairJob<'a> {
     pub published: &'a AtomicU64,
     /// Writes the `.npy` bytes.
     pub write_npy: io::Fill<'a>,
+    /// The same bytes readable in memory, when the entry's data is in RAM
+    /// and contiguous (`None`: only `write_npy` writes them). A backend
+    /// that sends the bytes elsewhere (an object store's upload) reads
+    /// them from here while the local pair is written; the data is held,
+    /// unchanged, until the job and this are dropped.
+    pub image: Option<crate::npy::NpyImage<'a>>,
     /// A backend's own metadata fields, written after the crate's.
     pub extra: Option<std::sync::Arc<crate::store::meta::Attrs>>,
     /// Skips the job (as one that may no longer publish) when the entry's
