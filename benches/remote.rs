@@ -47,7 +47,8 @@
 //! against raw PUTs of 2,000 objects with the same concurrency
 //! (`RemoteOptions::batch_concurrency`), three rounds alternating.
 //!
-//! `NDOFFLOAD_BENCH_MIB` sets the large entry's size (default 1024). For
+//! `NDOFFLOAD_BENCH_DIR` is where the cache directories go (default: the
+//! system temporary directory). `NDOFFLOAD_BENCH_MIB` sets the large entry's size (default 1024). For
 //! the peak RSS of one group, run the bench binary under
 //! `/usr/bin/time -v` with one group, against a moto started separately
 //! (`NDOFFLOAD_MOTO_PORT`, so that the server is not counted): for
@@ -270,7 +271,12 @@ fn main() {
         .build()
         .unwrap();
     let raw = raw_store(port);
-    let tmp = tempfile::tempdir().unwrap();
+    // NDOFFLOAD_BENCH_DIR: where the cache directories go (a fresh file
+    // system: file creation slows on one after mass deletions).
+    let tmp = match std::env::var("NDOFFLOAD_BENCH_DIR") {
+        Ok(dir) => tempfile::tempdir_in(dir).unwrap(),
+        Err(_) => tempfile::tempdir().unwrap(),
+    };
     let url = format!("s3://{BUCKET}/bench");
     println!("remote bench: moto on 127.0.0.1:{port}, entry {mib} MiB");
     if which == "all" || which == "upload" || which == "download" {
@@ -561,6 +567,9 @@ fn small(
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
+    // Keys of this run only (a server started separately keeps the
+    // objects of earlier runs).
+    let run = std::process::id();
     let cache = tmp.join("cacheS");
     let store = open_store(url, &cache, options(port));
     let a = Array2::from_shape_fn((1000, 3), |(i, j)| (i * 3 + j) as f64);
@@ -572,6 +581,7 @@ fn small(
     // Rounds of 20 entries, raw and crate alternating which goes first;
     // totals, and the median of the rounds' ratios.
     let (mut crate_t, mut raw_t) = (Duration::ZERO, Duration::ZERO);
+    let mut cond_t = Duration::ZERO;
     let mut ratios = Vec::new();
     let per = 20;
     for round in 0..n.div_ceil(per) {
@@ -580,14 +590,38 @@ fn small(
             rt.block_on(async {
                 for i in 0..per {
                     raw.put(
-                        &OPath::from(format!("raw/s{round}_{i}.npy")),
+                        &OPath::from(format!("raw/s{run}_{round}_{i}.npy")),
                         npy.clone().into(),
                     )
                     .await
                     .unwrap();
                     raw.put(
-                        &OPath::from(format!("raw/s{round}_{i}.meta.json")),
+                        &OPath::from(format!("raw/s{run}_{round}_{i}.meta.json")),
                         meta.clone().into(),
+                    )
+                    .await
+                    .unwrap();
+                }
+            });
+            t.elapsed()
+        };
+        // The protocol's own two requests, raw: the data PUT, then the
+        // metadata PUT conditional on the key having no metadata object
+        // (`If-None-Match: *`, the commit of a new key).
+        let cond_round = || {
+            let t = Instant::now();
+            rt.block_on(async {
+                for i in 0..per {
+                    raw.put(
+                        &OPath::from(format!("raw/c{run}_{round}_{i}.npy")),
+                        npy.clone().into(),
+                    )
+                    .await
+                    .unwrap();
+                    raw.put_opts(
+                        &OPath::from(format!("raw/c{run}_{round}_{i}.meta.json")),
+                        meta.clone().into(),
+                        object_store::PutMode::Create.into(),
                     )
                     .await
                     .unwrap();
@@ -600,7 +634,9 @@ fn small(
             let arrays: Vec<Array2<f64>> = (0..per).map(|_| a.clone()).collect();
             let t = Instant::now();
             for (i, a) in arrays.into_iter().enumerate() {
-                store.insert_durable(format!("s{round}_{i}"), a).unwrap();
+                store
+                    .insert_durable(format!("s{run}_{round}_{i}"), a)
+                    .unwrap();
             }
             t.elapsed()
         };
@@ -611,6 +647,7 @@ fn small(
             let c = crate_round();
             (raw_round(), c)
         };
+        cond_t += cond_round();
         raw_t += r;
         crate_t += c;
         ratios.push(r.as_secs_f64() / c.as_secs_f64());
@@ -626,6 +663,12 @@ fn small(
         ratios[0],
         ratios[ratios.len() - 1],
     );
+    let k = n as f64 / cond_t.as_secs_f64();
+    println!(
+        "small entries one by one, raw data put + conditional metadata put (If-None-Match): {k:.0}/s, {:.2}x of the raw two plain puts; insert_durable {:.2}x of it",
+        k / r,
+        c / k
+    );
     // Batches of 1,000 entries, against 2,000 raw PUTs with the same
     // concurrency.
     let batch_n = 1000;
@@ -635,7 +678,9 @@ fn small(
         if round % 2 == 1 {
             let mut batch = ndarray_offload::Batch::new();
             for i in 0..batch_n {
-                batch.push(format!("b{round}_{i}"), a.clone()).unwrap();
+                batch
+                    .push(format!("b{run}_{round}_{i}"), a.clone())
+                    .unwrap();
             }
             let t = Instant::now();
             store.insert_many(batch).unwrap();
@@ -645,8 +690,8 @@ fn small(
         rt.block_on(async {
             futures::stream::iter((0..batch_n).flat_map(|i| {
                 [
-                    (format!("raw/b{round}_{i}.npy"), npy.clone()),
-                    (format!("raw/b{round}_{i}.meta.json"), meta.clone()),
+                    (format!("raw/b{run}_{round}_{i}.npy"), npy.clone()),
+                    (format!("raw/b{run}_{round}_{i}.meta.json"), meta.clone()),
                 ]
             }))
             .map(|(p, b)| async move { raw.put(&OPath::from(p), b.into()).await })
@@ -659,7 +704,9 @@ fn small(
         if round % 2 == 0 {
             let mut batch = ndarray_offload::Batch::new();
             for i in 0..batch_n {
-                batch.push(format!("b{round}_{i}"), a.clone()).unwrap();
+                batch
+                    .push(format!("b{run}_{round}_{i}"), a.clone())
+                    .unwrap();
             }
             let t = Instant::now();
             store.insert_many(batch).unwrap();
