@@ -202,18 +202,7 @@ impl DiskBackedStore {
         if loaded.state() == ArrayState::Offloaded {
             Counters::add(&self.inner.counters.loads);
             if self.inner.storage.holds_copies() {
-                // The copy to map is fetched now (it is read next), counted
-                // by the disk budget, which then holds.
-                let _ = self.inner.storage.read_header(&name);
-                self.inner
-                    .account
-                    .disk_published(&*self.inner.storage, &name, true);
-                // The window cache's bytes of it were dropped with the
-                // download.
-                self.inner
-                    .account
-                    .disk_window(&name, self.inner.storage.window_bytes(&name));
-                self.inner.enforce_disk_budget();
+                self.fetch_copy(&name);
             }
         } else {
             Counters::add(&self.inner.counters.hits);
@@ -227,6 +216,22 @@ impl DiskBackedStore {
             .disk_touch(&name, Some(loaded.flags().recomputable));
         let storage = &self.inner.storage;
         StoredArray::of(loaded, name, |n| storage.meta_path(n))
+    }
+
+    /// Fetches the copy of `name` to map now (it is read next), and counts
+    /// it in the disk budget, which then holds. Out of line: `get`'s frame
+    /// stays small (it is on the stack below every header parse).
+    #[inline(never)]
+    fn fetch_copy(&self, name: &EntryName) {
+        let _ = self.inner.storage.read_header(name);
+        self.inner
+            .account
+            .disk_published(&*self.inner.storage, name, true);
+        // The window cache's bytes of it were dropped with the download.
+        self.inner
+            .account
+            .disk_window(name, self.inner.storage.window_bytes(name));
+        self.inner.enforce_disk_budget();
     }
 
     /// The entry `name` without naming its element type: a
