@@ -493,13 +493,15 @@ fn check_ranges(shape: &[usize], ranges: &[Range<usize>], path: &FsPath) -> Resu
     Ok(())
 }
 
-/// Reads the window from the data object `remote` names.
-fn remote_window<T: Element>(
+/// Checks that `T` is the element type of the data object `remote`
+/// names and that `ranges` is a window of its shape (errors name the
+/// entry's metadata, whose path it returns).
+fn check_window<T: Element>(
     b: &ObjectBackend,
     name: &EntryName,
     remote: &RemoteMeta,
     ranges: &[Range<usize>],
-) -> Result<ArrayD<T>> {
+) -> Result<PathBuf> {
     let meta_path = b.entry_meta_path(name);
     if remote.dtype != T::dtype() {
         return Err(Error::DtypeMismatch {
@@ -509,6 +511,17 @@ fn remote_window<T: Element>(
         });
     }
     check_ranges(&remote.shape, ranges, &meta_path)?;
+    Ok(meta_path)
+}
+
+/// Reads the window from the data object `remote` names.
+fn remote_window<T: Element>(
+    b: &ObjectBackend,
+    name: &EntryName,
+    remote: &RemoteMeta,
+    ranges: &[Range<usize>],
+) -> Result<ArrayD<T>> {
+    let meta_path = check_window::<T>(b, name, remote, ranges)?;
     let wshape: Vec<usize> = ranges.iter().map(|r| r.end - r.start).collect();
     let len: usize = wshape.iter().product();
     if len == 0 {
@@ -560,15 +573,7 @@ fn remote_view<T: Element>(
     remote: &RemoteMeta,
     ranges: &[Range<usize>],
 ) -> Result<WindowView<T>> {
-    let meta_path = b.entry_meta_path(name);
-    if remote.dtype != T::dtype() {
-        return Err(Error::DtypeMismatch {
-            path: meta_path,
-            expected: T::dtype(),
-            found: remote.dtype.clone(),
-        });
-    }
-    check_ranges(&remote.shape, ranges, &meta_path)?;
+    let meta_path = check_window::<T>(b, name, remote, ranges)?;
     if ranges.iter().any(|r| r.is_empty()) {
         let wshape: Vec<usize> = ranges.iter().map(|r| r.end - r.start).collect();
         return ArrayD::from_shape_vec(IxDyn(&wshape), Vec::new())
