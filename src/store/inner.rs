@@ -306,15 +306,17 @@ impl Inner {
         entries: &mut BTreeMap<EntryName, Arc<Mutex<Slot>>>,
         name: &EntryName,
     ) -> Result<bool> {
-        let on_disk = self.storage.exists(name);
         let broken = self.incomplete.read().contains_key(name);
         let existed = entries.contains_key(name) || broken;
         // A handle may hold the entry: it keeps the file it reads from open
         // before the file is deleted. A publish of the entry still in flight
-        // (a flush that took it before the removal) must not bring the files
-        // back.
+        // (a flush, or a spill written behind, that took it before the
+        // removal) must not bring the files back: whether there are files
+        // is asked once the entry stopped publishing (under `io::OWNERSHIP`,
+        // which every publish's renames hold), so a publish that renamed
+        // its pair in just before is seen and deleted.
         let loaded = entries.get(name).and_then(|s| s.lock().loaded.clone());
-        with_entry_stopped(loaded.as_ref(), || match on_disk {
+        with_entry_stopped(loaded.as_ref(), || match self.storage.exists(name) {
             true => self.storage.remove(name),
             false => Ok(()),
         })?;

@@ -57,7 +57,25 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 fn die(msg: &str) -> ! {
     use std::io::Write;
     let _ = std::io::stderr().write_all(msg.as_bytes());
+    // Where every thread waits, if a debugger is at hand.
+    let pid = std::process::id().to_string();
+    if let Ok(out) = std::process::Command::new("gdb")
+        .args(["-p", &pid, "-batch", "-ex", "thread apply all bt"])
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        let _ = std::io::stderr().write_all(&out.stdout);
+    }
     std::process::abort();
+}
+
+/// Runs its closure when dropped (also while unwinding from a panic).
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
 }
 
 fn deadlock_limit() -> Duration {
@@ -921,6 +939,10 @@ fn guards_across_store_calls_under_a_stall_watchdog() {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let guard_ops = std::thread::scope(|sc| {
         let (counts, guard_doing, finished) = (&counts, &guard_doing, &finished);
+        // A thread that panicked made no progress but did not stall: the
+        // watchdog stops once the scope's closure returns or unwinds, and
+        // the panic (with its message) fails the test.
+        let _stop_watching = OnDrop(|| finished.store(true, Ordering::Release));
         sc.spawn(move || {
             while !finished.load(Ordering::Acquire) {
                 std::thread::sleep(Duration::from_millis(250));
@@ -950,16 +972,26 @@ fn guards_across_store_calls_under_a_stall_watchdog() {
             .map(|t| {
                 let s = &s;
                 sc.spawn(move || {
-                    let model = reliability::worker(t, s, deadline, counts);
-                    *counts.doing[t].lock().unwrap() = None;
-                    model
+                    let _done = OnDrop(|| {
+                        if let Ok(mut d) = counts.doing[t].lock() {
+                            *d = None;
+                        }
+                    });
+                    reliability::worker(t, s, deadline, counts)
                 })
             })
             .collect();
         let guards: Vec<_> = (0..2)
             .map(|t| {
                 let s = &s;
-                sc.spawn(move || guard_worker(t, s, deadline, &guard_doing[t]))
+                sc.spawn(move || {
+                    let _done = OnDrop(|| {
+                        if let Ok(mut d) = guard_doing[t].lock() {
+                            *d = None;
+                        }
+                    });
+                    guard_worker(t, s, deadline, &guard_doing[t])
+                })
             })
             .collect();
         for w in workers {

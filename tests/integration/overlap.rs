@@ -107,6 +107,71 @@ fn a_failed_background_write_surfaces_on_the_next_call_and_loses_nothing() {
     }
 }
 
+/// A removal while the entry's spill is being written behind: the writer
+/// is held inside the rename of the spill's pair (where it holds the lock
+/// every publish's renames hold) until the removal has started, so the
+/// removal runs while the pair is not there yet and is renamed in just
+/// after. The removal asks whether there are files only once the entry
+/// stopped publishing: it deletes the pair, and the removed entry never
+/// comes back (in this handle or after reopening).
+#[test]
+fn a_removal_while_a_spill_is_renamed_in_leaves_no_files() {
+    use std::sync::{mpsc, Arc, Mutex};
+    use std::time::{Duration, Instant};
+    let mut raced = 0;
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StoreBuilder::new(dir.path())
+            .memory_budget(ByteSize::new(8_000))
+            .write_behind(1, ByteSize::new(64_000))
+            .open()
+            .unwrap();
+        s.insert("a", entry(1.0)).unwrap();
+        let (at_rename, renaming) = mpsc::channel::<()>();
+        let left: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let left_hook = left.clone();
+        let plan = FaultPlan::fail_at(0).with_hook(move |op, path| {
+            if format!("{op:?}") == "Rename" && path.file_name().is_some_and(|n| n == "a.npy") {
+                let _ = at_rename.send(());
+                std::thread::sleep(Duration::from_millis(400));
+                left_hook.lock().unwrap().get_or_insert_with(Instant::now);
+            }
+        });
+        let g = install(plan);
+        // Evicts "a" through the writer thread, which adopts the plan.
+        s.insert("b", entry(2.0)).unwrap();
+        drop(g);
+        renaming
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the spill of a reached its rename");
+        let started = Instant::now();
+        assert!(s.remove("a").unwrap(), "round {round}");
+        // The removal started while the writer was still inside the rename.
+        if left.lock().unwrap().is_some_and(|t| started < t) {
+            raced += 1;
+        }
+        s.flush().unwrap();
+        assert!(!s.contains("a"), "round {round}");
+        assert!(
+            matches!(s.get::<f64, Ix1>("a"), Err(Error::KeyNotFound { .. })),
+            "round {round}"
+        );
+        for f in ["a.npy", "a.meta.json"] {
+            assert!(!dir.path().join(f).exists(), "round {round}: {f} is back");
+        }
+        assert_eq!(read(&s, "b"), 2.0);
+        s.close().unwrap();
+        let s = StoreBuilder::new(dir.path()).open().unwrap();
+        assert!(!s.contains("a"), "round {round}: a is back after reopening");
+        assert_eq!(read(&s, "b"), 2.0);
+    }
+    // The race was made to happen, not hoped for.
+    assert!(
+        raced >= 4,
+        "the removal overlapped the rename in {raced} of 5 rounds"
+    );
+}
+
 #[test]
 fn prefetching_yields_every_name_in_order_and_reads_ahead() {
     let dir = tempfile::tempdir().unwrap();
