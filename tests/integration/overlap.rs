@@ -133,7 +133,7 @@ fn a_removal_while_a_spill_is_renamed_in_leaves_no_files() {
         let plan = FaultPlan::fail_at(0).with_hook(move |op, path| {
             if format!("{op:?}") == "Rename" && path.file_name().is_some_and(|n| n == "a.npy") {
                 let _ = at_rename.send(());
-                std::thread::sleep(Duration::from_millis(400));
+                std::thread::sleep(Duration::from_millis(1000));
                 left_hook.lock().unwrap().get_or_insert_with(Instant::now);
             }
         });
