@@ -25,6 +25,16 @@ pub fn set_write_behind_min_bytes(n: Option<u64>) {
     crate::store::set_write_behind_min_bytes(n);
 }
 
+/// Makes the cache directory `dir` of a store over an object store read as
+/// after a reboot of the machine: the pairs its handles published without
+/// syncing until now count as possibly torn (never read nor uploaded). A
+/// power-cut checker that restarts a node in the same process calls it
+/// before the restart.
+#[cfg(feature = "remote")]
+pub fn simulate_reboot(dir: &Path) {
+    crate::remote::boot::simulate_reboot(dir);
+}
+
 /// The `object_store` crate the remote tier is built on (the version
 /// [`open_tiered_on`] takes a store of).
 #[cfg(feature = "remote")]

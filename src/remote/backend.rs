@@ -63,6 +63,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::boot;
 use super::protocol::{self, Head, RemoteField, RemoteMeta};
 use super::url::Location;
 use super::window_cache::{WindowCache, WindowCopy};
@@ -146,6 +147,13 @@ struct Staged {
     /// committed (or its writer died: then any writer commits it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     writer: Option<String>,
+    /// The boot the pair was published in without being synced (`None`:
+    /// synced). Such a pair is made durable by its commit (the object
+    /// store then holds the value) or, when the commit fails, synced
+    /// before the error is returned; found after a reboot it may be torn:
+    /// it is never read nor uploaded (see `boot`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unsynced: Option<String>,
 }
 
 impl Staged {
@@ -160,6 +168,10 @@ impl Staged {
         })
     }
 }
+
+/// The key of a cached copy's `ndoffload_remote` field recording the boot
+/// its pair was published in without being synced (see `boot`).
+const UNSYNCED_KEY: &str = "unsynced";
 
 /// Whether a cached pair's metadata is a staged write (or removal).
 fn is_staged(meta: &Meta) -> bool {
@@ -311,6 +323,9 @@ impl ObjectBackend {
             counters: Counters::default(),
             windows: WindowCache::default(),
         };
+        if !read_only {
+            b.drop_torn()?;
+        }
         if offline {
             b.load_offline_view()?;
         } else {
@@ -382,7 +397,7 @@ impl ObjectBackend {
                 staged.insert(name);
                 continue;
             }
-            if data_of(&meta).is_none() {
+            if self.copy_data(&meta).is_none() {
                 continue;
             }
             let Ok(text) = serde_json::to_vec(&meta_object(&meta)) else {
@@ -510,6 +525,9 @@ impl ObjectBackend {
         let Some(s) = Staged::of(meta) else {
             return false;
         };
+        if !self.intact(s.unsynced.as_deref()) {
+            return false;
+        }
         let Some(cache) = &self.cache else {
             return false;
         };
@@ -517,6 +535,23 @@ impl ObjectBackend {
             (None, Some(_)) => true,
             (Some(w), Some(me)) => w == me || !cache.is_alive(w),
             (_, None) => false,
+        }
+    }
+
+    /// Whether a pair recorded as published without syncing in boot
+    /// `written` (`None`: synced) is whole (see `boot`).
+    fn intact(&self, written: Option<&str>) -> bool {
+        boot::intact(&self.cache_path, written)
+    }
+
+    /// The data object a cached clean copy is a copy of, if its bytes can
+    /// be trusted: a copy of a write published without syncing, found
+    /// after a reboot, may be torn (it is downloaded again).
+    fn copy_data<'m>(&self, meta: &'m Meta) -> Option<&'m str> {
+        let unsynced = meta.remote.as_ref()?.get(UNSYNCED_KEY);
+        match unsynced {
+            None => data_of(meta),
+            Some(b) => self.intact(Some(b.as_str()?)).then(|| data_of(meta))?,
         }
     }
 
@@ -547,7 +582,7 @@ impl ObjectBackend {
             }
             let remote = self.remote_meta(name)?;
             let data = &remote.ndoffload_remote.data;
-            if cached.as_ref().and_then(data_of) == Some(data.as_str()) {
+            if cached.as_ref().and_then(|m| self.copy_data(m)) == Some(data.as_str()) {
                 self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Copy::Cache);
             }
@@ -704,6 +739,10 @@ impl ObjectBackend {
     fn push(&self, name: &EntryName) -> Result<()> {
         let cache = self.cache()?;
         let _lock = cache.push_lock(name)?;
+        if self.drop_if_torn(cache, name)? {
+            self.staged.lock().remove(name);
+            return Ok(());
+        }
         let c = cache.read_checked(name)?;
         let Some(staged) = Staged::of(&c.meta) else {
             self.staged.lock().remove(name);
@@ -802,13 +841,20 @@ impl ObjectBackend {
                     .insert(name.clone(), Seen::Live(Box::new(remote), v));
                 // The pair is a clean copy now (a newer staged write of the
                 // key stays staged). Not synced: a power cut keeps it staged,
-                // and the next commit of it finds it committed.
-                let field = serde_json::to_value(&field).ok();
+                // and the next commit of it finds it committed. A pair
+                // published without syncing stays marked so as a copy.
+                let mut field = serde_json::to_value(&field).ok();
+                if let (Some(Value::Object(o)), Some(b)) = (field.as_mut(), &staged.unsynced) {
+                    o.insert(UNSYNCED_KEY.to_string(), Value::String(b.clone()));
+                }
+                // The clean-up of a synced staged write is synced: a later
+                // write published without syncing over this copy must not
+                // bring the staged write back after a power cut.
                 let cleaned = cache.replace_fields_if(
                     name,
                     this,
                     &[(REMOTE_FIELD, field), (STAGED_FIELD, None)],
-                    false,
+                    staged.unsynced.is_none(),
                 )?;
                 if cleaned {
                     self.staged.lock().remove(name);
@@ -905,6 +951,101 @@ impl ObjectBackend {
         self.rt.block_on(uploads);
     }
 
+    /// Whether a cached pair's metadata records a pair published without
+    /// syncing before a reboot (a staged write, or the copy its commit
+    /// left): its files may be torn.
+    fn torn(&self, meta: &Meta) -> bool {
+        let staged = Staged::of(meta).and_then(|s| s.unsynced);
+        let copy = meta
+            .remote
+            .as_ref()
+            .and_then(|r| r.get(UNSYNCED_KEY))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        staged.or(copy).is_some_and(|b| !self.intact(Some(&b)))
+    }
+
+    /// Drops `name`'s cached pair if it may be torn (see [`torn`](Self::torn)):
+    /// its write was never acknowledged (an acknowledged one is committed;
+    /// one whose commit failed was synced before its error), or it is a
+    /// copy; the entry then reads as the object store has it. Whether it
+    /// dropped one.
+    fn drop_if_torn(&self, cache: &LocalDir, name: &EntryName) -> Result<bool> {
+        let Ok(meta) = cache.read_meta(name) else {
+            return Ok(false);
+        };
+        if !self.torn(&meta) {
+            return Ok(false);
+        }
+        let dropped = cache.remove_if(name, |m| m.is_some_and(|m| self.torn(m)))?;
+        if dropped {
+            tracing::info!(
+                key = name.as_str(),
+                "dropped a cached pair published without syncing before a reboot"
+            );
+        }
+        Ok(dropped)
+    }
+
+    /// Drops every cached pair that may be torn, whole or not (a writer's
+    /// open; after a reboot).
+    fn drop_torn(&self) -> Result<()> {
+        let Some(cache) = self.cache.as_ref().filter(|_| !self.read_only) else {
+            return Ok(());
+        };
+        let Ok(listing) = cache.list() else {
+            return Ok(());
+        };
+        for name in listing.entries.keys() {
+            if cache.read_meta(name).is_ok_and(|m| self.torn(&m)) {
+                let _lock = cache.push_lock(name)?;
+                self.drop_if_torn(cache, name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of one published job of a durable publish (`r`: its commit):
+    /// when the commit failed (other than lost to another writer, whose
+    /// pair is gone), the staged pair, published without syncing, is made
+    /// durable before the error is returned: the next flush commits it,
+    /// also after a power cut.
+    fn settle_job(&self, name: &EntryName, data: &str, r: Result<()>) -> Result<()> {
+        match r {
+            Err(e) if !matches!(e, Error::Conflict { .. }) => match self.make_durable(name, data) {
+                Ok(()) => Err(e),
+                Err(d) => {
+                    tracing::warn!(key = name.as_str(), error = %e, "the commit failed, and its staged write could not be synced");
+                    Err(d)
+                }
+            },
+            r => r,
+        }
+    }
+
+    /// Syncs `name`'s staged write `data` if it was published without
+    /// syncing (the data file, then its metadata without the mark, and the
+    /// directory).
+    fn make_durable(&self, name: &EntryName, data: &str) -> Result<()> {
+        let cache = self.cache()?;
+        let _lock = cache.push_lock(name)?;
+        let this = |m: &Meta| Staged::of(m).is_some_and(|s| s.data == data);
+        let Some(mut staged) = cache
+            .read_meta(name)
+            .ok()
+            .and_then(|m| Staged::of(&m))
+            .filter(|s| s.data == data && s.unsynced.is_some())
+        else {
+            return Ok(());
+        };
+        let file = cache.open_data(name, io::Access::Read)?;
+        io::sync_file(&file, &cache.data_path(name))?;
+        staged.unsynced = None;
+        let value = serde_json::to_value(&staged).ok();
+        cache.replace_fields_if(name, this, &[(STAGED_FIELD, value)], true)?;
+        Ok(())
+    }
+
     /// The commit step of one published job.
     fn commit_one(&self, name: &EntryName, task: Commit) -> Result<()> {
         match task {
@@ -950,6 +1091,10 @@ impl ObjectBackend {
                     }
                     (None, _) => Ok(()),
                 };
+                let r = match id {
+                    Some(_) => self.settle_job(&names[i], &data[i], r),
+                    None => r,
+                };
                 if let Err(e) = r {
                     first.get_or_insert(e);
                 }
@@ -960,14 +1105,19 @@ impl ObjectBackend {
         let queue = Mutex::new(queue);
         let out: Mutex<Vec<(usize, Result<()>)>> = Mutex::new(Vec::new());
         let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        // The calling thread's fault plan (tests) reaches the commits' file
+        // operations too.
+        let plan = io::current_plan();
         std::thread::scope(|s| {
             for _ in 0..at_once.max(1) {
                 s.spawn(|| {
+                    let _plan = io::adopt_plan(plan.clone());
                     tracing::dispatcher::with_default(&dispatch, || loop {
                         let next = queue.lock().recv();
                         let Ok((i, task)) = next else { break };
                         let slot = self.rt.block_on(slots.clone().acquire_owned());
                         let r = self.commit_one(&names[i], task);
+                        let r = self.settle_job(&names[i], &data[i], r);
                         drop(slot);
                         out.lock().push((i, r));
                     })
@@ -1099,7 +1249,9 @@ impl ObjectBackend {
             return Ok(WindowPlan::Local);
         }
         let remote = self.remote_meta(name)?;
-        if cached.as_ref().and_then(data_of) == Some(remote.ndoffload_remote.data.as_str()) {
+        if cached.as_ref().and_then(|m| self.copy_data(m))
+            == Some(remote.ndoffload_remote.data.as_str())
+        {
             return Ok(WindowPlan::Local);
         }
         if self.opts.offline {
@@ -1378,6 +1530,41 @@ impl Storage for ObjectBackend {
     fn publish(&self, jobs: Vec<PairJob<'_>>, sync: SyncMode) -> Result<Vec<Option<Published>>> {
         self.check_online()?;
         let cache = self.cache()?;
+        // A durable publish is made durable by its commit: its pairs are
+        // not synced (and say so), unless the boot cannot be told. A spill
+        // is synced as on any store (it is committed by a later flush).
+        let mut unsynced = match sync {
+            SyncMode::Spill => None,
+            _ => boot::current(&self.cache_path),
+        };
+        // A pair published without syncing never replaces a synced staged
+        // write or removal (a promise to the next flush, which a power cut
+        // would take with it): the keys' push locks are held from this
+        // look to the end of the local publish (a failed commit syncs its
+        // staged write under its push lock).
+        let mut keys: Vec<&EntryName> = jobs.iter().map(|j| j.name).collect();
+        keys.sort();
+        keys.dedup();
+        let mut held = Vec::new();
+        if unsynced.is_some() {
+            for k in &keys {
+                held.push(cache.push_lock(k)?);
+            }
+            let promised = |k: &&EntryName| {
+                cache
+                    .read_meta(k)
+                    .ok()
+                    .and_then(|m| Staged::of(&m))
+                    .is_some_and(|s| s.unsynced.is_none())
+            };
+            if keys.iter().any(promised) {
+                unsynced = None;
+            }
+        }
+        let local_sync = match unsynced {
+            Some(_) => SyncMode::Unsynced,
+            None => sync,
+        };
         let mut names = Vec::with_capacity(jobs.len());
         let mut data = Vec::with_capacity(jobs.len());
         let mut images = Vec::with_capacity(jobs.len());
@@ -1392,6 +1579,7 @@ impl Storage for ObjectBackend {
                     version: base.and_then(|b| b.version),
                     remove: false,
                     writer: cache.writer_id().map(str::to_owned),
+                    unsynced: unsynced.clone(),
                 };
                 let mut extra = Attrs::new();
                 extra.insert(
@@ -1416,15 +1604,16 @@ impl Storage for ObjectBackend {
             .map(|i| i.as_ref().map(|i| (&i.header[..], i.body.bytes())))
             .collect();
         if parts.iter().all(Option::is_none) {
-            let ids = cache.publish(jobs, sync)?;
+            let ids = cache.publish(jobs, local_sync)?;
             self.note_staged(&names, &ids);
+            drop(held);
             if sync == SyncMode::Spill {
                 return Ok(ids);
             }
             let mut first = None;
-            for (n, id) in names.iter().zip(&ids) {
+            for (i, (n, id)) in names.iter().zip(&ids).enumerate() {
                 if id.is_some() {
-                    if let Err(e) = self.push(n) {
+                    if let Err(e) = self.settle_job(n, &data[i], self.push(n)) {
                         first.get_or_insert(e);
                     }
                 }
@@ -1447,7 +1636,9 @@ impl Storage for ObjectBackend {
                     self.upload_images(&names, &data, &parts, &slots, at_once, &cancel, done)
                 })
             });
-            let ids = match cache.publish(jobs, sync) {
+            let published = cache.publish(jobs, local_sync);
+            drop(held);
+            let ids = match published {
                 Ok(ids) => ids,
                 Err(e) => {
                     // Its uploads are left to `gc` (a pair it published
@@ -1586,7 +1777,7 @@ impl Storage for ObjectBackend {
                     let current = self.visible(&c.meta)
                         || self.view.lock().get(name).is_some_and(|s| match s {
                             Seen::Live(m, _) => {
-                                data_of(&c.meta) == Some(m.ndoffload_remote.data.as_str())
+                                self.copy_data(&c.meta) == Some(m.ndoffload_remote.data.as_str())
                             }
                             _ => false,
                         });
@@ -1634,7 +1825,7 @@ impl Storage for ObjectBackend {
         };
         self.visible(&m)
             || self.view.lock().get(name).is_some_and(|s| match s {
-                Seen::Live(r, _) => data_of(&m) == Some(r.ndoffload_remote.data.as_str()),
+                Seen::Live(r, _) => self.copy_data(&m) == Some(r.ndoffload_remote.data.as_str()),
                 Seen::Listed(_) | Seen::Removed(_) => false,
             })
     }

@@ -57,6 +57,7 @@
 //! ```
 
 pub(crate) mod backend;
+pub(crate) mod boot;
 mod gc;
 mod inspect;
 mod protocol;

@@ -521,3 +521,98 @@ fn concurrent_durable_inserts_all_commit() {
         check_committed(&n, &format!("t{t}"), &a);
     }
 }
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+/// A durable insert's local pair is not synced (its commit makes the
+/// write durable): it records the boot it was written in, and after a
+/// reboot (simulated) such a pair is never read nor uploaded. A torn copy
+/// of a committed write is downloaded again; a torn staged write that was
+/// never acknowledged (its process died before the commit) is dropped; a
+/// write whose commit failed was synced before its error, and the next
+/// flush after the reboot commits it.
+#[test]
+fn pairs_published_without_syncing_are_never_trusted_after_a_reboot() {
+    let n = nodes();
+    let dir = n.dirs.0.path().to_path_buf();
+    let a = ArrayD::from_shape_fn(IxDyn(&[50, 8]), |i| (i[0] * 8 + i[1]) as f64);
+    let b = a.mapv(|x| x + 0.5);
+    // Committed: the cached copy records the boot it was written in.
+    n.writer.insert_durable("c", a.clone()).unwrap();
+    let meta = read_json(&dir.join("c.meta.json"));
+    let boot = meta["ndoffload_remote"]["unsynced"]
+        .as_str()
+        .expect("the copy records its boot")
+        .to_string();
+    assert!(meta.get("ndoffload_staged").is_none(), "{meta}");
+    // A failed commit: the staged write is synced before the error.
+    n.store.fail.lock().push("f.".into());
+    n.writer.insert_durable("f", b.clone()).unwrap_err();
+    let meta = read_json(&dir.join("f.meta.json"));
+    assert!(meta["ndoffload_staged"].is_object(), "{meta}");
+    assert!(meta["ndoffload_staged"].get("unsynced").is_none(), "{meta}");
+    n.store.fail.lock().clear();
+    // A staged write published without syncing whose process died before
+    // its commit: t's pair, forged from c's.
+    let mut t = read_json(&dir.join("c.meta.json"));
+    let o = t.as_object_mut().unwrap();
+    o.remove("ndoffload_remote");
+    o.insert(
+        "ndoffload_staged".into(),
+        serde_json::json!({"data": "data/t.0123456789abcdef.npy", "unsynced": boot}),
+    );
+    std::fs::write(dir.join("t.meta.json"), t.to_string()).unwrap();
+    std::fs::copy(dir.join("c.npy"), dir.join("t.npy")).unwrap();
+    let writer = n.writer;
+    writer.close().unwrap();
+    // The power cut tore c's and t's data (zeros after the header).
+    for k in ["c", "t"] {
+        let p = dir.join(format!("{k}.npy"));
+        let mut bytes = std::fs::read(&p).unwrap();
+        let body = bytes.len() - 50 * 8 * 8;
+        bytes[body..].fill(0);
+        std::fs::write(&p, bytes).unwrap();
+    }
+    ndarray_offload::__testing::simulate_reboot(&dir);
+    let shared = Arc::new(Shared(n.store.clone()));
+    let w = open_tiered_on(URL, shared.clone(), &dir, opts(), None).unwrap();
+    assert!(!w.contains("t"), "a torn staged write is there");
+    assert!(!dir.join("t.npy").exists() && !dir.join("t.meta.json").exists());
+    let before = remote_stats(&w).downloads;
+    let got = w.get::<f64, IxDyn>("c").unwrap();
+    assert_eq!(got.read().unwrap().view(), a.view(), "a torn copy was read");
+    drop(got);
+    assert_eq!(remote_stats(&w).downloads, before + 1);
+    // The failed write is still promised: it reads, and is committed (by
+    // the open or by this flush).
+    assert_eq!(
+        w.get::<f64, IxDyn>("f").unwrap().to_owned_array().unwrap(),
+        b
+    );
+    w.flush().unwrap();
+    assert!(w.pending_writes().is_empty());
+    let fresh_dir = tempfile::tempdir().unwrap();
+    let fresh = open_tiered_on(URL, shared, fresh_dir.path(), opts(), None).unwrap();
+    let got = fresh.get::<f64, IxDyn>("f").unwrap();
+    assert_eq!(got.read().unwrap().view(), b.view());
+    let got = fresh.get::<f64, IxDyn>("c").unwrap();
+    assert_eq!(got.read().unwrap().view(), a.view());
+    assert!(!fresh.contains("t"));
+    // Before the reboot nothing of this is torn: the same files, read in
+    // the boot that wrote them, are trusted (no download).
+    w.insert_durable("d", a.clone()).unwrap();
+    let w2 = open_tiered_on(URL, Arc::new(Shared(n.store.clone())), &dir, opts(), None);
+    drop(w);
+    let w2 = w2.unwrap();
+    let before = remote_stats(&w2).downloads;
+    let got = w2.get::<f64, IxDyn>("d").unwrap();
+    assert_eq!(got.read().unwrap().view(), a.view());
+    drop(got);
+    assert_eq!(
+        remote_stats(&w2).downloads,
+        before,
+        "a whole copy was downloaded again"
+    );
+}

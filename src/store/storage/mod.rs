@@ -381,4 +381,10 @@ pub(crate) enum SyncMode {
     /// crash (the key then reads as its old value). Used for spills; the
     /// store syncs on its next flush ([`Storage::sync`]).
     Spill,
+    /// Nothing is synced: the new pair is complete at its names for every
+    /// process until the machine goes down, and may be lost or torn by a
+    /// power cut. Used by an object store's cache directory for the copy
+    /// of a write whose commit makes it durable (the pair records the boot
+    /// it was written in: `remote::boot`).
+    Unsynced,
 }

@@ -60,8 +60,9 @@ pub(crate) fn publish_pairs(
     jobs: Vec<PairJob<'_>>,
     sync: SyncMode,
 ) -> Result<Vec<Option<Published>>> {
-    let per_file = sync != SyncMode::FileSystem || !cfg!(target_os = "linux");
-    let dir_sync = sync != SyncMode::Spill;
+    let synced = sync != SyncMode::Unsynced;
+    let per_file = synced && (sync != SyncMode::FileSystem || !cfg!(target_os = "linux"));
+    let dir_sync = synced && sync != SyncMode::Spill;
     let mut staged = Vec::with_capacity(jobs.len());
     let mut names = Vec::with_capacity(jobs.len());
     // The version links made so far: removed again unless their publish
@@ -152,7 +153,7 @@ pub(crate) fn publish_pairs(
             job.unless,
         ));
     }
-    if !per_file {
+    if !per_file && synced {
         dir.syncfs()?;
     }
     // With an `fsync` per file the links are not synced on their own (made
@@ -207,8 +208,17 @@ pub(crate) fn publish_pairs(
                 }
             }
             backups.push(b);
-            s.npy.rename_into(&name.npy_file())?;
-            s.meta.rename_into(&name.meta_file())?;
+            if synced {
+                s.npy.rename_into(&name.npy_file())?;
+                s.meta.rename_into(&name.meta_file())?;
+            } else {
+                // Unsynced, the metadata goes first: a power cut that
+                // keeps one rename (an ordered journal keeps a prefix of
+                // them) leaves the new metadata, which says its pair may be
+                // torn, never the old metadata over new unsynced data.
+                s.meta.rename_into(&name.meta_file())?;
+                s.npy.rename_into(&name.npy_file())?;
+            }
             published.fetch_max(version, Ordering::AcqRel);
             links.keep(i);
         }

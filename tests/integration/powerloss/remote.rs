@@ -380,6 +380,9 @@ fn verify_tiered(
     allowed: &BTreeMap<String, BTreeSet<Ver>>,
 ) -> Result<(), String> {
     let shared: Arc<dyn ObjectStore> = remote.clone();
+    // A power cut is a reboot: pairs published without syncing before it
+    // may be torn.
+    ndarray_offload::__testing::simulate_reboot(dir);
     let node = open_tiered_on(URL, shared.clone(), dir, opts(), Some(budget))
         .map_err(|e| format!("restart: open failed: {e}"))?;
     node.flush()
@@ -505,6 +508,9 @@ fn verify(
     allowed: &BTreeMap<String, BTreeSet<Ver>>,
 ) -> Result<(), String> {
     let shared: Arc<dyn ObjectStore> = remote.clone();
+    // A power cut is a reboot: pairs published without syncing before it
+    // may be torn.
+    ndarray_offload::__testing::simulate_reboot(dir);
     let node = open_tiered_on(URL, shared.clone(), dir, opts(), None)
         .map_err(|e| format!("restart: open failed: {e}"))?;
     node.flush()
