@@ -173,6 +173,11 @@ impl Staged {
 /// its pair was published in without being synced (see `boot`).
 const UNSYNCED_KEY: &str = "unsynced";
 
+/// The most keys a durable publish holds the push locks of to publish
+/// its pairs without syncing (one open lock file each); a larger batch is
+/// synced, as on a local store.
+const UNSYNCED_MAX_KEYS: usize = 64;
+
 /// Whether a cached pair's metadata is a staged write (or removal).
 fn is_staged(meta: &Meta) -> bool {
     meta.staged.is_some()
@@ -1545,6 +1550,10 @@ impl Storage for ObjectBackend {
         let mut keys: Vec<&EntryName> = jobs.iter().map(|j| j.name).collect();
         keys.sort();
         keys.dedup();
+        // Holding a lock file per key is bounded: a larger batch is synced.
+        if keys.len() > UNSYNCED_MAX_KEYS {
+            unsynced = None;
+        }
         let mut held = Vec::new();
         if unsynced.is_some() {
             for k in &keys {
