@@ -66,6 +66,7 @@ pub(crate) fn intact(dir: &Path, written: Option<&str>) -> bool {
 /// Makes `dir` read as after a reboot: pairs it recorded as unsynced until
 /// now count as possibly torn (a power-cut checker restarts a node in the
 /// same process).
+#[cfg(feature = "testing")]
 pub(crate) fn simulate_reboot(dir: &Path) {
     let id = format!("rebooted-{}", super::protocol::unique_id());
     REBOOTED.lock().insert(key(dir), id);
