@@ -33,12 +33,16 @@
 //! durable copy), against a raw multipart upload of the same bytes from
 //! memory (`object_store`'s `WriteMultipart`, the same part size and
 //! parts in flight, each part copied out of the `.npy` bytes made before
-//! the clock), interleaved, for
-//! each size of `NDOFFLOAD_BENCH_MIB` (a comma-separated list, default
-//! `256,1024`; `NDOFFLOAD_BENCH_ROUNDS` rounds, default 2). moto's CPU
-//! time during the raw uploads is printed when its
-//! process is known (started by the bench, or `NDOFFLOAD_MOTO_PID`): near
-//! one core, moto bounds the figure.
+//! the clock), for each size of `NDOFFLOAD_BENCH_MIB` (a comma-separated
+//! list, default `256,1024`; `NDOFFLOAD_BENCH_ROUNDS` rounds, default 2).
+//! The rounds alternate which goes first; each timed run starts once the
+//! server is idle, and the round's buffers, objects and entry are dropped
+//! at its end, so that neither run pays for what the other left behind
+//! (on a VM that hands freed memory back to its host, memory freed just
+//! before a run is slow to touch again). The process's CPU time of each
+//! is printed, and moto's during the raw uploads when its process is
+//! known (started by the bench, or `NDOFFLOAD_MOTO_PID`): near one core,
+//! moto bounds the figure.
 //!
 //! `small`: `NDOFFLOAD_BENCH_SMALL` (default 200) 1000x3 f64 entries
 //! inserted one by one with `insert_durable`, against two sequential raw
@@ -417,7 +421,30 @@ fn main() {
     }
 }
 
+/// Waits until the server is idle before a timed run: its CPU time grows
+/// by less than 10 ms in a quarter of a second (at most 5 s; 1 s when its
+/// process is not known), so that no run pays for work left over from the
+/// one before it.
+fn settle(pid: Option<u32>) {
+    let quarter = Duration::from_millis(250);
+    if pid.is_none() {
+        std::thread::sleep(Duration::from_secs(1));
+        return;
+    }
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        let before = cpu_time(pid);
+        std::thread::sleep(quarter);
+        match (before, cpu_time(pid)) {
+            (Some(b), Some(a)) if a - b < Duration::from_millis(10) => return,
+            (Some(_), Some(_)) => {}
+            _ => return,
+        }
+    }
+}
+
 /// CPU time (user + system) of process `pid` so far, from `/proc`.
+
 fn cpu_time(pid: Option<u32>) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
     // The fields after the command name (which may hold spaces).
@@ -496,26 +523,51 @@ fn ram_upload(
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
+    let me = Some(std::process::id());
+    let (mut raw_cpu, mut crate_cpu) = (Vec::new(), Vec::new());
     for i in 0..rounds {
         let a = make();
+        // The same bytes, made before the clock, and dropped at the end of
+        // the round: neither run follows the other's release of a large
+        // buffer (on a VM that hands freed memory back to its host, the
+        // next run would touch that memory afresh).
+        let mut npy = Vec::new();
         if with_raw {
-            // The same bytes, made before the clock.
-            let mut npy = Vec::new();
             ndarray_npy::WriteNpyExt::write_npy(&a, &mut npy).unwrap();
-            let cpu = cpu_time(moto_pid);
-            let d = raw_upload_ram(rt, raw, &npy, &format!("raw/ram{mib}_{i}.npy"));
+        }
+        let raw_dest = format!("raw/ram{mib}_{i}.npy");
+        let mut run_raw = || {
+            settle(moto_pid);
+            let (cpu, mine) = (cpu_time(moto_pid), cpu_time(me));
+            let d = raw_upload_ram(rt, raw, &npy, &raw_dest);
             if let (Some(before), Some(after)) = (cpu, cpu_time(moto_pid)) {
                 moto_busy.push((after - before).as_secs_f64() / d.as_secs_f64());
             }
+            if let (Some(before), Some(after)) = (mine, cpu_time(me)) {
+                raw_cpu.push(after - before);
+            }
             raw_t.push(d);
-            drop(npy);
-            rt.block_on(raw.delete(&OPath::from(format!("raw/ram{mib}_{i}.npy"))))
-                .unwrap();
+        };
+        // Alternating which goes first.
+        if with_raw && i % 2 == 0 {
+            run_raw();
         }
         // Moved in, made before the clock.
+        settle(moto_pid);
+        let mine = cpu_time(me);
         let t = Instant::now();
         s.insert_durable(format!("ram{i}"), a).unwrap();
         crate_t.push(t.elapsed());
+        if let (Some(before), Some(after)) = (mine, cpu_time(me)) {
+            crate_cpu.push(after - before);
+        }
+        if with_raw && i % 2 == 1 {
+            run_raw();
+        }
+        drop(npy);
+        if with_raw {
+            rt.block_on(raw.delete(&OPath::from(raw_dest))).unwrap();
+        }
         s.remove(format!("ram{i}")).unwrap();
         s.gc_with_grace(Duration::ZERO).unwrap();
     }
@@ -541,6 +593,13 @@ fn ram_upload(
         crate_t.iter().map(|d| (d.as_secs_f64() * 100.0).round() / 100.0).collect::<Vec<_>>(),
         raw_t.iter().map(|d| (d.as_secs_f64() * 100.0).round() / 100.0).collect::<Vec<_>>(),
     );
+    if !crate_cpu.is_empty() && !raw_cpu.is_empty() {
+        println!(
+            "ram-upload {mib} MiB: CPU time of this process (median): insert_durable {:.2} s, raw {:.2} s",
+            median(&crate_cpu).as_secs_f64(),
+            median(&raw_cpu).as_secs_f64()
+        );
+    }
     if !moto_busy.is_empty() {
         let busy = moto_busy.iter().copied().fold(0.0, f64::max);
         println!(
