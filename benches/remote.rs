@@ -444,7 +444,6 @@ fn settle(pid: Option<u32>) {
 }
 
 /// CPU time (user + system) of process `pid` so far, from `/proc`.
-
 fn cpu_time(pid: Option<u32>) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
     // The fields after the command name (which may hold spaces).

@@ -78,6 +78,10 @@ pub(crate) struct EntryLink {
     behind: AtomicBool,
     /// The user attributes written with each publish.
     attrs: Mutex<Option<Arc<Attrs>>>,
+    /// Serializes the writes of the attributes to the entry's metadata
+    /// (`replace_attrs`) with the look of each publish at the attributes
+    /// it wrote (`settle_attrs`).
+    attrs_write: Mutex<()>,
     /// The newest version of the entry's file this handle knows for sure
     /// (published by it, or read with a proven version): the file and its
     /// version token.
@@ -108,6 +112,7 @@ impl EntryLink {
             loaded_unseen: AtomicBool::new(false),
             behind: AtomicBool::new(false),
             attrs: Mutex::new(None),
+            attrs_write: Mutex::new(()),
             version: Mutex::new(None),
         }
     }
@@ -175,6 +180,44 @@ impl EntryLink {
     /// Sets the user attributes written with the entry's next publishes.
     pub(crate) fn set_attrs(&self, attrs: Option<Arc<Attrs>>) {
         *self.attrs.lock() = attrs;
+    }
+
+    /// Replaces the entry's attributes with `attrs` once `write` (which
+    /// writes them into the entry's pair, when it has one) succeeded.
+    ///
+    /// A publish already under way wrote the old attributes into its new
+    /// metadata; renamed in after `write`, it would bring them back. Every
+    /// publish therefore looks at the attributes once its pair is in place
+    /// ([`settle_attrs`](Self::settle_attrs)), under the same lock as this.
+    pub(crate) fn replace_attrs(
+        &self,
+        attrs: Option<Arc<Attrs>>,
+        write: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let _w = self.attrs_write.lock();
+        write()?;
+        *self.attrs.lock() = attrs;
+        Ok(())
+    }
+
+    /// After a publish whose metadata holds `with` (the attributes its job
+    /// took): when the entry's attributes were replaced since, its pair may
+    /// have been renamed over the replacement's metadata, and the current
+    /// attributes are written into it again (durably, as `set_attrs`).
+    pub(crate) fn settle_attrs(&self, with: &Option<Arc<Attrs>>) -> Result<()> {
+        let _w = self.attrs_write.lock();
+        let current = self.attrs.lock().clone();
+        let same = match (&current, with) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        if same || !self.storage.exists(&self.name) {
+            return Ok(());
+        }
+        let empty = Attrs::new();
+        self.storage
+            .set_attrs(&self.name, current.as_deref().unwrap_or(&empty))
     }
 
     /// Takes the entry out of its store (it was replaced or removed, or the
@@ -270,10 +313,9 @@ impl Owner for EntryLink {
         } else {
             SyncMode::PerFile
         };
-        let published = self
-            .storage
-            .publish(vec![self.job(snapshot)], sync)?
-            .remove(0);
+        let job = self.job(snapshot);
+        let attrs = job.attrs.clone();
+        let published = self.storage.publish(vec![job], sync)?.remove(0);
         let id = published.map(|p| {
             let id = p.id;
             self.note_version(p);
@@ -285,6 +327,7 @@ impl Owner for EntryLink {
             }
             self.account
                 .disk_published(&*self.storage, &self.name, self.recomputable);
+            self.settle_attrs(&attrs)?;
         }
         Ok(id)
     }

@@ -90,11 +90,14 @@ impl DiskBackedStore {
         let slot = self.slot(&name)?;
         let mut s = slot.lock();
         self.read_meta(&name, &mut s)?;
-        if self.inner.storage.exists(&name) {
-            self.inner.storage.set_attrs(&name, &attrs)?;
-        }
-        if let Some(l) = &s.loaded {
-            l.link().set_attrs(Some(attrs.clone()));
+        let write = || match self.inner.storage.exists(&name) {
+            true => self.inner.storage.set_attrs(&name, &attrs),
+            false => Ok(()),
+        };
+        match &s.loaded {
+            // Serialized with the entry's publishes (see `replace_attrs`).
+            Some(l) => l.link().replace_attrs(Some(attrs.clone()), write)?,
+            None => write()?,
         }
         s.attrs = Some(attrs);
         Ok(())

@@ -204,12 +204,13 @@ impl Inner {
             return Ok(());
         }
         let versions: Vec<u64> = jobs.iter().map(|j| j.version).collect();
-        let named: Vec<(EntryName, bool)> = jobs
+        let named: Vec<(EntryName, bool, Option<Arc<Attrs>>)> = jobs
             .iter()
-            .map(|j| (j.name.clone(), j.flags.recomputable))
+            .map(|j| (j.name.clone(), j.flags.recomputable, j.attrs.clone()))
             .collect();
         let ids = self.storage.publish(jobs, SyncMode::FileSystem)?;
-        for (((a, v), id), (name, recomputable)) in
+        let mut first = None;
+        for (((a, v), id), (name, recomputable, attrs)) in
             marks.into_iter().zip(versions).zip(ids).zip(named)
         {
             if let Some(p) = id {
@@ -217,9 +218,12 @@ impl Inner {
                 a.link().note_version(p);
                 self.account
                     .disk_published(&*self.storage, &name, recomputable);
+                if let Err(e) = a.link().settle_attrs(&attrs) {
+                    first.get_or_insert(e);
+                }
             }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     pub(super) fn flush(&self) -> Result<()> {

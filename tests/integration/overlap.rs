@@ -172,6 +172,88 @@ fn a_removal_while_a_spill_is_renamed_in_leaves_no_files() {
     );
 }
 
+/// `set_attrs` while a spill of the entry is writing its files: the spill
+/// took the old attributes, and its metadata is renamed in after
+/// `set_attrs` wrote (or, with no pair on disk yet, skipped writing) the
+/// new ones. A fault-plan hook holds the write-behind writer for a second
+/// at the creation of its data file. The publish looks at the attributes
+/// once its pair is in place and writes the new ones again: they are what
+/// the store and a reopened store read, with or without a pair on disk
+/// before.
+#[test]
+fn attributes_set_while_a_spill_is_written_are_kept() {
+    use serde_json::json;
+    use std::sync::{mpsc, Arc, Mutex};
+    use std::time::{Duration, Instant};
+    let mut raced = 0;
+    for round in 0..6 {
+        let on_disk = round % 2 == 0;
+        let dir = tempfile::tempdir().unwrap();
+        let s = StoreBuilder::new(dir.path())
+            .memory_budget(ByteSize::new(8_000))
+            .write_behind(1, ByteSize::new(64_000))
+            .open()
+            .unwrap();
+        let opts = ndarray_offload::InsertOptions::new().attrs(json!({"v": "old"}));
+        s.insert_opts("a", entry(1.0), &opts).unwrap();
+        if on_disk {
+            // A pair with the old attributes, then a change in RAM that the
+            // spill writes.
+            s.flush().unwrap();
+            s.get::<f64, Ix1>("a").unwrap().write().unwrap()[0] = 1.0;
+        }
+        let (at_create, creating) = mpsc::channel::<()>();
+        let left: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let left_hook = left.clone();
+        let plan = FaultPlan::fail_at(0).with_hook(move |op, path| {
+            let n = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            if format!("{op:?}") == "Create" && n.is_some_and(|n| n.ends_with(".a.npy.tmp")) {
+                let _ = at_create.send(());
+                std::thread::sleep(Duration::from_millis(1000));
+                left_hook.lock().unwrap().get_or_insert_with(Instant::now);
+            }
+        });
+        let g = install(plan);
+        // Evicts "a" through the writer thread, which adopts the plan.
+        s.insert("b", entry(2.0)).unwrap();
+        drop(g);
+        creating
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the spill of a reached the creation of its file");
+        let started = Instant::now();
+        s.set_attrs("a", json!({"v": "new"})).unwrap();
+        let done = Instant::now();
+        s.flush().unwrap();
+        // set_attrs ran while the writer was still before its renames.
+        if left
+            .lock()
+            .unwrap()
+            .is_some_and(|t| started < t && done < t)
+        {
+            raced += 1;
+        }
+        assert_eq!(s.info("a").unwrap().attrs["v"], "new", "round {round}");
+        let text = std::fs::read_to_string(dir.path().join("a.meta.json")).unwrap();
+        let meta: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(meta["ndoffload_attrs"]["v"], "new", "round {round}: {text}");
+        assert_eq!(read(&s, "a"), 1.0);
+        s.close().unwrap();
+        let s = StoreBuilder::new(dir.path()).open().unwrap();
+        assert_eq!(
+            s.info("a").unwrap().attrs["v"],
+            "new",
+            "round {round}: the old attributes are back after reopening"
+        );
+        assert_eq!(read(&s, "a"), 1.0);
+        assert_eq!(read(&s, "b"), 2.0);
+    }
+    // The race was made to happen, not hoped for.
+    assert!(
+        raced >= 5,
+        "set_attrs overlapped the spill in {raced} of 6 rounds"
+    );
+}
+
 #[test]
 fn prefetching_yields_every_name_in_order_and_reads_ahead() {
     let dir = tempfile::tempdir().unwrap();
