@@ -207,12 +207,38 @@ struct Counters {
 }
 
 /// A data object uploaded: what its commit records.
+#[derive(Debug, Clone, Copy)]
 struct Uploaded {
     size: u64,
     crc: u32,
     /// When the upload started (a commit after half the grace period is
     /// refused: `gc` may have marked the object).
     started: Instant,
+}
+
+/// The PUT of the data object of a durable publish of one small entry
+/// held in memory, started before anything else of the publish (see
+/// [`RemoteBackend::start_small_put`]); aborted if the publish stops before
+/// it waits for it.
+struct SmallPut {
+    data: String,
+    dest: object_store::path::Path,
+    put: Option<tokio::task::JoinHandle<object_store::Result<object_store::PutResult>>>,
+    size: u64,
+    crc: u32,
+    started: Instant,
+    /// Reported on the calling thread (whose `tracing` subscriber the
+    /// caller set).
+    progress: transfer::Progress,
+}
+
+impl Drop for SmallPut {
+    fn drop(&mut self) {
+        if let Some(p) = self.put.take() {
+            // Its object is left to `gc`.
+            p.abort();
+        }
+    }
 }
 
 /// The commit step of one published job of a durable publish.
@@ -886,16 +912,119 @@ impl ObjectBackend {
     /// the size uploaded, the key is pushed as any staged write is (the
     /// upload is then left to `gc` if nothing names it).
     fn commit_uploaded(&self, name: &EntryName, data: &str, up: &Uploaded) -> Result<()> {
+        self.commit_when_uploaded(name, data, || Ok(*up))
+    }
+
+    /// [`commit_uploaded`](Self::commit_uploaded) of an upload still under
+    /// way: the key's push lock is taken and its cached pair read while
+    /// `uploaded` waits for it (an upload that failed returns its error).
+    fn commit_when_uploaded(
+        &self,
+        name: &EntryName,
+        data: &str,
+        uploaded: impl FnOnce() -> Result<Uploaded>,
+    ) -> Result<()> {
         let cache = self.cache()?;
         let lock = cache.push_lock(name)?;
         let c = cache.read_checked(name)?;
+        let up = uploaded()?;
         if let (Some(staged), Some((_, info))) = (Staged::of(&c.meta), c.file.as_ref()) {
             if staged.data == data && !staged.remove && info.file_len == Some(up.size) {
-                return self.commit_staged(cache, name, &staged, &c.meta, info, up);
+                return self.commit_staged(cache, name, &staged, &c.meta, info, &up);
             }
         }
         drop(lock);
         self.push(name)
+    }
+
+    /// When `jobs` is the durable publish of one entry held in memory whose
+    /// data object is one PUT (at most a part), starts that PUT on the
+    /// runtime: it runs while the publish takes its locks, publishes the
+    /// pair locally and makes the commit's checks.
+    fn start_small_put(&self, jobs: &[PairJob<'_>], sync: SyncMode) -> Option<SmallPut> {
+        let [job] = jobs else { return None };
+        let image = job.image.as_ref().filter(|_| sync != SyncMode::Spill)?;
+        let (head, body) = (&image.header[..], image.body.bytes());
+        let len = head.len() + body.len();
+        if len > self.opts.transfer.part_size.max(5 << 20) || self.opts.offline {
+            return None;
+        }
+        let size = len as u64;
+        let started = Instant::now();
+        let data = protocol::new_data_rel(job.name, &protocol::unique_id());
+        let dest = protocol::rel_path(&self.loc, &data);
+        let progress = transfer::Progress::start(job.name.as_str(), "upload", size);
+        let (bytes, h) = transfer::copy_part(head, body, 0, len);
+        let (store, to) = (self.loc.store.clone(), dest.clone());
+        let put = self.rt.spawn(async move {
+            store
+                .put_opts(&to, bytes.into(), object_store::PutOptions::default())
+                .await
+        });
+        Some(SmallPut {
+            data,
+            dest,
+            put: Some(put),
+            size,
+            crc: h.finalize(),
+            started,
+            progress,
+        })
+    }
+
+    /// The rest of a durable publish whose data object `small` is being
+    /// PUT: the local publish, then the commit (as
+    /// [`commit_batch`](Self::commit_batch) of one job, without a thread of
+    /// its own), its checks made while the PUT runs.
+    fn publish_one_small(
+        &self,
+        cache: &LocalDir,
+        jobs: Vec<PairJob<'_>>,
+        local_sync: SyncMode,
+        held: Vec<Option<Box<dyn Lease>>>,
+        name: &EntryName,
+        mut small: SmallPut,
+    ) -> Result<Vec<Option<Published>>> {
+        let published = cache.publish(jobs, local_sync);
+        drop(held);
+        // An error drops `small`, which aborts the PUT.
+        let ids = published?;
+        self.note_staged(std::slice::from_ref(name), &ids);
+        let put = small.put.take();
+        let wait = || match put.map(|p| self.rt.block_on(p)) {
+            Some(Ok(Ok(_))) => {
+                small.progress.advance(small.size);
+                Ok(Uploaded {
+                    size: small.size,
+                    crc: small.crc,
+                    started: small.started,
+                })
+            }
+            Some(Ok(Err(e))) => Err(upload_err(
+                &self.loc,
+                "upload",
+                name.as_str(),
+                self.loc.url_of(&small.dest),
+                transfer::UploadError::Remote(e),
+            )),
+            other => Err(Error::Io {
+                path: PathBuf::from(self.loc.url_of(&small.dest)),
+                op: "upload",
+                source: std::io::Error::other(match other {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "the upload was not started".to_string(),
+                }),
+            }),
+        };
+        if ids.first().is_some_and(Option::is_some) {
+            let r = self.commit_when_uploaded(name, &small.data, wait);
+            self.settle_job(name, &small.data, r)?;
+        } else if wait().is_ok() {
+            // Skipped (replaced or removed meanwhile): nothing names its
+            // upload (best effort; `gc` collects it otherwise).
+            let _ = self.rt.block_on(self.loc.store.delete(&small.dest));
+        }
+        Ok(ids)
     }
 
     /// Uploads the data objects of the jobs held in memory (`parts`: the
@@ -1535,6 +1664,7 @@ impl Storage for ObjectBackend {
     fn publish(&self, jobs: Vec<PairJob<'_>>, sync: SyncMode) -> Result<Vec<Option<Published>>> {
         self.check_online()?;
         let cache = self.cache()?;
+        let small = self.start_small_put(&jobs, sync);
         // A durable publish is made durable by its commit: its pairs are
         // not synced (and say so), unless the boot cannot be told. A spill
         // is synced as on any store (it is committed by a later flush).
@@ -1582,7 +1712,10 @@ impl Storage for ObjectBackend {
             .map(|mut job| {
                 let base = self.view.lock().get(job.name).map(|s| s.version().clone());
                 let staged = Staged {
-                    data: protocol::new_data_rel(job.name, &protocol::unique_id()),
+                    data: match &small {
+                        Some(p) => p.data.clone(),
+                        None => protocol::new_data_rel(job.name, &protocol::unique_id()),
+                    },
                     base: base.is_some(),
                     e_tag: base.as_ref().and_then(|b| b.e_tag.clone()),
                     version: base.and_then(|b| b.version),
@@ -1628,6 +1761,9 @@ impl Storage for ObjectBackend {
                 }
             }
             return first.map_or(Ok(ids), Err);
+        }
+        if let Some(small) = small {
+            return self.publish_one_small(cache, jobs, local_sync, held, &names[0], small);
         }
         let (slots, at_once) = if batch {
             let n = self.opts.batch_concurrency.max(1);

@@ -233,7 +233,12 @@ pub(crate) async fn upload_file(
 
 /// `len` bytes at `off` of the file `head` followed by `body` (the bytes
 /// of an object held in memory), copied into one buffer, with their CRC-32.
-fn copy_part(head: &[u8], body: &[u8], off: usize, len: usize) -> (Bytes, crc32fast::Hasher) {
+pub(crate) fn copy_part(
+    head: &[u8],
+    body: &[u8],
+    off: usize,
+    len: usize,
+) -> (Bytes, crc32fast::Hasher) {
     let mut buf = Vec::with_capacity(len);
     let end = off + len;
     if off < head.len() {

@@ -603,7 +603,11 @@ fn remote_transfers_report_progress() {
     // 30 MiB: 6 parts of 5 MiB.
     let a = ArrayD::from_shape_fn(IxDyn(&[30 * 128, 1024]), |i| (i[0] + i[1]) as f64);
     let total = 30 * 128 * 1024 * 8 + 128;
+    let small = ArrayD::from_shape_fn(IxDyn(&[1000, 3]), |i| (i[0] + i[1]) as f64);
     tracing::subscriber::with_default(events.clone(), || {
+        // One PUT, started on the store's runtime: its progress is still
+        // reported on the caller's thread.
+        n.writer.insert_durable("small", small.clone()).unwrap();
         n.writer.insert_durable("big", a.clone()).unwrap();
         n.reader.refresh().unwrap();
         let w = n
@@ -615,6 +619,7 @@ fn remote_transfers_report_progress() {
         assert_eq!(g.read().unwrap()[[1, 2]], 3.0);
     });
     let header = 128u64;
+    check_progress(&events.of("small", "upload"), 1000 * 3 * 8 + header, 1);
     check_progress(&events.of("big", "upload"), total, 6);
     check_progress(&events.of("big", "download"), total, 6);
     // The window: its header, then its 10 MiB (2 parts).
