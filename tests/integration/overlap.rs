@@ -107,6 +107,48 @@ fn a_failed_background_write_surfaces_on_the_next_call_and_loses_nothing() {
     }
 }
 
+/// A store whose budget (8,000 bytes) holds one entry, with one
+/// write-behind writer.
+fn one_entry_store(dir: &std::path::Path) -> ndarray_offload::DiskBackedStore {
+    StoreBuilder::new(dir)
+        .memory_budget(ByteSize::new(8_000))
+        .write_behind(1, ByteSize::new(64_000))
+        .open()
+        .unwrap()
+}
+
+/// Inserts "b" into `s` (whose budget holds one entry), which evicts "a"
+/// through the write-behind writer, with a fault-plan hook that holds the
+/// writer for a second at the first `op` on a file whose name satisfies
+/// `at`. Returns once the writer is held there, with when it went on
+/// (set after the second).
+fn spill_held_at(
+    s: &ndarray_offload::DiskBackedStore,
+    op: &'static str,
+    at: fn(&str) -> bool,
+) -> std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>> {
+    use std::sync::{mpsc, Arc, Mutex};
+    use std::time::{Duration, Instant};
+    let (reached, held) = mpsc::channel::<()>();
+    let left: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let left_hook = left.clone();
+    let plan = FaultPlan::fail_at(0).with_hook(move |o, path| {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if format!("{o:?}") == op && name.is_some_and(|n| at(&n)) {
+            let _ = reached.send(());
+            std::thread::sleep(Duration::from_millis(1000));
+            left_hook.lock().unwrap().get_or_insert_with(Instant::now);
+        }
+    });
+    let g = install(plan);
+    // The writer thread adopts the plan.
+    s.insert("b", entry(2.0)).unwrap();
+    drop(g);
+    held.recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("the spill of a reached its {op}"));
+    left
+}
+
 /// A removal while the entry's spill is being written behind: the writer
 /// is held inside the rename of the spill's pair (where it holds the lock
 /// every publish's renames hold) until the removal has started, so the
@@ -116,34 +158,13 @@ fn a_failed_background_write_surfaces_on_the_next_call_and_loses_nothing() {
 /// comes back (in this handle or after reopening).
 #[test]
 fn a_removal_while_a_spill_is_renamed_in_leaves_no_files() {
-    use std::sync::{mpsc, Arc, Mutex};
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
     let mut raced = 0;
     for round in 0..5 {
         let dir = tempfile::tempdir().unwrap();
-        let s = StoreBuilder::new(dir.path())
-            .memory_budget(ByteSize::new(8_000))
-            .write_behind(1, ByteSize::new(64_000))
-            .open()
-            .unwrap();
+        let s = one_entry_store(dir.path());
         s.insert("a", entry(1.0)).unwrap();
-        let (at_rename, renaming) = mpsc::channel::<()>();
-        let left: Arc<Mutex<Option<Instant>>> = Arc::default();
-        let left_hook = left.clone();
-        let plan = FaultPlan::fail_at(0).with_hook(move |op, path| {
-            if format!("{op:?}") == "Rename" && path.file_name().is_some_and(|n| n == "a.npy") {
-                let _ = at_rename.send(());
-                std::thread::sleep(Duration::from_millis(1000));
-                left_hook.lock().unwrap().get_or_insert_with(Instant::now);
-            }
-        });
-        let g = install(plan);
-        // Evicts "a" through the writer thread, which adopts the plan.
-        s.insert("b", entry(2.0)).unwrap();
-        drop(g);
-        renaming
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the spill of a reached its rename");
+        let left = spill_held_at(&s, "Rename", |n| n == "a.npy");
         let started = Instant::now();
         assert!(s.remove("a").unwrap(), "round {round}");
         // The removal started while the writer was still inside the rename.
@@ -183,17 +204,12 @@ fn a_removal_while_a_spill_is_renamed_in_leaves_no_files() {
 #[test]
 fn attributes_set_while_a_spill_is_written_are_kept() {
     use serde_json::json;
-    use std::sync::{mpsc, Arc, Mutex};
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
     let mut raced = 0;
     for round in 0..6 {
         let on_disk = round % 2 == 0;
         let dir = tempfile::tempdir().unwrap();
-        let s = StoreBuilder::new(dir.path())
-            .memory_budget(ByteSize::new(8_000))
-            .write_behind(1, ByteSize::new(64_000))
-            .open()
-            .unwrap();
+        let s = one_entry_store(dir.path());
         let opts = ndarray_offload::InsertOptions::new().attrs(json!({"v": "old"}));
         s.insert_opts("a", entry(1.0), &opts).unwrap();
         if on_disk {
@@ -202,24 +218,7 @@ fn attributes_set_while_a_spill_is_written_are_kept() {
             s.flush().unwrap();
             s.get::<f64, Ix1>("a").unwrap().write().unwrap()[0] = 1.0;
         }
-        let (at_create, creating) = mpsc::channel::<()>();
-        let left: Arc<Mutex<Option<Instant>>> = Arc::default();
-        let left_hook = left.clone();
-        let plan = FaultPlan::fail_at(0).with_hook(move |op, path| {
-            let n = path.file_name().map(|n| n.to_string_lossy().into_owned());
-            if format!("{op:?}") == "Create" && n.is_some_and(|n| n.ends_with(".a.npy.tmp")) {
-                let _ = at_create.send(());
-                std::thread::sleep(Duration::from_millis(1000));
-                left_hook.lock().unwrap().get_or_insert_with(Instant::now);
-            }
-        });
-        let g = install(plan);
-        // Evicts "a" through the writer thread, which adopts the plan.
-        s.insert("b", entry(2.0)).unwrap();
-        drop(g);
-        creating
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the spill of a reached the creation of its file");
+        let left = spill_held_at(&s, "Create", |n| n.ends_with(".a.npy.tmp"));
         let started = Instant::now();
         s.set_attrs("a", json!({"v": "new"})).unwrap();
         let done = Instant::now();
