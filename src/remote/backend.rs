@@ -946,7 +946,7 @@ impl ObjectBackend {
         let image = job.image.as_ref().filter(|_| sync != SyncMode::Spill)?;
         let (head, body) = (&image.header[..], image.body.bytes());
         let len = head.len() + body.len();
-        if len > self.opts.transfer.part_size.max(5 << 20) || self.opts.offline {
+        if len > self.opts.transfer.part_size.max(5 << 20) {
             return None;
         }
         let size = len as u64;
@@ -970,6 +970,14 @@ impl ObjectBackend {
             started,
             progress,
         })
+    }
+
+    /// Deletes the data object `data` uploaded for a job that was skipped
+    /// (replaced or removed meanwhile): nothing names it. Best effort:
+    /// `gc` collects it otherwise.
+    fn delete_unnamed(&self, data: &str) {
+        let dest = protocol::rel_path(&self.loc, data);
+        let _ = self.rt.block_on(self.loc.store.delete(&dest));
     }
 
     /// The rest of a durable publish whose data object `small` is being
@@ -1020,9 +1028,7 @@ impl ObjectBackend {
             let r = self.commit_when_uploaded(name, &small.data, wait);
             self.settle_job(name, &small.data, r)?;
         } else if wait().is_ok() {
-            // Skipped (replaced or removed meanwhile): nothing names its
-            // upload (best effort; `gc` collects it otherwise).
-            let _ = self.rt.block_on(self.loc.store.delete(&small.dest));
+            self.delete_unnamed(&small.data);
         }
         Ok(ids)
     }
@@ -1219,8 +1225,7 @@ impl ObjectBackend {
                     (Some(_), Some(Err(e))) => Err(e),
                     (Some(_), None) => self.push(&names[i]),
                     (None, Some(Ok(_))) => {
-                        let dest = protocol::rel_path(&self.loc, &data[i]);
-                        let _ = self.rt.block_on(self.loc.store.delete(&dest));
+                        self.delete_unnamed(&data[i]);
                         Ok(())
                     }
                     (None, _) => Ok(()),
@@ -1270,8 +1275,7 @@ impl ObjectBackend {
                     // names its upload (best effort; `gc` collects it
                     // otherwise).
                     if r.is_ok() {
-                        let dest = protocol::rel_path(&self.loc, &data[i]);
-                        let _ = self.rt.block_on(self.loc.store.delete(&dest));
+                        self.delete_unnamed(&data[i]);
                     }
                     continue;
                 }

@@ -207,11 +207,7 @@ impl EntryLink {
     pub(crate) fn settle_attrs(&self, with: &Option<Arc<Attrs>>) -> Result<()> {
         let _w = self.attrs_write.lock();
         let current = self.attrs.lock().clone();
-        let same = match (&current, with) {
-            (None, None) => true,
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        };
+        let same = current.as_ref().map(Arc::as_ptr) == with.as_ref().map(Arc::as_ptr);
         if same || !self.storage.exists(&self.name) {
             return Ok(());
         }
